@@ -1,0 +1,140 @@
+//! The `pgnotifier` command line: `run`, `check` and `wit`.
+
+use crate::config::{FileConfig, SubscriberSettings};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::{DatabaseConfig, Notifier};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pgnotifier",
+    version,
+    about = "Dispatch PostgreSQL NOTIFY to sandboxed WebAssembly subscribers"
+)]
+pub struct Cli {
+    /// Log filter: a level (info, debug, …) or a tracing directive list.
+    #[arg(long, global = true, env = "PGNOTIFIER_LOG", default_value = "info")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the plugins and dispatch notifications until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// Validate a plugin: compile it, run its `register`, print its id and channels.
+    Check {
+        /// The plugin file; a `NAME.toml` sidecar beside it is applied.
+        file: PathBuf,
+    },
+    /// Print the WIT package plugins are written against.
+    Wit,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The plugins folder (every `*.wasm` in it is loaded).
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// PostgreSQL URL; the PG* variables fill in what it leaves out.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// A TOML config file.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// Run the parsed command line.
+pub async fn execute(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Wit => {
+            print!("{}", crate::bindings::WIT);
+            Ok(())
+        }
+        Command::Check { file } => check(file).await,
+        Command::Run(args) => run(args).await,
+    }
+}
+
+async fn check(file: PathBuf) -> anyhow::Result<()> {
+    let loaded = tokio::task::spawn_blocking(move || {
+        let sandbox = Sandbox::new(&SandboxConfig::default())?;
+        crate::loader::load(&sandbox, &file, SubscriberSettings::default())
+            .map_err(anyhow::Error::from)
+    })
+    .await??;
+    println!("id: {}", loaded.id);
+    println!("channels: {}", loaded.channels.join(", "));
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let database = DatabaseConfig::resolve(
+        args.database_url
+            .as_deref()
+            .or(file.database_url.as_deref()),
+    )?;
+    let plugins = args
+        .plugins
+        .or(file.plugins.clone())
+        .context("no plugins folder: pass --plugins DIR or set `plugins` in the config file")?;
+    let defaults = file
+        .defaults
+        .apply_to(SubscriberSettings::default())
+        .context("config [defaults]")?;
+    let mut sandbox = SandboxConfig::default();
+    if let Some(dir) = &file.cache_dir {
+        sandbox.cache_dir = Some(dir.clone());
+    }
+    let drain_timeout = Duration::from_millis(file.drain_timeout_ms.unwrap_or(10_000));
+
+    let notifier = Notifier::builder(database.clone())
+        .sandbox(sandbox)
+        .defaults(defaults)
+        .build();
+    let outcomes = notifier.load_plugins(&plugins).await?;
+    let loaded = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
+    tracing::info!(
+        plugins = %plugins.display(),
+        loaded,
+        failed = outcomes.len() - loaded,
+        database = %database.redacted(),
+        "starting"
+    );
+    notifier.start().await?;
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down; a second signal exits at once");
+    tokio::spawn(async {
+        if wait_for_signal().await.is_ok() {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    });
+    let report = notifier.shutdown(drain_timeout).await;
+    if report.abandoned.is_empty() {
+        tracing::info!("all queued notifications delivered; bye");
+    } else {
+        tracing::warn!(subscribers = ?report.abandoned, "drain timeout reached; queued notifications discarded");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Configuration: the TOML config file, plugin sidecars, and database settings.
+//!
+//! Database settings follow libpq: a URL (flag, `DATABASE_URL` or the config
+//! file) wins, and the `PG*` environment variables fill in what it leaves out.
+//! Passwords never leave this module except inside the connection config;
+//! everything printable goes through [`DatabaseConfig::redacted`].
+
+use crate::dispatch::{Overflow, QueueLimits};
+use crate::payload::PayloadMode;
+use crate::sandbox::PluginLimits;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_postgres::config::Host;
+
+/// A configuration problem, naming the file or setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("{setting}: {reason}")]
+    Invalid { setting: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            setting: setting.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The config file (`--config FILE`). Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Database URL; `--database-url` and `DATABASE_URL` override it.
+    pub database_url: Option<String>,
+    /// The plugins folder; `--plugins` overrides it.
+    pub plugins: Option<PathBuf>,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// How long shutdown waits for queued notifications, in milliseconds.
+    pub drain_timeout_ms: Option<u64>,
+    /// Limits for every subscriber; a sidecar overrides them per plugin.
+    #[serde(default)]
+    pub defaults: LimitSettings,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Limits as written in `[defaults]` or a sidecar; unset keys inherit.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub timeout_ms: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub queue_size: Option<usize>,
+    pub overflow: Option<Overflow>,
+    pub overflow_wait_ms: Option<u64>,
+    pub payload: Option<PayloadMode>,
+}
+
+/// The effective settings of one subscriber.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriberSettings {
+    pub plugin: PluginLimits,
+    pub queue: QueueLimits,
+    pub payload: PayloadMode,
+}
+
+impl LimitSettings {
+    /// Apply these settings over `base`, checking every value.
+    pub fn apply_to(&self, base: SubscriberSettings) -> Result<SubscriberSettings, ConfigError> {
+        let mut out = base;
+        if let Some(ms) = self.timeout_ms {
+            check_range("timeout_ms", ms, 1, 600_000)?;
+            out.plugin.timeout = Duration::from_millis(ms);
+        }
+        if let Some(mib) = self.memory_mib {
+            check_range("memory_mib", mib, 1, 4096)?;
+            out.plugin.memory_bytes = (mib as usize) << 20;
+        }
+        if let Some(size) = self.queue_size {
+            check_range("queue_size", size as u64, 1, 10_000_000)?;
+            out.queue.capacity = size;
+        }
+        if let Some(overflow) = self.overflow {
+            out.queue.overflow = overflow;
+        }
+        if let Some(ms) = self.overflow_wait_ms {
+            check_range("overflow_wait_ms", ms, 0, 60_000)?;
+            out.queue.overflow_wait = Duration::from_millis(ms);
+        }
+        if let Some(payload) = self.payload {
+            out.payload = payload;
+        }
+        Ok(out)
+    }
+}
+
+fn check_range(setting: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            setting,
+            format!("{value} is outside {min}..={max}"),
+        ))
+    }
+}
+
+/// A plugin's optional `NAME.toml`, beside `NAME.wasm`.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Sidecar {
+    /// Channels to subscribe to, overriding what `register` returns.
+    pub channels: Option<Vec<String>>,
+    /// Key/value pairs passed to `register`.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+    #[serde(flatten)]
+    pub limits: LimitSettings,
+    /// Keys nobody asked for, refused in `load`.
+    #[serde(flatten)]
+    unknown: BTreeMap<String, toml::Value>,
+}
+
+impl Sidecar {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let sidecar: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if let Some(key) = sidecar.unknown.keys().next() {
+            return Err(ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!(
+                    "unknown key `{key}`; expected channels, config, payload, timeout_ms, memory_mib, queue_size, overflow or overflow_wait_ms"
+                ),
+            });
+        }
+        Ok(sidecar)
+    }
+
+    /// `config` as the string pairs `register` takes; non-strings are written as TOML.
+    pub fn config_pairs(&self) -> Vec<(String, String)> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), value)
+            })
+            .collect()
+    }
+}
+
+/// Where and how to connect to PostgreSQL.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    pg: tokio_postgres::Config,
+}
+
+impl DatabaseConfig {
+    /// From a URL or key=value string, with the `PG*` variables filling gaps.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        // The parser's message never repeats the input, so no password leaks here.
+        let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+            ConfigError::invalid("database URL", e.to_string())
+        })?;
+        Self::completed(pg)
+    }
+
+    /// From the `PG*` environment variables alone, like `psql` with no arguments.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::completed(tokio_postgres::Config::new())
+    }
+
+    /// `url` if given, else `DATABASE_URL`, else the `PG*` variables.
+    pub fn resolve(url: Option<&str>) -> Result<Self, ConfigError> {
+        match url {
+            Some(url) => Self::from_url(url),
+            None => match std::env::var("DATABASE_URL") {
+                Ok(url) if !url.is_empty() => Self::from_url(&url),
+                _ => Self::from_env(),
+            },
+        }
+    }
+
+    fn completed(mut pg: tokio_postgres::Config) -> Result<Self, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if pg.get_hosts().is_empty() {
+            match env("PGHOST") {
+                Some(hosts) => hosts.split(',').for_each(|h| {
+                    pg.host(h.trim());
+                }),
+                None if Path::new("/var/run/postgresql").is_dir() => {
+                    pg.host_path("/var/run/postgresql");
+                }
+                None => {
+                    pg.host("localhost");
+                }
+            }
+        }
+        if pg.get_ports().is_empty() {
+            if let Some(port) = env("PGPORT") {
+                let port = port.parse::<u16>().map_err(|_| {
+                    ConfigError::invalid("PGPORT", format!("{port:?} is not a port number"))
+                })?;
+                pg.port(port);
+            }
+        }
+        if pg.get_user().is_none() {
+            let user = env("PGUSER")
+                .or_else(|| env("USER"))
+                .unwrap_or_else(|| "postgres".to_owned());
+            pg.user(&user);
+        }
+        if pg.get_password().is_none() {
+            if let Some(password) = env("PGPASSWORD") {
+                pg.password(password);
+            }
+        }
+        if pg.get_dbname().is_none() {
+            if let Some(db) = env("PGDATABASE") {
+                pg.dbname(&db);
+            }
+        }
+        if pg.get_application_name().is_none() {
+            pg.application_name("pgnotifier");
+        }
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(Duration::from_secs(10));
+        }
+        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        Ok(Self { pg })
+    }
+
+    /// The settings as a URL without the password, for logs and messages.
+    pub fn redacted(&self) -> String {
+        let user = self.pg.get_user().unwrap_or("");
+        let ports = self.pg.get_ports();
+        let hosts: Vec<String> = self
+            .pg
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let name = match host {
+                    Host::Tcp(h) => h.clone(),
+                    Host::Unix(p) => format!("[{}]", p.display()),
+                };
+                match ports.get(i).or(ports.first()) {
+                    Some(port) => format!("{name}:{port}"),
+                    None => name,
+                }
+            })
+            .collect();
+        let db = self.pg.get_dbname().unwrap_or(user);
+        let password = if self.pg.get_password().is_some() {
+            ":***"
+        } else {
+            ""
+        };
+        format!("postgres://{user}{password}@{}/{db}", hosts.join(","))
+    }
+
+    pub(crate) fn pg(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_url_hides_the_password() {
+        let db = DatabaseConfig::from_url("postgres://alice:s3cret@db.example:6543/app").unwrap();
+        let shown = db.redacted();
+        assert_eq!(shown, "postgres://alice:***@db.example:6543/app");
+        assert!(!format!("{db:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_url_is_a_clear_error_without_the_input() {
+        let err = DatabaseConfig::from_url("postgres://bob:pw@host:notaport/db").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("database URL:"), "{text}");
+        assert!(!text.contains("pw@"), "{text}");
+    }
+
+    #[test]
+    fn sidecar_limits_apply_and_are_checked() {
+        let sidecar: Sidecar =
+            toml::from_str("timeout_ms = 250\nqueue_size = 8\npayload = \"raw\"").unwrap();
+        let s = sidecar
+            .limits
+            .apply_to(SubscriberSettings::default())
+            .unwrap();
+        assert_eq!(s.plugin.timeout, Duration::from_millis(250));
+        assert_eq!(s.queue.capacity, 8);
+        assert_eq!(s.payload, PayloadMode::Raw);
+        let bad: Sidecar = toml::from_str("memory_mib = 0").unwrap();
+        let err = bad
+            .limits
+            .apply_to(SubscriberSettings::default())
+            .unwrap_err();
+        assert_eq!(err.to_string(), "memory_mib: 0 is outside 1..=4096");
+    }
+}

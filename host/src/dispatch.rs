@@ -1,0 +1,371 @@
+//! Dispatch: one bounded FIFO queue and one worker thread per subscriber.
+//!
+//! The router (in the listener's connection task) decodes each notification
+//! once and pushes it to the queue of every subscriber on the channel. Each
+//! worker owns its subscriber (a wasm instance or a native closure) and calls
+//! it in order. Workers are OS threads, so a subscriber that burns CPU or
+//! blocks only ever holds up itself.
+
+use crate::payload::{self, Payload, PayloadMode};
+use crate::registry::Snapshot;
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// One notification as subscribers see it. Shared by every subscriber that
+/// wants the same payload mode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Notification {
+    pub channel: String,
+    pub payload: Payload,
+    /// The process id of the PostgreSQL backend that sent it.
+    pub pid: i32,
+}
+
+/// What a worker hands to its subscriber.
+#[derive(Debug, Clone)]
+pub(crate) enum Delivery {
+    Notify(Arc<Notification>),
+    /// Notifications on these channels may have been missed.
+    Gap(Arc<[String]>),
+}
+
+/// Why one call to a subscriber failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    /// The subscriber returned an error; its state is kept.
+    #[error("returned an error: {0}")]
+    Returned(String),
+    /// The subscriber trapped or panicked; a wasm instance is recycled.
+    #[error("trapped: {0}")]
+    Trapped(String),
+    /// The call ran past its deadline; a wasm instance is recycled.
+    #[error("ran past its deadline of {0:?}")]
+    TimedOut(Duration),
+}
+
+/// Something that receives deliveries on its own worker thread.
+pub(crate) trait Deliver: Send + 'static {
+    fn on_notify(&mut self, notification: &Notification) -> Result<(), CallFailure>;
+    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure>;
+}
+
+/// What to do when a subscriber's queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Wait up to `overflow_wait` for space, then drop the oldest queued
+    /// notification. While the queue stays full after such a wait, further
+    /// notifications drop the oldest at once, so a stuck subscriber delays
+    /// the others by one wait, not one wait per notification.
+    #[default]
+    WaitThenDropOldest,
+    /// Drop the oldest queued notification at once.
+    DropOldest,
+    /// Drop the new notification at once.
+    DropNewest,
+    /// Wait for space however long it takes (back-pressure on every subscriber).
+    Block,
+}
+
+/// Per-subscriber queue settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct QueueLimits {
+    pub capacity: usize,
+    pub overflow: Overflow,
+    pub overflow_wait: Duration,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            capacity: 1024,
+            overflow: Overflow::WaitThenDropOldest,
+            overflow_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Counters for one subscriber. Atomics, so the hot path never locks for them.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    timed_out: AtomicU64,
+    dropped: AtomicU64,
+    gaps: AtomicU64,
+}
+
+/// A point-in-time copy of a subscriber's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SubscriberStats {
+    /// Calls that succeeded.
+    pub delivered: u64,
+    /// Calls that failed, timeouts included.
+    pub failed: u64,
+    /// Calls cut off by the deadline.
+    pub timed_out: u64,
+    /// Notifications dropped because the queue was full.
+    pub dropped: u64,
+    /// Gap events delivered.
+    pub gaps: u64,
+    /// Notifications waiting in the queue.
+    pub queued: usize,
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// A subscriber's queue, counters and worker. The registry holds these.
+pub(crate) struct Mailbox {
+    pub(crate) id: Arc<str>,
+    pub(crate) mode: PayloadMode,
+    limits: QueueLimits,
+    items: Mutex<VecDeque<Delivery>>,
+    queued: AtomicUsize,
+    ready: Condvar,
+    space: tokio::sync::Notify,
+    overflowing: AtomicBool,
+    state: AtomicU8,
+    counters: Counters,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Mailbox {
+    /// Start a worker thread for `subscriber`.
+    pub(crate) fn spawn(
+        id: Arc<str>,
+        mode: PayloadMode,
+        limits: QueueLimits,
+        subscriber: Box<dyn Deliver>,
+    ) -> std::io::Result<Arc<Self>> {
+        let mailbox = Arc::new(Self {
+            id: id.clone(),
+            mode,
+            limits: QueueLimits {
+                capacity: limits.capacity.max(1),
+                ..limits
+            },
+            items: Mutex::new(VecDeque::new()),
+            queued: AtomicUsize::new(0),
+            ready: Condvar::new(),
+            space: tokio::sync::Notify::new(),
+            overflowing: AtomicBool::new(false),
+            state: AtomicU8::new(RUNNING),
+            counters: Counters::default(),
+            worker: Mutex::new(None),
+        });
+        let worker_mailbox = mailbox.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("pgn:{id}"))
+            .spawn(move || worker_mailbox.work(subscriber))?;
+        *lock(&mailbox.worker) = Some(handle);
+        Ok(mailbox)
+    }
+
+    pub(crate) fn stats(&self) -> SubscriberStats {
+        let c = &self.counters;
+        SubscriberStats {
+            delivered: c.delivered.load(Ordering::Relaxed),
+            failed: c.failed.load(Ordering::Relaxed),
+            timed_out: c.timed_out.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            gaps: c.gaps.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Queue a delivery, applying the overflow policy when the queue is full.
+    pub(crate) async fn push(&self, delivery: Delivery) {
+        let policy = self.limits.overflow;
+        let wait = match policy {
+            Overflow::WaitThenDropOldest if !self.overflowing.load(Ordering::Relaxed) => {
+                Some(self.limits.overflow_wait)
+            }
+            Overflow::Block => None,
+            _ => Some(Duration::ZERO),
+        };
+        let deadline = wait.map(|w| Instant::now() + w);
+        let mut delivery = delivery;
+        loop {
+            let space = self.space.notified();
+            tokio::pin!(space);
+            space.as_mut().enable();
+            match self.try_push(delivery) {
+                Ok(()) => return,
+                Err(back) => delivery = back,
+            }
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match remaining {
+                None => space.await,
+                Some(r) if !r.is_zero() => {
+                    let _ = tokio::time::timeout(r, space).await;
+                }
+                Some(_) => break,
+            }
+        }
+        // Still full past the wait: drop one, per policy.
+        let mut items = lock(&self.items);
+        if policy != Overflow::DropNewest && items.len() >= self.limits.capacity {
+            items.pop_front();
+            items.push_back(delivery);
+            if policy == Overflow::WaitThenDropOldest {
+                self.overflowing.store(true, Ordering::Relaxed);
+            }
+        } else if items.len() < self.limits.capacity {
+            items.push_back(delivery);
+            self.queued.store(items.len(), Ordering::Relaxed);
+            drop(items);
+            self.ready.notify_one();
+            return;
+        }
+        drop(items);
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(subscriber = %self.id, policy = ?policy, "queue full; dropped a notification");
+    }
+
+    fn try_push(&self, delivery: Delivery) -> Result<(), Delivery> {
+        let mut items = lock(&self.items);
+        if items.len() >= self.limits.capacity || self.state.load(Ordering::Relaxed) != RUNNING {
+            if self.state.load(Ordering::Relaxed) != RUNNING {
+                // Shutting down: accept nothing new, but do not make the router wait.
+                return Ok(());
+            }
+            return Err(delivery);
+        }
+        items.push_back(delivery);
+        self.queued.store(items.len(), Ordering::Relaxed);
+        drop(items);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Stop taking deliveries; the worker finishes what is queued and exits.
+    pub(crate) fn close(&self) {
+        let _ =
+            self.state
+                .compare_exchange(RUNNING, DRAINING, Ordering::Relaxed, Ordering::Relaxed);
+        let _guard = lock(&self.items);
+        self.ready.notify_all();
+    }
+
+    /// Stop at once: the worker discards what is queued after its current call.
+    pub(crate) fn abandon(&self) {
+        self.state.store(ABANDONED, Ordering::Relaxed);
+        let _guard = lock(&self.items);
+        self.ready.notify_all();
+    }
+
+    /// Close the queue and wait for the worker to finish it, up to `timeout`.
+    /// Returns false if the worker was still busy and was abandoned.
+    pub(crate) fn drain(&self, timeout: Duration) -> bool {
+        self.close();
+        let Some(handle) = lock(&self.worker).take() else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while !handle.is_finished() {
+            if Instant::now() >= deadline {
+                self.abandon();
+                tracing::warn!(subscriber = %self.id, queued = self.queued.load(Ordering::Relaxed), "drain timeout; discarding the rest of the queue");
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = handle.join();
+        true
+    }
+
+    fn next(&self) -> Option<Delivery> {
+        let mut items = lock(&self.items);
+        loop {
+            if self.state.load(Ordering::Relaxed) == ABANDONED {
+                let discarded = items.len();
+                items.clear();
+                self.queued.store(0, Ordering::Relaxed);
+                if discarded > 0 {
+                    self.counters
+                        .dropped
+                        .fetch_add(discarded as u64, Ordering::Relaxed);
+                }
+                return None;
+            }
+            if let Some(delivery) = items.pop_front() {
+                let len = items.len();
+                self.queued.store(len, Ordering::Relaxed);
+                if len <= self.limits.capacity / 2 {
+                    self.overflowing.store(false, Ordering::Relaxed);
+                }
+                drop(items);
+                self.space.notify_one();
+                return Some(delivery);
+            }
+            if self.state.load(Ordering::Relaxed) != RUNNING {
+                return None;
+            }
+            items = self.ready.wait(items).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn work(&self, mut subscriber: Box<dyn Deliver>) {
+        while let Some(delivery) = self.next() {
+            let result = match &delivery {
+                Delivery::Notify(n) => subscriber.on_notify(n),
+                Delivery::Gap(channels) => {
+                    self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                    subscriber.on_gap(channels)
+                }
+            };
+            match result {
+                Ok(()) => {
+                    if matches!(delivery, Delivery::Notify(_)) {
+                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(failure) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    if matches!(failure, CallFailure::TimedOut(_)) {
+                        self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::warn!(subscriber = %self.id, "call failed: {failure}");
+                }
+            }
+        }
+        tracing::debug!(subscriber = %self.id, "worker stopped");
+    }
+}
+
+/// Route one notification to every subscriber on its channel. The payload is
+/// decoded at most once per mode, and only if someone wants it.
+pub(crate) async fn route(snapshot: &Snapshot, channel: &str, raw_payload: &str, pid: i32) {
+    let Some(mailboxes) = snapshot.route(channel) else {
+        return;
+    };
+    let mut typed: Option<Arc<Notification>> = None;
+    let mut raw: Option<Arc<Notification>> = None;
+    for mailbox in mailboxes.iter() {
+        let slot = match mailbox.mode {
+            PayloadMode::Typed => &mut typed,
+            PayloadMode::Raw => &mut raw,
+        };
+        let notification = slot
+            .get_or_insert_with(|| {
+                Arc::new(Notification {
+                    channel: channel.to_owned(),
+                    payload: payload::decode(raw_payload, mailbox.mode),
+                    pid,
+                })
+            })
+            .clone();
+        mailbox.push(Delivery::Notify(notification)).await;
+    }
+}
+
+/// Lock a mutex, recovering from poisoning: every critical section here
+/// leaves the data consistent, so a panic elsewhere must not stop dispatch.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

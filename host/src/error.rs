@@ -1,0 +1,26 @@
+//! The library's error type for [`Notifier`](crate::Notifier) operations.
+//!
+//! Each boundary has its own enum (`RegistryError`, `LoadError`,
+//! `ConfigError`) so callers can tell causes apart; this one gathers them.
+
+use crate::config::ConfigError;
+use crate::registry::RegistryError;
+use crate::sandbox::LoadError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot start the worker thread of subscriber {id:?}: {source}")]
+    Worker { id: String, source: std::io::Error },
+    #[error("cannot create the wasm engine: {0}")]
+    Sandbox(String),
+    #[error("the listener did not LISTEN every active channel within {0:?}")]
+    NotListening(std::time::Duration),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,39 @@
+//! pgnotifier: capture PostgreSQL `NOTIFY` streams and dispatch each
+//! notification to subscribers — sandboxed WebAssembly components or Rust
+//! closures — called as `(id, channel, payload, pid)`.
+//!
+//! Data flow:
+//! - [`listener`] drives one connection with `poll_message`;
+//! - each notification is routed by [`dispatch`], its payload decoded once by [`payload`];
+//! - into one bounded queue per subscriber ([`dispatch::Overflow`] says what happens when full);
+//! - where that subscriber's worker thread calls it;
+//! - a wasm guest runs in the [`sandbox`] (deadline, memory cap, no WASI grants).
+//!
+//! Control flow:
+//! - [`config`], the plugin [`loader`] and the [`Notifier`] API change the [`registry`];
+//! - the registry publishes a new immutable snapshot and the set of active channels;
+//! - the listener LISTENs/UNLISTENs the difference, never reconnecting for it.
+
+pub mod bindings;
+pub mod blocking;
+pub mod channel;
+pub mod cli;
+pub mod config;
+pub mod dispatch;
+mod error;
+mod listener;
+pub mod loader;
+pub mod local_pg;
+mod notifier;
+pub mod payload;
+pub mod registry;
+pub mod sandbox;
+mod subscriber;
+
+pub use config::{DatabaseConfig, SubscriberSettings};
+pub use dispatch::{Notification, Overflow, QueueLimits, SubscriberStats};
+pub use error::{Error, Result};
+pub use notifier::{IntoChannels, Notifier, NotifierBuilder, Selection, ShutdownReport};
+pub use payload::{Payload, PayloadMode};
+pub use registry::{ChannelView, SubscriberView};
+pub use subscriber::Subscriber;

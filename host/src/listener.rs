@@ -1,0 +1,273 @@
+//! The listener: one PostgreSQL connection, LISTENing the active channels.
+//!
+//! A supervisor task connects (retrying with backoff and jitter), then runs a
+//! session: the connection is driven by `poll_message` in its own task, which
+//! routes every notification, while the session issues `LISTEN`/`UNLISTEN` for
+//! the difference whenever the registry's active set changes. The channel set
+//! never causes a reconnect. After a lost connection, subscribers of the
+//! channels that were LISTENed get a gap event once LISTENing resumes.
+
+use crate::channel::quote_ident;
+use crate::config::DatabaseConfig;
+use crate::dispatch::{self, Delivery};
+use crate::registry::{ActiveChannels, Registry};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
+
+/// What the listener is doing, for the API and readiness.
+#[derive(Debug)]
+pub(crate) struct ListenerStatus {
+    pub(crate) connected: AtomicBool,
+    /// The PostgreSQL backend pid of the LISTEN connection (0 when none).
+    pub(crate) backend_pid: AtomicI32,
+    pub(crate) reconnects: AtomicU64,
+    /// The channels LISTENed right now.
+    pub(crate) listened: watch::Sender<ActiveChannels>,
+}
+
+impl Default for ListenerStatus {
+    fn default() -> Self {
+        Self {
+            connected: AtomicBool::new(false),
+            backend_pid: AtomicI32::new(0),
+            reconnects: AtomicU64::new(0),
+            listened: watch::Sender::new(Arc::default()),
+        }
+    }
+}
+
+/// A running listener task.
+pub(crate) struct Listener {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Listener {
+    pub(crate) fn spawn(
+        database: DatabaseConfig,
+        registry: Arc<Registry>,
+        status: Arc<ListenerStatus>,
+    ) -> Self {
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(database, registry, status, stop_rx));
+        Self { stop, task }
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
+    /// UNLISTEN, deliver what was already received, and close the connection.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.task.await {
+            tracing::error!("listener task failed: {e}");
+        }
+    }
+}
+
+/// Exponential backoff with full jitter.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let ceiling = self
+            .min
+            .saturating_mul(1 << self.attempt.min(16))
+            .min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        // Jitter in [ceiling/2, ceiling], from the clock's low bits: no RNG dependency needed.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let fraction = 0.5 + f64::from(nanos % 1000) / 2000.0;
+        ceiling.mul_f64(fraction)
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+async fn supervise(
+    database: DatabaseConfig,
+    registry: Arc<Registry>,
+    status: Arc<ListenerStatus>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff {
+        min: Duration::from_millis(100),
+        max: Duration::from_secs(30),
+        attempt: 0,
+    };
+    let mut gap: BTreeSet<Arc<str>> = BTreeSet::new();
+    while !*stop.borrow() {
+        let connected = tokio::select! {
+            result = database.pg().connect(NoTls) => result,
+            _ = stop.changed() => break,
+        };
+        let end = match connected {
+            Ok((client, connection)) => {
+                backoff.attempt = 0;
+                status.connected.store(true, Ordering::Relaxed);
+                tracing::info!(database = %database.redacted(), "connected");
+                session(client, connection, &registry, &status, &mut stop, &mut gap).await
+            }
+            Err(e) => SessionEnd::Lost(format!("cannot connect to {}: {e}", database.redacted())),
+        };
+        status.connected.store(false, Ordering::Relaxed);
+        status.backend_pid.store(0, Ordering::Relaxed);
+        status.listened.send_replace(Arc::default());
+        match end {
+            SessionEnd::Stopped => break,
+            SessionEnd::Lost(reason) => {
+                let delay = backoff.next_delay();
+                tracing::warn!("{reason}; reconnecting in {delay:.1?}");
+                status.reconnects.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        }
+    }
+    tracing::info!("listener stopped");
+}
+
+/// One connection's life. `gap` holds the channels LISTENed when the last
+/// connection was lost; it is filled again if this one is lost too.
+async fn session<S, T>(
+    client: Client,
+    connection: Connection<S, T>,
+    registry: &Arc<Registry>,
+    status: &ListenerStatus,
+    stop: &mut watch::Receiver<bool>,
+    gap: &mut BTreeSet<Arc<str>>,
+) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut driver = tokio::spawn(drive(connection, registry.clone()));
+    match client.query_one("select pg_backend_pid()", &[]).await {
+        Ok(row) => status.backend_pid.store(row.get(0), Ordering::Relaxed),
+        Err(e) => return SessionEnd::Lost(format!("connection failed: {e}")),
+    }
+    let mut active = registry.watch_active();
+    let mut listened: BTreeSet<Arc<str>> = BTreeSet::new();
+    let mut first_sync = true;
+    loop {
+        let wanted = active.borrow_and_update().clone();
+        if let Err(e) = sync_listens(&client, &mut listened, &wanted).await {
+            driver.abort();
+            *gap = std::mem::take(&mut listened);
+            return SessionEnd::Lost(format!("LISTEN failed: {e}"));
+        }
+        status.listened.send_replace(Arc::new(listened.clone()));
+        if first_sync {
+            first_sync = false;
+            announce_gap(registry, &std::mem::take(gap)).await;
+        }
+        tokio::select! {
+            changed = active.changed() => {
+                if changed.is_err() {
+                    return SessionEnd::Stopped;
+                }
+            }
+            _ = stop.changed() => {
+                if let Err(e) = client.batch_execute("UNLISTEN *").await {
+                    tracing::warn!("UNLISTEN failed: {e}");
+                }
+                // Dropping the client closes the connection once the driver
+                // has routed everything already received.
+                drop(client);
+                let _ = driver.await;
+                return SessionEnd::Stopped;
+            }
+            ended = &mut driver => {
+                *gap = listened;
+                let reason = match ended {
+                    Ok(Ok(())) => "connection closed by the server".to_owned(),
+                    Ok(Err(e)) => format!("connection lost: {e}"),
+                    Err(e) => format!("connection task failed: {e}"),
+                };
+                return SessionEnd::Lost(reason);
+            }
+        }
+    }
+}
+
+/// Issue LISTEN/UNLISTEN for the difference between `listened` and `wanted`.
+async fn sync_listens(
+    client: &Client,
+    listened: &mut BTreeSet<Arc<str>>,
+    wanted: &BTreeSet<Arc<str>>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut sql = String::new();
+    for channel in wanted.difference(listened) {
+        sql.push_str("LISTEN ");
+        sql.push_str(&quote_ident(channel));
+        sql.push(';');
+    }
+    for channel in listened.difference(wanted) {
+        sql.push_str("UNLISTEN ");
+        sql.push_str(&quote_ident(channel));
+        sql.push(';');
+    }
+    if sql.is_empty() {
+        return Ok(());
+    }
+    client.batch_execute(&sql).await?;
+    tracing::debug!(channels = wanted.len(), "LISTEN set updated");
+    *listened = wanted.clone();
+    Ok(())
+}
+
+/// Tell every subscriber of the given channels that it may have missed notifications.
+async fn announce_gap(registry: &Registry, channels: &BTreeSet<Arc<str>>) {
+    if channels.is_empty() {
+        return;
+    }
+    let snapshot = registry.snapshot_arc();
+    for (mailbox, missed) in snapshot.gap_targets(channels) {
+        tracing::info!(subscriber = %mailbox.id, channels = ?missed, "notifications may have been missed");
+        mailbox.push(Delivery::Gap(missed.into())).await;
+    }
+}
+
+/// Drive the connection and route every notification it brings.
+async fn drive<S, T>(
+    mut connection: Connection<S, T>,
+    registry: Arc<Registry>,
+) -> Result<(), tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                let snapshot = registry.snapshot_arc();
+                dispatch::route(&snapshot, n.channel(), n.payload(), n.process_id()).await;
+            }
+            Some(Ok(AsyncMessage::Notice(notice))) => {
+                tracing::debug!("server notice: {}", notice.message());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+    }
+}

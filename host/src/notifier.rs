@@ -1,0 +1,432 @@
+//! The `Notifier`: the library API, with the origin's operations.
+//!
+//! Registry operations are synchronous and take effect at once; the listener
+//! follows the active set by itself. `start`, `stop` and `restart` control the
+//! listener. Subscribers keep running across them until removed or shut down.
+
+use crate::config::{DatabaseConfig, SubscriberSettings};
+use crate::dispatch::Mailbox;
+use crate::error::{Error, Result};
+use crate::listener::{Listener, ListenerStatus};
+use crate::loader;
+use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::subscriber::Subscriber;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// One channel name, or several.
+pub trait IntoChannels {
+    fn into_channels(self) -> Vec<String>;
+}
+
+impl IntoChannels for &str {
+    fn into_channels(self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+impl IntoChannels for String {
+    fn into_channels(self) -> Vec<String> {
+        vec![self]
+    }
+}
+impl IntoChannels for Vec<String> {
+    fn into_channels(self) -> Vec<String> {
+        self
+    }
+}
+impl IntoChannels for &[String] {
+    fn into_channels(self) -> Vec<String> {
+        self.to_vec()
+    }
+}
+impl IntoChannels for &[&str] {
+    fn into_channels(self) -> Vec<String> {
+        self.iter().map(|s| (*s).to_owned()).collect()
+    }
+}
+impl IntoChannels for Vec<&str> {
+    fn into_channels(self) -> Vec<String> {
+        self.as_slice().into_channels()
+    }
+}
+impl<const N: usize> IntoChannels for [&str; N] {
+    fn into_channels(self) -> Vec<String> {
+        self.as_slice().into_channels()
+    }
+}
+
+/// Which channels a mute operation applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// Every channel (of the subscriber, for subscriber operations).
+    All,
+    Only(Vec<String>),
+}
+
+impl<T: IntoChannels> From<T> for Selection {
+    fn from(channels: T) -> Self {
+        Selection::Only(channels.into_channels())
+    }
+}
+
+impl Selection {
+    fn as_option(&self) -> Option<&[String]> {
+        match self {
+            Selection::All => None,
+            Selection::Only(channels) => Some(channels),
+        }
+    }
+}
+
+/// How a shutdown went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Subscribers whose queues were not empty at the drain deadline.
+    pub abandoned: Vec<String>,
+}
+
+/// Builds a [`Notifier`].
+pub struct NotifierBuilder {
+    database: DatabaseConfig,
+    sandbox: SandboxConfig,
+    defaults: SubscriberSettings,
+}
+
+impl NotifierBuilder {
+    /// Engine settings for wasm plugins (compile cache, instance pool size).
+    pub fn sandbox(mut self, config: SandboxConfig) -> Self {
+        self.sandbox = config;
+        self
+    }
+
+    /// Limits for plugins whose sidecar does not set them.
+    pub fn defaults(mut self, settings: SubscriberSettings) -> Self {
+        self.defaults = settings;
+        self
+    }
+
+    pub fn build(self) -> Notifier {
+        Notifier {
+            inner: Arc::new(Inner {
+                registry: Arc::new(Registry::new()),
+                database: self.database,
+                sandbox_config: self.sandbox,
+                sandbox: Mutex::new(None),
+                defaults: self.defaults,
+                listener: Mutex::new(None),
+                status: Arc::default(),
+            }),
+        }
+    }
+}
+
+/// Captures NOTIFY streams and dispatches them to subscribers. Cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<Registry>,
+    database: DatabaseConfig,
+    sandbox_config: SandboxConfig,
+    sandbox: Mutex<Option<Arc<Sandbox>>>,
+    defaults: SubscriberSettings,
+    listener: Mutex<Option<Listener>>,
+    status: Arc<ListenerStatus>,
+}
+
+impl Notifier {
+    pub fn new(database: DatabaseConfig) -> Self {
+        Self::builder(database).build()
+    }
+
+    pub fn builder(database: DatabaseConfig) -> NotifierBuilder {
+        NotifierBuilder {
+            database,
+            sandbox: SandboxConfig::default(),
+            defaults: SubscriberSettings::default(),
+        }
+    }
+
+    /// Add channels (no subscribers yet, so not LISTENed yet).
+    pub fn add_channels(&self, channels: impl IntoChannels) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .add_channels(&channels.into_channels())?)
+    }
+
+    /// Remove channels and every subscription to them.
+    pub fn remove_channels(&self, channels: impl IntoChannels) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .remove_channels(&channels.into_channels())?)
+    }
+
+    /// Register a native subscriber under `id` on `channels`, creating
+    /// missing channels. To add channels to an existing subscriber, use
+    /// [`subscribe_to`](Self::subscribe_to).
+    pub fn subscribe(
+        &self,
+        id: &str,
+        channels: impl IntoChannels,
+        subscriber: Subscriber,
+    ) -> Result<()> {
+        let registry = &self.inner.registry;
+        if registry.mailbox(id).is_some() {
+            return Err(RegistryError::SubscriberExists(id.to_owned()).into());
+        }
+        let id: Arc<str> = id.into();
+        let settings = subscriber.settings;
+        let mailbox = spawn_mailbox(id.clone(), settings, subscriber.into_deliver(id))?;
+        self.insert(mailbox, SubscriberSource::Native, &channels.into_channels())
+    }
+
+    /// Subscribe an existing subscriber to more channels.
+    pub fn subscribe_to(&self, id: &str, channels: impl IntoChannels) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .subscribe_to(id, &channels.into_channels())?)
+    }
+
+    /// Unsubscribe from channels. The subscriber stays registered, with its
+    /// state, until [`remove_subscriber`](Self::remove_subscriber).
+    pub fn unsubscribe(&self, id: &str, channels: impl IntoChannels) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .unsubscribe(id, &channels.into_channels())?)
+    }
+
+    /// Remove a subscriber; what is already queued for it is delivered first.
+    pub async fn remove_subscriber(&self, id: &str) -> Result<()> {
+        let mailbox = self.inner.registry.remove_subscriber(id)?;
+        let _ = tokio::task::spawn_blocking(move || mailbox.drain(Duration::from_secs(5))).await;
+        Ok(())
+    }
+
+    pub fn mute_channels(&self, which: impl Into<Selection>) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .set_channels_muted(which.into().as_option(), true)?)
+    }
+
+    pub fn unmute_channels(&self, which: impl Into<Selection>) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .set_channels_muted(which.into().as_option(), false)?)
+    }
+
+    /// Mute a subscriber on some of its channels, or on all of them.
+    pub fn mute_subscriber(&self, id: &str, which: impl Into<Selection>) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .set_subscriber_muted(id, which.into().as_option(), true)?)
+    }
+
+    pub fn unmute_subscriber(&self, id: &str, which: impl Into<Selection>) -> Result<()> {
+        Ok(self
+            .inner
+            .registry
+            .set_subscriber_muted(id, which.into().as_option(), false)?)
+    }
+
+    /// Every channel with its mute and active flags and its subscribers.
+    pub fn channels(&self) -> Vec<ChannelView> {
+        self.inner.registry.channels()
+    }
+
+    /// Every subscriber with its channels, mute flags and counters.
+    pub fn subscribers(&self) -> Vec<SubscriberView> {
+        self.inner.registry.subscribers()
+    }
+
+    /// Load one plugin file (and its sidecar) and subscribe it. Returns its id.
+    pub async fn load_plugin(&self, path: &Path) -> Result<String> {
+        let sandbox = self.sandbox()?;
+        let defaults = self.inner.defaults;
+        let owned = path.to_owned();
+        let loaded = tokio::task::spawn_blocking(move || loader::load(&sandbox, &owned, defaults))
+            .await
+            .map_err(|e| {
+                crate::sandbox::LoadError::new(path, format!("loader task failed: {e}"))
+            })??;
+        let id = loaded.id.to_string();
+        let mailbox = spawn_mailbox(
+            loaded.id.clone(),
+            loaded.settings,
+            Box::new(loaded.subscriber),
+        )?;
+        self.insert(
+            mailbox,
+            SubscriberSource::Plugin { path: loaded.path },
+            &loaded.channels,
+        )?;
+        tracing::info!(subscriber = %id, channels = ?loaded.channels, "plugin loaded");
+        Ok(id)
+    }
+
+    /// Load every `*.wasm` in `dir`. One bad file does not stop the others:
+    /// each file's outcome is returned, and failures are logged.
+    pub async fn load_plugins(
+        &self,
+        dir: &Path,
+    ) -> Result<Vec<(std::path::PathBuf, Result<String>)>> {
+        let files = loader::plugin_files(dir)?;
+        let mut outcomes = Vec::with_capacity(files.len());
+        for file in files {
+            let outcome = self.load_plugin(&file).await;
+            if let Err(e) = &outcome {
+                tracing::error!("{e}");
+            }
+            outcomes.push((file, outcome));
+        }
+        Ok(outcomes)
+    }
+
+    /// Connect and start LISTENing. Does nothing if already running.
+    pub async fn start(&self) -> Result<()> {
+        let mut listener = lock(&self.inner.listener);
+        if listener.as_ref().is_some_and(Listener::is_running) {
+            return Ok(());
+        }
+        *listener = Some(Listener::spawn(
+            self.inner.database.clone(),
+            self.inner.registry.clone(),
+            self.inner.status.clone(),
+        ));
+        Ok(())
+    }
+
+    /// UNLISTEN and disconnect. Subscribers stay registered; what was already
+    /// received is still delivered.
+    pub async fn stop(&self) {
+        let listener = lock(&self.inner.listener).take();
+        if let Some(listener) = listener {
+            listener.stop().await;
+        }
+    }
+
+    pub async fn restart(&self) -> Result<()> {
+        self.stop().await;
+        self.start().await
+    }
+
+    pub fn is_running(&self) -> bool {
+        lock(&self.inner.listener)
+            .as_ref()
+            .is_some_and(Listener::is_running)
+    }
+
+    /// The channels LISTENed right now.
+    pub fn listening(&self) -> Vec<String> {
+        self.inner
+            .status
+            .listened
+            .borrow()
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    /// The PostgreSQL backend pid of the LISTEN connection, when connected.
+    pub fn backend_pid(&self) -> Option<i32> {
+        match self
+            .inner
+            .status
+            .backend_pid
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    /// Wait until every active channel is LISTENed (and nothing else is).
+    pub async fn wait_until_listening(&self, timeout: Duration) -> Result<()> {
+        let mut active = self.inner.registry.watch_active();
+        let mut listened = self.inner.status.listened.subscribe();
+        let wait = async {
+            loop {
+                if **active.borrow_and_update() == **listened.borrow_and_update() {
+                    return;
+                }
+                tokio::select! {
+                    _ = active.changed() => {}
+                    _ = listened.changed() => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait)
+            .await
+            .map_err(|_| Error::NotListening(timeout))
+    }
+
+    /// Stop the listener, then let every subscriber finish its queue, up to
+    /// `drain_timeout` in all. No subscriber is called after the deadline.
+    pub async fn shutdown(&self, drain_timeout: Duration) -> ShutdownReport {
+        self.stop().await;
+        let mailboxes = self.inner.registry.mailboxes();
+        let abandoned = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + drain_timeout;
+            mailboxes.iter().for_each(|m| m.close());
+            mailboxes
+                .iter()
+                .filter(|m| !m.drain(deadline.saturating_duration_since(std::time::Instant::now())))
+                .map(|m| m.id.to_string())
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        ShutdownReport { abandoned }
+    }
+
+    fn insert(
+        &self,
+        mailbox: Arc<Mailbox>,
+        source: SubscriberSource,
+        channels: &[String],
+    ) -> Result<()> {
+        self.inner
+            .registry
+            .insert_subscriber(mailbox.clone(), source, channels)
+            .inspect_err(|_| mailbox.abandon())?;
+        Ok(())
+    }
+
+    fn sandbox(&self) -> Result<Arc<Sandbox>> {
+        let mut slot = lock(&self.inner.sandbox);
+        if let Some(sandbox) = slot.as_ref() {
+            return Ok(sandbox.clone());
+        }
+        let sandbox = Sandbox::new(&self.inner.sandbox_config)
+            .map_err(|e| Error::Sandbox(format!("{e:#}")))?;
+        *slot = Some(sandbox.clone());
+        Ok(sandbox)
+    }
+}
+
+fn spawn_mailbox(
+    id: Arc<str>,
+    settings: SubscriberSettings,
+    deliver: Box<dyn crate::dispatch::Deliver>,
+) -> Result<Arc<Mailbox>> {
+    Mailbox::spawn(id.clone(), settings.payload, settings.queue, deliver).map_err(|source| {
+        Error::Worker {
+            id: id.to_string(),
+            source,
+        }
+    })
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,296 @@
+//! Payload decoding: a notification's text becomes a typed [`Payload`], once.
+//!
+//! The rules follow the WIT contract. JSON scalars become their own cases,
+//! arrays and objects arrive as compact JSON text, and anything that is not
+//! JSON (bare text, the empty payload) arrives as `text`. Numbers never lose
+//! precision silently: one that an `s64` or `f64` cannot hold exactly arrives
+//! as `json` with its original digits. Decoding never fails.
+
+pub use crate::bindings::Payload;
+use serde::de::IgnoredAny;
+
+/// How a subscriber wants its payloads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadMode {
+    /// Decode JSON into the typed cases.
+    #[default]
+    Typed,
+    /// Deliver every payload unparsed as `text`.
+    Raw,
+}
+
+/// Decode a payload for the given mode.
+pub fn decode(raw: &str, mode: PayloadMode) -> Payload {
+    match mode {
+        PayloadMode::Raw => Payload::Text(raw.to_owned()),
+        PayloadMode::Typed => decode_typed(raw),
+    }
+}
+
+fn decode_typed(raw: &str) -> Payload {
+    let trimmed = raw.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
+    let text = || Payload::Text(raw.to_owned());
+    match trimmed.as_bytes().first() {
+        None => text(),
+        Some(b'{' | b'[') => match serde_json::from_str::<IgnoredAny>(trimmed) {
+            Ok(_) => Payload::Json(compact_json(trimmed)),
+            Err(e) => {
+                if e.to_string().starts_with("recursion limit exceeded") {
+                    tracing::warn!(
+                        bytes = raw.len(),
+                        "payload nests JSON deeper than the decoder allows; delivering it as text"
+                    );
+                }
+                text()
+            }
+        },
+        Some(b'"') => {
+            serde_json::from_str::<String>(trimmed).map_or_else(|_| text(), Payload::Text)
+        }
+        Some(b't') if trimmed == "true" => Payload::Boolean(true),
+        Some(b'f') if trimmed == "false" => Payload::Boolean(false),
+        Some(b'n') if trimmed == "null" => Payload::Null,
+        Some(b'-' | b'0'..=b'9') => decode_number(trimmed).unwrap_or_else(text),
+        Some(_) => text(),
+    }
+}
+
+/// A JSON number literal: `integer` when it fits `s64`, `float` when an `f64`
+/// holds it exactly, otherwise `json` with its digits. `None` if not a number.
+fn decode_number(literal: &str) -> Option<Payload> {
+    let number = JsonNumber::parse(literal)?;
+    if !number.has_fraction_or_exponent {
+        return Some(match literal.parse::<i64>() {
+            Ok(i) => Payload::Integer(i),
+            Err(_) => Payload::Json(literal.to_owned()),
+        });
+    }
+    let float: f64 = literal.parse().ok()?;
+    if float.is_finite() && number.same_value_as(&DecimalDigits::of_f64(float)) {
+        Some(Payload::Float(float))
+    } else {
+        Some(Payload::Json(literal.to_owned()))
+    }
+}
+
+/// A validated JSON number, reduced to sign, significant digits and exponent,
+/// so that two spellings of the same value compare equal.
+struct JsonNumber {
+    has_fraction_or_exponent: bool,
+    value: DecimalDigits,
+}
+
+#[derive(PartialEq, Debug)]
+struct DecimalDigits {
+    negative: bool,
+    /// Significant digits without leading or trailing zeros; empty for zero.
+    digits: String,
+    /// The value is `0.digits × 10^exponent`.
+    exponent: i64,
+}
+
+impl JsonNumber {
+    fn parse(literal: &str) -> Option<Self> {
+        let bytes = literal.as_bytes();
+        let mut i = 0;
+        let negative = bytes.first() == Some(&b'-');
+        if negative {
+            i += 1;
+        }
+        let int_start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let int_digits = &literal[int_start..i];
+        if int_digits.is_empty() || (int_digits.len() > 1 && int_digits.starts_with('0')) {
+            return None;
+        }
+        let mut frac_digits = "";
+        if bytes.get(i) == Some(&b'.') {
+            let start = i + 1;
+            i = start;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            frac_digits = &literal[start..i];
+            if frac_digits.is_empty() {
+                return None;
+            }
+        }
+        let mut exp: i64 = 0;
+        let mut has_exp = false;
+        if matches!(bytes.get(i), Some(b'e' | b'E')) {
+            has_exp = true;
+            i += 1;
+            let exp_negative = match bytes.get(i) {
+                Some(b'-') => {
+                    i += 1;
+                    true
+                }
+                Some(b'+') => {
+                    i += 1;
+                    false
+                }
+                _ => false,
+            };
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if start == i {
+                return None;
+            }
+            // Saturate: an exponent this large is not exact in f64 anyway.
+            exp = literal[start..i]
+                .parse::<i64>()
+                .unwrap_or(i64::MAX / 4)
+                .min(i64::MAX / 4);
+            if exp_negative {
+                exp = -exp;
+            }
+        }
+        if i != bytes.len() {
+            return None;
+        }
+        let all_digits: String = [int_digits, frac_digits].concat();
+        let value = DecimalDigits::normalise(negative, &all_digits, int_digits.len() as i64 + exp);
+        Some(Self {
+            has_fraction_or_exponent: !frac_digits.is_empty() || has_exp,
+            value,
+        })
+    }
+
+    fn same_value_as(&self, other: &DecimalDigits) -> bool {
+        self.value == *other
+    }
+}
+
+impl DecimalDigits {
+    /// `digits` with the decimal point after `point` digits.
+    fn normalise(negative: bool, digits: &str, point: i64) -> Self {
+        let leading = digits.len() - digits.trim_start_matches('0').len();
+        let significant = digits.trim_matches('0');
+        if significant.is_empty() {
+            // Zero: the sign is kept, since -0.0 and 0.0 are different floats.
+            return Self {
+                negative,
+                digits: String::new(),
+                exponent: 0,
+            };
+        }
+        Self {
+            negative,
+            digits: significant.to_owned(),
+            exponent: point - leading as i64,
+        }
+    }
+
+    /// The shortest decimal that reads back as `float` (Rust prints that).
+    fn of_f64(float: f64) -> Self {
+        let text = format!("{:e}", float.abs());
+        let (mantissa, exp) = text.split_once('e').unwrap_or((&text, "0"));
+        let exp: i64 = exp.parse().unwrap_or(0);
+        let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits = [int_part, frac_part].concat();
+        Self::normalise(
+            float.is_sign_negative(),
+            &digits,
+            int_part.len() as i64 + exp,
+        )
+    }
+}
+
+/// Strip the insignificant whitespace from valid JSON, keeping every other
+/// byte (number digits, string escapes) exactly as it was sent.
+fn compact_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in json.chars() {
+        if in_string {
+            out.push(c);
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+            }
+        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(raw: &str) -> Payload {
+        decode(raw, PayloadMode::Typed)
+    }
+
+    #[test]
+    fn scalars_become_their_own_cases() {
+        assert_eq!(typed("true"), Payload::Boolean(true));
+        assert_eq!(typed(" false "), Payload::Boolean(false));
+        assert_eq!(typed("null"), Payload::Null);
+        assert_eq!(typed("42"), Payload::Integer(42));
+        assert_eq!(typed("-9223372036854775808"), Payload::Integer(i64::MIN));
+        assert_eq!(typed("3.25"), Payload::Float(3.25));
+        assert_eq!(typed("0.1"), Payload::Float(0.1));
+        assert_eq!(typed("1.5e3"), Payload::Float(1500.0));
+        assert_eq!(typed("-0.0"), Payload::Float(-0.0));
+        assert_eq!(typed("\"a \\\"b\\\"\""), Payload::Text("a \"b\"".into()));
+    }
+
+    #[test]
+    fn numbers_that_do_not_fit_keep_their_digits() {
+        let big = "123456789012345678901234567890";
+        assert_eq!(typed(big), Payload::Json(big.into()));
+        assert_eq!(
+            typed("9223372036854775808"),
+            Payload::Json("9223372036854775808".into())
+        );
+        assert_eq!(
+            typed("0.1000000000000000000001"),
+            Payload::Json("0.1000000000000000000001".into())
+        );
+        assert_eq!(typed("1e400"), Payload::Json("1e400".into()));
+    }
+
+    #[test]
+    fn non_json_is_text() {
+        assert_eq!(typed(""), Payload::Text(String::new()));
+        assert_eq!(typed("hello world"), Payload::Text("hello world".into()));
+        assert_eq!(typed("01"), Payload::Text("01".into()));
+        assert_eq!(typed("1."), Payload::Text("1.".into()));
+        assert_eq!(typed("truest"), Payload::Text("truest".into()));
+        assert_eq!(typed("{broken"), Payload::Text("{broken".into()));
+        assert_eq!(typed("NaN"), Payload::Text("NaN".into()));
+    }
+
+    #[test]
+    fn containers_are_compacted_without_touching_values() {
+        assert_eq!(
+            typed("{ \"a\" : [1, 2 ,3], \"s\": \"x y\\\" z\", \"n\": 123456789012345678901234567890 }"),
+            Payload::Json("{\"a\":[1,2,3],\"s\":\"x y\\\" z\",\"n\":123456789012345678901234567890}".into())
+        );
+    }
+
+    #[test]
+    fn too_deep_json_falls_back_to_text() {
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert_eq!(typed(&deep), Payload::Text(deep.clone()));
+    }
+
+    #[test]
+    fn raw_mode_never_parses() {
+        assert_eq!(decode("42", PayloadMode::Raw), Payload::Text("42".into()));
+    }
+}

@@ -1,0 +1,444 @@
+//! The registry: channels, subscribers and mute flags, as an immutable snapshot.
+//!
+//! Readers (the router, on every notification) load the current snapshot
+//! without a lock. Writers serialise on a mutex, build a new snapshot from the
+//! old one and swap it in, then publish the set of *active* channels for the
+//! listener to LISTEN. A channel is active when it is not muted and has at
+//! least one un-muted subscriber.
+
+use crate::channel::{self, ChannelNameError};
+use crate::dispatch::{Mailbox, SubscriberStats};
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Why a registry operation was refused. A refused operation changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    InvalidChannel(#[from] ChannelNameError),
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+    #[error("unknown subscriber {0:?}")]
+    UnknownSubscriber(String),
+    #[error("subscriber {0:?} already exists")]
+    SubscriberExists(String),
+    #[error("subscriber {id:?} is not subscribed to channel {channel:?}")]
+    NotSubscribed { id: String, channel: String },
+}
+
+/// The channels the listener must be LISTENing.
+pub type ActiveChannels = Arc<BTreeSet<Arc<str>>>;
+
+/// Where a subscriber came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum SubscriberSource {
+    /// A WebAssembly plugin file.
+    Plugin { path: PathBuf },
+    /// A Rust closure registered through the library.
+    Native,
+}
+
+#[derive(Clone)]
+struct SubscriberEntry {
+    mailbox: Arc<Mailbox>,
+    source: SubscriberSource,
+    /// Channel → this subscriber's own mute flag on it.
+    channels: BTreeMap<Arc<str>, bool>,
+}
+
+/// One immutable state of the registry.
+#[derive(Clone, Default)]
+pub(crate) struct Snapshot {
+    /// Channel → its mute flag.
+    channels: BTreeMap<Arc<str>, bool>,
+    subscribers: BTreeMap<Arc<str>, SubscriberEntry>,
+    /// Derived: active channel → the mailboxes that receive it.
+    routes: HashMap<Arc<str>, Arc<[Arc<Mailbox>]>>,
+}
+
+impl Snapshot {
+    /// The mailboxes for a channel, if it is active.
+    pub(crate) fn route(&self, channel: &str) -> Option<&Arc<[Arc<Mailbox>]>> {
+        self.routes.get(channel)
+    }
+
+    /// Each subscriber that receives any of `channels`, with those it receives.
+    pub(crate) fn gap_targets(
+        &self,
+        channels: &BTreeSet<Arc<str>>,
+    ) -> Vec<(Arc<Mailbox>, Vec<String>)> {
+        self.subscribers
+            .values()
+            .filter_map(|entry| {
+                let missed: Vec<String> = entry
+                    .channels
+                    .iter()
+                    .filter(|(c, muted)| {
+                        !**muted && channels.contains(*c) && self.routes.contains_key(*c)
+                    })
+                    .map(|(c, _)| c.to_string())
+                    .collect();
+                (!missed.is_empty()).then(|| (entry.mailbox.clone(), missed))
+            })
+            .collect()
+    }
+
+    fn active_channels(&self) -> BTreeSet<Arc<str>> {
+        self.routes.keys().cloned().collect()
+    }
+
+    fn rebuild_routes(&mut self) {
+        let mut routes: BTreeMap<Arc<str>, Vec<Arc<Mailbox>>> = BTreeMap::new();
+        for entry in self.subscribers.values() {
+            for (channel, muted) in &entry.channels {
+                let channel_muted = self.channels.get(channel).copied().unwrap_or(true);
+                if !muted && !channel_muted {
+                    routes
+                        .entry(channel.clone())
+                        .or_default()
+                        .push(entry.mailbox.clone());
+                }
+            }
+        }
+        self.routes = routes.into_iter().map(|(c, m)| (c, m.into())).collect();
+    }
+
+    fn channel_key(&self, name: &str) -> Result<Arc<str>, RegistryError> {
+        self.channels
+            .get_key_value(name)
+            .map(|(k, _)| k.clone())
+            .ok_or_else(|| RegistryError::UnknownChannel(name.to_owned()))
+    }
+
+    fn subscriber_mut(&mut self, id: &str) -> Result<&mut SubscriberEntry, RegistryError> {
+        self.subscribers
+            .get_mut(id)
+            .ok_or_else(|| RegistryError::UnknownSubscriber(id.to_owned()))
+    }
+
+    /// The named channels, or every channel when `names` is `None`; all must exist.
+    fn select_channels(&self, names: Option<&[String]>) -> Result<Vec<Arc<str>>, RegistryError> {
+        match names {
+            None => Ok(self.channels.keys().cloned().collect()),
+            Some(names) => names.iter().map(|n| self.channel_key(n)).collect(),
+        }
+    }
+
+    fn add_channels(&mut self, names: &[String]) -> Result<Vec<Arc<str>>, RegistryError> {
+        for name in names {
+            channel::validate(name)?;
+        }
+        Ok(names
+            .iter()
+            .map(|name| match self.channels.get_key_value(name.as_str()) {
+                Some((key, _)) => key.clone(),
+                None => {
+                    let key: Arc<str> = name.as_str().into();
+                    self.channels.insert(key.clone(), false);
+                    key
+                }
+            })
+            .collect())
+    }
+}
+
+/// A channel as the views show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelView {
+    pub channel: String,
+    pub muted: bool,
+    /// Not muted and with at least one un-muted subscriber: LISTENed.
+    pub active: bool,
+    pub subscribers: Vec<ChannelSubscriberView>,
+}
+
+/// A subscriber's place on one channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelSubscriberView {
+    pub id: String,
+    pub muted: bool,
+}
+
+/// A subscriber as the views show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SubscriberView {
+    pub id: String,
+    pub source: SubscriberSource,
+    pub channels: Vec<SubscriptionView>,
+    pub stats: SubscriberStats,
+}
+
+/// One of a subscriber's channels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SubscriptionView {
+    pub channel: String,
+    /// The subscriber's own mute flag on this channel.
+    pub muted: bool,
+    /// Whether the channel itself is muted.
+    pub channel_muted: bool,
+}
+
+/// The registry: a snapshot for readers, a mutex for writers.
+pub(crate) struct Registry {
+    current: ArcSwap<Snapshot>,
+    writer: Mutex<()>,
+    active: watch::Sender<ActiveChannels>,
+}
+
+impl Registry {
+    pub(crate) fn new() -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            writer: Mutex::new(()),
+            active: watch::Sender::new(Arc::new(BTreeSet::new())),
+        }
+    }
+
+    /// The current snapshot; lock-free.
+    pub(crate) fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// The current snapshot as an owned pointer, for holding across awaits.
+    pub(crate) fn snapshot_arc(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Follow the set of active channels.
+    pub(crate) fn watch_active(&self) -> watch::Receiver<ActiveChannels> {
+        self.active.subscribe()
+    }
+
+    /// Apply `change` to a copy of the snapshot and swap it in if it succeeds.
+    fn update<T>(
+        &self,
+        change: impl FnOnce(&mut Snapshot) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Snapshot::clone(&self.current.load());
+        let out = change(&mut next)?;
+        next.rebuild_routes();
+        let active = next.active_channels();
+        self.current.store(Arc::new(next));
+        self.active.send_if_modified(|current| {
+            if **current == active {
+                false
+            } else {
+                *current = Arc::new(active);
+                true
+            }
+        });
+        Ok(out)
+    }
+
+    pub(crate) fn add_channels(&self, names: &[String]) -> Result<(), RegistryError> {
+        self.update(|s| s.add_channels(names).map(drop))
+    }
+
+    /// Remove channels and every subscription to them.
+    pub(crate) fn remove_channels(&self, names: &[String]) -> Result<(), RegistryError> {
+        self.update(|s| {
+            let keys = s.select_channels(Some(names))?;
+            for key in keys {
+                s.channels.remove(&key);
+                for entry in s.subscribers.values_mut() {
+                    entry.channels.remove(&key);
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Register a new subscriber on `channels`, creating missing channels.
+    pub(crate) fn insert_subscriber(
+        &self,
+        mailbox: Arc<Mailbox>,
+        source: SubscriberSource,
+        channels: &[String],
+    ) -> Result<(), RegistryError> {
+        self.update(|s| {
+            if s.subscribers.contains_key(&mailbox.id) {
+                return Err(RegistryError::SubscriberExists(mailbox.id.to_string()));
+            }
+            let keys = s.add_channels(channels)?;
+            let entry = SubscriberEntry {
+                mailbox: mailbox.clone(),
+                source,
+                channels: keys.into_iter().map(|k| (k, false)).collect(),
+            };
+            s.subscribers.insert(mailbox.id.clone(), entry);
+            Ok(())
+        })
+    }
+
+    /// Replace a subscriber's mailbox, keeping its channels and mute flags.
+    /// Returns the old mailbox, for the caller to drain.
+    #[allow(dead_code)] // used by hot reload
+    pub(crate) fn replace_subscriber(
+        &self,
+        mailbox: Arc<Mailbox>,
+        source: SubscriberSource,
+    ) -> Result<Arc<Mailbox>, RegistryError> {
+        self.update(|s| {
+            let entry = s.subscriber_mut(&mailbox.id)?;
+            entry.source = source;
+            Ok(std::mem::replace(&mut entry.mailbox, mailbox.clone()))
+        })
+    }
+
+    /// Remove a subscriber entirely. Returns its mailbox, for the caller to drain.
+    pub(crate) fn remove_subscriber(&self, id: &str) -> Result<Arc<Mailbox>, RegistryError> {
+        self.update(|s| {
+            s.subscribers
+                .remove(id)
+                .map(|e| e.mailbox)
+                .ok_or_else(|| RegistryError::UnknownSubscriber(id.to_owned()))
+        })
+    }
+
+    /// Subscribe an existing subscriber to more channels, creating missing ones.
+    pub(crate) fn subscribe_to(&self, id: &str, channels: &[String]) -> Result<(), RegistryError> {
+        self.update(|s| {
+            s.subscriber_mut(id)?;
+            let keys = s.add_channels(channels)?;
+            let entry = s.subscriber_mut(id)?;
+            for key in keys {
+                entry.channels.entry(key).or_insert(false);
+            }
+            Ok(())
+        })
+    }
+
+    /// Unsubscribe from channels; the subscriber stays registered.
+    pub(crate) fn unsubscribe(&self, id: &str, channels: &[String]) -> Result<(), RegistryError> {
+        self.update(|s| {
+            let entry = s.subscriber_mut(id)?;
+            if let Some(missing) = channels
+                .iter()
+                .find(|c| !entry.channels.contains_key(c.as_str()))
+            {
+                return Err(RegistryError::NotSubscribed {
+                    id: id.to_owned(),
+                    channel: missing.clone(),
+                });
+            }
+            for channel in channels {
+                entry.channels.remove(channel.as_str());
+            }
+            Ok(())
+        })
+    }
+
+    /// Set the mute flag of the named channels, or of all when `None`.
+    /// Subscribers' own mute flags are untouched.
+    pub(crate) fn set_channels_muted(
+        &self,
+        names: Option<&[String]>,
+        muted: bool,
+    ) -> Result<(), RegistryError> {
+        self.update(|s| {
+            for key in s.select_channels(names)? {
+                s.channels.insert(key, muted);
+            }
+            Ok(())
+        })
+    }
+
+    /// Set a subscriber's mute flag on the named channels, or on all of its
+    /// channels when `None`.
+    pub(crate) fn set_subscriber_muted(
+        &self,
+        id: &str,
+        channels: Option<&[String]>,
+        muted: bool,
+    ) -> Result<(), RegistryError> {
+        self.update(|s| {
+            let entry = s.subscriber_mut(id)?;
+            match channels {
+                None => entry.channels.values_mut().for_each(|m| *m = muted),
+                Some(names) => {
+                    if let Some(missing) = names
+                        .iter()
+                        .find(|c| !entry.channels.contains_key(c.as_str()))
+                    {
+                        return Err(RegistryError::NotSubscribed {
+                            id: id.to_owned(),
+                            channel: missing.clone(),
+                        });
+                    }
+                    for name in names {
+                        if let Some(flag) = entry.channels.get_mut(name.as_str()) {
+                            *flag = muted;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub(crate) fn channels(&self) -> Vec<ChannelView> {
+        let s = self.snapshot();
+        s.channels
+            .iter()
+            .map(|(name, muted)| ChannelView {
+                channel: name.to_string(),
+                muted: *muted,
+                active: s.routes.contains_key(name),
+                subscribers: s
+                    .subscribers
+                    .iter()
+                    .filter_map(|(id, e)| {
+                        e.channels.get(name).map(|m| ChannelSubscriberView {
+                            id: id.to_string(),
+                            muted: *m,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn subscribers(&self) -> Vec<SubscriberView> {
+        let s = self.snapshot();
+        s.subscribers
+            .iter()
+            .map(|(id, e)| SubscriberView {
+                id: id.to_string(),
+                source: e.source.clone(),
+                channels: e
+                    .channels
+                    .iter()
+                    .map(|(c, m)| SubscriptionView {
+                        channel: c.to_string(),
+                        muted: *m,
+                        channel_muted: s.channels.get(c).copied().unwrap_or(false),
+                    })
+                    .collect(),
+                stats: e.mailbox.stats(),
+            })
+            .collect()
+    }
+
+    /// Every mailbox, for shutdown.
+    pub(crate) fn mailboxes(&self) -> Vec<Arc<Mailbox>> {
+        self.snapshot()
+            .subscribers
+            .values()
+            .map(|e| e.mailbox.clone())
+            .collect()
+    }
+
+    /// The mailbox of one subscriber.
+    pub(crate) fn mailbox(&self, id: &str) -> Option<Arc<Mailbox>> {
+        self.snapshot()
+            .subscribers
+            .get(id)
+            .map(|e| e.mailbox.clone())
+    }
+}

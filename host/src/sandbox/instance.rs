@@ -1,0 +1,187 @@
+//! One subscriber's live instance, called on its worker thread.
+
+use super::host::HostState;
+use super::{error_chain, LoadError, Sandbox, EPOCH_TICK};
+use crate::bindings::{Plugin, PluginPre, Registration};
+use crate::dispatch::{CallFailure, Deliver, Notification};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::{Engine, Store, Trap};
+
+/// Limits applied to every call into one plugin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PluginLimits {
+    /// CPU deadline per call (and for `register`).
+    pub timeout: Duration,
+    /// Cap on the instance's linear memory, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Everything needed to (re)create a subscriber's instance.
+struct PluginCode {
+    id: Arc<str>,
+    path: PathBuf,
+    pre: PluginPre<HostState>,
+    engine: Engine,
+    limits: PluginLimits,
+    config: Vec<(String, String)>,
+}
+
+struct Live {
+    store: Store<HostState>,
+    plugin: Plugin,
+}
+
+/// A wasm plugin as a subscriber: one long-lived instance, recycled after a
+/// trap or timeout.
+pub(crate) struct WasmSubscriber {
+    code: Arc<PluginCode>,
+    live: Option<Live>,
+}
+
+impl WasmSubscriber {
+    /// Instantiate a compiled plugin and run its `register`.
+    pub(crate) fn start(
+        sandbox: &Sandbox,
+        id: Arc<str>,
+        path: &Path,
+        pre: PluginPre<HostState>,
+        limits: PluginLimits,
+        config: Vec<(String, String)>,
+    ) -> Result<(Self, Registration), LoadError> {
+        let code = Arc::new(PluginCode {
+            id,
+            path: path.to_owned(),
+            pre,
+            engine: sandbox.engine().clone(),
+            limits,
+            config,
+        });
+        let (live, registration) = code.instantiate()?;
+        Ok((
+            Self {
+                code,
+                live: Some(live),
+            },
+            registration,
+        ))
+    }
+
+    /// The live instance, recreated (with `register` run again) if the last one was thrown away.
+    fn live(&mut self) -> Result<&mut Live, CallFailure> {
+        if self.live.is_none() {
+            let (live, _) = self.code.instantiate().map_err(|e| {
+                CallFailure::Trapped(format!("could not recreate the instance: {}", e.reason))
+            })?;
+            tracing::info!(subscriber = %self.code.id, "instance recycled");
+            self.live = Some(live);
+        }
+        self.live
+            .as_mut()
+            .ok_or_else(|| CallFailure::Trapped("no instance".into()))
+    }
+
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Live) -> wasmtime::Result<T>,
+    ) -> Result<T, CallFailure> {
+        let limits = self.code.limits;
+        let live = self.live()?;
+        live.store
+            .set_epoch_deadline(deadline_ticks(limits.timeout));
+        match f(live) {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                // The instance may be in any state after a trap: throw it away.
+                self.live = None;
+                Err(classify(&e, &limits))
+            }
+        }
+    }
+}
+
+impl Deliver for WasmSubscriber {
+    fn on_notify(&mut self, n: &Notification) -> Result<(), CallFailure> {
+        let id = self.code.id.clone();
+        self.call(|live| {
+            live.plugin.pgnotifier_plugin_subscriber().call_on_notify(
+                &mut live.store,
+                &id,
+                &n.channel,
+                &n.payload,
+                n.pid,
+            )
+        })?
+        .map_err(CallFailure::Returned)
+    }
+
+    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure> {
+        let id = self.code.id.clone();
+        self.call(|live| {
+            live.plugin
+                .pgnotifier_plugin_subscriber()
+                .call_on_gap(&mut live.store, &id, channels)
+        })
+    }
+}
+
+impl PluginCode {
+    fn instantiate(&self) -> Result<(Live, Registration), LoadError> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(self.id.clone(), self.limits.memory_bytes),
+        );
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        let plugin = self.pre.instantiate(&mut store).map_err(|e| {
+            LoadError::new(
+                &self.path,
+                format!("instantiation failed: {}", classify(&e, &self.limits)),
+            )
+        })?;
+        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        let registration = plugin
+            .pgnotifier_plugin_subscriber()
+            .call_register(&mut store, &self.id, &self.config)
+            .map_err(|e| {
+                LoadError::new(
+                    &self.path,
+                    format!("register {}", classify(&e, &self.limits)),
+                )
+            })?
+            .map_err(|e| LoadError::new(&self.path, format!("register returned an error: {e}")))?;
+        Ok((Live { store, plugin }, registration))
+    }
+}
+
+/// Epoch ticks for a deadline, rounded up, plus one for the tick in progress.
+fn deadline_ticks(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    (timeout.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}
+
+fn classify(e: &wasmtime::Error, limits: &PluginLimits) -> CallFailure {
+    if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        return CallFailure::TimedOut(limits.timeout);
+    }
+    let message = error_chain(e);
+    if message.contains("forcing trap when growing memory") {
+        return CallFailure::Trapped(format!(
+            "memory limit of {} MiB reached: {message}",
+            limits.memory_bytes >> 20
+        ));
+    }
+    CallFailure::Trapped(message)
+}

@@ -1,0 +1,212 @@
+//! The sandbox: one wasmtime engine, plugin components, and their instances.
+//!
+//! Linking happens once per component (`PluginPre`); each subscriber gets one
+//! long-lived instance in its own store, with a memory cap and a per-call
+//! epoch deadline. A trap or timeout throws that instance away; the next call
+//! gets a fresh one, with `register` run again.
+
+mod host;
+mod instance;
+mod stdio;
+
+pub use instance::PluginLimits;
+pub(crate) use instance::WasmSubscriber;
+
+use crate::bindings::PluginPre;
+use host::HostState;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the engine's epoch advances; deadlines are rounded up to it.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Why a plugin could not be loaded. Always names the file.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin {}: {reason}", path.display())]
+pub struct LoadError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+impl LoadError {
+    pub(crate) fn new(path: &Path, reason: impl std::fmt::Display) -> Self {
+        Self {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Engine-wide settings.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Where compiled code is cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// How many instances the pooling allocator reserves room for.
+    pub max_instances: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: default_cache_dir(),
+            max_instances: 1000,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/pgnotifier/wasm` or `~/.cache/pgnotifier/wasm`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("pgnotifier").join("wasm"))
+}
+
+/// The engine, the linker and the epoch ticker, shared by every plugin.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Sandbox {
+    pub fn new(config: &SandboxConfig) -> anyhow::Result<Arc<Self>> {
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true);
+        wasm.wasm_component_model(true);
+        let mut pool = PoolingAllocationConfig::new();
+        let instances = config.max_instances.max(1);
+        pool.total_component_instances(instances)
+            .total_core_instances(instances.saturating_mul(4))
+            .total_memories(instances.saturating_mul(2))
+            .total_tables(instances.saturating_mul(4))
+            .max_memories_per_component(8)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(64)
+            .table_elements(100_000)
+            .max_core_instance_size(8 << 20)
+            .max_component_instance_size(8 << 20);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = &config.cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            match wasmtime::Cache::new(cache) {
+                Ok(cache) => {
+                    wasm.cache(Some(cache));
+                }
+                Err(e) => tracing::warn!(dir = %dir.display(), "compile cache disabled: {e}"),
+            }
+        }
+        let engine =
+            Engine::new(&wasm).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        crate::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(|e| anyhow::anyhow!("linking the host interface: {e}"))?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let stop = ticker_stop.clone();
+        std::thread::Builder::new()
+            .name("pgn:epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })?;
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            ticker_stop,
+        }))
+    }
+
+    /// Compile and link a plugin file. Compiled code comes from the cache when
+    /// the same bytes were compiled before by the same engine configuration.
+    pub fn compile(&self, path: &Path) -> Result<PluginPre<HostState>, LoadError> {
+        let bytes =
+            std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+        self.compile_bytes(path, &bytes)
+    }
+
+    pub(crate) fn compile_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<PluginPre<HostState>, LoadError> {
+        check_component_header(bytes).map_err(|reason| LoadError::new(path, reason))?;
+        let component = Component::new(&self.engine, bytes)
+            .map_err(|e| LoadError::new(path, format!("invalid component: {}", error_chain(&e))))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            LoadError::new(
+                path,
+                format!(
+                    "not a `pgnotifier:plugin/plugin` component: {}",
+                    error_chain(&e)
+                ),
+            )
+        })?;
+        PluginPre::new(pre).map_err(|e| {
+            LoadError::new(
+                path,
+                format!(
+                    "not a `pgnotifier:plugin/plugin` component: {}",
+                    error_chain(&e)
+                ),
+            )
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Tell a core module, a truncated file and a non-wasm file apart up front,
+/// since the compiler's own messages for them are cryptic.
+fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+    const MAGIC: &[u8] = b"\0asm";
+    if bytes.len() < 8 {
+        return Err(format!(
+            "file is {} bytes; too short to be a WebAssembly component",
+            bytes.len()
+        ));
+    }
+    if &bytes[..4] != MAGIC {
+        return Err("not a WebAssembly file (no `\\0asm` header)".into());
+    }
+    match bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => Err(
+            "is a core WebAssembly module, not a component; build it for the `plugin` world and wrap it with `wasm-tools component new`"
+                .into(),
+        ),
+        _ => Err("unsupported WebAssembly version or layer".into()),
+    }
+}
+
+/// Render an error with its causes on one line.
+pub(crate) fn error_chain(e: &wasmtime::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+    }
+    out
+}

@@ -1,0 +1,97 @@
+//! Subscribers written in Rust: closures called on their own worker thread.
+
+use crate::config::SubscriberSettings;
+use crate::dispatch::{CallFailure, Deliver, Notification, Overflow, QueueLimits};
+use crate::payload::{Payload, PayloadMode};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+type NotifyFn = dyn Fn(&str, &str, &Payload, i32) + Send + Sync;
+type GapFn = dyn Fn(&str, &[String]) + Send + Sync;
+
+/// A native subscriber: a closure called as `(id, channel, payload, pid)`.
+///
+/// ```
+/// let subscriber = pgnotifier::Subscriber::native(|id, channel, payload, pid| {
+///     println!("{id} got {payload:?} on {channel} from backend {pid}");
+/// });
+/// ```
+#[derive(Clone)]
+pub struct Subscriber {
+    on_notify: Arc<NotifyFn>,
+    on_gap: Option<Arc<GapFn>>,
+    pub(crate) settings: SubscriberSettings,
+}
+
+impl Subscriber {
+    pub fn native(f: impl Fn(&str, &str, &Payload, i32) + Send + Sync + 'static) -> Self {
+        Self {
+            on_notify: Arc::new(f),
+            on_gap: None,
+            settings: SubscriberSettings::default(),
+        }
+    }
+
+    /// Also be told `(id, channels)` when notifications may have been missed.
+    pub fn on_gap(mut self, f: impl Fn(&str, &[String]) + Send + Sync + 'static) -> Self {
+        self.on_gap = Some(Arc::new(f));
+        self
+    }
+
+    /// Receive every payload unparsed, as `Payload::Text`.
+    pub fn payload_mode(mut self, mode: PayloadMode) -> Self {
+        self.settings.payload = mode;
+        self
+    }
+
+    /// Queue size and what to do when it is full.
+    pub fn queue(mut self, capacity: usize, overflow: Overflow, overflow_wait: Duration) -> Self {
+        self.settings.queue = QueueLimits {
+            capacity,
+            overflow,
+            overflow_wait,
+        };
+        self
+    }
+
+    pub(crate) fn into_deliver(self, id: Arc<str>) -> Box<dyn Deliver> {
+        Box::new(NativeDeliver {
+            id,
+            subscriber: self,
+        })
+    }
+}
+
+struct NativeDeliver {
+    id: Arc<str>,
+    subscriber: Subscriber,
+}
+
+impl Deliver for NativeDeliver {
+    fn on_notify(&mut self, n: &Notification) -> Result<(), CallFailure> {
+        let f = &self.subscriber.on_notify;
+        catch_unwind(AssertUnwindSafe(|| {
+            f(&self.id, &n.channel, &n.payload, n.pid)
+        }))
+        .map_err(panic_failure)
+    }
+
+    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure> {
+        match &self.subscriber.on_gap {
+            Some(f) => {
+                catch_unwind(AssertUnwindSafe(|| f(&self.id, channels))).map_err(panic_failure)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn panic_failure(panic: Box<dyn std::any::Any + Send>) -> CallFailure {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    CallFailure::Trapped(format!("panicked: {message}"))
+}
