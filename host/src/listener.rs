@@ -216,12 +216,14 @@ async fn sync_listens(
     wanted: &BTreeSet<Arc<str>>,
 ) -> Result<(), tokio_postgres::Error> {
     let mut sql = String::new();
-    for channel in wanted.difference(listened) {
+    let added: Vec<&str> = wanted.difference(listened).map(|c| &**c).collect();
+    let removed: Vec<&str> = listened.difference(wanted).map(|c| &**c).collect();
+    for channel in &added {
         sql.push_str("LISTEN ");
         sql.push_str(&quote_ident(channel));
         sql.push(';');
     }
-    for channel in listened.difference(wanted) {
+    for channel in &removed {
         sql.push_str("UNLISTEN ");
         sql.push_str(&quote_ident(channel));
         sql.push(';');
@@ -230,7 +232,7 @@ async fn sync_listens(
         return Ok(());
     }
     client.batch_execute(&sql).await?;
-    tracing::debug!(channels = wanted.len(), "LISTEN set updated");
+    tracing::info!(listen = ?added, unlisten = ?removed, total = wanted.len(), "LISTEN set updated");
     *listened = wanted.clone();
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use pgnotifier::cli::{execute, Cli};
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -14,6 +15,7 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -34,16 +34,18 @@ fn decode_typed(raw: &str) -> Payload {
     match trimmed.as_bytes().first() {
         None => text(),
         Some(b'{' | b'[') => match serde_json::from_str::<IgnoredAny>(trimmed) {
-            Ok(_) => Payload::Json(compact_json(trimmed)),
-            Err(e) => {
-                if e.to_string().starts_with("recursion limit exceeded") {
+            Ok(_) => compact_json(trimmed).map_or_else(
+                || {
                     tracing::warn!(
                         bytes = raw.len(),
-                        "payload nests JSON deeper than the decoder allows; delivering it as text"
+                        max_depth = MAX_JSON_DEPTH,
+                        "payload nests JSON too deeply; delivering it as text"
                     );
-                }
-                text()
-            }
+                    text()
+                },
+                Payload::Json,
+            ),
+            Err(_) => text(),
         },
         Some(b'"') => {
             serde_json::from_str::<String>(trimmed).map_or_else(|_| text(), Payload::Text)
@@ -201,12 +203,18 @@ impl DecimalDigits {
     }
 }
 
+/// The deepest nesting delivered as `json`: serde_json's own recursion limit,
+/// so a guest parsing it with common defaults does not fail on it.
+pub const MAX_JSON_DEPTH: usize = 128;
+
 /// Strip the insignificant whitespace from valid JSON, keeping every other
-/// byte (number digits, string escapes) exactly as it was sent.
-fn compact_json(json: &str) -> String {
+/// byte (number digits, string escapes) exactly as it was sent. `None` if it
+/// nests deeper than [`MAX_JSON_DEPTH`].
+fn compact_json(json: &str) -> Option<String> {
     let mut out = String::with_capacity(json.len());
     let mut in_string = false;
     let mut escaped = false;
+    let mut depth = 0usize;
     for c in json.chars() {
         if in_string {
             out.push(c);
@@ -218,13 +226,21 @@ fn compact_json(json: &str) -> String {
                 in_string = false;
             }
         } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            if c == '"' {
-                in_string = true;
+            match c {
+                '"' => in_string = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_JSON_DEPTH {
+                        return None;
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
             }
             out.push(c);
         }
     }
-    out
+    Some(out)
 }
 
 #[cfg(test)]
@@ -287,6 +303,8 @@ mod tests {
     fn too_deep_json_falls_back_to_text() {
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert_eq!(typed(&deep), Payload::Text(deep.clone()));
+        let limit = "[".repeat(MAX_JSON_DEPTH) + &"]".repeat(MAX_JSON_DEPTH);
+        assert_eq!(typed(&limit), Payload::Json(limit.clone()));
     }
 
     #[test]

@@ -68,19 +68,19 @@ impl host::Host for HostState {
         };
         match level {
             Level::Trace => {
-                tracing::trace!(target: "pgnotifier::plugin", subscriber = id, "{message}{cut}")
+                tracing::trace!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
             }
             Level::Debug => {
-                tracing::debug!(target: "pgnotifier::plugin", subscriber = id, "{message}{cut}")
+                tracing::debug!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
             }
             Level::Info => {
-                tracing::info!(target: "pgnotifier::plugin", subscriber = id, "{message}{cut}")
+                tracing::info!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
             }
             Level::Warn => {
-                tracing::warn!(target: "pgnotifier::plugin", subscriber = id, "{message}{cut}")
+                tracing::warn!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
             }
             Level::Error => {
-                tracing::error!(target: "pgnotifier::plugin", subscriber = id, "{message}{cut}")
+                tracing::error!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
             }
         }
     }

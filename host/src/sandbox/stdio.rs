@@ -91,10 +91,10 @@ impl LineWriter {
         };
         match self.out.stream {
             Stdio::Stdout => {
-                tracing::info!(target: "pgnotifier::plugin", subscriber = id, stream = "stdout", "{text}{cut}")
+                tracing::info!(target: "pgnotifier::plugin", subscriber = %id, stream = "stdout", "{text}{cut}")
             }
             Stdio::Stderr => {
-                tracing::warn!(target: "pgnotifier::plugin", subscriber = id, stream = "stderr", "{text}{cut}")
+                tracing::warn!(target: "pgnotifier::plugin", subscriber = %id, stream = "stderr", "{text}{cut}")
             }
         }
         self.line.clear();

@@ -1,0 +1,265 @@
+//! The `pgnotifier` binary, as a user runs it.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::wat::{Notify, WatPlugin};
+use support::{channel, Sender, SOON};
+
+const BIN: &str = env!("CARGO_BIN_EXE_pgnotifier");
+
+/// A running `pgnotifier run`, with its stderr collected line by line.
+struct Host {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host {
+    fn start(mut command: Command) -> Self {
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start pgnotifier");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    fn run(plugins: &Path, database_url: &str) -> Self {
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "--plugins"])
+            .arg(plugins)
+            .args(["--database-url", database_url]);
+        Self::start(command)
+    }
+
+    fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Wait for a line containing every one of `parts`.
+    fn wait_for(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + SOON;
+        while Instant::now() < deadline {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no line with {parts:?} in:\n{}", self.output());
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for exit; the exit status.
+    fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + SOON;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let the reader drain
+                return (status, self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgnotifier did not exit:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The issue's acceptance run: the Rust example plugin in `plugins/dist`
+/// receives `(id, "ch1", json {"a":1}, pid)`, and guest stdio shows up too.
+#[tokio::test]
+async fn run_shows_the_example_plugin_receiving_a_notification() {
+    let dir = support::temp_dir("cli-run");
+    std::fs::copy(support::example_plugin("logger"), dir.join("logger.wasm")).unwrap();
+    WatPlugin::new(&["ch1"], Notify::Stdio).write(&dir, "stdio");
+    let host = Host::run(&dir, support::database_url());
+    host.wait_for(&["LISTEN set updated", "ch1"]);
+
+    let sender = Sender::connect().await;
+    let pid: i32 = sender
+        .client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    sender
+        .client
+        .execute(r#"select pg_notify('ch1', '{"a":1}')"#, &[])
+        .await
+        .unwrap();
+    sender.notify("ch1", "plain words").await;
+
+    let line = host.wait_for(&[r#"(logger, "ch1", json {"a":1}, "#]);
+    assert!(line.contains(&format!(", {pid})")), "{line}");
+    assert!(
+        line.contains("subscriber=logger"),
+        "tagged with the id: {line}"
+    );
+    host.wait_for(&["plain words", "subscriber=stdio", "stdout"]);
+    host.wait_for(&["plain words", "subscriber=stdio", "stderr"]);
+
+    host.signal("TERM");
+    let (status, output) = host.wait();
+    assert!(status.success(), "{status}\n{output}");
+    assert!(
+        output.contains("all queued notifications delivered"),
+        "{output}"
+    );
+}
+
+/// SIGTERM lets queued and in-flight calls finish before the process exits.
+#[tokio::test]
+async fn sigterm_drains_queued_notifications_before_exit() {
+    let dir = support::temp_dir("cli-drain");
+    let ch = channel("drain");
+    WatPlugin::new(&[ch.as_str()], Notify::Burn(600_000_000)).write(&dir, "burner");
+    std::fs::write(dir.join("burner.toml"), "timeout_ms = 20000\n").unwrap();
+    let host = Host::run(&dir, support::database_url());
+    host.wait_for(&["LISTEN set updated", &ch]);
+    let sender = Sender::connect().await;
+    for i in 0..5 {
+        sender.notify(&ch, &format!("job {i}")).await;
+    }
+    host.wait_for(&["job 0", "subscriber=burner"]);
+    let at_signal = host.output();
+    host.signal("INT");
+    assert!(
+        !at_signal.contains("job 4"),
+        "the test needs work still queued at the signal:\n{at_signal}"
+    );
+    let (status, output) = host.wait();
+    assert!(status.success(), "{status}\n{output}");
+    for i in 0..5 {
+        assert!(
+            output.contains(&format!("job {i}")),
+            "job {i} delivered before exit:\n{output}"
+        );
+    }
+}
+
+/// With no URL, the libpq variables configure the connection, and the
+/// password never appears in the output.
+#[tokio::test]
+async fn libpq_variables_configure_the_database_and_the_password_is_never_printed() {
+    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
+    let host = match &url.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("tests use TCP, not {other:?}"),
+    };
+    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let dir = support::temp_dir("cli-env");
+    let ch = channel("env");
+    WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, "echo");
+
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--plugins"])
+        .arg(&dir)
+        .env_remove("DATABASE_URL")
+        .env("PGHOST", &host)
+        .env("PGPORT", port.to_string())
+        .env("PGUSER", url.get_user().unwrap())
+        .env("PGDATABASE", url.get_dbname().unwrap_or("postgres"))
+        .env("PGPASSWORD", "hunter2-secret");
+    let run = Host::start(command);
+    run.wait_for(&[
+        "connected",
+        &format!("postgres://{}:***@{host}:{port}/", url.get_user().unwrap()),
+    ]);
+    run.wait_for(&["LISTEN set updated", &ch]);
+    Sender::connect()
+        .await
+        .notify(&ch, "via PG variables")
+        .await;
+    run.wait_for(&["via PG variables", "subscriber=echo"]);
+    run.signal("TERM");
+    let (status, output) = run.wait();
+    assert!(status.success(), "{output}");
+    assert!(!output.contains("hunter2"), "password leaked:\n{output}");
+
+    // A URL with a password is shown redacted too, even when it cannot connect.
+    let bad = Host::run(
+        &dir,
+        "postgres://someone:hunter2-secret@127.0.0.1:1/nowhere",
+    );
+    bad.wait_for(&["cannot connect to postgres://someone:***@127.0.0.1:1/nowhere"]);
+    bad.signal("TERM");
+    let (_, output) = bad.wait();
+    assert!(!output.contains("hunter2"), "password leaked:\n{output}");
+}
+
+#[test]
+fn check_prints_the_id_and_channels_of_a_valid_plugin() {
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(support::example_plugin("logger"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "id: logger\nchannels: ch1\n"
+    );
+}
+
+#[test]
+fn check_rejects_an_invalid_plugin_with_a_clear_message() {
+    let dir = support::temp_dir("cli-check");
+    let path = dir.join("broken.wasm");
+    std::fs::write(&path, wat::parse_str("(module)").unwrap()).unwrap();
+    let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("not a component"), "{stderr}");
+}
+
+#[test]
+fn wit_prints_the_contract() {
+    let out = Command::new(BIN).arg("wit").output().unwrap();
+    assert!(out.status.success());
+    let wit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/plugin.wit"))
+            .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), wit);
+    assert!(wit.contains("package pgnotifier:plugin@0.1.0;"));
+}
+
+#[test]
+fn run_without_a_plugins_folder_says_what_is_missing() {
+    let out = Command::new(BIN)
+        .args(["run", "--database-url", support::database_url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plugins folder: pass --plugins DIR"));
+}

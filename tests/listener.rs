@@ -1,0 +1,148 @@
+//! The listener: LISTEN by difference on one connection, quoted identifiers.
+
+mod support;
+
+use pgnotifier::channel::ChannelNameError;
+use pgnotifier::registry::RegistryError;
+use pgnotifier::{Error, Notifier, Payload};
+use std::time::Duration;
+use support::{channel, count, eventually, recorder, Sender, SOON};
+
+/// Notifications on A keep arriving, all of them, in order, on the same
+/// connection, while B is subscribed and unsubscribed over and over.
+#[tokio::test]
+async fn changing_channels_never_reconnects_and_loses_nothing() {
+    let n = Notifier::new(support::database());
+    let (a, b) = (channel("steady"), channel("churn"));
+    let (sa, seen_a) = recorder();
+    n.subscribe("a", a.as_str(), sa).unwrap();
+    n.start().await.unwrap();
+    n.wait_until_listening(SOON).await.unwrap();
+    let pid = n.backend_pid().expect("connected");
+
+    const SENT: usize = 400;
+    let a_clone = a.clone();
+    let stream = tokio::spawn(async move {
+        let sender = Sender::connect().await;
+        for i in 0..SENT {
+            sender.notify(&a_clone, &i.to_string()).await;
+        }
+    });
+    let sender = Sender::connect().await;
+    let (sb, seen_b) = recorder();
+    n.subscribe("b", b.as_str(), sb).unwrap();
+    for round in 0..15 {
+        n.wait_until_listening(SOON).await.unwrap();
+        assert!(n.listening().contains(&b));
+        sender.notify(&b, &format!("round {round}")).await;
+        assert!(
+            eventually(SOON, || count(&seen_b) == round + 1).await,
+            "B round {round} delivered"
+        );
+        n.unsubscribe("b", b.as_str()).unwrap();
+        n.wait_until_listening(SOON).await.unwrap();
+        assert!(!n.listening().contains(&b));
+        n.subscribe_to("b", b.as_str()).unwrap();
+    }
+    stream.await.unwrap();
+    assert!(
+        eventually(SOON, || count(&seen_a) == SENT).await,
+        "all of A delivered"
+    );
+    let got: Vec<_> = seen_a
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.payload.clone())
+        .collect();
+    let want: Vec<_> = (0..SENT as i64).map(Payload::Integer).collect();
+    assert_eq!(got, want, "A arrived complete and in order");
+    assert_eq!(
+        n.backend_pid(),
+        Some(pid),
+        "the connection was never replaced"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Names that need quoting reach exactly their own subscribers.
+#[tokio::test]
+async fn channel_names_are_quoted_and_escaped() {
+    let n = Notifier::new(support::database());
+    let suffix = channel("");
+    let names: Vec<String> = [
+        "we\"ird",
+        "with space",
+        "MixedCase",
+        "mixedcase",
+        "ünïcødé €",
+        "\"; select pg_sleep(5); --",
+        "a\"\"b",
+    ]
+    .iter()
+    .map(|n| format!("{n}{suffix}"))
+    .collect();
+    let mut seen = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let (s, rec) = recorder();
+        n.subscribe(&format!("s{i}"), name.as_str(), s).unwrap();
+        seen.push(rec);
+    }
+    n.start().await.unwrap();
+    n.wait_until_listening(SOON).await.unwrap();
+    let sender = Sender::connect().await;
+    for name in &names {
+        sender.notify(name, name).await;
+    }
+    assert!(eventually(SOON, || seen.iter().all(|s| count(s) == 1)).await);
+    for (name, rec) in names.iter().zip(&seen) {
+        let got = rec.lock().unwrap()[0].clone();
+        assert_eq!(&got.channel, name);
+        assert_eq!(got.payload, Payload::Text(name.clone()));
+    }
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn names_over_63_bytes_are_refused_clearly() {
+    let n = Notifier::new(support::database());
+    let long = "é".repeat(32); // 64 bytes
+    match n.subscribe("s", long.as_str(), recorder().0) {
+        Err(Error::Registry(RegistryError::InvalidChannel(ChannelNameError::TooLong {
+            len,
+            ..
+        }))) => {
+            assert_eq!(len, 64)
+        }
+        other => panic!("expected a too-long error, got {other:?}"),
+    }
+    let message = n.add_channels(long.as_str()).unwrap_err().to_string();
+    assert!(
+        message.contains("64 bytes") && message.contains("63"),
+        "{message}"
+    );
+    assert!(n.channels().is_empty());
+    assert!(n.add_channels("").is_err());
+}
+
+/// The pid is the sender's backend pid, as PostgreSQL reports it.
+#[tokio::test]
+async fn the_pid_is_the_sending_backend() {
+    let n = Notifier::new(support::database());
+    let ch = channel("pid");
+    let (s, seen) = recorder();
+    n.subscribe("s", ch.as_str(), s).unwrap();
+    n.start().await.unwrap();
+    n.wait_until_listening(SOON).await.unwrap();
+    let sender = Sender::connect().await;
+    let row = sender
+        .client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap();
+    let sender_pid: i32 = row.get(0);
+    sender.notify(&ch, "x").await;
+    assert!(eventually(SOON, || count(&seen) == 1).await);
+    assert_eq!(seen.lock().unwrap()[0].pid, sender_pid);
+    n.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,236 @@
+//! Shared set-up for the integration tests: a real PostgreSQL (DESIGN §5),
+//! capture of the host log, and builders for test plugins.
+//!
+//! Every test that needs something missing fails with a message saying what.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod wat;
+
+use pgnotifier::local_pg::{self, LocalPostgres};
+use pgnotifier::{DatabaseConfig, Payload, Subscriber};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The database every test in this binary uses, found or started once.
+pub fn database_url() -> &'static str {
+    static DB: OnceLock<LocalPostgres> = OnceLock::new();
+    DB.get_or_init(|| match local_pg::discover() {
+        Ok(db) => db,
+        Err(e) => panic!("these tests need PostgreSQL: {e}"),
+    })
+    .url()
+}
+
+pub fn database() -> DatabaseConfig {
+    DatabaseConfig::from_url(database_url()).expect("test database URL parses")
+}
+
+/// A channel name no other test uses.
+pub fn channel(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A client for sending notifications.
+pub struct Sender {
+    pub client: tokio_postgres::Client,
+}
+
+impl Sender {
+    pub async fn connect() -> Self {
+        let (client, connection) = tokio_postgres::connect(database_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        Self { client }
+    }
+
+    pub async fn notify(&self, channel: &str, payload: &str) {
+        self.client
+            .execute("select pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .expect("pg_notify");
+    }
+
+    /// `NOTIFY channel` with no payload, through a quoted identifier.
+    pub async fn notify_empty(&self, channel: &str) {
+        let sql = format!("NOTIFY {}", pgnotifier::channel::quote_ident(channel));
+        self.client.batch_execute(&sql).await.expect("NOTIFY");
+    }
+}
+
+/// Wait until `done` holds, polling; false if `timeout` passes first.
+pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Generous bound for things that should take milliseconds.
+pub const SOON: Duration = Duration::from_secs(20);
+
+/// What a native recording subscriber received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Received {
+    pub id: String,
+    pub channel: String,
+    pub payload: Payload,
+    pub pid: i32,
+}
+
+/// A native subscriber that records every call, and the list it records into.
+pub fn recorder() -> (Subscriber, Arc<Mutex<Vec<Received>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let subscriber = Subscriber::native(move |id, channel, payload, pid| {
+        sink.lock().unwrap().push(Received {
+            id: id.to_owned(),
+            channel: channel.to_owned(),
+            payload: payload.clone(),
+            pid,
+        });
+    });
+    (subscriber, seen)
+}
+
+pub fn count(seen: &Arc<Mutex<Vec<Received>>>) -> usize {
+    seen.lock().unwrap().len()
+}
+
+/// A fresh empty folder under the system temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pgnotifier-test-{name}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// An example plugin built by `plugins/build`.
+pub fn example_plugin(name: &str) -> PathBuf {
+    let dist = std::env::var_os("PGNOTIFIER_PLUGINS_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"));
+    let path = dist.join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "example plugin {} is missing: run `plugins/build` first",
+        path.display()
+    );
+    path
+}
+
+/// Capture of the host's log events that carry a `subscriber` field.
+pub mod logs {
+    use std::fmt::Write as _;
+    use std::sync::{Mutex, Once};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    /// One captured event.
+    #[derive(Clone, Debug, Default)]
+    pub struct Line {
+        pub subscriber: String,
+        pub level: String,
+        pub target: String,
+        pub message: String,
+        pub stream: Option<String>,
+    }
+
+    static LINES: Mutex<Vec<Line>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    #[derive(Default)]
+    struct Fields(Line);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let mut text = String::new();
+            let _ = write!(text, "{value:?}");
+            self.set(field, text);
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.set(field, value.to_owned());
+        }
+    }
+
+    impl Fields {
+        fn set(&mut self, field: &Field, text: String) {
+            match field.name() {
+                "message" => self.0.message = text,
+                "subscriber" => self.0.subscriber = text,
+                "stream" => self.0.stream = Some(text),
+                _ => {}
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Capture {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut fields = Fields::default();
+            event.record(&mut fields);
+            if fields.0.subscriber.is_empty() {
+                return;
+            }
+            fields.0.level = event.metadata().level().to_string();
+            fields.0.target = event.metadata().target().to_owned();
+            LINES.lock().unwrap().push(fields.0);
+        }
+    }
+
+    /// Install the capture (and a test-friendly log printer) once per binary.
+    pub fn install() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::registry()
+                .with(Capture)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_test_writer()
+                        .with_filter(tracing_subscriber::EnvFilter::new("info")),
+                )
+                .try_init();
+        });
+    }
+
+    /// Every captured event of one subscriber, in order.
+    pub fn of(subscriber: &str) -> Vec<Line> {
+        LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.subscriber == subscriber)
+            .cloned()
+            .collect()
+    }
+
+    /// The messages a plugin logged itself (through `log` or stdio).
+    pub fn plugin_messages(subscriber: &str) -> Vec<String> {
+        of(subscriber)
+            .into_iter()
+            .filter(|l| l.target == "pgnotifier::plugin")
+            .map(|l| l.message)
+            .collect()
+    }
+}

@@ -1,0 +1,282 @@
+//! Test plugins written in WAT and turned into components at test time, with
+//! the `wat` and `wit-component` crates: no guest toolchain needed.
+//!
+//! The core module implements the `plugin` world's canonical ABI by hand:
+//! `register` returns a fixed channel list, `on-notify` runs one of a few
+//! behaviours, and a bump allocator is reset after each call.
+
+use std::path::{Path, PathBuf};
+use wit_component::{ComponentEncoder, StringEncoding};
+use wit_parser::Resolve;
+
+/// What `on-notify` does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Notify {
+    /// Log text and JSON payloads verbatim. The payload `boom` traps; the
+    /// payload `count` logs `first` on an instance's first such call and
+    /// `again` after, which shows whether the instance survived.
+    Echo,
+    /// Spin forever.
+    Spin,
+    /// Burn this many loop iterations, then behave like `Echo`.
+    Burn(u32),
+    /// Return `err("nope")`.
+    Fail,
+    /// Grow memory a page at a time until it cannot.
+    Grow,
+    /// Write text payloads to stdout and to stderr through WASI.
+    Stdio,
+}
+
+/// What `register` does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Register {
+    /// Log `registered`, then log each config key and value, and return the channels.
+    Ok,
+    /// Return `err("not today")`.
+    Fail,
+    /// Spin forever.
+    Spin,
+}
+
+pub struct WatPlugin {
+    pub channels: Vec<String>,
+    pub notify: Notify,
+    pub register: Register,
+}
+
+impl WatPlugin {
+    pub fn new(channels: &[&str], notify: Notify) -> Self {
+        Self {
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+            notify,
+            register: Register::Ok,
+        }
+    }
+
+    pub fn register(mut self, register: Register) -> Self {
+        self.register = register;
+        self
+    }
+
+    /// The component's bytes.
+    pub fn component(&self) -> Vec<u8> {
+        let mut module = wat::parse_str(self.wat()).expect("test plugin WAT parses");
+        let (resolve, world) = resolve(self.notify == Notify::Stdio);
+        wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)
+            .expect("embed WIT metadata");
+        ComponentEncoder::default()
+            .module(&module)
+            .expect("core module is usable")
+            .validate(true)
+            .encode()
+            .expect("component encodes")
+    }
+
+    /// Write the component to `dir/NAME.wasm` (atomically) and return its path.
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(format!("{name}.wasm"));
+        let tmp = dir.join(format!(".{name}.wasm.tmp"));
+        std::fs::write(&tmp, self.component()).expect("write plugin");
+        std::fs::rename(&tmp, &path).expect("rename plugin");
+        path
+    }
+
+    fn wat(&self) -> String {
+        // Channel names at 1024.., their (ptr, len) list at 512.
+        let mut names = String::new();
+        let mut list = String::new();
+        let mut offset = 1024u32;
+        for channel in &self.channels {
+            for b in channel.as_bytes() {
+                names.push_str(&format!("\\{b:02x}"));
+            }
+            for word in [offset, channel.len() as u32] {
+                for b in word.to_le_bytes() {
+                    list.push_str(&format!("\\{b:02x}"));
+                }
+            }
+            offset += channel.len() as u32;
+        }
+        assert!(offset < 2048, "test plugin channel names too long");
+        let count = self.channels.len();
+
+        let register_body = match self.register {
+            Register::Ok => format!(
+                r#"(call $log (i32.const 2) (i32.const 2058) (i32.const 10))
+                   (local.set $i (i32.const 0))
+                   (block $done (loop $next
+                     (br_if $done (i32.ge_u (local.get $i) (local.get $cfgl)))
+                     (local.set $e (i32.add (local.get $cfg) (i32.mul (local.get $i) (i32.const 16))))
+                     (call $log (i32.const 2) (i32.load (local.get $e)) (i32.load offset=4 (local.get $e)))
+                     (call $log (i32.const 2) (i32.load offset=8 (local.get $e)) (i32.load offset=12 (local.get $e)))
+                     (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                     (br $next)))
+                   (i32.store8 (i32.const 256) (i32.const 0))
+                   (i32.store (i32.const 260) (i32.const 512))
+                   (i32.store (i32.const 264) (i32.const {count}))"#
+            ),
+            Register::Fail => r#"(i32.store8 (i32.const 256) (i32.const 1))
+                   (i32.store (i32.const 260) (i32.const 2076))
+                   (i32.store (i32.const 264) (i32.const 9))"#
+                .to_owned(),
+            Register::Spin => "(loop $forever (br $forever))".to_owned(),
+        };
+
+        let echo = r#"
+            (if (i32.or (i32.eq (local.get $disc) (i32.const 4)) (i32.eq (local.get $disc) (i32.const 5)))
+              (then
+                (if (i32.and (i32.eq (local.get $p1) (i32.const 4))
+                             (i32.eq (i32.load (i32.wrap_i64 (local.get $p0))) (i32.const 0x6d6f6f62)))
+                  (then unreachable))
+                (if (i32.and (i32.eq (local.get $p1) (i32.const 5))
+                             (i32.eq (i32.load (i32.wrap_i64 (local.get $p0))) (i32.const 0x6e756f63)))
+                  (then
+                    (if (i32.eqz (global.get $calls))
+                      (then (call $log (i32.const 2) (i32.const 2048) (i32.const 5)))
+                      (else (call $log (i32.const 2) (i32.const 2053) (i32.const 5))))
+                    (global.set $calls (i32.add (global.get $calls) (i32.const 1))))
+                  (else (call $log (i32.const 2) (i32.wrap_i64 (local.get $p0)) (local.get $p1))))))"#;
+        let notify_body = match self.notify {
+            Notify::Echo => echo.to_owned(),
+            Notify::Spin => "(loop $forever (br $forever))".to_owned(),
+            Notify::Burn(n) => format!(
+                r#"(local.set $i (i32.const {n}))
+                   (block $done (loop $next
+                     (br_if $done (i32.eqz (local.get $i)))
+                     (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+                     (br $next)))
+                   {echo}"#
+            ),
+            Notify::Fail => r#"(i32.store8 (i32.const 256) (i32.const 1))
+                   (i32.store (i32.const 260) (i32.const 2072))
+                   (i32.store (i32.const 264) (i32.const 4))
+                   (return (i32.const 256))"#
+                .to_owned(),
+            Notify::Grow => r#"(block $full (loop $more
+                     (br_if $full (i32.eq (memory.grow (i32.const 1)) (i32.const -1)))
+                     (br $more)))
+                   (call $log (i32.const 2) (i32.const 2085) (i32.const 11))"#
+                .to_owned(),
+            Notify::Stdio => r#"
+                (if (i32.eq (local.get $disc) (i32.const 4))
+                  (then
+                    (local.set $i (call $get_stdout))
+                    (call $write (local.get $i) (i32.wrap_i64 (local.get $p0)) (local.get $p1) (i32.const 384))
+                    (call $drop_stream (local.get $i))
+                    (local.set $i (call $get_stderr))
+                    (call $write (local.get $i) (i32.wrap_i64 (local.get $p0)) (local.get $p1) (i32.const 384))
+                    (call $drop_stream (local.get $i))))"#
+                .to_owned(),
+        };
+        let stdio_imports = if self.notify == Notify::Stdio {
+            r#"(import "wasi:cli/stdout@0.2.0" "get-stdout" (func $get_stdout (result i32)))
+               (import "wasi:cli/stderr@0.2.0" "get-stderr" (func $get_stderr (result i32)))
+               (import "wasi:io/streams@0.2.0" "[method]output-stream.blocking-write-and-flush" (func $write (param i32 i32 i32 i32)))
+               (import "wasi:io/streams@0.2.0" "[resource-drop]output-stream" (func $drop_stream (param i32)))"#
+        } else {
+            ""
+        };
+
+        format!(
+            r#"(module
+  (import "pgnotifier:plugin/host@0.1.0" "log" (func $log (param i32 i32 i32)))
+  {stdio_imports}
+  (memory (export "memory") 2)
+  (global $bump (mut i32) (i32.const 65536))
+  (global $calls (mut i32) (i32.const 0))
+  (data (i32.const 512) "{list}")
+  (data (i32.const 1024) "{names}")
+  ;; 2048 first, 2053 again, 2058 registered, 2072 nope, 2076 not today, 2085 grow failed
+  (data (i32.const 2048) "firstagainregistered")
+  (data (i32.const 2072) "nopenot today")
+  (data (i32.const 2085) "grow failed")
+
+  (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
+    (local $p i32) (local $end i32)
+    (local.set $p (i32.and (i32.add (global.get $bump) (i32.sub (local.get $align) (i32.const 1)))
+                           (i32.sub (i32.const 0) (local.get $align))))
+    (local.set $end (i32.add (local.get $p) (local.get $size)))
+    (if (i32.gt_u (local.get $end) (i32.mul (memory.size) (i32.const 65536)))
+      (then
+        (if (i32.eq (memory.grow (i32.add (i32.shr_u (i32.sub (local.get $end) (i32.mul (memory.size) (i32.const 65536))) (i32.const 16)) (i32.const 1)))
+                    (i32.const -1))
+          (then unreachable))))
+    (global.set $bump (local.get $end))
+    (local.get $p))
+
+  (func (export "pgnotifier:plugin/subscriber@0.1.0#register")
+        (param $id i32) (param $idl i32) (param $cfg i32) (param $cfgl i32) (result i32)
+    (local $i i32) (local $e i32)
+    {register_body}
+    (i32.const 256))
+
+  (func (export "pgnotifier:plugin/subscriber@0.1.0#on-notify")
+        (param $id i32) (param $idl i32) (param $ch i32) (param $chl i32)
+        (param $disc i32) (param $p0 i64) (param $p1 i32) (param $pid i32) (result i32)
+    (local $i i32)
+    {notify_body}
+    (i32.store8 (i32.const 256) (i32.const 0))
+    (i32.const 256))
+
+  (func (export "cabi_post_pgnotifier:plugin/subscriber@0.1.0#on-notify") (param i32)
+    (global.set $bump (i32.const 65536)))
+
+  (func (export "pgnotifier:plugin/subscriber@0.1.0#on-gap")
+        (param $id i32) (param $idl i32) (param $chs i32) (param $chsl i32)
+    (if (i32.gt_u (local.get $chsl) (i32.const 0))
+      (then (call $log (i32.const 3) (i32.load (local.get $chs)) (i32.load offset=4 (local.get $chs))))))
+)"#
+        )
+    }
+}
+
+/// The `plugin` world, or one that also imports stdout and stderr.
+fn resolve(with_stdio: bool) -> (Resolve, wit_parser::WorldId) {
+    let mut resolve = Resolve::default();
+    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let (plugin_pkg, _) = resolve.push_dir(&wit_dir).expect("wit/ parses");
+    if !with_stdio {
+        let world = resolve
+            .select_world(&[plugin_pkg], Some("plugin"))
+            .expect("world plugin");
+        return (resolve, world);
+    }
+    resolve
+        .push_str(
+            "wasi-io.wit",
+            r#"package wasi:io@0.2.0;
+               interface error { resource error; }
+               interface streams {
+                 use error.{error};
+                 variant stream-error { last-operation-failed(error), closed }
+                 resource output-stream {
+                   blocking-write-and-flush: func(contents: list<u8>) -> result<_, stream-error>;
+                 }
+               }"#,
+        )
+        .expect("wasi:io subset parses");
+    resolve
+        .push_str(
+            "wasi-cli.wit",
+            r#"package wasi:cli@0.2.0;
+               interface stdout { use wasi:io/streams@0.2.0.{output-stream}; get-stdout: func() -> output-stream; }
+               interface stderr { use wasi:io/streams@0.2.0.{output-stream}; get-stderr: func() -> output-stream; }"#,
+        )
+        .expect("wasi:cli subset parses");
+    let pkg = resolve
+        .push_str(
+            "stdio-plugin.wit",
+            r#"package test:stdio;
+               world plugin-with-stdio {
+                 include pgnotifier:plugin/plugin@0.1.0;
+                 import wasi:cli/stdout@0.2.0;
+                 import wasi:cli/stderr@0.2.0;
+               }"#,
+        )
+        .expect("stdio world parses");
+    let world = resolve
+        .select_world(&[pkg], Some("plugin-with-stdio"))
+        .expect("world plugin-with-stdio");
+    (resolve, world)
+}
