@@ -9,9 +9,9 @@ wasmtime::component::bindgen!({
     additional_derives: [PartialEq, serde::Serialize],
 });
 
-pub use exports::pgnotifier::plugin::subscriber::Registration;
-pub use pgnotifier::plugin::host::Level;
-pub use pgnotifier::plugin::types::Payload;
+pub use self::exports::pgnotifier::plugin::subscriber::Registration;
+pub use self::pgnotifier::plugin::host::Level;
+pub use self::pgnotifier::plugin::types::Payload;
 
 /// The WIT source, for `pgnotifier wit` and plugin authors.
 pub const WIT: &str = include_str!("../../wit/plugin.wit");

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// wants the same payload mode.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Notification {
-    pub channel: String,
+    pub channel: Arc<str>,
     pub payload: Payload,
     /// The process id of the PostgreSQL backend that sent it.
     pub pid: i32,
@@ -115,6 +115,22 @@ pub struct SubscriberStats {
     pub queued: usize,
 }
 
+/// The queue proper, behind the mailbox's mutex.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Delivery>,
+    /// The worker is asleep on the condvar; only then is a wake-up (a syscall) needed.
+    worker_waiting: bool,
+}
+
+impl Queue {
+    /// Append and say whether the worker must be woken.
+    fn push_back(&mut self, delivery: Delivery) -> bool {
+        self.items.push_back(delivery);
+        self.worker_waiting
+    }
+}
+
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -124,7 +140,7 @@ pub(crate) struct Mailbox {
     pub(crate) id: Arc<str>,
     pub(crate) mode: PayloadMode,
     limits: QueueLimits,
-    items: Mutex<VecDeque<Delivery>>,
+    items: Mutex<Queue>,
     queued: AtomicUsize,
     ready: Condvar,
     space: tokio::sync::Notify,
@@ -149,7 +165,7 @@ impl Mailbox {
                 capacity: limits.capacity.max(1),
                 ..limits
             },
-            items: Mutex::new(VecDeque::new()),
+            items: Mutex::new(Queue::default()),
             queued: AtomicUsize::new(0),
             ready: Condvar::new(),
             space: tokio::sync::Notify::new(),
@@ -208,38 +224,43 @@ impl Mailbox {
             }
         }
         // Still full past the wait: drop one, per policy.
-        let mut items = lock(&self.items);
-        if policy != Overflow::DropNewest && items.len() >= self.limits.capacity {
-            items.pop_front();
-            items.push_back(delivery);
+        let mut queue = lock(&self.items);
+        if policy != Overflow::DropNewest && queue.items.len() >= self.limits.capacity {
+            queue.items.pop_front();
+            queue.push_back(delivery);
             if policy == Overflow::WaitThenDropOldest {
                 self.overflowing.store(true, Ordering::Relaxed);
             }
-        } else if items.len() < self.limits.capacity {
-            items.push_back(delivery);
-            self.queued.store(items.len(), Ordering::Relaxed);
-            drop(items);
-            self.ready.notify_one();
+        } else if queue.items.len() < self.limits.capacity {
+            // The worker made room just now.
+            let wake = queue.push_back(delivery);
+            self.queued.store(queue.items.len(), Ordering::Relaxed);
+            drop(queue);
+            if wake {
+                self.ready.notify_one();
+            }
             return;
         }
-        drop(items);
+        drop(queue);
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(subscriber = %self.id, policy = ?policy, "queue full; dropped a notification");
     }
 
     fn try_push(&self, delivery: Delivery) -> Result<(), Delivery> {
-        let mut items = lock(&self.items);
-        if items.len() >= self.limits.capacity || self.state.load(Ordering::Relaxed) != RUNNING {
-            if self.state.load(Ordering::Relaxed) != RUNNING {
-                // Shutting down: accept nothing new, but do not make the router wait.
-                return Ok(());
-            }
+        if self.state.load(Ordering::Relaxed) != RUNNING {
+            // Closed: take nothing new, and never make the router wait for it.
+            return Ok(());
+        }
+        let mut queue = lock(&self.items);
+        if queue.items.len() >= self.limits.capacity {
             return Err(delivery);
         }
-        items.push_back(delivery);
-        self.queued.store(items.len(), Ordering::Relaxed);
-        drop(items);
-        self.ready.notify_one();
+        let wake = queue.push_back(delivery);
+        self.queued.store(queue.items.len(), Ordering::Relaxed);
+        drop(queue);
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -280,11 +301,11 @@ impl Mailbox {
     }
 
     fn next(&self) -> Option<Delivery> {
-        let mut items = lock(&self.items);
+        let mut queue = lock(&self.items);
         loop {
             if self.state.load(Ordering::Relaxed) == ABANDONED {
-                let discarded = items.len();
-                items.clear();
+                let discarded = queue.items.len();
+                queue.items.clear();
                 self.queued.store(0, Ordering::Relaxed);
                 if discarded > 0 {
                     self.counters
@@ -293,20 +314,22 @@ impl Mailbox {
                 }
                 return None;
             }
-            if let Some(delivery) = items.pop_front() {
-                let len = items.len();
+            if let Some(delivery) = queue.items.pop_front() {
+                let len = queue.items.len();
                 self.queued.store(len, Ordering::Relaxed);
                 if len <= self.limits.capacity / 2 {
                     self.overflowing.store(false, Ordering::Relaxed);
                 }
-                drop(items);
+                drop(queue);
                 self.space.notify_one();
                 return Some(delivery);
             }
             if self.state.load(Ordering::Relaxed) != RUNNING {
                 return None;
             }
-            items = self.ready.wait(items).unwrap_or_else(|p| p.into_inner());
+            queue.worker_waiting = true;
+            queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+            queue.worker_waiting = false;
         }
     }
 
@@ -341,7 +364,7 @@ impl Mailbox {
 /// Route one notification to every subscriber on its channel. The payload is
 /// decoded at most once per mode, and only if someone wants it.
 pub(crate) async fn route(snapshot: &Snapshot, channel: &str, raw_payload: &str, pid: i32) {
-    let Some(mailboxes) = snapshot.route(channel) else {
+    let Some((channel, mailboxes)) = snapshot.route(channel) else {
         return;
     };
     let mut typed: Option<Arc<Notification>> = None;
@@ -354,7 +377,7 @@ pub(crate) async fn route(snapshot: &Snapshot, channel: &str, raw_payload: &str,
         let notification = slot
             .get_or_insert_with(|| {
                 Arc::new(Notification {
-                    channel: channel.to_owned(),
+                    channel: channel.clone(),
                     payload: payload::decode(raw_payload, mailbox.mode),
                     pid,
                 })
@@ -366,6 +389,6 @@ pub(crate) async fn route(snapshot: &Snapshot, channel: &str, raw_payload: &str,
 
 /// Lock a mutex, recovering from poisoning: every critical section here
 /// leaves the data consistent, so a panic elsewhere must not stop dispatch.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

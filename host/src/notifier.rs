@@ -5,7 +5,7 @@
 //! listener. Subscribers keep running across them until removed or shut down.
 
 use crate::config::{DatabaseConfig, SubscriberSettings};
-use crate::dispatch::Mailbox;
+use crate::dispatch::{lock, Mailbox};
 use crate::error::{Error, Result};
 use crate::listener::{Listener, ListenerStatus};
 use crate::loader;
@@ -13,7 +13,7 @@ use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, Su
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::subscriber::Subscriber;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One channel name, or several.
@@ -425,8 +425,4 @@ fn spawn_mailbox(
             source,
         }
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -7,7 +7,7 @@
 //! least one un-muted subscriber.
 
 use crate::channel::{self, ChannelNameError};
-use crate::dispatch::{Mailbox, SubscriberStats};
+use crate::dispatch::{lock, Mailbox, SubscriberStats};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -29,6 +29,9 @@ pub enum RegistryError {
     #[error("subscriber {id:?} is not subscribed to channel {channel:?}")]
     NotSubscribed { id: String, channel: String },
 }
+
+/// The mailboxes that receive one active channel, in subscriber order.
+pub(crate) type Route = Arc<[Arc<Mailbox>]>;
 
 /// The channels the listener must be LISTENing.
 pub type ActiveChannels = Arc<BTreeSet<Arc<str>>>;
@@ -58,13 +61,13 @@ pub(crate) struct Snapshot {
     channels: BTreeMap<Arc<str>, bool>,
     subscribers: BTreeMap<Arc<str>, SubscriberEntry>,
     /// Derived: active channel → the mailboxes that receive it.
-    routes: HashMap<Arc<str>, Arc<[Arc<Mailbox>]>>,
+    routes: HashMap<Arc<str>, Route>,
 }
 
 impl Snapshot {
-    /// The mailboxes for a channel, if it is active.
-    pub(crate) fn route(&self, channel: &str) -> Option<&Arc<[Arc<Mailbox>]>> {
-        self.routes.get(channel)
+    /// The channel's shared name and its mailboxes, if it is active.
+    pub(crate) fn route(&self, channel: &str) -> Option<(&Arc<str>, &Route)> {
+        self.routes.get_key_value(channel)
     }
 
     /// Each subscriber that receives any of `channels`, with those it receives.
@@ -219,7 +222,7 @@ impl Registry {
         &self,
         change: impl FnOnce(&mut Snapshot) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let _writer = lock(&self.writer);
         let mut next = Snapshot::clone(&self.current.load());
         let out = change(&mut next)?;
         next.rebuild_routes();
