@@ -213,6 +213,50 @@ async fn libpq_variables_configure_the_database_and_the_password_is_never_printe
     assert!(!output.contains("hunter2"), "password leaked:\n{output}");
 }
 
+/// Everything can come from the config file: database, plugins folder, defaults.
+#[tokio::test]
+async fn the_config_file_sets_database_plugins_and_defaults() {
+    let dir = support::temp_dir("cli-config");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let ch = channel("config");
+    WatPlugin::new(&[ch.as_str()], Notify::Spin).write(&plugins, "spinner");
+    let config = dir.join("pgnotifier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = \"{}\"\nplugins = \"{}\"\n\n[defaults]\ntimeout_ms = 50\n",
+            support::database_url(),
+            plugins.display()
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(BIN);
+    command
+        .args(["run", "--config"])
+        .arg(&config)
+        .env_remove("DATABASE_URL");
+    let host = Host::start(command);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    Sender::connect().await.notify(&ch, "spin").await;
+    host.wait_for(&["subscriber=spinner", "ran past its deadline of 50ms"]);
+    host.signal("TERM");
+    let (status, output) = host.wait();
+    assert!(status.success(), "{output}");
+
+    std::fs::write(&config, "[defaults]\nqueue_size = 0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--plugins"])
+        .arg(&plugins)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("queue_size: 0 is outside"), "{stderr}");
+}
+
 #[test]
 fn check_prints_the_id_and_channels_of_a_valid_plugin() {
     let out = Command::new(BIN)
