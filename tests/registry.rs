@@ -204,6 +204,7 @@ async fn unsubscribing_keeps_the_index_intact_and_delivery_going() {
     n.wait_until_listening(SOON).await.unwrap();
     let sender = Sender::connect().await;
     sender.notify(&ch, "1").await;
+    assert!(eventually(SOON, || count(&a) == 1 && count(&c) == 1).await);
     n.unsubscribe("a", ch.as_str()).unwrap();
     n.subscribe_to("b", ch.as_str()).unwrap();
     n.wait_until_listening(SOON).await.unwrap();
