@@ -133,9 +133,14 @@ async fn sidecar_channels_override_register_and_config_reaches_register() {
     let view = &n.subscribers()[0];
     assert_eq!(view.channels.len(), 1);
     assert_eq!(view.channels[0].channel, ch);
+    use sha2::Digest;
+    let sha256: String = sha2::Sha256::digest(std::fs::read(&path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(
         serde_json::to_value(&view.source).unwrap(),
-        serde_json::json!({"kind": "plugin", "path": path})
+        serde_json::json!({"kind": "plugin", "path": path, "sha256": sha256})
     );
     // register logs "registered", then each config key and value.
     assert_eq!(

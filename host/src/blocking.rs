@@ -3,8 +3,8 @@
 //! It owns a small tokio runtime, so callers never see async.
 
 use crate::{
-    ChannelView, DatabaseConfig, IntoChannels, Result, Selection, ShutdownReport, Subscriber,
-    SubscriberView,
+    ChannelView, DatabaseConfig, IntoChannels, PluginWatcher, Result, Selection, ShutdownReport,
+    Subscriber, SubscriberView,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -85,6 +85,15 @@ impl Notifier {
 
     pub fn load_plugin(&self, path: &Path) -> Result<String> {
         self.runtime.block_on(self.inner.load_plugin(path))
+    }
+
+    pub fn load_plugins(&self, dir: &Path) -> Result<Vec<(std::path::PathBuf, Result<String>)>> {
+        self.runtime.block_on(self.inner.load_plugins(dir))
+    }
+
+    /// Load the folder's plugins and follow it until the watcher is dropped.
+    pub fn watch_plugins(&self, dir: &Path) -> Result<PluginWatcher> {
+        self.runtime.block_on(self.inner.watch_plugins(dir))
     }
 
     pub fn start(&self) -> Result<()> {

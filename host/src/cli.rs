@@ -1,6 +1,7 @@
 //! The `pgnotifier` command line: `run`, `check` and `wit`.
 
 use crate::config::{FileConfig, SubscriberSettings};
+use crate::loader::PluginFiles;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::{DatabaseConfig, Notifier};
 use anyhow::Context;
@@ -61,13 +62,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn check(file: PathBuf) -> anyhow::Result<()> {
-    let loaded = tokio::task::spawn_blocking(move || {
+    let (files, loaded) = tokio::task::spawn_blocking(move || {
         let sandbox = Sandbox::new(&SandboxConfig::default())?;
-        crate::loader::load(&sandbox, &file, SubscriberSettings::default())
-            .map_err(anyhow::Error::from)
+        let files = PluginFiles::read(&file)?;
+        let loaded = crate::loader::load(&sandbox, &files, SubscriberSettings::default())?;
+        anyhow::Ok((files, loaded))
     })
     .await??;
-    println!("id: {}", loaded.id);
+    println!("id: {}", files.id);
     println!("channels: {}", loaded.channels.join(", "));
     Ok(())
 }

@@ -49,6 +49,8 @@ pub struct FileConfig {
     pub cache_dir: Option<PathBuf>,
     /// How long shutdown waits for queued notifications, in milliseconds.
     pub drain_timeout_ms: Option<u64>,
+    /// How long the plugins folder must be quiet before a change is applied.
+    pub watch_debounce_ms: Option<u64>,
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
@@ -149,7 +151,12 @@ impl Sidecar {
             path: path.to_owned(),
             source,
         })?;
-        let sidecar: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Self::parse(path, &text)
+    }
+
+    /// Parse a sidecar's text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let sidecar: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
         })?;

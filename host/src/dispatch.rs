@@ -119,6 +119,7 @@ pub struct SubscriberStats {
 #[derive(Default)]
 struct Queue {
     items: VecDeque<Delivery>,
+    limits: QueueLimits,
     /// The worker is asleep on the condvar; only then is a wake-up (a syscall) needed.
     worker_waiting: bool,
 }
@@ -136,17 +137,21 @@ const DRAINING: u8 = 1;
 const ABANDONED: u8 = 2;
 
 /// A subscriber's queue, counters and worker. The registry holds these.
+/// A mailbox lives as long as its subscriber id: a reload swaps the
+/// subscriber and settings inside it, so the queue and its order carry over.
 pub(crate) struct Mailbox {
     pub(crate) id: Arc<str>,
-    pub(crate) mode: PayloadMode,
-    limits: QueueLimits,
-    items: Mutex<Queue>,
+    raw_payloads: AtomicBool,
+    queue: Mutex<Queue>,
     queued: AtomicUsize,
     ready: Condvar,
     space: tokio::sync::Notify,
     overflowing: AtomicBool,
     state: AtomicU8,
     counters: Counters,
+    /// A new subscriber for the worker to switch to before its next call.
+    replacement: Mutex<Option<Box<dyn Deliver>>>,
+    replaced: AtomicBool,
     worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -160,18 +165,19 @@ impl Mailbox {
     ) -> std::io::Result<Arc<Self>> {
         let mailbox = Arc::new(Self {
             id: id.clone(),
-            mode,
-            limits: QueueLimits {
-                capacity: limits.capacity.max(1),
-                ..limits
-            },
-            items: Mutex::new(Queue::default()),
+            raw_payloads: AtomicBool::new(mode == PayloadMode::Raw),
+            queue: Mutex::new(Queue {
+                limits: checked(limits),
+                ..Queue::default()
+            }),
             queued: AtomicUsize::new(0),
             ready: Condvar::new(),
             space: tokio::sync::Notify::new(),
             overflowing: AtomicBool::new(false),
             state: AtomicU8::new(RUNNING),
             counters: Counters::default(),
+            replacement: Mutex::new(None),
+            replaced: AtomicBool::new(false),
             worker: Mutex::new(None),
         });
         let worker_mailbox = mailbox.clone();
@@ -180,6 +186,33 @@ impl Mailbox {
             .spawn(move || worker_mailbox.work(subscriber))?;
         *lock(&mailbox.worker) = Some(handle);
         Ok(mailbox)
+    }
+
+    /// The payload mode the router decodes for.
+    pub(crate) fn mode(&self) -> PayloadMode {
+        if self.raw_payloads.load(Ordering::Relaxed) {
+            PayloadMode::Raw
+        } else {
+            PayloadMode::Typed
+        }
+    }
+
+    /// Switch to a new subscriber and settings. What is queued stays queued,
+    /// in order, and goes to the new subscriber; a call in progress finishes
+    /// on the old one.
+    pub(crate) fn replace(
+        &self,
+        mode: PayloadMode,
+        limits: QueueLimits,
+        subscriber: Box<dyn Deliver>,
+    ) {
+        *lock(&self.replacement) = Some(subscriber);
+        self.replaced.store(true, Ordering::Release);
+        self.raw_payloads
+            .store(mode == PayloadMode::Raw, Ordering::Relaxed);
+        lock(&self.queue).limits = checked(limits);
+        // More room may have appeared.
+        self.space.notify_waiters();
     }
 
     pub(crate) fn stats(&self) -> SubscriberStats {
@@ -196,42 +229,38 @@ impl Mailbox {
 
     /// Queue a delivery, applying the overflow policy when the queue is full.
     pub(crate) async fn push(&self, delivery: Delivery) {
-        let policy = self.limits.overflow;
-        let wait = match policy {
-            Overflow::WaitThenDropOldest if !self.overflowing.load(Ordering::Relaxed) => {
-                Some(self.limits.overflow_wait)
-            }
-            Overflow::Block => None,
-            _ => Some(Duration::ZERO),
-        };
-        let deadline = wait.map(|w| Instant::now() + w);
         let mut delivery = delivery;
-        loop {
+        // Set when the queue is first found full: when to stop waiting (None: never).
+        let mut deadline: Option<Option<Instant>> = None;
+        let policy = loop {
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
-            match self.try_push(delivery) {
+            let limits = match self.try_push(delivery) {
                 Ok(()) => return,
-                Err(back) => delivery = back,
-            }
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match remaining {
-                None => space.await,
-                Some(r) if !r.is_zero() => {
-                    let _ = tokio::time::timeout(r, space).await;
+                Err((back, limits)) => {
+                    delivery = back;
+                    limits
                 }
-                Some(_) => break,
+            };
+            let until = *deadline.get_or_insert_with(|| match limits.overflow {
+                Overflow::Block => None,
+                Overflow::WaitThenDropOldest if !self.overflowing.load(Ordering::Relaxed) => {
+                    Some(Instant::now() + limits.overflow_wait)
+                }
+                _ => Some(Instant::now()),
+            });
+            match until.map(|d| d.saturating_duration_since(Instant::now())) {
+                None => space.await,
+                Some(left) if !left.is_zero() => {
+                    let _ = tokio::time::timeout(left, space).await;
+                }
+                Some(_) => break limits.overflow,
             }
-        }
+        };
         // Still full past the wait: drop one, per policy.
-        let mut queue = lock(&self.items);
-        if policy != Overflow::DropNewest && queue.items.len() >= self.limits.capacity {
-            queue.items.pop_front();
-            queue.push_back(delivery);
-            if policy == Overflow::WaitThenDropOldest {
-                self.overflowing.store(true, Ordering::Relaxed);
-            }
-        } else if queue.items.len() < self.limits.capacity {
+        let mut queue = lock(&self.queue);
+        if queue.items.len() < queue.limits.capacity {
             // The worker made room just now.
             let wake = queue.push_back(delivery);
             self.queued.store(queue.items.len(), Ordering::Relaxed);
@@ -241,19 +270,27 @@ impl Mailbox {
             }
             return;
         }
+        if policy != Overflow::DropNewest {
+            queue.items.pop_front();
+            queue.push_back(delivery);
+            if policy == Overflow::WaitThenDropOldest {
+                self.overflowing.store(true, Ordering::Relaxed);
+            }
+        }
         drop(queue);
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(subscriber = %self.id, policy = ?policy, "queue full; dropped a notification");
     }
 
-    fn try_push(&self, delivery: Delivery) -> Result<(), Delivery> {
+    /// Queue if there is room; otherwise hand the delivery back with the limits.
+    fn try_push(&self, delivery: Delivery) -> Result<(), (Delivery, QueueLimits)> {
         if self.state.load(Ordering::Relaxed) != RUNNING {
             // Closed: take nothing new, and never make the router wait for it.
             return Ok(());
         }
-        let mut queue = lock(&self.items);
-        if queue.items.len() >= self.limits.capacity {
-            return Err(delivery);
+        let mut queue = lock(&self.queue);
+        if queue.items.len() >= queue.limits.capacity {
+            return Err((delivery, queue.limits));
         }
         let wake = queue.push_back(delivery);
         self.queued.store(queue.items.len(), Ordering::Relaxed);
@@ -269,14 +306,14 @@ impl Mailbox {
         let _ =
             self.state
                 .compare_exchange(RUNNING, DRAINING, Ordering::Relaxed, Ordering::Relaxed);
-        let _guard = lock(&self.items);
+        let _guard = lock(&self.queue);
         self.ready.notify_all();
     }
 
     /// Stop at once: the worker discards what is queued after its current call.
     pub(crate) fn abandon(&self) {
         self.state.store(ABANDONED, Ordering::Relaxed);
-        let _guard = lock(&self.items);
+        let _guard = lock(&self.queue);
         self.ready.notify_all();
     }
 
@@ -301,7 +338,7 @@ impl Mailbox {
     }
 
     fn next(&self) -> Option<Delivery> {
-        let mut queue = lock(&self.items);
+        let mut queue = lock(&self.queue);
         loop {
             if self.state.load(Ordering::Relaxed) == ABANDONED {
                 let discarded = queue.items.len();
@@ -317,7 +354,7 @@ impl Mailbox {
             if let Some(delivery) = queue.items.pop_front() {
                 let len = queue.items.len();
                 self.queued.store(len, Ordering::Relaxed);
-                if len <= self.limits.capacity / 2 {
+                if len <= queue.limits.capacity / 2 {
                     self.overflowing.store(false, Ordering::Relaxed);
                 }
                 drop(queue);
@@ -335,6 +372,11 @@ impl Mailbox {
 
     fn work(&self, mut subscriber: Box<dyn Deliver>) {
         while let Some(delivery) = self.next() {
+            if self.replaced.swap(false, Ordering::Acquire) {
+                if let Some(next) = lock(&self.replacement).take() {
+                    subscriber = next;
+                }
+            }
             let result = match &delivery {
                 Delivery::Notify(n) => subscriber.on_notify(n),
                 Delivery::Gap(channels) => {
@@ -370,7 +412,8 @@ pub(crate) async fn route(snapshot: &Snapshot, channel: &str, raw_payload: &str,
     let mut typed: Option<Arc<Notification>> = None;
     let mut raw: Option<Arc<Notification>> = None;
     for mailbox in mailboxes.iter() {
-        let slot = match mailbox.mode {
+        let mode = mailbox.mode();
+        let slot = match mode {
             PayloadMode::Typed => &mut typed,
             PayloadMode::Raw => &mut raw,
         };
@@ -378,12 +421,20 @@ pub(crate) async fn route(snapshot: &Snapshot, channel: &str, raw_payload: &str,
             .get_or_insert_with(|| {
                 Arc::new(Notification {
                     channel: channel.clone(),
-                    payload: payload::decode(raw_payload, mailbox.mode),
+                    payload: payload::decode(raw_payload, mode),
                     pid,
                 })
             })
             .clone();
         mailbox.push(Delivery::Notify(notification)).await;
+    }
+}
+
+/// A queue of at least one.
+fn checked(limits: QueueLimits) -> QueueLimits {
+    QueueLimits {
+        capacity: limits.capacity.max(1),
+        ..limits
     }
 }
 

@@ -19,6 +19,8 @@ pub enum Error {
     Worker { id: String, source: std::io::Error },
     #[error("cannot create the wasm engine: {0}")]
     Sandbox(String),
+    #[error("cannot watch the plugins folder {0}")]
+    Watch(String),
     #[error("the listener did not LISTEN every active channel within {0:?}")]
     NotListening(std::time::Duration),
 }

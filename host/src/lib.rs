@@ -10,7 +10,8 @@
 //! - a wasm guest runs in the [`sandbox`] (deadline, memory cap, no WASI grants).
 //!
 //! Control flow:
-//! - [`config`], the plugin [`loader`] and the [`Notifier`] API change the [`registry`];
+//! - [`config`], the plugin [`loader`] (with the folder watcher for hot reload) and the
+//!   [`Notifier`] API change the [`registry`];
 //! - the registry publishes a new immutable snapshot and the set of active channels;
 //! - the listener LISTENs/UNLISTENs the difference, never reconnecting for it.
 
@@ -29,11 +30,15 @@ pub mod payload;
 pub mod registry;
 pub mod sandbox;
 mod subscriber;
+mod watcher;
 
 pub use config::{DatabaseConfig, SubscriberSettings};
 pub use dispatch::{Notification, Overflow, QueueLimits, SubscriberStats};
 pub use error::{Error, Result};
-pub use notifier::{IntoChannels, Notifier, NotifierBuilder, Selection, ShutdownReport};
+pub use notifier::{
+    IntoChannels, Notifier, NotifierBuilder, PluginChange, Selection, ShutdownReport,
+};
 pub use payload::{Payload, PayloadMode};
 pub use registry::{ChannelView, SubscriberView};
 pub use subscriber::Subscriber;
+pub use watcher::PluginWatcher;

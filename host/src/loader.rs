@@ -1,19 +1,75 @@
 //! The plugin loader: a plugins folder's files become wasm subscribers.
 //!
-//! One function turns one `NAME.wasm` (and its optional `NAME.toml`) into a
-//! registered-ready subscriber. Start-up calls it for every file; hot reload
-//! calls the same function for each file that changes.
+//! [`PluginFiles::read`] and [`load`] turn one `NAME.wasm` (and its optional
+//! `NAME.toml`) into a subscriber ready to register. Start-up runs them for
+//! every file; the folder watcher runs the same for each file that changes.
 
 use crate::channel;
 use crate::config::{Sidecar, SubscriberSettings};
+use crate::registry::SubscriberSource;
 use crate::sandbox::{LoadError, Sandbox, WasmSubscriber};
+use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A plugin that compiled, instantiated and registered.
-pub(crate) struct LoadedPlugin {
+/// A plugin file and its sidecar, read once.
+pub(crate) struct PluginFiles {
     pub(crate) id: Arc<str>,
     pub(crate) path: PathBuf,
+    wasm: Vec<u8>,
+    sidecar: Option<(PathBuf, String)>,
+    /// SHA-256 of the wasm, hex.
+    pub(crate) sha256: String,
+    /// SHA-256 of the wasm and the sidecar: unchanged means nothing to reload.
+    pub(crate) fingerprint: String,
+}
+
+impl PluginFiles {
+    /// Read `NAME.wasm` and, if present, `NAME.toml`.
+    pub(crate) fn read(path: &Path) -> Result<Self, LoadError> {
+        let id = subscriber_id(path)?;
+        let wasm =
+            std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+        let sidecar_path = path.with_extension("toml");
+        let sidecar = match std::fs::read_to_string(&sidecar_path) {
+            Ok(text) => Some((sidecar_path, text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(LoadError::new(
+                    path,
+                    format!("sidecar {}: {e}", sidecar_path.display()),
+                ))
+            }
+        };
+        let sha256 = hex(&Sha256::digest(&wasm));
+        let mut both = Sha256::new();
+        both.update(&wasm);
+        if let Some((_, text)) = &sidecar {
+            both.update([0]);
+            both.update(text.as_bytes());
+        }
+        Ok(Self {
+            id,
+            path: path.to_owned(),
+            wasm,
+            sidecar,
+            sha256,
+            fingerprint: hex(&both.finalize()),
+        })
+    }
+
+    /// Where this plugin came from, for the registry.
+    pub(crate) fn source(&self) -> SubscriberSource {
+        SubscriberSource::Plugin {
+            path: self.path.clone(),
+            sha256: self.sha256.clone(),
+            fingerprint: self.fingerprint.clone(),
+        }
+    }
+}
+
+/// A plugin that compiled, instantiated and registered.
+pub(crate) struct LoadedPlugin {
     pub(crate) channels: Vec<String>,
     pub(crate) settings: SubscriberSettings,
     pub(crate) subscriber: WasmSubscriber,
@@ -56,28 +112,30 @@ pub fn subscriber_id(path: &Path) -> Result<Arc<str>, LoadError> {
     Ok(stem.into())
 }
 
-/// Compile, instantiate and register one plugin file, with its sidecar.
+/// Compile, instantiate and register one plugin, with its sidecar.
 /// Blocking: call it off the async runtime.
 pub(crate) fn load(
     sandbox: &Sandbox,
-    path: &Path,
+    files: &PluginFiles,
     defaults: SubscriberSettings,
 ) -> Result<LoadedPlugin, LoadError> {
-    let id = subscriber_id(path)?;
-    let sidecar_path = path.with_extension("toml");
-    let sidecar = if sidecar_path.is_file() {
-        Sidecar::load(&sidecar_path).map_err(|e| LoadError::new(path, format!("sidecar {e}")))?
-    } else {
-        Sidecar::default()
+    let path = files.path.as_path();
+    let sidecar = match &files.sidecar {
+        Some((sidecar_path, text)) => {
+            let sidecar = Sidecar::parse(sidecar_path, text)
+                .map_err(|e| LoadError::new(path, format!("sidecar {e}")))?;
+            let settings = sidecar.limits.apply_to(defaults).map_err(|e| {
+                LoadError::new(path, format!("sidecar {}: {e}", sidecar_path.display()))
+            })?;
+            Some((sidecar, settings))
+        }
+        None => None,
     };
-    let settings = sidecar
-        .limits
-        .apply_to(defaults)
-        .map_err(|e| LoadError::new(path, format!("sidecar {}: {e}", sidecar_path.display())))?;
-    let pre = sandbox.compile(path)?;
+    let (sidecar, settings) = sidecar.unwrap_or_else(|| (Sidecar::default(), defaults));
+    let pre = sandbox.compile(path, &files.wasm)?;
     let (subscriber, registration) = WasmSubscriber::start(
         sandbox,
-        id.clone(),
+        files.id.clone(),
         path,
         pre,
         settings.plugin,
@@ -88,13 +146,15 @@ pub(crate) fn load(
         channel::validate(name).map_err(|e| LoadError::new(path, format!("bad channel: {e}")))?;
     }
     if channels.is_empty() {
-        tracing::warn!(subscriber = %id, "plugin subscribed to no channels");
+        tracing::warn!(subscriber = %files.id, "plugin subscribed to no channels");
     }
     Ok(LoadedPlugin {
-        id,
-        path: path.to_owned(),
         channels,
         settings,
         subscriber,
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -8,11 +8,13 @@ use crate::config::{DatabaseConfig, SubscriberSettings};
 use crate::dispatch::{lock, Mailbox};
 use crate::error::{Error, Result};
 use crate::listener::{Listener, ListenerStatus};
-use crate::loader;
+use crate::loader::{self, PluginFiles};
 use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::LoadError;
+use crate::sandbox::{CacheStats, Sandbox, SandboxConfig};
 use crate::subscriber::Subscriber;
-use std::path::Path;
+use crate::watcher::{self, PluginWatcher};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,6 +82,18 @@ impl Selection {
     }
 }
 
+/// What [`Notifier::sync_plugin`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PluginChange {
+    Added(String),
+    Reloaded(String),
+    /// Neither the `.wasm` nor its sidecar changed.
+    Unchanged(String),
+    Removed(String),
+    /// No file and no subscriber: nothing to do.
+    Absent,
+}
+
 /// How a shutdown went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -92,6 +106,7 @@ pub struct NotifierBuilder {
     database: DatabaseConfig,
     sandbox: SandboxConfig,
     defaults: SubscriberSettings,
+    watch_debounce: Duration,
 }
 
 impl NotifierBuilder {
@@ -107,6 +122,12 @@ impl NotifierBuilder {
         self
     }
 
+    /// How long the plugins folder must be quiet before a change is applied.
+    pub fn watch_debounce(mut self, quiet: Duration) -> Self {
+        self.watch_debounce = quiet;
+        self
+    }
+
     pub fn build(self) -> Notifier {
         Notifier {
             inner: Arc::new(Inner {
@@ -115,6 +136,7 @@ impl NotifierBuilder {
                 sandbox_config: self.sandbox,
                 sandbox: Mutex::new(None),
                 defaults: self.defaults,
+                watch_debounce: self.watch_debounce,
                 listener: Mutex::new(None),
                 status: Arc::default(),
             }),
@@ -134,6 +156,7 @@ struct Inner {
     sandbox_config: SandboxConfig,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     defaults: SubscriberSettings,
+    watch_debounce: Duration,
     listener: Mutex<Option<Listener>>,
     status: Arc<ListenerStatus>,
 }
@@ -148,6 +171,7 @@ impl Notifier {
             database,
             sandbox: SandboxConfig::default(),
             defaults: SubscriberSettings::default(),
+            watch_debounce: Duration::from_millis(25),
         }
     }
 
@@ -249,37 +273,25 @@ impl Notifier {
         self.inner.registry.subscribers()
     }
 
-    /// Load one plugin file (and its sidecar) and subscribe it. Returns its id.
+    /// Load one plugin file (and its sidecar) and subscribe it, or reload it
+    /// if it is already loaded. Returns its id.
     pub async fn load_plugin(&self, path: &Path) -> Result<String> {
-        let sandbox = self.sandbox()?;
-        let defaults = self.inner.defaults;
-        let owned = path.to_owned();
-        let loaded = tokio::task::spawn_blocking(move || loader::load(&sandbox, &owned, defaults))
-            .await
-            .map_err(|e| {
-                crate::sandbox::LoadError::new(path, format!("loader task failed: {e}"))
-            })??;
-        let id = loaded.id.to_string();
-        let mailbox = spawn_mailbox(
-            loaded.id.clone(),
-            loaded.settings,
-            Box::new(loaded.subscriber),
-        )?;
-        self.insert(
-            mailbox,
-            SubscriberSource::Plugin { path: loaded.path },
-            &loaded.channels,
-        )?;
-        tracing::info!(subscriber = %id, channels = ?loaded.channels, "plugin loaded");
-        Ok(id)
+        if !loader::is_plugin_file(path) {
+            return Err(LoadError::new(path, "not a plugin file (a visible NAME.wasm)").into());
+        }
+        match self.sync_plugin(path).await? {
+            PluginChange::Added(id) | PluginChange::Reloaded(id) | PluginChange::Unchanged(id) => {
+                Ok(id)
+            }
+            PluginChange::Removed(_) | PluginChange::Absent => {
+                Err(LoadError::new(path, "the file disappeared").into())
+            }
+        }
     }
 
     /// Load every `*.wasm` in `dir`. One bad file does not stop the others:
     /// each file's outcome is returned, and failures are logged.
-    pub async fn load_plugins(
-        &self,
-        dir: &Path,
-    ) -> Result<Vec<(std::path::PathBuf, Result<String>)>> {
+    pub async fn load_plugins(&self, dir: &Path) -> Result<Vec<(PathBuf, Result<String>)>> {
         let files = loader::plugin_files(dir)?;
         let mut outcomes = Vec::with_capacity(files.len());
         for file in files {
@@ -290,6 +302,85 @@ impl Notifier {
             outcomes.push((file, outcome));
         }
         Ok(outcomes)
+    }
+
+    /// Make the subscriber of one plugin file match the file: add it, reload
+    /// it (keeping its queue and mute flags), or remove it if the file is
+    /// gone. A file that fails to load changes nothing: the running version,
+    /// if any, keeps running.
+    pub async fn sync_plugin(&self, path: &Path) -> Result<PluginChange> {
+        let id = loader::subscriber_id(path)?;
+        let current = self.inner.registry.source(&id);
+        let ours = match &current {
+            Some(SubscriberSource::Plugin {
+                path: loaded_from, ..
+            }) => loaded_from == path,
+            Some(SubscriberSource::Native) => false,
+            None => true,
+        };
+        if !ours {
+            return Err(RegistryError::SubscriberExists(id.to_string()).into());
+        }
+        if !loader::is_plugin_file(path) {
+            if current.is_none() {
+                return Ok(PluginChange::Absent);
+            }
+            self.remove_subscriber(&id).await?;
+            tracing::info!(subscriber = %id, path = %path.display(), "plugin removed");
+            return Ok(PluginChange::Removed(id.to_string()));
+        }
+
+        let owned = path.to_owned();
+        let files = blocking(path, move || PluginFiles::read(&owned)).await?;
+        if let Some(SubscriberSource::Plugin { fingerprint, .. }) = &current {
+            if *fingerprint == files.fingerprint {
+                return Ok(PluginChange::Unchanged(id.to_string()));
+            }
+        }
+        let sandbox = self.sandbox()?;
+        let defaults = self.inner.defaults;
+        let (files, loaded) = blocking(path, move || {
+            let loaded = loader::load(&sandbox, &files, defaults);
+            Ok((files, loaded))
+        })
+        .await?;
+        let loaded = loaded?;
+        let short_hash = &files.sha256[..12];
+        let registry = &self.inner.registry;
+        match registry.mailbox(&id) {
+            Some(mailbox) => {
+                let settings = loaded.settings;
+                mailbox.replace(
+                    settings.payload,
+                    settings.queue,
+                    Box::new(loaded.subscriber),
+                );
+                registry.reload_subscriber(&id, files.source(), &loaded.channels)?;
+                tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin reloaded");
+                Ok(PluginChange::Reloaded(id.to_string()))
+            }
+            None => {
+                let mailbox =
+                    spawn_mailbox(id.clone(), loaded.settings, Box::new(loaded.subscriber))?;
+                self.insert(mailbox, files.source(), &loaded.channels)?;
+                tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin loaded");
+                Ok(PluginChange::Added(id.to_string()))
+            }
+        }
+    }
+
+    /// Load every plugin in `dir`, then follow the folder: new files are
+    /// added, changed ones reloaded, deleted ones removed, until the returned
+    /// watcher is dropped.
+    pub async fn watch_plugins(&self, dir: &Path) -> Result<PluginWatcher> {
+        watcher::watch(self, dir, self.inner.watch_debounce).await
+    }
+
+    /// Compile cache counters, once a plugin has been loaded and if the cache is on.
+    pub fn compile_cache_stats(&self) -> Option<CacheStats> {
+        lock(&self.inner.sandbox)
+            .as_ref()
+            .and_then(|s| s.cache_stats())
     }
 
     /// Connect and start LISTENing. Does nothing if already running.
@@ -412,6 +503,17 @@ impl Notifier {
         *slot = Some(sandbox.clone());
         Ok(sandbox)
     }
+}
+
+/// Run blocking work (file reads, compiling) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    path: &Path,
+    work: impl FnOnce() -> std::result::Result<T, LoadError> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| LoadError::new(path, format!("loader task failed: {e}")))?
+        .map_err(Error::from)
 }
 
 fn spawn_mailbox(

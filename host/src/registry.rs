@@ -41,7 +41,14 @@ pub type ActiveChannels = Arc<BTreeSet<Arc<str>>>;
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum SubscriberSource {
     /// A WebAssembly plugin file.
-    Plugin { path: PathBuf },
+    Plugin {
+        path: PathBuf,
+        /// SHA-256 of the `.wasm` file, hex.
+        sha256: String,
+        /// SHA-256 of the `.wasm` and its sidecar together: unchanged means nothing to reload.
+        #[serde(skip)]
+        fingerprint: String,
+    },
     /// A Rust closure registered through the library.
     Native,
 }
@@ -279,19 +286,39 @@ impl Registry {
         })
     }
 
-    /// Replace a subscriber's mailbox, keeping its channels and mute flags.
-    /// Returns the old mailbox, for the caller to drain.
-    #[allow(dead_code)] // used by hot reload
-    pub(crate) fn replace_subscriber(
+    /// Record a reloaded plugin: its new source and declared channels. Mute
+    /// flags of the channels it keeps are kept; new channels start un-muted,
+    /// unless the subscriber was muted on every channel it had.
+    pub(crate) fn reload_subscriber(
         &self,
-        mailbox: Arc<Mailbox>,
+        id: &str,
         source: SubscriberSource,
-    ) -> Result<Arc<Mailbox>, RegistryError> {
+        channels: &[String],
+    ) -> Result<(), RegistryError> {
         self.update(|s| {
-            let entry = s.subscriber_mut(&mailbox.id)?;
+            s.subscriber_mut(id)?;
+            let keys = s.add_channels(channels)?;
+            let entry = s.subscriber_mut(id)?;
+            let old = std::mem::take(&mut entry.channels);
+            let all_muted = !old.is_empty() && old.values().all(|m| *m);
+            entry.channels = keys
+                .into_iter()
+                .map(|k| {
+                    let muted = old.get(&k).copied().unwrap_or(all_muted);
+                    (k, muted)
+                })
+                .collect();
             entry.source = source;
-            Ok(std::mem::replace(&mut entry.mailbox, mailbox.clone()))
+            Ok(())
         })
+    }
+
+    /// Where a subscriber came from, if it exists.
+    pub(crate) fn source(&self, id: &str) -> Option<SubscriberSource> {
+        self.snapshot()
+            .subscribers
+            .get(id)
+            .map(|e| e.source.clone())
     }
 
     /// Remove a subscriber entirely. Returns its mailbox, for the caller to drain.

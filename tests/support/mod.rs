@@ -190,7 +190,8 @@ pub mod logs {
         fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
             let mut fields = Fields::default();
             event.record(&mut fields);
-            if fields.0.subscriber.is_empty() {
+            let is_error = *event.metadata().level() == tracing::Level::ERROR;
+            if fields.0.subscriber.is_empty() && !is_error {
                 return;
             }
             fields.0.level = event.metadata().level().to_string();
@@ -222,6 +223,17 @@ pub mod logs {
             .iter()
             .filter(|l| l.subscriber == subscriber)
             .cloned()
+            .collect()
+    }
+
+    /// Every error logged, by anyone.
+    pub fn errors() -> Vec<String> {
+        LINES
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.level == "ERROR")
+            .map(|l| l.message.clone())
             .collect()
     }
 

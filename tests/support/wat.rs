@@ -43,6 +43,8 @@ pub struct WatPlugin {
     pub channels: Vec<String>,
     pub notify: Notify,
     pub register: Register,
+    /// Logged by `register` after `registered`, to tell versions apart.
+    pub label: Option<String>,
 }
 
 impl WatPlugin {
@@ -51,7 +53,17 @@ impl WatPlugin {
             channels: channels.iter().map(|c| c.to_string()).collect(),
             notify,
             register: Register::Ok,
+            label: None,
         }
+    }
+
+    pub fn label(mut self, label: &str) -> Self {
+        assert!(
+            label.len() < 256 && label.is_ascii(),
+            "short ASCII labels only"
+        );
+        self.label = Some(label.to_owned());
+        self
     }
 
     pub fn register(mut self, register: Register) -> Self {
@@ -101,9 +113,17 @@ impl WatPlugin {
         assert!(offset < 2048, "test plugin channel names too long");
         let count = self.channels.len();
 
+        let label = self.label.clone().unwrap_or_default();
+        let label_len = label.len();
+        let log_label = if label.is_empty() {
+            String::new()
+        } else {
+            format!("(call $log (i32.const 2) (i32.const 3072) (i32.const {label_len}))")
+        };
         let register_body = match self.register {
             Register::Ok => format!(
                 r#"(call $log (i32.const 2) (i32.const 2058) (i32.const 10))
+                   {log_label}
                    (local.set $i (i32.const 0))
                    (block $done (loop $next
                      (br_if $done (i32.ge_u (local.get $i) (local.get $cfgl)))
@@ -191,6 +211,7 @@ impl WatPlugin {
   (data (i32.const 2048) "firstagainregistered")
   (data (i32.const 2072) "nopenot today")
   (data (i32.const 2085) "grow failed")
+  (data (i32.const 3072) "{label}")
 
   (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
     (local $p i32) (local $end i32)

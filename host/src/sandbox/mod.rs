@@ -67,10 +67,20 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("pgnotifier").join("wasm"))
 }
 
+/// Compile cache counters since the engine started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheStats {
+    /// Plugins whose compiled code came from the cache.
+    pub hits: usize,
+    /// Plugins compiled and written to the cache.
+    pub misses: usize,
+}
+
 /// The engine, the linker and the epoch ticker, shared by every plugin.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
+    cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -92,16 +102,18 @@ impl Sandbox {
             .max_core_instance_size(8 << 20)
             .max_component_instance_size(8 << 20);
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if let Some(dir) = &config.cache_dir {
+        // wasmtime's cache keys entries by the wasm's hash, the engine's
+        // settings and its version, and recompiles when an entry does not load.
+        let cache = config.cache_dir.as_ref().and_then(|dir| {
             let mut cache = wasmtime::CacheConfig::new();
             cache.with_directory(dir);
-            match wasmtime::Cache::new(cache) {
-                Ok(cache) => {
-                    wasm.cache(Some(cache));
-                }
-                Err(e) => tracing::warn!(dir = %dir.display(), "compile cache disabled: {e}"),
-            }
-        }
+            wasmtime::Cache::new(cache)
+                .inspect_err(
+                    |e| tracing::warn!(dir = %dir.display(), "compile cache disabled: {e}"),
+                )
+                .ok()
+        });
+        wasm.cache(cache.clone());
         let engine =
             Engine::new(&wasm).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
@@ -127,23 +139,15 @@ impl Sandbox {
         Ok(Arc::new(Self {
             engine,
             linker,
+            cache,
             ticker_stop,
         }))
     }
 
-    /// Compile and link a plugin file. Compiled code comes from the cache when
-    /// the same bytes were compiled before by the same engine configuration.
-    pub fn compile(&self, path: &Path) -> Result<PluginPre<HostState>, LoadError> {
-        let bytes =
-            std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
-        self.compile_bytes(path, &bytes)
-    }
-
-    pub(crate) fn compile_bytes(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-    ) -> Result<PluginPre<HostState>, LoadError> {
+    /// Compile and link a plugin's bytes; `path` names it in errors. Compiled
+    /// code comes from the cache when the same bytes were compiled before by
+    /// the same engine configuration.
+    pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<PluginPre<HostState>, LoadError> {
         check_component_header(bytes).map_err(|reason| LoadError::new(path, reason))?;
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::new(path, format!("invalid component: {}", error_chain(&e))))?;
@@ -164,6 +168,14 @@ impl Sandbox {
                     error_chain(&e)
                 ),
             )
+        })
+    }
+
+    /// Compile cache counters, if the cache is on.
+    pub fn cache_stats(&self) -> Option<CacheStats> {
+        self.cache.as_ref().map(|c| CacheStats {
+            hits: c.cache_hits(),
+            misses: c.cache_misses(),
         })
     }
 
