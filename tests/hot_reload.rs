@@ -285,6 +285,12 @@ async fn a_bad_replacement_keeps_the_old_version_running() {
                 .register(Register::Fail)
                 .component(),
         ),
+        (
+            "register trap",
+            WatPlugin::new(&[ch.as_str()], Notify::Echo)
+                .register(Register::Trap)
+                .component(),
+        ),
         ("truncated", good_v2[..good_v2.len() / 3].to_vec()),
     ];
     for (round, (what, bytes)) in bad.iter().enumerate() {

@@ -132,6 +132,14 @@ impl Queue {
     }
 }
 
+/// What the worker does next.
+enum Next {
+    Deliver(Delivery),
+    /// Nothing queued, but a replacement subscriber is waiting.
+    Switch,
+    Stop,
+}
+
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -211,6 +219,8 @@ impl Mailbox {
         self.raw_payloads
             .store(mode == PayloadMode::Raw, Ordering::Relaxed);
         lock(&self.queue).limits = checked(limits);
+        // Wake an idle worker to switch at once.
+        self.ready.notify_all();
         // More room may have appeared.
         self.space.notify_waiters();
     }
@@ -337,7 +347,8 @@ impl Mailbox {
         true
     }
 
-    fn next(&self) -> Option<Delivery> {
+    /// Wait for the next thing to do.
+    fn next(&self) -> Next {
         let mut queue = lock(&self.queue);
         loop {
             if self.state.load(Ordering::Relaxed) == ABANDONED {
@@ -349,7 +360,7 @@ impl Mailbox {
                         .dropped
                         .fetch_add(discarded as u64, Ordering::Relaxed);
                 }
-                return None;
+                return Next::Stop;
             }
             if let Some(delivery) = queue.items.pop_front() {
                 let len = queue.items.len();
@@ -359,10 +370,14 @@ impl Mailbox {
                 }
                 drop(queue);
                 self.space.notify_one();
-                return Some(delivery);
+                return Next::Deliver(delivery);
+            }
+            if self.replaced.load(Ordering::Acquire) {
+                // Idle: switch now, so the old instance is not kept alive.
+                return Next::Switch;
             }
             if self.state.load(Ordering::Relaxed) != RUNNING {
-                return None;
+                return Next::Stop;
             }
             queue.worker_waiting = true;
             queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
@@ -371,12 +386,18 @@ impl Mailbox {
     }
 
     fn work(&self, mut subscriber: Box<dyn Deliver>) {
-        while let Some(delivery) = self.next() {
+        loop {
+            let next = self.next();
             if self.replaced.swap(false, Ordering::Acquire) {
-                if let Some(next) = lock(&self.replacement).take() {
-                    subscriber = next;
+                if let Some(replacement) = lock(&self.replacement).take() {
+                    subscriber = replacement;
                 }
             }
+            let delivery = match next {
+                Next::Deliver(delivery) => delivery,
+                Next::Switch => continue,
+                Next::Stop => break,
+            };
             let result = match &delivery {
                 Delivery::Notify(n) => subscriber.on_notify(n),
                 Delivery::Gap(channels) => {

@@ -37,6 +37,8 @@ pub enum Register {
     Fail,
     /// Spin forever.
     Spin,
+    /// Trap at once.
+    Trap,
 }
 
 pub struct WatPlugin {
@@ -141,6 +143,7 @@ impl WatPlugin {
                    (i32.store (i32.const 264) (i32.const 9))"#
                 .to_owned(),
             Register::Spin => "(loop $forever (br $forever))".to_owned(),
+            Register::Trap => "unreachable".to_owned(),
         };
 
         let echo = r#"
