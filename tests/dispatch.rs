@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::wat::{Notify, WatPlugin};
-use support::{channel, count, eventually, logs, recorder, Sender, SOON};
+use support::{channel, count, eventually, logs, recorder, stats_of, Sender, SOON};
 
 /// One plugin burns CPU on every call; the other, on the same channel, gets
 /// every notification while the slow one is still far behind.
@@ -111,13 +111,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
         eventually(SOON, || count(&other_seen) == 20).await,
         "the other subscriber is unaffected"
     );
-    let stats = || {
-        n.subscribers()
-            .into_iter()
-            .find(|s| s.id == "s")
-            .unwrap()
-            .stats
-    };
+    let stats = || stats_of(&n, "s");
     assert!(
         eventually(SOON, || stats().dropped >= 15).await,
         "{:?}",
@@ -187,13 +181,7 @@ async fn the_default_policy_drops_after_the_wait() {
         sender.notify(&ch, &i.to_string()).await;
     }
     assert!(eventually(SOON, || count(&other_seen) == 30).await);
-    let stuck = || {
-        n.subscribers()
-            .into_iter()
-            .find(|s| s.id == "stuck")
-            .unwrap()
-            .stats
-    };
+    let stuck = || stats_of(&n, "stuck");
     assert!(
         eventually(SOON, || stuck().dropped >= 27).await,
         "{:?}",

@@ -6,7 +6,7 @@ use pgnotifier::sandbox::SandboxConfig;
 use pgnotifier::{Notifier, PluginWatcher, Selection};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::wat::{Notify, Register, WatPlugin};
+use support::wat::{other_world_component, Notify, Register, WatPlugin};
 use support::{channel, eventually, logs, Sender, SOON};
 
 struct Folder {
@@ -229,31 +229,6 @@ async fn no_notification_is_lost_across_replacements() {
     let want: Vec<String> = (0..SENT).map(|i| format!("n{i}")).collect();
     assert_eq!(received(), want, "each once, in order");
     assert_eq!(registered_labels(&id), ["v1", "v2", "v3"]);
-}
-
-/// A component of some other world.
-fn other_world_component() -> Vec<u8> {
-    let mut resolve = wit_parser::Resolve::default();
-    let pkg = resolve
-        .push_str(
-            "other.wit",
-            "package test:other; world other { export ping: func(); }",
-        )
-        .unwrap();
-    let world = resolve.select_world(&[pkg], Some("other")).unwrap();
-    let mut module = wat::parse_str(r#"(module (func (export "ping")))"#).unwrap();
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-    )
-    .unwrap();
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .unwrap()
-        .encode()
-        .unwrap()
 }
 
 #[tokio::test]

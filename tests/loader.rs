@@ -5,33 +5,8 @@ mod support;
 use pgnotifier::Notifier;
 use std::path::Path;
 use std::time::Duration;
-use support::wat::{Notify, Register, WatPlugin};
+use support::wat::{other_world_component, Notify, Register, WatPlugin};
 use support::{channel, eventually, logs, Sender, SOON};
-
-/// A valid component of some other world.
-fn other_world_component() -> Vec<u8> {
-    let mut resolve = wit_parser::Resolve::default();
-    let pkg = resolve
-        .push_str(
-            "other.wit",
-            "package test:other; world other { export ping: func(); }",
-        )
-        .unwrap();
-    let world = resolve.select_world(&[pkg], Some("other")).unwrap();
-    let mut module = wat::parse_str(r#"(module (func (export "ping")))"#).unwrap();
-    wit_component::embed_component_metadata(
-        &mut module,
-        &resolve,
-        world,
-        wit_component::StringEncoding::UTF8,
-    )
-    .unwrap();
-    wit_component::ComponentEncoder::default()
-        .module(&module)
-        .unwrap()
-        .encode()
-        .unwrap()
-}
 
 fn error_for(outcomes: &[(std::path::PathBuf, pgnotifier::Result<String>)], file: &str) -> String {
     let (path, outcome) = outcomes

@@ -46,12 +46,7 @@ async fn setup(plugins: &[(&str, Notify, Option<&str>)]) -> (Setup, Vec<String>)
 
 impl Setup {
     fn stats(&self, id: &str) -> pgnotifier::SubscriberStats {
-        self.notifier
-            .subscribers()
-            .into_iter()
-            .find(|s| s.id == id)
-            .unwrap()
-            .stats
+        support::stats_of(&self.notifier, id)
     }
 }
 

@@ -146,14 +146,6 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(path, &text)
-    }
-
     /// Parse a sidecar's text; `path` names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let sidecar: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {

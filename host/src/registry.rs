@@ -61,6 +61,22 @@ struct SubscriberEntry {
     channels: BTreeMap<Arc<str>, bool>,
 }
 
+impl SubscriberEntry {
+    /// Refuse, naming the first one, if any of `channels` is not subscribed.
+    fn check_subscribed(&self, id: &str, channels: &[String]) -> Result<(), RegistryError> {
+        match channels
+            .iter()
+            .find(|c| !self.channels.contains_key(c.as_str()))
+        {
+            Some(missing) => Err(RegistryError::NotSubscribed {
+                id: id.to_owned(),
+                channel: missing.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// One immutable state of the registry.
 #[derive(Clone, Default)]
 pub(crate) struct Snapshot {
@@ -348,15 +364,7 @@ impl Registry {
     pub(crate) fn unsubscribe(&self, id: &str, channels: &[String]) -> Result<(), RegistryError> {
         self.update(|s| {
             let entry = s.subscriber_mut(id)?;
-            if let Some(missing) = channels
-                .iter()
-                .find(|c| !entry.channels.contains_key(c.as_str()))
-            {
-                return Err(RegistryError::NotSubscribed {
-                    id: id.to_owned(),
-                    channel: missing.clone(),
-                });
-            }
+            entry.check_subscribed(id, channels)?;
             for channel in channels {
                 entry.channels.remove(channel.as_str());
             }
@@ -392,15 +400,7 @@ impl Registry {
             match channels {
                 None => entry.channels.values_mut().for_each(|m| *m = muted),
                 Some(names) => {
-                    if let Some(missing) = names
-                        .iter()
-                        .find(|c| !entry.channels.contains_key(c.as_str()))
-                    {
-                        return Err(RegistryError::NotSubscribed {
-                            id: id.to_owned(),
-                            channel: missing.clone(),
-                        });
-                    }
+                    entry.check_subscribed(id, names)?;
                     for name in names {
                         if let Some(flag) = entry.channels.get_mut(name.as_str()) {
                             *flag = muted;

@@ -107,6 +107,16 @@ pub fn recorder() -> (Subscriber, Arc<Mutex<Vec<Received>>>) {
     (subscriber, seen)
 }
 
+/// The counters of one subscriber.
+pub fn stats_of(notifier: &pgnotifier::Notifier, id: &str) -> pgnotifier::SubscriberStats {
+    notifier
+        .subscribers()
+        .into_iter()
+        .find(|s| s.id == id)
+        .unwrap_or_else(|| panic!("no subscriber {id}"))
+        .stats
+}
+
 pub fn count(seen: &Arc<Mutex<Vec<Received>>>) -> usize {
     seen.lock().unwrap().len()
 }

@@ -304,3 +304,25 @@ fn resolve(with_stdio: bool) -> (Resolve, wit_parser::WorldId) {
         .expect("world plugin-with-stdio");
     (resolve, world)
 }
+
+/// A valid component of some other world than `plugin`.
+pub fn other_world_component() -> Vec<u8> {
+    let mut resolve = Resolve::default();
+    let pkg = resolve
+        .push_str(
+            "other.wit",
+            "package test:other; world other { export ping: func(); }",
+        )
+        .expect("other world parses");
+    let world = resolve
+        .select_world(&[pkg], Some("other"))
+        .expect("world other");
+    let mut module = wat::parse_str(r#"(module (func (export "ping")))"#).expect("WAT parses");
+    wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)
+        .expect("embed WIT metadata");
+    ComponentEncoder::default()
+        .module(&module)
+        .expect("core module is usable")
+        .encode()
+        .expect("component encodes")
+}
