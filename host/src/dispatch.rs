@@ -122,6 +122,8 @@ struct Queue {
     limits: QueueLimits,
     /// The worker is asleep on the condvar; only then is a wake-up (a syscall) needed.
     worker_waiting: bool,
+    /// A pusher waits for space; only then does the worker signal it.
+    router_waiting: bool,
 }
 
 impl Queue {
@@ -130,6 +132,20 @@ impl Queue {
         self.items.push_back(delivery);
         self.worker_waiting
     }
+}
+
+/// How many times an idle worker checks for more work before it sleeps.
+const IDLE_SPINS: u32 = 256;
+
+/// Workers alive now, across every notifier in the process.
+static LIVE_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Spinning only pays while every worker can have a core to itself;
+/// beyond that, a spinning worker takes time from the others.
+fn spinning_pays() -> bool {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    LIVE_WORKERS.load(Ordering::Relaxed) < cores
 }
 
 /// What the worker does next.
@@ -239,13 +255,19 @@ impl Mailbox {
 
     /// Queue a delivery, applying the overflow policy when the queue is full.
     pub(crate) async fn push(&self, delivery: Delivery) {
-        let mut delivery = delivery;
+        // Fast path: room in the queue, no waiter registration at all.
+        let mut delivery = match self.try_push(delivery) {
+            Ok(()) => return,
+            Err((back, _)) => back,
+        };
         // Set when the queue is first found full: when to stop waiting (None: never).
         let mut deadline: Option<Option<Instant>> = None;
         let policy = loop {
+            // Register for a wake-up before looking again, so none is missed.
             let space = self.space.notified();
             tokio::pin!(space);
             space.as_mut().enable();
+            lock(&self.queue).router_waiting = true;
             let limits = match self.try_push(delivery) {
                 Ok(()) => return,
                 Err((back, limits)) => {
@@ -316,15 +338,20 @@ impl Mailbox {
         let _ =
             self.state
                 .compare_exchange(RUNNING, DRAINING, Ordering::Relaxed, Ordering::Relaxed);
-        let _guard = lock(&self.queue);
-        self.ready.notify_all();
+        self.wake_all();
     }
 
     /// Stop at once: the worker discards what is queued after its current call.
     pub(crate) fn abandon(&self) {
         self.state.store(ABANDONED, Ordering::Relaxed);
-        let _guard = lock(&self.queue);
+        self.wake_all();
+    }
+
+    /// Wake the worker and any pusher, so both see a state change.
+    fn wake_all(&self) {
+        drop(lock(&self.queue));
         self.ready.notify_all();
+        self.space.notify_waiters();
     }
 
     /// Close the queue and wait for the worker to finish it, up to `timeout`.
@@ -350,6 +377,7 @@ impl Mailbox {
     /// Wait for the next thing to do.
     fn next(&self) -> Next {
         let mut queue = lock(&self.queue);
+        let mut spun = false;
         loop {
             if self.state.load(Ordering::Relaxed) == ABANDONED {
                 let discarded = queue.items.len();
@@ -368,8 +396,11 @@ impl Mailbox {
                 if len <= queue.limits.capacity / 2 {
                     self.overflowing.store(false, Ordering::Relaxed);
                 }
+                let wake_router = std::mem::take(&mut queue.router_waiting);
                 drop(queue);
-                self.space.notify_one();
+                if wake_router {
+                    self.space.notify_waiters();
+                }
                 return Next::Deliver(delivery);
             }
             if self.replaced.load(Ordering::Acquire) {
@@ -379,6 +410,21 @@ impl Mailbox {
             if self.state.load(Ordering::Relaxed) != RUNNING {
                 return Next::Stop;
             }
+            if !spun && spinning_pays() {
+                // Under load the next notification is usually microseconds
+                // away: spin briefly rather than sleep and be woken (two
+                // context switches and a futex call).
+                spun = true;
+                drop(queue);
+                for _ in 0..IDLE_SPINS {
+                    if self.queued.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                queue = lock(&self.queue);
+                continue;
+            }
             queue.worker_waiting = true;
             queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
             queue.worker_waiting = false;
@@ -386,6 +432,7 @@ impl Mailbox {
     }
 
     fn work(&self, mut subscriber: Box<dyn Deliver>) {
+        LIVE_WORKERS.fetch_add(1, Ordering::Relaxed);
         loop {
             let next = self.next();
             if self.replaced.swap(false, Ordering::Acquire) {
@@ -420,6 +467,7 @@ impl Mailbox {
                 }
             }
         }
+        LIVE_WORKERS.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(subscriber = %self.id, "worker stopped");
     }
 }

@@ -61,6 +61,17 @@ fn decode_typed(raw: &str) -> Payload {
 /// A JSON number literal: `integer` when it fits `s64`, `float` when an `f64`
 /// holds it exactly, otherwise `json` with its digits. `None` if not a number.
 fn decode_number(literal: &str) -> Option<Payload> {
+    // The common case first: a plain integer, parsed without allocating.
+    // (i64's parser also takes `+1` and `007`, which JSON does not, so those
+    // go the long way and end up as text.)
+    let digits = literal.strip_prefix('-').unwrap_or(literal);
+    let canonical = !digits.starts_with('0') || digits == "0";
+    if canonical && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(match literal.parse::<i64>() {
+            Ok(i) => Payload::Integer(i),
+            Err(_) => Payload::Json(literal.to_owned()),
+        });
+    }
     let number = JsonNumber::parse(literal)?;
     if !number.has_fraction_or_exponent {
         return Some(match literal.parse::<i64>() {
@@ -211,36 +222,48 @@ pub const MAX_JSON_DEPTH: usize = 128;
 /// byte (number digits, string escapes) exactly as it was sent. `None` if it
 /// nests deeper than [`MAX_JSON_DEPTH`].
 fn compact_json(json: &str) -> Option<String> {
-    let mut out = String::with_capacity(json.len());
-    let mut in_string = false;
-    let mut escaped = false;
+    // Work on bytes: every structural character is ASCII, and the bytes of a
+    // multi-byte UTF-8 character never look like one. Copy runs, not bytes,
+    // and jump through strings with memchr.
+    let bytes = json.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut run_start = 0;
     let mut depth = 0usize;
-    for c in json.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                out.extend_from_slice(&bytes[run_start..i]);
+                run_start = i + 1;
             }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            match c {
-                '"' => in_string = true,
-                '[' | '{' => {
-                    depth += 1;
-                    if depth > MAX_JSON_DEPTH {
-                        return None;
+            b'"' => {
+                // Find the closing quote, stepping over escapes.
+                i += 1;
+                while let Some(offset) = bytes
+                    .get(i..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                {
+                    i += offset;
+                    if bytes[i] == b'"' {
+                        break;
                     }
+                    i += 2;
                 }
-                ']' | '}' => depth = depth.saturating_sub(1),
-                _ => {}
             }
-            out.push(c);
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return None;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
         }
+        i += 1;
     }
-    Some(out)
+    out.extend_from_slice(&bytes[run_start..]);
+    // Only whole ASCII whitespace bytes were removed from valid UTF-8.
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -289,6 +312,14 @@ mod tests {
         assert_eq!(typed("truest"), Payload::Text("truest".into()));
         assert_eq!(typed("{broken"), Payload::Text("{broken".into()));
         assert_eq!(typed("NaN"), Payload::Text("NaN".into()));
+    }
+
+    #[test]
+    fn compaction_never_panics_on_odd_input() {
+        // Not reachable after validation, but the scanner must not panic.
+        for odd in ["\"abc\\", "[\"\\", "{\"a\":\"b", "\\"] {
+            let _ = compact_json(odd);
+        }
     }
 
     #[test]
