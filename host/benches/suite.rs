@@ -1,0 +1,644 @@
+//! The benchmark suite: throughput, fan-out, latency, hot reload and memory,
+//! each beside a bare tokio-postgres loop where the issue asks for a ratio.
+//!
+//! `cargo bench --bench suite` runs everything (a few minutes) against the
+//! PostgreSQL the tests use, after `plugins/build`. Pass section names to run
+//! some: `cargo bench --bench suite -- drain latency`. Prints a table and
+//! writes `target/bench.json`. Each figure is the median of `REPEATS` runs.
+
+use pgnotifier::local_pg;
+use pgnotifier::sandbox::SandboxConfig;
+use pgnotifier::{DatabaseConfig, Notifier, Payload, Subscriber};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+const REPEATS: usize = 3;
+
+struct Bench {
+    url: String,
+    noop: Vec<u8>,
+    logger: Vec<u8>,
+    work: PathBuf,
+    rows: Vec<(String, String)>,
+    json: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    let db = local_pg::discover()?;
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    let read = |name: &str| {
+        let path = dist.join(format!("{name}.wasm"));
+        std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}; run plugins/build first", path.display()))
+    };
+    let work = std::env::temp_dir().join(format!("pgnotifier-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let mut bench = Bench {
+        url: db.url().to_owned(),
+        noop: read("noop")?,
+        logger: read("logger")?,
+        work: work.clone(),
+        rows: Vec::new(),
+        json: Vec::new(),
+    };
+    let started = Instant::now();
+    if wants("drain") {
+        bench.drain().await?;
+    }
+    if wants("fanout") {
+        bench.fanout().await?;
+    }
+    if wants("latency") {
+        bench.latency().await?;
+    }
+    if wants("reload") {
+        bench.reload().await?;
+    }
+    if wants("memory") {
+        bench.memory().await?;
+    }
+
+    println!(
+        "\npgnotifier benchmarks: median of {REPEATS} runs, {:.0} s in all",
+        started.elapsed().as_secs_f64()
+    );
+    println!("| measurement | result |");
+    println!("|---|---|");
+    for (name, value) in &bench.rows {
+        println!("| {name} | {value} |");
+    }
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
+    std::fs::write(&out, format!("{{\n{}\n}}\n", bench.json.join(",\n")))?;
+    println!("\nwrote {}", out.display());
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+impl Bench {
+    fn record(&mut self, key: &str, name: String, value: String, figures: &[(&str, f64)]) {
+        println!("{name}: {value}");
+        self.rows.push((name, value));
+        let fields: Vec<String> = figures
+            .iter()
+            .map(|(k, v)| format!("\"{k}\": {v:.3}"))
+            .collect();
+        self.json
+            .push(format!("  \"{key}\": {{{}}}", fields.join(", ")));
+    }
+
+    async fn client(&self) -> anyhow::Result<Client> {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls).await?;
+        tokio::spawn(connection);
+        Ok(client)
+    }
+
+    /// A notifier with the given plugins (name, bytes, sidecar) in a fresh folder.
+    async fn host(&self, plugins: &[(String, &[u8], String)]) -> anyhow::Result<Notifier> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = self
+            .work
+            .join(format!("plugins-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        std::fs::create_dir_all(&dir)?;
+        for (name, bytes, sidecar) in plugins {
+            std::fs::write(dir.join(format!("{name}.toml")), sidecar)?;
+            std::fs::write(dir.join(format!("{name}.wasm")), bytes)?;
+        }
+        let notifier = Notifier::builder(DatabaseConfig::from_url(&self.url)?)
+            .sandbox(SandboxConfig {
+                cache_dir: Some(self.work.join("cache")),
+                ..SandboxConfig::default()
+            })
+            .build();
+        for (file, outcome) in notifier.load_plugins(&dir).await? {
+            outcome.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        }
+        notifier.start().await?;
+        notifier
+            .wait_until_listening(Duration::from_secs(30))
+            .await?;
+        Ok(notifier)
+    }
+
+    /// 1. One transaction of N distinct notifications, drained by the host
+    ///    (one trivial Rust plugin, typed payloads) and by a bare loop.
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        let cases = [
+            ("16 B", 200_000, "(1e15 + i)::bigint::text"),
+            (
+                "1 KB JSON",
+                100_000,
+                "json_build_object('i', i, 'pad', repeat('x', 1000))::text",
+            ),
+        ];
+        for (label, n, payload_sql) in cases {
+            let mut bare = Vec::new();
+            let mut host = Vec::new();
+            for round in 0..REPEATS {
+                let channel = format!("bench_drain_{round}_{}", std::process::id());
+                let produce = format!("select count(pg_notify('{channel}', {payload_sql})) from generate_series(1, {n}) as i");
+                bare.push(n as f64 / self.bare_drain(&channel, &produce, n).await?);
+                host.push(n as f64 / self.host_drain(&channel, &produce, n).await?);
+            }
+            let (b, h) = (median(&mut bare), median(&mut host));
+            self.record(
+                &format!("drain_{}", label.replace(' ', "_").to_lowercase()),
+                format!("drain {label}, N={n}: host / bare loop"),
+                format!(
+                    "{:.0}k/s / {:.0}k/s = {:.0}%",
+                    h / 1e3,
+                    b / 1e3,
+                    100.0 * h / b
+                ),
+                &[("host_per_s", h), ("bare_per_s", b), ("ratio", h / b)],
+            );
+        }
+        Ok(())
+    }
+
+    /// Seconds from the bare loop's first notification to its last.
+    async fn bare_drain(&self, channel: &str, produce: &str, n: usize) -> anyhow::Result<f64> {
+        let (listener, mut connection) = tokio_postgres::connect(&self.url, NoTls).await?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Duration>();
+        tokio::spawn(async move {
+            let mut done = Some(done_tx);
+            let mut received = 0;
+            let mut first = None;
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                if let Ok(AsyncMessage::Notification(_)) = message {
+                    let first = *first.get_or_insert_with(Instant::now);
+                    received += 1;
+                    if received == n {
+                        if let Some(tx) = done.take() {
+                            let _ = tx.send(first.elapsed());
+                        }
+                    }
+                }
+            }
+        });
+        listener.batch_execute(&format!("LISTEN {channel}")).await?;
+        let producer = self.client().await?;
+        producer.execute(produce, &[]).await?;
+        let took = tokio::time::timeout(Duration::from_secs(120), done_rx).await??;
+        Ok(took.as_secs_f64().max(1e-6))
+    }
+
+    /// Seconds from the host's first delivery to its last.
+    async fn host_drain(&self, channel: &str, produce: &str, n: usize) -> anyhow::Result<f64> {
+        let sidecar = format!("overflow = \"block\"\n\n[config]\nchannels = \"{channel}\"\n");
+        let notifier = self.host(&[("noop".into(), &self.noop, sidecar)]).await?;
+        let producer = self.client().await?;
+        let produce = produce.to_owned();
+        let produced = tokio::spawn(async move { producer.execute(&produce, &[]).await });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut first = None;
+        loop {
+            let count = delivered(&notifier);
+            if count > 0 && first.is_none() {
+                first = Some(Instant::now());
+            }
+            if count >= n as u64 {
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "host drained {count} of {n}");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let took = first.map_or(1e-6, |f| f.elapsed().as_secs_f64());
+        produced.await??;
+        let stats = &notifier.subscribers()[0].stats;
+        anyhow::ensure!(
+            stats.dropped == 0 && stats.failed == 0,
+            "drops or failures: {stats:?}"
+        );
+        notifier.shutdown(Duration::from_secs(5)).await;
+        Ok(took)
+    }
+
+    /// 2. One channel, 1, 10 and 100 subscribers: dispatches/s and CPU per notification.
+    async fn fanout(&mut self) -> anyhow::Result<()> {
+        const N: usize = 20_000;
+        for subscribers in [1usize, 10, 100] {
+            let mut rates = Vec::new();
+            let mut cpu = Vec::new();
+            for round in 0..REPEATS {
+                let channel = format!("bench_fan_{subscribers}_{round}_{}", std::process::id());
+                let sidecar = format!("overflow = \"block\"\nqueue_size = 100000\n\n[config]\nchannels = \"{channel}\"\n");
+                let plugins: Vec<(String, &[u8], String)> = (0..subscribers)
+                    .map(|i| (format!("noop{i}"), self.noop.as_slice(), sidecar.clone()))
+                    .collect();
+                let notifier = self.host(&plugins).await?;
+                let producer = self.client().await?;
+                let cpu_before = cpu_seconds();
+                producer
+                    .execute(
+                        &format!("select count(pg_notify('{channel}', (1e15 + i)::bigint::text)) from generate_series(1, {N}) as i"),
+                        &[],
+                    )
+                    .await?;
+                let committed = Instant::now();
+                let total = (N * subscribers) as u64;
+                while delivered(&notifier) < total {
+                    anyhow::ensure!(
+                        committed.elapsed() < Duration::from_secs(120),
+                        "fan-out stalled"
+                    );
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                }
+                let took = committed.elapsed().as_secs_f64();
+                let cpu_used = cpu_seconds() - cpu_before;
+                rates.push(total as f64 / took);
+                cpu.push(cpu_used * 1e6 / N as f64);
+                notifier.shutdown(Duration::from_secs(5)).await;
+            }
+            let (rate, us) = (median(&mut rates), median(&mut cpu));
+            self.record(
+                &format!("fanout_{subscribers}"),
+                format!("fan-out to {subscribers} subscriber(s), N={N}"),
+                format!(
+                    "{:.0}k dispatches/s, {us:.1} CPU µs per notification",
+                    rate / 1e3
+                ),
+                &[("dispatches_per_s", rate), ("cpu_us_per_notification", us)],
+            );
+        }
+        Ok(())
+    }
+
+    /// 3. Latency at a fixed rate, one NOTIFY per transaction from several
+    ///    connections, stamped with clock_timestamp(): host and bare loop.
+    async fn latency(&mut self) -> anyhow::Result<()> {
+        for rate in [1_000u32, 10_000] {
+            let mut host_p50 = Vec::new();
+            let mut host_p99 = Vec::new();
+            let mut bare_p50 = Vec::new();
+            let mut bare_p99 = Vec::new();
+            for round in 0..REPEATS {
+                let channel = format!("bench_lat_{rate}_{round}_{}", std::process::id());
+                let (p50, p99) = self.host_latency(&channel, rate).await?;
+                host_p50.push(p50);
+                host_p99.push(p99);
+                let (p50, p99) = self.bare_latency(&format!("{channel}_bare"), rate).await?;
+                bare_p50.push(p50);
+                bare_p99.push(p99);
+            }
+            let (hp50, hp99, bp50, bp99) = (
+                median(&mut host_p50),
+                median(&mut host_p99),
+                median(&mut bare_p50),
+                median(&mut bare_p99),
+            );
+            self.record(
+                &format!("latency_{rate}"),
+                format!("latency at {rate}/s, p50 / p99: host vs bare loop"),
+                format!(
+                    "{hp50:.3} / {hp99:.3} ms vs {bp50:.3} / {bp99:.3} ms (p99 ratio {:.2})",
+                    hp99 / bp99
+                ),
+                &[
+                    ("host_p50_ms", hp50),
+                    ("host_p99_ms", hp99),
+                    ("bare_p50_ms", bp50),
+                    ("bare_p99_ms", bp99),
+                ],
+            );
+        }
+        Ok(())
+    }
+
+    async fn host_latency(&self, channel: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
+        let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
+        let samples = Arc::new(Mutex::new(Vec::with_capacity(rate as usize * 3)));
+        let sink = samples.clone();
+        let subscriber = Subscriber::native(move |_, _, payload, _| {
+            if let Payload::Integer(sent) = payload {
+                let now = now_micros();
+                if let Ok(mut s) = sink.lock() {
+                    s.push((now - sent) as f64 / 1000.0);
+                }
+            }
+        });
+        notifier.subscribe("latency", channel, subscriber)?;
+        notifier.start().await?;
+        notifier
+            .wait_until_listening(Duration::from_secs(30))
+            .await?;
+        let sent = self.send_at_rate(channel, rate).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while samples.lock().map(|s| s.len()).unwrap_or(0) < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        notifier.shutdown(Duration::from_secs(5)).await;
+        let mut all = samples.lock().map(|s| s.clone()).unwrap_or_default();
+        anyhow::ensure!(all.len() == sent, "host received {} of {sent}", all.len());
+        Ok(percentiles(&mut all))
+    }
+
+    async fn bare_latency(&self, channel: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
+        let (listener, mut connection) = tokio_postgres::connect(&self.url, NoTls).await?;
+        let samples = Arc::new(Mutex::new(Vec::with_capacity(rate as usize * 3)));
+        let sink = samples.clone();
+        tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                if let Ok(AsyncMessage::Notification(n)) = message {
+                    let now = now_micros();
+                    if let (Ok(sent), Ok(mut s)) = (n.payload().parse::<i64>(), sink.lock()) {
+                        s.push((now - sent) as f64 / 1000.0);
+                    }
+                }
+            }
+        });
+        listener.batch_execute(&format!("LISTEN {channel}")).await?;
+        let sent = self.send_at_rate(channel, rate).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while samples.lock().map(|s| s.len()).unwrap_or(0) < sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut all = samples.lock().map(|s| s.clone()).unwrap_or_default();
+        anyhow::ensure!(
+            all.len() == sent,
+            "bare loop received {} of {sent}",
+            all.len()
+        );
+        Ok(percentiles(&mut all))
+    }
+
+    /// Send for 2 s at `rate`/s from 4 connections, one NOTIFY per
+    /// transaction, stamped in microseconds. Returns how many were sent.
+    async fn send_at_rate(&self, channel: &str, rate: u32) -> anyhow::Result<usize> {
+        const CONNECTIONS: u32 = 4;
+        const SECONDS: f64 = 2.0;
+        let per_connection = (rate as f64 * SECONDS / CONNECTIONS as f64) as usize;
+        let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate as f64);
+        let mut senders = Vec::new();
+        for c in 0..CONNECTIONS {
+            let client = self.client().await?;
+            let channel = channel.to_owned();
+            senders.push(tokio::spawn(async move {
+                let statement = client
+                    .prepare("select pg_notify($1, (extract(epoch from clock_timestamp()) * 1e6)::bigint::text)")
+                    .await?;
+                let start = Instant::now() + interval.mul_f64(c as f64 / CONNECTIONS as f64);
+                for i in 0..per_connection {
+                    tokio::time::sleep_until((start + interval * i as u32).into()).await;
+                    client.execute(&statement, &[&channel]).await?;
+                }
+                anyhow::Ok(per_connection)
+            }));
+        }
+        let mut sent = 0;
+        for s in senders {
+            sent += s.await??;
+        }
+        Ok(sent)
+    }
+
+    /// 4. Hot reload: from a file landing in the watched folder to its first
+    ///    delivery, with and without the compile cache.
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let plugins = self.work.join("reload");
+        std::fs::create_dir_all(&plugins)?;
+        let notifier = Notifier::builder(DatabaseConfig::from_url(&self.url)?)
+            .sandbox(SandboxConfig {
+                cache_dir: Some(self.work.join("reload-cache")),
+                ..SandboxConfig::default()
+            })
+            .build();
+        let _watcher = notifier.watch_plugins(&plugins).await?;
+        notifier.start().await?;
+        let client = self.client().await?;
+        let mut uncached = Vec::new();
+        let mut cached = Vec::new();
+        for round in 0..REPEATS.max(5) {
+            // New bytes (a custom section) defeat the cache; the same bytes again hit it.
+            let fresh = with_custom_section(&self.logger, &format!("bench round {round}"));
+            uncached.push(
+                deploy_and_time(&notifier, &client, &plugins, &format!("u{round}"), &fresh).await?,
+            );
+            cached.push(
+                deploy_and_time(&notifier, &client, &plugins, &format!("c{round}"), &fresh).await?,
+            );
+        }
+        let stats = notifier.compile_cache_stats().unwrap_or_default();
+        anyhow::ensure!(
+            stats.hits >= cached.len(),
+            "the cached rounds missed the cache: {stats:?}"
+        );
+        notifier.shutdown(Duration::from_secs(5)).await;
+        let (u, c) = (median(&mut uncached), median(&mut cached));
+        self.record(
+            "reload",
+            format!(
+                "hot reload to first delivery ({} KB Rust plugin): uncached / cached",
+                self.logger.len() / 1024
+            ),
+            format!("{u:.1} ms / {c:.1} ms"),
+            &[("uncached_ms", u), ("cached_ms", c)],
+        );
+        Ok(())
+    }
+
+    /// 5. RSS of `pgnotifier run` with 0, 1, 10 and 100 idle subscribers.
+    async fn memory(&mut self) -> anyhow::Result<()> {
+        let mut figures = Vec::new();
+        for subscribers in [0usize, 1, 10, 100] {
+            let mut rss = Vec::new();
+            for _ in 0..REPEATS {
+                let dir = self.work.join(format!("memory-{subscribers}"));
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)?;
+                for i in 0..subscribers {
+                    std::fs::write(dir.join(format!("idle{i}.wasm")), &self.noop)?;
+                    std::fs::write(
+                        dir.join(format!("idle{i}.toml")),
+                        "[config]\nchannels = \"bench_idle\"\n",
+                    )?;
+                }
+                rss.push(
+                    run_and_measure_rss(&dir, &self.url, &self.work.join("cache"), subscribers)
+                        .await?,
+                );
+            }
+            figures.push((subscribers, median(&mut rss)));
+        }
+        let base = figures[0].1;
+        let per = (figures[3].1 - base) / 100.0;
+        let text: Vec<String> = figures
+            .iter()
+            .map(|(n, mb)| format!("{n}: {mb:.1} MB"))
+            .collect();
+        self.record(
+            "memory",
+            "RSS with idle subscribers".into(),
+            format!("{} ({per:.2} MB per subscriber)", text.join(", ")),
+            &[
+                ("rss_0_mb", figures[0].1),
+                ("rss_1_mb", figures[1].1),
+                ("rss_10_mb", figures[2].1),
+                ("rss_100_mb", figures[3].1),
+                ("per_subscriber_mb", per),
+            ],
+        );
+        Ok(())
+    }
+}
+
+/// Start the release `pgnotifier run`, wait until it has loaded everything
+/// and settled, and read its resident set size in MB.
+async fn run_and_measure_rss(
+    plugins: &Path,
+    url: &str,
+    cache: &Path,
+    expected: usize,
+) -> anyhow::Result<f64> {
+    let config = plugins.with_extension("toml");
+    std::fs::write(&config, format!("cache_dir = \"{}\"\n", cache.display()))?;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgnotifier"))
+        .args(["run", "--plugins"])
+        .arg(plugins)
+        .arg("--config")
+        .arg(&config)
+        .args(["--database-url", url])
+        .env("PGNOTIFIER_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    // Loaded when every plugin's worker thread exists; then let it settle.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_threads(pid, "pgn:idle") < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "pgnotifier did not load {expected} plugins"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
+    child.kill().await?;
+    Ok(kb / 1024.0)
+}
+
+fn count_threads(pid: u32, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix))
+        })
+        .count()
+}
+
+/// Write `NAME.toml` then `NAME.wasm` (atomically), notify as soon as the
+/// channel is LISTENed; milliseconds from the rename to the first delivery.
+async fn deploy_and_time(
+    notifier: &Notifier,
+    client: &Client,
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> anyhow::Result<f64> {
+    let channel = format!("bench_reload_{name}_{}", std::process::id());
+    std::fs::write(
+        dir.join(format!("{name}.toml")),
+        format!("[config]\nchannels = \"{channel}\"\n"),
+    )?;
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the sidecar event pass
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, bytes)?;
+    let landed = Instant::now();
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm")))?;
+    let mut sent = false;
+    loop {
+        anyhow::ensure!(
+            landed.elapsed() < Duration::from_secs(30),
+            "{name} was not delivered"
+        );
+        if !sent && notifier.listening().contains(&channel) {
+            client
+                .execute("select pg_notify($1, 'x')", &[&channel])
+                .await?;
+            sent = true;
+        }
+        if notifier
+            .subscribers()
+            .iter()
+            .any(|s| s.id == name && s.stats.delivered > 0)
+        {
+            return Ok(landed.elapsed().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+/// Append a custom section: same behaviour, different bytes.
+fn with_custom_section(component: &[u8], text: &str) -> Vec<u8> {
+    let name = b"pgnotifier-bench";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(text.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    out.push(u8::try_from(payload.len()).unwrap_or(127)); // LEB128, < 128
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn delivered(notifier: &Notifier) -> u64 {
+    notifier
+        .subscribers()
+        .iter()
+        .map(|s| s.stats.delivered)
+        .sum()
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds of this process, from /proc (10 ms resolution).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn percentiles(samples: &mut [f64]) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
