@@ -396,7 +396,12 @@ impl Mailbox {
                 if len <= queue.limits.capacity / 2 {
                     self.overflowing.store(false, Ordering::Relaxed);
                 }
-                let wake_router = std::mem::take(&mut queue.router_waiting);
+                // Wake a waiting pusher only at half empty, so it refills in a
+                // batch instead of being woken for every single slot.
+                let wake_router = queue.router_waiting && len <= queue.limits.capacity / 2;
+                if wake_router {
+                    queue.router_waiting = false;
+                }
                 drop(queue);
                 if wake_router {
                     self.space.notify_waiters();
