@@ -22,8 +22,7 @@ async fn a_slow_subscriber_never_delays_the_others() {
     let n = Notifier::new(support::database());
     n.load_plugin(&slow).await.unwrap();
     n.load_plugin(&fast).await.unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
 
     const SENT: usize = 100;
     let sender = Sender::connect().await;
@@ -48,8 +47,7 @@ async fn order_is_kept_per_subscriber_within_and_across_transactions() {
     let ch = channel("order");
     let (s, seen) = recorder();
     n.subscribe("s", ch.as_str(), s).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     sender
         .client
@@ -101,8 +99,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
     .unwrap();
     let (other, other_seen) = recorder();
     n.subscribe("other", ch.as_str(), other).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     for i in 1..=20 {
         sender.notify(&ch, &i.to_string()).await;
@@ -139,8 +136,7 @@ async fn the_default_policy_waits_out_a_short_stall() {
     let (s, release, seen) = gated();
     let s = s.queue(2, Overflow::WaitThenDropOldest, Duration::from_secs(10));
     n.subscribe("s", ch.as_str(), s).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -173,8 +169,7 @@ async fn the_default_policy_drops_after_the_wait() {
     .unwrap();
     let (other, other_seen) = recorder();
     n.subscribe("other", ch.as_str(), other).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     let started = std::time::Instant::now();
     for i in 1..=30 {
@@ -210,8 +205,7 @@ async fn a_panicking_closure_fails_one_call_and_keeps_its_worker() {
         sink.lock().unwrap().push(payload.clone());
     });
     n.subscribe("p", ch.as_str(), s).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     for p in ["before", "panic", "after"] {
         sender.notify(&ch, p).await;

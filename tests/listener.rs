@@ -16,8 +16,7 @@ async fn changing_channels_never_reconnects_and_loses_nothing() {
     let (a, b) = (channel("steady"), channel("churn"));
     let (sa, seen_a) = recorder();
     n.subscribe("a", a.as_str(), sa).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let pid = n.backend_pid().expect("connected");
 
     const SENT: usize = 400;
@@ -88,8 +87,7 @@ async fn channel_names_are_quoted_and_escaped() {
         n.subscribe(&format!("s{i}"), name.as_str(), s).unwrap();
         seen.push(rec);
     }
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     for name in &names {
         sender.notify(name, name).await;
@@ -132,8 +130,7 @@ async fn the_pid_is_the_sending_backend() {
     let ch = channel("pid");
     let (s, seen) = recorder();
     n.subscribe("s", ch.as_str(), s).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     let row = sender
         .client

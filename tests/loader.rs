@@ -80,8 +80,7 @@ async fn a_folder_loads_the_good_plugins_and_names_each_bad_file() {
     assert!(error_for(&outcomes, "hangs.wasm").contains("register ran past its deadline"));
     assert!(error_for(&outcomes, "longchannel.wasm").contains("63"));
 
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     Sender::connect().await.notify(&ch, "still works").await;
     assert!(
         eventually(SOON, || logs::plugin_messages(&good_id)
@@ -122,8 +121,7 @@ async fn sidecar_channels_override_register_and_config_reaches_register() {
         logs::plugin_messages(&id),
         ["registered", "mode", "fast", "retries", "3"]
     );
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     Sender::connect().await.notify(&ch, "hi").await;
     assert!(
         eventually(SOON, || logs::plugin_messages(&id)
@@ -149,8 +147,7 @@ async fn copies_under_two_names_are_two_subscribers() {
     let outcomes = n.load_plugins(Path::new(&dir)).await.unwrap();
     assert!(outcomes.iter().all(|(_, r)| r.is_ok()));
     assert_eq!(n.subscribers().len(), 2);
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     sender.notify(&ch, "count").await;
     sender.notify(&ch, "count").await;

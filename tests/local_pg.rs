@@ -20,8 +20,7 @@ async fn a_throwaway_cluster_starts_serves_notifications_and_is_removed() {
     let n = Notifier::new(DatabaseConfig::from_url(&url).unwrap());
     let (s, seen) = recorder();
     n.subscribe("s", "throwaway", s).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();

@@ -73,8 +73,7 @@ async fn every_payload_case_arrives_typed() {
     let ch = channel("typed");
     let (s, seen) = recorder();
     n.subscribe("typed", ch.as_str(), s).unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let cases = cases();
     send_all(&Sender::connect().await, &ch, &cases).await;
     assert!(eventually(SOON, || count(&seen) == cases.len()).await);
@@ -127,8 +126,7 @@ async fn the_rust_example_plugin_receives_every_case_typed() {
             .unwrap(),
         id
     );
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     let pid: i32 = sender
         .client
@@ -177,8 +175,7 @@ async fn raw_mode_delivers_every_payload_unparsed() {
     let (s, seen) = recorder();
     n.subscribe("native_raw", ch.as_str(), s.payload_mode(PayloadMode::Raw))
         .unwrap();
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     for p in [r#"{ "a" :  1 }"#, "42", "true", "\"quoted\""] {
         sender.notify(&ch, p).await;
@@ -223,8 +220,7 @@ async fn one_decode_is_shared_by_every_subscriber() {
         });
         n.subscribe(&format!("s{i}"), ch.as_str(), s).unwrap();
     }
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     Sender::connect()
         .await
         .notify(&ch, r#"{"k": [1, 2]}"#)

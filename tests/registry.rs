@@ -200,8 +200,7 @@ async fn unsubscribing_keeps_the_index_intact_and_delivery_going() {
         .collect();
     assert_eq!(ids, ["a", "c"]);
 
-    n.start().await.unwrap();
-    n.wait_until_listening(SOON).await.unwrap();
+    support::listen(&n).await;
     let sender = Sender::connect().await;
     sender.notify(&ch, "1").await;
     assert!(eventually(SOON, || count(&a) == 1 && count(&c) == 1).await);

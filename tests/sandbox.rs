@@ -31,8 +31,7 @@ async fn setup(plugins: &[(&str, Notify, Option<&str>)]) -> (Setup, Vec<String>)
         notifier.load_plugin(&path).await.unwrap();
         ids.push(id);
     }
-    notifier.start().await.unwrap();
-    notifier.wait_until_listening(SOON).await.unwrap();
+    support::listen(&notifier).await;
     let sender = Sender::connect().await;
     (
         Setup {

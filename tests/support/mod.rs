@@ -66,6 +66,15 @@ impl Sender {
     }
 }
 
+/// Start the listener and wait until every active channel is LISTENed.
+pub async fn listen(notifier: &pgnotifier::Notifier) {
+    notifier.start().await.expect("start the listener");
+    notifier
+        .wait_until_listening(SOON)
+        .await
+        .expect("every active channel LISTENed");
+}
+
 /// Wait until `done` holds, polling; false if `timeout` passes first.
 pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
