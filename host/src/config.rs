@@ -79,14 +79,30 @@ pub struct LimitSettings {
     pub overflow: Option<Overflow>,
     pub overflow_wait_ms: Option<u64>,
     pub payload: Option<PayloadMode>,
+    /// Failed calls in a row that quarantine the subscriber; 0 never does.
+    pub failure_threshold: Option<u32>,
 }
 
 /// The effective settings of one subscriber.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SubscriberSettings {
     pub plugin: PluginLimits,
     pub queue: QueueLimits,
     pub payload: PayloadMode,
+    /// Failed calls in a row after which the subscriber is quarantined
+    /// (muted, with the reason shown); 0 turns quarantine off.
+    pub failure_threshold: u32,
+}
+
+impl Default for SubscriberSettings {
+    fn default() -> Self {
+        Self {
+            plugin: PluginLimits::default(),
+            queue: QueueLimits::default(),
+            payload: PayloadMode::default(),
+            failure_threshold: 5,
+        }
+    }
 }
 
 impl LimitSettings {
@@ -114,6 +130,10 @@ impl LimitSettings {
         }
         if let Some(payload) = self.payload {
             out.payload = payload;
+        }
+        if let Some(n) = self.failure_threshold {
+            check_range("failure_threshold", u64::from(n), 0, 1_000_000)?;
+            out.failure_threshold = n;
         }
         Ok(out)
     }
@@ -156,7 +176,7 @@ impl Sidecar {
             return Err(ConfigError::Parse {
                 path: path.to_owned(),
                 message: format!(
-                    "unknown key `{key}`; expected channels, config, payload, timeout_ms, memory_mib, queue_size, overflow or overflow_wait_ms"
+                    "unknown key `{key}`; expected channels, config, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms or failure_threshold"
                 ),
             });
         }

@@ -6,11 +6,12 @@
 //! it in order. Workers are OS threads, so a subscriber that burns CPU or
 //! blocks only ever holds up itself.
 
+use crate::config::SubscriberSettings;
 use crate::payload::{self, Payload, PayloadMode};
-use crate::registry::Snapshot;
+use crate::registry::{Route, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -156,6 +157,10 @@ enum Next {
     Stop,
 }
 
+/// Called (on the worker thread) when a subscriber reaches its failure
+/// threshold, with its id and the reason, so the registry can mute it.
+pub(crate) type QuarantineHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -173,6 +178,12 @@ pub(crate) struct Mailbox {
     overflowing: AtomicBool,
     state: AtomicU8,
     counters: Counters,
+    /// Consecutive failed calls; quarantine at `failure_threshold` (0: never).
+    failures_in_a_row: AtomicU32,
+    failure_threshold: AtomicU32,
+    /// Quarantined: deliveries are discarded until released.
+    quarantined: AtomicBool,
+    on_quarantine: QuarantineHook,
     /// A new subscriber for the worker to switch to before its next call.
     replacement: Mutex<Option<Box<dyn Deliver>>>,
     replaced: AtomicBool,
@@ -183,15 +194,15 @@ impl Mailbox {
     /// Start a worker thread for `subscriber`.
     pub(crate) fn spawn(
         id: Arc<str>,
-        mode: PayloadMode,
-        limits: QueueLimits,
+        settings: SubscriberSettings,
         subscriber: Box<dyn Deliver>,
+        on_quarantine: QuarantineHook,
     ) -> std::io::Result<Arc<Self>> {
         let mailbox = Arc::new(Self {
             id: id.clone(),
-            raw_payloads: AtomicBool::new(mode == PayloadMode::Raw),
+            raw_payloads: AtomicBool::new(settings.payload == PayloadMode::Raw),
             queue: Mutex::new(Queue {
-                limits: checked(limits),
+                limits: checked(settings.queue),
                 ..Queue::default()
             }),
             queued: AtomicUsize::new(0),
@@ -200,6 +211,10 @@ impl Mailbox {
             overflowing: AtomicBool::new(false),
             state: AtomicU8::new(RUNNING),
             counters: Counters::default(),
+            failures_in_a_row: AtomicU32::new(0),
+            failure_threshold: AtomicU32::new(settings.failure_threshold),
+            quarantined: AtomicBool::new(false),
+            on_quarantine,
             replacement: Mutex::new(None),
             replaced: AtomicBool::new(false),
             worker: Mutex::new(None),
@@ -224,21 +239,50 @@ impl Mailbox {
     /// Switch to a new subscriber and settings. What is queued stays queued,
     /// in order, and goes to the new subscriber; a call in progress finishes
     /// on the old one.
-    pub(crate) fn replace(
-        &self,
-        mode: PayloadMode,
-        limits: QueueLimits,
-        subscriber: Box<dyn Deliver>,
-    ) {
+    pub(crate) fn replace(&self, settings: SubscriberSettings, subscriber: Box<dyn Deliver>) {
         *lock(&self.replacement) = Some(subscriber);
         self.replaced.store(true, Ordering::Release);
         self.raw_payloads
-            .store(mode == PayloadMode::Raw, Ordering::Relaxed);
-        lock(&self.queue).limits = checked(limits);
+            .store(settings.payload == PayloadMode::Raw, Ordering::Relaxed);
+        self.failure_threshold
+            .store(settings.failure_threshold, Ordering::Relaxed);
+        lock(&self.queue).limits = checked(settings.queue);
         // Wake an idle worker to switch at once.
         self.ready.notify_all();
         // More room may have appeared.
         self.space.notify_waiters();
+    }
+
+    /// Take deliveries again after a quarantine, with a clean failure count.
+    pub(crate) fn release_quarantine(&self) {
+        self.failures_in_a_row.store(0, Ordering::Relaxed);
+        self.quarantined.store(false, Ordering::Relaxed);
+    }
+
+    /// Count a failed call; at the threshold, quarantine: discard what is
+    /// queued (a failing subscriber would only burn its deadline on each)
+    /// and ask the registry to mute it.
+    fn count_failure(&self, failure: &CallFailure) {
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let threshold = self.failure_threshold.load(Ordering::Relaxed);
+        if threshold == 0 || in_a_row < threshold || self.quarantined.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let discarded = {
+            let mut queue = lock(&self.queue);
+            let n = queue.items.len();
+            queue.items.clear();
+            self.queued.store(0, Ordering::Relaxed);
+            n
+        };
+        self.counters
+            .dropped
+            .fetch_add(discarded as u64, Ordering::Relaxed);
+        self.space.notify_waiters();
+        let reason = format!("{in_a_row} failures in a row; last: {failure}");
+        tracing::error!(subscriber = %self.id, discarded, "quarantined: {reason}; muted until unmuted or reloaded");
+        (self.on_quarantine)(&self.id, &reason);
     }
 
     pub(crate) fn stats(&self) -> SubscriberStats {
@@ -312,6 +356,31 @@ impl Mailbox {
         drop(queue);
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(subscriber = %self.id, policy = ?policy, "queue full; dropped a notification");
+    }
+
+    /// Queue notifications in order: all that fit under one lock, the rest
+    /// one by one under the overflow policy.
+    async fn push_all(&self, notifications: &[Arc<Notification>]) {
+        let mut queued = 0;
+        if self.state.load(Ordering::Relaxed) == RUNNING {
+            let mut queue = lock(&self.queue);
+            let room = queue.limits.capacity.saturating_sub(queue.items.len());
+            queued = room.min(notifications.len());
+            queue.items.extend(
+                notifications[..queued]
+                    .iter()
+                    .map(|n| Delivery::Notify(n.clone())),
+            );
+            self.queued.store(queue.items.len(), Ordering::Relaxed);
+            let wake = queued > 0 && queue.worker_waiting;
+            drop(queue);
+            if wake {
+                self.ready.notify_one();
+            }
+        }
+        for n in &notifications[queued..] {
+            self.push(Delivery::Notify(n.clone())).await;
+        }
     }
 
     /// Queue if there is room; otherwise hand the delivery back with the limits.
@@ -450,6 +519,11 @@ impl Mailbox {
                 Next::Switch => continue,
                 Next::Stop => break,
             };
+            if self.quarantined.load(Ordering::Relaxed) {
+                // Routed before the registry muted it: not for this subscriber.
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             let result = match &delivery {
                 Delivery::Notify(n) => subscriber.on_notify(n),
                 Delivery::Gap(channels) => {
@@ -459,6 +533,7 @@ impl Mailbox {
             };
             match result {
                 Ok(()) => {
+                    self.failures_in_a_row.store(0, Ordering::Relaxed);
                     if matches!(delivery, Delivery::Notify(_)) {
                         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     }
@@ -469,6 +544,7 @@ impl Mailbox {
                         self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
                     }
                     tracing::warn!(subscriber = %self.id, "call failed: {failure}");
+                    self.count_failure(&failure);
                 }
             }
         }
@@ -477,30 +553,99 @@ impl Mailbox {
     }
 }
 
-/// Route one notification to every subscriber on its channel. The payload is
-/// decoded at most once per mode, and only if someone wants it.
-pub(crate) async fn route(snapshot: &Snapshot, channel: &str, raw_payload: &str, pid: i32) {
-    let Some((channel, mailboxes)) = snapshot.route(channel) else {
-        return;
-    };
-    let mut typed: Option<Arc<Notification>> = None;
-    let mut raw: Option<Arc<Notification>> = None;
-    for mailbox in mailboxes.iter() {
-        let mode = mailbox.mode();
-        let slot = match mode {
-            PayloadMode::Typed => &mut typed,
-            PayloadMode::Raw => &mut raw,
-        };
-        let notification = slot
-            .get_or_insert_with(|| {
-                Arc::new(Notification {
+/// The longest run the router holds before queueing it.
+const RUN_LIMIT: usize = 64;
+
+/// Routes notifications in runs: consecutive notifications with the same
+/// route are queued together, one lock and at most one wake-up per
+/// subscriber, when the run ends, reaches [`RUN_LIMIT`], or the connection
+/// has nothing more buffered ([`Router::take`]). Each payload is decoded at
+/// most once per mode, and only if someone wants it.
+#[derive(Default)]
+pub(crate) struct Router {
+    run: Option<Run>,
+}
+
+/// Notifications routed to the same mailboxes, not yet queued.
+pub(crate) struct Run {
+    route: Route,
+    /// Decoded as typed, if a subscriber in the route wants that.
+    typed: Option<Vec<Arc<Notification>>>,
+    raw: Option<Vec<Arc<Notification>>>,
+}
+
+impl Router {
+    /// Add one notification. Returns a run to queue now: the previous one
+    /// if this notification starts another, or this one if it is full.
+    pub(crate) fn add(
+        &mut self,
+        snapshot: &Snapshot,
+        channel: &str,
+        raw_payload: &str,
+        pid: i32,
+    ) -> Option<Run> {
+        let (channel, route) = snapshot.route(channel)?;
+        let mut finished = None;
+        if !self
+            .run
+            .as_ref()
+            .is_some_and(|run| Arc::ptr_eq(&run.route, route))
+        {
+            finished = self.run.replace(Run::new(route.clone()));
+        }
+        let run = self.run.as_mut()?;
+        for (slot, mode) in [
+            (&mut run.typed, PayloadMode::Typed),
+            (&mut run.raw, PayloadMode::Raw),
+        ] {
+            if let Some(list) = slot {
+                list.push(Arc::new(Notification {
                     channel: channel.clone(),
                     payload: payload::decode(raw_payload, mode),
                     pid,
-                })
-            })
-            .clone();
-        mailbox.push(Delivery::Notify(notification)).await;
+                }));
+            }
+        }
+        if run.len() >= RUN_LIMIT {
+            debug_assert!(finished.is_none(), "a new run holds one notification");
+            return self.run.take();
+        }
+        finished
+    }
+
+    /// The run in progress, to queue now.
+    pub(crate) fn take(&mut self) -> Option<Run> {
+        self.run.take()
+    }
+}
+
+impl Run {
+    fn new(route: Route) -> Self {
+        let wants = |mode| route.iter().any(|m| m.mode() == mode);
+        let typed = wants(PayloadMode::Typed).then(|| Vec::with_capacity(RUN_LIMIT));
+        let raw = wants(PayloadMode::Raw).then(|| Vec::with_capacity(RUN_LIMIT));
+        Self { route, typed, raw }
+    }
+
+    fn len(&self) -> usize {
+        self.typed
+            .as_ref()
+            .or(self.raw.as_ref())
+            .map_or(0, Vec::len)
+    }
+
+    /// Queue the run with every mailbox on its route, in order.
+    pub(crate) async fn queue(self) {
+        for mailbox in self.route.iter() {
+            let list = match mailbox.mode() {
+                PayloadMode::Typed => self.typed.as_ref(),
+                PayloadMode::Raw => self.raw.as_ref(),
+            };
+            // A mode switched by a reload since the run began: either list is a valid payload.
+            if let Some(list) = list.or(self.typed.as_ref()).or(self.raw.as_ref()) {
+                mailbox.push_all(list).await;
+            }
+        }
     }
 }
 

@@ -9,11 +9,12 @@
 
 use crate::channel::quote_ident;
 use crate::config::DatabaseConfig;
-use crate::dispatch::{self, Delivery};
+use crate::dispatch::{Delivery, Router};
 use crate::registry::{ActiveChannels, Registry};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -258,18 +259,53 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut router = Router::default();
     loop {
-        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+        // Queue the run in progress whenever nothing more is buffered, so a
+        // lone notification is never held back.
+        let message = std::future::poll_fn(|cx| match connection.poll_message(cx) {
+            Poll::Pending => match router.take() {
+                Some(run) => Poll::Ready(Err(run)),
+                None => Poll::Pending,
+            },
+            Poll::Ready(message) => Poll::Ready(Ok(message)),
+        })
+        .await;
+        let message = match message {
+            Ok(message) => message,
+            Err(run) => {
+                run.queue().await;
+                continue;
+            }
+        };
+        match message {
             Some(Ok(AsyncMessage::Notification(n))) => {
-                let snapshot = registry.snapshot_arc();
-                dispatch::route(&snapshot, n.channel(), n.payload(), n.process_id()).await;
+                let full = router.add(
+                    &registry.snapshot(),
+                    n.channel(),
+                    n.payload(),
+                    n.process_id(),
+                );
+                if let Some(run) = full {
+                    run.queue().await;
+                }
             }
             Some(Ok(AsyncMessage::Notice(notice))) => {
                 tracing::debug!("server notice: {}", notice.message());
             }
             Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(e),
-            None => return Ok(()),
+            Some(Err(e)) => {
+                if let Some(run) = router.take() {
+                    run.queue().await;
+                }
+                return Err(e);
+            }
+            None => {
+                if let Some(run) = router.take() {
+                    run.queue().await;
+                }
+                return Ok(());
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! listener. Subscribers keep running across them until removed or shut down.
 
 use crate::config::{DatabaseConfig, SubscriberSettings};
-use crate::dispatch::{lock, Mailbox};
+use crate::dispatch::{lock, Mailbox, QuarantineHook};
 use crate::error::{Error, Result};
 use crate::listener::{Listener, ListenerStatus};
 use crate::loader::{self, PluginFiles};
@@ -206,7 +206,7 @@ impl Notifier {
         }
         let id: Arc<str> = id.into();
         let settings = subscriber.settings;
-        let mailbox = spawn_mailbox(id.clone(), settings, subscriber.into_deliver(id))?;
+        let mailbox = self.spawn_mailbox(id.clone(), settings, subscriber.into_deliver(id))?;
         self.insert(mailbox, SubscriberSource::Native, &channels.into_channels())
     }
 
@@ -349,19 +349,14 @@ impl Notifier {
         let registry = &self.inner.registry;
         match registry.mailbox(&id) {
             Some(mailbox) => {
-                let settings = loaded.settings;
-                mailbox.replace(
-                    settings.payload,
-                    settings.queue,
-                    Box::new(loaded.subscriber),
-                );
+                mailbox.replace(loaded.settings, Box::new(loaded.subscriber));
                 registry.reload_subscriber(&id, files.source(), &loaded.channels)?;
                 tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin reloaded");
                 Ok(PluginChange::Reloaded(id.to_string()))
             }
             None => {
                 let mailbox =
-                    spawn_mailbox(id.clone(), loaded.settings, Box::new(loaded.subscriber))?;
+                    self.spawn_mailbox(id.clone(), loaded.settings, Box::new(loaded.subscriber))?;
                 self.insert(mailbox, files.source(), &loaded.channels)?;
                 tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin loaded");
                 Ok(PluginChange::Added(id.to_string()))
@@ -493,6 +488,28 @@ impl Notifier {
         Ok(())
     }
 
+    /// Start a subscriber's worker; its quarantine hook mutes it in the registry.
+    fn spawn_mailbox(
+        &self,
+        id: Arc<str>,
+        settings: SubscriberSettings,
+        deliver: Box<dyn crate::dispatch::Deliver>,
+    ) -> Result<Arc<Mailbox>> {
+        let registry = Arc::downgrade(&self.inner.registry);
+        let on_quarantine: QuarantineHook = Arc::new(move |id, reason| {
+            if let Some(registry) = registry.upgrade() {
+                // Fails only if the subscriber was removed meanwhile.
+                let _ = registry.quarantine(id, reason);
+            }
+        });
+        Mailbox::spawn(id.clone(), settings, deliver, on_quarantine).map_err(|source| {
+            Error::Worker {
+                id: id.to_string(),
+                source,
+            }
+        })
+    }
+
     fn sandbox(&self) -> Result<Arc<Sandbox>> {
         let mut slot = lock(&self.inner.sandbox);
         if let Some(sandbox) = slot.as_ref() {
@@ -514,17 +531,4 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| LoadError::new(path, format!("loader task failed: {e}")))?
         .map_err(Error::from)
-}
-
-fn spawn_mailbox(
-    id: Arc<str>,
-    settings: SubscriberSettings,
-    deliver: Box<dyn crate::dispatch::Deliver>,
-) -> Result<Arc<Mailbox>> {
-    Mailbox::spawn(id.clone(), settings.payload, settings.queue, deliver).map_err(|source| {
-        Error::Worker {
-            id: id.to_string(),
-            source,
-        }
-    })
 }

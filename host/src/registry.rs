@@ -59,9 +59,20 @@ struct SubscriberEntry {
     source: SubscriberSource,
     /// Channel → this subscriber's own mute flag on it.
     channels: BTreeMap<Arc<str>, bool>,
+    /// Why it was quarantined: muted on every channel until an explicit
+    /// unmute or a reload, whatever its own mute flags say.
+    quarantine: Option<String>,
 }
 
 impl SubscriberEntry {
+    /// End a quarantine, if any, so deliveries flow again.
+    fn release(&mut self, id: &str) {
+        if self.quarantine.take().is_some() {
+            self.mailbox.release_quarantine();
+            tracing::info!(subscriber = %id, "released from quarantine");
+        }
+    }
+
     /// Refuse, naming the first one, if any of `channels` is not subscribed.
     fn check_subscribed(&self, id: &str, channels: &[String]) -> Result<(), RegistryError> {
         match channels
@@ -100,6 +111,7 @@ impl Snapshot {
     ) -> Vec<(Arc<Mailbox>, Vec<String>)> {
         self.subscribers
             .values()
+            .filter(|entry| entry.quarantine.is_none())
             .filter_map(|entry| {
                 let missed: Vec<String> = entry
                     .channels
@@ -121,6 +133,9 @@ impl Snapshot {
     fn rebuild_routes(&mut self) {
         let mut routes: BTreeMap<Arc<str>, Vec<Arc<Mailbox>>> = BTreeMap::new();
         for entry in self.subscribers.values() {
+            if entry.quarantine.is_some() {
+                continue;
+            }
             for (channel, muted) in &entry.channels {
                 let channel_muted = self.channels.get(channel).copied().unwrap_or(true);
                 if !muted && !channel_muted {
@@ -188,6 +203,7 @@ pub struct ChannelView {
 pub struct ChannelSubscriberView {
     pub id: String,
     pub muted: bool,
+    pub quarantined: bool,
 }
 
 /// A subscriber as the views show it.
@@ -196,6 +212,8 @@ pub struct SubscriberView {
     pub id: String,
     pub source: SubscriberSource,
     pub channels: Vec<SubscriptionView>,
+    /// Why the subscriber is quarantined, if it is.
+    pub quarantine: Option<String>,
     pub stats: SubscriberStats,
 }
 
@@ -296,6 +314,7 @@ impl Registry {
                 mailbox: mailbox.clone(),
                 source,
                 channels: keys.into_iter().map(|k| (k, false)).collect(),
+                quarantine: None,
             };
             s.subscribers.insert(mailbox.id.clone(), entry);
             Ok(())
@@ -304,7 +323,8 @@ impl Registry {
 
     /// Record a reloaded plugin: its new source and declared channels. Mute
     /// flags of the channels it keeps are kept; new channels start un-muted,
-    /// unless the subscriber was muted on every channel it had.
+    /// unless the subscriber was muted on every channel it had. A reload
+    /// ends a quarantine.
     pub(crate) fn reload_subscriber(
         &self,
         id: &str,
@@ -325,6 +345,7 @@ impl Registry {
                 })
                 .collect();
             entry.source = source;
+            entry.release(id);
             Ok(())
         })
     }
@@ -387,8 +408,17 @@ impl Registry {
         })
     }
 
+    /// Quarantine a subscriber that keeps failing: no channel routes to it
+    /// until it is unmuted or reloaded.
+    pub(crate) fn quarantine(&self, id: &str, reason: &str) -> Result<(), RegistryError> {
+        self.update(|s| {
+            s.subscriber_mut(id)?.quarantine = Some(reason.to_owned());
+            Ok(())
+        })
+    }
+
     /// Set a subscriber's mute flag on the named channels, or on all of its
-    /// channels when `None`.
+    /// channels when `None`. Unmuting also ends a quarantine.
     pub(crate) fn set_subscriber_muted(
         &self,
         id: &str,
@@ -407,6 +437,9 @@ impl Registry {
                         }
                     }
                 }
+            }
+            if !muted {
+                entry.release(id);
             }
             Ok(())
         })
@@ -427,6 +460,7 @@ impl Registry {
                         e.channels.get(name).map(|m| ChannelSubscriberView {
                             id: id.to_string(),
                             muted: *m,
+                            quarantined: e.quarantine.is_some(),
                         })
                     })
                     .collect(),
@@ -450,6 +484,7 @@ impl Registry {
                         channel_muted: s.channels.get(c).copied().unwrap_or(false),
                     })
                     .collect(),
+                quarantine: e.quarantine.clone(),
                 stats: e.mailbox.stats(),
             })
             .collect()

@@ -55,6 +55,12 @@ impl Subscriber {
         self
     }
 
+    /// Quarantine after this many failed calls (panics) in a row; 0 never does.
+    pub fn failure_threshold(mut self, failures: u32) -> Self {
+        self.settings.failure_threshold = failures;
+        self
+    }
+
     pub(crate) fn into_deliver(self, id: Arc<str>) -> Box<dyn Deliver> {
         Box::new(NativeDeliver {
             id,
