@@ -1,11 +1,11 @@
 //! What a plugin's store holds, and the host functions it may call.
 
+use super::guest_log::{cut_at, GuestLog};
 use super::stdio::{GuestOutput, Stdio};
-use crate::bindings::pgnotifier::plugin::{host, types};
 use crate::bindings::Level;
 use std::sync::Arc;
-use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::component::{Linker, ResourceTable, WasmStr};
+use wasmtime::{StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The longest log message kept from a plugin; the rest is cut.
@@ -13,7 +13,7 @@ const MAX_LOG_MESSAGE: usize = 64 * 1024;
 
 /// Per-store state: the subscriber id, WASI with nothing granted, and limits.
 pub struct HostState {
-    pub(crate) id: Arc<str>,
+    log: Arc<GuestLog>,
     wasi: WasiCtx,
     table: ResourceTable,
     pub(crate) limits: StoreLimits,
@@ -23,9 +23,10 @@ impl HostState {
     pub(crate) fn new(id: Arc<str>, memory_bytes: usize) -> Self {
         // No preopened directories, no environment, no arguments, no network:
         // the builder grants none of these unless asked.
+        let log = GuestLog::new(id);
         let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::new(id.clone(), Stdio::Stdout))
-            .stderr(GuestOutput::new(id.clone(), Stdio::Stderr))
+            .stdout(GuestOutput::new(log.clone(), Stdio::Stdout))
+            .stderr(GuestOutput::new(log.clone(), Stdio::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -35,7 +36,7 @@ impl HostState {
             .trap_on_grow_failure(true)
             .build();
         Self {
-            id,
+            log,
             wasi,
             table: ResourceTable::new(),
             limits,
@@ -52,36 +53,17 @@ impl WasiView for HostState {
     }
 }
 
-impl types::Host for HostState {}
-
-impl host::Host for HostState {
-    fn log(&mut self, level: Level, message: String) {
-        let id = &*self.id;
-        let (message, cut) = if message.len() > MAX_LOG_MESSAGE {
-            let mut end = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            (&message[..end], " [message truncated]")
-        } else {
-            (message.as_str(), "")
-        };
-        match level {
-            Level::Trace => {
-                tracing::trace!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
-            }
-            Level::Debug => {
-                tracing::debug!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
-            }
-            Level::Info => {
-                tracing::info!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
-            }
-            Level::Warn => {
-                tracing::warn!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
-            }
-            Level::Error => {
-                tracing::error!(target: "pgnotifier::plugin", subscriber = %id, "{message}{cut}")
-            }
-        }
-    }
+/// Link the host interface. `log` takes the message as a view into guest
+/// memory, so even a huge message is never copied: only what is kept is read.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.instance("pgnotifier:plugin/types@0.1.0")?;
+    linker.instance("pgnotifier:plugin/host@0.1.0")?.func_wrap(
+        "log",
+        |store: StoreContextMut<'_, HostState>, (level, message): (Level, WasmStr)| {
+            let text = message.to_str(&store)?;
+            let (kept, truncated) = cut_at(&text, MAX_LOG_MESSAGE);
+            store.data().log.write(level, None, kept, truncated);
+            Ok(())
+        },
+    )
 }

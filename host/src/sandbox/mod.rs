@@ -5,6 +5,7 @@
 //! epoch deadline. A trap or timeout throws that instance away; the next call
 //! gets a fresh one, with `register` run again.
 
+mod guest_log;
 mod host;
 mod instance;
 mod stdio;
@@ -119,11 +120,8 @@ impl Sandbox {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
-        crate::bindings::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(|e| anyhow::anyhow!("linking the host interface: {e}"))?;
+        host::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking the host interface: {e}"))?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();

@@ -1,5 +1,7 @@
 //! A guest's stdout and stderr, routed line by line to the host log.
 
+use super::guest_log::GuestLog;
+use crate::bindings::Level;
 use bytes::Bytes;
 use std::io;
 use std::pin::Pin;
@@ -18,16 +20,16 @@ pub(crate) enum Stdio {
     Stderr,
 }
 
-/// A `StdoutStream` that writes to `tracing`, tagged with the subscriber id.
+/// A `StdoutStream` that writes to the subscriber's [`GuestLog`].
 #[derive(Clone)]
 pub(crate) struct GuestOutput {
-    id: Arc<str>,
+    log: Arc<GuestLog>,
     stream: Stdio,
 }
 
 impl GuestOutput {
-    pub(crate) fn new(id: Arc<str>, stream: Stdio) -> Self {
-        Self { id, stream }
+    pub(crate) fn new(log: Arc<GuestLog>, stream: Stdio) -> Self {
+        Self { log, stream }
     }
 }
 
@@ -83,20 +85,13 @@ impl LineWriter {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
         let text = text.trim_end_matches('\r');
-        let id = &*self.out.id;
-        let cut = if self.truncated {
-            " [line truncated]"
-        } else {
-            ""
+        let (level, stream) = match self.out.stream {
+            Stdio::Stdout => (Level::Info, "stdout"),
+            Stdio::Stderr => (Level::Warn, "stderr"),
         };
-        match self.out.stream {
-            Stdio::Stdout => {
-                tracing::info!(target: "pgnotifier::plugin", subscriber = %id, stream = "stdout", "{text}{cut}")
-            }
-            Stdio::Stderr => {
-                tracing::warn!(target: "pgnotifier::plugin", subscriber = %id, stream = "stderr", "{text}{cut}")
-            }
-        }
+        self.out
+            .log
+            .write(level, Some(stream), text, self.truncated);
         self.line.clear();
         self.truncated = false;
     }
