@@ -289,13 +289,24 @@ impl Notifier {
         }
     }
 
-    /// Load every `*.wasm` in `dir`. One bad file does not stop the others:
-    /// each file's outcome is returned, and failures are logged.
+    /// Load every `*.wasm` in `dir`, all at once, so one slow plugin (a
+    /// `register` that runs to its deadline) holds up none of the others.
+    /// One bad file does not stop the others: each file's outcome is
+    /// returned in file order, and failures are logged.
     pub async fn load_plugins(&self, dir: &Path) -> Result<Vec<(PathBuf, Result<String>)>> {
         let files = loader::plugin_files(dir)?;
+        let loads: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let (notifier, file) = (self.clone(), file.clone());
+                tokio::spawn(async move { notifier.load_plugin(&file).await })
+            })
+            .collect();
         let mut outcomes = Vec::with_capacity(files.len());
-        for file in files {
-            let outcome = self.load_plugin(&file).await;
+        for (file, load) in files.into_iter().zip(loads) {
+            let outcome = load.await.unwrap_or_else(|e| {
+                Err(LoadError::new(&file, format!("loader task failed: {e}")).into())
+            });
             if let Err(e) = &outcome {
                 tracing::error!("{e}");
             }
