@@ -357,4 +357,23 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.to_string(), "memory_mib: 0 is outside 1..=4096");
     }
+
+    #[test]
+    fn the_failure_threshold_defaults_to_five_and_is_checked() {
+        assert_eq!(SubscriberSettings::default().failure_threshold, 5);
+        let off: Sidecar = toml::from_str("failure_threshold = 0").unwrap();
+        let s = off.limits.apply_to(SubscriberSettings::default()).unwrap();
+        assert_eq!(s.failure_threshold, 0);
+        let huge: Sidecar = toml::from_str("failure_threshold = 2000000").unwrap();
+        let err = huge
+            .limits
+            .apply_to(SubscriberSettings::default())
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "failure_threshold: 2000000 is outside 0..=1000000"
+        );
+        let negative = Sidecar::parse(Path::new("p.toml"), "failure_threshold = -1").unwrap_err();
+        assert!(negative.to_string().starts_with("p.toml:"), "{negative}");
+    }
 }

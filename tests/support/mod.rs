@@ -145,16 +145,27 @@ pub fn temp_dir(name: &str) -> PathBuf {
 
 /// An example plugin built by `plugins/build`.
 pub fn example_plugin(name: &str) -> PathBuf {
-    let dist = std::env::var_os("PGNOTIFIER_PLUGINS_OUT")
+    built_plugin(&plugins_dist().join(format!("{name}.wasm")))
+}
+
+/// A test fixture from `tests/plugins`, built by `plugins/build` into `dist/tests`.
+pub fn test_plugin(name: &str) -> PathBuf {
+    built_plugin(&plugins_dist().join("tests").join(format!("{name}.wasm")))
+}
+
+fn plugins_dist() -> PathBuf {
+    std::env::var_os("PGNOTIFIER_PLUGINS_OUT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"));
-    let path = dist.join(format!("{name}.wasm"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"))
+}
+
+fn built_plugin(path: &Path) -> PathBuf {
     assert!(
         path.is_file(),
-        "example plugin {} is missing: run `plugins/build` first",
+        "plugin {} is missing: run `plugins/build` first",
         path.display()
     );
-    path
+    path.to_owned()
 }
 
 /// Capture of the host's log events that carry a `subscriber` field.

@@ -26,6 +26,19 @@ pub enum Notify {
     Grow,
     /// Write text payloads to stdout and to stderr through WASI.
     Stdio,
+    /// Trap with `unreachable`.
+    Trap,
+    /// Recurse until the stack overflows.
+    Recurse,
+    /// Call `log` this many times, then write this many 4 KiB blocks of
+    /// newlines (empty lines) to stdout.
+    Flood { logs: u32, blocks: u32 },
+    /// Fill 100 MB of memory with `A` and hand it all to `log` as one message.
+    HugeLog,
+    /// Through WASI, read the environment, list preopened directories and
+    /// create a TCP socket; log `env empty` or `env SEEN`, `no dirs` or
+    /// `dirs SEEN`, `socket refused` or `socket OPEN`.
+    Probe,
 }
 
 /// What `register` does.
@@ -76,7 +89,7 @@ impl WatPlugin {
     /// The component's bytes.
     pub fn component(&self) -> Vec<u8> {
         let mut module = wat::parse_str(self.wat()).expect("test plugin WAT parses");
-        let (resolve, world) = resolve(self.notify == Notify::Stdio);
+        let (resolve, world) = resolve(self.notify);
         wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)
             .expect("embed WIT metadata");
         ComponentEncoder::default()
@@ -191,20 +204,62 @@ impl WatPlugin {
                     (call $write (local.get $i) (i32.wrap_i64 (local.get $p0)) (local.get $p1) (i32.const 384))
                     (call $drop_stream (local.get $i))))"#
                 .to_owned(),
+            Notify::Trap => "unreachable".to_owned(),
+            Notify::Recurse => "(drop (call $deep (i32.const 0)))".to_owned(),
+            Notify::Flood { logs, blocks } => format!(
+                r#"(local.set $i (i32.const {logs}))
+                   (block $done (loop $next
+                     (br_if $done (i32.eqz (local.get $i)))
+                     (call $log (i32.const 2) (i32.const 2258) (i32.const 8))
+                     (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+                     (br $next)))
+                   (memory.fill (i32.const 8192) (i32.const 10) (i32.const 4096))
+                   (local.set $s (call $get_stdout))
+                   (local.set $i (i32.const {blocks}))
+                   (block $done (loop $next
+                     (br_if $done (i32.eqz (local.get $i)))
+                     (call $write (local.get $s) (i32.const 8192) (i32.const 4096) (i32.const 384))
+                     (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+                     (br $next)))
+                   (call $drop_stream (local.get $s))"#
+            ),
+            Notify::HugeLog => r#"(drop (memory.grow (i32.const 1600)))
+                   (memory.fill (i32.const 131072) (i32.const 65) (i32.const 100000000))
+                   (call $log (i32.const 2) (i32.const 131072) (i32.const 100000000))"#
+                .to_owned(),
+            Notify::Probe => r#"(call $get_env (i32.const 384))
+                   (if (i32.eqz (i32.load offset=4 (i32.const 384)))
+                     (then (call $log (i32.const 2) (i32.const 2200) (i32.const 9)))
+                     (else (call $log (i32.const 2) (i32.const 2209) (i32.const 8))))
+                   (call $get_dirs (i32.const 384))
+                   (if (i32.eqz (i32.load offset=4 (i32.const 384)))
+                     (then (call $log (i32.const 2) (i32.const 2217) (i32.const 7)))
+                     (else (call $log (i32.const 2) (i32.const 2224) (i32.const 9))))
+                   (call $tcp (i32.const 0) (i32.const 384))
+                   (if (i32.load8_u (i32.const 384))
+                     (then (call $log (i32.const 2) (i32.const 2233) (i32.const 14)))
+                     (else (call $log (i32.const 2) (i32.const 2247) (i32.const 11))))"#
+                .to_owned(),
         };
-        let stdio_imports = if self.notify == Notify::Stdio {
-            r#"(import "wasi:cli/stdout@0.2.0" "get-stdout" (func $get_stdout (result i32)))
+        let wasi_imports = match self.notify {
+            Notify::Stdio | Notify::Flood { .. } => {
+                r#"(import "wasi:cli/stdout@0.2.0" "get-stdout" (func $get_stdout (result i32)))
                (import "wasi:cli/stderr@0.2.0" "get-stderr" (func $get_stderr (result i32)))
                (import "wasi:io/streams@0.2.0" "[method]output-stream.blocking-write-and-flush" (func $write (param i32 i32 i32 i32)))
                (import "wasi:io/streams@0.2.0" "[resource-drop]output-stream" (func $drop_stream (param i32)))"#
-        } else {
-            ""
+            }
+            Notify::Probe => {
+                r#"(import "wasi:cli/environment@0.2.0" "get-environment" (func $get_env (param i32)))
+               (import "wasi:filesystem/preopens@0.2.0" "get-directories" (func $get_dirs (param i32)))
+               (import "wasi:sockets/tcp-create-socket@0.2.0" "create-tcp-socket" (func $tcp (param i32 i32)))"#
+            }
+            _ => "",
         };
 
         format!(
             r#"(module
   (import "pgnotifier:plugin/host@0.1.0" "log" (func $log (param i32 i32 i32)))
-  {stdio_imports}
+  {wasi_imports}
   (memory (export "memory") 2)
   (global $bump (mut i32) (i32.const 65536))
   (global $calls (mut i32) (i32.const 0))
@@ -214,6 +269,9 @@ impl WatPlugin {
   (data (i32.const 2048) "firstagainregistered")
   (data (i32.const 2072) "nopenot today")
   (data (i32.const 2085) "grow failed")
+  ;; 2200 env empty, 2209 env SEEN, 2217 no dirs, 2224 dirs SEEN,
+  ;; 2233 socket refused, 2247 socket OPEN, 2258 flooding
+  (data (i32.const 2200) "env emptyenv SEENno dirsdirs SEENsocket refusedsocket OPENflooding")
   (data (i32.const 3072) "{label}")
 
   (func (export "cabi_realloc") (param $old i32) (param $old_size i32) (param $align i32) (param $size i32) (result i32)
@@ -238,10 +296,13 @@ impl WatPlugin {
   (func (export "pgnotifier:plugin/subscriber@0.1.0#on-notify")
         (param $id i32) (param $idl i32) (param $ch i32) (param $chl i32)
         (param $disc i32) (param $p0 i64) (param $p1 i32) (param $pid i32) (result i32)
-    (local $i i32)
+    (local $i i32) (local $s i32)
     {notify_body}
     (i32.store8 (i32.const 256) (i32.const 0))
     (i32.const 256))
+
+  (func $deep (param $n i32) (result i32)
+    (i32.add (call $deep (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
 
   (func (export "cabi_post_pgnotifier:plugin/subscriber@0.1.0#on-notify") (param i32)
     (global.set $bump (i32.const 65536)))
@@ -255,54 +316,146 @@ impl WatPlugin {
     }
 }
 
-/// The `plugin` world, or one that also imports stdout and stderr.
-fn resolve(with_stdio: bool) -> (Resolve, wit_parser::WorldId) {
+/// The `plugin` world, or one that also imports the WASI interfaces the
+/// behaviour uses (subsets of the real WIT, as a guest would import them).
+fn resolve(notify: Notify) -> (Resolve, wit_parser::WorldId) {
     let mut resolve = Resolve::default();
     let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
     let (plugin_pkg, _) = resolve.push_dir(&wit_dir).expect("wit/ parses");
-    if !with_stdio {
+    let wasi: &[(&str, &str)] = match notify {
+        Notify::Stdio | Notify::Flood { .. } => &[
+            (
+                "wasi-io.wit",
+                r#"package wasi:io@0.2.0;
+                   interface error { resource error; }
+                   interface streams {
+                     use error.{error};
+                     variant stream-error { last-operation-failed(error), closed }
+                     resource output-stream {
+                       blocking-write-and-flush: func(contents: list<u8>) -> result<_, stream-error>;
+                     }
+                   }"#,
+            ),
+            (
+                "wasi-cli.wit",
+                r#"package wasi:cli@0.2.0;
+                   interface stdout { use wasi:io/streams@0.2.0.{output-stream}; get-stdout: func() -> output-stream; }
+                   interface stderr { use wasi:io/streams@0.2.0.{output-stream}; get-stderr: func() -> output-stream; }"#,
+            ),
+            (
+                "world.wit",
+                r#"package test:wasi;
+                   world plugin-with-wasi {
+                     include pgnotifier:plugin/plugin@0.1.0;
+                     import wasi:cli/stdout@0.2.0;
+                     import wasi:cli/stderr@0.2.0;
+                   }"#,
+            ),
+        ],
+        Notify::Probe => &[
+            (
+                "wasi-cli.wit",
+                r#"package wasi:cli@0.2.0;
+                   interface environment { get-environment: func() -> list<tuple<string, string>>; }"#,
+            ),
+            (
+                "wasi-filesystem.wit",
+                r#"package wasi:filesystem@0.2.0;
+                   interface types { resource descriptor; }
+                   interface preopens {
+                     use types.{descriptor};
+                     get-directories: func() -> list<tuple<descriptor, string>>;
+                   }"#,
+            ),
+            (
+                "wasi-sockets.wit",
+                r#"package wasi:sockets@0.2.0;
+                   interface network {
+                     resource network;
+                     enum error-code {
+                       unknown, access-denied, not-supported, invalid-argument, out-of-memory,
+                       timeout, concurrency-conflict, not-in-progress, would-block, invalid-state,
+                       new-socket-limit, address-not-bindable, address-in-use, remote-unreachable,
+                       connection-refused, connection-reset, connection-aborted, datagram-too-large,
+                       name-unresolvable, temporary-resolver-failure, permanent-resolver-failure,
+                     }
+                     enum ip-address-family { ipv4, ipv6 }
+                   }
+                   interface tcp { resource tcp-socket; }
+                   interface tcp-create-socket {
+                     use network.{error-code, ip-address-family};
+                     use tcp.{tcp-socket};
+                     create-tcp-socket: func(address-family: ip-address-family) -> result<tcp-socket, error-code>;
+                   }"#,
+            ),
+            (
+                "world.wit",
+                r#"package test:wasi;
+                   world plugin-with-wasi {
+                     include pgnotifier:plugin/plugin@0.1.0;
+                     import wasi:cli/environment@0.2.0;
+                     import wasi:filesystem/preopens@0.2.0;
+                     import wasi:sockets/tcp-create-socket@0.2.0;
+                   }"#,
+            ),
+        ],
+        _ => &[],
+    };
+    if wasi.is_empty() {
         let world = resolve
             .select_world(&[plugin_pkg], Some("plugin"))
             .expect("world plugin");
         return (resolve, world);
     }
+    let mut pkg = plugin_pkg;
+    for (name, text) in wasi {
+        pkg = resolve
+            .push_str(name, text)
+            .unwrap_or_else(|e| panic!("{name} parses: {e:#}"));
+    }
+    let world = resolve
+        .select_world(&[pkg], Some("plugin-with-wasi"))
+        .expect("world plugin-with-wasi");
+    (resolve, world)
+}
+
+/// A valid component that also imports `interface`, which no host provides.
+pub fn component_importing(interface: &str) -> Vec<u8> {
+    let (package, name) = interface.split_once('/').expect("package/interface");
+    let mut resolve = Resolve::default();
+    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    resolve.push_dir(&wit_dir).expect("wit/ parses");
     resolve
         .push_str(
-            "wasi-io.wit",
-            r#"package wasi:io@0.2.0;
-               interface error { resource error; }
-               interface streams {
-                 use error.{error};
-                 variant stream-error { last-operation-failed(error), closed }
-                 resource output-stream {
-                   blocking-write-and-flush: func(contents: list<u8>) -> result<_, stream-error>;
-                 }
-               }"#,
+            "missing.wit",
+            &format!("package {package}; interface {name} {{ hello: func(); }}"),
         )
-        .expect("wasi:io subset parses");
-    resolve
-        .push_str(
-            "wasi-cli.wit",
-            r#"package wasi:cli@0.2.0;
-               interface stdout { use wasi:io/streams@0.2.0.{output-stream}; get-stdout: func() -> output-stream; }
-               interface stderr { use wasi:io/streams@0.2.0.{output-stream}; get-stderr: func() -> output-stream; }"#,
-        )
-        .expect("wasi:cli subset parses");
+        .expect("missing interface parses");
     let pkg = resolve
         .push_str(
-            "stdio-plugin.wit",
-            r#"package test:stdio;
-               world plugin-with-stdio {
-                 include pgnotifier:plugin/plugin@0.1.0;
-                 import wasi:cli/stdout@0.2.0;
-                 import wasi:cli/stderr@0.2.0;
-               }"#,
+            "world.wit",
+            &format!(
+                "package test:needy; world needy {{ include pgnotifier:plugin/plugin@0.1.0; import {interface}; }}"
+            ),
         )
-        .expect("stdio world parses");
+        .expect("needy world parses");
     let world = resolve
-        .select_world(&[pkg], Some("plugin-with-stdio"))
-        .expect("world plugin-with-stdio");
-    (resolve, world)
+        .select_world(&[pkg], Some("needy"))
+        .expect("world needy");
+    let plugin = WatPlugin::new(&["unused"], Notify::Echo);
+    let wat = plugin.wat().replacen(
+        "(module",
+        &format!("(module\n  (import \"{interface}\" \"hello\" (func $hello))"),
+        1,
+    );
+    let mut module = wat::parse_str(wat).expect("needy WAT parses");
+    wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)
+        .expect("embed WIT metadata");
+    ComponentEncoder::default()
+        .module(&module)
+        .expect("core module is usable")
+        .encode()
+        .expect("component encodes")
 }
 
 /// A valid component of some other world than `plugin`.
