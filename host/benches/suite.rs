@@ -1,5 +1,5 @@
-//! The benchmark suite: throughput, fan-out, latency, hot reload and memory,
-//! each beside a bare tokio-postgres loop where the issue asks for a ratio.
+//! The benchmark suite: throughput, fan-out, latency, hot reload, memory and
+//! the sandbox's per-call cost, each beside a bare loop where the issue asks for a ratio.
 //!
 //! `cargo bench --bench suite` runs everything (a few minutes) against the
 //! PostgreSQL the tests use, after `plugins/build`. Pass section names to run
@@ -66,6 +66,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("memory") {
         bench.memory().await?;
+    }
+    if wants("sandbox") {
+        bench.sandbox()?;
     }
 
     println!(
@@ -524,6 +527,67 @@ impl Bench {
         );
         Ok(())
     }
+}
+
+impl Bench {
+    /// 6. The sandbox's own cost per call: the noop plugin's `on-notify`
+    ///    called in a loop, with the engine's epoch checks (our deadlines) on
+    ///    and off, on a store like the host's.
+    fn sandbox(&mut self) -> anyhow::Result<()> {
+        const CALLS: u32 = 200_000;
+        let mut per_call = Vec::new();
+        for epochs in [true, false] {
+            let mut runs = Vec::new();
+            for _ in 0..REPEATS {
+                runs.push(noop_call_ns(&self.noop, epochs, CALLS)?);
+            }
+            per_call.push(median(&mut runs));
+        }
+        let (on, off) = (per_call[0], per_call[1]);
+        self.record(
+            "sandbox_call",
+            "one on-notify call into the noop plugin: epoch deadlines on / off".into(),
+            format!(
+                "{on:.0} ns / {off:.0} ns ({:+.0} ns for deadlines)",
+                on - off
+            ),
+            &[("epochs_on_ns", on), ("epochs_off_ns", off)],
+        );
+        Ok(())
+    }
+}
+
+/// Nanoseconds per `on-notify` call of `component`, typed 16-byte payload.
+fn noop_call_ns(component: &[u8], epochs: bool, calls: u32) -> anyhow::Result<f64> {
+    use pgnotifier::bindings::{Level, Plugin};
+    use wasmtime::component::{Component, Linker, WasmStr};
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(epochs);
+    let engine = wasmtime::Engine::new(&config)?;
+    let component = Component::new(&engine, component)?;
+    let mut linker: Linker<()> = Linker::new(&engine);
+    linker.instance("pgnotifier:plugin/types@0.1.0")?;
+    linker
+        .instance("pgnotifier:plugin/host@0.1.0")?
+        .func_wrap("log", |_, (_, _): (Level, WasmStr)| Ok(()))?;
+    let mut store = wasmtime::Store::new(&engine, ());
+    if epochs {
+        store.set_epoch_deadline(u64::MAX / 2);
+    }
+    let plugin = Plugin::instantiate(&mut store, &component, &linker)?;
+    let subscriber = plugin.pgnotifier_plugin_subscriber();
+    let payload = Payload::Integer(1_000_000_000_000_001);
+    let started = Instant::now();
+    for _ in 0..calls {
+        if epochs {
+            // The host sets the deadline before every call; so does this loop.
+            store.set_epoch_deadline(1_000);
+        }
+        subscriber
+            .call_on_notify(&mut store, "noop", "bench", &payload, 4242)?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(started.elapsed().as_nanos() as f64 / f64::from(calls))
 }
 
 /// Start the release `pgnotifier run`, wait until it has loaded everything
