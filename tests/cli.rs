@@ -307,3 +307,20 @@ fn run_without_a_plugins_folder_says_what_is_missing() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no plugins folder: pass --plugins DIR"));
 }
+
+/// `run` follows the plugins folder: a plugin dropped in while it runs is
+/// loaded and LISTENed without a restart.
+#[tokio::test]
+async fn run_loads_a_plugin_dropped_into_the_folder() {
+    let dir = support::temp_dir("cli-hot");
+    let ch = channel("hot");
+    let host = Host::run(&dir, support::database_url());
+    host.wait_for(&["starting"]);
+    WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, "dropped");
+    host.wait_for(&["LISTEN set updated", &ch]);
+    Sender::connect().await.notify(&ch, "hot hello").await;
+    host.wait_for(&["hot hello", "subscriber=dropped"]);
+    host.signal("TERM");
+    let (status, output) = host.wait();
+    assert!(status.success(), "{status}\n{output}");
+}

@@ -98,16 +98,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let drain_timeout = Duration::from_millis(file.drain_timeout_ms.unwrap_or(10_000));
 
-    let notifier = Notifier::builder(database.clone())
+    let mut builder = Notifier::builder(database.clone())
         .sandbox(sandbox)
         .defaults(defaults)
-        .build();
-    let outcomes = notifier.load_plugins(&plugins).await?;
-    let loaded = outcomes.iter().filter(|(_, r)| r.is_ok()).count();
+        .connection(file.connection_settings()?);
+    if let Some(ms) = file.watch_debounce_ms {
+        builder = builder.watch_debounce(Duration::from_millis(ms));
+    }
+    let notifier = builder.build();
+    // Loads every plugin, then follows the folder for hot reload.
+    let _watcher = notifier.watch_plugins(&plugins).await?;
+    let subscribers = notifier.subscribers().len();
     tracing::info!(
         plugins = %plugins.display(),
-        loaded,
-        failed = outcomes.len() - loaded,
+        subscribers,
         database = %database.redacted(),
         "starting"
     );

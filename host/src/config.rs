@@ -51,6 +51,12 @@ pub struct FileConfig {
     pub drain_timeout_ms: Option<u64>,
     /// How long the plugins folder must be quiet before a change is applied.
     pub watch_debounce_ms: Option<u64>,
+    /// First wait before reconnecting; doubles on each failure.
+    pub reconnect_min_ms: Option<u64>,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max_ms: Option<u64>,
+    /// How often the LISTEN connection is checked with a cheap query; 0 = never.
+    pub heartbeat_ms: Option<u64>,
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
@@ -66,6 +72,59 @@ impl FileConfig {
             path: path.to_owned(),
             message: e.to_string(),
         })
+    }
+}
+
+impl FileConfig {
+    /// The connection settings, defaults filled in and values checked.
+    pub fn connection_settings(&self) -> Result<ConnectionSettings, ConfigError> {
+        let mut out = ConnectionSettings::default();
+        if let Some(ms) = self.reconnect_min_ms {
+            check_range("reconnect_min_ms", ms, 1, 3_600_000)?;
+            out.reconnect_min = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.reconnect_max_ms {
+            check_range("reconnect_max_ms", ms, 1, 3_600_000)?;
+            out.reconnect_max = Duration::from_millis(ms);
+        }
+        if out.reconnect_max < out.reconnect_min {
+            return Err(ConfigError::invalid(
+                "reconnect_max_ms",
+                format!(
+                    "{} ms is below reconnect_min_ms ({} ms)",
+                    out.reconnect_max.as_millis(),
+                    out.reconnect_min.as_millis()
+                ),
+            ));
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            check_range("heartbeat_ms", ms, 0, 86_400_000)?;
+            out.heartbeat = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        Ok(out)
+    }
+}
+
+/// How the LISTEN connection is kept up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// First wait before reconnecting; doubles after each failed attempt,
+    /// with jitter, up to `reconnect_max`. Attempts never stop.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// How often a cheap query checks the connection, so a silently dead one
+    /// is noticed within about twice this; `None` turns it off (TCP keepalive
+    /// still applies).
+    pub heartbeat: Option<Duration>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+            heartbeat: Some(Duration::from_secs(30)),
+        }
     }
 }
 
@@ -275,7 +334,12 @@ impl DatabaseConfig {
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_secs(10));
         }
-        pg.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        // A peer that vanished without a FIN is noticed in about a minute
+        // even while idle; the heartbeat bounds it more tightly.
+        pg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         Ok(Self { pg })
     }
 

@@ -32,7 +32,7 @@ pub mod sandbox;
 mod subscriber;
 mod watcher;
 
-pub use config::{DatabaseConfig, SubscriberSettings};
+pub use config::{ConnectionSettings, DatabaseConfig, SubscriberSettings};
 pub use dispatch::{Notification, Overflow, QueueLimits, SubscriberStats};
 pub use error::{Error, Result};
 pub use notifier::{

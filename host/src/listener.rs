@@ -8,7 +8,7 @@
 //! channels that were LISTENed get a gap event once LISTENing resumes.
 
 use crate::channel::quote_ident;
-use crate::config::DatabaseConfig;
+use crate::config::{ConnectionSettings, DatabaseConfig};
 use crate::dispatch::{Delivery, Router};
 use crate::registry::{ActiveChannels, Registry};
 use std::collections::BTreeSet;
@@ -52,11 +52,12 @@ pub(crate) struct Listener {
 impl Listener {
     pub(crate) fn spawn(
         database: DatabaseConfig,
+        settings: ConnectionSettings,
         registry: Arc<Registry>,
         status: Arc<ListenerStatus>,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(database, registry, status, stop_rx));
+        let task = tokio::spawn(supervise(database, settings, registry, status, stop_rx));
         Self { stop, task }
     }
 
@@ -104,13 +105,14 @@ enum SessionEnd {
 
 async fn supervise(
     database: DatabaseConfig,
+    settings: ConnectionSettings,
     registry: Arc<Registry>,
     status: Arc<ListenerStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff {
-        min: Duration::from_millis(100),
-        max: Duration::from_secs(30),
+        min: settings.reconnect_min,
+        max: settings.reconnect_max,
         attempt: 0,
     };
     let mut gap: BTreeSet<Arc<str>> = BTreeSet::new();
@@ -124,7 +126,12 @@ async fn supervise(
                 backoff.attempt = 0;
                 status.connected.store(true, Ordering::Relaxed);
                 tracing::info!(database = %database.redacted(), "connected");
-                session(client, connection, &registry, &status, &mut stop, &mut gap).await
+                let session = Session {
+                    registry: &registry,
+                    status: &status,
+                    heartbeat: settings.heartbeat,
+                };
+                session.run(client, connection, &mut stop, &mut gap).await
             }
             Err(e) => SessionEnd::Lost(format!("cannot connect to {}: {e}", database.redacted())),
         };
@@ -135,7 +142,10 @@ async fn supervise(
             SessionEnd::Stopped => break,
             SessionEnd::Lost(reason) => {
                 let delay = backoff.next_delay();
-                tracing::warn!("{reason}; reconnecting in {delay:.1?}");
+                tracing::warn!(
+                    attempt = backoff.attempt,
+                    "{reason}; reconnecting in {delay:.1?}"
+                );
                 status.reconnects.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -147,64 +157,105 @@ async fn supervise(
     tracing::info!("listener stopped");
 }
 
-/// One connection's life. `gap` holds the channels LISTENed when the last
-/// connection was lost; it is filled again if this one is lost too.
-async fn session<S, T>(
-    client: Client,
-    connection: Connection<S, T>,
-    registry: &Arc<Registry>,
-    status: &ListenerStatus,
-    stop: &mut watch::Receiver<bool>,
-    gap: &mut BTreeSet<Arc<str>>,
-) -> SessionEnd
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let mut driver = tokio::spawn(drive(connection, registry.clone()));
-    match client.query_one("select pg_backend_pid()", &[]).await {
-        Ok(row) => status.backend_pid.store(row.get(0), Ordering::Relaxed),
-        Err(e) => return SessionEnd::Lost(format!("connection failed: {e}")),
-    }
-    let mut active = registry.watch_active();
-    let mut listened: BTreeSet<Arc<str>> = BTreeSet::new();
-    let mut first_sync = true;
-    loop {
-        let wanted = active.borrow_and_update().clone();
-        if let Err(e) = sync_listens(&client, &mut listened, &wanted).await {
-            driver.abort();
-            *gap = std::mem::take(&mut listened);
-            return SessionEnd::Lost(format!("LISTEN failed: {e}"));
+/// What one connection's life needs from the supervisor.
+struct Session<'a> {
+    registry: &'a Arc<Registry>,
+    status: &'a ListenerStatus,
+    heartbeat: Option<Duration>,
+}
+
+impl Session<'_> {
+    /// One connection's life. `gap` holds the channels LISTENed when the
+    /// last connection was lost; it is filled again if this one is lost too.
+    async fn run<S, T>(
+        &self,
+        client: Client,
+        connection: Connection<S, T>,
+        stop: &mut watch::Receiver<bool>,
+        gap: &mut BTreeSet<Arc<str>>,
+    ) -> SessionEnd
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (registry, status) = (self.registry, self.status);
+        let mut driver = tokio::spawn(drive(connection, registry.clone()));
+        match client.query_one("select pg_backend_pid()", &[]).await {
+            Ok(row) => status.backend_pid.store(row.get(0), Ordering::Relaxed),
+            Err(e) => return SessionEnd::Lost(format!("connection failed: {e}")),
         }
-        status.listened.send_replace(Arc::new(listened.clone()));
-        if first_sync {
-            first_sync = false;
-            announce_gap(registry, &std::mem::take(gap)).await;
-        }
-        tokio::select! {
-            changed = active.changed() => {
-                if changed.is_err() {
+        // Queue the gap events before LISTENing again, so every notification
+        // of the new connection reaches each subscriber after its gap event.
+        announce_gap(registry, gap).await;
+        let mut active = registry.watch_active();
+        let mut listened: BTreeSet<Arc<str>> = BTreeSet::new();
+        let mut first_sync = true;
+        let mut heartbeat = self.heartbeat.map(|every| {
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            (ticks, every)
+        });
+        loop {
+            let wanted = active.borrow_and_update().clone();
+            if let Err(e) = sync_listens(&client, &mut listened, &wanted).await {
+                driver.abort();
+                // On a first sync, keep the old gap too: its events may be repeated, never lost.
+                gap.extend(std::mem::take(&mut listened));
+                return SessionEnd::Lost(format!("LISTEN failed: {e}"));
+            }
+            status.listened.send_replace(Arc::new(listened.clone()));
+            if first_sync {
+                first_sync = false;
+                gap.clear();
+            }
+            let beat = async {
+                match heartbeat.as_mut() {
+                    Some((ticks, every)) => {
+                        ticks.tick().await;
+                        *every
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = active.changed() => {
+                    if changed.is_err() {
+                        return SessionEnd::Stopped;
+                    }
+                }
+                every = beat => {
+                    // A dead peer that sent no FIN shows here as an error or no answer.
+                    let answer = tokio::time::timeout(every, client.simple_query("")).await;
+                    let failure = match answer {
+                        Ok(Ok(_)) => None,
+                        Ok(Err(e)) => Some(format!("heartbeat failed: {e}")),
+                        Err(_) => Some(format!("no answer to the heartbeat within {every:?}")),
+                    };
+                    if let Some(reason) = failure {
+                        driver.abort();
+                        *gap = listened;
+                        return SessionEnd::Lost(reason);
+                    }
+                }
+                _ = stop.changed() => {
+                    if let Err(e) = client.batch_execute("UNLISTEN *").await {
+                        tracing::warn!("UNLISTEN failed: {e}");
+                    }
+                    // Dropping the client closes the connection once the driver
+                    // has routed everything already received.
+                    drop(client);
+                    let _ = driver.await;
                     return SessionEnd::Stopped;
                 }
-            }
-            _ = stop.changed() => {
-                if let Err(e) = client.batch_execute("UNLISTEN *").await {
-                    tracing::warn!("UNLISTEN failed: {e}");
+                ended = &mut driver => {
+                    *gap = listened;
+                    let reason = match ended {
+                        Ok(Ok(())) => "connection closed by the server".to_owned(),
+                        Ok(Err(e)) => format!("connection lost: {e}"),
+                        Err(e) => format!("connection task failed: {e}"),
+                    };
+                    return SessionEnd::Lost(reason);
                 }
-                // Dropping the client closes the connection once the driver
-                // has routed everything already received.
-                drop(client);
-                let _ = driver.await;
-                return SessionEnd::Stopped;
-            }
-            ended = &mut driver => {
-                *gap = listened;
-                let reason = match ended {
-                    Ok(Ok(())) => "connection closed by the server".to_owned(),
-                    Ok(Err(e)) => format!("connection lost: {e}"),
-                    Err(e) => format!("connection task failed: {e}"),
-                };
-                return SessionEnd::Lost(reason);
             }
         }
     }

@@ -4,7 +4,7 @@
 //! follows the active set by itself. `start`, `stop` and `restart` control the
 //! listener. Subscribers keep running across them until removed or shut down.
 
-use crate::config::{DatabaseConfig, SubscriberSettings};
+use crate::config::{ConnectionSettings, DatabaseConfig, SubscriberSettings};
 use crate::dispatch::{lock, Mailbox, QuarantineHook};
 use crate::error::{Error, Result};
 use crate::listener::{Listener, ListenerStatus};
@@ -107,9 +107,16 @@ pub struct NotifierBuilder {
     sandbox: SandboxConfig,
     defaults: SubscriberSettings,
     watch_debounce: Duration,
+    connection: ConnectionSettings,
 }
 
 impl NotifierBuilder {
+    /// Reconnection backoff and heartbeat of the LISTEN connection.
+    pub fn connection(mut self, settings: ConnectionSettings) -> Self {
+        self.connection = settings;
+        self
+    }
+
     /// Engine settings for wasm plugins (compile cache, instance pool size).
     pub fn sandbox(mut self, config: SandboxConfig) -> Self {
         self.sandbox = config;
@@ -137,6 +144,7 @@ impl NotifierBuilder {
                 sandbox: Mutex::new(None),
                 defaults: self.defaults,
                 watch_debounce: self.watch_debounce,
+                connection: self.connection,
                 listener: Mutex::new(None),
                 status: Arc::default(),
             }),
@@ -157,6 +165,7 @@ struct Inner {
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     defaults: SubscriberSettings,
     watch_debounce: Duration,
+    connection: ConnectionSettings,
     listener: Mutex<Option<Listener>>,
     status: Arc<ListenerStatus>,
 }
@@ -172,6 +181,7 @@ impl Notifier {
             sandbox: SandboxConfig::default(),
             defaults: SubscriberSettings::default(),
             watch_debounce: Duration::from_millis(25),
+            connection: ConnectionSettings::default(),
         }
     }
 
@@ -397,6 +407,7 @@ impl Notifier {
         }
         *listener = Some(Listener::spawn(
             self.inner.database.clone(),
+            self.inner.connection,
             self.inner.registry.clone(),
             self.inner.status.clone(),
         ));
