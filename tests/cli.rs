@@ -324,3 +324,26 @@ async fn run_loads_a_plugin_dropped_into_the_folder() {
     let (status, output) = host.wait();
     assert!(status.success(), "{status}\n{output}");
 }
+
+/// verify-full against an address the server's certificate does not name:
+/// the host keeps retrying and says why it cannot connect.
+#[tokio::test]
+async fn a_tls_verification_failure_is_a_clear_error() {
+    let sender = Sender::connect().await;
+    let cert: String = sender
+        .client
+        .query_one("show ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let base = support::database_url();
+    let joiner = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{joiner}sslmode=verify-full&sslrootcert={cert}");
+    let dir = support::temp_dir("cli-tls");
+    let host = Host::run(&dir, &url);
+    let line = host.wait_for(&["cannot connect", "sslmode=verify-full", "TLS"]);
+    assert!(line.contains("not valid for name"), "{line}");
+    host.signal("TERM");
+    let (status, output) = host.wait();
+    assert!(status.success(), "{status}\n{output}");
+}

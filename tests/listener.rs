@@ -143,3 +143,63 @@ async fn the_pid_is_the_sending_backend() {
     assert_eq!(seen.lock().unwrap()[0].pid, sender_pid);
     n.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The test server's certificate file, which doubles as its own CA here.
+async fn server_certificate(sender: &Sender) -> String {
+    let ssl: String = sender
+        .client
+        .query_one("show ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        ssl, "on",
+        "the TLS tests need a server with ssl = on (.ci/run turns it on)"
+    );
+    sender
+        .client
+        .query_one("show ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+fn with_params(url: &str, params: &str) -> String {
+    let joiner = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{joiner}{params}")
+}
+
+/// Listen over TLS with `params` and check the LISTEN backend is on TLS.
+async fn listens_over_tls(params: &str) {
+    let sender = Sender::connect().await;
+    let cert = server_certificate(&sender).await;
+    let url = with_params(support::database_url(), &params.replace("{cert}", &cert));
+    let notifier = Notifier::new(pgnotifier::DatabaseConfig::from_url(&url).unwrap());
+    let ch = channel("tls");
+    let (s, seen) = recorder();
+    notifier.subscribe("s", ch.as_str(), s).unwrap();
+    support::listen(&notifier).await;
+    let encrypted: bool = sender
+        .client
+        .query_one(
+            "select ssl from pg_stat_ssl where pid = $1",
+            &[&notifier.backend_pid().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(encrypted, "the LISTEN connection uses TLS with {params}");
+    sender.notify(&ch, "secret").await;
+    assert!(eventually(SOON, || count(&seen) == 1).await);
+    notifier.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn sslmode_require_listens_over_tls() {
+    listens_over_tls("sslmode=require").await;
+}
+
+#[tokio::test]
+async fn sslmode_verify_ca_checks_the_chain_against_sslrootcert() {
+    listens_over_tls("sslmode=verify-ca&sslrootcert={cert}").await;
+}

@@ -349,7 +349,8 @@ async fn queued_10k(per_call: Duration) -> (Notifier, Arc<std::sync::atomic::Ato
     assert!(
         eventually(SOON, || {
             let s = support::stats_of(&notifier, "slow");
-            s.delivered + s.queued as u64 == 10_000
+            // One may be in the subscriber's hands, neither queued nor delivered yet.
+            s.delivered + s.queued as u64 >= 9_999
         })
         .await
     );

@@ -8,11 +8,18 @@
 use crate::dispatch::{Overflow, QueueLimits};
 use crate::payload::PayloadMode;
 use crate::sandbox::PluginLimits;
+use crate::tls::{self, SslMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_postgres::config::Host;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::Socket;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// The stream of a database connection: TCP or Unix socket, maybe TLS.
+type DbStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 
 /// A configuration problem, naming the file or setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -261,21 +268,25 @@ impl Sidecar {
 #[derive(Clone)]
 pub struct DatabaseConfig {
     pg: tokio_postgres::Config,
+    ssl_mode: SslMode,
+    tls: MakeRustlsConnect,
 }
 
 impl DatabaseConfig {
     /// From a URL or key=value string, with the `PG*` variables filling gaps.
+    /// `sslmode` takes libpq's five values, and `sslrootcert` names the CA file.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let (rest, tls) = take_tls_params(url);
         // The parser's message never repeats the input, so no password leaks here.
-        let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        let pg: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| {
             ConfigError::invalid("database URL", e.to_string())
         })?;
-        Self::completed(pg)
+        Self::completed(pg, tls)
     }
 
     /// From the `PG*` environment variables alone, like `psql` with no arguments.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::completed(tokio_postgres::Config::new())
+        Self::completed(tokio_postgres::Config::new(), TlsParams::default())
     }
 
     /// `url` if given, else `DATABASE_URL`, else the `PG*` variables.
@@ -289,8 +300,24 @@ impl DatabaseConfig {
         }
     }
 
-    fn completed(mut pg: tokio_postgres::Config) -> Result<Self, ConfigError> {
+    fn completed(mut pg: tokio_postgres::Config, tls: TlsParams) -> Result<Self, ConfigError> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let ssl_mode = match tls.mode.or_else(|| env("PGSSLMODE")) {
+            None => SslMode::default(),
+            Some(value) => SslMode::parse(&value).ok_or_else(|| {
+                ConfigError::invalid(
+                    "sslmode",
+                    format!("{value:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"),
+                )
+            })?,
+        };
+        let root_cert = tls
+            .root_cert
+            .or_else(|| env("PGSSLROOTCERT"))
+            .map(PathBuf::from);
+        let tls = tls::connector(ssl_mode, root_cert.as_deref())
+            .map_err(|reason| ConfigError::invalid("sslmode", reason))?;
+        pg.ssl_mode(ssl_mode.negotiation());
         if pg.get_hosts().is_empty() {
             match env("PGHOST") {
                 Some(hosts) => hosts.split(',').for_each(|h| {
@@ -340,7 +367,7 @@ impl DatabaseConfig {
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))
             .keepalives_retries(3);
-        Ok(Self { pg })
+        Ok(Self { pg, ssl_mode, tls })
     }
 
     /// The settings as a URL without the password, for logs and messages.
@@ -369,13 +396,107 @@ impl DatabaseConfig {
         } else {
             ""
         };
-        format!("postgres://{user}{password}@{}/{db}", hosts.join(","))
+        let ssl = match self.ssl_mode {
+            SslMode::Prefer => String::new(),
+            mode => format!("?sslmode={}", mode.as_str()),
+        };
+        format!("postgres://{user}{password}@{}/{db}{ssl}", hosts.join(","))
     }
 
-    pub(crate) fn pg(&self) -> &tokio_postgres::Config {
-        &self.pg
+    pub fn ssl_mode(&self) -> SslMode {
+        self.ssl_mode
+    }
+
+    /// Open a connection with these settings, TLS as `sslmode` says.
+    pub(crate) async fn connect(
+        &self,
+    ) -> Result<
+        (
+            tokio_postgres::Client,
+            tokio_postgres::Connection<Socket, DbStream>,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.pg.connect(self.tls.clone()).await
     }
 }
+
+/// `sslmode` and `sslrootcert` as written in a URL, which tokio-postgres
+/// does not take (it knows neither `verify-*` nor `sslrootcert`).
+#[derive(Default)]
+struct TlsParams {
+    mode: Option<String>,
+    root_cert: Option<String>,
+}
+
+/// Split `sslmode` and `sslrootcert` off a URL or key=value string.
+fn take_tls_params(url: &str) -> (String, TlsParams) {
+    let mut tls = TlsParams::default();
+    let mut take = |key: &str, value: String| match key {
+        "sslmode" => {
+            tls.mode = Some(value);
+            true
+        }
+        "sslrootcert" => {
+            tls.root_cert = Some(value);
+            true
+        }
+        _ => false,
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_owned(),
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| {
+                        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                        !take(key, percent_decode(value))
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_owned()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|word| match word.split_once('=') {
+                Some((key, value)) => !take(key, value.trim_matches('\'').to_owned()),
+                None => true,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    (rest, tls)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl DatabaseConfig {}
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -393,6 +514,40 @@ mod tests {
         let shown = db.redacted();
         assert_eq!(shown, "postgres://alice:***@db.example:6543/app");
         assert!(!format!("{db:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_taken_from_urls_in_both_forms() {
+        let (rest, tls) = take_tls_params(
+            "postgres://u@h/db?sslmode=verify-full&application_name=x&sslrootcert=%2Ftmp%2Fca.pem",
+        );
+        assert_eq!(rest, "postgres://u@h/db?application_name=x");
+        assert_eq!(tls.mode.as_deref(), Some("verify-full"));
+        assert_eq!(tls.root_cert.as_deref(), Some("/tmp/ca.pem"));
+        let (rest, tls) = take_tls_params("host=h sslmode=require dbname=db");
+        assert_eq!(rest, "host=h dbname=db");
+        assert_eq!(tls.mode.as_deref(), Some("require"));
+        let db = DatabaseConfig::from_url("postgres://u@h/db?sslmode=require").unwrap();
+        assert_eq!(db.ssl_mode(), SslMode::Require);
+        assert_eq!(db.redacted(), "postgres://u@h:5432/db?sslmode=require");
+    }
+
+    #[test]
+    fn a_bad_sslmode_or_a_missing_root_certificate_is_a_clear_error() {
+        let err = DatabaseConfig::from_url("postgres://u@h/db?sslmode=sure").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("sslmode: \"sure\" is not one of"),
+            "{err}"
+        );
+        let err = DatabaseConfig::from_url(
+            "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("sslrootcert /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]

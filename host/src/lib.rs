@@ -30,6 +30,7 @@ pub mod payload;
 pub mod registry;
 pub mod sandbox;
 mod subscriber;
+pub mod tls;
 mod watcher;
 
 pub use config::{ConnectionSettings, DatabaseConfig, SubscriberSettings};

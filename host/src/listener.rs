@@ -10,6 +10,7 @@
 use crate::channel::quote_ident;
 use crate::config::{ConnectionSettings, DatabaseConfig};
 use crate::dispatch::{Delivery, Router};
+use crate::error::with_causes;
 use crate::registry::{ActiveChannels, Registry};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, Connection, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Connection};
 
 /// What the listener is doing, for the API and readiness.
 #[derive(Debug)]
@@ -118,7 +119,7 @@ async fn supervise(
     let mut gap: BTreeSet<Arc<str>> = BTreeSet::new();
     while !*stop.borrow() {
         let connected = tokio::select! {
-            result = database.pg().connect(NoTls) => result,
+            result = database.connect() => result,
             _ = stop.changed() => break,
         };
         let end = match connected {
@@ -133,7 +134,11 @@ async fn supervise(
                 };
                 session.run(client, connection, &mut stop, &mut gap).await
             }
-            Err(e) => SessionEnd::Lost(format!("cannot connect to {}: {e}", database.redacted())),
+            Err(e) => SessionEnd::Lost(format!(
+                "cannot connect to {}: {}",
+                database.redacted(),
+                with_causes(&e)
+            )),
         };
         status.connected.store(false, Ordering::Relaxed);
         status.backend_pid.store(0, Ordering::Relaxed);
@@ -182,7 +187,7 @@ impl Session<'_> {
         let mut driver = tokio::spawn(drive(connection, registry.clone()));
         match client.query_one("select pg_backend_pid()", &[]).await {
             Ok(row) => status.backend_pid.store(row.get(0), Ordering::Relaxed),
-            Err(e) => return SessionEnd::Lost(format!("connection failed: {e}")),
+            Err(e) => return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e))),
         }
         // Queue the gap events before LISTENing again, so every notification
         // of the new connection reaches each subscriber after its gap event.
@@ -201,7 +206,7 @@ impl Session<'_> {
                 driver.abort();
                 // On a first sync, keep the old gap too: its events may be repeated, never lost.
                 gap.extend(std::mem::take(&mut listened));
-                return SessionEnd::Lost(format!("LISTEN failed: {e}"));
+                return SessionEnd::Lost(format!("LISTEN failed: {}", with_causes(&e)));
             }
             status.listened.send_replace(Arc::new(listened.clone()));
             if first_sync {
@@ -228,7 +233,7 @@ impl Session<'_> {
                     let answer = tokio::time::timeout(every, client.simple_query("")).await;
                     let failure = match answer {
                         Ok(Ok(_)) => None,
-                        Ok(Err(e)) => Some(format!("heartbeat failed: {e}")),
+                        Ok(Err(e)) => Some(format!("heartbeat failed: {}", with_causes(&e))),
                         Err(_) => Some(format!("no answer to the heartbeat within {every:?}")),
                     };
                     if let Some(reason) = failure {
@@ -251,7 +256,7 @@ impl Session<'_> {
                     *gap = listened;
                     let reason = match ended {
                         Ok(Ok(())) => "connection closed by the server".to_owned(),
-                        Ok(Err(e)) => format!("connection lost: {e}"),
+                        Ok(Err(e)) => format!("connection lost: {}", with_causes(&e)),
                         Err(e) => format!("connection task failed: {e}"),
                     };
                     return SessionEnd::Lost(reason);

@@ -1,0 +1,232 @@
+//! TLS for the database connection, on rustls, with libpq's `sslmode` meaning:
+//!
+//! | sslmode | encrypted | server certificate checked |
+//! |---|---|---|
+//! | `disable` | never | — |
+//! | `prefer` (default) | if the server offers it | no |
+//! | `require` | always | no |
+//! | `verify-ca` | always | chain to `sslrootcert` |
+//! | `verify-full` | always | chain to `sslrootcert`, and the host name |
+//!
+//! `sslrootcert` is a PEM file; libpq's default, `~/.postgresql/root.crt`,
+//! is used when it is not set.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn parse(value: &str) -> Option<Self> {
+        Some(match value {
+            "disable" => Self::Disable,
+            "allow" | "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
+    /// What tokio-postgres negotiates; the checks are ours.
+    pub(crate) fn negotiation(self) -> tokio_postgres::config::SslMode {
+        match self {
+            Self::Disable => tokio_postgres::config::SslMode::Disable,
+            Self::Prefer => tokio_postgres::config::SslMode::Prefer,
+            Self::Require | Self::VerifyCa | Self::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
+        }
+    }
+}
+
+/// The TLS connector for `mode`, or why it cannot be built (naming the setting).
+pub(crate) fn connector(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+) -> Result<MakeRustlsConnect, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(AnyCertificate {
+            provider: provider.clone(),
+        }),
+        SslMode::VerifyCa | SslMode::VerifyFull => {
+            let roots = Arc::new(root_store(mode, root_cert)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| format!("sslrootcert: {e}"))?;
+            if mode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(AnyName(webpki))
+            }
+        }
+    };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
+
+fn root_store(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, String> {
+    let path: PathBuf = match root_cert {
+        Some(path) => path.to_owned(),
+        None => std::env::var_os("HOME")
+            .map(|home| Path::new(&home).join(".postgresql/root.crt"))
+            .filter(|p| p.is_file())
+            .ok_or_else(|| {
+                format!(
+                    "sslmode={} needs the CA certificate to check the server against: set sslrootcert (or PGSSLROOTCERT) to a PEM file; ~/.postgresql/root.crt does not exist",
+                    mode.as_str()
+                )
+            })?,
+    };
+    let mut roots = RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "sslrootcert {}: no certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(roots)
+}
+
+/// `prefer` and `require`: encrypt, but take whatever certificate the server
+/// shows (the handshake signatures are still checked).
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name is not checked.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
