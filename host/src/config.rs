@@ -407,6 +407,31 @@ impl DatabaseConfig {
         self.ssl_mode
     }
 
+    /// Whether any configured host accepts a TCP (or Unix socket) connection
+    /// on its port. No PostgreSQL protocol is spoken.
+    pub(crate) async fn accepts_connections(&self) -> bool {
+        let ports = self.pg.get_ports();
+        for (i, host) in self.pg.get_hosts().iter().enumerate() {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let attempt = async {
+                match host {
+                    Host::Tcp(name) => tokio::net::TcpStream::connect((name.as_str(), port))
+                        .await
+                        .is_ok(),
+                    Host::Unix(dir) => {
+                        tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                            .await
+                            .is_ok()
+                    }
+                }
+            };
+            if let Ok(true) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Open a connection with these settings, TLS as `sslmode` says.
     pub(crate) async fn connect(
         &self,

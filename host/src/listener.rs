@@ -99,6 +99,26 @@ impl Backoff {
     }
 }
 
+/// How often a server that refuses connections is checked for its return.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+
+/// Resolve once the server goes from refusing TCP connections to accepting
+/// them, so a long backoff does not delay reconnecting after an outage. A
+/// server that already accepts (and failed for another reason, such as TLS
+/// or authentication) never resolves this: those failures keep the backoff.
+/// A probe is one TCP connect, closed at once: nothing a server notices.
+async fn comes_back(database: &DatabaseConfig) {
+    if database.accepts_connections().await {
+        return std::future::pending().await;
+    }
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        if database.accepts_connections().await {
+            return;
+        }
+    }
+}
+
 enum SessionEnd {
     Stopped,
     Lost(String),
@@ -154,6 +174,9 @@ async fn supervise(
                 status.reconnects.fetch_add(1, Ordering::Relaxed);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
+                    _ = comes_back(&database) => {
+                        tracing::info!("the server accepts connections again; reconnecting now");
+                    }
                     _ = stop.changed() => break,
                 }
             }
