@@ -6,36 +6,36 @@
 //! channels = "ch1,orders"   # comma-separated; default "ch1"
 //! ```
 
-wit_bindgen::generate!({ world: "plugin", path: "../../wit" });
+use pgnotifier_plugin::{info, warn, Config, Notification, Payload, Plugin};
 
-use exports::pgnotifier::plugin::subscriber::{Guest, Payload, Registration};
-use pgnotifier::plugin::host::{log, Level};
+struct Logger {
+    id: String,
+}
 
-struct Logger;
-
-impl Guest for Logger {
-    fn register(id: String, config: Vec<(String, String)>) -> Result<Registration, String> {
-        let channels = config
-            .iter()
-            .find(|(key, _)| key == "channels")
-            .map_or("ch1", |(_, value)| value.as_str());
-        let channels: Vec<String> = channels
-            .split(',')
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .map(String::from)
-            .collect();
-        log(Level::Info, &format!("{id} registered on {channels:?}"));
-        Ok(Registration { channels })
+impl Plugin for Logger {
+    fn register(id: &str, config: &Config) -> Result<(Self, Vec<String>), String> {
+        let mut channels = config.list("channels");
+        if channels.is_empty() {
+            channels.push("ch1".into());
+        }
+        info(&format!("{id} registered on {channels:?}"));
+        Ok((Logger { id: id.into() }, channels))
     }
 
-    fn on_notify(id: String, channel: String, payload: Payload, pid: i32) -> Result<(), String> {
-        log(Level::Info, &format!("({id}, {channel:?}, {}, {pid})", describe(&payload)));
+    fn on_notify(&mut self, n: Notification<'_>) -> Result<(), String> {
+        let payload = describe(n.payload);
+        info(&format!(
+            "({}, {:?}, {payload}, {})",
+            n.id, n.channel, n.pid
+        ));
         Ok(())
     }
 
-    fn on_gap(id: String, channels: Vec<String>) {
-        log(Level::Warn, &format!("{id} may have missed notifications on {channels:?}"));
+    fn on_gap(&mut self, channels: &[String]) {
+        warn(&format!(
+            "{} may have missed notifications on {channels:?}",
+            self.id
+        ));
     }
 }
 
@@ -51,4 +51,4 @@ fn describe(payload: &Payload) -> String {
     }
 }
 
-export!(Logger);
+pgnotifier_plugin::export!(Logger);
