@@ -5,67 +5,7 @@ mod support;
 use pgnotifier::{Notifier, Payload, PayloadMode, Subscriber};
 use std::time::Duration;
 use support::wat::{Notify, WatPlugin};
-use support::{channel, count, eventually, logs, recorder, Sender, SOON};
-
-/// Every case of the contract, with what it must arrive as. `None` sends
-/// `NOTIFY ch` with no payload.
-fn cases() -> Vec<(Option<String>, Payload)> {
-    let big_text = "x".repeat(7999);
-    let deep = "[".repeat(200) + &"]".repeat(200);
-    let json = |s: &str| Payload::Json(s.to_owned());
-    vec![
-        // The seed README's five examples.
-        (
-            Some(r#""WARNING: Something really bad happened""#.into()),
-            Payload::Text("WARNING: Something really bad happened".into()),
-        ),
-        (
-            Some(r#"{"id": 1, "msg": "hello"}"#.into()),
-            json(r#"{"id":1,"msg":"hello"}"#),
-        ),
-        (
-            Some(r#"{"id": 2, "tags": ["a", "b"]}"#.into()),
-            json(r#"{"id":2,"tags":["a","b"]}"#),
-        ),
-        (Some("[1,2,3,4,5]".into()), json("[1,2,3,4,5]")),
-        (Some("[1, 2, 3, 4, 5]".into()), json("[1,2,3,4,5]")),
-        (Some("true".into()), Payload::Boolean(true)),
-        (Some("false".into()), Payload::Boolean(false)),
-        (Some("null".into()), Payload::Null),
-        (Some("-42".into()), Payload::Integer(-42)),
-        (
-            Some("9223372036854775807".into()),
-            Payload::Integer(i64::MAX),
-        ),
-        (Some("3.5".into()), Payload::Float(3.5)),
-        (Some("-1.25e-3".into()), Payload::Float(-0.00125)),
-        (
-            Some("18446744073709551616".into()),
-            json("18446744073709551616"),
-        ),
-        (
-            Some("0.30000000000000000001".into()),
-            json("0.30000000000000000001"),
-        ),
-        (
-            Some("just some text".into()),
-            Payload::Text("just some text".into()),
-        ),
-        (Some("ünïcødé ✓".into()), Payload::Text("ünïcødé ✓".into())),
-        (None, Payload::Text(String::new())),
-        (Some(big_text.clone()), Payload::Text(big_text)),
-        (Some(deep.clone()), Payload::Text(deep)),
-    ]
-}
-
-async fn send_all(sender: &Sender, ch: &str, cases: &[(Option<String>, Payload)]) {
-    for (raw, _) in cases {
-        match raw {
-            Some(p) => sender.notify(ch, p).await,
-            None => sender.notify_empty(ch).await,
-        }
-    }
-}
+use support::{channel, count, eventually, logs, payload_cases, recorder, send_all, Sender, SOON};
 
 #[tokio::test]
 async fn every_payload_case_arrives_typed() {
@@ -74,7 +14,7 @@ async fn every_payload_case_arrives_typed() {
     let (s, seen) = recorder();
     n.subscribe("typed", ch.as_str(), s).unwrap();
     support::listen(&n).await;
-    let cases = cases();
+    let cases = payload_cases();
     send_all(&Sender::connect().await, &ch, &cases).await;
     assert!(eventually(SOON, || count(&seen) == cases.len()).await);
     let got: Vec<_> = seen
@@ -134,7 +74,7 @@ async fn the_rust_example_plugin_receives_every_case_typed() {
         .await
         .unwrap()
         .get(0);
-    let cases = cases();
+    let cases = payload_cases();
     send_all(&sender, &ch, &cases).await;
 
     let notified = || {

@@ -234,8 +234,13 @@ pub mod logs {
     pub fn install() {
         static ONCE: Once = Once::new();
         ONCE.call_once(|| {
+            // Filtered, so that no one formats the compiler's own trace
+            // logs: compiling a large component would take minutes.
             let _ = tracing_subscriber::registry()
-                .with(Capture)
+                .with(
+                    Capture
+                        .with_filter(tracing_subscriber::EnvFilter::new("warn,pgnotifier=trace")),
+                )
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_test_writer()
@@ -274,5 +279,66 @@ pub mod logs {
             .filter(|l| l.target == "pgnotifier::plugin")
             .map(|l| l.message)
             .collect()
+    }
+}
+
+/// Every case of the contract, with what it must arrive as. `None` sends
+/// `NOTIFY ch` with no payload.
+pub fn payload_cases() -> Vec<(Option<String>, Payload)> {
+    let big_text = "x".repeat(7999);
+    let deep = "[".repeat(200) + &"]".repeat(200);
+    let json = |s: &str| Payload::Json(s.to_owned());
+    vec![
+        // The seed README's five examples.
+        (
+            Some(r#""WARNING: Something really bad happened""#.into()),
+            Payload::Text("WARNING: Something really bad happened".into()),
+        ),
+        (
+            Some(r#"{"id": 1, "msg": "hello"}"#.into()),
+            json(r#"{"id":1,"msg":"hello"}"#),
+        ),
+        (
+            Some(r#"{"id": 2, "tags": ["a", "b"]}"#.into()),
+            json(r#"{"id":2,"tags":["a","b"]}"#),
+        ),
+        (Some("[1,2,3,4,5]".into()), json("[1,2,3,4,5]")),
+        (Some("[1, 2, 3, 4, 5]".into()), json("[1,2,3,4,5]")),
+        (Some("true".into()), Payload::Boolean(true)),
+        (Some("false".into()), Payload::Boolean(false)),
+        (Some("null".into()), Payload::Null),
+        (Some("-42".into()), Payload::Integer(-42)),
+        (
+            Some("9223372036854775807".into()),
+            Payload::Integer(i64::MAX),
+        ),
+        (Some("3.5".into()), Payload::Float(3.5)),
+        (Some("-1.25e-3".into()), Payload::Float(-0.00125)),
+        (
+            Some("18446744073709551616".into()),
+            json("18446744073709551616"),
+        ),
+        (
+            Some("0.30000000000000000001".into()),
+            json("0.30000000000000000001"),
+        ),
+        (
+            Some("just some text".into()),
+            Payload::Text("just some text".into()),
+        ),
+        (Some("ünïcødé ✓".into()), Payload::Text("ünïcødé ✓".into())),
+        (None, Payload::Text(String::new())),
+        (Some(big_text.clone()), Payload::Text(big_text)),
+        (Some(deep.clone()), Payload::Text(deep)),
+    ]
+}
+
+/// Send every case on `ch`, one transaction each, in order.
+pub async fn send_all(sender: &Sender, ch: &str, cases: &[(Option<String>, Payload)]) {
+    for (raw, _) in cases {
+        match raw {
+            Some(p) => sender.notify(ch, p).await,
+            None => sender.notify_empty(ch).await,
+        }
     }
 }
