@@ -162,6 +162,38 @@ async fn sigterm_drains_queued_notifications_before_exit() {
     }
 }
 
+/// A second signal during the drain exits at once, without waiting for the
+/// queued work.
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let dir = support::temp_dir("cli-second-signal");
+    let ch = channel("second");
+    WatPlugin::new(&[ch.as_str()], Notify::Burn(600_000_000)).write(&dir, "burner");
+    std::fs::write(
+        dir.join("burner.toml"),
+        "timeout_ms = 20000
+",
+    )
+    .unwrap();
+    let host = Host::run(&dir, support::database_url());
+    host.wait_for(&["LISTEN set updated", &ch]);
+    let sender = Sender::connect().await;
+    for i in 0..20 {
+        sender.notify(&ch, &format!("job {i}")).await;
+    }
+    host.wait_for(&["job 0", "subscriber=burner"]);
+    host.signal("TERM");
+    host.wait_for(&["a second signal exits at once"]);
+    host.signal("INT");
+    let (status, output) = host.wait();
+    assert_eq!(status.code(), Some(130), "{output}");
+    assert!(output.contains("second signal: exiting now"), "{output}");
+    assert!(
+        !output.contains("job 19"),
+        "the queue was drained after all:\n{output}"
+    );
+}
+
 /// With no URL, the libpq variables configure the connection, and the
 /// password never appears in the output.
 #[tokio::test]

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+    let filter = EnvFilter::try_new(with_quiet_compiler(&cli.log)).unwrap_or_else(|e| {
         eprintln!("warning: bad log filter {:?} ({e}); using `info`", cli.log);
         EnvFilter::new("info")
     });
@@ -23,5 +23,16 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The compiler's debug and trace logs are formatted per instruction: at
+/// `debug`, a 12 MB component would take minutes to compile. Keep them at
+/// `warn` unless the filter names them itself.
+fn with_quiet_compiler(filter: &str) -> String {
+    if filter.contains("cranelift") {
+        filter.to_owned()
+    } else {
+        format!("{filter},cranelift=warn,wasmtime_cranelift=warn")
     }
 }
