@@ -1,5 +1,6 @@
-//! The benchmark suite: throughput, fan-out, latency, hot reload, memory and
-//! the sandbox's per-call cost, each beside a bare loop where the issue asks for a ratio.
+//! The benchmark suite: throughput, fan-out, latency, hot reload, memory, the
+//! sandbox's per-call cost, reconnect time and the example plugin of each
+//! language, each beside a bare loop where a ratio matters.
 //!
 //! `cargo bench --bench suite` runs everything (a few minutes) against the
 //! PostgreSQL the tests use, after `plugins/build`. Pass section names to run
@@ -72,6 +73,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("reconnect") {
         bench.reconnect().await?;
+    }
+    if wants("languages") {
+        bench.languages(&dist).await?;
     }
 
     println!(
@@ -237,6 +241,17 @@ impl Bench {
                 .await?;
             notifier
         };
+        self.drain_through(notifier, produce, n).await
+    }
+
+    /// Seconds from the first delivery to the n-th, for one transaction of n
+    /// notifications (`produce`) into `notifier`'s one subscriber; then shuts it down.
+    async fn drain_through(
+        &self,
+        notifier: Notifier,
+        produce: &str,
+        n: usize,
+    ) -> anyhow::Result<f64> {
         let producer = self.client().await?;
         let produce = produce.to_owned();
         let produced = tokio::spawn(async move { producer.execute(&produce, &[]).await });
@@ -618,6 +633,76 @@ impl Bench {
             ],
         );
         Ok(())
+    }
+}
+
+impl Bench {
+    /// 8. The example plugins, one per language: component size, load time
+    ///    (compiled, then from the compile cache), and time per notification
+    ///    through the host while the plugin does its job.
+    async fn languages(&mut self, dist: &Path) -> anyhow::Result<()> {
+        const N: usize = 20_000;
+        let examples = [
+            ("json-filter", "Rust", "keys = \"id\""),
+            ("counter", "C", "every = \"1000\""),
+            ("formatter", "Python", ""),
+            ("field-filter", "JavaScript", "field = \"id\""),
+            ("minimal", "WAT", ""),
+        ];
+        for (name, language, config) in examples {
+            let path = dist.join(format!("{name}.wasm"));
+            let bytes = std::fs::read(&path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}; run plugins/build first", path.display()))?;
+            let (mut compiled, mut cached, mut per_call) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..REPEATS {
+                let cache = self.work.join(format!("cache-{name}-{round}"));
+                compiled.push(self.load_seconds(&path, &cache).await?);
+                cached.push(self.load_seconds(&path, &cache).await?);
+                let channel = format!("bench_lang_{round}_{}", std::process::id());
+                let sidecar = format!(
+                    "overflow = \"block\"\nchannels = [\"{channel}\"]\n\n[config]\n{config}\n"
+                );
+                let notifier = self.host(&[(name.to_owned(), &bytes, sidecar)]).await?;
+                let produce = format!(
+                    "select count(pg_notify('{channel}', (1e15 + i)::bigint::text)) from generate_series(1, {N}) as i"
+                );
+                per_call.push(self.drain_through(notifier, &produce, N).await? * 1e6 / N as f64);
+            }
+            let (c, h, p) = (
+                median(&mut compiled),
+                median(&mut cached),
+                median(&mut per_call),
+            );
+            let mb = bytes.len() as f64 / 1e6;
+            self.record(
+                &format!("language_{}", language.to_lowercase()),
+                format!("{language} example ({name}, {mb:.2} MB): load compiled / cached, per notification"),
+                format!("{:.0} ms / {:.0} ms, {p:.1} µs", c * 1e3, h * 1e3),
+                &[
+                    ("size_bytes", bytes.len() as f64),
+                    ("load_compiled_ms", c * 1e3),
+                    ("load_cached_ms", h * 1e3),
+                    ("per_notification_us", p),
+                ],
+            );
+        }
+        Ok(())
+    }
+
+    /// Seconds to load one plugin (compile or cache, instantiate, register)
+    /// into a fresh notifier using the compile cache in `cache`.
+    async fn load_seconds(&self, plugin: &Path, cache: &Path) -> anyhow::Result<f64> {
+        let notifier = Notifier::builder(DatabaseConfig::from_url(&self.url)?)
+            .sandbox(SandboxConfig {
+                cache_dir: Some(cache.to_owned()),
+                ..SandboxConfig::default()
+            })
+            .build();
+        let started = Instant::now();
+        notifier.load_plugin(plugin).await?;
+        let took = started.elapsed().as_secs_f64();
+        notifier.shutdown(Duration::from_secs(5)).await;
+        Ok(took)
     }
 }
 
