@@ -101,12 +101,7 @@ async fn run_shows_the_example_plugin_receiving_a_notification() {
     host.wait_for(&["LISTEN set updated", "ch1"]);
 
     let sender = Sender::connect().await;
-    let pid: i32 = sender
-        .client
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = sender.pid().await;
     sender
         .client
         .execute(r#"select pg_notify('ch1', '{"a":1}')"#, &[])

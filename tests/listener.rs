@@ -132,12 +132,7 @@ async fn the_pid_is_the_sending_backend() {
     n.subscribe("s", ch.as_str(), s).unwrap();
     support::listen(&n).await;
     let sender = Sender::connect().await;
-    let row = sender
-        .client
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap();
-    let sender_pid: i32 = row.get(0);
+    let sender_pid = sender.pid().await;
     sender.notify(&ch, "x").await;
     assert!(eventually(SOON, || count(&seen) == 1).await);
     assert_eq!(seen.lock().unwrap()[0].pid, sender_pid);

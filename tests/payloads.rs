@@ -68,12 +68,7 @@ async fn the_rust_example_plugin_receives_every_case_typed() {
     );
     support::listen(&n).await;
     let sender = Sender::connect().await;
-    let pid: i32 = sender
-        .client
-        .query_one("select pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid = sender.pid().await;
     let cases = payload_cases();
     send_all(&sender, &ch, &cases).await;
 

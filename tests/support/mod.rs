@@ -59,6 +59,15 @@ impl Sender {
             .expect("pg_notify");
     }
 
+    /// The sending backend's process id: the `pid` subscribers receive.
+    pub async fn pid(&self) -> i32 {
+        self.client
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("pg_backend_pid")
+            .get(0)
+    }
+
     /// `NOTIFY channel` with no payload, through a quoted identifier.
     pub async fn notify_empty(&self, channel: &str) {
         let sql = format!("NOTIFY {}", pgnotifier::channel::quote_ident(channel));
