@@ -104,6 +104,8 @@ static void summary(const struct channel_count *c) {
 static void split_channels(const plugin_string_t *value, plugin_list_string_t *out) {
   size_t n = 0;
   out->ptr = calloc(value->len / 2 + 1, sizeof(plugin_string_t));
+  out->len = 0;
+  if (out->ptr == NULL) return;  // out of memory: no channels, and register says so
   size_t start = 0;
   for (size_t i = 0; i <= value->len; i++) {
     if (i == value->len || value->ptr[i] == ',') {
@@ -127,6 +129,10 @@ bool exports_pgnotifier_plugin_subscriber_register(plugin_string_t *id, plugin_l
     plugin_string_t *key = &config->ptr[i].f0, *value = &config->ptr[i].f1;
     if (equals(key, "channels")) {
       split_channels(value, &ret->channels);
+      if (ret->channels.ptr == NULL) {
+        set_error(err, "out of memory reading config channels");
+        ok = false;
+      }
     } else if (equals(key, "every")) {
       char text[24] = {0};
       char *end = NULL;
