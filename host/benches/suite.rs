@@ -715,9 +715,9 @@ fn noop_call_ns(component: &[u8], epochs: bool, calls: u32) -> anyhow::Result<f6
     let engine = wasmtime::Engine::new(&config)?;
     let component = Component::new(&engine, component)?;
     let mut linker: Linker<()> = Linker::new(&engine);
-    linker.instance("pgnotifier:plugin/types@0.1.0")?;
+    linker.instance("pgnotifier:plugin/types@0.2.0")?;
     linker
-        .instance("pgnotifier:plugin/host@0.1.0")?
+        .instance("pgnotifier:plugin/host@0.2.0")?
         .func_wrap("log", |_, (_, _): (Level, WasmStr)| Ok(()))?;
     let mut store = wasmtime::Store::new(&engine, ());
     if epochs {

@@ -1,7 +1,8 @@
-//! Host-side bindings generated from the WIT package in `wit/`.
+//! Host-side bindings generated from the WIT packages in `wit/`.
 //!
 //! The generated `Payload` is also the library's public payload type, so a
 //! decoded payload is handed to guests and native closures without conversion.
+//! Plugins built against 0.1.0 use [`v0_1`], which shares these types.
 
 wasmtime::component::bindgen!({
     world: "plugin",
@@ -12,6 +13,18 @@ wasmtime::component::bindgen!({
 pub use self::exports::pgnotifier::plugin::subscriber::Registration;
 pub use self::pgnotifier::plugin::host::Level;
 pub use self::pgnotifier::plugin::types::Payload;
+
+/// The frozen 0.1.0 world: no capabilities, the same types and log levels.
+pub mod v0_1 {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit/v0.1.0",
+        with: {
+            "pgnotifier:plugin/types@0.1.0": super::pgnotifier::plugin::types,
+            "pgnotifier:plugin/host@0.1.0": super::pgnotifier::plugin::host,
+        },
+    });
+}
 
 /// The WIT source, for `pgnotifier wit` and plugin authors.
 pub const WIT: &str = include_str!("../../wit/plugin.wit");

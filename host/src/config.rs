@@ -5,6 +5,7 @@
 //! Passwords never leave this module except inside the connection config;
 //! everything printable goes through [`DatabaseConfig::redacted`].
 
+use crate::capabilities::{CapabilityLimits, GrantSettings};
 use crate::dispatch::{Overflow, QueueLimits};
 use crate::payload::PayloadMode;
 use crate::sandbox::PluginLimits;
@@ -64,6 +65,8 @@ pub struct FileConfig {
     pub reconnect_max_ms: Option<u64>,
     /// How often the LISTEN connection is checked with a cheap query; 0 = never.
     pub heartbeat_ms: Option<u64>,
+    /// Connections in the pool that plugins' `publish` and `query` share.
+    pub query_pool_size: Option<usize>,
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
@@ -147,6 +150,14 @@ pub struct LimitSettings {
     pub payload: Option<PayloadMode>,
     /// Failed calls in a row that quarantine the subscriber; 0 never does.
     pub failure_threshold: Option<u32>,
+    /// `statement_timeout` of a plugin's queries.
+    pub query_timeout_ms: Option<u64>,
+    /// Most rows a plugin's query may return.
+    pub query_max_rows: Option<usize>,
+    /// Timeout of a plugin's HTTP requests (connect, first byte, between bytes).
+    pub http_timeout_ms: Option<u64>,
+    /// Largest HTTP response body a plugin may receive.
+    pub http_max_response_bytes: Option<usize>,
 }
 
 /// The effective settings of one subscriber.
@@ -158,6 +169,7 @@ pub struct SubscriberSettings {
     /// Failed calls in a row after which the subscriber is quarantined
     /// (muted, with the reason shown); 0 turns quarantine off.
     pub failure_threshold: u32,
+    pub capabilities: CapabilityLimits,
 }
 
 impl Default for SubscriberSettings {
@@ -167,6 +179,7 @@ impl Default for SubscriberSettings {
             queue: QueueLimits::default(),
             payload: PayloadMode::default(),
             failure_threshold: 5,
+            capabilities: CapabilityLimits::default(),
         }
     }
 }
@@ -201,6 +214,22 @@ impl LimitSettings {
             check_range("failure_threshold", u64::from(n), 0, 1_000_000)?;
             out.failure_threshold = n;
         }
+        if let Some(ms) = self.query_timeout_ms {
+            check_range("query_timeout_ms", ms, 1, 3_600_000)?;
+            out.capabilities.query_timeout = Duration::from_millis(ms);
+        }
+        if let Some(rows) = self.query_max_rows {
+            check_range("query_max_rows", rows as u64, 1, 10_000_000)?;
+            out.capabilities.query_max_rows = rows;
+        }
+        if let Some(ms) = self.http_timeout_ms {
+            check_range("http_timeout_ms", ms, 1, 3_600_000)?;
+            out.capabilities.http_timeout = Duration::from_millis(ms);
+        }
+        if let Some(bytes) = self.http_max_response_bytes {
+            check_range("http_max_response_bytes", bytes as u64, 1, 1 << 30)?;
+            out.capabilities.http_max_response_bytes = bytes;
+        }
         Ok(out)
     }
 }
@@ -224,6 +253,9 @@ pub struct Sidecar {
     /// Key/value pairs passed to `register`.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// Capabilities granted to the plugin; none by default.
+    #[serde(default)]
+    pub grants: GrantSettings,
     #[serde(flatten)]
     pub limits: LimitSettings,
     /// Keys nobody asked for, refused in `load`.
@@ -242,7 +274,7 @@ impl Sidecar {
             return Err(ConfigError::Parse {
                 path: path.to_owned(),
                 message: format!(
-                    "unknown key `{key}`; expected channels, config, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms or failure_threshold"
+                    "unknown key `{key}`; expected channels, config, grants, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms, failure_threshold, query_timeout_ms, query_max_rows, http_timeout_ms or http_max_response_bytes"
                 ),
             });
         }
@@ -403,6 +435,15 @@ impl DatabaseConfig {
         format!("postgres://{user}{password}@{}/{db}{ssl}", hosts.join(","))
     }
 
+    /// The driver's settings, for the capability pool.
+    pub(crate) fn pg_config(&self) -> &tokio_postgres::Config {
+        &self.pg
+    }
+
+    pub(crate) fn tls_connector(&self) -> MakeRustlsConnect {
+        self.tls.clone()
+    }
+
     pub fn ssl_mode(&self) -> SslMode {
         self.ssl_mode
     }
@@ -520,8 +561,6 @@ fn percent_decode(text: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
-
-impl DatabaseConfig {}
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -7,7 +7,8 @@
 //! - each notification is routed by [`dispatch`], its payload decoded once by [`payload`];
 //! - into one bounded queue per subscriber ([`dispatch::Overflow`] says what happens when full);
 //! - where that subscriber's worker thread calls it;
-//! - a wasm guest runs in the [`sandbox`] (deadline, memory cap, no WASI grants).
+//! - a wasm guest runs in the [`sandbox`] (deadline, memory cap, no WASI grants),
+//!   and may act through the [`capabilities`] its sidecar grants (publish, query, http).
 //!
 //! Control flow:
 //! - [`config`], the plugin [`loader`] (with the folder watcher for hot reload) and the
@@ -17,6 +18,7 @@
 
 pub mod bindings;
 pub mod blocking;
+pub mod capabilities;
 pub mod channel;
 pub mod cli;
 pub mod config;

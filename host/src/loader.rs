@@ -4,6 +4,7 @@
 //! `NAME.toml`) into a subscriber ready to register. Start-up runs them for
 //! every file; the folder watcher runs the same for each file that changes.
 
+use crate::capabilities::PluginCapabilities;
 use crate::channel;
 use crate::config::{Sidecar, SubscriberSettings};
 use crate::registry::SubscriberSource;
@@ -132,6 +133,23 @@ pub(crate) fn load(
         None => None,
     };
     let (sidecar, settings) = sidecar.unwrap_or_else(|| (Sidecar::default(), defaults));
+    let grants = sidecar.grants.validate().map_err(|e| {
+        let sidecar_path = files.sidecar.as_ref().map(|(p, _)| p.as_path());
+        LoadError::new(
+            path,
+            format!("sidecar {}: {e}", sidecar_path.unwrap_or(path).display()),
+        )
+    })?;
+    if !grants.is_empty() {
+        tracing::info!(subscriber = %files.id, publish = ?grants.publish, query = ?grants.query,
+            http = ?grants.http.iter().map(ToString::to_string).collect::<Vec<_>>(), "capabilities granted");
+    }
+    let capabilities = PluginCapabilities {
+        id: files.id.clone(),
+        grants,
+        limits: settings.capabilities,
+        pool: sandbox.pool(),
+    };
     let pre = sandbox.compile(path, &files.wasm)?;
     let (subscriber, registration) = WasmSubscriber::start(
         sandbox,
@@ -140,6 +158,7 @@ pub(crate) fn load(
         pre,
         settings.plugin,
         sidecar.config_pairs(),
+        capabilities,
     )?;
     let channels = sidecar.channels.unwrap_or(registration.channels);
     for name in &channels {

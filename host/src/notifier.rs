@@ -4,6 +4,7 @@
 //! follows the active set by itself. `start`, `stop` and `restart` control the
 //! listener. Subscribers keep running across them until removed or shut down.
 
+use crate::capabilities::CapabilityPool;
 use crate::config::{ConnectionSettings, DatabaseConfig, SubscriberSettings};
 use crate::dispatch::{lock, Mailbox, QuarantineHook};
 use crate::error::{Error, Result};
@@ -108,9 +109,16 @@ pub struct NotifierBuilder {
     defaults: SubscriberSettings,
     watch_debounce: Duration,
     connection: ConnectionSettings,
+    query_pool_size: usize,
 }
 
 impl NotifierBuilder {
+    /// Connections shared by plugins' `publish` and `query` (default 4).
+    pub fn query_pool_size(mut self, size: usize) -> Self {
+        self.query_pool_size = size;
+        self
+    }
+
     /// Reconnection backoff and heartbeat of the LISTEN connection.
     pub fn connection(mut self, settings: ConnectionSettings) -> Self {
         self.connection = settings;
@@ -145,6 +153,7 @@ impl NotifierBuilder {
                 defaults: self.defaults,
                 watch_debounce: self.watch_debounce,
                 connection: self.connection,
+                query_pool_size: self.query_pool_size,
                 listener: Mutex::new(None),
                 status: Arc::default(),
             }),
@@ -166,6 +175,7 @@ struct Inner {
     defaults: SubscriberSettings,
     watch_debounce: Duration,
     connection: ConnectionSettings,
+    query_pool_size: usize,
     listener: Mutex<Option<Listener>>,
     status: Arc<ListenerStatus>,
 }
@@ -182,6 +192,7 @@ impl Notifier {
             defaults: SubscriberSettings::default(),
             watch_debounce: Duration::from_millis(25),
             connection: ConnectionSettings::default(),
+            query_pool_size: 4,
         }
     }
 
@@ -537,7 +548,10 @@ impl Notifier {
         if let Some(sandbox) = slot.as_ref() {
             return Ok(sandbox.clone());
         }
-        let sandbox = Sandbox::new(&self.inner.sandbox_config)
+        // Called from async code, so the pool's connections run on this runtime.
+        let pool = CapabilityPool::new(&self.inner.database, self.inner.query_pool_size)
+            .map_err(Error::Sandbox)?;
+        let sandbox = Sandbox::with_pool(&self.inner.sandbox_config, Some(Arc::new(pool)))
             .map_err(|e| Error::Sandbox(format!("{e:#}")))?;
         *slot = Some(sandbox.clone());
         Ok(sandbox)

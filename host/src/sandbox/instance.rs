@@ -1,14 +1,15 @@
 //! One subscriber's live instance, called on its worker thread.
 
 use super::host::HostState;
-use super::{error_chain, LoadError, Sandbox, EPOCH_TICK};
-use crate::bindings::{Plugin, PluginPre, Registration};
+use super::{error_chain, CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
+use crate::bindings::{v0_1, Plugin, Registration};
+use crate::capabilities::PluginCapabilities;
 use crate::dispatch::{CallFailure, Deliver, Notification};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// Limits applied to every call into one plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -32,15 +33,39 @@ impl Default for PluginLimits {
 struct PluginCode {
     id: Arc<str>,
     path: PathBuf,
-    pre: PluginPre<HostState>,
+    pre: CompiledPlugin,
     engine: Engine,
     limits: PluginLimits,
     config: Vec<(String, String)>,
+    capabilities: Arc<PluginCapabilities>,
 }
 
 struct Live {
     store: Store<HostState>,
-    plugin: Plugin,
+    plugin: Instance,
+}
+
+/// An instance's exports, by the WIT version it targets.
+enum Instance {
+    V2(Plugin),
+    V1(v0_1::Plugin),
+}
+
+/// Run `$call` on the `subscriber` export of either version; both have the
+/// same functions over the same types.
+macro_rules! subscriber {
+    ($instance:expr, |$s:ident| $call:expr) => {
+        match $instance {
+            Instance::V2(plugin) => {
+                let $s = plugin.pgnotifier_plugin_subscriber();
+                $call
+            }
+            Instance::V1(plugin) => {
+                let $s = plugin.pgnotifier_plugin_subscriber();
+                $call
+            }
+        }
+    };
 }
 
 /// A wasm plugin as a subscriber: one long-lived instance, recycled after a
@@ -56,9 +81,10 @@ impl WasmSubscriber {
         sandbox: &Sandbox,
         id: Arc<str>,
         path: &Path,
-        pre: PluginPre<HostState>,
+        pre: CompiledPlugin,
         limits: PluginLimits,
         config: Vec<(String, String)>,
+        capabilities: PluginCapabilities,
     ) -> Result<(Self, Registration), LoadError> {
         let code = Arc::new(PluginCode {
             id,
@@ -67,6 +93,7 @@ impl WasmSubscriber {
             engine: sandbox.engine().clone(),
             limits,
             config,
+            capabilities: Arc::new(capabilities),
         });
         let (live, registration) = code.instantiate()?;
         Ok((
@@ -100,6 +127,7 @@ impl WasmSubscriber {
         let live = self.live()?;
         live.store
             .set_epoch_deadline(deadline_ticks(limits.timeout));
+        live.store.data_mut().start_call();
         match f(live) {
             Ok(value) => Ok(value),
             Err(e) => {
@@ -115,13 +143,13 @@ impl Deliver for WasmSubscriber {
     fn on_notify(&mut self, n: &Notification) -> Result<(), CallFailure> {
         let id = self.code.id.clone();
         self.call(|live| {
-            live.plugin.pgnotifier_plugin_subscriber().call_on_notify(
+            subscriber!(&live.plugin, |s| s.call_on_notify(
                 &mut live.store,
                 &id,
                 &n.channel,
                 &n.payload,
                 n.pid,
-            )
+            ))
         })?
         .map_err(CallFailure::Returned)
     }
@@ -129,39 +157,69 @@ impl Deliver for WasmSubscriber {
     fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure> {
         let id = self.code.id.clone();
         self.call(|live| {
-            live.plugin
-                .pgnotifier_plugin_subscriber()
-                .call_on_gap(&mut live.store, &id, channels)
+            subscriber!(&live.plugin, |s| s.call_on_gap(
+                &mut live.store,
+                &id,
+                channels
+            ))
         })
     }
 }
 
 impl PluginCode {
     fn instantiate(&self) -> Result<(Live, Registration), LoadError> {
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(self.id.clone(), self.limits.memory_bytes),
+        let state = HostState::new(
+            self.id.clone(),
+            self.limits.memory_bytes,
+            self.capabilities.clone(),
+            self.limits.timeout,
         );
+        let cpu_deadline = state.cpu.is_some();
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
+        if cpu_deadline {
+            // Capability calls may wait for seconds, bounded by their own
+            // limits; at the deadline, only the CPU time used counts.
+            store.epoch_deadline_callback(|store| {
+                let left = store
+                    .data()
+                    .cpu
+                    .as_ref()
+                    .map_or(Duration::ZERO, |c| c.left());
+                Ok(if left.is_zero() {
+                    UpdateDeadline::Interrupt
+                } else {
+                    UpdateDeadline::Continue(deadline_ticks(left))
+                })
+            });
+        } else {
+            store.epoch_deadline_trap();
+        }
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
-        let plugin = self.pre.instantiate(&mut store).map_err(|e| {
+        let instantiated = match &self.pre {
+            CompiledPlugin::V2(pre) => pre.instantiate(&mut store).map(Instance::V2),
+            CompiledPlugin::V1(pre) => pre.instantiate(&mut store).map(Instance::V1),
+        };
+        let plugin = instantiated.map_err(|e| {
             LoadError::new(
                 &self.path,
                 format!("instantiation failed: {}", classify(&e, &self.limits)),
             )
         })?;
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
-        let registration = plugin
-            .pgnotifier_plugin_subscriber()
-            .call_register(&mut store, &self.id, &self.config)
-            .map_err(|e| {
-                LoadError::new(
-                    &self.path,
-                    format!("register {}", classify(&e, &self.limits)),
-                )
-            })?
-            .map_err(|e| LoadError::new(&self.path, format!("register returned an error: {e}")))?;
+        store.data_mut().start_call();
+        let registration = subscriber!(&plugin, |s| s.call_register(
+            &mut store,
+            &self.id,
+            &self.config
+        ))
+        .map_err(|e| {
+            LoadError::new(
+                &self.path,
+                format!("register {}", classify(&e, &self.limits)),
+            )
+        })?
+        .map_err(|e| LoadError::new(&self.path, format!("register returned an error: {e}")))?;
         Ok((Live { store, plugin }, registration))
     }
 }

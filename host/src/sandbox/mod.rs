@@ -3,7 +3,8 @@
 //! Linking happens once per component (`PluginPre`); each subscriber gets one
 //! long-lived instance in its own store, with a memory cap and a per-call
 //! epoch deadline. A trap or timeout throws that instance away; the next call
-//! gets a fresh one, with `register` run again.
+//! gets a fresh one, with `register` run again. Plugins may target the
+//! current WIT (0.2.0) or 0.1.0.
 
 mod guest_log;
 mod host;
@@ -13,7 +14,8 @@ mod stdio;
 pub use instance::PluginLimits;
 pub(crate) use instance::WasmSubscriber;
 
-use crate::bindings::PluginPre;
+use crate::bindings::{v0_1, PluginPre};
+use crate::capabilities::CapabilityPool;
 use host::HostState;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,16 +79,34 @@ pub struct CacheStats {
     pub misses: usize,
 }
 
-/// The engine, the linker and the epoch ticker, shared by every plugin.
+/// A compiled and linked plugin, by the WIT version it targets.
+#[derive(Clone)]
+pub(crate) enum CompiledPlugin {
+    V2(PluginPre<HostState>),
+    V1(v0_1::PluginPre<HostState>),
+}
+
+/// The engine, the linker and the epoch ticker, shared by every plugin, and
+/// the database pool behind the `publish` and `query` capabilities.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
+    pool: Option<Arc<CapabilityPool>>,
 }
 
 impl Sandbox {
+    /// A sandbox without a database: capability calls that need one fail.
     pub fn new(config: &SandboxConfig) -> anyhow::Result<Arc<Self>> {
+        Self::with_pool(config, None)
+    }
+
+    /// A sandbox whose plugins' `publish` and `query` go through `pool`.
+    pub fn with_pool(
+        config: &SandboxConfig,
+        capability_pool: Option<Arc<CapabilityPool>>,
+    ) -> anyhow::Result<Arc<Self>> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true);
         wasm.wasm_component_model(true);
@@ -139,17 +159,18 @@ impl Sandbox {
             linker,
             cache,
             ticker_stop,
+            pool: capability_pool,
         }))
     }
 
     /// Compile and link a plugin's bytes; `path` names it in errors. Compiled
     /// code comes from the cache when the same bytes were compiled before by
     /// the same engine configuration.
-    pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<PluginPre<HostState>, LoadError> {
+    pub(crate) fn compile(&self, path: &Path, bytes: &[u8]) -> Result<CompiledPlugin, LoadError> {
         check_component_header(bytes).map_err(|reason| LoadError::new(path, reason))?;
         let component = Component::new(&self.engine, bytes)
             .map_err(|e| LoadError::new(path, format!("invalid component: {}", error_chain(&e))))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        let not_a_plugin = |e: wasmtime::Error| {
             LoadError::new(
                 path,
                 format!(
@@ -157,16 +178,17 @@ impl Sandbox {
                     error_chain(&e)
                 ),
             )
-        })?;
-        PluginPre::new(pre).map_err(|e| {
-            LoadError::new(
-                path,
-                format!(
-                    "not a `pgnotifier:plugin/plugin` component: {}",
-                    error_chain(&e)
-                ),
-            )
-        })
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(not_a_plugin)?;
+        match PluginPre::new(pre.clone()) {
+            Ok(current) => Ok(CompiledPlugin::V2(current)),
+            Err(e) => v0_1::PluginPre::new(pre)
+                .map(CompiledPlugin::V1)
+                .map_err(|_| not_a_plugin(e)),
+        }
     }
 
     /// Compile cache counters, if the cache is on.
@@ -179,6 +201,10 @@ impl Sandbox {
 
     pub(crate) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub(crate) fn pool(&self) -> Option<Arc<CapabilityPool>> {
+        self.pool.clone()
     }
 }
 

@@ -1,0 +1,207 @@
+//! The `publish` and `query` capabilities, on a small connection pool of
+//! their own so the LISTEN connection never waits behind a plugin's SQL.
+
+use super::{PluginCapabilities, QueryAccess};
+use crate::channel;
+use crate::config::DatabaseConfig;
+use bytes::BytesMut;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use futures_util::TryStreamExt;
+use std::future::Future;
+use std::time::Duration;
+use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
+
+/// PostgreSQL refuses a `NOTIFY` payload of this many bytes or more.
+pub const MAX_NOTIFY_PAYLOAD: usize = 8000;
+
+/// Connections for capability calls, shared by every plugin, opened on demand.
+pub struct CapabilityPool {
+    runtime: tokio::runtime::Handle,
+    pool: Pool,
+}
+
+impl CapabilityPool {
+    /// A pool of at most `size` connections with the listener's settings; no
+    /// connection is opened until a plugin needs one. Call it inside the
+    /// runtime that will run the connections.
+    pub fn new(database: &DatabaseConfig, size: usize) -> Result<Self, String> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| "the capability pool needs a tokio runtime".to_owned())?;
+        let manager = Manager::from_config(
+            database.pg_config().clone(),
+            database.tls_connector(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(size.max(1))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| format!("capability pool: {e}"))?;
+        Ok(Self { runtime, pool })
+    }
+
+    /// Run `work` to completion from a thread outside the runtime.
+    fn block_on<T>(&self, work: impl Future<Output = T>) -> T {
+        self.runtime.block_on(work)
+    }
+
+    async fn client(&self, wait: Duration) -> Result<deadpool_postgres::Object, String> {
+        let timeouts = Timeouts {
+            wait: Some(wait),
+            create: Some(wait.max(Duration::from_secs(10))),
+            recycle: Some(wait),
+        };
+        self.pool
+            .timeout_get(&timeouts)
+            .await
+            .map_err(|e| format!("no database connection: {e}"))
+    }
+}
+
+impl PluginCapabilities {
+    /// `publish`: NOTIFY `channel` with `payload`, if granted.
+    pub(crate) fn publish(&self, channel_name: &str, payload: &str) -> Result<(), String> {
+        if !self.grants.publish.iter().any(|c| c == channel_name) {
+            return Err(format!(
+                "publish to {channel_name:?} is not granted; the sidecar's [grants] publish lists {:?}",
+                self.grants.publish
+            ));
+        }
+        channel::validate(channel_name).map_err(|e| e.to_string())?;
+        if payload.len() >= MAX_NOTIFY_PAYLOAD {
+            return Err(format!(
+                "payload is {} bytes; NOTIFY takes fewer than {MAX_NOTIFY_PAYLOAD}",
+                payload.len()
+            ));
+        }
+        let pool = self.pool()?;
+        let wait = self.limits.query_timeout;
+        pool.block_on(async {
+            let client = pool.client(wait).await?;
+            let notify = client
+                .prepare_cached("SELECT pg_notify($1, $2)")
+                .await
+                .map_err(|e| describe(&e))?;
+            client
+                .execute(&notify, &[&channel_name, &payload])
+                .await
+                .map_err(|e| describe(&e))?;
+            Ok(())
+        })
+    }
+
+    /// `query`: one statement in a transaction of its own, rows as a JSON array.
+    pub(crate) fn query(&self, sql: &str, params: &[String]) -> Result<String, String> {
+        let write = match self.grants.query {
+            QueryAccess::None => {
+                return Err(
+                    "query is not granted; the sidecar needs [grants] query = true (or query_write = true)"
+                        .into(),
+                )
+            }
+            QueryAccess::ReadOnly => false,
+            QueryAccess::ReadWrite => true,
+        };
+        let pool = self.pool()?;
+        let limits = self.limits;
+        pool.block_on(async {
+            let mut client = pool.client(limits.query_timeout).await?;
+            let tx = client
+                .build_transaction()
+                .read_only(!write)
+                .start()
+                .await
+                .map_err(|e| describe(&e))?;
+            tx.batch_execute(&format!(
+                "SET LOCAL statement_timeout = {}",
+                limits.query_timeout.as_millis().max(1)
+            ))
+            .await
+            .map_err(|e| describe(&e))?;
+            let sql = sql.trim_end().trim_end_matches(';');
+            let params: Vec<TextParam<'_>> = params.iter().map(|p| TextParam(p)).collect();
+            let statement = tx.prepare(sql).await.map_err(|e| describe(&e))?;
+            if statement.columns().is_empty() {
+                tx.execute_raw(&statement, &params)
+                    .await
+                    .map_err(|e| describe(&e))?;
+                tx.commit().await.map_err(|e| describe(&e))?;
+                return Ok("[]".to_owned());
+            }
+            // The server renders every type as JSON; a CTE also takes
+            // INSERT/UPDATE/DELETE ... RETURNING.
+            let wrapped = format!("WITH q AS ({sql}\n) SELECT row_to_json(q)::text FROM q");
+            let rows = tx
+                .query_raw(&wrapped, &params)
+                .await
+                .map_err(|e| describe(&e))?;
+            let json = collect_rows(rows, limits.query_max_rows).await?;
+            tx.commit().await.map_err(|e| describe(&e))?;
+            Ok(json)
+        })
+    }
+
+    fn pool(&self) -> Result<&CapabilityPool, String> {
+        self.pool
+            .as_deref()
+            .ok_or_else(|| "no database here: capabilities run only in `pgnotifier run` and the library's Notifier".to_owned())
+    }
+}
+
+/// Join the rows' JSON objects into one array, failing past `max_rows`.
+async fn collect_rows(rows: tokio_postgres::RowStream, max_rows: usize) -> Result<String, String> {
+    let mut rows = std::pin::pin!(rows);
+    let mut json = String::from("[");
+    let mut count = 0usize;
+    while let Some(row) = rows.try_next().await.map_err(|e| describe(&e))? {
+        if count == max_rows {
+            return Err(format!(
+                "query returned more than {max_rows} rows (query_max_rows)"
+            ));
+        }
+        let object: &str = row.try_get(0).map_err(|e| describe(&e))?;
+        if count > 0 {
+            json.push(',');
+        }
+        json.push_str(object);
+        count += 1;
+    }
+    json.push(']');
+    Ok(json)
+}
+
+/// A parameter sent in PostgreSQL's text format, converted by the server to
+/// whatever type the statement gives it, as `psql` would.
+#[derive(Debug)]
+struct TextParam<'a>(&'a str);
+
+impl ToSql for TextParam<'_> {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &Type) -> Format {
+        Format::Text
+    }
+
+    to_sql_checked!();
+}
+
+/// A database error as PostgreSQL words it, without the driver's prefix.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
+}

@@ -1,0 +1,126 @@
+//! Capabilities: what a plugin may do besides logging, each granted by its
+//! sidecar's `[grants]` table. Nothing is granted by default; a call without
+//! the grant returns an error to the guest, never a trap.
+//!
+//! - `publish`: `NOTIFY` on allow-listed channels ([`database`]);
+//! - `query`: SQL on a small pool of its own, read-only unless `query_write` ([`database`]);
+//! - `http`: `wasi:http` requests to allow-listed origins ([`http`]).
+//!
+//! Host calls block the calling thread — a subscriber's worker, or the
+//! loader's blocking thread during `register` — on the notifier's runtime.
+
+mod database;
+mod http;
+
+pub use database::CapabilityPool;
+pub(crate) use http::HttpGate;
+pub use http::Origin;
+
+use crate::channel;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A sidecar's `[grants]` table, as written.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantSettings {
+    /// Channels the plugin may `publish` to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Read-only `query`.
+    #[serde(default)]
+    pub query: bool,
+    /// `query` that may write; implies `query`.
+    #[serde(default)]
+    pub query_write: bool,
+    /// Origins (`scheme://host[:port]`) the plugin may send HTTP requests to.
+    #[serde(default)]
+    pub http: Vec<String>,
+}
+
+/// What a plugin may do, checked once at load.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub publish: Vec<String>,
+    pub query: QueryAccess,
+    pub http: Vec<Origin>,
+}
+
+/// How far a plugin's `query` may go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueryAccess {
+    #[default]
+    None,
+    ReadOnly,
+    ReadWrite,
+}
+
+impl GrantSettings {
+    /// Check every entry; the error names the grant at fault.
+    pub fn validate(&self) -> Result<Grants, String> {
+        for name in &self.publish {
+            channel::validate(name).map_err(|e| format!("grants.publish: {e}"))?;
+        }
+        let http = self
+            .http
+            .iter()
+            .map(|text| Origin::parse(text).map_err(|e| format!("grants.http: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let query = match (self.query, self.query_write) {
+            (_, true) => QueryAccess::ReadWrite,
+            (true, false) => QueryAccess::ReadOnly,
+            (false, false) => QueryAccess::None,
+        };
+        Ok(Grants {
+            publish: self.publish.clone(),
+            query,
+            http,
+        })
+    }
+}
+
+impl Grants {
+    pub fn is_empty(&self) -> bool {
+        self.publish.is_empty() && self.query == QueryAccess::None && self.http.is_empty()
+    }
+}
+
+/// Limits on capability calls; `[defaults]` sets them, a sidecar overrides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CapabilityLimits {
+    /// `statement_timeout` of each query, and the longest wait for a pooled connection.
+    pub query_timeout: Duration,
+    /// A query returning more rows than this fails.
+    pub query_max_rows: usize,
+    /// Bound on connecting, on the first response byte and between later ones.
+    pub http_timeout: Duration,
+    /// A response body longer than this fails.
+    pub http_max_response_bytes: usize,
+}
+
+impl Default for CapabilityLimits {
+    fn default() -> Self {
+        Self {
+            query_timeout: Duration::from_secs(5),
+            query_max_rows: 1000,
+            http_timeout: Duration::from_secs(10),
+            http_max_response_bytes: 1 << 20,
+        }
+    }
+}
+
+/// One plugin's grants and limits, with the services that carry them out.
+pub(crate) struct PluginCapabilities {
+    pub(crate) id: Arc<str>,
+    pub(crate) grants: Grants,
+    pub(crate) limits: CapabilityLimits,
+    pub(crate) pool: Option<Arc<CapabilityPool>>,
+}
+
+impl PluginCapabilities {
+    /// The hooks that decide each `wasi:http` request of this plugin.
+    pub(crate) fn http_gate(&self) -> HttpGate {
+        HttpGate::new(self.id.clone(), self.grants.http.clone(), self.limits)
+    }
+}
