@@ -322,7 +322,7 @@ fn wit_prints_the_contract() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/plugin.wit"))
             .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), wit);
-    assert!(wit.contains("package pgnotifier:plugin@0.1.0;"));
+    assert!(wit.contains("package pgnotifier:plugin@0.2.0;"));
 }
 
 #[test]

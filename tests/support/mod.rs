@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod wat;
+pub mod webhook;
 
 use pgnotifier::local_pg::{self, LocalPostgres};
 use pgnotifier::{DatabaseConfig, Payload, Subscriber};
@@ -160,6 +161,11 @@ pub fn example_plugin(name: &str) -> PathBuf {
 /// A test fixture from `tests/plugins`, built by `plugins/build` into `dist/tests`.
 pub fn test_plugin(name: &str) -> PathBuf {
     built_plugin(&plugins_dist().join("tests").join(format!("{name}.wasm")))
+}
+
+/// A plugin from the `examples/` folder, built by `plugins/build` into `dist/examples`.
+pub fn examples_plugin(name: &str) -> PathBuf {
+    built_plugin(&plugins_dist().join("examples").join(format!("{name}.wasm")))
 }
 
 fn plugins_dist() -> PathBuf {

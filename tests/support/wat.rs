@@ -320,7 +320,7 @@ impl WatPlugin {
 /// behaviour uses (subsets of the real WIT, as a guest would import them).
 fn resolve(notify: Notify) -> (Resolve, wit_parser::WorldId) {
     let mut resolve = Resolve::default();
-    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/v0.1.0");
     let (plugin_pkg, _) = resolve.push_dir(&wit_dir).expect("wit/ parses");
     let wasi: &[(&str, &str)] = match notify {
         Notify::Stdio | Notify::Flood { .. } => &[
@@ -423,7 +423,7 @@ fn resolve(notify: Notify) -> (Resolve, wit_parser::WorldId) {
 pub fn component_importing(interface: &str) -> Vec<u8> {
     let (package, name) = interface.split_once('/').expect("package/interface");
     let mut resolve = Resolve::default();
-    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/v0.1.0");
     resolve.push_dir(&wit_dir).expect("wit/ parses");
     resolve
         .push_str(

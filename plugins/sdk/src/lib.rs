@@ -23,8 +23,15 @@
 //! Every plugin built on this crate also understands `trace = "true"` in its
 //! `[config]`: it then logs each payload as `got <case> <value>` before the
 //! plugin sees it, the same line the other languages' examples write.
+//!
+//! Capabilities work when the plugin's sidecar grants them (`[grants]`), and
+//! return an error otherwise: [`publish`], [`query`], and with the `http`
+//! feature, [`http::request`].
 
 use std::cell::RefCell;
+
+#[cfg(feature = "http")]
+pub mod http;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -130,6 +137,20 @@ pub fn warn(message: &str) {
 
 pub fn error(message: &str) {
     log(Level::Error, message);
+}
+
+/// Send `NOTIFY channel, payload` on the host's database. Needs
+/// `[grants] publish = ["channel"]`.
+pub fn publish(channel: &str, payload: &str) -> Result<(), String> {
+    bindings::pgnotifier::plugin::publish::publish(channel, payload)
+}
+
+/// Run one SQL statement with `$1`, `$2`, ... bound to `params`; the rows come
+/// back as a JSON array of objects. Needs `[grants] query = true` (read-only)
+/// or `query_write = true`.
+pub fn query(sql: &str, params: &[&str]) -> Result<String, String> {
+    let params: Vec<String> = params.iter().map(|p| (*p).to_owned()).collect();
+    bindings::pgnotifier::plugin::query::query(sql, &params)
 }
 
 /// The payload as the cross-language `got <case> <value>` trace line.

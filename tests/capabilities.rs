@@ -1,0 +1,394 @@
+//! Capabilities (publish, query, http): each used by a plugin whose sidecar
+//! grants it, and refused — as an error returned to the guest, not a trap —
+//! for one whose sidecar does not. Also: a 0.1.0 plugin still loads beside
+//! 0.2.0 ones, and the order-webhook example does its job end to end.
+//!
+//! The fixture `tests/plugins/capable` turns each payload into one call and
+//! logs `<op> ok <value>` or `<op> err <message>`.
+
+mod support;
+
+use pgnotifier::Notifier;
+use serde_json::Value;
+use std::path::Path;
+use support::wat::{Notify, WatPlugin};
+use support::webhook::WebhookServer;
+use support::{channel, eventually, logs, stats_of, Sender, SOON};
+
+/// Install the `capable` fixture as `dir/ID.wasm` with `sidecar`.
+fn install(dir: &Path, id: &str, sidecar: &str) {
+    std::fs::copy(
+        support::test_plugin("capable"),
+        dir.join(format!("{id}.wasm")),
+    )
+    .unwrap();
+    std::fs::write(dir.join(format!("{id}.toml")), sidecar).unwrap();
+}
+
+async fn host(dir: &Path) -> Notifier {
+    let n = Notifier::new(support::database());
+    n.load_plugins(dir).await.expect("plugins load");
+    support::listen(&n).await;
+    n
+}
+
+/// The plugin's own lines that start with `prefix`.
+fn lines(id: &str, prefix: &str) -> Vec<String> {
+    logs::plugin_messages(id)
+        .into_iter()
+        .filter(|m| m.starts_with(prefix))
+        .collect()
+}
+
+/// Wait for `id` to have logged `n` lines starting with `prefix`, and return them.
+async fn wait_lines(id: &str, prefix: &str, n: usize) -> Vec<String> {
+    let arrived = eventually(SOON, || lines(id, prefix).len() >= n).await;
+    let got = lines(id, prefix);
+    assert!(arrived, "{id}: wanted {n} `{prefix}` lines, got {got:#?}");
+    got
+}
+
+/// No call failed and no instance was recycled: refusals are plain errors.
+fn assert_no_failures(n: &Notifier, id: &str) {
+    let stats = stats_of(n, id);
+    assert_eq!(stats.failed, 0, "{id}: {stats:?}");
+    assert_eq!(stats.timed_out, 0, "{id}: {stats:?}");
+}
+
+fn command(op: &str, args: &[&str]) -> String {
+    serde_json::json!({ op: args }).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_chains_plugins_within_its_allow_list_and_the_size_limit() {
+    logs::install();
+    let dir = support::temp_dir("publish");
+    let (input, output) = (channel("pub_in"), channel("pub_out"));
+    install(
+        &dir,
+        "relay",
+        &format!("channels = [\"{input}\"]\n[grants]\npublish = [\"{output}\"]\n"),
+    );
+    install(&dir, "sink", &format!("channels = [\"{output}\"]\n"));
+    install(&dir, "ungranted", &format!("channels = [\"{input}\"]\n"));
+    let n = host(&dir).await;
+    let sender = Sender::connect().await;
+
+    sender
+        .notify(&input, &command("publish", &[&output, "hello chain"]))
+        .await;
+    sender
+        .notify(&input, &command("publish", &["elsewhere", "x"]))
+        .await;
+    sender
+        .notify(&input, &command("publish_sized", &[&output, "8000"]))
+        .await;
+    sender
+        .notify(&input, &command("publish_sized", &[&output, "7999"]))
+        .await;
+
+    let relay = wait_lines("relay", "publish", 4).await;
+    assert_eq!(relay[0], "publish ok ");
+    assert!(
+        relay[1].starts_with("publish err publish to \"elsewhere\" is not granted"),
+        "{}",
+        relay[1]
+    );
+    assert_eq!(
+        relay[2],
+        "publish_sized err payload is 8000 bytes; NOTIFY takes fewer than 8000"
+    );
+    assert_eq!(relay[3], "publish_sized ok ");
+
+    let sink = wait_lines("sink", "received", 2).await;
+    assert_eq!(sink[0], format!("received {output} hello chain"));
+    assert_eq!(sink[1], format!("received {output} {}", "x".repeat(7999)));
+
+    let refused = wait_lines("ungranted", "publish", 4).await;
+    assert!(
+        refused
+            .iter()
+            .all(|l| l.contains(" err publish to ") && l.contains("is not granted")),
+        "{refused:#?}"
+    );
+    for id in ["relay", "sink", "ungranted"] {
+        assert_no_failures(&n, id);
+    }
+    n.shutdown(SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn query_reads_rows_refuses_writes_unless_granted_and_is_cut_by_its_limits() {
+    logs::install();
+    let sender = Sender::connect().await;
+    let table = channel("cap_orders");
+    sender
+        .client
+        .batch_execute(&format!(
+            "create table {table} (id int primary key, status text, total numeric(8,2));
+             insert into {table} values (7, 'shipped', 12.50), (9, 'new', 1)"
+        ))
+        .await
+        .unwrap();
+    let dir = support::temp_dir("query");
+    let ch = channel("query");
+    // timeout_ms is below the query timeout: time waiting on the database
+    // must not count against the plugin's own deadline.
+    let limits = "timeout_ms = 200\nquery_timeout_ms = 400\nquery_max_rows = 3\n";
+    install(
+        &dir,
+        "reader",
+        &format!("channels = [\"{ch}\"]\n{limits}[grants]\nquery = true\n"),
+    );
+    install(
+        &dir,
+        "writer",
+        &format!("channels = [\"{ch}\"]\n{limits}[grants]\nquery_write = true\n"),
+    );
+    install(&dir, "ungranted", &format!("channels = [\"{ch}\"]\n"));
+    let n = host(&dir).await;
+
+    let select = format!("select id, status, total from {table} where id = $1");
+    sender.notify(&ch, &command("query", &[&select, "7"])).await;
+    let insert = format!("insert into {table} values ($1, 'new', 3)");
+    sender.notify(&ch, &command("query", &[&insert, "8"])).await;
+    sender
+        .notify(&ch, &command("query", &["select pg_sleep(5)"]))
+        .await;
+    sender
+        .notify(
+            &ch,
+            &command("query", &["select generate_series(1, 10) as n;"]),
+        )
+        .await;
+
+    let reader = wait_lines("reader", "query", 4).await;
+    let row = reader[0]
+        .strip_prefix("query ok ")
+        .unwrap_or_else(|| panic!("{}", reader[0]));
+    let rows: Value = serde_json::from_str(row).unwrap();
+    assert_eq!(
+        rows,
+        serde_json::json!([{ "id": 7, "status": "shipped", "total": 12.50 }])
+    );
+    assert_eq!(
+        reader[1],
+        "query err ERROR: cannot execute INSERT in a read-only transaction"
+    );
+    assert_eq!(
+        reader[2],
+        "query err ERROR: canceling statement due to statement timeout"
+    );
+    assert_eq!(
+        reader[3],
+        "query err query returned more than 3 rows (query_max_rows)"
+    );
+
+    let writer = wait_lines("writer", "query", 4).await;
+    assert!(
+        writer[0].starts_with("query ok [{\"id\":7"),
+        "{}",
+        writer[0]
+    );
+    assert_eq!(writer[1], "query ok []");
+    let written: i64 = sender
+        .client
+        .query_one(&format!("select count(*) from {table} where id = 8"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(written, 1, "the writer's insert is committed");
+
+    let refused = wait_lines("ungranted", "query", 4).await;
+    assert!(
+        refused
+            .iter()
+            .all(|l| l.starts_with("query err query is not granted")),
+        "{refused:#?}"
+    );
+    for id in ["reader", "writer", "ungranted"] {
+        assert_no_failures(&n, id);
+    }
+    n.shutdown(SOON).await;
+    sender
+        .client
+        .batch_execute(&format!("drop table {table}"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_reaches_granted_origins_only_with_a_timeout_and_a_size_cap() {
+    logs::install();
+    let hooks = WebhookServer::start();
+    let other = WebhookServer::start();
+    let dir = support::temp_dir("http");
+    let ch = channel("http");
+    install(
+        &dir,
+        "poster",
+        &format!(
+            "channels = [\"{ch}\"]\ntimeout_ms = 200\nhttp_timeout_ms = 500\nhttp_max_response_bytes = 1000\n[grants]\nhttp = [\"{}\"]\n",
+            hooks.origin()
+        ),
+    );
+    install(&dir, "ungranted", &format!("channels = [\"{ch}\"]\n"));
+    let n = host(&dir).await;
+    let sender = Sender::connect().await;
+
+    let hook = format!("{}/hook", hooks.origin());
+    let body = r#"{"order":42}"#;
+    sender.notify(&ch, &command("http", &[&hook, body])).await;
+    let elsewhere = format!("{}/hook", other.origin());
+    sender
+        .notify(&ch, &command("http", &[&elsewhere, body]))
+        .await;
+    let big = format!("{}/big", hooks.origin());
+    sender.notify(&ch, &command("http", &[&big, ""])).await;
+    let slow = format!("{}/slow", hooks.origin());
+    sender.notify(&ch, &command("http", &[&slow, ""])).await;
+
+    let poster = wait_lines("poster", "http", 4).await;
+    assert_eq!(poster[0], "http ok 200 ok");
+    assert_eq!(
+        poster[1],
+        "http err request denied: the origin is not in the sidecar's [grants] http"
+    );
+    assert!(
+        poster[2].contains("response body size exceeds limit: 1000 bytes"),
+        "{}",
+        poster[2]
+    );
+    assert!(
+        poster[3].starts_with("http err") && poster[3].contains("Timeout"),
+        "{}",
+        poster[3]
+    );
+
+    let refused = wait_lines("ungranted", "http", 4).await;
+    assert!(
+        refused
+            .iter()
+            .all(|l| l
+                == "http err request denied: the origin is not in the sidecar's [grants] http"),
+        "{refused:#?}"
+    );
+    // Only the granted plugin's three requests reached the server; the
+    // other origin was never connected to.
+    let got = hooks.requests();
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert_eq!(got[0].method, "POST");
+    assert_eq!(got[0].path, "/hook");
+    assert_eq!(got[0].content_type.as_deref(), Some("application/json"));
+    assert_eq!(got[0].body, body);
+    assert_eq!(other.connections(), 0, "a refused origin was connected to");
+    for id in ["poster", "ungranted"] {
+        assert_no_failures(&n, id);
+    }
+    n.shutdown(SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_are_checked_when_the_plugin_loads() {
+    logs::install();
+    let dir = support::temp_dir("grants");
+    install(
+        &dir,
+        "bad",
+        "[grants]\nhttp = [\"https://example.com/path\"]\n",
+    );
+    let n = Notifier::new(support::database());
+    let err = n
+        .load_plugin(&dir.join("bad.wasm"))
+        .await
+        .expect_err("a grant with a path is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("bad.toml: grants.http: \"https://example.com/path\" has a path"),
+        "{text}"
+    );
+    std::fs::write(dir.join("bad.toml"), "[grants]\nqueries = true\n").unwrap();
+    let err = n.load_plugin(&dir.join("bad.wasm")).await.unwrap_err();
+    assert!(err.to_string().contains("unknown field `queries`"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_0_1_0_plugin_still_loads_beside_0_2_0_ones() {
+    logs::install();
+    let dir = support::temp_dir("versions");
+    let ch = channel("versions");
+    // The WAT fixtures are built against the frozen wit/v0.1.0.
+    WatPlugin::new(&[&ch], Notify::Echo).write(&dir, "old");
+    install(&dir, "new", &format!("channels = [\"{ch}\"]\n"));
+    let n = host(&dir).await;
+    Sender::connect().await.notify(&ch, "both").await;
+    wait_lines("old", "both", 1).await;
+    wait_lines("new", &format!("received {ch} both"), 1).await;
+    n.shutdown(SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_order_webhook_example_posts_each_changed_row() {
+    logs::install();
+    let hooks = WebhookServer::start();
+    let sender = Sender::connect().await;
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/order-webhook");
+    let sql = std::fs::read_to_string(example.join("orders.sql")).unwrap();
+    sender.client.batch_execute(&sql).await.unwrap();
+
+    let dir = support::temp_dir("order-webhook");
+    std::fs::copy(
+        support::examples_plugin("order-webhook"),
+        dir.join("order-webhook.wasm"),
+    )
+    .unwrap();
+    // The example's own sidecar, pointed at this test's server.
+    let sidecar = std::fs::read_to_string(example.join("order-webhook.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", hooks.port));
+    std::fs::write(dir.join("order-webhook.toml"), sidecar).unwrap();
+    let n = host(&dir).await;
+
+    let id: i64 = sender
+        .client
+        .query_one(
+            "insert into orders (customer, total) values ('ada', 12.50) returning id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(eventually(SOON, || hooks.requests().len() == 1).await);
+    sender
+        .client
+        .execute("update orders set status = 'shipped' where id = $1", &[&id])
+        .await
+        .unwrap();
+    assert!(eventually(SOON, || hooks.requests().len() == 2).await);
+    sender
+        .client
+        .execute("delete from orders where id = $1", &[&id])
+        .await
+        .unwrap();
+    assert!(eventually(SOON, || hooks.requests().len() == 3).await);
+
+    let bodies: Vec<Value> = hooks
+        .requests()
+        .iter()
+        .map(|r| {
+            assert_eq!((r.method.as_str(), r.path.as_str()), ("POST", "/orders"));
+            serde_json::from_str(&r.body).unwrap()
+        })
+        .collect();
+    assert_eq!(bodies[0]["op"], "INSERT");
+    assert_eq!(bodies[0]["id"], id);
+    assert_eq!(bodies[0]["order"]["customer"], "ada");
+    assert_eq!(bodies[0]["order"]["total"], 12.50);
+    assert_eq!(bodies[0]["order"]["status"], "new");
+    assert_eq!(bodies[1]["op"], "UPDATE");
+    assert_eq!(bodies[1]["order"]["status"], "shipped");
+    assert_eq!(bodies[2]["op"], "DELETE");
+    assert_eq!(bodies[2]["order"], Value::Null);
+    assert_no_failures(&n, "order-webhook");
+    n.shutdown(SOON).await;
+}
