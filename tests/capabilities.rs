@@ -11,6 +11,7 @@ mod support;
 use pgnotifier::Notifier;
 use serde_json::Value;
 use std::path::Path;
+use std::time::Duration;
 use support::wat::{Notify, WatPlugin};
 use support::webhook::WebhookServer;
 use support::{channel, eventually, logs, stats_of, Sender, SOON};
@@ -391,4 +392,26 @@ async fn the_order_webhook_example_posts_each_changed_row() {
     assert_eq!(bodies[2]["order"], Value::Null);
     assert_no_failures(&n, "order-webhook");
     n.shutdown(SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_with_grants_that_spins_is_still_cut_off() {
+    logs::install();
+    let dir = support::temp_dir("granted-spin");
+    let ch = channel("granted_spin");
+    // With grants the deadline counts CPU time; spinning uses it up all the same.
+    WatPlugin::new(&[&ch], Notify::Spin).write(&dir, "spinner");
+    std::fs::write(
+        dir.join("spinner.toml"),
+        "timeout_ms = 50\nfailure_threshold = 0\n[grants]\nquery = true\n",
+    )
+    .unwrap();
+    let n = host(&dir).await;
+    Sender::connect().await.notify(&ch, "spin").await;
+    assert!(
+        eventually(SOON, || stats_of(&n, "spinner").timed_out == 1).await,
+        "{:?}",
+        stats_of(&n, "spinner")
+    );
+    n.shutdown(Duration::from_secs(1)).await;
 }
