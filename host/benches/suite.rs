@@ -1,6 +1,6 @@
 //! The benchmark suite: throughput, fan-out, latency, hot reload, memory, the
-//! sandbox's per-call cost, reconnect time and the example plugin of each
-//! language, each beside a bare loop where a ratio matters.
+//! sandbox's per-call cost, reconnect time, the example plugin of each
+//! language and the capabilities, each beside a bare loop where a ratio matters.
 //!
 //! `cargo bench --bench suite` runs everything (a few minutes) against the
 //! PostgreSQL the tests use, after `plugins/build`. Pass section names to run
@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+#[allow(dead_code)] // the tests read more of it than the bench
+#[path = "../../tests/support/webhook.rs"]
+mod webhook;
 
 const REPEATS: usize = 3;
 
@@ -76,6 +80,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("languages") {
         bench.languages(&dist).await?;
+    }
+    if wants("capabilities") {
+        bench.capabilities(&dist).await?;
     }
 
     println!(
@@ -686,6 +693,87 @@ impl Bench {
                 ],
             );
         }
+        Ok(())
+    }
+
+    /// 9. Capabilities: notifications drained through a plugin that makes one
+    ///    capability call each (the `capable` test fixture, strict, so any
+    ///    failed call fails the run): publish, a query by key, an HTTP POST to
+    ///    a local server (a new connection each).
+    async fn capabilities(&mut self, dist: &Path) -> anyhow::Result<()> {
+        let path = dist.join("tests/capable.wasm");
+        let bytes = std::fs::read(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}; run plugins/build first", path.display()))?;
+        let server = webhook::WebhookServer::start();
+        let table = format!("bench_orders_{}", std::process::id());
+        self.client()
+            .await?
+            .batch_execute(&format!(
+                "create table {table} as select i as id, 'shipped' as status from generate_series(1, 10000) i;
+                 alter table {table} add primary key (id)"
+            ))
+            .await?;
+        let origin = server.origin();
+        // (op, notifications, its arguments as SQL, the grant)
+        let cases = [
+            (
+                "publish",
+                5_000,
+                "'bench_unheard', i::text".to_owned(),
+                "publish = [\"bench_unheard\"]".to_owned(),
+            ),
+            (
+                "query",
+                5_000,
+                format!("'select id, status from {table} where id = $1', i::text"),
+                "query = true".to_owned(),
+            ),
+            (
+                "http",
+                1_000,
+                format!("'{origin}/hook', json_build_object('id', i)::text"),
+                format!("http = [\"{origin}\"]"),
+            ),
+        ];
+        let mut text = Vec::new();
+        let mut figures = Vec::new();
+        for (op, n, args, grant) in cases {
+            let mut per_call = Vec::new();
+            for round in 0..REPEATS {
+                let channel = format!("bench_cap_{op}_{round}_{}", std::process::id());
+                let sidecar = format!(
+                    "overflow = \"block\"\nchannels = [\"{channel}\"]\n[grants]\n{grant}\n"
+                );
+                let notifier = self
+                    .host(&[("capable".to_owned(), &bytes, sidecar)])
+                    .await?;
+                let produce = format!(
+                    "select count(pg_notify('{channel}', json_build_object('{op}!', json_build_array({args}))::text)) from generate_series(1, {n}) as i"
+                );
+                per_call.push(self.drain_through(notifier, &produce, n).await? * 1e6 / n as f64);
+            }
+            let us = median(&mut per_call);
+            text.push(format!("{op} {us:.0} µs"));
+            figures.push((op, us));
+        }
+        anyhow::ensure!(
+            server.requests().len() == 1_000 * REPEATS,
+            "the webhook got {} requests",
+            server.requests().len()
+        );
+        self.client()
+            .await?
+            .batch_execute(&format!("drop table {table}"))
+            .await?;
+        self.record(
+            "capabilities",
+            "per notification, one capability call each (host included)".into(),
+            text.join(", "),
+            &figures
+                .iter()
+                .map(|(op, us)| (*op, *us))
+                .collect::<Vec<_>>(),
+        );
         Ok(())
     }
 

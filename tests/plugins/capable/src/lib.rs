@@ -6,7 +6,9 @@
 //! - `{"http": [url, body]}` (a POST; logs the status and the response body)
 //!
 //! Any other payload is logged as `received <channel> <payload>`, which is
-//! how a chained plugin shows what it got.
+//! how a chained plugin shows what it got. An op ending in `!` (`"query!"`)
+//! returns the call's error as the plugin's, so failures are counted (the
+//! benchmark relies on it).
 
 use pgnotifier_plugin::{http, info, publish, query, Config, Notification, Payload, Plugin};
 use serde_json::Value;
@@ -42,7 +44,9 @@ impl Plugin for Capable {
             return Ok(());
         };
         let arg = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
-        let outcome = match op.as_str() {
+        let strict = op.ends_with('!');
+        let op = op.trim_end_matches('!');
+        let outcome = match op {
             "publish" => publish(arg(0), arg(1)).map(|()| String::new()),
             "publish_sized" => {
                 let n: usize = arg(1).parse().map_err(|_| "n is not a number")?;
@@ -58,7 +62,9 @@ impl Plugin for Capable {
             other => Err(format!("unknown op {other}")),
         };
         match outcome {
+            Ok(value) if strict => drop(value),
             Ok(value) => info(&format!("{op} ok {value}")),
+            Err(message) if strict => return Err(message),
             Err(message) => info(&format!("{op} err {message}")),
         }
         Ok(())
