@@ -14,6 +14,9 @@ use tokio_postgres::types::{to_sql_checked, Format, IsNull, ToSql, Type};
 /// PostgreSQL refuses a `NOTIFY` payload of this many bytes or more.
 pub const MAX_NOTIFY_PAYLOAD: usize = 8000;
 
+/// Prepared statements kept per pooled connection before the cache is cleared.
+const MAX_CACHED_STATEMENTS: usize = 256;
+
 /// Connections for capability calls, shared by every plugin, opened on demand.
 pub struct CapabilityPool {
     runtime: tokio::runtime::Handle,
@@ -108,21 +111,27 @@ impl PluginCapabilities {
         let limits = self.limits;
         pool.block_on(async {
             let mut client = pool.client(limits.query_timeout).await?;
+            // Prepared statements are cached per connection; a plugin that
+            // builds its SQL on the fly must not grow the cache for ever.
+            if client.statement_cache.size() > MAX_CACHED_STATEMENTS {
+                client.statement_cache.clear();
+            }
             let tx = client
                 .build_transaction()
                 .read_only(!write)
                 .start()
                 .await
                 .map_err(|e| describe(&e))?;
-            tx.batch_execute(&format!(
-                "SET LOCAL statement_timeout = {}",
-                limits.query_timeout.as_millis().max(1)
-            ))
-            .await
-            .map_err(|e| describe(&e))?;
             let sql = sql.trim_end().trim_end_matches(';');
             let params: Vec<TextParam<'_>> = params.iter().map(|p| TextParam(p)).collect();
-            let statement = tx.prepare(sql).await.map_err(|e| describe(&e))?;
+            let timeout = format!(
+                "SET LOCAL statement_timeout = {}",
+                limits.query_timeout.as_millis().max(1)
+            );
+            // Pipelined: one round trip for both.
+            let (_, statement) =
+                tokio::try_join!(tx.batch_execute(&timeout), tx.prepare_cached(sql))
+                    .map_err(|e| describe(&e))?;
             if statement.columns().is_empty() {
                 tx.execute_raw(&statement, &params)
                     .await
@@ -133,6 +142,10 @@ impl PluginCapabilities {
             // The server renders every type as JSON; a CTE also takes
             // INSERT/UPDATE/DELETE ... RETURNING.
             let wrapped = format!("WITH q AS ({sql}\n) SELECT row_to_json(q)::text FROM q");
+            let wrapped = tx
+                .prepare_cached(&wrapped)
+                .await
+                .map_err(|e| describe(&e))?;
             let rows = tx
                 .query_raw(&wrapped, &params)
                 .await
