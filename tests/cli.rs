@@ -298,7 +298,19 @@ fn check_prints_the_id_and_channels_of_a_valid_plugin() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "id: logger\nchannels: ch1\n"
+        "id: logger\nchannels: ch1\ngrants: none\n"
+    );
+    // The sidecar beside the file grants capabilities; check shows them.
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg(support::examples_plugin("order-webhook"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "id: order-webhook\nchannels: orders_changed\ngrants: query (read-only); http to http://127.0.0.1:8080\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

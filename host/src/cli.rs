@@ -71,6 +71,7 @@ async fn check(file: PathBuf) -> anyhow::Result<()> {
     .await??;
     println!("id: {}", files.id);
     println!("channels: {}", loaded.channels.join(", "));
+    println!("grants: {}", loaded.grants);
     Ok(())
 }
 

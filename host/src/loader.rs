@@ -4,7 +4,7 @@
 //! `NAME.toml`) into a subscriber ready to register. Start-up runs them for
 //! every file; the folder watcher runs the same for each file that changes.
 
-use crate::capabilities::PluginCapabilities;
+use crate::capabilities::{Grants, PluginCapabilities};
 use crate::channel;
 use crate::config::{Sidecar, SubscriberSettings};
 use crate::registry::SubscriberSource;
@@ -72,6 +72,7 @@ impl PluginFiles {
 /// A plugin that compiled, instantiated and registered.
 pub(crate) struct LoadedPlugin {
     pub(crate) channels: Vec<String>,
+    pub(crate) grants: Grants,
     pub(crate) settings: SubscriberSettings,
     pub(crate) subscriber: WasmSubscriber,
 }
@@ -141,12 +142,11 @@ pub(crate) fn load(
         )
     })?;
     if !grants.is_empty() {
-        tracing::info!(subscriber = %files.id, publish = ?grants.publish, query = ?grants.query,
-            http = ?grants.http.iter().map(ToString::to_string).collect::<Vec<_>>(), "capabilities granted");
+        tracing::info!(subscriber = %files.id, %grants, "capabilities granted");
     }
     let capabilities = PluginCapabilities {
         id: files.id.clone(),
-        grants,
+        grants: grants.clone(),
         limits: settings.capabilities,
         pool: sandbox.pool(),
     };
@@ -169,6 +169,7 @@ pub(crate) fn load(
     }
     Ok(LoadedPlugin {
         channels,
+        grants,
         settings,
         subscriber,
     })

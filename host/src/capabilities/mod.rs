@@ -86,6 +86,30 @@ impl Grants {
     }
 }
 
+/// `none`, or e.g. `publish to a, b; query (read-only); http to https://x:443`.
+impl std::fmt::Display for Grants {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if !self.publish.is_empty() {
+            parts.push(format!("publish to {}", self.publish.join(", ")));
+        }
+        match self.query {
+            QueryAccess::None => {}
+            QueryAccess::ReadOnly => parts.push("query (read-only)".into()),
+            QueryAccess::ReadWrite => parts.push("query (read-write)".into()),
+        }
+        if !self.http.is_empty() {
+            let origins: Vec<String> = self.http.iter().map(ToString::to_string).collect();
+            parts.push(format!("http to {}", origins.join(", ")));
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join("; "))
+        }
+    }
+}
+
 /// Limits on capability calls; `[defaults]` sets them, a sidecar overrides.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CapabilityLimits {
