@@ -659,4 +659,20 @@ mod tests {
         let negative = Sidecar::parse(Path::new("p.toml"), "failure_threshold = -1").unwrap_err();
         assert!(negative.to_string().starts_with("p.toml:"), "{negative}");
     }
+
+    #[test]
+    fn the_sample_config_parses_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pgnotifier.toml");
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(
+            file.connection_settings().unwrap(),
+            ConnectionSettings::default()
+        );
+        let defaults = file
+            .defaults
+            .apply_to(SubscriberSettings::default())
+            .unwrap();
+        assert_eq!(defaults, SubscriberSettings::default());
+        DatabaseConfig::from_url(file.database_url.as_deref().unwrap()).unwrap();
+    }
 }
