@@ -103,11 +103,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .sandbox(sandbox)
         .defaults(defaults)
         .connection(file.connection_settings()?);
-    if let Some(size) = file.query_pool_size {
-        anyhow::ensure!(
-            (1..=100).contains(&size),
-            "query_pool_size: {size} is outside 1..=100"
-        );
+    if let Some(size) = file.query_pool_size()? {
         builder = builder.query_pool_size(size);
     }
     if let Some(ms) = file.watch_debounce_ms {

@@ -115,6 +115,16 @@ impl FileConfig {
     }
 }
 
+impl FileConfig {
+    /// `query_pool_size`, checked.
+    pub fn query_pool_size(&self) -> Result<Option<usize>, ConfigError> {
+        if let Some(size) = self.query_pool_size {
+            check_range("query_pool_size", size as u64, 1, 100)?;
+        }
+        Ok(self.query_pool_size)
+    }
+}
+
 /// How the LISTEN connection is kept up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionSettings {
