@@ -121,13 +121,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     notifier.start().await?;
 
-    wait_for_signal().await?;
+    // The streams stay registered from here on, so a second signal sent as
+    // soon as the first is logged is never missed.
+    let mut signals = Signals::new()?;
+    signals.recv().await;
     tracing::info!("shutting down; a second signal exits at once");
-    tokio::spawn(async {
-        if wait_for_signal().await.is_ok() {
-            tracing::warn!("second signal: exiting now");
-            std::process::exit(130);
-        }
+    tokio::spawn(async move {
+        signals.recv().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
     });
     let report = notifier.shutdown(drain_timeout).await;
     if report.abandoned.is_empty() {
@@ -138,13 +140,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, either of which asks for shutdown.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
