@@ -2,93 +2,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use support::host::{Host, BIN};
 use support::wat::{Notify, WatPlugin};
-use support::{channel, Sender, SOON};
-
-const BIN: &str = env!("CARGO_BIN_EXE_pgnotifier");
-
-/// A running `pgnotifier run`, with its stderr collected line by line.
-struct Host {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Host {
-    fn start(mut command: Command) -> Self {
-        command.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start pgnotifier");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn run(plugins: &Path, database_url: &str) -> Self {
-        let mut command = Command::new(BIN);
-        command
-            .args(["run", "--plugins"])
-            .arg(plugins)
-            .args(["--database-url", database_url]);
-        Self::start(command)
-    }
-
-    fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// Wait for a line containing every one of `parts`.
-    fn wait_for(&self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + SOON;
-        while Instant::now() < deadline {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return line.clone();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no line with {parts:?} in:\n{}", self.output());
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Wait for exit; the exit status.
-    fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + SOON;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50)); // let the reader drain
-                return (status, self.output());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "pgnotifier did not exit:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
+use support::{channel, Sender};
 
 /// The acceptance run: the Rust example plugin in `plugins/dist`
 /// receives `(id, "ch1", json {"a":1}, pid)`, and guest stdio shows up too.
@@ -203,7 +120,7 @@ async fn libpq_variables_configure_the_database_and_the_password_is_never_printe
     let ch = channel("env");
     WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, "echo");
 
-    let mut command = Command::new(BIN);
+    let mut command = Host::command();
     command
         .args(["run", "--plugins"])
         .arg(&dir)
@@ -258,7 +175,7 @@ async fn the_config_file_sets_database_plugins_and_defaults() {
         ),
     )
     .unwrap();
-    let mut command = Command::new(BIN);
+    let mut command = Host::command();
     command
         .args(["run", "--config"])
         .arg(&config)
@@ -272,7 +189,7 @@ async fn the_config_file_sets_database_plugins_and_defaults() {
     assert!(status.success(), "{output}");
 
     std::fs::write(&config, "[defaults]\nqueue_size = 0\n").unwrap();
-    let out = Command::new(BIN)
+    let out = Host::command()
         .args(["run", "--plugins"])
         .arg(&plugins)
         .arg("--config")
@@ -330,9 +247,10 @@ fn check_rejects_an_invalid_plugin_with_a_clear_message() {
 fn wit_prints_the_contract() {
     let out = Command::new(BIN).arg("wit").output().unwrap();
     assert!(out.status.success());
-    let wit =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/plugin.wit"))
-            .unwrap();
+    let wit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/plugin.wit"),
+    )
+    .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), wit);
     assert!(wit.contains("package pgnotifier:plugin@0.2.0;"));
 }

@@ -114,7 +114,7 @@ async fn sidecar_channels_override_register_and_config_reaches_register() {
         .collect();
     assert_eq!(
         serde_json::to_value(&view.source).unwrap(),
-        serde_json::json!({"kind": "plugin", "path": path, "sha256": sha256})
+        serde_json::json!({"kind": "plugin", "path": path, "sha256": sha256, "wit": "0.1.0"})
     );
     // register logs "registered", then each config key and value.
     assert_eq!(

@@ -844,6 +844,8 @@ async fn run_and_measure_rss(
         .arg(&config)
         .args(["--database-url", url])
         .env("PGNOTIFIER_LOG", "warn")
+        .env("PGNOTIFIER_ADMIN_ADDR", "127.0.0.1:0")
+        .env("PGNOTIFIER_DATA_DIR", plugins.with_extension("data"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -1,13 +1,12 @@
-//! The `pgnotifier` command line: `run`, `check` and `wit`.
+//! The `pgnotifier` command line: `run`, `ctl`, `check` and `wit`.
 
 use crate::config::{FileConfig, SubscriberSettings};
+use crate::ctl::CtlCommand;
+use crate::daemon::{self, RunOptions};
 use crate::loader::PluginFiles;
 use crate::sandbox::{Sandbox, SandboxConfig};
-use crate::{DatabaseConfig, Notifier};
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
-use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +18,9 @@ pub struct Cli {
     /// Log filter: a level (info, debug, …) or a tracing directive list.
     #[arg(long, global = true, env = "PGNOTIFIER_LOG", default_value = "info")]
     pub log: String,
+    /// Log lines as text, or as one JSON object per line.
+    #[arg(long, global = true, env = "PGNOTIFIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +36,22 @@ pub enum Command {
     },
     /// Print the WIT package plugins are written against.
     Wit,
+    /// Control a running host through its admin API.
+    Ctl {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// Print the API's JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,9 +62,38 @@ pub struct RunArgs {
     /// PostgreSQL URL; the PG* variables fill in what it leaves out.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+/// How `run` and `ctl` find the config file and the admin API. The token is
+/// read from PGNOTIFIER_ADMIN_TOKEN or the config file, never a flag, so it
+/// stays out of the process list.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
     /// A TOML config file.
-    #[arg(long)]
+    #[arg(long, env = "PGNOTIFIER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The admin API's address [default: 127.0.0.1:7433; port 0 picks one].
+    #[arg(long, env = "PGNOTIFIER_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Where runtime state (mutes, subscriptions) and the admin address are kept
+    /// [default: $STATE_DIRECTORY, $XDG_STATE_HOME/pgnotifier or ~/.local/state/pgnotifier].
+    #[arg(long, env = "PGNOTIFIER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    fn options(&self, plugins: Option<PathBuf>, database_url: Option<String>) -> RunOptions {
+        RunOptions {
+            plugins,
+            database_url,
+            config: self.config.clone(),
+            admin_addr: self.admin_addr.clone(),
+            admin_token: std::env::var("PGNOTIFIER_ADMIN_TOKEN").ok(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
 }
 
 /// Run the parsed command line.
@@ -57,7 +104,23 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { file } => check(file).await,
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => {
+            let options = args.control.options(args.plugins, args.database_url);
+            daemon::run(options).await
+        }
+        Command::Ctl {
+            control,
+            json,
+            command,
+        } => {
+            let options = control.options(None, None);
+            let file = match &options.config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let settings = daemon::control_settings(&options, &file)?;
+            crate::ctl::execute(&settings, command, json).await
+        }
     }
 }
 
@@ -73,92 +136,4 @@ async fn check(file: PathBuf) -> anyhow::Result<()> {
     println!("channels: {}", loaded.channels.join(", "));
     println!("grants: {}", loaded.grants);
     Ok(())
-}
-
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    let database = DatabaseConfig::resolve(
-        args.database_url
-            .as_deref()
-            .or(file.database_url.as_deref()),
-    )?;
-    let plugins = args
-        .plugins
-        .or(file.plugins.clone())
-        .context("no plugins folder: pass --plugins DIR or set `plugins` in the config file")?;
-    let defaults = file
-        .defaults
-        .apply_to(SubscriberSettings::default())
-        .context("config [defaults]")?;
-    let mut sandbox = SandboxConfig::default();
-    if let Some(dir) = &file.cache_dir {
-        sandbox.cache_dir = Some(dir.clone());
-    }
-    let drain_timeout = Duration::from_millis(file.drain_timeout_ms.unwrap_or(10_000));
-
-    let mut builder = Notifier::builder(database.clone())
-        .sandbox(sandbox)
-        .defaults(defaults)
-        .connection(file.connection_settings()?);
-    if let Some(size) = file.query_pool_size()? {
-        builder = builder.query_pool_size(size);
-    }
-    if let Some(ms) = file.watch_debounce_ms {
-        builder = builder.watch_debounce(Duration::from_millis(ms));
-    }
-    let notifier = builder.build();
-    // Loads every plugin, then follows the folder for hot reload.
-    let _watcher = notifier.watch_plugins(&plugins).await?;
-    let subscribers = notifier.subscribers().len();
-    tracing::info!(
-        plugins = %plugins.display(),
-        subscribers,
-        database = %database.redacted(),
-        "starting"
-    );
-    notifier.start().await?;
-
-    // The streams stay registered from here on, so a second signal sent as
-    // soon as the first is logged is never missed.
-    let mut signals = Signals::new()?;
-    signals.recv().await;
-    tracing::info!("shutting down; a second signal exits at once");
-    tokio::spawn(async move {
-        signals.recv().await;
-        tracing::warn!("second signal: exiting now");
-        std::process::exit(130);
-    });
-    let report = notifier.shutdown(drain_timeout).await;
-    if report.abandoned.is_empty() {
-        tracing::info!("all queued notifications delivered; bye");
-    } else {
-        tracing::warn!(subscribers = ?report.abandoned, "drain timeout reached; queued notifications discarded");
-    }
-    Ok(())
-}
-
-/// SIGTERM and SIGINT, either of which asks for shutdown.
-struct Signals {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }

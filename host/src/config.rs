@@ -46,7 +46,7 @@ impl ConfigError {
 }
 
 /// The config file (`--config FILE`). Every key is optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Database URL; `--database-url` and `DATABASE_URL` override it.
@@ -67,6 +67,12 @@ pub struct FileConfig {
     pub heartbeat_ms: Option<u64>,
     /// Connections in the pool that plugins' `publish` and `query` share.
     pub query_pool_size: Option<usize>,
+    /// Address of the admin API and metrics (default 127.0.0.1:7433).
+    pub admin_addr: Option<String>,
+    /// Bearer token the admin API requires; needed to bind beyond loopback.
+    pub admin_token: Option<String>,
+    /// Where the runtime state (mutes, subscriptions) is kept.
+    pub data_dir: Option<PathBuf>,
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
@@ -125,6 +131,91 @@ impl FileConfig {
     }
 }
 
+/// The admin API's default address: loopback only.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7433";
+
+/// Where the admin API listens, the token it requires, and where the
+/// runtime state is kept: what `run` serves and `ctl` uses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Port 0 picks a free port, written to `DATA_DIR/admin.addr` for `ctl`.
+    pub admin_addr: std::net::SocketAddr,
+    pub admin_token: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ControlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlSettings")
+            .field("admin_addr", &self.admin_addr)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl ControlSettings {
+    /// Fill in defaults; an empty token is no token.
+    pub fn resolve(
+        admin_addr: Option<&str>,
+        admin_token: Option<&str>,
+        data_dir: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let text = admin_addr.unwrap_or(DEFAULT_ADMIN_ADDR);
+        let admin_addr = text.parse().map_err(|_| {
+            ConfigError::invalid(
+                "admin_addr",
+                format!("{text:?} is not an IP address and port, such as {DEFAULT_ADMIN_ADDR}"),
+            )
+        })?;
+        let data_dir = match data_dir {
+            Some(dir) => dir.to_owned(),
+            None => default_data_dir().ok_or_else(|| {
+                ConfigError::invalid("data_dir", "no default: HOME is not set; set data_dir")
+            })?,
+        };
+        Ok(Self {
+            admin_addr,
+            admin_token: admin_token.filter(|t| !t.is_empty()).map(str::to_owned),
+            data_dir,
+        })
+    }
+
+    /// Refuse to serve the admin API beyond loopback without a token.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.admin_addr.ip().is_loopback() || self.admin_token.is_some() {
+            return Ok(());
+        }
+        Err(ConfigError::invalid(
+            "admin_addr",
+            format!(
+                "{} is not a loopback address, and no admin_token is set: anyone on the \
+                 network could control the host. Set admin_token (or PGNOTIFIER_ADMIN_TOKEN), \
+                 or bind to 127.0.0.1",
+                self.admin_addr
+            ),
+        ))
+    }
+
+    /// The file where a running host writes the address it bound.
+    pub fn addr_file(&self) -> PathBuf {
+        self.data_dir.join("admin.addr")
+    }
+}
+
+/// `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/pgnotifier`, else
+/// `~/.local/state/pgnotifier`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("pgnotifier"))
+}
+
 /// How the LISTEN connection is kept up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionSettings {
@@ -149,7 +240,7 @@ impl Default for ConnectionSettings {
 }
 
 /// Limits as written in `[defaults]` or a sidecar; unset keys inherit.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub timeout_ms: Option<u64>,
@@ -671,6 +762,24 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_api_binds_beyond_loopback_only_with_a_token() {
+        let dir = Some(Path::new("/tmp/x"));
+        let local = ControlSettings::resolve(Some("127.0.0.1:0"), None, dir).unwrap();
+        assert!(local.check_exposure().is_ok());
+        let open = ControlSettings::resolve(Some("0.0.0.0:7433"), Some(""), dir).unwrap();
+        let err = open.check_exposure().unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:7433 is not a loopback address"),
+            "{err}"
+        );
+        let guarded = ControlSettings::resolve(Some("[::]:7433"), Some("t0ken"), dir).unwrap();
+        assert!(guarded.check_exposure().is_ok());
+        assert!(!format!("{guarded:?}").contains("t0ken"));
+        let bad = ControlSettings::resolve(Some("localhost"), None, dir).unwrap_err();
+        assert!(bad.to_string().starts_with("admin_addr:"), "{bad}");
+    }
+
+    #[test]
     fn the_sample_config_parses_and_shows_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pgnotifier.toml");
         let file = FileConfig::load(&path).unwrap();
@@ -684,5 +793,7 @@ mod tests {
             .unwrap();
         assert_eq!(defaults, SubscriberSettings::default());
         DatabaseConfig::from_url(file.database_url.as_deref().unwrap()).unwrap();
+        let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();
+        assert_eq!(control.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
     }
 }

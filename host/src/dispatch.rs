@@ -7,6 +7,7 @@
 //! blocks only ever holds up itself.
 
 use crate::config::SubscriberSettings;
+use crate::metrics::Histogram;
 use crate::payload::{self, Payload, PayloadMode};
 use crate::registry::{Route, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -97,6 +98,8 @@ pub(crate) struct Counters {
     timed_out: AtomicU64,
     dropped: AtomicU64,
     gaps: AtomicU64,
+    /// How long each `on-notify` call took.
+    call_duration: Histogram,
 }
 
 /// A point-in-time copy of a subscriber's counters.
@@ -283,6 +286,11 @@ impl Mailbox {
         let reason = format!("{in_a_row} failures in a row; last: {failure}");
         tracing::error!(subscriber = %self.id, discarded, "quarantined: {reason}; muted until unmuted or reloaded");
         (self.on_quarantine)(&self.id, &reason);
+    }
+
+    /// The durations of this subscriber's `on-notify` calls.
+    pub(crate) fn call_duration(&self) -> &Histogram {
+        &self.counters.call_duration
     }
 
     pub(crate) fn stats(&self) -> SubscriberStats {
@@ -525,7 +533,12 @@ impl Mailbox {
                 continue;
             }
             let result = match &delivery {
-                Delivery::Notify(n) => subscriber.on_notify(n),
+                Delivery::Notify(n) => {
+                    let started = Instant::now();
+                    let result = subscriber.on_notify(n);
+                    self.counters.call_duration.record(started.elapsed());
+                    result
+                }
                 Delivery::Gap(channels) => {
                     self.counters.gaps.fetch_add(1, Ordering::Relaxed);
                     subscriber.on_gap(channels)
@@ -584,7 +597,12 @@ impl Router {
         raw_payload: &str,
         pid: i32,
     ) -> Option<Run> {
-        let (channel, route) = snapshot.route(channel)?;
+        let Some((channel, active)) = snapshot.route(channel) else {
+            snapshot.count_unrouted(channel);
+            return None;
+        };
+        active.received.fetch_add(1, Ordering::Relaxed);
+        let route = &active.mailboxes;
         let mut finished = None;
         if !self
             .run

@@ -23,6 +23,13 @@ pub enum Error {
     Watch(String),
     #[error("the listener did not LISTEN every active channel within {0:?}")]
     NotListening(std::time::Duration),
+    #[error("subscriber {0:?} is a native subscriber, not a plugin: it has no file to reload")]
+    NotAPlugin(String),
+    #[error("cannot use the state dir {}: {source}", dir.display())]
+    StateDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

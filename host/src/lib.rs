@@ -11,26 +11,35 @@
 //!   and may act through the [`capabilities`] its sidecar grants (publish, query, http).
 //!
 //! Control flow:
-//! - [`config`], the plugin [`loader`] (with the folder watcher for hot reload) and the
-//!   [`Notifier`] API change the [`registry`];
-//! - the registry publishes a new immutable snapshot and the set of active channels;
+//! - [`config`], the plugin [`loader`] (with the folder watcher for hot reload), the
+//!   [`Notifier`] API and the [`admin`] HTTP API (which [`ctl`] drives) change the [`registry`];
+//! - the registry publishes a new immutable snapshot and the set of active channels,
+//!   and saves what operators changed to the [`state`] file;
 //! - the listener LISTENs/UNLISTENs the difference, never reconnecting for it.
+//!
+//! The `pgnotifier` binary is [`cli`]; `run` serves the admin API, Prometheus metrics
+//! and health checks, and reloads its config on SIGHUP.
 
+pub mod admin;
 pub mod bindings;
 pub mod blocking;
 pub mod capabilities;
 pub mod channel;
 pub mod cli;
 pub mod config;
+pub mod ctl;
+mod daemon;
 pub mod dispatch;
 mod error;
 mod listener;
 pub mod loader;
 pub mod local_pg;
+mod metrics;
 mod notifier;
 pub mod payload;
 pub mod registry;
 pub mod sandbox;
+pub mod state;
 mod subscriber;
 pub mod tls;
 mod watcher;
@@ -39,7 +48,7 @@ pub use config::{ConnectionSettings, DatabaseConfig, SubscriberSettings};
 pub use dispatch::{Notification, Overflow, QueueLimits, SubscriberStats};
 pub use error::{Error, Result};
 pub use notifier::{
-    IntoChannels, Notifier, NotifierBuilder, PluginChange, Selection, ShutdownReport,
+    IntoChannels, ListenerView, Notifier, NotifierBuilder, PluginChange, Selection, ShutdownReport,
 };
 pub use payload::{Payload, PayloadMode};
 pub use registry::{ChannelView, SubscriberView};

@@ -29,8 +29,22 @@ pub(crate) struct ListenerStatus {
     /// The PostgreSQL backend pid of the LISTEN connection (0 when none).
     pub(crate) backend_pid: AtomicI32,
     pub(crate) reconnects: AtomicU64,
+    /// Reconnections after which subscribers were told they may have missed notifications.
+    pub(crate) gap_events: AtomicU64,
+    /// When the last notification was routed, in milliseconds since the
+    /// Unix epoch (0: none yet). Set once per run of notifications, not per one.
+    pub(crate) last_notification_ms: AtomicU64,
     /// The channels LISTENed right now.
     pub(crate) listened: watch::Sender<ActiveChannels>,
+}
+
+impl ListenerStatus {
+    fn note_notifications(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_notification_ms.store(now, Ordering::Relaxed);
+    }
 }
 
 impl Default for ListenerStatus {
@@ -39,6 +53,8 @@ impl Default for ListenerStatus {
             connected: AtomicBool::new(false),
             backend_pid: AtomicI32::new(0),
             reconnects: AtomicU64::new(0),
+            gap_events: AtomicU64::new(0),
+            last_notification_ms: AtomicU64::new(0),
             listened: watch::Sender::new(Arc::default()),
         }
     }
@@ -188,7 +204,7 @@ async fn supervise(
 /// What one connection's life needs from the supervisor.
 struct Session<'a> {
     registry: &'a Arc<Registry>,
-    status: &'a ListenerStatus,
+    status: &'a Arc<ListenerStatus>,
     heartbeat: Option<Duration>,
 }
 
@@ -207,14 +223,16 @@ impl Session<'_> {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (registry, status) = (self.registry, self.status);
-        let mut driver = tokio::spawn(drive(connection, registry.clone()));
+        let mut driver = tokio::spawn(drive(connection, registry.clone(), self.status.clone()));
         match client.query_one("select pg_backend_pid()", &[]).await {
             Ok(row) => status.backend_pid.store(row.get(0), Ordering::Relaxed),
             Err(e) => return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e))),
         }
         // Queue the gap events before LISTENing again, so every notification
         // of the new connection reaches each subscriber after its gap event.
-        announce_gap(registry, gap).await;
+        if announce_gap(registry, gap).await {
+            status.gap_events.fetch_add(1, Ordering::Relaxed);
+        }
         let mut active = registry.watch_active();
         let mut listened: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut first_sync = true;
@@ -317,22 +335,27 @@ async fn sync_listens(
     Ok(())
 }
 
-/// Tell every subscriber of the given channels that it may have missed notifications.
-async fn announce_gap(registry: &Registry, channels: &BTreeSet<Arc<str>>) {
+/// Tell every subscriber of the given channels that it may have missed
+/// notifications. Says whether anyone was told.
+async fn announce_gap(registry: &Registry, channels: &BTreeSet<Arc<str>>) -> bool {
     if channels.is_empty() {
-        return;
+        return false;
     }
+    let mut told = false;
     let snapshot = registry.snapshot_arc();
     for (mailbox, missed) in snapshot.gap_targets(channels) {
         tracing::info!(subscriber = %mailbox.id, channels = ?missed, "notifications may have been missed");
         mailbox.push(Delivery::Gap(missed.into())).await;
+        told = true;
     }
+    told
 }
 
 /// Drive the connection and route every notification it brings.
 async fn drive<S, T>(
     mut connection: Connection<S, T>,
     registry: Arc<Registry>,
+    status: Arc<ListenerStatus>,
 ) -> Result<(), tokio_postgres::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -353,6 +376,7 @@ where
         let message = match message {
             Ok(message) => message,
             Err(run) => {
+                status.note_notifications();
                 run.queue().await;
                 continue;
             }
@@ -366,6 +390,7 @@ where
                     n.process_id(),
                 );
                 if let Some(run) = full {
+                    status.note_notifications();
                     run.queue().await;
                 }
             }

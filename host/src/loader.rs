@@ -60,10 +60,11 @@ impl PluginFiles {
     }
 
     /// Where this plugin came from, for the registry.
-    pub(crate) fn source(&self) -> SubscriberSource {
+    pub(crate) fn source(&self, loaded: &LoadedPlugin) -> SubscriberSource {
         SubscriberSource::Plugin {
             path: self.path.clone(),
             sha256: self.sha256.clone(),
+            wit: loaded.wit_version,
             fingerprint: self.fingerprint.clone(),
         }
     }
@@ -75,6 +76,8 @@ pub(crate) struct LoadedPlugin {
     pub(crate) grants: Grants,
     pub(crate) settings: SubscriberSettings,
     pub(crate) subscriber: WasmSubscriber,
+    /// The `pgnotifier:plugin` version it targets.
+    pub(crate) wit_version: &'static str,
 }
 
 /// The `*.wasm` files in `dir`, sorted; hidden files are skipped.
@@ -151,6 +154,7 @@ pub(crate) fn load(
         pool: sandbox.pool(),
     };
     let pre = sandbox.compile(path, &files.wasm)?;
+    let wit_version = pre.wit_version();
     let (subscriber, registration) = WasmSubscriber::start(
         sandbox,
         files.id.clone(),
@@ -172,6 +176,7 @@ pub(crate) fn load(
         grants,
         settings,
         subscriber,
+        wit_version,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The `pgnotifier` binary: parse the command line, set up logging, run.
 
 use clap::Parser;
-use pgnotifier::cli::{execute, Cli};
+use pgnotifier::cli::{execute, Cli, LogFormat};
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
@@ -12,11 +12,13 @@ async fn main() -> std::process::ExitCode {
         eprintln!("warning: bad log filter {:?} ({e}); using `info`", cli.log);
         EnvFilter::new("info")
     });
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

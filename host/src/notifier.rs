@@ -10,12 +10,16 @@ use crate::dispatch::{lock, Mailbox, QuarantineHook};
 use crate::error::{Error, Result};
 use crate::listener::{Listener, ListenerStatus};
 use crate::loader::{self, PluginFiles};
+use crate::metrics::PluginCounters;
 use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
 use crate::sandbox::LoadError;
 use crate::sandbox::{CacheStats, Sandbox, SandboxConfig};
+use crate::state::StateFile;
 use crate::subscriber::Subscriber;
 use crate::watcher::{self, PluginWatcher};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,6 +106,19 @@ pub struct ShutdownReport {
     pub abandoned: Vec<String>,
 }
 
+/// The listener, as [`Notifier::listener`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerView {
+    /// Started and not stopped.
+    pub running: bool,
+    pub connected: bool,
+    /// The PostgreSQL backend pid of the LISTEN connection, when connected.
+    pub backend_pid: Option<i32>,
+    /// The channels LISTENed right now.
+    pub listening: Vec<String>,
+    pub reconnects: u64,
+}
+
 /// Builds a [`Notifier`].
 pub struct NotifierBuilder {
     database: DatabaseConfig,
@@ -110,9 +127,23 @@ pub struct NotifierBuilder {
     watch_debounce: Duration,
     connection: ConnectionSettings,
     query_pool_size: usize,
+    registry: Registry,
 }
 
 impl NotifierBuilder {
+    /// Keep mutes, quarantines and runtime subscriptions in `dir/state.json`,
+    /// and start from what it holds. An unreadable file is set aside and
+    /// reported; an unusable `dir` is an error.
+    pub fn persist_state(mut self, dir: &Path) -> Result<Self> {
+        let (file, saved) = StateFile::open(dir).map_err(|e| Error::StateDir {
+            dir: dir.to_owned(),
+            source: e,
+        })?;
+        tracing::info!(state_file = %file.path().display(), channels = saved.channels.len(), subscribers = saved.subscribers.len(), "runtime state loaded");
+        self.registry = Registry::persisted(file, saved);
+        Ok(self)
+    }
+
     /// Connections shared by plugins' `publish` and `query` (default 4).
     pub fn query_pool_size(mut self, size: usize) -> Self {
         self.query_pool_size = size;
@@ -146,16 +177,17 @@ impl NotifierBuilder {
     pub fn build(self) -> Notifier {
         Notifier {
             inner: Arc::new(Inner {
-                registry: Arc::new(Registry::new()),
-                database: self.database,
+                registry: Arc::new(self.registry),
+                database: Mutex::new(self.database),
                 sandbox_config: self.sandbox,
                 sandbox: Mutex::new(None),
-                defaults: self.defaults,
+                defaults: Mutex::new(self.defaults),
                 watch_debounce: self.watch_debounce,
-                connection: self.connection,
+                connection: Mutex::new(self.connection),
                 query_pool_size: self.query_pool_size,
                 listener: Mutex::new(None),
                 status: Arc::default(),
+                plugins: PluginCounters::default(),
             }),
         }
     }
@@ -169,15 +201,17 @@ pub struct Notifier {
 
 struct Inner {
     registry: Arc<Registry>,
-    database: DatabaseConfig,
+    /// Mutexes for what a config reload may change; read on control paths only.
+    database: Mutex<DatabaseConfig>,
     sandbox_config: SandboxConfig,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
-    defaults: SubscriberSettings,
+    defaults: Mutex<SubscriberSettings>,
     watch_debounce: Duration,
-    connection: ConnectionSettings,
+    connection: Mutex<ConnectionSettings>,
     query_pool_size: usize,
     listener: Mutex<Option<Listener>>,
     status: Arc<ListenerStatus>,
+    plugins: PluginCounters,
 }
 
 impl Notifier {
@@ -193,6 +227,7 @@ impl Notifier {
             watch_debounce: Duration::from_millis(25),
             connection: ConnectionSettings::default(),
             query_pool_size: 4,
+            registry: Registry::new(),
         }
     }
 
@@ -329,7 +364,8 @@ impl Notifier {
                 Err(LoadError::new(&file, format!("loader task failed: {e}")).into())
             });
             if let Err(e) = &outcome {
-                tracing::error!("{e}");
+                let id = loader::subscriber_id(&file);
+                tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{e}");
             }
             outcomes.push((file, outcome));
         }
@@ -341,6 +377,36 @@ impl Notifier {
     /// gone. A file that fails to load changes nothing: the running version,
     /// if any, keeps running.
     pub async fn sync_plugin(&self, path: &Path) -> Result<PluginChange> {
+        let outcome = self.sync(path, false).await;
+        let counter = match &outcome {
+            Ok(PluginChange::Added(_) | PluginChange::Reloaded(_)) => &self.inner.plugins.loads,
+            Err(Error::Load(_)) => &self.inner.plugins.load_failures,
+            _ => return outcome,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
+    /// Reload a plugin subscriber from its file, even if the file did not
+    /// change (a new `[defaults]`, or a fresh instance). Unknown ids and
+    /// native subscribers are errors.
+    pub async fn reload_plugin(&self, id: &str) -> Result<PluginChange> {
+        let path = match self.inner.registry.source(id) {
+            Some(SubscriberSource::Plugin { path, .. }) => path,
+            Some(SubscriberSource::Native) => return Err(Error::NotAPlugin(id.to_owned())),
+            None => return Err(RegistryError::UnknownSubscriber(id.to_owned()).into()),
+        };
+        let outcome = self.sync(&path, true).await;
+        let counter = match &outcome {
+            Ok(PluginChange::Reloaded(_)) => &self.inner.plugins.loads,
+            Err(Error::Load(_)) => &self.inner.plugins.load_failures,
+            _ => return outcome,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn sync(&self, path: &Path, force: bool) -> Result<PluginChange> {
         let id = loader::subscriber_id(path)?;
         let current = self.inner.registry.source(&id);
         let ours = match &current {
@@ -365,12 +431,12 @@ impl Notifier {
         let owned = path.to_owned();
         let files = blocking(path, move || PluginFiles::read(&owned)).await?;
         if let Some(SubscriberSource::Plugin { fingerprint, .. }) = &current {
-            if *fingerprint == files.fingerprint {
+            if *fingerprint == files.fingerprint && !force {
                 return Ok(PluginChange::Unchanged(id.to_string()));
             }
         }
         let sandbox = self.sandbox()?;
-        let defaults = self.inner.defaults;
+        let defaults = *lock(&self.inner.defaults);
         let (files, loaded) = blocking(path, move || {
             let loaded = loader::load(&sandbox, &files, defaults);
             Ok((files, loaded))
@@ -379,17 +445,18 @@ impl Notifier {
         let loaded = loaded?;
         let short_hash = &files.sha256[..12];
         let registry = &self.inner.registry;
+        let source = files.source(&loaded);
         match registry.mailbox(&id) {
             Some(mailbox) => {
                 mailbox.replace(loaded.settings, Box::new(loaded.subscriber));
-                registry.reload_subscriber(&id, files.source(), &loaded.channels)?;
+                registry.reload_subscriber(&id, source, &loaded.channels)?;
                 tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin reloaded");
                 Ok(PluginChange::Reloaded(id.to_string()))
             }
             None => {
                 let mailbox =
                     self.spawn_mailbox(id.clone(), loaded.settings, Box::new(loaded.subscriber))?;
-                self.insert(mailbox, files.source(), &loaded.channels)?;
+                self.insert(mailbox, source, &loaded.channels)?;
                 tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin loaded");
                 Ok(PluginChange::Added(id.to_string()))
             }
@@ -417,8 +484,8 @@ impl Notifier {
             return Ok(());
         }
         *listener = Some(Listener::spawn(
-            self.inner.database.clone(),
-            self.inner.connection,
+            lock(&self.inner.database).clone(),
+            *lock(&self.inner.connection),
             self.inner.registry.clone(),
             self.inner.status.clone(),
         ));
@@ -443,6 +510,55 @@ impl Notifier {
         lock(&self.inner.listener)
             .as_ref()
             .is_some_and(Listener::is_running)
+    }
+
+    /// Running, connected, and what is LISTENed.
+    pub fn listener(&self) -> ListenerView {
+        ListenerView {
+            running: self.is_running(),
+            connected: self.inner.status.connected.load(Ordering::Relaxed),
+            backend_pid: self.backend_pid(),
+            listening: self.listening(),
+            reconnects: self.inner.status.reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ready when connected and LISTENing every active channel; otherwise why not.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        if !self.is_running() {
+            return Err("the listener is stopped".into());
+        }
+        if !self.inner.status.connected.load(Ordering::Relaxed) {
+            return Err("not connected to PostgreSQL".into());
+        }
+        let active = self.inner.registry.watch_active().borrow().clone();
+        let listened = self.inner.status.listened.borrow().clone();
+        match active.iter().find(|c| !listened.contains(*c)) {
+            Some(missing) => Err(format!("channel {missing:?} is not LISTENed yet")),
+            None => Ok(()),
+        }
+    }
+
+    /// Every counter, in the Prometheus text format.
+    pub fn metrics(&self) -> String {
+        crate::metrics::render(&crate::metrics::Sources {
+            registry: &self.inner.registry,
+            listener: &self.inner.status,
+            plugins: &self.inner.plugins,
+            cache: self.compile_cache_stats(),
+        })
+    }
+
+    /// Limits for plugins whose sidecar does not set them, from now on.
+    /// Loaded plugins keep theirs until reloaded.
+    pub fn set_defaults(&self, settings: SubscriberSettings) {
+        *lock(&self.inner.defaults) = settings;
+    }
+
+    /// The database and connection settings for the next [`start`](Self::start).
+    pub fn set_database(&self, database: DatabaseConfig, connection: ConnectionSettings) {
+        *lock(&self.inner.database) = database;
+        *lock(&self.inner.connection) = connection;
     }
 
     /// The channels LISTENed right now.
@@ -549,8 +665,9 @@ impl Notifier {
             return Ok(sandbox.clone());
         }
         // Called from async code, so the pool's connections run on this runtime.
-        let pool = CapabilityPool::new(&self.inner.database, self.inner.query_pool_size)
-            .map_err(Error::Sandbox)?;
+        let database = lock(&self.inner.database).clone();
+        let pool =
+            CapabilityPool::new(&database, self.inner.query_pool_size).map_err(Error::Sandbox)?;
         let sandbox = Sandbox::with_pool(&self.inner.sandbox_config, Some(Arc::new(pool)))
             .map_err(|e| Error::Sandbox(format!("{e:#}")))?;
         *slot = Some(sandbox.clone());

@@ -8,10 +8,12 @@
 
 use crate::channel::{self, ChannelNameError};
 use crate::dispatch::{lock, Mailbox, SubscriberStats};
+use crate::state::{ChannelState, RuntimeState, SavedQuarantine, StateFile, SubscriberState};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -33,6 +35,21 @@ pub enum RegistryError {
 /// The mailboxes that receive one active channel, in subscriber order.
 pub(crate) type Route = Arc<[Arc<Mailbox>]>;
 
+/// An active channel: where it goes, and how many notifications came on it.
+#[derive(Clone)]
+pub(crate) struct ActiveRoute {
+    pub(crate) mailboxes: Route,
+    pub(crate) received: Arc<AtomicU64>,
+}
+
+/// A channel: its mute flag and its received counter, which lives as long
+/// as the channel does, across snapshots.
+#[derive(Clone, Default)]
+struct ChannelEntry {
+    muted: bool,
+    received: Arc<AtomicU64>,
+}
+
 /// The channels the listener must be LISTENing.
 pub type ActiveChannels = Arc<BTreeSet<Arc<str>>>;
 
@@ -45,6 +62,8 @@ pub enum SubscriberSource {
         path: PathBuf,
         /// SHA-256 of the `.wasm` file, hex.
         sha256: String,
+        /// The `pgnotifier:plugin` version it targets.
+        wit: &'static str,
         /// SHA-256 of the `.wasm` and its sidecar together: unchanged means nothing to reload.
         #[serde(skip)]
         fingerprint: String,
@@ -59,6 +78,9 @@ struct SubscriberEntry {
     source: SubscriberSource,
     /// Channel → this subscriber's own mute flag on it.
     channels: BTreeMap<Arc<str>, bool>,
+    /// The channels the subscriber itself declared (its plugin's `register`
+    /// or sidecar); the difference from `channels` was made at runtime.
+    declared: BTreeSet<Arc<str>>,
     /// Why it was quarantined: muted on every channel until an explicit
     /// unmute or a reload, whatever its own mute flags say.
     quarantine: Option<String>,
@@ -70,6 +92,32 @@ impl SubscriberEntry {
         if self.quarantine.take().is_some() {
             self.mailbox.release_quarantine();
             tracing::info!(subscriber = %id, "released from quarantine");
+        }
+    }
+
+    /// What differs from what it declares, for the state file.
+    fn saved_state(&self) -> SubscriberState {
+        let sha256 = match &self.source {
+            SubscriberSource::Plugin { sha256, .. } => Some(sha256.clone()),
+            SubscriberSource::Native => None,
+        };
+        SubscriberState {
+            muted: (self.channels.iter())
+                .filter(|(_, muted)| **muted)
+                .map(|(c, _)| c.to_string())
+                .collect(),
+            subscribed: (self.channels.keys())
+                .filter(|c| !self.declared.contains(*c))
+                .map(|c| c.to_string())
+                .collect(),
+            unsubscribed: (self.declared.iter())
+                .filter(|c| !self.channels.contains_key(*c))
+                .map(|c| c.to_string())
+                .collect(),
+            quarantine: self.quarantine.as_ref().map(|reason| SavedQuarantine {
+                reason: reason.clone(),
+                sha256,
+            }),
         }
     }
 
@@ -91,17 +139,78 @@ impl SubscriberEntry {
 /// One immutable state of the registry.
 #[derive(Clone, Default)]
 pub(crate) struct Snapshot {
-    /// Channel → its mute flag.
-    channels: BTreeMap<Arc<str>, bool>,
+    channels: BTreeMap<Arc<str>, ChannelEntry>,
     subscribers: BTreeMap<Arc<str>, SubscriberEntry>,
+    /// Saved state of subscribers not loaded yet, applied when they are.
+    dormant: BTreeMap<String, SubscriberState>,
     /// Derived: active channel → the mailboxes that receive it.
-    routes: HashMap<Arc<str>, Route>,
+    routes: HashMap<Arc<str>, ActiveRoute>,
 }
 
 impl Snapshot {
-    /// The channel's shared name and its mailboxes, if it is active.
-    pub(crate) fn route(&self, channel: &str) -> Option<(&Arc<str>, &Route)> {
+    /// The channel's shared name and its route, if it is active.
+    pub(crate) fn route(&self, channel: &str) -> Option<(&Arc<str>, &ActiveRoute)> {
         self.routes.get_key_value(channel)
+    }
+
+    /// Count a notification that came on a channel no one receives now
+    /// (muted or emptied since it was LISTENed).
+    pub(crate) fn count_unrouted(&self, channel: &str) {
+        if let Some(entry) = self.channels.get(channel) {
+            entry.received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What differs from what the subscribers declare, for the state file.
+    fn runtime_state(&self) -> RuntimeState {
+        let declared = |channel: &Arc<str>| {
+            (self.subscribers.values()).any(|entry| entry.declared.contains(channel))
+        };
+        let mut subscribers = self.dormant.clone();
+        for (id, entry) in &self.subscribers {
+            let saved = entry.saved_state();
+            if !saved.is_empty() {
+                subscribers.insert(id.to_string(), saved);
+            }
+        }
+        RuntimeState {
+            version: 0,
+            channels: (self.channels.iter())
+                .filter(|(name, entry)| entry.muted || !declared(name))
+                .map(|(name, entry)| (name.to_string(), ChannelState { muted: entry.muted }))
+                .collect(),
+            subscribers,
+        }
+    }
+
+    /// The saved state of a subscriber being inserted, applied to its entry.
+    fn restore(&mut self, id: &str, entry: &mut SubscriberEntry) -> Result<(), RegistryError> {
+        let Some(saved) = self.dormant.remove(id) else {
+            return Ok(());
+        };
+        let added = self.add_channels(&saved.subscribed.iter().cloned().collect::<Vec<_>>())?;
+        for key in added {
+            entry.channels.entry(key).or_insert(false);
+        }
+        for name in &saved.unsubscribed {
+            entry.channels.remove(name.as_str());
+        }
+        for (channel, muted) in entry.channels.iter_mut() {
+            *muted = saved.muted.contains(&**channel);
+        }
+        let sha256 = match &entry.source {
+            SubscriberSource::Plugin { sha256, .. } => Some(sha256),
+            SubscriberSource::Native => None,
+        };
+        if let Some(quarantine) = saved.quarantine {
+            if quarantine.sha256.as_ref() == sha256 {
+                entry.quarantine = Some(quarantine.reason);
+            } else {
+                tracing::info!(subscriber = %id, "a new version: the saved quarantine ends");
+            }
+        }
+        tracing::info!(subscriber = %id, "saved mutes and subscriptions restored");
+        Ok(())
     }
 
     /// Each subscriber that receives any of `channels`, with those it receives.
@@ -137,7 +246,7 @@ impl Snapshot {
                 continue;
             }
             for (channel, muted) in &entry.channels {
-                let channel_muted = self.channels.get(channel).copied().unwrap_or(true);
+                let channel_muted = self.channels.get(channel).is_none_or(|c| c.muted);
                 if !muted && !channel_muted {
                     routes
                         .entry(channel.clone())
@@ -146,7 +255,16 @@ impl Snapshot {
                 }
             }
         }
-        self.routes = routes.into_iter().map(|(c, m)| (c, m.into())).collect();
+        self.routes = (routes.into_iter())
+            .filter_map(|(channel, mailboxes)| {
+                let received = self.channels.get(&channel)?.received.clone();
+                let route = ActiveRoute {
+                    mailboxes: mailboxes.into(),
+                    received,
+                };
+                Some((channel, route))
+            })
+            .collect();
     }
 
     fn channel_key(&self, name: &str) -> Result<Arc<str>, RegistryError> {
@@ -180,7 +298,7 @@ impl Snapshot {
                 Some((key, _)) => key.clone(),
                 None => {
                     let key: Arc<str> = name.as_str().into();
-                    self.channels.insert(key.clone(), false);
+                    self.channels.insert(key.clone(), ChannelEntry::default());
                     key
                 }
             })
@@ -195,6 +313,8 @@ pub struct ChannelView {
     pub muted: bool,
     /// Not muted and with at least one un-muted subscriber: LISTENed.
     pub active: bool,
+    /// Notifications received on it since it was added.
+    pub received: u64,
     pub subscribers: Vec<ChannelSubscriberView>,
 }
 
@@ -230,7 +350,8 @@ pub struct SubscriptionView {
 /// The registry: a snapshot for readers, a mutex for writers.
 pub(crate) struct Registry {
     current: ArcSwap<Snapshot>,
-    writer: Mutex<()>,
+    /// Held by writers; the state file, if the runtime state is persisted.
+    writer: Mutex<Option<StateFile>>,
     active: watch::Sender<ActiveChannels>,
 }
 
@@ -238,7 +359,29 @@ impl Registry {
     pub(crate) fn new() -> Self {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
-            writer: Mutex::new(()),
+            writer: Mutex::new(None),
+            active: watch::Sender::new(Arc::new(BTreeSet::new())),
+        }
+    }
+
+    /// A registry that starts from `saved` and writes every change to `file`.
+    /// Saved channels exist at once; a saved subscriber's state is applied
+    /// when a subscriber with its id is inserted.
+    pub(crate) fn persisted(file: StateFile, saved: RuntimeState) -> Self {
+        let mut snapshot = Snapshot::default();
+        for (name, channel) in saved.channels {
+            if crate::channel::validate(&name).is_ok() {
+                let entry = ChannelEntry {
+                    muted: channel.muted,
+                    ..ChannelEntry::default()
+                };
+                snapshot.channels.insert(name.as_str().into(), entry);
+            }
+        }
+        snapshot.dormant = saved.subscribers;
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(Some(file)),
             active: watch::Sender::new(Arc::new(BTreeSet::new())),
         }
     }
@@ -263,11 +406,14 @@ impl Registry {
         &self,
         change: impl FnOnce(&mut Snapshot) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let _writer = lock(&self.writer);
+        let mut writer = lock(&self.writer);
         let mut next = Snapshot::clone(&self.current.load());
         let out = change(&mut next)?;
         next.rebuild_routes();
         let active = next.active_channels();
+        if let Some(file) = writer.as_mut() {
+            file.save(&next.runtime_state());
+        }
         self.current.store(Arc::new(next));
         self.active.send_if_modified(|current| {
             if **current == active {
@@ -310,21 +456,24 @@ impl Registry {
                 return Err(RegistryError::SubscriberExists(mailbox.id.to_string()));
             }
             let keys = s.add_channels(channels)?;
-            let entry = SubscriberEntry {
+            let mut entry = SubscriberEntry {
                 mailbox: mailbox.clone(),
                 source,
-                channels: keys.into_iter().map(|k| (k, false)).collect(),
+                channels: keys.iter().map(|k| (k.clone(), false)).collect(),
+                declared: keys.into_iter().collect(),
                 quarantine: None,
             };
+            s.restore(&mailbox.id, &mut entry)?;
             s.subscribers.insert(mailbox.id.clone(), entry);
             Ok(())
         })
     }
 
-    /// Record a reloaded plugin: its new source and declared channels. Mute
-    /// flags of the channels it keeps are kept; new channels start un-muted,
-    /// unless the subscriber was muted on every channel it had. A reload
-    /// ends a quarantine.
+    /// Record a reloaded plugin: its new source and declared channels.
+    /// Channels subscribed or unsubscribed at runtime stay so. Mute flags of
+    /// the channels it keeps are kept; new channels start un-muted, unless
+    /// the subscriber was muted on every channel it had. A reload ends a
+    /// quarantine.
     pub(crate) fn reload_subscriber(
         &self,
         id: &str,
@@ -336,14 +485,19 @@ impl Registry {
             let keys = s.add_channels(channels)?;
             let entry = s.subscriber_mut(id)?;
             let old = std::mem::take(&mut entry.channels);
+            let old_declared = std::mem::take(&mut entry.declared);
             let all_muted = !old.is_empty() && old.values().all(|m| *m);
-            entry.channels = keys
-                .into_iter()
+            let added_at_runtime = old.keys().filter(|c| !old_declared.contains(*c));
+            let removed_at_runtime =
+                |c: &Arc<str>| old_declared.contains(c) && !old.contains_key(c);
+            entry.channels = (keys.iter().filter(|k| !removed_at_runtime(k)))
+                .chain(added_at_runtime)
                 .map(|k| {
-                    let muted = old.get(&k).copied().unwrap_or(all_muted);
-                    (k, muted)
+                    let muted = old.get(k).copied().unwrap_or(all_muted);
+                    (k.clone(), muted)
                 })
                 .collect();
+            entry.declared = keys.into_iter().collect();
             entry.source = source;
             entry.release(id);
             Ok(())
@@ -402,7 +556,9 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         self.update(|s| {
             for key in s.select_channels(names)? {
-                s.channels.insert(key, muted);
+                if let Some(entry) = s.channels.get_mut(&key) {
+                    entry.muted = muted;
+                }
             }
             Ok(())
         })
@@ -449,10 +605,11 @@ impl Registry {
         let s = self.snapshot();
         s.channels
             .iter()
-            .map(|(name, muted)| ChannelView {
+            .map(|(name, channel)| ChannelView {
                 channel: name.to_string(),
-                muted: *muted,
+                muted: channel.muted,
                 active: s.routes.contains_key(name),
+                received: channel.received.load(Ordering::Relaxed),
                 subscribers: s
                     .subscribers
                     .iter()
@@ -481,7 +638,7 @@ impl Registry {
                     .map(|(c, m)| SubscriptionView {
                         channel: c.to_string(),
                         muted: *m,
-                        channel_muted: s.channels.get(c).copied().unwrap_or(false),
+                        channel_muted: s.channels.get(c).is_some_and(|c| c.muted),
                     })
                     .collect(),
                 quarantine: e.quarantine.clone(),

@@ -56,7 +56,10 @@ pub(crate) async fn watch(
                         match notifier.sync_plugin(&path).await {
                             Ok(PluginChange::Unchanged(_) | PluginChange::Absent) => {}
                             Ok(change) => tracing::debug!(?change, "plugin folder change applied"),
-                            Err(e) => tracing::error!("{e}"),
+                            Err(e) => {
+                                let id = loader::subscriber_id(&path);
+                                tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{e}");
+                            }
                         }
                     }
                 }

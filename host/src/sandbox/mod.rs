@@ -86,6 +86,16 @@ pub(crate) enum CompiledPlugin {
     V1(v0_1::PluginPre<HostState>),
 }
 
+impl CompiledPlugin {
+    /// The version of the `pgnotifier:plugin` package the plugin targets.
+    pub(crate) fn wit_version(&self) -> &'static str {
+        match self {
+            CompiledPlugin::V2(_) => "0.2.0",
+            CompiledPlugin::V1(_) => "0.1.0",
+        }
+    }
+}
+
 /// The engine, the linker and the epoch ticker, shared by every plugin, and
 /// the database pool behind the `publish` and `query` capabilities.
 pub struct Sandbox {

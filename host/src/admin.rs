@@ -1,0 +1,358 @@
+//! The admin HTTP API: the [`Notifier`]'s operations as JSON over HTTP, with
+//! Prometheus metrics and health checks beside them.
+//!
+//! It binds to loopback by default. Beyond loopback it refuses to start
+//! without a bearer token, and with a token every route but `/healthz` and
+//! `/readyz` requires it. Errors are JSON `{"error": "..."}`: 404 for an
+//! unknown subscriber or channel, 400 for bad input.
+
+use crate::config::ControlSettings;
+use crate::error::Error;
+use crate::registry::RegistryError;
+use crate::{Notifier, Selection};
+use arc_swap::ArcSwapOption;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// The running admin server.
+pub struct AdminServer {
+    addr: SocketAddr,
+    token: Arc<ArcSwapOption<String>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    /// Bind `settings.admin_addr` (refusing a non-loopback address without a
+    /// token), write the bound address to the data dir for `ctl`, and serve.
+    pub async fn start(notifier: Notifier, settings: &ControlSettings) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        settings.check_exposure()?;
+        let listener = tokio::net::TcpListener::bind(settings.admin_addr)
+            .await
+            .with_context(|| format!("cannot bind the admin API to {}", settings.admin_addr))?;
+        let addr = listener.local_addr()?;
+        let addr_file = settings.addr_file();
+        std::fs::create_dir_all(&settings.data_dir)
+            .and_then(|()| std::fs::write(&addr_file, format!("{addr}\n")))
+            .with_context(|| format!("cannot write {}", addr_file.display()))?;
+        let token = Arc::new(ArcSwapOption::from(
+            settings.admin_token.clone().map(Arc::new),
+        ));
+        let app = routes(notifier, token.clone());
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!("admin API stopped: {e}");
+            }
+        });
+        tracing::info!(%addr, token = settings.admin_token.is_some(), "admin API listening");
+        Ok(Self {
+            addr,
+            token,
+            stop,
+            task,
+        })
+    }
+
+    /// The address bound, with the port chosen if 0 was asked for.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Require a new token from now on (a config reload).
+    pub fn set_token(&self, token: Option<String>) {
+        self.token.store(token.map(Arc::new));
+    }
+
+    /// Stop accepting, let requests in flight finish.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    notifier: Notifier,
+    token: Arc<ArcSwapOption<String>>,
+}
+
+fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
+    let app = App { notifier, token };
+    let controlled = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/channels", get(channels).post(add_channels))
+        .route("/v1/channels/{channel}", delete(remove_channel))
+        .route("/v1/channels/mute", post(mute_channels))
+        .route("/v1/channels/unmute", post(unmute_channels))
+        .route("/v1/subscribers", get(subscribers))
+        .route("/v1/subscribers/{id}", get(subscriber))
+        .route("/v1/subscribers/{id}/subscribe", post(subscribe))
+        .route("/v1/subscribers/{id}/unsubscribe", post(unsubscribe))
+        .route("/v1/subscribers/{id}/mute", post(mute_subscriber))
+        .route("/v1/subscribers/{id}/unmute", post(unmute_subscriber))
+        .route("/v1/subscribers/{id}/reload", post(reload))
+        .route("/v1/listener", get(listener))
+        .route("/v1/listener/start", post(start))
+        .route("/v1/listener/stop", post(stop))
+        .route("/v1/listener/restart", post(restart))
+        .route_layer(middleware::from_fn_with_state(app.clone(), authorize));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(controlled)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(app)
+}
+
+/// Check the bearer token, when one is set.
+async fn authorize(State(app): State<App>, request: Request, next: Next) -> Response {
+    if let Some(token) = app.token.load_full() {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required (Authorization: Bearer TOKEN)",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Compare without stopping at the first difference, so timing tells
+/// nothing about how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An error as JSON, with its status.
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Registry(
+                RegistryError::UnknownChannel(_)
+                | RegistryError::UnknownSubscriber(_)
+                | RegistryError::NotSubscribed { .. },
+            ) => StatusCode::NOT_FOUND,
+            Error::Registry(RegistryError::InvalidChannel(_)) | Error::NotAPlugin(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Error::Registry(RegistryError::SubscriberExists(_)) => StatusCode::CONFLICT,
+            // The plugin file is at fault; the running version keeps running.
+            Error::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+type Reply = Result<Json<Value>, ApiError>;
+
+/// `{"channels": [...]}`; for mutes, `{"all": true}` instead.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsBody {
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl ChannelsBody {
+    /// The channels named; at least one.
+    fn named(self) -> Result<Vec<String>, ApiError> {
+        match self.channels {
+            Some(channels) if !channels.is_empty() && !self.all => Ok(channels),
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name at least one channel: {\"channels\": [\"...\"]}",
+            )),
+        }
+    }
+
+    /// For channel mutes: the channels named, or all when `"all": true`.
+    fn selection(self) -> Result<Selection, ApiError> {
+        match (self.all, self.channels) {
+            (true, None) => Ok(Selection::All),
+            (false, Some(channels)) if !channels.is_empty() => Ok(Selection::Only(channels)),
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "name the channels ({\"channels\": [\"...\"]}) or say {\"all\": true}",
+            )),
+        }
+    }
+
+    /// For subscriber mutes: the channels named, or all of the subscriber's.
+    fn of_subscriber(self) -> Selection {
+        match self.channels {
+            Some(channels) if !channels.is_empty() && !self.all => Selection::Only(channels),
+            _ => Selection::All,
+        }
+    }
+}
+
+/// The JSON body; an empty one is `{}`.
+fn body(bytes: &[u8]) -> Result<ChannelsBody, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ChannelsBody::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
+}
+
+async fn readyz(State(app): State<App>) -> Response {
+    match app.notifier.readiness() {
+        Ok(()) => Json(json!({ "ready": true })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "reason": reason })),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.notifier.metrics(),
+    )
+        .into_response()
+}
+
+fn channel_list(app: &App) -> Reply {
+    Ok(Json(json!(app.notifier.channels())))
+}
+
+fn subscriber_view(app: &App, id: &str) -> Reply {
+    match app.notifier.subscribers().into_iter().find(|s| s.id == id) {
+        Some(view) => Ok(Json(json!(view))),
+        None => Err(Error::from(RegistryError::UnknownSubscriber(id.to_owned())).into()),
+    }
+}
+
+async fn channels(State(app): State<App>) -> Reply {
+    channel_list(&app)
+}
+
+async fn add_channels(State(app): State<App>, request: Bytes) -> Reply {
+    app.notifier.add_channels(body(&request)?.named()?)?;
+    channel_list(&app)
+}
+
+async fn remove_channel(State(app): State<App>, Path(channel): Path<String>) -> Reply {
+    app.notifier.remove_channels(channel)?;
+    channel_list(&app)
+}
+
+async fn mute_channels(State(app): State<App>, request: Bytes) -> Reply {
+    app.notifier.mute_channels(body(&request)?.selection()?)?;
+    channel_list(&app)
+}
+
+async fn unmute_channels(State(app): State<App>, request: Bytes) -> Reply {
+    app.notifier.unmute_channels(body(&request)?.selection()?)?;
+    channel_list(&app)
+}
+
+async fn subscribers(State(app): State<App>) -> Reply {
+    Ok(Json(json!(app.notifier.subscribers())))
+}
+
+async fn subscriber(State(app): State<App>, Path(id): Path<String>) -> Reply {
+    subscriber_view(&app, &id)
+}
+
+async fn subscribe(State(app): State<App>, Path(id): Path<String>, request: Bytes) -> Reply {
+    app.notifier.subscribe_to(&id, body(&request)?.named()?)?;
+    subscriber_view(&app, &id)
+}
+
+async fn unsubscribe(State(app): State<App>, Path(id): Path<String>, request: Bytes) -> Reply {
+    app.notifier.unsubscribe(&id, body(&request)?.named()?)?;
+    subscriber_view(&app, &id)
+}
+
+async fn mute_subscriber(State(app): State<App>, Path(id): Path<String>, request: Bytes) -> Reply {
+    app.notifier
+        .mute_subscriber(&id, body(&request)?.of_subscriber())?;
+    subscriber_view(&app, &id)
+}
+
+async fn unmute_subscriber(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    request: Bytes,
+) -> Reply {
+    app.notifier
+        .unmute_subscriber(&id, body(&request)?.of_subscriber())?;
+    subscriber_view(&app, &id)
+}
+
+async fn reload(State(app): State<App>, Path(id): Path<String>) -> Reply {
+    app.notifier.reload_plugin(&id).await?;
+    subscriber_view(&app, &id)
+}
+
+async fn listener(State(app): State<App>) -> Reply {
+    Ok(Json(json!(app.notifier.listener())))
+}
+
+async fn start(State(app): State<App>) -> Reply {
+    app.notifier.start().await?;
+    Ok(Json(json!(app.notifier.listener())))
+}
+
+async fn stop(State(app): State<App>) -> Reply {
+    app.notifier.stop().await;
+    Ok(Json(json!(app.notifier.listener())))
+}
+
+async fn restart(State(app): State<App>) -> Reply {
+    app.notifier.restart().await?;
+    Ok(Json(json!(app.notifier.listener())))
+}

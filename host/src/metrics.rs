@@ -1,0 +1,355 @@
+//! Prometheus metrics: the call-duration histogram the workers record into,
+//! and the text exposition of every counter the host keeps.
+//!
+//! Everything recorded on the dispatch path is a relaxed atomic add; the
+//! scrape reads the atomics and formats them, and takes no lock that
+//! dispatch takes.
+
+use crate::listener::ListenerStatus;
+use crate::registry::Registry;
+use crate::sandbox::CacheStats;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the call-duration buckets, in nanoseconds: 50 µs to 10 s.
+const BOUNDS_NS: [u64; 17] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// A histogram of durations with fixed buckets, recorded with atomics.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    /// Per-bucket counts (not cumulative); the last one is `+Inf`.
+    buckets: [AtomicU64; BOUNDS_NS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn record(&self, elapsed: Duration) {
+        let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BOUNDS_NS.partition_point(|&bound| bound < ns);
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Write the `_bucket`, `_sum` and `_count` series with `labels`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (i, count) in self.buckets.iter().enumerate() {
+            cumulative += count.load(Ordering::Relaxed);
+            let le = match BOUNDS_NS.get(i) {
+                Some(ns) => seconds(*ns),
+                None => "+Inf".to_owned(),
+            };
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
+        }
+        let sum = seconds(self.sum_ns.load(Ordering::Relaxed));
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+    }
+}
+
+fn seconds(ns: u64) -> String {
+    format!("{}", ns as f64 / 1e9)
+}
+
+/// Counters about plugin files, kept by the notifier.
+#[derive(Debug, Default)]
+pub(crate) struct PluginCounters {
+    /// Plugins loaded or reloaded successfully.
+    pub(crate) loads: AtomicU64,
+    /// Loads and reloads refused (the running version, if any, kept running).
+    pub(crate) load_failures: AtomicU64,
+}
+
+/// What a scrape reads.
+pub(crate) struct Sources<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) listener: &'a ListenerStatus,
+    pub(crate) plugins: &'a PluginCounters,
+    pub(crate) cache: Option<CacheStats>,
+}
+
+/// Every metric, in the Prometheus text format.
+pub(crate) fn render(from: &Sources) -> String {
+    let mut out = Exposition::new();
+    let subscribers = from.registry.subscribers();
+    type Stat = fn(&crate::SubscriberStats) -> u64;
+    let per_subscriber: [(&str, &str, &str, Stat); 5] = [
+        (
+            "pgnotifier_subscriber_delivered_total",
+            "counter",
+            "Notifications the subscriber handled successfully.",
+            |s| s.delivered,
+        ),
+        (
+            "pgnotifier_subscriber_failed_total",
+            "counter",
+            "Calls that failed (a trap, an error returned, or a timeout).",
+            |s| s.failed,
+        ),
+        (
+            "pgnotifier_subscriber_timed_out_total",
+            "counter",
+            "Calls cut off at the subscriber's deadline.",
+            |s| s.timed_out,
+        ),
+        (
+            "pgnotifier_subscriber_dropped_total",
+            "counter",
+            "Notifications dropped: the queue was full, or the subscriber quarantined.",
+            |s| s.dropped,
+        ),
+        (
+            "pgnotifier_subscriber_queue_depth",
+            "gauge",
+            "Notifications waiting in the subscriber's queue.",
+            |s| s.queued as u64,
+        ),
+    ];
+    for (name, kind, help, stat) in per_subscriber {
+        out.family(name, kind, help);
+        for s in &subscribers {
+            out.sample(name, &[("subscriber", &s.id)], stat(&s.stats) as f64);
+        }
+    }
+    out.family(
+        "pgnotifier_subscriber_quarantined",
+        "gauge",
+        "1 while the subscriber is quarantined after repeated failures.",
+    );
+    for s in &subscribers {
+        let quarantined = f64::from(u8::from(s.quarantine.is_some()));
+        out.sample(
+            "pgnotifier_subscriber_quarantined",
+            &[("subscriber", &s.id)],
+            quarantined,
+        );
+    }
+    let name = "pgnotifier_subscriber_call_duration_seconds";
+    out.family(name, "histogram", "How long on-notify calls took.");
+    for mailbox in from.registry.mailboxes() {
+        out.histogram(
+            name,
+            &[("subscriber", &mailbox.id)],
+            mailbox.call_duration(),
+        );
+    }
+
+    let name = "pgnotifier_channel_received_total";
+    out.family(
+        name,
+        "counter",
+        "Notifications received from PostgreSQL on the channel.",
+    );
+    for channel in from.registry.channels() {
+        out.sample(
+            name,
+            &[("channel", &channel.channel)],
+            channel.received as f64,
+        );
+    }
+
+    let status = from.listener;
+    let connected = f64::from(u8::from(status.connected.load(Ordering::Relaxed)));
+    out.family(
+        "pgnotifier_listener_connected",
+        "gauge",
+        "1 while the LISTEN connection is up.",
+    )
+    .sample("pgnotifier_listener_connected", &[], connected);
+    let reconnects = status.reconnects.load(Ordering::Relaxed) as f64;
+    out.family(
+        "pgnotifier_listener_reconnects_total",
+        "counter",
+        "Times the LISTEN connection was lost or could not be made.",
+    )
+    .sample("pgnotifier_listener_reconnects_total", &[], reconnects);
+    let gaps = status.gap_events.load(Ordering::Relaxed) as f64;
+    out.family(
+        "pgnotifier_listener_gap_events_total",
+        "counter",
+        "Reconnections after which subscribers were told notifications may have been missed.",
+    )
+    .sample("pgnotifier_listener_gap_events_total", &[], gaps);
+    let name = "pgnotifier_listener_last_notification_age_seconds";
+    out.family(
+        name,
+        "gauge",
+        "Seconds since the last notification was received; absent before the first.",
+    );
+    let last = status.last_notification_ms.load(Ordering::Relaxed);
+    if last > 0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        out.sample(name, &[], now.saturating_sub(last) as f64 / 1000.0);
+    }
+    let listening = status.listened.borrow().len() as f64;
+    out.family(
+        "pgnotifier_listener_channels",
+        "gauge",
+        "Channels LISTENed right now.",
+    )
+    .sample("pgnotifier_listener_channels", &[], listening);
+
+    let plugins = from.plugins;
+    let loads = plugins.loads.load(Ordering::Relaxed) as f64;
+    out.family(
+        "pgnotifier_plugin_loads_total",
+        "counter",
+        "Plugins loaded or reloaded.",
+    )
+    .sample("pgnotifier_plugin_loads_total", &[], loads);
+    let failures = plugins.load_failures.load(Ordering::Relaxed) as f64;
+    out.family(
+        "pgnotifier_plugin_load_failures_total",
+        "counter",
+        "Plugin loads and reloads refused; a running version kept running.",
+    )
+    .sample("pgnotifier_plugin_load_failures_total", &[], failures);
+    let cache = from.cache.unwrap_or_default();
+    out.family(
+        "pgnotifier_plugin_compile_cache_hits_total",
+        "counter",
+        "Plugins whose compiled code came from the cache.",
+    )
+    .sample(
+        "pgnotifier_plugin_compile_cache_hits_total",
+        &[],
+        cache.hits as f64,
+    );
+    out.family(
+        "pgnotifier_plugin_compile_cache_misses_total",
+        "counter",
+        "Plugins compiled and written to the cache.",
+    )
+    .sample(
+        "pgnotifier_plugin_compile_cache_misses_total",
+        &[],
+        cache.misses as f64,
+    );
+    out.finish()
+}
+
+/// Builds the text exposition format, one metric family at a time.
+pub(crate) struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    pub(crate) fn new() -> Self {
+        Self {
+            out: String::with_capacity(4096),
+        }
+    }
+
+    /// Start a family: its `# HELP` and `# TYPE` lines.
+    pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        self
+    }
+
+    /// One sample; `labels` are `(name, value)` pairs, escaped here.
+    pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        let _ = writeln!(self.out, "{name}{} {value}", label_set(labels));
+        self
+    }
+
+    pub(crate) fn histogram(
+        &mut self,
+        name: &str,
+        labels: &[(&str, &str)],
+        histogram: &Histogram,
+    ) -> &mut Self {
+        let set = label_set(labels);
+        let inner = set.trim_start_matches('{').trim_end_matches('}');
+        histogram.render(&mut self.out, name, inner);
+        self
+    }
+
+    pub(crate) fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// `{a="x",b="y"}`, or nothing without labels.
+fn label_set(labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("{");
+    for (i, (name, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_with_inf() {
+        let h = Histogram::default();
+        h.record(Duration::from_micros(10));
+        h.record(Duration::from_millis(3));
+        h.record(Duration::from_secs(60));
+        let mut out = Exposition::new();
+        out.histogram("d", &[("subscriber", "a\"b")], &h);
+        let text = out.finish();
+        assert!(
+            text.contains("d_bucket{subscriber=\"a\\\"b\",le=\"0.00005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("d_bucket{subscriber=\"a\\\"b\",le=\"0.005\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("d_bucket{subscriber=\"a\\\"b\",le=\"10\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("d_bucket{subscriber=\"a\\\"b\",le=\"+Inf\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("d_count{subscriber=\"a\\\"b\"} 3"), "{text}");
+        assert!(
+            text.contains("d_sum{subscriber=\"a\\\"b\"} 60.00301"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! The control plane, as an operator uses it: `pgnotifier ctl` against a
+//! running `pgnotifier run`, a real PostgreSQL, and the effect on delivery.
+
+mod support;
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::host::{ctl, ctl_json, ctl_ok, write_config, Host, BIN};
+use support::wat::{Notify, WatPlugin};
+use support::{channel, Sender, SOON};
+
+/// A host with one echo plugin on `channels`, configured by a file.
+struct Setup {
+    dir: PathBuf,
+    config: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str, plugins: &[(&str, &[&str], Notify)], extra: &str) -> Self {
+        let dir = support::temp_dir(name);
+        let plugins_dir = dir.join("plugins");
+        std::fs::create_dir_all(&plugins_dir).unwrap();
+        for (id, channels, notify) in plugins {
+            WatPlugin::new(channels, *notify).write(&plugins_dir, id);
+        }
+        let data_dir = dir.join("data");
+        let config = write_config(&dir, &plugins_dir, &data_dir, extra);
+        Self {
+            dir,
+            config,
+            data_dir,
+        }
+    }
+
+    fn start(&self) -> Host {
+        let host = Host::with_config(&self.config);
+        host.wait_for(&["admin API listening"]);
+        host.wait_for(&["LISTEN set updated"]);
+        host
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        ctl_ok(&self.config, args)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        ctl_json(&self.config, args)
+    }
+
+    /// Wait until `channel` is LISTENed (or, with `false`, is not).
+    fn wait_listening(&self, channel: &str, listening: bool) {
+        let deadline = Instant::now() + SOON;
+        loop {
+            let status = self.json(&["status"]);
+            let now = status["listening"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c == channel);
+            if now == listening {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel} listening={now}: {status}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// One request to the admin API; the status and the body.
+    fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = std::fs::read_to_string(self.data_dir.join("admin.addr")).unwrap();
+        let mut stream = std::net::TcpStream::connect(addr.trim()).unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+/// Send `payload` on `channel`, then a marker on `marker_channel` that
+/// `subscriber` does receive; once the marker is in, say whether the payload is.
+async fn delivered(
+    host: &Host,
+    subscriber: &str,
+    (channel, payload): (&str, &str),
+    marker_channel: &str,
+) -> bool {
+    let sender = Sender::connect().await;
+    sender.notify(channel, payload).await;
+    let marker = format!("marker-{payload}");
+    sender.notify(marker_channel, &marker).await;
+    let tag = format!("subscriber={subscriber}");
+    host.wait_for(&[&marker, &tag]);
+    host.count(&[payload, &tag]) > host.count(&[&marker, &tag])
+}
+
+fn channel_view<'a>(channels: &'a Value, name: &str) -> &'a Value {
+    channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == name)
+        .unwrap_or_else(|| panic!("no channel {name} in {channels}"))
+}
+
+#[tokio::test]
+async fn channel_operations_through_ctl_change_delivery() {
+    let (a, b) = (channel("ctl_a"), channel("ctl_b"));
+    let s = Setup::new(
+        "ctl-channels",
+        &[("echo", &[a.as_str(), b.as_str()], Notify::Echo)],
+        "",
+    );
+    let host = s.start();
+    s.wait_listening(&a, true);
+    s.wait_listening(&b, true);
+
+    let table = s.ctl(&["channels"]);
+    assert!(table.starts_with("CHANNEL"), "{table}");
+    assert!(table.contains(&a) && table.contains("echo"), "{table}");
+
+    s.ctl(&["mute-channel", &a]);
+    let view = s.json(&["channels"]);
+    assert_eq!(channel_view(&view, &a)["muted"], true);
+    assert_eq!(channel_view(&view, &a)["active"], false);
+    assert!(!delivered(&host, "echo", (&a, "while-muted"), &b).await);
+
+    s.ctl(&["unmute-channel", &a]);
+    s.wait_listening(&a, true);
+    assert!(delivered(&host, "echo", (&a, "after-unmute"), &b).await);
+
+    s.ctl(&["mute-channel", "--all"]);
+    let view = s.json(&["channels"]);
+    assert!(view.as_array().unwrap().iter().all(|c| c["muted"] == true));
+    s.ctl(&["unmute-channel", "--all"]);
+    s.wait_listening(&b, true);
+
+    let extra = channel("ctl_extra");
+    s.ctl(&["add-channel", &extra]);
+    let view = s.json(&["channels"]);
+    assert_eq!(
+        channel_view(&view, &extra)["active"],
+        false,
+        "no subscriber yet"
+    );
+    s.ctl(&["remove-channel", &a]);
+    s.wait_listening(&a, false);
+    assert!(!delivered(&host, "echo", (&a, "after-remove"), &b).await);
+    let view = s.json(&["channels"]);
+    assert!(view
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["channel"] != a.as_str()));
+
+    // Errors name the thing at fault, with the API's status.
+    let out = ctl(&s.config, &["mute-channel", "no_such_channel"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown channel \"no_such_channel\"") && err.contains("404"),
+        "{err}"
+    );
+    let long = "x".repeat(64);
+    let out = ctl(&s.config, &["add-channel", &long]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("400"), "{err}");
+    host.stop();
+}
+
+#[tokio::test]
+async fn subscriber_operations_through_ctl_change_delivery() {
+    let (a, b) = (channel("sub_a"), channel("sub_b"));
+    let s = Setup::new(
+        "ctl-subscribers",
+        &[
+            ("echo", &[a.as_str()], Notify::Echo),
+            ("other", &[b.as_str()], Notify::Echo),
+        ],
+        "",
+    );
+    let host = s.start();
+    s.wait_listening(&a, true);
+
+    // subscribe: echo now gets b too.
+    let view = s.json(&["subscribe", "echo", &b]);
+    let channels: Vec<&str> = (view["channels"].as_array().unwrap().iter())
+        .map(|c| c["channel"].as_str().unwrap())
+        .collect();
+    assert!(channels.contains(&b.as_str()), "{view}");
+    assert!(delivered(&host, "echo", (&b, "on-b"), &a).await);
+
+    // mute on one channel, then unmute.
+    s.ctl(&["mute-subscriber", "echo", &b]);
+    assert!(!delivered(&host, "echo", (&b, "muted-on-b"), &a).await);
+    s.ctl(&["unmute-subscriber", "echo", &b]);
+    assert!(delivered(&host, "echo", (&b, "unmuted-on-b"), &a).await);
+
+    // mute on every channel: nothing at all arrives.
+    s.ctl(&["mute-subscriber", "echo"]);
+    let view = s.json(&["subscribers"]);
+    let echo = (view.as_array().unwrap().iter())
+        .find(|v| v["id"] == "echo")
+        .unwrap();
+    assert!(echo["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["muted"] == true));
+    let sender = Sender::connect().await;
+    sender.notify(&a, "all-muted").await;
+    sender.notify(&b, "marker-all-muted").await;
+    host.wait_for(&["marker-all-muted", "subscriber=other"]);
+    assert_eq!(host.count(&["all-muted", "subscriber=echo"]), 0);
+    s.ctl(&["unmute-subscriber", "echo"]);
+
+    // unsubscribe: b no longer reaches echo, the subscriber stays.
+    s.ctl(&["unsubscribe", "echo", &b]);
+    assert!(!delivered(&host, "echo", (&b, "after-unsubscribe"), &a).await);
+    let table = s.ctl(&["subscribers"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(
+        table.contains("echo") && table.contains("wit 0.1.0"),
+        "{table}"
+    );
+
+    // reload: a fresh instance from the same file.
+    s.ctl(&["reload", "echo"]);
+    host.wait_for(&["plugin reloaded", "subscriber=echo"]);
+    s.wait_listening(&a, true);
+    assert!(delivered(&host, "echo", (&a, "after-reload"), &a).await);
+
+    let out = ctl(&s.config, &["mute-subscriber", "nobody"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("unknown subscriber \"nobody\"") && err.contains("404"),
+        "{err}"
+    );
+    let out = ctl(&s.config, &["unsubscribe", "echo", "not_its_channel"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not subscribed") && err.contains("404"),
+        "{err}"
+    );
+    host.stop();
+}
+
+#[tokio::test]
+async fn the_listener_stops_starts_and_restarts_through_ctl() {
+    let (a, b) = (channel("lst_a"), channel("lst_b"));
+    let s = Setup::new(
+        "ctl-listener",
+        &[("echo", &[a.as_str(), b.as_str()], Notify::Echo)],
+        "",
+    );
+    let host = s.start();
+    s.wait_listening(&a, true);
+    let status = s.ctl(&["status"]);
+    assert!(
+        status.contains("running: yes") && status.contains("connected: yes"),
+        "{status}"
+    );
+
+    let stopped = s.json(&["stop"]);
+    assert_eq!(stopped["running"], false, "{stopped}");
+    let sender = Sender::connect().await;
+    sender.notify(&a, "while-stopped").await;
+    let (ready, body) = s.http_get("/readyz");
+    assert_eq!(ready, 503, "{body}");
+    assert!(body.contains("stopped"), "{body}");
+
+    s.ctl(&["start"]);
+    s.wait_listening(&a, true);
+    assert!(delivered(&host, "echo", (&a, "after-start"), &b).await);
+    assert_eq!(host.count(&["while-stopped", "subscriber=echo"]), 0);
+
+    let before = s.json(&["status"])["backend_pid"].as_i64().unwrap();
+    s.ctl(&["restart"]);
+    s.wait_listening(&a, true);
+    let after = s.json(&["status"])["backend_pid"].as_i64().unwrap();
+    assert_ne!(before, after, "a restart opens a new connection");
+    assert!(delivered(&host, "echo", (&a, "after-restart"), &b).await);
+    host.stop();
+}
+
+/// Parse a Prometheus text scrape into `series → value`.
+fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (series.to_owned(), value)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn metrics_are_scraped_and_parse() {
+    let (a, b) = (channel("met_a"), channel("met_b"));
+    let s = Setup::new(
+        "ctl-metrics",
+        &[
+            ("echo", &[a.as_str()], Notify::Echo),
+            ("failing", &[b.as_str()], Notify::Fail),
+        ],
+        "[defaults]\nfailure_threshold = 0\n",
+    );
+    let host = s.start();
+    s.wait_listening(&b, true);
+    let sender = Sender::connect().await;
+    for i in 0..5 {
+        sender.notify(&a, &format!("m{i}")).await;
+    }
+    for i in 0..3 {
+        sender.notify(&b, &format!("f{i}")).await;
+    }
+    host.wait_for(&["m4", "subscriber=echo"]);
+    let deadline = Instant::now() + SOON;
+    let metrics = loop {
+        let metrics = parse_metrics(&s.ctl(&["metrics"]));
+        let failed = metrics.get("pgnotifier_subscriber_failed_total{subscriber=\"failing\"}");
+        if failed == Some(&3.0) || Instant::now() > deadline {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let get = |series: &str| -> f64 {
+        *metrics
+            .get(series)
+            .unwrap_or_else(|| panic!("no {series} in {metrics:#?}"))
+    };
+    assert_eq!(
+        get("pgnotifier_subscriber_delivered_total{subscriber=\"echo\"}"),
+        5.0
+    );
+    assert_eq!(
+        get("pgnotifier_subscriber_failed_total{subscriber=\"failing\"}"),
+        3.0
+    );
+    assert_eq!(
+        get("pgnotifier_subscriber_timed_out_total{subscriber=\"echo\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("pgnotifier_subscriber_dropped_total{subscriber=\"echo\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("pgnotifier_subscriber_queue_depth{subscriber=\"echo\"}"),
+        0.0
+    );
+    assert_eq!(
+        get("pgnotifier_subscriber_call_duration_seconds_count{subscriber=\"echo\"}"),
+        5.0
+    );
+    assert_eq!(
+        get("pgnotifier_subscriber_call_duration_seconds_bucket{subscriber=\"echo\",le=\"+Inf\"}"),
+        5.0
+    );
+    assert!(get("pgnotifier_subscriber_call_duration_seconds_sum{subscriber=\"echo\"}") > 0.0);
+    assert_eq!(
+        get(&format!(
+            "pgnotifier_channel_received_total{{channel=\"{a}\"}}"
+        )),
+        5.0
+    );
+    assert_eq!(
+        get(&format!(
+            "pgnotifier_channel_received_total{{channel=\"{b}\"}}"
+        )),
+        3.0
+    );
+    assert_eq!(get("pgnotifier_listener_connected"), 1.0);
+    assert_eq!(get("pgnotifier_listener_reconnects_total"), 0.0);
+    assert_eq!(get("pgnotifier_listener_gap_events_total"), 0.0);
+    let age = get("pgnotifier_listener_last_notification_age_seconds");
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert_eq!(get("pgnotifier_plugin_loads_total"), 2.0);
+    assert_eq!(get("pgnotifier_plugin_load_failures_total"), 0.0);
+    assert!(metrics.contains_key("pgnotifier_plugin_compile_cache_hits_total"));
+
+    // A bad plugin file counts as a load failure; the others keep running.
+    std::fs::write(s.dir.join("plugins/broken.wasm"), b"\0asm not really").unwrap();
+    let deadline = Instant::now() + SOON;
+    while parse_metrics(&s.ctl(&["metrics"]))["pgnotifier_plugin_load_failures_total"] < 1.0 {
+        assert!(Instant::now() < deadline, "{}", host.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    assert_eq!(s.http_get("/healthz"), (200, "ok\n".to_owned()));
+    let (ready, body) = s.http_get("/readyz");
+    assert_eq!(ready, 200, "{body}");
+    host.stop();
+}
+
+#[tokio::test]
+async fn mutes_and_runtime_subscriptions_survive_a_restart() {
+    let (a, b, c) = (channel("st_a"), channel("st_b"), channel("st_c"));
+    let s = Setup::new(
+        "ctl-state",
+        &[
+            ("echo", &[a.as_str(), b.as_str()], Notify::Echo),
+            ("marker", &[c.as_str()], Notify::Echo),
+        ],
+        "",
+    );
+    let host = s.start();
+    s.wait_listening(&a, true);
+    s.ctl(&["mute-channel", &a]);
+    s.ctl(&["mute-subscriber", "echo", &b]);
+    s.ctl(&["subscribe", "echo", &c]);
+    s.ctl(&["unsubscribe", "marker", &c]);
+    s.ctl(&["subscribe", "marker", &b]);
+    host.stop();
+    let saved = std::fs::read_to_string(s.data_dir.join("state.json")).unwrap();
+    assert!(saved.contains(&a) && saved.contains(&c), "{saved}");
+
+    let host = s.start();
+    host.wait_for(&["saved mutes and subscriptions restored", "subscriber=echo"]);
+    s.wait_listening(&c, true);
+    let view = s.json(&["channels"]);
+    assert_eq!(channel_view(&view, &a)["muted"], true, "{view}");
+    // a is muted, echo is muted on b, echo has c; marker traded c for b.
+    assert!(!delivered(&host, "echo", (&a, "restart-a"), &c).await);
+    assert!(!delivered(&host, "echo", (&b, "restart-b"), &c).await);
+    assert!(delivered(&host, "marker", (&b, "marker-gets-b"), &b).await);
+    assert_eq!(host.count(&["restart-c", "subscriber=marker"]), 0);
+    host.stop();
+
+    // A corrupt state file is set aside; the host starts without it.
+    std::fs::write(s.data_dir.join("state.json"), "{ torn").unwrap();
+    let host = s.start();
+    host.wait_for(&["state file unreadable"]);
+    s.wait_listening(&a, true);
+    let aside = std::fs::read_dir(&s.data_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.json.corrupt-")
+        });
+    assert!(aside, "the corrupt file is kept aside");
+    assert!(delivered(&host, "echo", (&a, "fresh-a"), &a).await);
+    host.stop();
+}
+
+#[test]
+fn a_non_loopback_bind_without_a_token_refuses_to_start() {
+    let s = Setup::new("ctl-exposed", &[], "");
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&s.config)
+        .env("PGNOTIFIER_ADMIN_ADDR", "0.0.0.0:0")
+        .env_remove("PGNOTIFIER_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.0.0.0:0 is not a loopback address") && err.contains("admin_token"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn with_a_token_every_control_route_requires_it() {
+    let a = channel("tok");
+    let s = Setup::new(
+        "ctl-token",
+        &[("echo", &[a.as_str()], Notify::Echo)],
+        "admin_token = \"s3cret-token\"\n",
+    );
+    let host = Host::start({
+        let mut command = std::process::Command::new(BIN);
+        command
+            .args(["run", "--config"])
+            .arg(&s.config)
+            .env("PGNOTIFIER_ADMIN_ADDR", "0.0.0.0:0");
+        command
+    });
+    host.wait_for(&["admin API listening"]);
+    // ctl reads the token from the same config file.
+    assert!(s.ctl(&["channels"]).contains(&a));
+    let (status, body) = s.http_get("/v1/channels");
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(s.http_get("/metrics").0, 401);
+    assert_eq!(s.http_get("/healthz").0, 200);
+    let wrong = std::process::Command::new(BIN)
+        .arg("ctl")
+        .arg("--data-dir")
+        .arg(&s.data_dir)
+        .args(["--admin-addr", "127.0.0.1:0", "channels"])
+        .env("PGNOTIFIER_ADMIN_TOKEN", "guess")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("401"));
+    let output = host.stop();
+    assert!(
+        !output.contains("s3cret-token"),
+        "the token is never logged"
+    );
+}
+
+#[tokio::test]
+async fn sighup_applies_a_changed_config_and_refuses_a_broken_one() {
+    let (a, marker) = (channel("hup"), channel("hup_marker"));
+    let s = Setup::new(
+        "ctl-sighup",
+        &[
+            ("failing", &[a.as_str()], Notify::Fail),
+            ("echo", &[marker.as_str()], Notify::Echo),
+        ],
+        "[defaults]\nfailure_threshold = 0\n",
+    );
+    let host = s.start();
+    s.wait_listening(&a, true);
+    let sender = Sender::connect().await;
+    for i in 0..3 {
+        sender.notify(&a, &format!("x{i}")).await;
+    }
+    sender.notify(&marker, "before-hup").await;
+    host.wait_for(&["before-hup"]);
+    let quarantined = |s: &Setup| {
+        let view = s.json(&["subscribers"]);
+        (view.as_array().unwrap().iter())
+            .find(|v| v["id"] == "failing")
+            .map(|v| !v["quarantine"].is_null())
+            .unwrap()
+    };
+    assert!(!quarantined(&s), "threshold 0 never quarantines");
+
+    let config = std::fs::read_to_string(&s.config).unwrap();
+    let changed = config.replace("failure_threshold = 0", "failure_threshold = 1");
+    std::fs::write(&s.config, &changed).unwrap();
+    host.signal("HUP");
+    host.wait_for(&["config reloaded", "defaults"]);
+    sender.notify(&a, "after-hup").await;
+    let deadline = Instant::now() + SOON;
+    while !quarantined(&s) {
+        assert!(Instant::now() < deadline, "{}", host.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    std::fs::write(&s.config, format!("{changed}\nnot toml at all [")).unwrap();
+    host.signal("HUP");
+    host.wait_for(&["config reload refused"]);
+    // ctl reads the same, now broken, file: ask the API directly.
+    let (status, body) = s.http_get("/v1/listener");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"running\":true"), "{body}");
+    host.stop();
+}
+
+#[tokio::test]
+async fn json_logs_carry_the_subscriber_id() {
+    let a = channel("jsonlog");
+    let s = Setup::new(
+        "ctl-json-logs",
+        &[("echo", &[a.as_str()], Notify::Echo)],
+        "",
+    );
+    let mut command = std::process::Command::new(BIN);
+    command
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&s.config);
+    let host = Host::start(command);
+    host.wait_for(&["LISTEN set updated"]);
+    s.wait_listening(&a, true);
+    Sender::connect().await.notify(&a, "json-line").await;
+    let line = host.wait_for(&["json-line"]);
+    let parsed: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(parsed["subscriber"], "echo", "{line}");
+    let output = host.stop();
+    for line in output.lines() {
+        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        let message = parsed["message"].as_str().unwrap_or_default();
+        if message.contains("plugin") {
+            assert!(
+                parsed.get("subscriber").is_some(),
+                "a plugin line without its id: {line}"
+            );
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The `pgnotifier` binary as a user runs it: `run` in the background with
+//! its log collected, and `ctl` against it.
+
+use super::SOON;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pgnotifier");
+
+/// A running `pgnotifier run`, with its stderr collected line by line.
+pub struct Host {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Host {
+    /// `pgnotifier` with the admin API on a free port and its state in a
+    /// fresh folder, so hosts started by parallel tests never meet.
+    pub fn command() -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .env("PGNOTIFIER_ADMIN_ADDR", "127.0.0.1:0")
+            .env("PGNOTIFIER_DATA_DIR", super::temp_dir("data"));
+        command
+    }
+
+    pub fn start(mut command: Command) -> Self {
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start pgnotifier");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    pub fn run(plugins: &Path, database_url: &str) -> Self {
+        let mut command = Self::command();
+        command
+            .args(["run", "--plugins"])
+            .arg(plugins)
+            .args(["--database-url", database_url]);
+        Self::start(command)
+    }
+
+    /// `pgnotifier run --config FILE`, everything else from the file.
+    pub fn with_config(config: &Path) -> Self {
+        let mut command = Command::new(BIN);
+        command.args(["run", "--config"]).arg(config);
+        Self::start(command)
+    }
+
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Wait for a line containing every one of `parts`.
+    pub fn wait_for(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + SOON;
+        while Instant::now() < deadline {
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| parts.iter().all(|p| l.contains(p)))
+            {
+                return line.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no line with {parts:?} in:\n{}", self.output());
+    }
+
+    /// How many lines contain every one of `parts`.
+    pub fn count(&self, parts: &[&str]) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait for exit; the exit status.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + SOON;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(50)); // let the reader drain
+                return (status, self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgnotifier did not exit:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(self) -> String {
+        self.signal("TERM");
+        let (status, output) = self.wait();
+        assert!(status.success(), "{status}\n{output}");
+        output
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `pgnotifier ctl --config FILE ARGS…`.
+pub fn ctl(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("ctl")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run pgnotifier ctl")
+}
+
+/// `ctl` that must succeed; its stdout.
+pub fn ctl_ok(config: &Path, args: &[&str]) -> String {
+    let out = ctl(config, args);
+    assert!(
+        out.status.success(),
+        "ctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("ctl prints UTF-8")
+}
+
+/// `ctl --json` that must succeed; its JSON.
+pub fn ctl_json(config: &Path, args: &[&str]) -> serde_json::Value {
+    let mut with_json = vec!["--json"];
+    with_json.extend_from_slice(args);
+    let out = ctl_ok(config, &with_json);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args:?}: {e}: {out}"))
+}
+
+/// A config file for a host on a free port with its state in `data_dir`.
+pub fn write_config(dir: &Path, plugins: &Path, data_dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("pgnotifier.toml");
+    let text = format!(
+        "database_url = {url:?}\nplugins = {plugins:?}\ndata_dir = {data:?}\n\
+         admin_addr = \"127.0.0.1:0\"\nwatch_debounce_ms = 25\n{extra}\n",
+        url = super::database_url(),
+        plugins = plugins.display().to_string(),
+        data = data_dir.display().to_string(),
+    );
+    std::fs::write(&config, text).expect("write config");
+    config
+}
