@@ -415,16 +415,30 @@ async fn metrics_are_scraped_and_parse() {
 
 #[tokio::test]
 async fn mutes_and_runtime_subscriptions_survive_a_restart() {
-    let (a, b, c) = (channel("st_a"), channel("st_b"), channel("st_c"));
+    let (a, b, c, d) = (
+        channel("st_a"),
+        channel("st_b"),
+        channel("st_c"),
+        channel("st_d"),
+    );
     let s = Setup::new(
         "ctl-state",
         &[
             ("echo", &[a.as_str(), b.as_str()], Notify::Echo),
             ("marker", &[c.as_str()], Notify::Echo),
+            ("failing", &[d.as_str()], Notify::Fail),
         ],
         "",
     );
+    std::fs::write(
+        s.dir.join("plugins/failing.toml"),
+        "failure_threshold = 1\n",
+    )
+    .unwrap();
     let host = s.start();
+    s.wait_listening(&d, true);
+    Sender::connect().await.notify(&d, "fail-once").await;
+    host.wait_for(&["quarantined", "subscriber=failing"]);
     s.wait_listening(&a, true);
     s.ctl(&["mute-channel", &a]);
     s.ctl(&["mute-subscriber", "echo", &b]);
@@ -440,6 +454,12 @@ async fn mutes_and_runtime_subscriptions_survive_a_restart() {
     s.wait_listening(&c, true);
     let view = s.json(&["channels"]);
     assert_eq!(channel_view(&view, &a)["muted"], true, "{view}");
+    let view = s.json(&["subscribers"]);
+    let failing = (view.as_array().unwrap().iter())
+        .find(|v| v["id"] == "failing")
+        .unwrap();
+    let reason = failing["quarantine"].as_str().unwrap_or_default();
+    assert!(reason.contains("1 failures in a row"), "{failing}");
     // a is muted, echo is muted on b, echo has c; marker traded c for b.
     assert!(!delivered(&host, "echo", (&a, "restart-a"), &c).await);
     assert!(!delivered(&host, "echo", (&b, "restart-b"), &c).await);
@@ -499,7 +519,7 @@ async fn with_a_token_every_control_route_requires_it() {
             .env("PGNOTIFIER_ADMIN_ADDR", "0.0.0.0:0");
         command
     });
-    host.wait_for(&["admin API listening"]);
+    host.wait_for(&["LISTEN set updated"]);
     // ctl reads the token from the same config file.
     assert!(s.ctl(&["channels"]).contains(&a));
     let (status, body) = s.http_get("/v1/channels");
