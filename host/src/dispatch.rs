@@ -7,7 +7,7 @@
 //! blocks only ever holds up itself.
 
 use crate::config::SubscriberSettings;
-use crate::metrics::Histogram;
+use crate::metrics::{self, Histogram};
 use crate::payload::{self, Payload, PayloadMode};
 use crate::registry::{Route, Snapshot};
 use serde::{Deserialize, Serialize};
@@ -90,8 +90,11 @@ impl Default for QueueLimits {
     }
 }
 
-/// Counters for one subscriber. Atomics, so the hot path never locks for them.
+/// Counters for one subscriber. Atomics, so the hot path never locks for
+/// them, on cache lines of their own, so the worker writing them does not
+/// slow the router writing the queue beside them.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
     delivered: AtomicU64,
     failed: AtomicU64,
@@ -152,9 +155,20 @@ fn spinning_pays() -> bool {
     LIVE_WORKERS.load(Ordering::Relaxed) < cores
 }
 
+/// Add to a counter only one thread writes (the subscriber's worker): a
+/// plain load and store, without the locked read-modify-write of `fetch_add`.
+pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+    let value = counter.load(Ordering::Relaxed).wrapping_add(by);
+    counter.store(value, Ordering::Relaxed);
+}
+
 /// What the worker does next.
 enum Next {
-    Deliver(Delivery),
+    /// `waited`: the worker idled before this one arrived.
+    Deliver {
+        delivery: Delivery,
+        waited: bool,
+    },
     /// Nothing queued, but a replacement subscriber is waiting.
     Switch,
     Stop,
@@ -483,7 +497,10 @@ impl Mailbox {
                 if wake_router {
                     self.space.notify_waiters();
                 }
-                return Next::Deliver(delivery);
+                return Next::Deliver {
+                    delivery,
+                    waited: spun,
+                };
             }
             if self.replaced.load(Ordering::Acquire) {
                 // Idle: switch now, so the old instance is not kept alive.
@@ -510,11 +527,17 @@ impl Mailbox {
             queue.worker_waiting = true;
             queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
             queue.worker_waiting = false;
+            spun = true;
         }
     }
 
     fn work(&self, mut subscriber: Box<dyn Deliver>) {
         LIVE_WORKERS.fetch_add(1, Ordering::Relaxed);
+        // When the last call ended. Back to back, it is also when the next
+        // one starts, so a busy worker reads the clock once per call; the
+        // duration then includes taking the notification off the queue.
+        let clock = metrics::clock();
+        let mut last_end: Option<u64> = None;
         loop {
             let next = self.next();
             if self.replaced.swap(false, Ordering::Acquire) {
@@ -523,7 +546,12 @@ impl Mailbox {
                 }
             }
             let delivery = match next {
-                Next::Deliver(delivery) => delivery,
+                Next::Deliver { delivery, waited } => {
+                    if waited {
+                        last_end = None;
+                    }
+                    delivery
+                }
                 Next::Switch => continue,
                 Next::Stop => break,
             };
@@ -534,13 +562,15 @@ impl Mailbox {
             }
             let result = match &delivery {
                 Delivery::Notify(n) => {
-                    let started = Instant::now();
+                    let started = last_end.unwrap_or_else(|| clock.raw());
                     let result = subscriber.on_notify(n);
-                    self.counters.call_duration.record(started.elapsed());
+                    let ended = clock.raw();
+                    (self.counters.call_duration).record(clock.delta_as_nanos(started, ended));
+                    last_end = Some(ended);
                     result
                 }
                 Delivery::Gap(channels) => {
-                    self.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.counters.gaps, 1);
                     subscriber.on_gap(channels)
                 }
             };
@@ -548,13 +578,13 @@ impl Mailbox {
                 Ok(()) => {
                     self.failures_in_a_row.store(0, Ordering::Relaxed);
                     if matches!(delivery, Delivery::Notify(_)) {
-                        self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                        bump(&self.counters.delivered, 1);
                     }
                 }
                 Err(failure) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    bump(&self.counters.failed, 1);
                     if matches!(failure, CallFailure::TimedOut(_)) {
-                        self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                        bump(&self.counters.timed_out, 1);
                     }
                     tracing::warn!(subscriber = %self.id, "call failed: {failure}");
                     self.count_failure(&failure);
@@ -601,7 +631,8 @@ impl Router {
             snapshot.count_unrouted(channel);
             return None;
         };
-        active.received.fetch_add(1, Ordering::Relaxed);
+        // The listener's task is the only writer of these counters.
+        bump(&active.received, 1);
         let route = &active.mailboxes;
         let mut finished = None;
         if !self

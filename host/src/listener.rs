@@ -11,6 +11,7 @@ use crate::channel::quote_ident;
 use crate::config::{ConnectionSettings, DatabaseConfig};
 use crate::dispatch::{Delivery, Router};
 use crate::error::with_causes;
+use crate::metrics;
 use crate::registry::{ActiveChannels, Registry};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
@@ -31,19 +32,17 @@ pub(crate) struct ListenerStatus {
     pub(crate) reconnects: AtomicU64,
     /// Reconnections after which subscribers were told they may have missed notifications.
     pub(crate) gap_events: AtomicU64,
-    /// When the last notification was routed, in milliseconds since the
-    /// Unix epoch (0: none yet). Set once per run of notifications, not per one.
-    pub(crate) last_notification_ms: AtomicU64,
+    /// When the last notification was routed, a raw reading of
+    /// [`metrics::clock`] (0: none yet). Set once per run of notifications.
+    pub(crate) last_notification: AtomicU64,
     /// The channels LISTENed right now.
     pub(crate) listened: watch::Sender<ActiveChannels>,
 }
 
 impl ListenerStatus {
     fn note_notifications(&self) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.last_notification_ms.store(now, Ordering::Relaxed);
+        let now = metrics::clock().raw().max(1);
+        self.last_notification.store(now, Ordering::Relaxed);
     }
 }
 
@@ -54,7 +53,7 @@ impl Default for ListenerStatus {
             backend_pid: AtomicI32::new(0),
             reconnects: AtomicU64::new(0),
             gap_events: AtomicU64::new(0),
-            last_notification_ms: AtomicU64::new(0),
+            last_notification: AtomicU64::new(0),
             listened: watch::Sender::new(Arc::default()),
         }
     }

@@ -157,7 +157,7 @@ impl Snapshot {
     /// (muted or emptied since it was LISTENed).
     pub(crate) fn count_unrouted(&self, channel: &str) {
         if let Some(entry) = self.channels.get(channel) {
-            entry.received.fetch_add(1, Ordering::Relaxed);
+            crate::dispatch::bump(&entry.received, 1);
         }
     }
 
