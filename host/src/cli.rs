@@ -1,4 +1,4 @@
-//! The `pgnotifier` command line: `run`, `ctl`, `check` and `wit`.
+//! The `pgnotifier` command line: `run`, `ctl`, `demo`, `check` and `wit`.
 
 use crate::config::{FileConfig, SubscriberSettings};
 use crate::ctl::CtlCommand;
@@ -15,9 +15,10 @@ use std::path::PathBuf;
     about = "Dispatch PostgreSQL NOTIFY to sandboxed WebAssembly subscribers"
 )]
 pub struct Cli {
-    /// Log filter: a level (info, debug, …) or a tracing directive list.
-    #[arg(long, global = true, env = "PGNOTIFIER_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter: a level (info, debug, …) or a tracing directive list
+    /// [default: info; for demo, only what plugins log].
+    #[arg(long, global = true, env = "PGNOTIFIER_LOG")]
+    pub log: Option<String>,
     /// Log lines as text, or as one JSON object per line.
     #[arg(long, global = true, env = "PGNOTIFIER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -36,6 +37,16 @@ pub enum Command {
     },
     /// Print the WIT package plugins are written against.
     Wit,
+    /// See it work: a throwaway PostgreSQL (unless DATABASE_URL is reachable),
+    /// example subscribers, a script of notifications; then yours, until Ctrl-C.
+    Demo {
+        /// Exit after the scripted notifications.
+        #[arg(long)]
+        once: bool,
+        /// Where the built example plugins are [default: plugins/dist].
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+    },
     /// Control a running host through its admin API.
     Ctl {
         #[command(flatten)]
@@ -83,6 +94,22 @@ pub struct ControlArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+impl Cli {
+    /// The log filter: `--log`, else the command's default.
+    pub fn log_filter(&self) -> &str {
+        match (&self.log, &self.command) {
+            (Some(filter), _) => filter,
+            (None, Command::Demo { .. }) => "warn,pgnotifier::plugin=info",
+            (None, _) => "info",
+        }
+    }
+
+    /// The demo writes everything to stdout, in order, without timestamps.
+    pub fn is_demo(&self) -> bool {
+        matches!(self.command, Command::Demo { .. })
+    }
+}
+
 impl ControlArgs {
     fn options(&self, plugins: Option<PathBuf>, database_url: Option<String>) -> RunOptions {
         RunOptions {
@@ -104,6 +131,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { file } => check(file).await,
+        Command::Demo { once, plugins } => {
+            crate::demo::run(crate::demo::DemoOptions { once, plugins }).await
+        }
         Command::Run(args) => {
             let options = args.control.options(args.plugins, args.database_url);
             daemon::run(options).await

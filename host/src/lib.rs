@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 mod daemon;
+mod demo;
 pub mod dispatch;
 mod error;
 mod listener;

@@ -14,6 +14,8 @@ use std::time::Duration;
 pub const TEST_DATABASE_URL_VAR: &str = "PGNOTIFIER_TEST_DATABASE_URL";
 /// The local server tried second.
 pub const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Where `initdb` and `pg_ctl` are, if not on PATH or under /usr/lib/postgresql.
+pub const BIN_DIR_VAR: &str = "PGNOTIFIER_PG_BIN_DIR";
 
 /// Why no PostgreSQL could be found or started.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +23,7 @@ pub enum LocalPgError {
     #[error("{TEST_DATABASE_URL_VAR} is set, but that database is unreachable: {0}")]
     EnvUnreachable(String),
     #[error(
-        "no PostgreSQL reachable at 127.0.0.1:5432, and no server binaries (initdb, pg_ctl) on PATH or under /usr/lib/postgresql/*/bin to start one; install PostgreSQL (Debian/Ubuntu: apt-get install postgresql) or set {TEST_DATABASE_URL_VAR}"
+        "no PostgreSQL reachable at 127.0.0.1:5432, and no server binaries (initdb, pg_ctl) in {BIN_DIR_VAR}, on PATH or under /usr/lib/postgresql/*/bin to start one; install PostgreSQL (Debian/Ubuntu: apt-get install postgresql) or set {TEST_DATABASE_URL_VAR}"
     )]
     NoBinaries,
     #[error("starting a throwaway PostgreSQL failed: {0}")]
@@ -143,6 +145,11 @@ impl Cluster {
         &self.url
     }
 
+    /// The temp dir holding the cluster; removed on drop.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -234,6 +241,10 @@ impl Drop for Cluster {
 /// `/usr/lib/postgresql/*/bin`.
 fn server_bin_dir() -> Option<PathBuf> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = std::env::var_os(BIN_DIR_VAR) {
+        let dir = PathBuf::from(dir);
+        return has_tools(&dir).then_some(dir);
+    }
     if let Some(path) = std::env::var_os("PATH") {
         if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
             return Some(dir);

@@ -8,16 +8,30 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(with_quiet_compiler(&cli.log)).unwrap_or_else(|e| {
-        eprintln!("warning: bad log filter {:?} ({e}); using `info`", cli.log);
+    let filter = EnvFilter::try_new(with_quiet_compiler(cli.log_filter())).unwrap_or_else(|e| {
+        eprintln!(
+            "warning: bad log filter {:?} ({e}); using `info`",
+            cli.log_filter()
+        );
         EnvFilter::new("info")
     });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Text if cli.is_demo() => logs
+            .without_time()
+            .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(std::io::stdout)
+            .init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
     }
     match execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,

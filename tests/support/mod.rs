@@ -169,7 +169,7 @@ pub fn examples_plugin(name: &str) -> PathBuf {
     built_plugin(&plugins_dist().join("examples").join(format!("{name}.wasm")))
 }
 
-fn plugins_dist() -> PathBuf {
+pub fn plugins_dist() -> PathBuf {
     std::env::var_os("PGNOTIFIER_PLUGINS_OUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"))
