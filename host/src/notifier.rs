@@ -377,14 +377,7 @@ impl Notifier {
     /// gone. A file that fails to load changes nothing: the running version,
     /// if any, keeps running.
     pub async fn sync_plugin(&self, path: &Path) -> Result<PluginChange> {
-        let outcome = self.sync(path, false).await;
-        let counter = match &outcome {
-            Ok(PluginChange::Added(_) | PluginChange::Reloaded(_)) => &self.inner.plugins.loads,
-            Err(Error::Load(_)) => &self.inner.plugins.load_failures,
-            _ => return outcome,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        outcome
+        self.sync(path, false).await
     }
 
     /// Reload a plugin subscriber from its file, even if the file did not
@@ -396,9 +389,14 @@ impl Notifier {
             Some(SubscriberSource::Native) => return Err(Error::NotAPlugin(id.to_owned())),
             None => return Err(RegistryError::UnknownSubscriber(id.to_owned()).into()),
         };
-        let outcome = self.sync(&path, true).await;
+        self.sync(&path, true).await
+    }
+
+    /// [`sync_plugin`](Self::sync_plugin), counting loads and refused loads.
+    async fn sync(&self, path: &Path, force: bool) -> Result<PluginChange> {
+        let outcome = self.sync_files(path, force).await;
         let counter = match &outcome {
-            Ok(PluginChange::Reloaded(_)) => &self.inner.plugins.loads,
+            Ok(PluginChange::Added(_) | PluginChange::Reloaded(_)) => &self.inner.plugins.loads,
             Err(Error::Load(_)) => &self.inner.plugins.load_failures,
             _ => return outcome,
         };
@@ -406,7 +404,7 @@ impl Notifier {
         outcome
     }
 
-    async fn sync(&self, path: &Path, force: bool) -> Result<PluginChange> {
+    async fn sync_files(&self, path: &Path, force: bool) -> Result<PluginChange> {
         let id = loader::subscriber_id(path)?;
         let current = self.inner.registry.source(&id);
         let ours = match &current {
