@@ -338,6 +338,18 @@ fn text(value: &Value) -> String {
     }
 }
 
+fn is_true(value: &Value) -> bool {
+    value.as_bool() == Some(true)
+}
+
+/// `name`, with the note of the first of `flags` set in `entry`: `orders (muted)`.
+fn flagged(name: String, entry: &Value, flags: &[(&str, &str)]) -> String {
+    match flags.iter().find(|(key, _)| is_true(&entry[*key])) {
+        Some((_, note)) => format!("{name} ({note})"),
+        None => name,
+    }
+}
+
 fn items(reply: &Value) -> &[Value] {
     reply.as_array().map_or(&[], Vec::as_slice)
 }
@@ -347,13 +359,11 @@ fn channels_table(reply: &Value) -> String {
         let subscribers: Vec<String> = items(&c["subscribers"])
             .iter()
             .map(|s| {
-                let mut name = text(&s["id"]);
-                if s["quarantined"].as_bool() == Some(true) {
-                    name.push_str(" (quarantined)");
-                } else if s["muted"].as_bool() == Some(true) {
-                    name.push_str(" (muted)");
-                }
-                name
+                flagged(
+                    text(&s["id"]),
+                    s,
+                    &[("quarantined", "quarantined"), ("muted", "muted")],
+                )
             })
             .collect();
         vec![
@@ -375,19 +385,15 @@ fn subscribers_table(reply: &Value) -> String {
         let channels: Vec<String> = items(&s["channels"])
             .iter()
             .map(|c| {
-                let mut name = text(&c["channel"]);
-                if c["muted"].as_bool() == Some(true) {
-                    name.push_str(" (muted)");
-                } else if c["channel_muted"].as_bool() == Some(true) {
-                    name.push_str(" (channel muted)");
-                }
-                name
+                flagged(
+                    text(&c["channel"]),
+                    c,
+                    &[("muted", "muted"), ("channel_muted", "channel muted")],
+                )
             })
             .collect();
-        let all_muted = !channels.is_empty()
-            && items(&s["channels"])
-                .iter()
-                .all(|c| c["muted"].as_bool() == Some(true));
+        let all_muted =
+            !channels.is_empty() && items(&s["channels"]).iter().all(|c| is_true(&c["muted"]));
         let state = match &s["quarantine"] {
             Value::String(reason) => format!("quarantined: {reason}"),
             _ if all_muted => "muted".to_owned(),
@@ -432,7 +438,7 @@ fn subscribers_table(reply: &Value) -> String {
 
 fn listener_text(reply: &Value) -> String {
     let connected = match reply["backend_pid"].as_i64() {
-        Some(pid) if reply["connected"].as_bool() == Some(true) => {
+        Some(pid) if is_true(&reply["connected"]) => {
             format!("yes (backend pid {pid})")
         }
         _ => yes_no(&reply["connected"]),

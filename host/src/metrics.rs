@@ -179,27 +179,62 @@ pub(crate) fn render(from: &Sources) -> String {
     }
 
     let status = from.listener;
-    let connected = f64::from(u8::from(status.connected.load(Ordering::Relaxed)));
-    out.family(
-        "pgnotifier_listener_connected",
-        "gauge",
-        "1 while the LISTEN connection is up.",
-    )
-    .sample("pgnotifier_listener_connected", &[], connected);
-    let reconnects = status.reconnects.load(Ordering::Relaxed) as f64;
-    out.family(
-        "pgnotifier_listener_reconnects_total",
-        "counter",
-        "Times the LISTEN connection was lost or could not be made.",
-    )
-    .sample("pgnotifier_listener_reconnects_total", &[], reconnects);
-    let gaps = status.gap_events.load(Ordering::Relaxed) as f64;
-    out.family(
-        "pgnotifier_listener_gap_events_total",
-        "counter",
-        "Reconnections after which subscribers were told notifications may have been missed.",
-    )
-    .sample("pgnotifier_listener_gap_events_total", &[], gaps);
+    let plugins = from.plugins;
+    let cache = from.cache.unwrap_or_default();
+    let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+    let unlabelled: [(&str, &str, &str, f64); 8] = [
+        (
+            "pgnotifier_listener_connected",
+            "gauge",
+            "1 while the LISTEN connection is up.",
+            f64::from(u8::from(status.connected.load(Ordering::Relaxed))),
+        ),
+        (
+            "pgnotifier_listener_reconnects_total",
+            "counter",
+            "Times the LISTEN connection was lost or could not be made.",
+            count(&status.reconnects),
+        ),
+        (
+            "pgnotifier_listener_gap_events_total",
+            "counter",
+            "Reconnections after which subscribers were told notifications may have been missed.",
+            count(&status.gap_events),
+        ),
+        (
+            "pgnotifier_listener_channels",
+            "gauge",
+            "Channels LISTENed right now.",
+            status.listened.borrow().len() as f64,
+        ),
+        (
+            "pgnotifier_plugin_loads_total",
+            "counter",
+            "Plugins loaded or reloaded.",
+            count(&plugins.loads),
+        ),
+        (
+            "pgnotifier_plugin_load_failures_total",
+            "counter",
+            "Plugin loads and reloads refused; a running version kept running.",
+            count(&plugins.load_failures),
+        ),
+        (
+            "pgnotifier_plugin_compile_cache_hits_total",
+            "counter",
+            "Plugins whose compiled code came from the cache.",
+            cache.hits as f64,
+        ),
+        (
+            "pgnotifier_plugin_compile_cache_misses_total",
+            "counter",
+            "Plugins compiled and written to the cache.",
+            cache.misses as f64,
+        ),
+    ];
+    for (name, kind, help, value) in unlabelled {
+        out.family(name, kind, help).sample(name, &[], value);
+    }
     let name = "pgnotifier_listener_last_notification_age_seconds";
     out.family(
         name,
@@ -211,50 +246,6 @@ pub(crate) fn render(from: &Sources) -> String {
         let age = clock().delta_as_nanos(last, clock().raw());
         out.sample(name, &[], age as f64 / 1e9);
     }
-    let listening = status.listened.borrow().len() as f64;
-    out.family(
-        "pgnotifier_listener_channels",
-        "gauge",
-        "Channels LISTENed right now.",
-    )
-    .sample("pgnotifier_listener_channels", &[], listening);
-
-    let plugins = from.plugins;
-    let loads = plugins.loads.load(Ordering::Relaxed) as f64;
-    out.family(
-        "pgnotifier_plugin_loads_total",
-        "counter",
-        "Plugins loaded or reloaded.",
-    )
-    .sample("pgnotifier_plugin_loads_total", &[], loads);
-    let failures = plugins.load_failures.load(Ordering::Relaxed) as f64;
-    out.family(
-        "pgnotifier_plugin_load_failures_total",
-        "counter",
-        "Plugin loads and reloads refused; a running version kept running.",
-    )
-    .sample("pgnotifier_plugin_load_failures_total", &[], failures);
-    let cache = from.cache.unwrap_or_default();
-    out.family(
-        "pgnotifier_plugin_compile_cache_hits_total",
-        "counter",
-        "Plugins whose compiled code came from the cache.",
-    )
-    .sample(
-        "pgnotifier_plugin_compile_cache_hits_total",
-        &[],
-        cache.hits as f64,
-    );
-    out.family(
-        "pgnotifier_plugin_compile_cache_misses_total",
-        "counter",
-        "Plugins compiled and written to the cache.",
-    )
-    .sample(
-        "pgnotifier_plugin_compile_cache_misses_total",
-        &[],
-        cache.misses as f64,
-    );
     out.finish()
 }
 
