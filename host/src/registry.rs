@@ -184,11 +184,18 @@ impl Snapshot {
     }
 
     /// The saved state of a subscriber being inserted, applied to its entry.
-    fn restore(&mut self, id: &str, entry: &mut SubscriberEntry) -> Result<(), RegistryError> {
+    /// A saved channel name that is not valid (a hand-edited file) is skipped,
+    /// so the subscriber still loads.
+    fn restore(&mut self, id: &str, entry: &mut SubscriberEntry) {
         let Some(saved) = self.dormant.remove(id) else {
-            return Ok(());
+            return;
         };
-        let added = self.add_channels(&saved.subscribed.iter().cloned().collect::<Vec<_>>())?;
+        let (valid, invalid): (Vec<String>, Vec<String>) =
+            (saved.subscribed.iter().cloned()).partition(|name| channel::validate(name).is_ok());
+        if !invalid.is_empty() {
+            tracing::warn!(subscriber = %id, channels = ?invalid, "saved subscriptions to invalid channel names skipped");
+        }
+        let added = self.add_channels(&valid).unwrap_or_default();
         for key in added {
             entry.channels.entry(key).or_insert(false);
         }
@@ -210,7 +217,6 @@ impl Snapshot {
             }
         }
         tracing::info!(subscriber = %id, "saved mutes and subscriptions restored");
-        Ok(())
     }
 
     /// Each subscriber that receives any of `channels`, with those it receives.
@@ -463,7 +469,7 @@ impl Registry {
                 declared: keys.into_iter().collect(),
                 quarantine: None,
             };
-            s.restore(&mailbox.id, &mut entry)?;
+            s.restore(&mailbox.id, &mut entry);
             s.subscribers.insert(mailbox.id.clone(), entry);
             Ok(())
         })
