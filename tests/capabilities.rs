@@ -415,3 +415,48 @@ async fn a_plugin_with_grants_that_spins_is_still_cut_off() {
     );
     n.shutdown(Duration::from_secs(1)).await;
 }
+
+/// The capability pool connects the way the listener does: a notifier
+/// configured with a Unix socket URL serves a plugin's query and publish.
+#[tokio::test(flavor = "multi_thread")]
+async fn query_and_publish_work_over_a_unix_socket() {
+    logs::install();
+    let (socket, port) = support::socket_dir().await;
+    let url = format!(
+        "postgres://{}:{port}/postgres",
+        support::url_encoded(&socket)
+    );
+    let dir = support::temp_dir("socket-pool");
+    let (ch, out) = (channel("socket_pool"), channel("socket_pool_out"));
+    install(
+        &dir,
+        "socket_reader",
+        &format!("channels = [\"{ch}\"]\n[grants]\nquery = true\npublish = [\"{out}\"]\n"),
+    );
+    let n = Notifier::new(pgnotifier::DatabaseConfig::from_url(&url).unwrap());
+    n.load_plugins(&dir).await.expect("plugins load");
+    let (recorder, seen) = support::recorder();
+    n.subscribe("socket_sink", out.as_str(), recorder).unwrap();
+    support::listen(&n).await;
+
+    let sender = Sender::connect().await;
+    sender
+        .notify(&ch, &command("query", &["select 40 + 2 as answer"]))
+        .await;
+    sender
+        .notify(&ch, &command("publish", &[&out, "via the socket"]))
+        .await;
+    let query = wait_lines("socket_reader", "query", 1).await;
+    assert_eq!(query[0], "query ok [{\"answer\":42}]");
+    wait_lines("socket_reader", "publish ok", 1).await;
+    assert!(
+        eventually(SOON, || support::count(&seen) == 1).await,
+        "the published notification did not arrive"
+    );
+    assert_eq!(
+        seen.lock().unwrap()[0].payload,
+        pgnotifier::Payload::Text("via the socket".into())
+    );
+    assert_no_failures(&n, "socket_reader");
+    n.shutdown(SOON).await;
+}

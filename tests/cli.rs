@@ -304,3 +304,129 @@ async fn a_tls_verification_failure_is_a_clear_error() {
     let (status, output) = host.wait();
     assert!(status.success(), "{status}\n{output}");
 }
+
+/// libpq's ways of naming a Unix socket, as the host must take them. libpq
+/// never uses TLS on a socket, so `sslmode` changes nothing there.
+#[tokio::test]
+async fn the_host_connects_over_a_unix_socket_in_every_form_libpq_accepts() {
+    let (socket, port) = support::socket_dir().await;
+    let dir = socket.display().to_string();
+    let encoded = support::url_encoded(&socket);
+    let forms: Vec<(&str, Vec<(&str, String)>)> = vec![
+        (
+            "PGHOST",
+            vec![("PGHOST", dir.clone()), ("PGPORT", port.to_string())],
+        ),
+        (
+            "query host",
+            vec![(
+                "DATABASE_URL",
+                format!("postgres:///postgres?host={dir}&port={port}"),
+            )],
+        ),
+        (
+            "encoded host",
+            vec![(
+                "DATABASE_URL",
+                format!("postgres://{encoded}:{port}/postgres"),
+            )],
+        ),
+        (
+            "key=value",
+            vec![(
+                "DATABASE_URL",
+                format!("host={dir} port={port} dbname=postgres"),
+            )],
+        ),
+        (
+            "sslmode=disable",
+            vec![(
+                "DATABASE_URL",
+                format!("postgres://{encoded}:{port}/postgres?sslmode=disable"),
+            )],
+        ),
+        (
+            "sslmode=require",
+            vec![(
+                "DATABASE_URL",
+                format!("postgres://{encoded}:{port}/postgres?sslmode=require"),
+            )],
+        ),
+    ];
+    let sender = Sender::connect().await;
+    for (form, env) in forms {
+        let plugins = support::temp_dir("cli-socket");
+        let ch = channel("socket");
+        WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&plugins, "echo");
+        let mut command = without_database_settings(Host::command());
+        command.args(["run", "--plugins"]).arg(&plugins).envs(env);
+        let host = Host::start(command);
+        let connected = host.wait_for(&["connected"]);
+        assert!(connected.contains(&dir), "{form}: {connected}");
+        host.wait_for(&["LISTEN set updated", &ch]);
+        sender.notify(&ch, "over the socket").await;
+        host.wait_for(&["over the socket", "subscriber=echo"]);
+        let output = host.stop();
+        assert!(!output.contains("TLS"), "{form}:\n{output}");
+    }
+}
+
+/// With no database settings at all, the host connects where libpq does:
+/// the default socket directory.
+#[tokio::test]
+async fn with_no_database_settings_the_host_uses_the_default_socket() {
+    let default = std::path::Path::new("/var/run/postgresql/.s.PGSQL.5432");
+    assert!(
+        default.exists(),
+        "this test needs a PostgreSQL listening on libpq's default socket, {}",
+        default.display()
+    );
+    let plugins = support::temp_dir("cli-default-socket");
+    let ch = channel("default_socket");
+    WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&plugins, "echo");
+    let mut command = without_database_settings(Host::command());
+    command.args(["run", "--plugins"]).arg(&plugins);
+    let host = Host::start(command);
+    host.wait_for(&["connected", "[/var/run/postgresql]:5432"]);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    Sender::connect().await.notify(&ch, "by default").await;
+    host.wait_for(&["by default", "subscriber=echo"]);
+    host.stop();
+}
+
+/// The demo probes and uses a socket `DATABASE_URL` as the host would.
+#[test]
+fn the_demo_uses_a_socket_database_url() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (socket, port) = runtime.block_on(support::socket_dir());
+    let url = format!(
+        "postgres://{}:{port}/postgres",
+        support::url_encoded(&socket)
+    );
+    let out = without_database_settings(Command::new(BIN))
+        .args(["demo", "--once"])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("run the demo");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("using DATABASE_URL: postgres://"), "{text}");
+    assert!(!text.contains("throwaway"), "{text}");
+}
+
+/// A command with none of the settings that name a database.
+fn without_database_settings(mut command: Command) -> Command {
+    for var in [
+        "DATABASE_URL",
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSWORD",
+        "PGSSLMODE",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}

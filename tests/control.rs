@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::host::{ctl, ctl_json, ctl_ok, write_config, Host, BIN};
+use support::host::{ctl, ctl_json, ctl_ok, parse_metrics, write_config, Host, BIN};
 use support::wat::{Notify, WatPlugin};
 use support::{channel, Sender, SOON};
 
@@ -296,22 +296,6 @@ async fn the_listener_stops_starts_and_restarts_through_ctl() {
     assert_ne!(before, after, "a restart opens a new connection");
     assert!(delivered(&host, "echo", (&a, "after-restart"), &b).await);
     host.stop();
-}
-
-/// Parse a Prometheus text scrape into `series → value`.
-fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (series, value) = l
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad line {l:?}"));
-            let value = value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
-            (series.to_owned(), value)
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -18,15 +18,30 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::watch;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// How long a client may take to send a request's headers, so a half-sent
+/// request cannot hold a connection (or shutdown) for long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are closed as they arrive.
+const MAX_CONNECTIONS: usize = 128;
+/// How long shutdown waits for requests in flight before cutting them off.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// The running admin server.
 pub struct AdminServer {
     addr: SocketAddr,
+    addr_file: PathBuf,
     token: Arc<ArcSwapOption<String>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -50,21 +65,12 @@ impl AdminServer {
             settings.admin_token.clone().map(Arc::new),
         ));
         let app = routes(notifier, token.clone());
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!("admin API stopped: {e}");
-            }
-        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(serve(listener, app, stopped));
         tracing::info!(%addr, token = settings.admin_token.is_some(), "admin API listening");
         Ok(Self {
             addr,
+            addr_file,
             token,
             stop,
             task,
@@ -81,10 +87,62 @@ impl AdminServer {
         self.token.store(token.map(Arc::new));
     }
 
-    /// Stop accepting, let requests in flight finish.
+    /// Stop accepting, let requests in flight finish (for a short while),
+    /// and remove the address file so `ctl` does not find a host that is gone.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+        if let Err(e) = std::fs::remove_file(&self.addr_file) {
+            tracing::debug!(file = %self.addr_file.display(), "cannot remove the address file: {e}");
+        }
+    }
+}
+
+/// Accept and serve connections until `stopped`, then wait a bounded time
+/// for the requests in flight.
+async fn serve(listener: TcpListener, app: Router, mut stopped: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|s| *s) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, usually: wait rather than spin.
+                tracing::warn!("admin API: cannot accept a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                "admin API: {MAX_CONNECTIONS} connections open already; closing a new one"
+            );
+            continue;
+        };
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("admin API connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "admin API: requests still open {SHUTDOWN_GRACE:?} after shutdown began were cut off"
+        );
     }
 }
 
@@ -129,7 +187,7 @@ async fn authorize(State(app): State<App>, request: Request, next: Next) -> Resp
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
             return ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -139,6 +197,14 @@ async fn authorize(State(app): State<App>, request: Request, next: Next) -> Resp
         }
     }
     next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header; the scheme's case does not matter.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
 }
 
 /// Compare without stopping at the first difference, so timing tells

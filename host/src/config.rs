@@ -9,18 +9,13 @@ use crate::capabilities::{CapabilityLimits, GrantSettings};
 use crate::dispatch::{Overflow, QueueLimits};
 use crate::payload::PayloadMode;
 use crate::sandbox::PluginLimits;
-use crate::tls::{self, SslMode};
+use crate::tls::{self, Connector, DbStream, SslMode};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_postgres::config::Host;
-use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::Socket;
-use tokio_postgres_rustls::MakeRustlsConnect;
-
-/// The stream of a database connection: TCP or Unix socket, maybe TLS.
-type DbStream = <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream;
 
 /// A configuration problem, naming the file or setting at fault.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +75,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = crate::files::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -122,6 +117,22 @@ impl FileConfig {
 }
 
 impl FileConfig {
+    /// `drain_timeout_ms` (default 10 s), checked.
+    pub fn drain_timeout(&self) -> Result<Duration, ConfigError> {
+        let ms = self.drain_timeout_ms.unwrap_or(10_000);
+        check_range("drain_timeout_ms", ms, 0, 3_600_000)?;
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// `watch_debounce_ms`, checked.
+    pub fn watch_debounce(&self) -> Result<Option<Duration>, ConfigError> {
+        let Some(ms) = self.watch_debounce_ms else {
+            return Ok(None);
+        };
+        check_range("watch_debounce_ms", ms, 1, 60_000)?;
+        Ok(Some(Duration::from_millis(ms)))
+    }
+
     /// `query_pool_size`, checked.
     pub fn query_pool_size(&self) -> Result<Option<usize>, ConfigError> {
         if let Some(size) = self.query_pool_size {
@@ -402,7 +413,7 @@ impl Sidecar {
 pub struct DatabaseConfig {
     pg: tokio_postgres::Config,
     ssl_mode: SslMode,
-    tls: MakeRustlsConnect,
+    tls: Connector,
 }
 
 impl DatabaseConfig {
@@ -450,20 +461,22 @@ impl DatabaseConfig {
             .map(PathBuf::from);
         let tls = tls::connector(ssl_mode, root_cert.as_deref())
             .map_err(|reason| ConfigError::invalid("sslmode", reason))?;
-        pg.ssl_mode(ssl_mode.negotiation());
-        if pg.get_hosts().is_empty() {
+        if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
             match env("PGHOST") {
                 Some(hosts) => hosts.split(',').for_each(|h| {
                     pg.host(h.trim());
                 }),
-                None if Path::new("/var/run/postgresql").is_dir() => {
-                    pg.host_path("/var/run/postgresql");
-                }
-                None => {
-                    pg.host("localhost");
-                }
+                None => match default_socket_dir(default_port(&pg)) {
+                    Some(dir) => {
+                        pg.host_path(dir);
+                    }
+                    None => {
+                        pg.host("localhost");
+                    }
+                },
             }
         }
+        pg.ssl_mode(negotiation(ssl_mode, pg.get_hosts())?);
         if pg.get_ports().is_empty() {
             if let Some(port) = env("PGPORT") {
                 let port = port.parse::<u16>().map_err(|_| {
@@ -541,7 +554,7 @@ impl DatabaseConfig {
         &self.pg
     }
 
-    pub(crate) fn tls_connector(&self) -> MakeRustlsConnect {
+    pub(crate) fn tls_connector(&self) -> Connector {
         self.tls.clone()
     }
 
@@ -586,6 +599,52 @@ impl DatabaseConfig {
     > {
         self.pg.connect(self.tls.clone()).await
     }
+}
+
+/// libpq's default: the socket directory where a server listens on `port`
+/// (Debian's, then upstream's `/tmp`), else Debian's if it exists.
+fn default_socket_dir(port: u16) -> Option<&'static Path> {
+    let dirs = ["/var/run/postgresql", "/tmp"].map(Path::new);
+    dirs.into_iter()
+        .find(|dir| dir.join(format!(".s.PGSQL.{port}")).exists())
+        .or_else(|| {
+            dirs.into_iter()
+                .find(|dir| dir.ends_with("postgresql") && dir.is_dir())
+        })
+}
+
+/// The port a lone default host would use: the URL's, `PGPORT`, or 5432.
+fn default_port(pg: &tokio_postgres::Config) -> u16 {
+    pg.get_ports()
+        .first()
+        .copied()
+        .or_else(|| std::env::var("PGPORT").ok()?.parse().ok())
+        .unwrap_or(5432)
+}
+
+/// What tokio-postgres negotiates for these hosts. A Unix socket never uses
+/// TLS (as in libpq), so a list of sockets alone negotiates none. One
+/// `sslmode` covers every host of a list, so a list that mixes sockets with
+/// TCP hosts cannot also require TLS of the TCP ones.
+fn negotiation(
+    mode: SslMode,
+    hosts: &[Host],
+) -> Result<tokio_postgres::config::SslMode, ConfigError> {
+    let sockets = hosts.iter().filter(|h| matches!(h, Host::Unix(_))).count();
+    if sockets > 0 && sockets == hosts.len() {
+        return Ok(tokio_postgres::config::SslMode::Disable);
+    }
+    let negotiated = mode.negotiation();
+    if sockets > 0 && negotiated == tokio_postgres::config::SslMode::Require {
+        return Err(ConfigError::invalid(
+            "sslmode",
+            format!(
+                "sslmode={} cannot apply to a host list that mixes Unix socket directories with TCP hosts: sockets never use TLS; list only one kind",
+                mode.as_str()
+            ),
+        ));
+    }
+    Ok(negotiated)
 }
 
 /// `sslmode` and `sslrootcert` as written in a URL, which tokio-postgres

@@ -3,7 +3,7 @@
 //! It finds the host from the same config file, environment and defaults
 //! `run` uses. Output is a table for people, or the API's JSON with `--json`.
 
-use crate::config::ControlSettings;
+use crate::config::{ControlSettings, DEFAULT_ADMIN_ADDR};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Subcommand;
@@ -188,21 +188,30 @@ struct Client {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Client {
-    /// The configured address; for port 0, the one the host wrote down.
+    /// The address the host using this data dir wrote down; else the
+    /// configured one. Port 0 (chosen by the host at start) needs the file.
     fn find(control: &ControlSettings) -> anyhow::Result<Self> {
         let mut addr = control.admin_addr;
-        if addr.port() == 0 {
-            let file = control.addr_file();
-            let text = std::fs::read_to_string(&file).with_context(|| {
-                format!(
-                    "admin_addr has port 0 (chosen by the host at start) and {} cannot be read; \
-                     is `pgnotifier run` running with the same data_dir?",
-                    file.display()
-                )
-            })?;
-            addr = text.trim().parse().with_context(|| {
-                format!("{} holds {:?}, not an address", file.display(), text.trim())
-            })?;
+        let file = control.addr_file();
+        let configured = addr.port() != 0 && addr.to_string() != DEFAULT_ADMIN_ADDR;
+        if !configured {
+            match crate::files::read_to_string(&file) {
+                Ok(text) => {
+                    addr = text.trim().parse().with_context(|| {
+                        format!("{} holds {:?}, not an address", file.display(), text.trim())
+                    })?;
+                }
+                Err(e) if addr.port() == 0 => {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "admin_addr has port 0 (chosen by the host at start) and {} cannot be read; \
+                             is `pgnotifier run` running with the same data_dir?",
+                            file.display()
+                        )
+                    })
+                }
+                Err(_) => {}
+            }
         }
         Ok(Self {
             addr,

@@ -53,9 +53,10 @@ impl Settings {
             .context("config [defaults]")?;
         let control = control_settings(options, &file)?;
         file.query_pool_size()?;
+        file.watch_debounce()?;
         Ok(Self {
             connection: file.connection_settings()?,
-            drain_timeout: Duration::from_millis(file.drain_timeout_ms.unwrap_or(10_000)),
+            drain_timeout: file.drain_timeout()?,
             file,
             database_url,
             database,
@@ -95,8 +96,8 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(size) = settings.file.query_pool_size {
         builder = builder.query_pool_size(size);
     }
-    if let Some(ms) = settings.file.watch_debounce_ms {
-        builder = builder.watch_debounce(Duration::from_millis(ms));
+    if let Some(quiet) = settings.file.watch_debounce()? {
+        builder = builder.watch_debounce(quiet);
     }
     let notifier = builder.build();
     // Bound before plugins load, so a taken port fails fast.
@@ -128,11 +129,15 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     drop(watcher);
     let report = notifier.shutdown(settings.drain_timeout).await;
     admin.shutdown().await;
-    if report.abandoned.is_empty() {
-        tracing::info!("all queued notifications delivered; bye");
-    } else {
-        tracing::warn!(subscribers = ?report.abandoned, "drain timeout reached; queued notifications discarded");
+    if !report.abandoned.is_empty() {
+        // Not a clean exit: a supervisor (or a script) must be able to tell.
+        anyhow::bail!(
+            "drain timeout ({:?}) reached: queued notifications of {:?} were discarded",
+            settings.drain_timeout,
+            report.abandoned
+        );
     }
+    tracing::info!("all queued notifications delivered; bye");
     Ok(())
 }
 

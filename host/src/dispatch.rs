@@ -178,6 +178,57 @@ enum Next {
 /// threshold, with its id and the reason, so the registry can mute it.
 pub(crate) type QuarantineHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
+/// Drops, logged as a summary at most once a second: any database role may
+/// NOTIFY any channel, so a line per drop would let a burst flood the log.
+/// The metrics count every drop.
+struct DropLog {
+    id: Arc<str>,
+    /// Drops since the last line.
+    unreported: AtomicU64,
+    /// A summary task is running.
+    reporting: AtomicBool,
+}
+
+impl DropLog {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(id: Arc<str>) -> Self {
+        Self {
+            id,
+            unreported: AtomicU64::new(0),
+            reporting: AtomicBool::new(false),
+        }
+    }
+
+    /// One drop: the first of a run is logged at once, the rest summed up.
+    fn note(self: &Arc<Self>, policy: Overflow) {
+        if self.reporting.swap(true, Ordering::AcqRel) {
+            self.unreported.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        tracing::warn!(subscriber = %self.id, ?policy, "queue full; dropped a notification (more drops are summed up each second)");
+        tokio::spawn(self.clone().summarise(policy));
+    }
+
+    async fn summarise(self: Arc<Self>, policy: Overflow) {
+        loop {
+            tokio::time::sleep(Self::EVERY).await;
+            let dropped = self.unreported.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::warn!(subscriber = %self.id, ?policy, dropped, "queue full; dropped {dropped} notifications in the last {:?}", Self::EVERY);
+                continue;
+            }
+            self.reporting.store(false, Ordering::Release);
+            // A drop noted between the swap and the store saw `reporting` still set.
+            if self.unreported.load(Ordering::Relaxed) == 0
+                || self.reporting.swap(true, Ordering::AcqRel)
+            {
+                return;
+            }
+        }
+    }
+}
+
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -195,6 +246,7 @@ pub(crate) struct Mailbox {
     overflowing: AtomicBool,
     state: AtomicU8,
     counters: Counters,
+    drops: Arc<DropLog>,
     /// Consecutive failed calls; quarantine at `failure_threshold` (0: never).
     failures_in_a_row: AtomicU32,
     failure_threshold: AtomicU32,
@@ -228,6 +280,7 @@ impl Mailbox {
             overflowing: AtomicBool::new(false),
             state: AtomicU8::new(RUNNING),
             counters: Counters::default(),
+            drops: Arc::new(DropLog::new(id.clone())),
             failures_in_a_row: AtomicU32::new(0),
             failure_threshold: AtomicU32::new(settings.failure_threshold),
             quarantined: AtomicBool::new(false),
@@ -377,7 +430,7 @@ impl Mailbox {
         }
         drop(queue);
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(subscriber = %self.id, policy = ?policy, "queue full; dropped a notification");
+        self.drops.note(policy);
     }
 
     /// Queue notifications in order: all that fit under one lock, the rest

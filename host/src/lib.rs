@@ -32,6 +32,7 @@ mod daemon;
 mod demo;
 pub mod dispatch;
 mod error;
+pub mod files;
 mod listener;
 pub mod loader;
 pub mod local_pg;

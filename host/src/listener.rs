@@ -4,12 +4,13 @@
 //! session: the connection is driven by `poll_message` in its own task, which
 //! routes every notification, while the session issues `LISTEN`/`UNLISTEN` for
 //! the difference whenever the registry's active set changes. The channel set
-//! never causes a reconnect. After a lost connection, subscribers of the
-//! channels that were LISTENed get a gap event once LISTENing resumes.
+//! never causes a reconnect. Whenever a channel that was LISTENed is LISTENed
+//! again on a new connection (after a lost connection, and after a stop and
+//! start, a restart or new settings), its subscribers get a gap event first.
 
 use crate::channel::quote_ident;
 use crate::config::{ConnectionSettings, DatabaseConfig};
-use crate::dispatch::{Delivery, Router};
+use crate::dispatch::{lock, Delivery, Router};
 use crate::error::with_causes;
 use crate::metrics;
 use crate::registry::{ActiveChannels, Registry};
@@ -37,6 +38,10 @@ pub(crate) struct ListenerStatus {
     pub(crate) last_notification: AtomicU64,
     /// The channels LISTENed right now.
     pub(crate) listened: watch::Sender<ActiveChannels>,
+    /// The channels that were LISTENed on a connection now closed, lost or
+    /// stopped: the next connection owes their subscribers a gap event. It
+    /// outlives each listener, so a stop and start is a gap too.
+    gap: std::sync::Mutex<BTreeSet<Arc<str>>>,
 }
 
 impl ListenerStatus {
@@ -55,6 +60,7 @@ impl Default for ListenerStatus {
             gap_events: AtomicU64::new(0),
             last_notification: AtomicU64::new(0),
             listened: watch::Sender::new(Arc::default()),
+            gap: Default::default(),
         }
     }
 }
@@ -151,7 +157,7 @@ async fn supervise(
         max: settings.reconnect_max,
         attempt: 0,
     };
-    let mut gap: BTreeSet<Arc<str>> = BTreeSet::new();
+    let mut gap = std::mem::take(&mut *lock(&status.gap));
     while !*stop.borrow() {
         let connected = tokio::select! {
             result = database.connect() => result,
@@ -197,6 +203,7 @@ async fn supervise(
             }
         }
     }
+    lock(&status.gap).extend(gap);
     tracing::info!("listener stopped");
 }
 
@@ -283,6 +290,8 @@ impl Session<'_> {
                     }
                 }
                 _ = stop.changed() => {
+                    // Whatever is sent from here on until the next LISTEN is missed.
+                    gap.extend(listened);
                     if let Err(e) = client.batch_execute("UNLISTEN *").await {
                         tracing::warn!("UNLISTEN failed: {e}");
                     }

@@ -29,10 +29,10 @@ impl PluginFiles {
     /// Read `NAME.wasm` and, if present, `NAME.toml`.
     pub(crate) fn read(path: &Path) -> Result<Self, LoadError> {
         let id = subscriber_id(path)?;
-        let wasm =
-            std::fs::read(path).map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
+        let wasm = crate::files::read(path)
+            .map_err(|e| LoadError::new(path, format!("cannot read: {e}")))?;
         let sidecar_path = path.with_extension("toml");
-        let sidecar = match std::fs::read_to_string(&sidecar_path) {
+        let sidecar = match crate::files::read_to_string(&sidecar_path) {
             Ok(text) => Some((sidecar_path, text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {

@@ -68,14 +68,13 @@ pub fn probe(url: &str) -> Result<(), String> {
             .build()
             .map_err(|e| e.to_string())?;
         runtime.block_on(async {
-            let mut config: tokio_postgres::Config = url
-                .parse()
-                .map_err(|e: tokio_postgres::Error| e.to_string())?;
-            config.connect_timeout(Duration::from_secs(3));
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
+            // The host's own connection path: sockets, libpq forms and sslmode as `run` has them.
+            let database = crate::DatabaseConfig::from_url(&url).map_err(|e| e.to_string())?;
+            let connecting = tokio::time::timeout(Duration::from_secs(3), database.connect());
+            let (client, connection) = connecting
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| "no answer within 3 s".to_owned())?
+                .map_err(|e| crate::error::with_causes(&e))?;
             tokio::spawn(connection);
             client
                 .simple_query("select 1")

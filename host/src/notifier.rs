@@ -364,12 +364,36 @@ impl Notifier {
                 Err(LoadError::new(&file, format!("loader task failed: {e}")).into())
             });
             if let Err(e) = &outcome {
-                let id = loader::subscriber_id(&file);
-                tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{e}");
+                watcher::log_load_error(&file, e);
             }
             outcomes.push((file, outcome));
         }
         Ok(outcomes)
+    }
+
+    /// The files of the plugin subscribers loaded from `dir`.
+    pub(crate) fn plugins_from(&self, dir: &Path) -> Vec<PathBuf> {
+        self.subscribers()
+            .into_iter()
+            .filter_map(|s| match s.source {
+                SubscriberSource::Plugin { path, .. } if path.parent() == Some(dir) => Some(path),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Make the plugin subscribers of `dir` match its files: load new and
+    /// changed ones, and remove those whose file is gone.
+    pub(crate) async fn sync_folder(&self, dir: &Path) -> Result<()> {
+        self.load_plugins(dir).await?;
+        for path in self.plugins_from(dir) {
+            if !loader::is_plugin_file(&path) {
+                if let Err(e) = self.sync_plugin(&path).await {
+                    watcher::log_load_error(&path, &e);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Make the subscriber of one plugin file match the file: add it, reload

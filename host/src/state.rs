@@ -79,7 +79,7 @@ impl StateFile {
     pub fn open(dir: &Path) -> std::io::Result<(Self, RuntimeState)> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
-        let (state, written) = match std::fs::read(&path) {
+        let (state, written) = match crate::files::read(&path) {
             Ok(bytes) => match parse(&bytes) {
                 Ok(state) => (state, bytes),
                 Err(reason) => {

@@ -10,7 +10,11 @@
 //!
 //! `sslrootcert` is a PEM file; libpq's default, `~/.postgresql/root.crt`,
 //! is used when it is not set.
+//!
+//! As in libpq, a Unix socket never uses TLS, whatever `sslmode` says: the
+//! socket's permissions are its protection.
 
+use futures_util::future::{ready, Either, Ready};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -21,6 +25,8 @@ use rustls::{
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::Socket;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// libpq's `sslmode`.
@@ -69,10 +75,10 @@ impl SslMode {
 }
 
 /// The TLS connector for `mode`, or why it cannot be built (naming the setting).
-pub(crate) fn connector(
-    mode: SslMode,
-    root_cert: Option<&Path>,
-) -> Result<MakeRustlsConnect, String> {
+pub(crate) fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<Connector, String> {
+    if mode == SslMode::Disable {
+        return Ok(Connector(None));
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(AnyCertificate {
@@ -96,7 +102,56 @@ pub(crate) fn connector(
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    Ok(MakeRustlsConnect::new(config))
+    Ok(Connector(Some(MakeRustlsConnect::new(config))))
+}
+
+type Rustls = <MakeRustlsConnect as MakeTlsConnect<Socket>>::TlsConnect;
+
+/// The stream of a database connection: TCP or Unix socket, maybe TLS.
+pub(crate) type DbStream = <Rustls as TlsConnect<Socket>>::Stream;
+
+/// Makes each connection's TLS: rustls for a TCP host, none for a Unix
+/// socket (tokio-postgres names it with an empty host name) or with
+/// `sslmode=disable`.
+#[derive(Clone)]
+pub(crate) struct Connector(Option<MakeRustlsConnect>);
+
+impl MakeTlsConnect<Socket> for Connector {
+    type Stream = DbStream;
+    type TlsConnect = HostTls;
+    type Error = rustls::pki_types::InvalidDnsNameError;
+
+    fn make_tls_connect(&mut self, host: &str) -> Result<HostTls, Self::Error> {
+        match &mut self.0 {
+            Some(rustls) if !host.is_empty() => {
+                MakeTlsConnect::<Socket>::make_tls_connect(rustls, host).map(HostTls::Rustls)
+            }
+            _ => Ok(HostTls::Plain),
+        }
+    }
+}
+
+/// One connection attempt's TLS.
+pub(crate) enum HostTls {
+    Rustls(Rustls),
+    /// Never asked to connect: a socket's server declines TLS, and
+    /// `sslmode=disable` never asks for it.
+    Plain,
+}
+
+impl TlsConnect<Socket> for HostTls {
+    type Stream = DbStream;
+    type Error = std::io::Error;
+    type Future = Either<<Rustls as TlsConnect<Socket>>::Future, Ready<std::io::Result<DbStream>>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        match self {
+            HostTls::Rustls(tls) => Either::Left(tls.connect(stream)),
+            HostTls::Plain => Either::Right(ready(Err(std::io::Error::other(
+                "TLS is not used on a Unix socket",
+            )))),
+        }
+    }
 }
 
 fn root_store(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, String> {

@@ -4,22 +4,32 @@
 //! affected `NAME.wasm` goes through [`Notifier::sync_plugin`], the same path
 //! start-up uses. A sidecar change reloads its plugin. Hidden files, such as
 //! the temporary file of an atomic deploy, are ignored until renamed.
+//!
+//! Only events that change content or names count: the host's own reads of a
+//! plugin (open, read, close) must not make it read the plugin again. The
+//! folder itself is checked every second, so a folder that is removed or moved
+//! away and comes back (or is replaced) is watched again and resynced.
 
 use crate::error::{Error, Result};
 use crate::loader;
 use crate::notifier::{Notifier, PluginChange};
-use notify_debouncer_full::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_full::notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{
     new_debouncer, DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache,
 };
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
+
+/// How often the folder itself is checked for being gone or replaced.
+const FOLDER_CHECK: Duration = Duration::from_secs(1);
 
 /// Watches a plugins folder while it lives.
 pub struct PluginWatcher {
-    _debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     task: JoinHandle<()>,
 }
 
@@ -35,46 +45,135 @@ pub(crate) async fn watch(
     dir: &Path,
     debounce: Duration,
 ) -> Result<PluginWatcher> {
-    let (events, mut incoming) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
+    let watch_error = |e: &dyn std::fmt::Display| Error::Watch(format!("{}: {e}", dir.display()));
+    // Events name absolute paths; a relative folder would never match them.
+    let dir = std::fs::canonicalize(dir).map_err(|e| watch_error(&e))?;
+    let (events, incoming) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(debounce, None, move |result| {
         let _ = events.send(result);
     })
-    .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
+    .map_err(|e| watch_error(&e))?;
     debouncer
-        .watch(dir, RecursiveMode::NonRecursive)
-        .map_err(|e| Error::Watch(format!("{}: {e}", dir.display())))?;
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| watch_error(&e))?;
+    let watched = FolderId::of(&dir);
     // Watch first, then scan: a file that lands in between is seen twice, never missed.
-    notifier.load_plugins(dir).await?;
+    notifier.load_plugins(&dir).await?;
+    let folder = Folder {
+        notifier: notifier.clone(),
+        dir,
+        debouncer,
+        watched,
+    };
+    Ok(PluginWatcher {
+        task: tokio::spawn(folder.follow(incoming)),
+    })
+}
 
-    let notifier = notifier.clone();
-    let dir = dir.to_owned();
-    let task = tokio::spawn(async move {
-        while let Some(result) = incoming.recv().await {
-            match result {
-                Ok(events) => {
-                    for path in affected_plugins(&dir, &events) {
-                        match notifier.sync_plugin(&path).await {
-                            Ok(PluginChange::Unchanged(_) | PluginChange::Absent) => {}
-                            Ok(change) => tracing::debug!(?change, "plugin folder change applied"),
-                            Err(e) => {
-                                let id = loader::subscriber_id(&path);
-                                tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{e}");
-                            }
+/// Which folder a path names: a removed and recreated folder is another one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FolderId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FolderId {
+    fn of(dir: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(dir).ok().filter(|m| m.is_dir())?;
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+struct Folder {
+    notifier: Notifier,
+    dir: PathBuf,
+    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    /// The folder being watched; `None` while it is gone.
+    watched: Option<FolderId>,
+}
+
+impl Folder {
+    async fn follow(mut self, mut incoming: UnboundedReceiver<DebounceEventResult>) {
+        let mut check = tokio::time::interval(FOLDER_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                result = incoming.recv() => match result {
+                    Some(Ok(events)) => self.apply(&events).await,
+                    Some(Err(errors)) => {
+                        for e in errors {
+                            tracing::warn!(dir = %self.dir.display(), "watching plugins: {e}");
                         }
                     }
-                }
-                Err(errors) => {
-                    for e in errors {
-                        tracing::warn!(dir = %dir.display(), "watching plugins: {e}");
-                    }
-                }
+                    None => return,
+                },
+                _ = check.tick() => self.check_folder().await,
             }
         }
-    });
-    Ok(PluginWatcher {
-        _debouncer: debouncer,
-        task,
-    })
+    }
+
+    async fn apply(&mut self, events: &[DebouncedEvent]) {
+        // Files vanishing with their folder are not plugins being removed:
+        // the folder check says what happened.
+        if FolderId::of(&self.dir) != self.watched {
+            return self.check_folder().await;
+        }
+        for path in affected_plugins(&self.dir, events) {
+            match self.notifier.sync_plugin(&path).await {
+                Ok(PluginChange::Unchanged(_) | PluginChange::Absent) => {}
+                Ok(change) => tracing::debug!(?change, "plugin folder change applied"),
+                Err(e) => log_load_error(&path, &e),
+            }
+        }
+    }
+
+    /// Notice the folder going away, coming back or being replaced.
+    async fn check_folder(&mut self) {
+        let now = FolderId::of(&self.dir);
+        if now == self.watched {
+            return;
+        }
+        let _ = self.debouncer.unwatch(&self.dir);
+        let running = self.notifier.plugins_from(&self.dir).len();
+        let Some(_) = now else {
+            self.watched = None;
+            tracing::warn!(
+                dir = %self.dir.display(),
+                running,
+                "the plugins folder is gone; its subscribers keep running, and it is watched for until it is back"
+            );
+            return;
+        };
+        if let Err(e) = self.debouncer.watch(&self.dir, RecursiveMode::NonRecursive) {
+            // Not marked as watched: the next check tries again.
+            tracing::error!(dir = %self.dir.display(), "cannot watch the plugins folder again: {e}");
+            return;
+        }
+        self.watched = now;
+        tracing::warn!(dir = %self.dir.display(), "the plugins folder is back (or was replaced); watching it again and syncing every plugin");
+        if let Err(e) = self.notifier.sync_folder(&self.dir).await {
+            tracing::error!(dir = %self.dir.display(), "{e}");
+        }
+    }
+}
+
+pub(crate) fn log_load_error(path: &Path, e: &Error) {
+    let id = loader::subscriber_id(path);
+    tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{e}");
+}
+
+/// Whether an event may have changed a file's content or name. Opening,
+/// reading and closing a file without writing never do.
+fn changes_files(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Other => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Any | EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+    }
 }
 
 /// The `NAME.wasm` paths that a batch of events may have changed: the file
@@ -82,6 +181,7 @@ pub(crate) async fn watch(
 fn affected_plugins(dir: &Path, events: &[DebouncedEvent]) -> BTreeSet<PathBuf> {
     events
         .iter()
+        .filter(|e| changes_files(&e.kind))
         .flat_map(|e| e.paths.iter())
         .filter(|p| p.parent() == Some(dir))
         .filter(|p| {

@@ -173,3 +173,19 @@ pub fn write_config(dir: &Path, plugins: &Path, data_dir: &Path, extra: &str) ->
     std::fs::write(&config, text).expect("write config");
     config
 }
+
+/// Parse a Prometheus text scrape into `series → value`.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("bad line {l:?}"));
+            let value = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {l:?}"));
+            (series.to_owned(), value)
+        })
+        .collect()
+}

@@ -77,6 +77,38 @@ impl Sender {
     }
 }
 
+/// Where the test server's Unix socket is: its directory and port, as the
+/// server itself reports them.
+pub async fn socket_dir() -> (PathBuf, u16) {
+    let sender = Sender::connect().await;
+    let show = |setting: &'static str| {
+        let client = &sender.client;
+        async move {
+            let row = client.query_one(&format!("show {setting}"), &[]).await;
+            row.unwrap_or_else(|e| panic!("show {setting}: {e}"))
+                .get::<_, String>(0)
+        }
+    };
+    let dirs = show("unix_socket_directories").await;
+    let port: u16 = show("port").await.parse().expect("the server's port");
+    let dir = dirs
+        .split(',')
+        .map(str::trim)
+        .find(|d| d.starts_with('/'))
+        .unwrap_or_else(|| {
+            panic!("these tests need the server to listen on a Unix socket; unix_socket_directories is {dirs:?}")
+        });
+    (PathBuf::from(dir), port)
+}
+
+/// Percent-encode a socket directory for the host part of a URL.
+pub fn url_encoded(dir: &Path) -> String {
+    dir.display()
+        .to_string()
+        .replace('%', "%25")
+        .replace('/', "%2F")
+}
+
 /// Start the listener and wait until every active channel is LISTENed.
 pub async fn listen(notifier: &pgnotifier::Notifier) {
     notifier.start().await.expect("start the listener");

@@ -1,0 +1,422 @@
+//! What probing the real binary found, each as a user (or an attacker)
+//! would meet it: `pgnotifier run` and `ctl` as processes, a real PostgreSQL.
+
+mod support;
+
+use notify_debouncer_full::notify::event::{AccessKind, EventKind};
+use notify_debouncer_full::notify::{self, RecursiveMode, Watcher};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::host::{ctl_ok, parse_metrics, write_config, Host, BIN};
+use support::wat::{Notify, WatPlugin};
+use support::{channel, Sender, SOON};
+
+/// A temp dir with a `plugins` folder and a config for a host on a free port.
+struct Setup {
+    dir: PathBuf,
+    plugins: PathBuf,
+    data_dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(name: &str, extra: &str) -> Self {
+        let dir = support::temp_dir(name);
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let data_dir = dir.join("data");
+        let config = write_config(&dir, &plugins, &data_dir, extra);
+        Self {
+            dir,
+            plugins,
+            data_dir,
+            config,
+        }
+    }
+
+    fn echo(&self, id: &str, channel: &str) {
+        WatPlugin::new(&[channel], Notify::Echo).write(&self.plugins, id);
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        let metrics = parse_metrics(&ctl_ok(&self.config, &["metrics"]));
+        *metrics
+            .get(series)
+            .unwrap_or_else(|| panic!("no series {series}"))
+    }
+
+    fn admin_addr(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.addr"))
+            .expect("the host wrote admin.addr")
+            .trim()
+            .to_owned()
+    }
+}
+
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// The host's own reads of a plugin must not look like changes to it: an
+/// idle host reads nothing, and a bad file is refused once, not forever.
+#[tokio::test]
+async fn an_idle_host_never_rereads_its_plugins_nor_retries_a_bad_one() {
+    let s = Setup::new("idle", "");
+    let ch = channel("idle");
+    s.echo("echo", &ch);
+    std::fs::write(s.plugins.join("bad.wasm"), b"not a component").unwrap();
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    host.wait_for(&["bad.wasm", "subscriber=bad"]);
+
+    let opens = Arc::new(AtomicUsize::new(0));
+    let counter = opens.clone();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| matches!(e.kind, EventKind::Access(AccessKind::Open(_)))) {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    let plugin = s.plugins.join("echo.wasm");
+    watcher.watch(&plugin, RecursiveMode::NonRecursive).unwrap();
+    // The watch must see a read, or the count below proves nothing.
+    std::fs::read(&plugin).unwrap();
+    assert!(
+        support::eventually(SOON, || opens.load(Ordering::Relaxed) > 0).await,
+        "the test's own watch saw no open"
+    );
+    opens.store(0, Ordering::Relaxed);
+
+    // An idle second and a half, closed by a marker: once the marker is
+    // loaded, the host has handled every event before it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.echo("marker", &channel("idle_marker"));
+    host.wait_for(&["plugin loaded", "subscriber=marker"]);
+    assert_eq!(
+        opens.load(Ordering::Relaxed),
+        0,
+        "the idle host opened an untouched plugin"
+    );
+    assert_eq!(s.metric("pgnotifier_plugin_load_failures_total"), 1.0);
+    assert_eq!(host.count(&["bad.wasm", "subscriber=bad"]), 1);
+    host.stop();
+}
+
+/// A FIFO where a sidecar belongs is refused at once, hot reload goes on,
+/// `check` answers, and SIGTERM exits.
+#[tokio::test]
+async fn a_fifo_is_refused_and_never_hangs_reloads_check_or_shutdown() {
+    let s = Setup::new("fifo", "");
+    mkfifo(&s.plugins.join("x.toml"));
+    s.echo("x", &channel("fifo_x"));
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["not a regular file (a FIFO)", "subscriber=x"]);
+    let ch = channel("fifo_after");
+    s.echo("after", &ch);
+    host.wait_for(&["LISTEN set updated", &ch]);
+
+    for file in [s.plugins.join("x.wasm"), {
+        let fifo = s.dir.join("fifo.wasm");
+        mkfifo(&fifo);
+        fifo
+    }] {
+        let started = Instant::now();
+        let out = Command::new(BIN).arg("check").arg(&file).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("not a regular file (a FIFO)"), "{err}");
+        assert!(
+            started.elapsed() < SOON,
+            "check took {:?}",
+            started.elapsed()
+        );
+    }
+    host.stop();
+}
+
+/// A client that sends half a request and waits holds neither its
+/// connection nor the host's shutdown for long.
+#[test]
+fn a_half_sent_admin_request_is_cut_off_and_does_not_hold_shutdown() {
+    let s = Setup::new("slowloris", "");
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["admin API listening"]);
+    let addr = s.admin_addr();
+
+    let mut first = TcpStream::connect(&addr).unwrap();
+    first.write_all(b"GET /v1/channels HTTP/1.1\r\n").unwrap();
+    first.set_read_timeout(Some(SOON)).unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    // Closed by the server (an orderly close, or a reset).
+    let _ = first.read_to_end(&mut rest);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the half-sent request held its connection for {:?}",
+        started.elapsed()
+    );
+
+    let mut second = TcpStream::connect(&addr).unwrap();
+    second.write_all(b"GET /v1/channels HTTP/1.1\r\n").unwrap();
+    let stopping = Instant::now();
+    host.signal("TERM");
+    let (status, output) = host.wait();
+    assert!(status.success(), "{status}\n{output}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}",
+        stopping.elapsed()
+    );
+    assert!(
+        !s.data_dir.join("admin.addr").exists(),
+        "admin.addr is left behind after exit"
+    );
+}
+
+/// Every re-LISTEN of a channel that was LISTENed (a restart, a stop and
+/// start, new connection settings) tells its subscribers they may have
+/// missed notifications; delivery resumes after it.
+#[tokio::test]
+async fn every_relisten_gives_its_subscribers_a_gap_event() {
+    let s = Setup::new("relisten", "");
+    let ch = channel("relisten");
+    s.echo("echo", &ch);
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    let gap = ["notifications may have been missed", "subscriber=echo"];
+    let sender = Sender::connect().await;
+    let wait_gaps = |n: usize| {
+        let deadline = Instant::now() + SOON;
+        while host.count(&gap) < n {
+            assert!(Instant::now() < deadline, "{}", host.output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Notifications sent while the listener restarts: each is delivered, or
+    // the gap event says some may not be.
+    let burst = tokio::spawn({
+        let ch = ch.clone();
+        async move {
+            let sender = Sender::connect().await;
+            for i in 0..300 {
+                sender.notify(&ch, &format!("burst {i}")).await;
+            }
+        }
+    });
+    ctl_ok(&s.config, &["restart"]);
+    burst.await.unwrap();
+    wait_gaps(1);
+    sender.notify(&ch, "after restart").await;
+    host.wait_for(&["after restart", "subscriber=echo"]);
+    let delivered = host.count(&["burst ", "subscriber=echo"]);
+    assert!(delivered <= 300, "{delivered}");
+
+    ctl_ok(&s.config, &["stop"]);
+    ctl_ok(&s.config, &["start"]);
+    wait_gaps(2);
+    sender.notify(&ch, "after start").await;
+    host.wait_for(&["after start", "subscriber=echo"]);
+
+    // New connection settings restart the listener: a gap too.
+    let text = std::fs::read_to_string(&s.config).unwrap() + "heartbeat_ms = 5000\n";
+    std::fs::write(&s.config, text).unwrap();
+    host.signal("HUP");
+    wait_gaps(3);
+    sender.notify(&ch, "after reload").await;
+    host.wait_for(&["after reload", "subscriber=echo"]);
+    assert_eq!(s.metric("pgnotifier_listener_gap_events_total"), 3.0);
+    // The plugin's on-gap ran each time (it logs the channel at warn).
+    let on_gap = host.count(&["WARN", &ch, "subscriber=echo", "pgnotifier::plugin"]);
+    assert_eq!(on_gap, 3, "{}", host.output());
+    host.stop();
+}
+
+/// Hot reload keeps working with a relative `--plugins`, and through the
+/// folder being removed, recreated, moved away and moved back.
+#[tokio::test]
+async fn hot_reload_follows_a_relative_folder_that_goes_and_comes_back() {
+    let s = Setup::new("relative", "");
+    let mut command = Host::command();
+    command
+        .current_dir(&s.dir)
+        .args(["run", "--plugins", "plugins", "--database-url"])
+        .arg(support::database_url());
+    let host = Host::start(command);
+    host.wait_for(&["starting"]);
+    let sender = Sender::connect().await;
+    let (a, b, c) = (channel("rel_a"), channel("rel_b"), channel("rel_c"));
+
+    // Added after start: the relative folder is still watched.
+    s.echo("a", &a);
+    host.wait_for(&["LISTEN set updated", &a]);
+    sender.notify(&a, "a loaded").await;
+    host.wait_for(&["a loaded", "subscriber=a"]);
+
+    // Removed: the subscribers keep running, and the host says so.
+    std::fs::remove_dir_all(&s.plugins).unwrap();
+    host.wait_for(&["the plugins folder is gone"]);
+    sender.notify(&a, "a still running").await;
+    host.wait_for(&["a still running", "subscriber=a"]);
+
+    // Recreated: watched again, and synced (a's file is not in it any more).
+    std::fs::create_dir(&s.plugins).unwrap();
+    s.echo("b", &b);
+    host.wait_for(&["the plugins folder is back"]);
+    host.wait_for(&["LISTEN set updated", &b]);
+    host.wait_for(&["plugin removed", "subscriber=a"]);
+    sender.notify(&b, "b in the new folder").await;
+    host.wait_for(&["b in the new folder", "subscriber=b"]);
+
+    // Moved away and back.
+    let away = s.dir.join("away");
+    std::fs::rename(&s.plugins, &away).unwrap();
+    let gone = || host.count(&["the plugins folder is gone"]);
+    let deadline = Instant::now() + SOON;
+    while gone() < 2 {
+        assert!(Instant::now() < deadline, "{}", host.output());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sender.notify(&b, "b still running").await;
+    host.wait_for(&["b still running", "subscriber=b"]);
+    std::fs::rename(&away, &s.plugins).unwrap();
+    s.echo("c", &c);
+    host.wait_for(&["LISTEN set updated", &c]);
+    sender.notify(&c, "c after the move back").await;
+    host.wait_for(&["c after the move back", "subscriber=c"]);
+    assert_eq!(host.count(&["plugin removed", "subscriber=b"]), 0);
+    host.stop();
+}
+
+/// A burst into a slow subscriber is logged as a summary a second, not a
+/// line per dropped notification; the metrics count every drop.
+#[tokio::test]
+async fn drops_are_logged_as_a_summary_not_a_line_each() {
+    let s = Setup::new("drops", "");
+    let ch = channel("drops");
+    WatPlugin::new(&[ch.as_str()], Notify::Burn(2_000_000)).write(&s.plugins, "slow");
+    std::fs::write(
+        s.plugins.join("slow.toml"),
+        "queue_size = 1\noverflow = \"drop-newest\"\n",
+    )
+    .unwrap();
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    Sender::connect()
+        .await
+        .client
+        .execute(
+            "select pg_notify($1, 'n' || i) from generate_series(1, 5000) i",
+            &[&ch],
+        )
+        .await
+        .unwrap();
+    let summary = host.wait_for(&["notifications in the last", "subscriber=slow"]);
+    assert!(summary.contains("dropped="), "{summary}");
+    let dropped = s.metric("pgnotifier_subscriber_dropped_total{subscriber=\"slow\"}");
+    assert!(dropped > 1000.0, "{dropped}");
+    let lines = host.count(&["queue full", "subscriber=slow"]);
+    assert!(
+        lines <= 5,
+        "{lines} log lines for {dropped} drops:\n{}",
+        host.output()
+    );
+    host.stop();
+}
+
+/// `ctl --data-dir X` talks to the host that uses X, found through
+/// `X/admin.addr`, with no admin address given.
+#[test]
+fn ctl_finds_the_host_of_its_data_dir() {
+    let s = Setup::new("ctl-data-dir", "");
+    let ch = channel("ctl_data_dir");
+    s.echo("echo", &ch);
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    let out = Command::new(BIN)
+        .args(["ctl", "--data-dir"])
+        .arg(&s.data_dir)
+        .arg("channels")
+        .env_remove("PGNOTIFIER_ADMIN_ADDR")
+        .env_remove("PGNOTIFIER_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&ch), "{text}");
+    host.stop();
+}
+
+/// Durations and sizes are range-checked: a huge value is a clear error
+/// naming the setting, not a host whose hot reload never fires.
+#[test]
+fn huge_durations_are_refused_naming_the_setting() {
+    for setting in ["watch_debounce_ms", "drain_timeout_ms"] {
+        let s = Setup::new("huge", &format!("{setting} = 18446744073709551615\n"));
+        let out = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&s.config)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("{setting}: 18446744073709551615 is outside")),
+            "{err}"
+        );
+    }
+}
+
+/// Queued notifications discarded at the drain deadline make the exit
+/// status non-zero, so a supervisor can tell.
+#[tokio::test]
+async fn discarding_at_the_drain_deadline_is_a_failed_exit() {
+    let s = Setup::new("drain-deadline", "drain_timeout_ms = 100\n");
+    let ch = channel("deadline");
+    WatPlugin::new(&[ch.as_str()], Notify::Burn(600_000_000)).write(&s.plugins, "burner");
+    std::fs::write(s.plugins.join("burner.toml"), "timeout_ms = 20000\n").unwrap();
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    let sender = Sender::connect().await;
+    for i in 0..5 {
+        sender.notify(&ch, &format!("job {i}")).await;
+    }
+    host.wait_for(&["job 0", "subscriber=burner"]);
+    host.signal("TERM");
+    let (status, output) = host.wait();
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(output.contains("drain timeout"), "{output}");
+}
+
+/// The bearer scheme is case-insensitive (RFC 9110).
+#[test]
+fn a_lower_case_bearer_scheme_is_accepted() {
+    let s = Setup::new("bearer", "admin_token = \"s3cret-token\"\n");
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["admin API listening"]);
+    let get = |authorization: &str| {
+        let mut stream = TcpStream::connect(s.admin_addr()).unwrap();
+        write!(
+            stream,
+            "GET /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert!(get("bearer s3cret-token").starts_with("HTTP/1.1 200"));
+    assert!(get("BEARER s3cret-token").starts_with("HTTP/1.1 200"));
+    assert!(get("bearer wrong").starts_with("HTTP/1.1 401"));
+    host.stop();
+}
