@@ -131,6 +131,17 @@ async fn query_reads_rows_refuses_writes_unless_granted_and_is_cut_by_its_limits
         ))
         .await
         .unwrap();
+    let (reader_role, writer_role) = ("pgnotifier_test_reader", "pgnotifier_test_writer");
+    support::plugin_role(
+        reader_role,
+        &[format!("grant select on {table} to {reader_role}")],
+    )
+    .await;
+    support::plugin_role(
+        writer_role,
+        &[format!("grant select, insert on {table} to {writer_role}")],
+    )
+    .await;
     let dir = support::temp_dir("query");
     let ch = channel("query");
     // timeout_ms is below the query timeout: time waiting on the database
@@ -139,12 +150,12 @@ async fn query_reads_rows_refuses_writes_unless_granted_and_is_cut_by_its_limits
     install(
         &dir,
         "reader",
-        &format!("channels = [\"{ch}\"]\n{limits}[grants]\nquery = true\n"),
+        &format!("channels = [\"{ch}\"]\n{limits}[grants]\nquery = true\nquery_role = \"{reader_role}\"\n"),
     );
     install(
         &dir,
         "writer",
-        &format!("channels = [\"{ch}\"]\n{limits}[grants]\nquery_write = true\n"),
+        &format!("channels = [\"{ch}\"]\n{limits}[grants]\nquery_write = true\nquery_role = \"{writer_role}\"\n"),
     );
     install(&dir, "ungranted", &format!("channels = [\"{ch}\"]\n"));
     let n = host(&dir).await;
@@ -397,13 +408,14 @@ async fn the_order_webhook_example_posts_each_changed_row() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_with_grants_that_spins_is_still_cut_off() {
     logs::install();
+    support::plugin_role("pgnotifier_test_reader", &[]).await;
     let dir = support::temp_dir("granted-spin");
     let ch = channel("granted_spin");
     // With grants the deadline counts CPU time; spinning uses it up all the same.
     WatPlugin::new(&[&ch], Notify::Spin).write(&dir, "spinner");
     std::fs::write(
         dir.join("spinner.toml"),
-        "timeout_ms = 50\nfailure_threshold = 0\n[grants]\nquery = true\n",
+        "timeout_ms = 50\nfailure_threshold = 0\n[grants]\nquery = true\nquery_role = \"pgnotifier_test_reader\"\n",
     )
     .unwrap();
     let n = host(&dir).await;
@@ -421,6 +433,7 @@ async fn a_plugin_with_grants_that_spins_is_still_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn query_and_publish_work_over_a_unix_socket() {
     logs::install();
+    support::plugin_role("pgnotifier_test_reader", &[]).await;
     let (socket, port) = support::socket_dir().await;
     let url = format!(
         "postgres://{}:{port}/postgres",
@@ -431,7 +444,7 @@ async fn query_and_publish_work_over_a_unix_socket() {
     install(
         &dir,
         "socket_reader",
-        &format!("channels = [\"{ch}\"]\n[grants]\nquery = true\npublish = [\"{out}\"]\n"),
+        &format!("channels = [\"{ch}\"]\n[grants]\nquery = true\nquery_role = \"pgnotifier_test_reader\"\npublish = [\"{out}\"]\n"),
     );
     let n = Notifier::new(pgnotifier::DatabaseConfig::from_url(&url).unwrap());
     n.load_plugins(&dir).await.expect("plugins load");
@@ -458,5 +471,174 @@ async fn query_and_publish_work_over_a_unix_socket() {
         pgnotifier::Payload::Text("via the socket".into())
     );
     assert_no_failures(&n, "socket_reader");
+    n.shutdown(SOON).await;
+}
+
+/// A query grant runs as its `query_role`, and nothing inside the plugin's
+/// statement can leave that role, the read-only transaction or the
+/// statement timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_role_confines_the_plugin_and_nothing_inside_undoes_it() {
+    logs::install();
+    let sender = Sender::connect().await;
+    let secret = channel("cap_secret");
+    sender
+        .client
+        .batch_execute(&format!(
+            "create table {secret} (v text); insert into {secret} values ('hidden')"
+        ))
+        .await
+        .unwrap();
+    let role = "pgnotifier_test_confined";
+    support::plugin_role(role, &[]).await;
+    let dir = support::temp_dir("confined");
+    let ch = channel("confined");
+    install(
+        &dir,
+        "confined",
+        &format!(
+            "channels = [\"{ch}\"]\ntimeout_ms = 5000\nquery_timeout_ms = 300\n\
+             [grants]\nquery = true\nquery_role = \"{role}\"\n"
+        ),
+    );
+    let n = host(&dir).await;
+    let listener_pid = n.backend_pid().expect("connected");
+    let attacks: Vec<(String, &str)> = vec![
+        (format!("select v from {secret}"), "permission denied for table"),
+        ("select pg_read_file('/etc/passwd')".into(), "permission denied for function pg_read_file"),
+        ("select set_config('role', 'postgres', true)".into(), "cannot set parameter \"role\""),
+        (
+            "select query_to_xml('select set_config(''role'', ''postgres'', true)', true, false, '')".into(),
+            "cannot set parameter \"role\"",
+        ),
+        (
+            "select set_config('session_authorization', 'postgres', true)".into(),
+            "cannot set parameter \"session_authorization\"",
+        ),
+        ("reset role".into(), "syntax error"),
+        ("set role postgres".into(), "syntax error"),
+        ("set transaction read write".into(), "syntax error"),
+        (
+            "select set_config('transaction_read_only', 'off', true)".into(),
+            "read-write mode must be set before any query",
+        ),
+        (
+            "select set_config('statement_timeout', '0', true), pg_sleep(3)".into(),
+            "canceling statement due to statement timeout",
+        ),
+        (
+            format!("select 1; select v from {secret}"),
+            "cannot insert multiple commands into a prepared statement",
+        ),
+        (format!("select pg_terminate_backend({listener_pid})"), "to terminate superuser process"),
+    ];
+    for (sql, _) in &attacks {
+        sender.notify(&ch, &command("query", &[sql])).await;
+    }
+    sender
+        .notify(
+            &ch,
+            &command("query", &["select current_user::text as who"]),
+        )
+        .await;
+    let got = wait_lines("confined", "query", attacks.len() + 1).await;
+    for ((sql, expected), line) in attacks.iter().zip(&got) {
+        assert!(
+            line.starts_with("query err ERROR: ") && line.contains(expected),
+            "{sql}\n  wanted an error with {expected:?}\n  got {line}"
+        );
+    }
+    assert_eq!(
+        got[attacks.len()],
+        format!("query ok [{{\"who\":\"{role}\"}}]")
+    );
+    assert_eq!(n.backend_pid(), Some(listener_pid), "the listener survived");
+    assert_no_failures(&n, "confined");
+    n.shutdown(SOON).await;
+    sender
+        .client
+        .batch_execute(&format!("drop table {secret}"))
+        .await
+        .unwrap();
+}
+
+/// Without `query_role`, a query grant would run as the host's role: refused
+/// at load when that role is a superuser. A role the host cannot become is
+/// refused naming both roles.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_grant_needs_a_query_role_the_host_can_become() {
+    logs::install();
+    let dir = support::temp_dir("query-role-refused");
+    let n = Notifier::new(support::database());
+    install(
+        &dir,
+        "unconfined",
+        "channels = [\"x\"]\n[grants]\nquery = true\n",
+    );
+    let err = n
+        .load_plugin(&dir.join("unconfined.wasm"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unconfined.toml")
+            && err.contains("is a superuser")
+            && err.contains("query_role"),
+        "{err}"
+    );
+    install(
+        &dir,
+        "nobody",
+        "channels = [\"x\"]\n[grants]\nquery = true\nquery_role = \"pgnotifier_no_such_role\"\n",
+    );
+    let err = n
+        .load_plugin(&dir.join("nobody.wasm"))
+        .await
+        .unwrap_err()
+        .to_string();
+    let host_role = (support::database_url().parse::<tokio_postgres::Config>())
+        .unwrap()
+        .get_user()
+        .unwrap()
+        .to_owned();
+    assert!(
+        err.contains(&format!(
+            "the host's role {host_role:?} cannot become query_role \"pgnotifier_no_such_role\""
+        )),
+        "{err}"
+    );
+    assert!(n.subscribers().is_empty());
+}
+
+/// `publish` binds the channel and payload as values: SQL in either is
+/// only text, sent on exactly the channel named.
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_is_no_way_to_run_other_sql() {
+    logs::install();
+    let dir = support::temp_dir("publish-sql");
+    let ch = channel("publish_sql");
+    let tricky = "x'); select pg_sleep(5); --\"";
+    install(
+        &dir,
+        "publisher",
+        &format!(
+            "channels = [\"{ch}\"]\n[grants]\npublish = [{}]\n",
+            toml::Value::String(tricky.into())
+        ),
+    );
+    let n = host(&dir).await;
+    let (recorder, seen) = support::recorder();
+    n.subscribe("tricky_sink", tricky, recorder).unwrap();
+    n.wait_until_listening(SOON).await.unwrap();
+    let payload = "'); drop table orders; --";
+    Sender::connect()
+        .await
+        .notify(&ch, &command("publish", &[tricky, payload]))
+        .await;
+    wait_lines("publisher", "publish ok", 1).await;
+    assert!(eventually(SOON, || support::count(&seen) == 1).await);
+    let got = seen.lock().unwrap()[0].clone();
+    assert_eq!(got.channel, tricky);
+    assert_eq!(got.payload, pgnotifier::Payload::Text(payload.into()));
     n.shutdown(SOON).await;
 }

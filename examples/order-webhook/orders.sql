@@ -22,3 +22,14 @@ DROP TRIGGER IF EXISTS orders_changed ON orders;
 CREATE TRIGGER orders_changed
     AFTER INSERT OR UPDATE OR DELETE ON orders
     FOR EACH ROW EXECUTE FUNCTION notify_order_changed();
+
+-- The role the plugin's queries run as ([grants] query_role): it may read
+-- orders, and nothing else.
+DO $$
+BEGIN
+    CREATE ROLE order_webhook NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END
+$$;
+GRANT SELECT ON orders TO order_webhook;

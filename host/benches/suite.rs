@@ -710,7 +710,10 @@ impl Bench {
             .await?
             .batch_execute(&format!(
                 "create table {table} as select i as id, 'shipped' as status from generate_series(1, 10000) i;
-                 alter table {table} add primary key (id)"
+                 alter table {table} add primary key (id);
+                 do $$ begin create role pgnotifier_bench_reader nologin;
+                   exception when duplicate_object or unique_violation then null; end $$;
+                 grant select on {table} to pgnotifier_bench_reader"
             ))
             .await?;
         let origin = server.origin();
@@ -726,7 +729,7 @@ impl Bench {
                 "query",
                 5_000,
                 format!("'select id, status from {table} where id = $1', i::text"),
-                "query = true".to_owned(),
+                "query = true\nquery_role = \"pgnotifier_bench_reader\"".to_owned(),
             ),
             (
                 "http",

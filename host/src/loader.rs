@@ -137,13 +137,14 @@ pub(crate) fn load(
         None => None,
     };
     let (sidecar, settings) = sidecar.unwrap_or_else(|| (Sidecar::default(), defaults));
-    let grants = sidecar.grants.validate().map_err(|e| {
+    let grant_error = |e: String| {
         let sidecar_path = files.sidecar.as_ref().map(|(p, _)| p.as_path());
         LoadError::new(
             path,
             format!("sidecar {}: {e}", sidecar_path.unwrap_or(path).display()),
         )
-    })?;
+    };
+    let grants = sidecar.grants.validate().map_err(grant_error)?;
     if !grants.is_empty() {
         tracing::info!(subscriber = %files.id, %grants, "capabilities granted");
     }
@@ -153,6 +154,7 @@ pub(crate) fn load(
         limits: settings.capabilities,
         pool: sandbox.pool(),
     };
+    capabilities.confine_queries().map_err(grant_error)?;
     let pre = sandbox.compile(path, &files.wasm)?;
     let wit_version = pre.wit_version();
     let (subscriber, registration) = WasmSubscriber::start(

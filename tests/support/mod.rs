@@ -77,6 +77,29 @@ impl Sender {
     }
 }
 
+/// A role for plugins' queries (`[grants] query_role`), created if missing,
+/// then given `grants` (statements such as `GRANT SELECT ON t TO role`).
+pub async fn plugin_role(role: &str, grants: &[String]) {
+    let sender = Sender::connect().await;
+    let create = format!(
+        "DO $$ BEGIN CREATE ROLE {} NOLOGIN; \
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
+        pgnotifier::channel::quote_ident(role)
+    );
+    sender
+        .client
+        .batch_execute(&create)
+        .await
+        .expect("create the plugin role");
+    for grant in grants {
+        sender
+            .client
+            .batch_execute(grant)
+            .await
+            .expect("grant to the plugin role");
+    }
+}
+
 /// Where the test server's Unix socket is: its directory and port, as the
 /// server itself reports them.
 pub async fn socket_dir() -> (PathBuf, u16) {

@@ -1,6 +1,7 @@
 //! The `publish` and `query` capabilities, on a small connection pool of
 //! their own so the LISTEN connection never waits behind a plugin's SQL.
 
+use super::confinement;
 use super::{PluginCapabilities, QueryAccess};
 use crate::channel;
 use crate::config::DatabaseConfig;
@@ -64,6 +65,33 @@ impl CapabilityPool {
 }
 
 impl PluginCapabilities {
+    /// At load: a query grant runs as `query_role` (whose barrier is
+    /// installed now, after checking the host's role can become it), or as
+    /// the host's role only if that role reaches nothing beyond the database.
+    pub(crate) fn confine_queries(&self) -> Result<(), String> {
+        let Some(pool) = self.pool.as_deref() else {
+            return Ok(()); // no database here (`pgnotifier check`)
+        };
+        if self.grants.query == QueryAccess::None {
+            return Ok(());
+        }
+        pool.block_on(async {
+            let mut client = pool.client(Duration::from_secs(10)).await?;
+            match &self.grants.query_role {
+                Some(role) => confinement::install_barrier(&mut client, role).await,
+                None => match confinement::host_role_danger(&client).await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(danger)) => Err(format!(
+                        "grants.query: {danger}, so the plugin's SQL could reach beyond the database \
+                         (read server files, signal other backends); set [grants] query_role to a role \
+                         with only the rights the plugin needs"
+                    )),
+                    Err(e) => Err(describe(&e)),
+                },
+            }
+        })
+    }
+
     /// `publish`: NOTIFY `channel` with `payload`, if granted.
     pub(crate) fn publish(&self, channel_name: &str, payload: &str) -> Result<(), String> {
         if !self.grants.publish.iter().any(|c| c == channel_name) {
@@ -124,14 +152,42 @@ impl PluginCapabilities {
                 .map_err(|e| describe(&e))?;
             let sql = sql.trim_end().trim_end_matches(';');
             let params: Vec<TextParam<'_>> = params.iter().map(|p| TextParam(p)).collect();
-            let timeout = format!(
+            let mut setup = format!(
                 "SET LOCAL statement_timeout = {}",
                 limits.query_timeout.as_millis().max(1)
             );
+            if let Some(role) = &self.grants.query_role {
+                setup.push_str("; SET LOCAL ROLE ");
+                setup.push_str(&channel::quote_ident(role));
+            }
             // Pipelined: one round trip for both.
-            let (_, statement) =
-                tokio::try_join!(tx.batch_execute(&timeout), tx.prepare_cached(sql))
+            let (_, statement) = tokio::try_join!(tx.batch_execute(&setup), tx.prepare_cached(sql))
+                .map_err(|e| describe(&e))?;
+            if let Some(role) = &self.grants.query_role {
+                // Only parsed above (one statement, and whether it has rows): it runs in the barrier.
+                let call = tx
+                    .prepare_cached(&confinement::barrier_call(role))
+                    .await
                     .map_err(|e| describe(&e))?;
+                let params: Vec<&str> = params.iter().map(|p| p.0).collect();
+                let returns_rows = !statement.columns().is_empty();
+                let max_rows = i32::try_from(limits.query_max_rows).unwrap_or(i32::MAX);
+                let rows = tx
+                    .query_raw(
+                        &call,
+                        [
+                            &sql as &(dyn ToSql + Sync),
+                            &params,
+                            &returns_rows,
+                            &max_rows,
+                        ],
+                    )
+                    .await
+                    .map_err(|e| describe(&e))?;
+                let json = collect_rows(rows, limits.query_max_rows).await?;
+                tx.commit().await.map_err(|e| describe(&e))?;
+                return Ok(json);
+            }
             if statement.columns().is_empty() {
                 tx.execute_raw(&statement, &params)
                     .await
@@ -212,7 +268,7 @@ impl ToSql for TextParam<'_> {
 }
 
 /// A database error as PostgreSQL words it, without the driver's prefix.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => e.to_string(),

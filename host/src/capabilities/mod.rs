@@ -9,6 +9,7 @@
 //! Host calls block the calling thread — a subscriber's worker, or the
 //! loader's blocking thread during `register` — on the notifier's runtime.
 
+mod confinement;
 mod database;
 mod http;
 
@@ -34,6 +35,9 @@ pub struct GrantSettings {
     /// `query` that may write; implies `query`.
     #[serde(default)]
     pub query_write: bool,
+    /// The database role every query of the plugin runs as.
+    #[serde(default)]
+    pub query_role: Option<String>,
     /// Origins (`scheme://host[:port]`) the plugin may send HTTP requests to.
     #[serde(default)]
     pub http: Vec<String>,
@@ -44,6 +48,8 @@ pub struct GrantSettings {
 pub struct Grants {
     pub publish: Vec<String>,
     pub query: QueryAccess,
+    /// The role queries run as; `None`: the host's own (refused if it is privileged).
+    pub query_role: Option<String>,
     pub http: Vec<Origin>,
 }
 
@@ -72,9 +78,23 @@ impl GrantSettings {
             (true, false) => QueryAccess::ReadOnly,
             (false, false) => QueryAccess::None,
         };
+        if let Some(role) = &self.query_role {
+            if query == QueryAccess::None {
+                return Err(
+                    "grants.query_role: set query = true (or query_write = true) too".into(),
+                );
+            }
+            if role.is_empty() || role.len() > channel::MAX_CHANNEL_BYTES || role.contains('\0') {
+                return Err(format!(
+                    "grants.query_role: {role:?} is not a PostgreSQL role name (1 to {} bytes, no NUL)",
+                    channel::MAX_CHANNEL_BYTES
+                ));
+            }
+        }
         Ok(Grants {
             publish: self.publish.clone(),
             query,
+            query_role: self.query_role.clone(),
             http,
         })
     }
@@ -93,10 +113,13 @@ impl std::fmt::Display for Grants {
         if !self.publish.is_empty() {
             parts.push(format!("publish to {}", self.publish.join(", ")));
         }
+        let role = (self.query_role.as_ref())
+            .map(|r| format!(" as role {r}"))
+            .unwrap_or_default();
         match self.query {
             QueryAccess::None => {}
-            QueryAccess::ReadOnly => parts.push("query (read-only)".into()),
-            QueryAccess::ReadWrite => parts.push("query (read-write)".into()),
+            QueryAccess::ReadOnly => parts.push(format!("query (read-only){role}")),
+            QueryAccess::ReadWrite => parts.push(format!("query (read-write){role}")),
         }
         if !self.http.is_empty() {
             let origins: Vec<String> = self.http.iter().map(ToString::to_string).collect();
