@@ -387,7 +387,7 @@ async fn with_no_database_settings_the_host_uses_the_default_socket() {
     let mut command = without_database_settings(Host::command());
     command.args(["run", "--plugins"]).arg(&plugins);
     let host = Host::start(command);
-    host.wait_for(&["connected", "[/var/run/postgresql]:5432"]);
+    host.wait_for(&["connected", "@[/var/run/postgresql]"]);
     host.wait_for(&["LISTEN set updated", &ch]);
     Sender::connect().await.notify(&ch, "by default").await;
     host.wait_for(&["by default", "subscriber=echo"]);

@@ -362,7 +362,14 @@ fn ctl_finds_the_host_of_its_data_dir() {
 #[test]
 fn huge_durations_are_refused_naming_the_setting() {
     for setting in ["watch_debounce_ms", "drain_timeout_ms"] {
-        let s = Setup::new("huge", &format!("{setting} = 18446744073709551615\n"));
+        let s = Setup::new("huge", "");
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let text = text.replace("watch_debounce_ms = 25\n", "");
+        std::fs::write(
+            &s.config,
+            format!("{text}{setting} = 18446744073709551615\n"),
+        )
+        .unwrap();
         let out = Command::new(BIN)
             .args(["run", "--config"])
             .arg(&s.config)
@@ -418,5 +425,184 @@ fn a_lower_case_bearer_scheme_is_accepted() {
     assert!(get("bearer s3cret-token").starts_with("HTTP/1.1 200"));
     assert!(get("BEARER s3cret-token").starts_with("HTTP/1.1 200"));
     assert!(get("bearer wrong").starts_with("HTTP/1.1 401"));
+    host.stop();
+}
+
+/// Reloads of one plugin run one at a time: a burst of parallel reload
+/// requests for a large (Python) plugin does not hold a copy each.
+#[test]
+fn parallel_reloads_of_one_plugin_run_one_at_a_time() {
+    let s = Setup::new("reloads", "");
+    std::fs::copy(
+        support::example_plugin("formatter"),
+        s.plugins.join("formatter.wasm"),
+    )
+    .unwrap();
+    let host = Host::with_config(&s.config);
+    // Compiling an 18 MB component takes seconds when it is not cached yet.
+    host.wait_for_within(
+        Duration::from_secs(120),
+        &["plugin loaded", "subscriber=formatter"],
+    );
+    let before = host.peak_memory();
+    let addr = s.admin_addr();
+    let requests: Vec<_> = (0..30)
+        .map(|_| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                stream
+                    .write_all(
+                        b"POST /v1/subscribers/formatter/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    )
+                    .unwrap();
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer).unwrap();
+                answer
+            })
+        })
+        .collect();
+    for request in requests {
+        let answer = request.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(host.count(&["plugin reloaded", "subscriber=formatter"]), 30);
+    let grown = host.peak_memory().saturating_sub(before);
+    assert!(
+        grown < 1 << 30,
+        "30 parallel reloads grew the peak memory by {} MiB",
+        grown >> 20
+    );
+    host.stop();
+}
+
+/// Every admin error is JSON `{"error": ...}`: a wrong method, a body too
+/// large, a path that is not UTF-8.
+#[test]
+fn every_admin_error_is_json() {
+    let s = Setup::new("json-errors", "");
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["admin API listening"]);
+    // A body one byte over the 2 MiB limit: the server reads it all before
+    // refusing it, so the close is orderly (unread bytes would make it a reset).
+    let send = |head: &str, length: usize| {
+        let mut stream = TcpStream::connect(s.admin_addr()).unwrap();
+        write!(
+            stream,
+            "{head}\r\nHost: x\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let _ = stream.write_all(&vec![b'x'; length]);
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    for (head, length, status) in [
+        ("PUT /v1/channels HTTP/1.1", 0, "405"),
+        ("POST /v1/channels HTTP/1.1", (2 << 20) + 1, "413"),
+        ("DELETE /v1/channels/%FF HTTP/1.1", 0, "400"),
+    ] {
+        let answer = send(head, length);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head}: {answer}"
+        );
+        let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        let value: serde_json::Value = serde_json::from_str(json)
+            .unwrap_or_else(|e| panic!("{head}: not JSON ({e}): {answer}"));
+        assert!(
+            value["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{answer}"
+        );
+    }
+    host.stop();
+}
+
+/// With the default overflow policy, a slow subscriber does not pace a fast
+/// one on the same channel: the fast one finishes a burst while the slow one
+/// has barely started, and neither drops anything the queue can hold.
+#[tokio::test]
+async fn a_slow_subscriber_never_paces_a_fast_one_by_default() {
+    let s = Setup::new("pacing", "");
+    let ch = channel("pacing");
+    std::fs::copy(support::example_plugin("noop"), s.plugins.join("fast.wasm")).unwrap();
+    std::fs::write(
+        s.plugins.join("fast.toml"),
+        format!("channels = [\"{ch}\"]\n"),
+    )
+    .unwrap();
+    WatPlugin::new(&[ch.as_str()], Notify::Burn(2_000_000)).write(&s.plugins, "slow");
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["plugin loaded", "subscriber=fast"]);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    let burst = 20_000;
+    Sender::connect()
+        .await
+        .client
+        .execute(
+            "select pg_notify($1, 'n' || i) from generate_series(1, $2::int) i",
+            &[&ch, &burst],
+        )
+        .await
+        .unwrap();
+    let delivered = |id: &str| {
+        s.metric(&format!(
+            "pgnotifier_subscriber_delivered_total{{subscriber=\"{id}\"}}"
+        ))
+    };
+    let deadline = Instant::now() + SOON;
+    while delivered("fast") < f64::from(burst) {
+        assert!(
+            Instant::now() < deadline,
+            "fast got {} of {burst}",
+            delivered("fast")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let slow = delivered("slow");
+    assert!(
+        slow < f64::from(burst) / 2.0,
+        "the slow subscriber had {slow} of {burst} when the fast one finished: it paced it"
+    );
+    for id in ["fast", "slow"] {
+        let dropped = s.metric(&format!(
+            "pgnotifier_subscriber_dropped_total{{subscriber=\"{id}\"}}"
+        ));
+        assert_eq!(
+            dropped, 0.0,
+            "{id} dropped {dropped} of a burst its queue holds"
+        );
+    }
+    // The slow one's backlog outlasts any drain deadline: `host` is killed on drop.
+}
+
+/// Names from outside are printed with control characters escaped: a
+/// channel a plugin registers (in `ctl`'s tables) and a plugin file name (in
+/// the log) can neither drive the terminal nor forge a line.
+#[tokio::test]
+async fn ctl_and_the_log_escape_control_characters() {
+    let s = Setup::new("escapes", "");
+    let sneaky = format!("{}\u{1b}[2J\nFAKE", channel("esc"));
+    s.echo("echo", &channel("esc_plain"));
+    let channels = toml::Value::Array(vec![toml::Value::String(sneaky)]);
+    std::fs::write(
+        s.plugins.join("echo.toml"),
+        format!("channels = {channels}\n"),
+    )
+    .unwrap();
+    std::fs::write(s.plugins.join("forged\nERROR line.wasm"), b"junk").unwrap();
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["LISTEN set updated"]);
+    host.wait_for(&["forged\\nERROR line.wasm"]);
+    assert_eq!(
+        host.count(&["ERROR line.wasm"]),
+        host.count(&["forged\\nERROR line.wasm"]),
+        "a file name started a line of its own:\n{}",
+        host.output()
+    );
+    let table = ctl_ok(&s.config, &["channels"]);
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(table.contains("\\u{1b}[2J\\nFAKE"), "{table}");
     host.stop();
 }

@@ -167,3 +167,9 @@ async fn check(file: PathBuf) -> anyhow::Result<()> {
     println!("grants: {}", loaded.grants);
     Ok(())
 }
+
+/// An error and its causes on one line, each cause said once (a message
+/// that already ends with its cause's text does not repeat it).
+pub fn error_text(e: &anyhow::Error) -> String {
+    crate::error::with_causes(e.as_ref())
+}

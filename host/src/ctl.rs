@@ -283,7 +283,11 @@ impl Client {
                     .ok()
                     .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
                     .unwrap_or(text);
-                bail!("{message} (HTTP {})", status.as_u16());
+                bail!(
+                    "{} (HTTP {})",
+                    crate::printable::printable(&message),
+                    status.as_u16()
+                );
             }
             anyhow::Ok(text)
         };
@@ -339,9 +343,11 @@ fn yes_no(value: &Value) -> String {
     .to_owned()
 }
 
+/// A value as a table cell; strings from the host (channel names a plugin
+/// chose, file names) with control characters escaped.
 fn text(value: &Value) -> String {
     match value {
-        Value::String(s) => s.clone(),
+        Value::String(s) => crate::printable::printable(s).into_owned(),
         Value::Null => String::new(),
         other => other.to_string(),
     }

@@ -156,7 +156,7 @@ async fn reload(
     let next = match Settings::resolve(options) {
         Ok(next) => next,
         Err(e) => {
-            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {e:#}");
+            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {}", crate::cli::error_text(&e));
             return;
         }
     };

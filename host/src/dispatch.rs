@@ -61,10 +61,12 @@ pub enum Overflow {
     /// Wait up to `overflow_wait` for space, then drop the oldest queued
     /// notification. While the queue stays full after such a wait, further
     /// notifications drop the oldest at once, so a stuck subscriber delays
-    /// the others by one wait, not one wait per notification.
-    #[default]
+    /// the others by one wait, not one wait per notification. A subscriber
+    /// that drains within the wait paces every other one to its speed.
     WaitThenDropOldest,
-    /// Drop the oldest queued notification at once.
+    /// Drop the oldest queued notification at once: the router never waits,
+    /// so a slow subscriber never delays the others.
+    #[default]
     DropOldest,
     /// Drop the new notification at once.
     DropNewest,
@@ -83,8 +85,10 @@ pub struct QueueLimits {
 impl Default for QueueLimits {
     fn default() -> Self {
         Self {
-            capacity: 1024,
-            overflow: Overflow::WaitThenDropOldest,
+            // Room for a burst: slots cost nothing until used, and the
+            // payloads they hold are shared with every other subscriber.
+            capacity: 65_536,
+            overflow: Overflow::DropOldest,
             overflow_wait: Duration::from_millis(100),
         }
     }

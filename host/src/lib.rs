@@ -39,6 +39,7 @@ pub mod local_pg;
 mod metrics;
 mod notifier;
 pub mod payload;
+pub mod printable;
 pub mod registry;
 pub mod sandbox;
 pub mod state;

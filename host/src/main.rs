@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
     match execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", pgnotifier::cli::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

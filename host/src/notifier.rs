@@ -18,6 +18,7 @@ use crate::state::StateFile;
 use crate::subscriber::Subscriber;
 use crate::watcher::{self, PluginWatcher};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -188,6 +189,7 @@ impl NotifierBuilder {
                 listener: Mutex::new(None),
                 status: Arc::default(),
                 plugins: PluginCounters::default(),
+                loading: Mutex::default(),
             }),
         }
     }
@@ -212,6 +214,9 @@ struct Inner {
     listener: Mutex<Option<Listener>>,
     status: Arc<ListenerStatus>,
     plugins: PluginCounters,
+    /// One load at a time per subscriber id: parallel reloads of one plugin
+    /// would each hold a compiled copy and an instance at once.
+    loading: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Notifier {
@@ -416,9 +421,24 @@ impl Notifier {
         self.sync(&path, true).await
     }
 
-    /// [`sync_plugin`](Self::sync_plugin), counting loads and refused loads.
+    /// [`sync_plugin`](Self::sync_plugin), one at a time per subscriber,
+    /// counting loads and refused loads.
     async fn sync(&self, path: &Path, force: bool) -> Result<PluginChange> {
-        let outcome = self.sync_files(path, force).await;
+        let id = loader::subscriber_id(path)?;
+        let turn = lock(&self.inner.loading)
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let outcome = {
+            let _turn = turn.lock().await;
+            self.sync_files(path, force).await
+        };
+        let mut loading = lock(&self.inner.loading);
+        // Only the map and this call hold it: no one else is waiting.
+        if Arc::strong_count(&turn) == 2 {
+            loading.remove(&id);
+        }
+        drop(loading);
         let counter = match &outcome {
             Ok(PluginChange::Added(_) | PluginChange::Reloaded(_)) => &self.inner.plugins.loads,
             Err(Error::Load(_)) => &self.inner.plugins.load_failures,

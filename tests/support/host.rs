@@ -63,7 +63,12 @@ impl Host {
 
     /// Wait for a line containing every one of `parts`.
     pub fn wait_for(&self, parts: &[&str]) -> String {
-        let deadline = Instant::now() + SOON;
+        self.wait_for_within(SOON, parts)
+    }
+
+    /// [`wait_for`](Self::wait_for), for things that take longer (compiling a large plugin).
+    pub fn wait_for_within(&self, timeout: Duration, parts: &[&str]) -> String {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(line) = self
                 .lines
@@ -87,6 +92,18 @@ impl Host {
             .iter()
             .filter(|l| parts.iter().all(|p| l.contains(p)))
             .count()
+    }
+
+    /// The process's peak resident memory, in bytes (`VmHWM`).
+    pub fn peak_memory(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
     }
 
     pub fn signal(&self, name: &str) {

@@ -27,12 +27,26 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 /// How often the engine's epoch advances; deadlines are rounded up to it.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Why a plugin could not be loaded. Always names the file.
+/// Why a plugin could not be loaded. Always names the file. Printed with
+/// control characters escaped: file names and a plugin's own error text
+/// come from outside.
 #[derive(Debug, thiserror::Error)]
-#[error("plugin {}: {reason}", path.display())]
 pub struct LoadError {
     pub path: PathBuf,
     pub reason: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::printable::printable;
+        let path = self.path.display().to_string();
+        write!(
+            f,
+            "plugin {}: {}",
+            printable(&path),
+            printable(&self.reason)
+        )
+    }
 }
 
 impl LoadError {
