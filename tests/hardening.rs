@@ -606,3 +606,60 @@ async fn ctl_and_the_log_escape_control_characters() {
     assert!(table.contains("\\u{1b}[2J\\nFAKE"), "{table}");
     host.stop();
 }
+
+/// A change the state file cannot keep (a read-only data dir) is applied,
+/// and the host says it will be lost at restart: in the response, which
+/// `ctl` prints, and in `/readyz`.
+#[test]
+fn an_unsaved_change_is_reported_in_the_response_and_in_readyz() {
+    let s = Setup::new("unsaved", "");
+    let ch = channel("unsaved");
+    s.echo("echo", &ch);
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    // A directory where the state file's temp file would go makes every save fail,
+    // even as root (who ignores permissions).
+    let state = s.data_dir.join("state.json");
+    let _ = std::fs::remove_file(&state);
+    std::fs::create_dir_all(state.join("blocker")).unwrap();
+    let out = support::host::ctl(&s.config, &["mute-channel", &ch]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning:") && err.contains("lost at restart"),
+        "{err}"
+    );
+    let mut stream = TcpStream::connect(s.admin_addr()).unwrap();
+    stream
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("lost at restart"), "{answer}");
+    host.stop();
+}
+
+/// A plugin that is a symlink is reloaded when its target changes, also when
+/// the target is replaced by a rename (as a build tool writes it).
+#[tokio::test]
+async fn a_symlinked_plugin_is_reloaded_when_its_target_changes() {
+    let s = Setup::new("symlink", "");
+    let builds = s.dir.join("builds");
+    std::fs::create_dir_all(&builds).unwrap();
+    let ch = channel("symlinked");
+    let target = WatPlugin::new(&[ch.as_str()], Notify::Echo)
+        .label("v1")
+        .write(&builds, "linked");
+    std::os::unix::fs::symlink(&target, s.plugins.join("linked.wasm")).unwrap();
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["v1", "subscriber=linked"]);
+    host.wait_for(&["LISTEN set updated", &ch]);
+    let next = WatPlugin::new(&[ch.as_str()], Notify::Echo)
+        .label("v2")
+        .write(&builds, ".linked-next");
+    std::fs::rename(next, &target).unwrap();
+    host.wait_for(&["plugin reloaded", "subscriber=linked"]);
+    host.wait_for(&["v2", "subscriber=linked"]);
+    host.stop();
+}

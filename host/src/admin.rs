@@ -178,7 +178,22 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
         .merge(controlled)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn_with_state(app.clone(), warn_unsaved))
         .with_state(app)
+}
+
+/// A change that the state file could not keep is applied, but lost at
+/// restart: say so in a `Warning` header, which `ctl` prints.
+async fn warn_unsaved(State(app): State<App>, request: Request, next: Next) -> Response {
+    let changes = request.method() != axum::http::Method::GET;
+    let mut response = next.run(request).await;
+    if let (true, Some(reason)) = (changes, app.notifier.unsaved_changes()) {
+        let text = format!("299 pgnotifier {:?}", reason);
+        if let Ok(value) = header::HeaderValue::from_str(&text) {
+            response.headers_mut().insert(header::WARNING, value);
+        }
+    }
+    response
 }
 
 /// Every error is `{"error": ...}`, also those that routing and extractors

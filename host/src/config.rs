@@ -81,7 +81,7 @@ impl FileConfig {
         })?;
         toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: toml_message(&e),
         })
     }
 }
@@ -166,7 +166,7 @@ impl std::fmt::Debug for ControlSettings {
 }
 
 impl ControlSettings {
-    /// Fill in defaults; an empty token is no token.
+    /// Fill in defaults; an empty (or all-whitespace) token is no token.
     pub fn resolve(
         admin_addr: Option<&str>,
         admin_token: Option<&str>,
@@ -187,7 +187,9 @@ impl ControlSettings {
         };
         Ok(Self {
             admin_addr,
-            admin_token: admin_token.filter(|t| !t.is_empty()).map(str::to_owned),
+            admin_token: admin_token
+                .filter(|t| !t.trim().is_empty())
+                .map(str::to_owned),
             data_dir,
         })
     }
@@ -346,6 +348,25 @@ impl LimitSettings {
     }
 }
 
+/// TOML's message for a number too large for any setting ("invalid type:
+/// integer `N` as i128, expected …") says nothing a user can act on.
+fn toml_message(e: &toml::de::Error) -> String {
+    let text = e.to_string();
+    let Some(start) = text.find("invalid type: integer `") else {
+        return text;
+    };
+    let rest = &text[start + "invalid type: integer `".len()..];
+    let Some((number, tail)) = rest.split_once("` as i128") else {
+        return text;
+    };
+    let end = tail.find('\n').unwrap_or(tail.len());
+    format!(
+        "{}{number} is too large for this setting{}",
+        &text[..start],
+        &tail[end..]
+    )
+}
+
 fn check_range(setting: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
@@ -380,7 +401,7 @@ impl Sidecar {
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let sidecar: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            message: toml_message(&e),
         })?;
         if let Some(key) = sidecar.unknown.keys().next() {
             return Err(ConfigError::Parse {
@@ -802,6 +823,25 @@ mod tests {
     }
 
     #[test]
+    fn a_number_too_large_for_its_setting_is_a_clear_error() {
+        let err = Sidecar::parse(Path::new("p.toml"), "memory_mib = 99999999999999999999")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("99999999999999999999 is too large for this setting"),
+            "{err}"
+        );
+        assert!(!err.contains("i128"), "{err}");
+        let file: Result<FileConfig, _> =
+            toml::from_str("[defaults]\nmemory_mib = 99999999999999999999");
+        let err = toml_message(&file.unwrap_err());
+        assert!(
+            err.contains("99999999999999999999 is too large for this setting"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_failure_threshold_defaults_to_five_and_is_checked() {
         assert_eq!(SubscriberSettings::default().failure_threshold, 5);
         let off: Sidecar = toml::from_str("failure_threshold = 0").unwrap();
@@ -825,12 +865,14 @@ mod tests {
         let dir = Some(Path::new("/tmp/x"));
         let local = ControlSettings::resolve(Some("127.0.0.1:0"), None, dir).unwrap();
         assert!(local.check_exposure().is_ok());
-        let open = ControlSettings::resolve(Some("0.0.0.0:7433"), Some(""), dir).unwrap();
-        let err = open.check_exposure().unwrap_err().to_string();
-        assert!(
-            err.contains("0.0.0.0:7433 is not a loopback address"),
-            "{err}"
-        );
+        for blank in ["", " \t "] {
+            let open = ControlSettings::resolve(Some("0.0.0.0:7433"), Some(blank), dir).unwrap();
+            let err = open.check_exposure().unwrap_err().to_string();
+            assert!(
+                err.contains("0.0.0.0:7433 is not a loopback address"),
+                "{blank:?}: {err}"
+            );
+        }
         let guarded = ControlSettings::resolve(Some("[::]:7433"), Some("t0ken"), dir).unwrap();
         assert!(guarded.check_exposure().is_ok());
         assert!(!format!("{guarded:?}").contains("t0ken"));

@@ -276,6 +276,12 @@ impl Client {
                 .send_request(request.body(Full::new(payload))?)
                 .await?;
             let status = response.status();
+            if let Some(warning) = response.headers().get(hyper::header::WARNING) {
+                eprintln!(
+                    "warning: {}",
+                    crate::printable::printable(&String::from_utf8_lossy(warning.as_bytes()))
+                );
+            }
             let bytes = response.into_body().collect().await?.to_bytes();
             let text = String::from_utf8_lossy(&bytes).into_owned();
             if !status.is_success() {

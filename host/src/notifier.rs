@@ -565,8 +565,21 @@ impl Notifier {
         }
     }
 
-    /// Ready when connected and LISTENing every active channel; otherwise why not.
+    /// Why operators' changes (mutes, subscriptions) are not being saved to
+    /// the state file, and so would be lost at restart; `None` when they are.
+    pub fn unsaved_changes(&self) -> Option<String> {
+        self.inner
+            .registry
+            .unsaved()
+            .map(|reason| reason.to_string())
+    }
+
+    /// Ready when connected, LISTENing every active channel and saving the
+    /// runtime state; otherwise why not.
     pub fn readiness(&self) -> std::result::Result<(), String> {
+        if let Some(reason) = self.unsaved_changes() {
+            return Err(reason);
+        }
         if !self.is_running() {
             return Err("the listener is stopped".into());
         }

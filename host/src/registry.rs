@@ -9,7 +9,7 @@
 use crate::channel::{self, ChannelNameError};
 use crate::dispatch::{lock, Mailbox, SubscriberStats};
 use crate::state::{ChannelState, RuntimeState, SavedQuarantine, StateFile, SubscriberState};
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -359,6 +359,8 @@ pub(crate) struct Registry {
     /// Held by writers; the state file, if the runtime state is persisted.
     writer: Mutex<Option<StateFile>>,
     active: watch::Sender<ActiveChannels>,
+    /// Why the state file could not be saved, while it cannot.
+    unsaved: ArcSwapOption<String>,
 }
 
 impl Registry {
@@ -367,6 +369,7 @@ impl Registry {
             current: ArcSwap::from_pointee(Snapshot::default()),
             writer: Mutex::new(None),
             active: watch::Sender::new(Arc::new(BTreeSet::new())),
+            unsaved: ArcSwapOption::empty(),
         }
     }
 
@@ -382,6 +385,8 @@ impl Registry {
                     ..ChannelEntry::default()
                 };
                 snapshot.channels.insert(name.as_str().into(), entry);
+            } else {
+                tracing::warn!(channel = ?name, "the state file names an invalid channel; skipped");
             }
         }
         snapshot.dormant = saved.subscribers;
@@ -389,7 +394,13 @@ impl Registry {
             current: ArcSwap::from_pointee(snapshot),
             writer: Mutex::new(Some(file)),
             active: watch::Sender::new(Arc::new(BTreeSet::new())),
+            unsaved: ArcSwapOption::empty(),
         }
+    }
+
+    /// Why changes are not being saved to the state file, while they are not.
+    pub(crate) fn unsaved(&self) -> Option<Arc<String>> {
+        self.unsaved.load_full()
     }
 
     /// The current snapshot; lock-free.
@@ -419,6 +430,8 @@ impl Registry {
         let active = next.active_channels();
         if let Some(file) = writer.as_mut() {
             file.save(&next.runtime_state());
+            self.unsaved
+                .store(file.failure().map(|f| Arc::new(f.to_owned())));
         }
         self.current.store(Arc::new(next));
         self.active.send_if_modified(|current| {

@@ -70,6 +70,8 @@ pub struct SavedQuarantine {
 pub struct StateFile {
     path: PathBuf,
     written: Vec<u8>,
+    /// Why the last save failed, while the file is behind the state.
+    failure: Option<String>,
 }
 
 impl StateFile {
@@ -97,7 +99,12 @@ impl StateFile {
             }
             Err(e) => return Err(e),
         };
-        Ok((Self { path, written }, state))
+        let file = Self {
+            path,
+            written,
+            failure: None,
+        };
+        Ok((file, state))
     }
 
     pub fn path(&self) -> &Path {
@@ -121,12 +128,26 @@ impl StateFile {
             return;
         }
         match write_atomically(&self.path, &bytes) {
-            Ok(()) => self.written = bytes,
-            Err(e) => tracing::error!(
-                state_file = %self.path.display(),
-                "cannot save the runtime state: {e}; it is kept in memory"
-            ),
+            Ok(()) => {
+                self.written = bytes;
+                self.failure = None;
+            }
+            Err(e) => {
+                tracing::error!(
+                    state_file = %self.path.display(),
+                    "cannot save the runtime state: {e}; it is kept in memory"
+                );
+                self.failure = Some(format!(
+                    "cannot save {}: {e}; changes since are lost at restart",
+                    self.path.display()
+                ));
+            }
         }
+    }
+
+    /// Why the file is behind the runtime state, if it is.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 }
 

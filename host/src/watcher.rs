@@ -8,7 +8,9 @@
 //! Only events that change content or names count: the host's own reads of a
 //! plugin (open, read, close) must not make it read the plugin again. The
 //! folder itself is checked every second, so a folder that is removed or moved
-//! away and comes back (or is replaced) is watched again and resynced.
+//! away and comes back (or is replaced) is watched again and resynced. For a
+//! plugin or sidecar that is a symlink, the folder of its target is watched
+//! too, so changing the target reloads the plugin.
 
 use crate::error::{Error, Result};
 use crate::loader;
@@ -18,7 +20,7 @@ use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode
 use notify_debouncer_full::{
     new_debouncer, DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,12 +61,15 @@ pub(crate) async fn watch(
     let watched = FolderId::of(&dir);
     // Watch first, then scan: a file that lands in between is seen twice, never missed.
     notifier.load_plugins(&dir).await?;
-    let folder = Folder {
+    let mut folder = Folder {
         notifier: notifier.clone(),
         dir,
         debouncer,
         watched,
+        links: BTreeMap::new(),
+        link_dirs: BTreeSet::new(),
     };
+    folder.follow_links();
     Ok(PluginWatcher {
         task: tokio::spawn(folder.follow(incoming)),
     })
@@ -93,6 +98,10 @@ struct Folder {
     debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     /// The folder being watched; `None` while it is gone.
     watched: Option<FolderId>,
+    /// Symlink targets, each with the plugins (`NAME.wasm`) that link to it.
+    links: BTreeMap<PathBuf, BTreeSet<PathBuf>>,
+    /// The folders of those targets, watched beside the plugins folder.
+    link_dirs: BTreeSet<PathBuf>,
 }
 
 impl Folder {
@@ -121,13 +130,57 @@ impl Folder {
         if FolderId::of(&self.dir) != self.watched {
             return self.check_folder().await;
         }
-        for path in affected_plugins(&self.dir, events) {
+        let mut affected = affected_plugins(&self.dir, events);
+        for path in changed_paths(events) {
+            affected.extend(self.links.get(path).into_iter().flatten().cloned());
+        }
+        for path in affected {
             match self.notifier.sync_plugin(&path).await {
                 Ok(PluginChange::Unchanged(_) | PluginChange::Absent) => {}
                 Ok(change) => tracing::debug!(?change, "plugin folder change applied"),
                 Err(e) => log_load_error(&path, &e),
             }
         }
+        self.follow_links();
+    }
+
+    /// Find the plugins and sidecars that are symlinks, and watch the
+    /// folders of their targets (the folders, so a target replaced by a
+    /// rename is still seen).
+    fn follow_links(&mut self) {
+        let mut links: BTreeMap<PathBuf, BTreeSet<PathBuf>> = BTreeMap::new();
+        for path in std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+        {
+            let is_link =
+                std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink());
+            let plugin = match path.extension().and_then(|e| e.to_str()) {
+                Some("wasm" | "toml") if is_link => path.with_extension("wasm"),
+                _ => continue,
+            };
+            if let Ok(target) = std::fs::canonicalize(&path) {
+                links.entry(target).or_default().insert(plugin);
+            }
+        }
+        let dirs: BTreeSet<PathBuf> = links
+            .keys()
+            .filter_map(|target| target.parent())
+            .filter(|dir| *dir != self.dir)
+            .map(Path::to_owned)
+            .collect();
+        for dir in dirs.difference(&self.link_dirs) {
+            if let Err(e) = self.debouncer.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), "cannot watch the folder of a symlinked plugin: {e}");
+            }
+        }
+        for dir in self.link_dirs.difference(&dirs) {
+            let _ = self.debouncer.unwatch(dir);
+        }
+        self.links = links;
+        self.link_dirs = dirs;
     }
 
     /// Notice the folder going away, coming back or being replaced.
@@ -157,6 +210,7 @@ impl Folder {
         if let Err(e) = self.notifier.sync_folder(&self.dir).await {
             tracing::error!(dir = %self.dir.display(), "{e}");
         }
+        self.follow_links();
     }
 }
 
@@ -176,13 +230,18 @@ fn changes_files(kind: &EventKind) -> bool {
     }
 }
 
-/// The `NAME.wasm` paths that a batch of events may have changed: the file
-/// itself, or its `NAME.toml` sidecar.
-fn affected_plugins(dir: &Path, events: &[DebouncedEvent]) -> BTreeSet<PathBuf> {
+/// The paths whose content or name a batch of events may have changed.
+fn changed_paths(events: &[DebouncedEvent]) -> impl Iterator<Item = &PathBuf> {
     events
         .iter()
         .filter(|e| changes_files(&e.kind))
         .flat_map(|e| e.paths.iter())
+}
+
+/// The `NAME.wasm` paths that a batch of events may have changed: the file
+/// itself, or its `NAME.toml` sidecar.
+fn affected_plugins(dir: &Path, events: &[DebouncedEvent]) -> BTreeSet<PathBuf> {
+    changed_paths(events)
         .filter(|p| p.parent() == Some(dir))
         .filter(|p| {
             p.file_name()
