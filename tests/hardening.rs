@@ -663,3 +663,70 @@ async fn a_symlinked_plugin_is_reloaded_when_its_target_changes() {
     host.wait_for(&["v2", "subscriber=linked"]);
     host.stop();
 }
+
+/// Messages name the thing at fault, and say each cause once.
+#[test]
+fn messages_name_the_thing_at_fault_and_say_each_cause_once() {
+    let run = |configure: &dyn Fn(&mut Command)| {
+        let mut command = Command::new(BIN);
+        configure(&mut command);
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    // A data dir that is a file.
+    let s = Setup::new("messages", "");
+    let file = s.dir.join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let err = run(&|c| {
+        c.args(["run", "--plugins"])
+            .arg(&s.plugins)
+            .arg("--data-dir")
+            .arg(&file)
+            .args(["--admin-addr", "127.0.0.1:0"]);
+    });
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert_eq!(err.matches("File exists").count(), 1, "{err}");
+
+    // A huge memory_mib in [defaults].
+    let huge = Setup::new(
+        "messages-huge",
+        "[defaults]\nmemory_mib = 99999999999999999999\n",
+    );
+    let err = run(&|c| {
+        c.args(["run", "--config"]).arg(&huge.config);
+    });
+    assert!(
+        err.contains("99999999999999999999 is too large for this setting") && !err.contains("i128"),
+        "{err}"
+    );
+
+    // A whitespace-only token is no token: beyond loopback, refused.
+    let err = run(&|c| {
+        c.args(["run", "--plugins"])
+            .arg(&s.plugins)
+            .args(["--admin-addr", "0.0.0.0:0"])
+            .env("PGNOTIFIER_ADMIN_TOKEN", "   ");
+    });
+    assert!(err.contains("no admin_token is set"), "{err}");
+
+    // An invalid channel in the state file is reported, and the host starts.
+    std::fs::create_dir_all(&s.data_dir).unwrap();
+    let long = "x".repeat(64);
+    std::fs::write(
+        s.data_dir.join("state.json"),
+        format!("{{\"version\": 1, \"channels\": {{\"{long}\": {{\"muted\": true}}}}}}"),
+    )
+    .unwrap();
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["the state file names an invalid channel", &long[..20]]);
+    host.wait_for(&["admin API listening"]);
+
+    // SIGHUP with the config file gone: refused once, the cause said once.
+    std::fs::remove_file(&s.config).unwrap();
+    host.signal("HUP");
+    let line = host.wait_for(&["config reload refused"]);
+    assert_eq!(line.matches("No such file").count(), 1, "{line}");
+    host.stop();
+}
