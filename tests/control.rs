@@ -4,10 +4,9 @@
 mod support;
 
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::host::{ctl, ctl_json, ctl_ok, parse_metrics, write_config, Host, BIN};
+use support::host::{ctl, ctl_json, ctl_ok, http, parse_metrics, write_config, Host, BIN};
 use support::wat::{Notify, WatPlugin};
 use support::{channel, Sender, SOON};
 
@@ -74,14 +73,7 @@ impl Setup {
     /// One request to the admin API; the status and the body.
     fn http_get(&self, path: &str) -> (u16, String) {
         let addr = std::fs::read_to_string(self.data_dir.join("admin.addr")).unwrap();
-        let mut stream = std::net::TcpStream::connect(addr.trim()).unwrap();
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        let response = http(addr.trim(), &format!("GET {path} HTTP/1.1"), &[], b"");
         let status = response[9..12].parse().unwrap();
         let body = response
             .split_once("\r\n\r\n")

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::host::{ctl_ok, parse_metrics, write_config, Host, BIN};
+use support::host::{ctl_ok, http, parse_metrics, write_config, Host, BIN};
 use support::wat::{Notify, WatPlugin};
 use support::{channel, Sender, SOON};
 
@@ -412,15 +412,13 @@ fn a_lower_case_bearer_scheme_is_accepted() {
     let host = Host::with_config(&s.config);
     host.wait_for(&["admin API listening"]);
     let get = |authorization: &str| {
-        let mut stream = TcpStream::connect(s.admin_addr()).unwrap();
-        write!(
-            stream,
-            "GET /v1/channels HTTP/1.1\r\nHost: x\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n"
+        let header = format!("Authorization: {authorization}");
+        http(
+            &s.admin_addr(),
+            "GET /v1/channels HTTP/1.1",
+            &[&header],
+            b"",
         )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        answer
     };
     assert!(get("bearer s3cret-token").starts_with("HTTP/1.1 200"));
     assert!(get("BEARER s3cret-token").starts_with("HTTP/1.1 200"));
@@ -450,15 +448,12 @@ fn parallel_reloads_of_one_plugin_run_one_at_a_time() {
         .map(|_| {
             let addr = addr.clone();
             std::thread::spawn(move || {
-                let mut stream = TcpStream::connect(addr).unwrap();
-                stream
-                    .write_all(
-                        b"POST /v1/subscribers/formatter/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    )
-                    .unwrap();
-                let mut answer = String::new();
-                stream.read_to_string(&mut answer).unwrap();
-                answer
+                http(
+                    &addr,
+                    "POST /v1/subscribers/formatter/reload HTTP/1.1",
+                    &[],
+                    b"",
+                )
             })
         })
         .collect();
@@ -485,19 +480,7 @@ fn every_admin_error_is_json() {
     host.wait_for(&["admin API listening"]);
     // A body one byte over the 2 MiB limit: the server reads it all before
     // refusing it, so the close is orderly (unread bytes would make it a reset).
-    let send = |head: &str, length: usize| {
-        let mut stream = TcpStream::connect(s.admin_addr()).unwrap();
-        write!(
-            stream,
-            "{head}\r\nHost: x\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let _ = stream.write_all(&vec![b'x'; length]);
-        stream.set_read_timeout(Some(SOON)).unwrap();
-        let mut answer = String::new();
-        let _ = stream.read_to_string(&mut answer);
-        answer
-    };
+    let send = |head: &str, length: usize| http(&s.admin_addr(), head, &[], &vec![b'x'; length]);
     for (head, length, status) in [
         ("PUT /v1/channels HTTP/1.1", 0, "405"),
         ("POST /v1/channels HTTP/1.1", (2 << 20) + 1, "413"),
@@ -629,12 +612,7 @@ fn an_unsaved_change_is_reported_in_the_response_and_in_readyz() {
         err.contains("warning:") && err.contains("lost at restart"),
         "{err}"
     );
-    let mut stream = TcpStream::connect(s.admin_addr()).unwrap();
-    stream
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
+    let answer = http(&s.admin_addr(), "GET /readyz HTTP/1.1", &[], b"");
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("lost at restart"), "{answer}");
     host.stop();

@@ -147,6 +147,29 @@ impl Drop for Host {
     }
 }
 
+/// One raw HTTP/1.1 request to `addr` (with `Connection: close`), as any
+/// client would send it; the whole response, or what came before the server
+/// closed the connection.
+pub fn http(addr: &str, request_line: &str, headers: &[&str], body: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin API");
+    let mut head = format!(
+        "{request_line}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for header in headers {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("send the request");
+    let _ = stream.write_all(body);
+    stream.set_read_timeout(Some(SOON)).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
 /// `pgnotifier ctl --config FILE ARGS…`.
 pub fn ctl(config: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
