@@ -642,3 +642,40 @@ async fn publish_is_no_way_to_run_other_sql() {
     assert_eq!(got.payload, pgnotifier::Payload::Text(payload.into()));
     n.shutdown(SOON).await;
 }
+
+/// A plugin that builds its SQL on the fly cannot grow a connection's
+/// prepared statements without bound: past 256 they are let go.
+#[tokio::test(flavor = "multi_thread")]
+async fn statements_prepared_for_a_query_role_stay_bounded() {
+    logs::install();
+    let role = "pgnotifier_test_reader";
+    support::plugin_role(role, &[]).await;
+    let dir = support::temp_dir("prepared-bound");
+    let ch = channel("prepared_bound");
+    install(
+        &dir,
+        "builder",
+        &format!("channels = [\"{ch}\"]\n[grants]\nquery = true\nquery_role = \"{role}\"\n"),
+    );
+    let n = host(&dir).await;
+    let sender = Sender::connect().await;
+    let distinct = 300;
+    for i in 0..distinct {
+        sender
+            .notify(&ch, &command("query", &[&format!("select {i} as n")]))
+            .await;
+    }
+    let count = "select count(*)::int as prepared from pg_prepared_statements where name like 'pgnotifier\\_%'";
+    sender.notify(&ch, &command("query", &[count])).await;
+    let got = wait_lines("builder", "query", distinct + 1).await;
+    assert_eq!(got[7], "query ok [{\"n\":7}]");
+    let last: Value =
+        serde_json::from_str(got[distinct].strip_prefix("query ok ").unwrap()).unwrap();
+    let prepared = last[0]["prepared"].as_i64().unwrap();
+    assert!(
+        (1..=257).contains(&prepared),
+        "{prepared} statements prepared on one connection"
+    );
+    assert_no_failures(&n, "builder");
+    n.shutdown(SOON).await;
+}

@@ -21,6 +21,9 @@
 use crate::channel::quote_ident;
 use sha2::{Digest, Sha256};
 
+/// Plugin statements kept prepared per connection before they are all let go.
+const MAX_PREPARED: usize = 256;
+
 /// Why the host's role is too powerful to run a plugin's SQL as itself, if it is.
 pub(crate) async fn host_role_danger(
     client: &tokio_postgres::Client,
@@ -103,25 +106,36 @@ pub(crate) async fn install_barrier(
            RETURNS SETOF text LANGUAGE plpgsql SECURITY DEFINER AS $barrier$
          DECLARE
            found_row record;
+           stale record;
+           statement_name text := 'pgnotifier_' || pg_catalog.md5(statement);
+           prepared boolean;
+           cached integer;
            args text;
            n integer := 0;
          BEGIN
-           IF EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE name = 'pgnotifier_plugin_query') THEN
-             EXECUTE 'DEALLOCATE pgnotifier_plugin_query';
+           -- Each statement is prepared once per connection, and run by name.
+           SELECT bool_or(s.name = statement_name), count(*)
+             INTO prepared, cached
+             FROM pg_catalog.pg_prepared_statements s WHERE s.name LIKE 'pgnotifier\\_%';
+           IF NOT coalesce(prepared, false) THEN
+             IF cached >= {MAX_PREPARED} THEN
+               FOR stale IN SELECT s.name FROM pg_catalog.pg_prepared_statements s WHERE s.name LIKE 'pgnotifier\\_%' LOOP
+                 EXECUTE 'DEALLOCATE ' || pg_catalog.quote_ident(stale.name);
+               END LOOP;
+             END IF;
+             EXECUTE 'PREPARE ' || pg_catalog.quote_ident(statement_name) || ' AS ' || statement;
            END IF;
-           EXECUTE 'PREPARE pgnotifier_plugin_query AS ' || statement;
            SELECT coalesce('(' || string_agg(pg_catalog.quote_nullable(p), ',' ORDER BY i) || ')', '')
              INTO args FROM pg_catalog.unnest(params) WITH ORDINALITY AS t(p, i);
            IF returns_rows THEN
-             FOR found_row IN EXECUTE 'EXECUTE pgnotifier_plugin_query' || args LOOP
+             FOR found_row IN EXECUTE 'EXECUTE ' || pg_catalog.quote_ident(statement_name) || args LOOP
                RETURN NEXT pg_catalog.row_to_json(found_row)::text;
                n := n + 1;
                EXIT WHEN n > max_rows;
              END LOOP;
            ELSE
-             EXECUTE 'EXECUTE pgnotifier_plugin_query' || args;
+             EXECUTE 'EXECUTE ' || pg_catalog.quote_ident(statement_name) || args;
            END IF;
-           EXECUTE 'DEALLOCATE pgnotifier_plugin_query';
          END
          $barrier$;
          REVOKE ALL ON FUNCTION {signature} FROM PUBLIC;
