@@ -471,8 +471,8 @@ fn parallel_reloads_of_one_plugin_run_one_at_a_time() {
     host.stop();
 }
 
-/// Every admin error is JSON `{"error": ...}`: a wrong method, a body too
-/// large, a path that is not UTF-8.
+/// Every admin error is JSON `{"error": ...}`: a request line too long, a
+/// wrong method, a body too large, a path that is not UTF-8.
 #[test]
 fn every_admin_error_is_json() {
     let s = Setup::new("json-errors", "");
@@ -481,7 +481,9 @@ fn every_admin_error_is_json() {
     // A body one byte over the 2 MiB limit: the server reads it all before
     // refusing it, so the close is orderly (unread bytes would make it a reset).
     let send = |head: &str, length: usize| http(&s.admin_addr(), head, &[], &vec![b'x'; length]);
+    let long = format!("GET /v1/channels/{} HTTP/1.1", "x".repeat(10_000));
     for (head, length, status) in [
+        (long.as_str(), 0, "414"),
         ("PUT /v1/channels HTTP/1.1", 0, "405"),
         ("POST /v1/channels HTTP/1.1", (2 << 20) + 1, "413"),
         ("DELETE /v1/channels/%FF HTTP/1.1", 0, "400"),

@@ -35,6 +35,9 @@ use tokio::sync::{watch, Semaphore};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are closed as they arrive.
 const MAX_CONNECTIONS: usize = 128;
+/// The longest request line taken. The parser's own limit (64 KiB) answers
+/// with a bare 414; this one answers with JSON, like every other error.
+const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// How long shutdown waits for requests in flight before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -123,13 +126,18 @@ async fn serve(listener: TcpListener, app: Router, mut stopped: watch::Receiver<
             );
             continue;
         };
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let (app, watcher) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let Some(stream) = request_line(stream).await else {
+                return drop(slot);
+            };
+            // One request per connection: every request line is read above.
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!("admin API connection: {e}");
             }
             drop(slot);
@@ -220,6 +228,87 @@ async fn json_errors(response: Response) -> Response {
         out.headers_mut().insert(header::ALLOW, allow.clone());
     }
     out
+}
+
+/// Read the request line (within the header timeout), then hand the
+/// connection on with those bytes in front. A line too long is answered here.
+async fn request_line(mut stream: tokio::net::TcpStream) -> Option<Prefixed> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut read = Vec::with_capacity(1024);
+    let complete = tokio::time::timeout(HEADER_READ_TIMEOUT, async {
+        let mut chunk = [0u8; 1024];
+        while !read.contains(&b'\n') && read.len() <= MAX_REQUEST_LINE {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    });
+    if !complete.await.unwrap_or(false) {
+        return None;
+    }
+    let line = read.iter().position(|b| *b == b'\n').unwrap_or(read.len());
+    if line > MAX_REQUEST_LINE {
+        let body = json!({ "error": format!("request line longer than {MAX_REQUEST_LINE} bytes") })
+            .to_string();
+        let answer = format!(
+            "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return None;
+    }
+    Some(Prefixed {
+        prefix: Bytes::from(read),
+        stream,
+    })
+}
+
+/// A connection with bytes already read from it put back in front.
+struct Prefixed {
+    prefix: Bytes,
+    stream: tokio::net::TcpStream,
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// Check the bearer token, when one is set.
