@@ -225,7 +225,7 @@ fn check_prints_the_id_and_channels_of_a_valid_plugin() {
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "id: order-webhook\nchannels: orders_changed\ngrants: query (read-only); http to http://127.0.0.1:8080\n",
+        "id: order-webhook\nchannels: orders_changed\ngrants: query (read-only) as role order_webhook; http to http://127.0.0.1:8080\n",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
