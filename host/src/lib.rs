@@ -12,29 +12,30 @@
 //!
 //! Control flow:
 //! - [`config`], the plugin [`loader`] (with the folder watcher for hot reload), the
-//!   [`Notifier`] API and the [`admin`] HTTP API (which [`ctl`] drives) change the [`registry`];
+//!   [`Notifier`] API and the admin HTTP API (which `ctl` drives) change the [`registry`];
 //! - the registry publishes a new immutable snapshot and the set of active channels,
 //!   and saves what operators changed to the [`state`] file;
 //! - the listener LISTENs/UNLISTENs the difference, never reconnecting for it.
 //!
-//! The `pgnotifier` binary is [`cli`]; `run` serves the admin API, Prometheus metrics
-//! and health checks, and reloads its config on SIGHUP.
+//! The application is `app`, behind the default `cli` feature: the `pgnotifier`
+//! binary, whose `run` serves the admin API, Prometheus metrics and health checks
+//! and reloads its config on SIGHUP, `ctl` and the demo. With
+//! `default-features = false` the library builds without clap, axum, wat or
+//! wit-component. `local_pg` (throwaway clusters) is behind `test-support`.
 
-pub mod admin;
+#[cfg(feature = "cli")]
+pub mod app;
 pub mod bindings;
 pub mod blocking;
 pub mod capabilities;
 pub mod channel;
-pub mod cli;
 pub mod config;
-pub mod ctl;
-mod daemon;
-mod demo;
 pub mod dispatch;
 mod error;
 pub mod files;
 mod listener;
 pub mod loader;
+#[cfg(feature = "test-support")]
 pub mod local_pg;
 mod metrics;
 mod notifier;

@@ -73,6 +73,8 @@ impl PluginFiles {
 /// A plugin that compiled, instantiated and registered.
 pub(crate) struct LoadedPlugin {
     pub(crate) channels: Vec<String>,
+    /// Shown by `pgnotifier check`.
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub(crate) grants: Grants,
     pub(crate) settings: SubscriberSettings,
     pub(crate) subscriber: WasmSubscriber,

@@ -1,8 +1,8 @@
 //! The `pgnotifier` command line: `run`, `ctl`, `demo`, `check` and `wit`.
 
+use super::ctl::CtlCommand;
+use super::daemon::{self, RunOptions};
 use crate::config::{FileConfig, SubscriberSettings};
-use crate::ctl::CtlCommand;
-use crate::daemon::{self, RunOptions};
 use crate::loader::PluginFiles;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -132,7 +132,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { file } => check(file).await,
         Command::Demo { once, plugins } => {
-            crate::demo::run(crate::demo::DemoOptions { once, plugins }).await
+            super::demo::run(super::demo::DemoOptions { once, plugins }).await
         }
         Command::Run(args) => {
             let options = args.control.options(args.plugins, args.database_url);
@@ -149,7 +149,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 None => FileConfig::default(),
             };
             let settings = daemon::control_settings(&options, &file)?;
-            crate::ctl::execute(&settings, command, json).await
+            super::ctl::execute(&settings, command, json).await
         }
     }
 }

@@ -3,7 +3,7 @@
 //! and exits (a second one exits at once), SIGHUP re-reads the config file
 //! and applies what changed.
 
-use crate::admin::AdminServer;
+use super::admin::AdminServer;
 use crate::config::{ConnectionSettings, ControlSettings, FileConfig, SubscriberSettings};
 use crate::registry::SubscriberSource;
 use crate::sandbox::SandboxConfig;
@@ -156,7 +156,7 @@ async fn reload(
     let next = match Settings::resolve(options) {
         Ok(next) => next,
         Err(e) => {
-            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {}", crate::cli::error_text(&e));
+            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {}", super::cli::error_text(&e));
             return;
         }
     };
