@@ -33,6 +33,8 @@ pub mod config;
 pub mod dispatch;
 mod error;
 pub mod files;
+#[cfg(test)]
+mod layering;
 mod listener;
 pub mod loader;
 #[cfg(feature = "test-support")]
