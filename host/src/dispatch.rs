@@ -233,9 +233,65 @@ impl DropLog {
     }
 }
 
-const RUNNING: u8 = 0;
-const DRAINING: u8 = 1;
-const ABANDONED: u8 = 2;
+/// Where a mailbox is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum Life {
+    /// Taking deliveries.
+    Running,
+    /// Closed: the worker finishes what is queued, then stops.
+    Draining,
+    /// Stopped at once: what is queued is discarded.
+    Abandoned,
+}
+
+/// A mailbox's [`Life`] in an atomic, so the router and the worker read it
+/// without a lock.
+struct LifeCell(AtomicU8);
+
+impl LifeCell {
+    fn new(life: Life) -> Self {
+        Self(AtomicU8::new(life as u8))
+    }
+
+    fn get(&self) -> Life {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Life::Running,
+            1 => Life::Draining,
+            _ => Life::Abandoned,
+        }
+    }
+
+    fn set(&self, life: Life) {
+        self.0.store(life as u8, Ordering::Relaxed);
+    }
+
+    /// Move from `from` to `to`, unless it has moved on already.
+    fn advance(&self, from: Life, to: Life) {
+        let _ =
+            (self.0).compare_exchange(from as u8, to as u8, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// How long the router waits for room in a full queue: decided by the
+/// overflow policy when the queue is first found full.
+#[derive(Clone, Copy, Debug)]
+enum Wait {
+    Forever,
+    Until(Instant),
+}
+
+impl Wait {
+    fn for_policy(limits: QueueLimits, already_overflowing: bool) -> Self {
+        match limits.overflow {
+            Overflow::Block => Wait::Forever,
+            Overflow::WaitThenDropOldest if !already_overflowing => {
+                Wait::Until(Instant::now() + limits.overflow_wait)
+            }
+            _ => Wait::Until(Instant::now()),
+        }
+    }
+}
 
 /// A subscriber's queue, counters and worker. The registry holds these.
 /// A mailbox lives as long as its subscriber id: a reload swaps the
@@ -248,7 +304,7 @@ pub(crate) struct Mailbox {
     ready: Condvar,
     space: tokio::sync::Notify,
     overflowing: AtomicBool,
-    state: AtomicU8,
+    life: LifeCell,
     counters: Counters,
     drops: Arc<DropLog>,
     /// Consecutive failed calls; quarantine at `failure_threshold` (0: never).
@@ -282,7 +338,7 @@ impl Mailbox {
             ready: Condvar::new(),
             space: tokio::sync::Notify::new(),
             overflowing: AtomicBool::new(false),
-            state: AtomicU8::new(RUNNING),
+            life: LifeCell::new(Life::Running),
             counters: Counters::default(),
             drops: Arc::new(DropLog::new(id.clone())),
             failures_in_a_row: AtomicU32::new(0),
@@ -383,8 +439,8 @@ impl Mailbox {
             Ok(()) => return,
             Err((back, _)) => back,
         };
-        // Set when the queue is first found full: when to stop waiting (None: never).
-        let mut deadline: Option<Option<Instant>> = None;
+        // Decided when the queue is first found full.
+        let mut wait: Option<Wait> = None;
         let policy = loop {
             // Register for a wake-up before looking again, so none is missed.
             let space = self.space.notified();
@@ -398,19 +454,15 @@ impl Mailbox {
                     limits
                 }
             };
-            let until = *deadline.get_or_insert_with(|| match limits.overflow {
-                Overflow::Block => None,
-                Overflow::WaitThenDropOldest if !self.overflowing.load(Ordering::Relaxed) => {
-                    Some(Instant::now() + limits.overflow_wait)
-                }
-                _ => Some(Instant::now()),
-            });
-            match until.map(|d| d.saturating_duration_since(Instant::now())) {
-                None => space.await,
-                Some(left) if !left.is_zero() => {
-                    let _ = tokio::time::timeout(left, space).await;
-                }
-                Some(_) => break limits.overflow,
+            let overflowing = self.overflowing.load(Ordering::Relaxed);
+            match *wait.get_or_insert_with(|| Wait::for_policy(limits, overflowing)) {
+                Wait::Forever => space.await,
+                Wait::Until(at) => match at.saturating_duration_since(Instant::now()) {
+                    left if left.is_zero() => break limits.overflow,
+                    left => {
+                        let _ = tokio::time::timeout(left, space).await;
+                    }
+                },
             }
         };
         // Still full past the wait: drop one, per policy.
@@ -441,7 +493,7 @@ impl Mailbox {
     /// one by one under the overflow policy.
     async fn push_all(&self, notifications: &[Arc<Notification>]) {
         let mut queued = 0;
-        if self.state.load(Ordering::Relaxed) == RUNNING {
+        if self.life.get() == Life::Running {
             let mut queue = lock(&self.queue);
             let room = queue.limits.capacity.saturating_sub(queue.items.len());
             queued = room.min(notifications.len());
@@ -464,7 +516,7 @@ impl Mailbox {
 
     /// Queue if there is room; otherwise hand the delivery back with the limits.
     fn try_push(&self, delivery: Delivery) -> Result<(), (Delivery, QueueLimits)> {
-        if self.state.load(Ordering::Relaxed) != RUNNING {
+        if self.life.get() != Life::Running {
             // Closed: take nothing new, and never make the router wait for it.
             return Ok(());
         }
@@ -483,15 +535,13 @@ impl Mailbox {
 
     /// Stop taking deliveries; the worker finishes what is queued and exits.
     pub(crate) fn close(&self) {
-        let _ =
-            self.state
-                .compare_exchange(RUNNING, DRAINING, Ordering::Relaxed, Ordering::Relaxed);
+        self.life.advance(Life::Running, Life::Draining);
         self.wake_all();
     }
 
     /// Stop at once: the worker discards what is queued after its current call.
     pub(crate) fn abandon(&self) {
-        self.state.store(ABANDONED, Ordering::Relaxed);
+        self.life.set(Life::Abandoned);
         self.wake_all();
     }
 
@@ -527,7 +577,7 @@ impl Mailbox {
         let mut queue = lock(&self.queue);
         let mut spun = false;
         loop {
-            if self.state.load(Ordering::Relaxed) == ABANDONED {
+            if self.life.get() == Life::Abandoned {
                 let discarded = queue.items.len();
                 queue.items.clear();
                 self.queued.store(0, Ordering::Relaxed);
@@ -563,7 +613,7 @@ impl Mailbox {
                 // Idle: switch now, so the old instance is not kept alive.
                 return Next::Switch;
             }
-            if self.state.load(Ordering::Relaxed) != RUNNING {
+            if self.life.get() != Life::Running {
                 return Next::Stop;
             }
             if !spun && spinning_pays() {
