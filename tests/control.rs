@@ -19,18 +19,14 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str, plugins: &[(&str, &[&str], Notify)], extra: &str) -> Self {
-        let dir = support::temp_dir(name);
-        let plugins_dir = dir.join("plugins");
-        std::fs::create_dir_all(&plugins_dir).unwrap();
+        let base = support::host::Setup::new(name, extra);
         for (id, channels, notify) in plugins {
-            WatPlugin::new(channels, *notify).write(&plugins_dir, id);
+            WatPlugin::new(channels, *notify).write(&base.plugins, id);
         }
-        let data_dir = dir.join("data");
-        let config = write_config(&dir, &plugins_dir, &data_dir, extra);
         Self {
-            dir,
-            config,
-            data_dir,
+            dir: base.dir,
+            config: base.config,
+            data_dir: base.data_dir,
         }
     }
 

@@ -12,51 +12,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::host::{ctl_ok, http, parse_metrics, write_config, Host, BIN};
+use support::host::{ctl_ok, http, Host, Setup, BIN};
 use support::wat::{Notify, WatPlugin};
 use support::{channel, Sender, SOON};
-
-/// A temp dir with a `plugins` folder and a config for a host on a free port.
-struct Setup {
-    dir: PathBuf,
-    plugins: PathBuf,
-    data_dir: PathBuf,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn new(name: &str, extra: &str) -> Self {
-        let dir = support::temp_dir(name);
-        let plugins = dir.join("plugins");
-        std::fs::create_dir_all(&plugins).unwrap();
-        let data_dir = dir.join("data");
-        let config = write_config(&dir, &plugins, &data_dir, extra);
-        Self {
-            dir,
-            plugins,
-            data_dir,
-            config,
-        }
-    }
-
-    fn echo(&self, id: &str, channel: &str) {
-        WatPlugin::new(&[channel], Notify::Echo).write(&self.plugins, id);
-    }
-
-    fn metric(&self, series: &str) -> f64 {
-        let metrics = parse_metrics(&ctl_ok(&self.config, &["metrics"]));
-        *metrics
-            .get(series)
-            .unwrap_or_else(|| panic!("no series {series}"))
-    }
-
-    fn admin_addr(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.addr"))
-            .expect("the host wrote admin.addr")
-            .trim()
-            .to_owned()
-    }
-}
 
 fn mkfifo(path: &Path) {
     let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");

@@ -1,6 +1,7 @@
 //! The `pgnotifier` binary as a user runs it: `run` in the background with
 //! its log collected, and `ctl` against it.
 
+use super::wat::{Notify, WatPlugin};
 use super::SOON;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -228,4 +229,49 @@ pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
             (series.to_owned(), value)
         })
         .collect()
+}
+
+/// A temp dir with a `plugins` folder and a config for a host on a free port.
+pub struct Setup {
+    pub dir: PathBuf,
+    pub plugins: PathBuf,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub fn new(name: &str, extra: &str) -> Self {
+        let dir = super::temp_dir(name);
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let data_dir = dir.join("data");
+        let config = write_config(&dir, &plugins, &data_dir, extra);
+        Self {
+            dir,
+            plugins,
+            data_dir,
+            config,
+        }
+    }
+
+    /// An echo plugin `ID.wasm` on `channel`.
+    pub fn echo(&self, id: &str, channel: &str) {
+        WatPlugin::new(&[channel], Notify::Echo).write(&self.plugins, id);
+    }
+
+    /// One series of the host's `/metrics`, through `ctl`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let metrics = parse_metrics(&ctl_ok(&self.config, &["metrics"]));
+        *metrics
+            .get(series)
+            .unwrap_or_else(|| panic!("no series {series}"))
+    }
+
+    /// The address the running host wrote down.
+    pub fn admin_addr(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.addr"))
+            .expect("the host wrote admin.addr")
+            .trim()
+            .to_owned()
+    }
 }
