@@ -85,6 +85,19 @@ impl Host {
         panic!("no line with {parts:?} in:\n{}", self.output());
     }
 
+    /// Wait until at least `n` lines contain every one of `parts`.
+    pub fn wait_for_count(&self, parts: &[&str], n: usize) {
+        let deadline = Instant::now() + SOON;
+        while self.count(parts) < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} lines with {parts:?} in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// How many lines contain every one of `parts`.
     pub fn count(&self, parts: &[&str]) -> usize {
         self.lines
