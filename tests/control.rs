@@ -6,7 +6,7 @@ mod support;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::host::{ctl, ctl_json, ctl_ok, http, parse_metrics, write_config, Host, BIN};
+use support::host::{ctl, ctl_json, ctl_ok, http, parse_metrics, Host, BIN};
 use support::wat::{Notify, WatPlugin};
 use support::{channel, Sender, SOON};
 

@@ -7,7 +7,7 @@ use notify_debouncer_full::notify::event::{AccessKind, EventKind};
 use notify_debouncer_full::notify::{self, RecursiveMode, Watcher};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
