@@ -618,6 +618,24 @@ fn messages_name_the_thing_at_fault_and_say_each_cause_once() {
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert_eq!(err.matches("File exists").count(), 1, "{err}");
 
+    // A plugins folder that is not there: the cause is kept, and said once.
+    let missing = s.dir.join("no-such-folder");
+    let err = run(&|c| {
+        c.args(["run", "--plugins"])
+            .arg(&missing)
+            .arg("--data-dir")
+            .arg(&s.data_dir)
+            .args(["--admin-addr", "127.0.0.1:0"]);
+    });
+    assert!(
+        err.contains(&format!(
+            "cannot watch the plugins folder {}",
+            missing.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+
     // A huge memory_mib in [defaults].
     let huge = Setup::new(
         "messages-huge",

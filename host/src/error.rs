@@ -17,10 +17,14 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("cannot start the worker thread of subscriber {id:?}: {source}")]
     Worker { id: String, source: std::io::Error },
-    #[error("cannot create the wasm engine: {0}")]
-    Sandbox(String),
-    #[error("cannot watch the plugins folder {0}")]
-    Watch(String),
+    #[error("cannot create the wasm engine")]
+    Sandbox(#[source] Cause),
+    #[error("cannot watch the plugins folder {}", dir.display())]
+    Watch {
+        dir: std::path::PathBuf,
+        #[source]
+        source: Cause,
+    },
     #[error("the listener did not LISTEN every active channel within {0:?}")]
     NotListening(std::time::Duration),
     #[error("subscriber {0:?} is a native subscriber, not a plugin: it has no file to reload")]
@@ -33,6 +37,9 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The cause of an error from another library, kept whole for the chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// An error and its causes on one line: tokio-postgres keeps the useful
 /// part (a refused certificate, a reset connection) in the source.

@@ -721,10 +721,10 @@ impl Notifier {
         }
         // Called from async code, so the pool's connections run on this runtime.
         let database = lock(&self.inner.database).clone();
-        let pool =
-            CapabilityPool::new(&database, self.inner.query_pool_size).map_err(Error::Sandbox)?;
+        let pool = CapabilityPool::new(&database, self.inner.query_pool_size)
+            .map_err(|e| Error::Sandbox(e.into()))?;
         let sandbox = Sandbox::with_pool(&self.inner.sandbox_config, Some(Arc::new(pool)))
-            .map_err(|e| Error::Sandbox(format!("{e:#}")))?;
+            .map_err(|e| Error::Sandbox(e.into()))?;
         *slot = Some(sandbox.clone());
         Ok(sandbox)
     }

@@ -47,17 +47,20 @@ pub(crate) async fn watch(
     dir: &Path,
     debounce: Duration,
 ) -> Result<PluginWatcher> {
-    let watch_error = |e: &dyn std::fmt::Display| Error::Watch(format!("{}: {e}", dir.display()));
+    let watch_error = |source: crate::error::Cause| Error::Watch {
+        dir: dir.to_owned(),
+        source,
+    };
     // Events name absolute paths; a relative folder would never match them.
-    let dir = std::fs::canonicalize(dir).map_err(|e| watch_error(&e))?;
+    let dir = std::fs::canonicalize(dir).map_err(|e| watch_error(e.into()))?;
     let (events, incoming) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
     let mut debouncer = new_debouncer(debounce, None, move |result| {
         let _ = events.send(result);
     })
-    .map_err(|e| watch_error(&e))?;
+    .map_err(|e| watch_error(e.into()))?;
     debouncer
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| watch_error(&e))?;
+        .map_err(|e| watch_error(e.into()))?;
     let watched = FolderId::of(&dir);
     // Watch first, then scan: a file that lands in between is seen twice, never missed.
     notifier.load_plugins(&dir).await?;

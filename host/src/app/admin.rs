@@ -381,7 +381,7 @@ impl From<Error> for ApiError {
             Error::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, e.to_string())
+        Self::new(status, crate::error::with_causes(&e))
     }
 }
 
