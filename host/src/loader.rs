@@ -42,7 +42,7 @@ impl PluginFiles {
                 ))
             }
         };
-        let sha256 = hex(&Sha256::digest(&wasm));
+        let sha256 = format!("{:x}", Sha256::digest(&wasm));
         let mut both = Sha256::new();
         both.update(&wasm);
         if let Some((_, text)) = &sidecar {
@@ -55,7 +55,7 @@ impl PluginFiles {
             wasm,
             sidecar,
             sha256,
-            fingerprint: hex(&both.finalize()),
+            fingerprint: format!("{:x}", both.finalize()),
         })
     }
 
@@ -182,8 +182,4 @@ pub(crate) fn load(
         subscriber,
         wit_version,
     })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

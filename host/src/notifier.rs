@@ -378,13 +378,7 @@ impl Notifier {
 
     /// The files of the plugin subscribers loaded from `dir`.
     pub(crate) fn plugins_from(&self, dir: &Path) -> Vec<PathBuf> {
-        self.subscribers()
-            .into_iter()
-            .filter_map(|s| match s.source {
-                SubscriberSource::Plugin { path, .. } if path.parent() == Some(dir) => Some(path),
-                _ => None,
-            })
-            .collect()
+        self.inner.registry.plugins_in(dir)
     }
 
     /// Make the plugin subscribers of `dir` match its files: load new and

@@ -524,6 +524,20 @@ impl Registry {
     }
 
     /// Where a subscriber came from, if it exists.
+    /// The files of the plugin subscribers loaded from `dir`.
+    pub(crate) fn plugins_in(&self, dir: &std::path::Path) -> Vec<PathBuf> {
+        self.snapshot()
+            .subscribers
+            .values()
+            .filter_map(|e| match &e.source {
+                SubscriberSource::Plugin { path, .. } if path.parent() == Some(dir) => {
+                    Some(path.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(crate) fn source(&self, id: &str) -> Option<SubscriberSource> {
         self.snapshot()
             .subscribers

@@ -42,7 +42,7 @@ pub(crate) async fn host_role_danger(
         )
         .await?;
     let (user, superuser, roles): (String, bool, Vec<String>) =
-        (row.get(0), row.get(1), row.get(2));
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     Ok(if superuser {
         Some(format!("the host's role {user:?} is a superuser"))
     } else if !roles.is_empty() {
@@ -58,11 +58,11 @@ pub(crate) async fn host_role_danger(
 /// The barrier function of `role`, schema-qualified and quoted. Role names
 /// can be as long as a function name may be, so the name carries a hash.
 pub(crate) fn barrier(role: &str) -> String {
-    let hash: String = Sha256::digest(role.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("pgnotifier.{}", quote_ident(&format!("query_as_{hash}")))
+    let hash = format!("{:x}", Sha256::digest(role.as_bytes()));
+    format!(
+        "pgnotifier.{}",
+        quote_ident(&format!("query_as_{}", &hash[..16]))
+    )
 }
 
 /// The call of `role`'s barrier: statement, parameters, whether it returns
@@ -81,8 +81,8 @@ pub(crate) async fn install_barrier(
     let host: String = client
         .query_one("SELECT current_user::text", &[])
         .await
-        .map_err(|e| describe(&e))?
-        .get(0);
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| describe(&e))?;
     let tx = client.transaction().await.map_err(|e| describe(&e))?;
     let role_ident = quote_ident(role);
     tx.batch_execute(&format!("SET LOCAL ROLE {role_ident}; RESET ROLE"))
