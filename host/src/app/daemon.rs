@@ -83,6 +83,9 @@ pub fn control_settings(
 }
 
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
+    // First of all: a signal sent while plugins load is queued, not the
+    // default action (SIGHUP's would end the process).
+    let mut signals = Signals::new()?;
     let mut settings = Settings::resolve(&options)?;
     let mut sandbox = SandboxConfig::default();
     if let Some(dir) = &settings.file.cache_dir {
@@ -113,7 +116,6 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     );
     notifier.start().await?;
 
-    let mut signals = Signals::new()?;
     loop {
         match signals.recv().await {
             Received::Stop => break,
