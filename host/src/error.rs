@@ -3,9 +3,9 @@
 //! Each boundary has its own enum (`RegistryError`, `LoadError`,
 //! `ConfigError`) so callers can tell causes apart; this one gathers them.
 
-use crate::config::ConfigError;
 use crate::registry::RegistryError;
 use crate::sandbox::LoadError;
+use crate::settings::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,18 +41,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The cause of an error from another library, kept whole for the chain.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
-/// An error and its causes on one line: tokio-postgres keeps the useful
-/// part (a refused certificate, a reset connection) in the source.
-pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
+impl Error {
+    /// For a subscriber's worker thread that could not be started.
+    pub(crate) fn worker(id: &str) -> impl FnOnce(std::io::Error) -> Self + '_ {
+        move |source| Error::Worker {
+            id: id.to_owned(),
+            source,
         }
-        cause = c.source();
     }
-    out
 }

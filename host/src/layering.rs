@@ -1,33 +1,222 @@
 //! The layers, checked: the import graph of `host/src`, read from the
-//! `crate::` paths in each file, grouped by top-level module.
+//! source, must have no cycle, between files or between rooms (top-level
+//! modules), and no library module may import the application.
+//!
+//! An import is a `crate::` or `super::` path, or a `use` of a child module.
+//! A path through a re-export (`pub use child::Name`) counts as an import of
+//! the module the name comes from, so a parent that re-exports its children
+//! is not made to depend on them. Comments and `mod tests` are not read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
-/// Top-level module → the top-level modules its files name through `crate::`.
-fn import_graph() -> Graph {
+/// One source file as a module: `dispatch/mailbox.rs` is `dispatch::mailbox`,
+/// `dispatch/mod.rs` is `dispatch`, and `lib.rs` is the crate root (`""`).
+struct Module {
+    name: String,
+    /// The code, without comments and test modules.
+    code: String,
+}
+
+/// Every module of the library and the application.
+fn modules() -> Vec<Module> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let lib = std::fs::read_to_string(src.join("lib.rs")).expect("read lib.rs");
-    let reexported = reexports(&lib);
-    let mut graph = Graph::new();
-    let mut files = vec![src.clone()];
-    while let Some(path) = files.pop() {
+    let mut out = Vec::new();
+    let mut next = vec![src.clone()];
+    while let Some(path) = next.pop() {
         if path.is_dir() {
             let entries = std::fs::read_dir(&path).expect("read a source folder");
-            files.extend(entries.map(|e| e.expect("a folder entry").path()));
+            next.extend(entries.map(|e| e.expect("a folder entry").path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") || path.ends_with("main.rs") {
             continue;
         }
         let relative = path.strip_prefix(&src).expect("under src");
-        let Some(module) = top_level(relative) else {
-            continue;
-        };
+        let mut segments: Vec<String> = (relative.with_extension("").components())
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        if matches!(segments.last().map(String::as_str), Some("mod" | "lib")) {
+            segments.pop();
+        }
         let text = std::fs::read_to_string(&path).expect("read a source file");
-        let targets = graph.entry(module.clone()).or_default();
-        for name in crate_paths(&text) {
-            let target = reexported.get(&name).cloned().unwrap_or(name);
-            if target != module {
+        out.push(Module {
+            name: segments.join("::"),
+            code: code_of(&text),
+        });
+    }
+    out
+}
+
+/// The text without comments and without the `#[cfg(test)] mod tests` block.
+fn code_of(text: &str) -> String {
+    let text = match text.find("#[cfg(test)]\nmod tests {") {
+        Some(at) => &text[..at],
+        None => text,
+    };
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with("//"))
+        .map(|line| line.split(" // ").next().unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn parent(module: &str) -> &str {
+    module.rsplit_once("::").map_or("", |(p, _)| p)
+}
+
+/// Every path that starts at `prefix` (`crate::`, `super::`), with
+/// `{a, b::c}` groups opened into one path each.
+fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices(prefix) {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') {
+            continue;
+        }
+        expand(&code[at + prefix.len()..], Vec::new(), &mut out);
+    }
+    out
+}
+
+/// Read one path (with groups) from the start of `text`.
+fn expand(text: &str, base: Vec<String>, out: &mut Vec<Vec<String>>) {
+    let mut path = base;
+    let mut rest = text;
+    loop {
+        if let Some(group) = rest.strip_prefix('{') {
+            for item in split_group(group) {
+                expand(item.trim(), path.clone(), out);
+            }
+            return;
+        }
+        let name: String = (rest.chars())
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if !name.is_empty() {
+            rest = &rest[name.len()..];
+            if name != "self" {
+                path.push(name);
+            }
+        }
+        match rest.strip_prefix("::") {
+            Some(after) => rest = after,
+            None => break,
+        }
+    }
+    out.push(path);
+}
+
+/// The top-level items of a `{…}` group, up to its closing brace.
+fn split_group(group: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut items) = (0, 0, Vec::new());
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                return items;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items
+}
+
+/// `use child::…` statements of a module: `(is a re-export, path)`.
+fn child_uses(code: &str, children: &BTreeSet<String>) -> Vec<(bool, Vec<String>)> {
+    let mut out = Vec::new();
+    for statement in code.split(';') {
+        let statement = statement.trim();
+        let (public, rest) = match statement.split_once("use ") {
+            Some((head, rest)) if head.trim().is_empty() => (false, rest),
+            Some((head, rest)) if head.trim().starts_with("pub") && !head.contains('\n') => {
+                (true, rest)
+            }
+            _ => continue,
+        };
+        let mut paths = Vec::new();
+        expand(rest, Vec::new(), &mut paths);
+        for path in paths {
+            if path.first().is_some_and(|first| children.contains(first)) {
+                out.push((public, path));
+            }
+        }
+    }
+    out
+}
+
+/// The import graph between files.
+fn import_graph() -> Graph {
+    let modules = modules();
+    let names: BTreeSet<String> = modules.iter().map(|m| m.name.clone()).collect();
+    let children = |module: &str| -> BTreeSet<String> {
+        (names.iter())
+            .filter(|n| !n.is_empty() && parent(n) == module && *n != module)
+            .map(|n| n.rsplit("::").next().unwrap_or(n).to_owned())
+            .collect()
+    };
+    // Module → a name it re-exports → the module that name comes from.
+    let mut reexports: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    // Module → absolute paths it names.
+    let mut named: BTreeMap<String, Vec<Vec<String>>> = BTreeMap::new();
+    for module in &modules {
+        let mine = children(&module.name);
+        let absolute = |path: &[String]| {
+            let mut full: Vec<String> = (module.name.split("::"))
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+            full.extend(path.iter().cloned());
+            full
+        };
+        let mut paths = paths_after(&module.code, "crate::");
+        let up: Vec<String> = (parent(&module.name).split("::"))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        for path in paths_after(&module.code, "super::") {
+            paths.push(up.iter().cloned().chain(path).collect());
+        }
+        for (public, path) in child_uses(&module.code, &mine) {
+            let full = absolute(&path);
+            if public && path.len() >= 2 {
+                let origin = resolve_module(&names, &full);
+                let item = path.last().cloned().unwrap_or_default();
+                (reexports.entry(module.name.clone()).or_default()).insert(item, origin);
+            } else if !public {
+                paths.push(full);
+            }
+        }
+        named.insert(module.name.clone(), paths);
+    }
+    let mut graph = Graph::new();
+    for module in &modules {
+        let targets = graph.entry(module.name.clone()).or_default();
+        for path in &named[&module.name] {
+            let mut target = resolve_module(&names, path);
+            let depth = if target.is_empty() {
+                0
+            } else {
+                target.split("::").count()
+            };
+            // A name re-exported by the module reached comes from its origin.
+            while let Some(origin) =
+                (path.get(depth)).and_then(|item| reexports.get(&target)?.get(item))
+            {
+                if *origin == target {
+                    break;
+                }
+                target = origin.clone();
+            }
+            if target != module.name && !target.is_empty() {
                 targets.insert(target);
             }
         }
@@ -35,78 +224,30 @@ fn import_graph() -> Graph {
     graph
 }
 
-/// `foo.rs`, `foo/mod.rs` and `foo/bar.rs` are all `foo`; the crate root and
-/// the binary are not modules of the library.
-fn top_level(relative: &Path) -> Option<String> {
-    let first = relative.components().next()?.as_os_str().to_str()?;
-    match first {
-        "lib.rs" | "main.rs" => None,
-        _ if first.ends_with(".rs") => Some(first.trim_end_matches(".rs").to_owned()),
-        _ if relative.extension().is_some_and(|e| e == "rs") => Some(first.to_owned()),
-        _ => None,
-    }
-}
-
-/// The first segment after every `crate::`, with `crate::{a, b::c}` groups opened.
-fn crate_paths(text: &str) -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    for (at, _) in text.match_indices("crate::") {
-        let rest = &text[at + "crate::".len()..];
-        if let Some(group) = rest.strip_prefix('{') {
-            let mut depth = 0;
-            let mut item = String::new();
-            for c in group.chars() {
-                match c {
-                    '{' => depth += 1,
-                    '}' if depth == 0 => break,
-                    '}' => depth -= 1,
-                    ',' if depth == 0 => {
-                        names.extend(first_segment(&item));
-                        item.clear();
-                        continue;
-                    }
-                    _ => {}
-                }
-                if depth == 0 || c != '{' {
-                    item.push(c);
-                }
-            }
-            names.extend(first_segment(&item));
+/// The longest prefix of `path` that names a module.
+fn resolve_module(names: &BTreeSet<String>, path: &[String]) -> String {
+    let mut found = String::new();
+    for i in 1..=path.len() {
+        let candidate = path[..i].join("::");
+        if names.contains(&candidate) {
+            found = candidate;
         } else {
-            names.extend(first_segment(rest));
+            break;
         }
     }
-    names
+    found
 }
 
-fn first_segment(text: &str) -> Option<String> {
-    let name: String = text
-        .trim()
-        .chars()
-        .take_while(|c| c.is_alphanumeric() || *c == '_')
-        .collect();
-    (!name.is_empty() && name != "self").then_some(name)
-}
-
-/// Names `lib.rs` re-exports (`pub use notifier::{Notifier, …}`), to the
-/// module they come from.
-fn reexports(lib: &str) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    for statement in lib.split(';') {
-        let Some(rest) = statement.trim().strip_prefix("pub use ") else {
-            continue;
-        };
-        let Some((module, items)) = rest.split_once("::") else {
-            continue;
-        };
-        let items = items.trim().trim_start_matches('{').trim_end_matches('}');
-        for item in items.split(',') {
-            if let Some(name) = first_segment(item) {
-                map.insert(name, module.trim().to_owned());
-            }
-        }
+/// The same graph between rooms: `dispatch::mailbox` is in `dispatch`.
+fn room_graph(files: &Graph) -> Graph {
+    let room = |m: &str| m.split("::").next().unwrap_or(m).to_owned();
+    let mut graph = Graph::new();
+    for (module, targets) in files {
+        let from = room(module);
+        let entry = graph.entry(from.clone()).or_default();
+        entry.extend(targets.iter().map(|t| room(t)).filter(|t| *t != from));
     }
-    map
+    graph
 }
 
 /// The groups of modules that import each other, directly or not.
@@ -141,35 +282,79 @@ fn cycles(graph: &Graph) -> Vec<BTreeSet<String>> {
 }
 
 #[test]
-fn the_library_never_reaches_into_the_application() {
-    let graph = import_graph();
+fn the_import_graph_has_no_cycle_between_files_or_rooms() {
+    let files = import_graph();
+    for expected in ["dispatch::mailbox", "plugins::sync", "notifier", "app::cli"] {
+        assert!(
+            files.contains_key(expected),
+            "{expected} missing: {files:?}"
+        );
+    }
     assert!(
-        graph.contains_key("app") && graph.contains_key("notifier"),
-        "{graph:?}"
+        files["dispatch::worker"].contains("dispatch::mailbox"),
+        "{:?}",
+        files["dispatch::worker"]
     );
-    let upward: Vec<&String> = graph
+    assert_eq!(cycles(&files), Vec::<BTreeSet<String>>::new(), "{files:#?}");
+    let rooms = room_graph(&files);
+    assert_eq!(cycles(&rooms), Vec::<BTreeSet<String>>::new(), "{rooms:#?}");
+}
+
+#[test]
+fn the_library_never_reaches_into_the_application() {
+    let rooms = room_graph(&import_graph());
+    let upward: Vec<&String> = rooms
         .iter()
-        .filter(|(module, targets)| *module != "app" && targets.contains("app"))
-        .map(|(module, _)| module)
+        .filter(|(room, targets)| *room != "app" && targets.contains("app"))
+        .map(|(room, _)| room)
         .collect();
     assert!(
         upward.is_empty(),
         "library modules that import app: {upward:?}"
     );
-    // Issue 16 removes these; until then they are shown, not failed on.
-    for group in cycles(&graph) {
-        eprintln!("import cycle: {group:?}");
+}
+
+#[test]
+fn dispatch_imports_neither_the_registry_nor_the_plugins_nor_any_config() {
+    let rooms = room_graph(&import_graph());
+    let dispatch = &rooms["dispatch"];
+    for above in ["registry", "plugins", "app", "listener", "notifier", "pg"] {
+        assert!(
+            !dispatch.contains(above),
+            "dispatch imports {above}: {dispatch:?}"
+        );
     }
 }
 
 #[test]
-fn crate_paths_are_read_from_uses_groups_and_inline_paths() {
-    let text = "use crate::config::{A, B};\nuse crate::{dispatch::{lock, X}, error::Error, Notifier};\nlet x = crate::metrics::clock();";
-    let names: Vec<String> = crate_paths(text).into_iter().collect();
+fn paths_are_read_from_uses_groups_re_exports_and_inline_paths() {
+    let code = "use crate::config::{A, B};\nuse crate::{dispatch::{lock, X}, error::Error};\nlet x = crate::metrics::clock();\nuse super::{queue::Queue, Mailbox};";
+    let crate_paths: Vec<String> = paths_after(code, "crate::")
+        .into_iter()
+        .map(|p| p.join("::"))
+        .collect();
     assert_eq!(
-        names,
-        ["Notifier", "config", "dispatch", "error", "metrics"]
+        crate_paths,
+        [
+            "config::A",
+            "config::B",
+            "dispatch::lock",
+            "dispatch::X",
+            "error::Error",
+            "metrics::clock"
+        ]
     );
+    let super_paths: Vec<String> = (paths_after(code, "super::").into_iter())
+        .map(|p| p.join("::"))
+        .collect();
+    assert_eq!(super_paths, ["queue::Queue", "Mailbox"]);
+    let children = BTreeSet::from(["mailbox".to_owned(), "state".to_owned()]);
+    let uses = child_uses(
+        "pub(crate) use mailbox::{Mailbox, Hook};\nuse state::File;\nuse std::x;",
+        &children,
+    );
+    assert_eq!(uses.len(), 3, "{uses:?}");
+    assert!(uses[0].0 && uses[1].0 && !uses[2].0, "{uses:?}");
     let graph = Graph::from([
         ("a".to_owned(), BTreeSet::from(["b".to_owned()])),
         (

@@ -2,61 +2,77 @@
 //! notification to subscribers — sandboxed WebAssembly components or Rust
 //! closures — called as `(id, channel, payload, pid)`.
 //!
-//! Data flow:
-//! - [`listener`] drives one connection with `poll_message`;
-//! - each notification is routed by [`dispatch`], its payload decoded once by [`payload`];
-//! - into one bounded queue per subscriber ([`dispatch::Overflow`] says what happens when full);
-//! - where that subscriber's worker thread calls it;
-//! - a wasm guest runs in the [`sandbox`] (deadline, memory cap, no WASI grants),
-//!   and may act through the [`capabilities`] its sidecar grants (publish, query, http).
+//! The modules, from the bottom up; each imports only modules above it in
+//! this list (a test, `layering`, fails on an import that runs back up):
 //!
-//! Control flow:
-//! - [`config`], the plugin [`loader`] (with the folder watcher for hot reload), the
-//!   [`Notifier`] API and the admin HTTP API (which `ctl` drives) change the [`registry`];
-//! - the registry publishes a new immutable snapshot and the set of active channels,
-//!   and saves what operators changed to the [`state`] file;
-//! - the listener LISTENs/UNLISTENs the difference, never reconnecting for it.
-//!
-//! The application is `app`, behind the default `cli` feature: the `pgnotifier`
-//! binary, whose `run` serves the admin API, Prometheus metrics and health checks
-//! and reloads its config on SIGHUP, `ctl` and the demo. With
-//! `default-features = false` the library builds without clap, axum, wat or
-//! wit-component. `local_pg` (throwaway clusters) is behind `test-support`.
+//! - leaves: [`channel`] names, [`payload`] decoding, the WIT [`bindings`],
+//!   [`files`], [`printable`] text and error chains, [`settings`] errors and
+//!   checks, and `sync` (the lock, counters and the clock);
+//! - [`pg`]: the database settings (libpq's URL and `PG*` variables), TLS,
+//!   connecting;
+//! - [`dispatch`]: the route table, the router, one mailbox (bounded queue)
+//!   and one worker thread per subscriber, its counters;
+//! - [`capabilities`] a sidecar grants (publish, query, http), and the
+//!   [`sandbox`] wasm guests run in (deadline, memory cap, no WASI grants);
+//! - [`registry`]: channels, subscribers and mute flags as an immutable
+//!   snapshot that builds the route table, and the runtime [`registry::state`] file;
+//! - [`plugins`]: sidecar settings, the loader, the sync of a plugins folder
+//!   with its subscribers, and the watcher (hot reload);
+//! - `error`: the library's [`Error`], gathering each layer's own;
+//! - `listener`: one connection LISTENing the registry's active channels,
+//!   handing each notification to the router, reconnecting with gap events;
+//! - `metrics`: the Prometheus text of every counter, read-only;
+//! - the facade: [`Notifier`], native [`Subscriber`]s, and [`blocking`];
+//! - at the top, `app` behind the default `cli` feature: the `pgnotifier`
+//!   binary, its config file, `run` (admin API, metrics, health, SIGHUP),
+//!   `ctl` and the demo. With `default-features = false` the library builds
+//!   without clap, axum, wat or wit-component. `local_pg` (throwaway
+//!   clusters) is behind `test-support`.
+
+pub mod bindings;
+pub mod channel;
+pub mod files;
+pub mod payload;
+pub mod printable;
+pub mod settings;
+mod sync;
+
+pub mod pg;
+
+pub mod dispatch;
+
+pub mod capabilities;
+pub mod sandbox;
+
+pub mod registry;
+
+pub mod plugins;
+
+mod error;
+mod listener;
+mod metrics;
+
+pub mod blocking;
+mod notifier;
+mod subscriber;
 
 #[cfg(feature = "cli")]
 pub mod app;
-pub mod bindings;
-pub mod blocking;
-pub mod capabilities;
-pub mod channel;
-pub mod config;
-pub mod dispatch;
-mod error;
-pub mod files;
-#[cfg(test)]
-mod layering;
-mod listener;
-pub mod loader;
 #[cfg(feature = "test-support")]
 pub mod local_pg;
-mod metrics;
-mod notifier;
-pub mod payload;
-pub mod printable;
-pub mod registry;
-pub mod sandbox;
-pub mod state;
-mod subscriber;
-pub mod tls;
-mod watcher;
 
-pub use config::{ConnectionSettings, DatabaseConfig, SubscriberSettings};
-pub use dispatch::{Notification, Overflow, QueueLimits, SubscriberStats};
+#[cfg(test)]
+mod layering;
+
+pub use dispatch::{DispatchSettings, Notification, Overflow, QueueLimits, SubscriberStats};
 pub use error::{Error, Result};
+pub use listener::ConnectionSettings;
 pub use notifier::{
-    IntoChannels, ListenerView, Notifier, NotifierBuilder, PluginChange, Selection, ShutdownReport,
+    IntoChannels, ListenerView, Notifier, NotifierBuilder, Selection, ShutdownReport,
 };
 pub use payload::{Payload, PayloadMode};
+pub use pg::DatabaseConfig;
+pub use plugins::{PluginChange, PluginWatcher, SubscriberSettings};
 pub use registry::{ChannelView, SubscriberView};
+pub use settings::ConfigError;
 pub use subscriber::Subscriber;
-pub use watcher::PluginWatcher;

@@ -9,11 +9,11 @@
 //! start, a restart or new settings), its subscribers get a gap event first.
 
 use crate::channel::quote_ident;
-use crate::config::{ConnectionSettings, DatabaseConfig};
-use crate::dispatch::{lock, Delivery, Router};
-use crate::error::with_causes;
-use crate::metrics;
+use crate::dispatch::{Delivery, Router};
+use crate::pg::DatabaseConfig;
+use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
+use crate::sync::{clock, lock};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +23,29 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, Connection};
+
+/// How the LISTEN connection is kept up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// First wait before reconnecting; doubles after each failed attempt,
+    /// with jitter, up to `reconnect_max`. Attempts never stop.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// How often a cheap query checks the connection, so a silently dead one
+    /// is noticed within about twice this; `None` turns it off (TCP keepalive
+    /// still applies).
+    pub heartbeat: Option<Duration>,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self {
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(30),
+            heartbeat: Some(Duration::from_secs(30)),
+        }
+    }
+}
 
 /// What the listener is doing, for the API and readiness.
 #[derive(Debug)]
@@ -34,7 +57,7 @@ pub(crate) struct ListenerStatus {
     /// Reconnections after which subscribers were told they may have missed notifications.
     pub(crate) gap_events: AtomicU64,
     /// When the last notification was routed, a raw reading of
-    /// [`metrics::clock`] (0: none yet). Set once per run of notifications.
+    /// [`clock`] (0: none yet). Set once per run of notifications.
     pub(crate) last_notification: AtomicU64,
     /// The channels LISTENed right now.
     pub(crate) listened: watch::Sender<ActiveChannels>,
@@ -46,7 +69,7 @@ pub(crate) struct ListenerStatus {
 
 impl ListenerStatus {
     fn note_notifications(&self) {
-        let now = metrics::clock().raw().max(1);
+        let now = clock().raw().max(1);
         self.last_notification.store(now, Ordering::Relaxed);
     }
 }
@@ -392,7 +415,7 @@ where
         match message {
             Some(Ok(AsyncMessage::Notification(n))) => {
                 let full = router.add(
-                    &registry.snapshot(),
+                    registry.snapshot().routes(),
                     n.channel(),
                     n.payload(),
                     n.process_id(),

@@ -74,7 +74,7 @@ pub fn probe(url: &str) -> Result<(), String> {
             let (client, connection) = connecting
                 .await
                 .map_err(|_| "no answer within 3 s".to_owned())?
-                .map_err(|e| crate::error::with_causes(&e))?;
+                .map_err(|e| crate::printable::with_causes(&e))?;
             tokio::spawn(connection);
             client
                 .simple_query("select 1")

@@ -1,94 +1,17 @@
-//! Prometheus metrics: the call-duration histogram the workers record into,
-//! and the text exposition of every counter the host keeps.
+//! Prometheus metrics: the text exposition of every counter the host keeps.
 //!
-//! Everything recorded on the dispatch path is a relaxed atomic add; the
-//! scrape reads the atomics and formats them, and takes no lock that
-//! dispatch takes.
+//! It sits above everything it reads and only reads: the counters are
+//! atomics kept by dispatch, the listener and the plugin sync, and a scrape
+//! takes no lock that dispatch takes.
 
-use crate::dispatch::bump;
+use crate::dispatch::SubscriberStats;
 use crate::listener::ListenerStatus;
+use crate::plugins::PluginCounters;
 use crate::registry::Registry;
 use crate::sandbox::CacheStats;
+use crate::sync::{clock, Histogram};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-
-/// Upper bounds of the call-duration buckets, in nanoseconds: 50 µs to 10 s.
-const BOUNDS_NS: [u64; 17] = [
-    50_000,
-    100_000,
-    250_000,
-    500_000,
-    1_000_000,
-    2_500_000,
-    5_000_000,
-    10_000_000,
-    25_000_000,
-    50_000_000,
-    100_000_000,
-    250_000_000,
-    500_000_000,
-    1_000_000_000,
-    2_500_000_000,
-    5_000_000_000,
-    10_000_000_000,
-];
-
-/// A histogram of durations with fixed buckets, recorded with atomics.
-#[derive(Debug, Default)]
-pub(crate) struct Histogram {
-    /// Per-bucket counts (not cumulative); the last one is `+Inf`.
-    buckets: [AtomicU64; BOUNDS_NS.len() + 1],
-    sum_ns: AtomicU64,
-}
-
-impl Histogram {
-    /// Record one duration. Only one thread may record into a histogram
-    /// (each subscriber's worker has its own), so this is plain stores.
-    pub(crate) fn record(&self, ns: u64) {
-        let bucket = BOUNDS_NS.partition_point(|&bound| bound < ns);
-        bump(&self.buckets[bucket], 1);
-        bump(&self.sum_ns, ns);
-    }
-
-    /// Write the `_bucket`, `_sum` and `_count` series with `labels`.
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, count) in self.buckets.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
-            let le = match BOUNDS_NS.get(i) {
-                Some(ns) => seconds(*ns),
-                None => "+Inf".to_owned(),
-            };
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let sum = seconds(self.sum_ns.load(Ordering::Relaxed));
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
-    }
-}
-
-fn seconds(ns: u64) -> String {
-    format!("{}", ns as f64 / 1e9)
-}
-
-/// The clock of the dispatch path: the CPU's time-stamp counter where it
-/// is reliable (a read costs about 9 ns here, a third of `Instant::now`),
-/// else the OS's monotonic clock. Readings are raw; [`quanta::Clock::delta_as_nanos`]
-/// turns two into a duration.
-pub(crate) fn clock() -> &'static quanta::Clock {
-    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
-    CLOCK.get_or_init(quanta::Clock::new)
-}
-
-/// Counters about plugin files, kept by the notifier.
-#[derive(Debug, Default)]
-pub(crate) struct PluginCounters {
-    /// Plugins loaded or reloaded successfully.
-    pub(crate) loads: AtomicU64,
-    /// Loads and reloads refused (the running version, if any, kept running).
-    pub(crate) load_failures: AtomicU64,
-}
 
 /// What a scrape reads.
 pub(crate) struct Sources<'a> {
@@ -102,7 +25,7 @@ pub(crate) struct Sources<'a> {
 pub(crate) fn render(from: &Sources) -> String {
     let mut out = Exposition::new();
     let subscribers = from.registry.subscribers();
-    type Stat = fn(&crate::SubscriberStats) -> u64;
+    type Stat = fn(&SubscriberStats) -> u64;
     let per_subscriber: [(&str, &str, &str, Stat); 5] = [
         (
             "pgnotifier_subscriber_delivered_total",
@@ -281,14 +204,29 @@ impl Exposition {
         histogram: &Histogram,
     ) -> &mut Self {
         let set = label_set(labels);
-        let inner = set.trim_start_matches('{').trim_end_matches('}');
-        histogram.render(&mut self.out, name, inner);
+        let labels = set.trim_start_matches('{').trim_end_matches('}');
+        let mut cumulative = 0;
+        for (bound, count) in histogram.buckets() {
+            cumulative += count;
+            let le = bound.map_or_else(|| "+Inf".to_owned(), seconds);
+            let _ = writeln!(
+                self.out,
+                "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = seconds(histogram.sum_ns());
+        let _ = writeln!(self.out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(self.out, "{name}_count{{{labels}}} {cumulative}");
         self
     }
 
     pub(crate) fn finish(self) -> String {
         self.out
     }
+}
+
+fn seconds(ns: u64) -> String {
+    format!("{}", ns as f64 / 1e9)
 }
 
 /// `{a="x",b="y"}`, or nothing without labels.

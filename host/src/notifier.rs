@@ -4,21 +4,16 @@
 //! follows the active set by itself. `start`, `stop` and `restart` control the
 //! listener. Subscribers keep running across them until removed or shut down.
 
-use crate::capabilities::CapabilityPool;
-use crate::config::{ConnectionSettings, DatabaseConfig, SubscriberSettings};
-use crate::dispatch::{lock, Mailbox, QuarantineHook};
 use crate::error::{Error, Result};
-use crate::listener::{Listener, ListenerStatus};
-use crate::loader::{self, PluginFiles};
-use crate::metrics::PluginCounters;
+use crate::listener::{ConnectionSettings, Listener, ListenerStatus};
+use crate::pg::DatabaseConfig;
+use crate::plugins::{watcher, PluginChange, PluginSync, PluginWatcher, SubscriberSettings};
+use crate::registry::state::StateFile;
 use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
-use crate::sandbox::LoadError;
-use crate::sandbox::{CacheStats, Sandbox, SandboxConfig};
-use crate::state::StateFile;
+use crate::sandbox::{CacheStats, SandboxConfig};
 use crate::subscriber::Subscriber;
-use crate::watcher::{self, PluginWatcher};
+use crate::sync::lock;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -86,18 +81,6 @@ impl Selection {
             Selection::Only(channels) => Some(channels),
         }
     }
-}
-
-/// What [`Notifier::sync_plugin`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PluginChange {
-    Added(String),
-    Reloaded(String),
-    /// Neither the `.wasm` nor its sidecar changed.
-    Unchanged(String),
-    Removed(String),
-    /// No file and no subscriber: nothing to do.
-    Absent,
 }
 
 /// How a shutdown went.
@@ -176,20 +159,24 @@ impl NotifierBuilder {
     }
 
     pub fn build(self) -> Notifier {
+        let registry = Arc::new(self.registry);
+        let database = Arc::new(Mutex::new(self.database));
+        let plugins = PluginSync::new(
+            registry.clone(),
+            database.clone(),
+            self.sandbox,
+            self.query_pool_size,
+            self.defaults,
+        );
         Notifier {
             inner: Arc::new(Inner {
-                registry: Arc::new(self.registry),
-                database: Mutex::new(self.database),
-                sandbox_config: self.sandbox,
-                sandbox: Mutex::new(None),
-                defaults: Mutex::new(self.defaults),
+                registry,
+                database,
+                plugins: Arc::new(plugins),
                 watch_debounce: self.watch_debounce,
                 connection: Mutex::new(self.connection),
-                query_pool_size: self.query_pool_size,
                 listener: Mutex::new(None),
                 status: Arc::default(),
-                plugins: PluginCounters::default(),
-                loading: Mutex::default(),
             }),
         }
     }
@@ -204,19 +191,12 @@ pub struct Notifier {
 struct Inner {
     registry: Arc<Registry>,
     /// Mutexes for what a config reload may change; read on control paths only.
-    database: Mutex<DatabaseConfig>,
-    sandbox_config: SandboxConfig,
-    sandbox: Mutex<Option<Arc<Sandbox>>>,
-    defaults: Mutex<SubscriberSettings>,
+    database: Arc<Mutex<DatabaseConfig>>,
+    plugins: Arc<PluginSync>,
     watch_debounce: Duration,
     connection: Mutex<ConnectionSettings>,
-    query_pool_size: usize,
     listener: Mutex<Option<Listener>>,
     status: Arc<ListenerStatus>,
-    plugins: PluginCounters,
-    /// One load at a time per subscriber id: parallel reloads of one plugin
-    /// would each hold a compiled copy and an instance at once.
-    loading: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Notifier {
@@ -267,8 +247,11 @@ impl Notifier {
         }
         let id: Arc<str> = id.into();
         let settings = subscriber.settings;
-        let mailbox = self.spawn_mailbox(id.clone(), settings, subscriber.into_deliver(id))?;
-        self.insert(mailbox, SubscriberSource::Native, &channels.into_channels())
+        let mailbox = registry
+            .spawn_mailbox(id.clone(), settings, subscriber.into_deliver(id.clone()))
+            .map_err(Error::worker(&id))?;
+        let channels = channels.into_channels();
+        Ok(registry.insert_subscriber(mailbox, SubscriberSource::Native, &channels)?)
     }
 
     /// Subscribe an existing subscriber to more channels.
@@ -290,9 +273,7 @@ impl Notifier {
 
     /// Remove a subscriber; what is already queued for it is delivered first.
     pub async fn remove_subscriber(&self, id: &str) -> Result<()> {
-        let mailbox = self.inner.registry.remove_subscriber(id)?;
-        let _ = tokio::task::spawn_blocking(move || mailbox.drain(Duration::from_secs(5))).await;
-        Ok(())
+        Ok(self.inner.registry.remove_subscriber(id).await?)
     }
 
     pub fn mute_channels(&self, which: impl Into<Selection>) -> Result<()> {
@@ -337,17 +318,7 @@ impl Notifier {
     /// Load one plugin file (and its sidecar) and subscribe it, or reload it
     /// if it is already loaded. Returns its id.
     pub async fn load_plugin(&self, path: &Path) -> Result<String> {
-        if !loader::is_plugin_file(path) {
-            return Err(LoadError::new(path, "not a plugin file (a visible NAME.wasm)").into());
-        }
-        match self.sync_plugin(path).await? {
-            PluginChange::Added(id) | PluginChange::Reloaded(id) | PluginChange::Unchanged(id) => {
-                Ok(id)
-            }
-            PluginChange::Removed(_) | PluginChange::Absent => {
-                Err(LoadError::new(path, "the file disappeared").into())
-            }
-        }
+        self.inner.plugins.load_plugin(path).await
     }
 
     /// Load every `*.wasm` in `dir`, all at once, so one slow plugin (a
@@ -355,44 +326,7 @@ impl Notifier {
     /// One bad file does not stop the others: each file's outcome is
     /// returned in file order, and failures are logged.
     pub async fn load_plugins(&self, dir: &Path) -> Result<Vec<(PathBuf, Result<String>)>> {
-        let files = loader::plugin_files(dir)?;
-        let loads: Vec<_> = files
-            .iter()
-            .map(|file| {
-                let (notifier, file) = (self.clone(), file.clone());
-                tokio::spawn(async move { notifier.load_plugin(&file).await })
-            })
-            .collect();
-        let mut outcomes = Vec::with_capacity(files.len());
-        for (file, load) in files.into_iter().zip(loads) {
-            let outcome = load.await.unwrap_or_else(|e| {
-                Err(LoadError::new(&file, format!("loader task failed: {e}")).into())
-            });
-            if let Err(e) = &outcome {
-                watcher::log_load_error(&file, e);
-            }
-            outcomes.push((file, outcome));
-        }
-        Ok(outcomes)
-    }
-
-    /// The files of the plugin subscribers loaded from `dir`.
-    pub(crate) fn plugins_from(&self, dir: &Path) -> Vec<PathBuf> {
-        self.inner.registry.plugins_in(dir)
-    }
-
-    /// Make the plugin subscribers of `dir` match its files: load new and
-    /// changed ones, and remove those whose file is gone.
-    pub(crate) async fn sync_folder(&self, dir: &Path) -> Result<()> {
-        self.load_plugins(dir).await?;
-        for path in self.plugins_from(dir) {
-            if !loader::is_plugin_file(&path) {
-                if let Err(e) = self.sync_plugin(&path).await {
-                    watcher::log_load_error(&path, &e);
-                }
-            }
-        }
-        Ok(())
+        self.inner.plugins.load_plugins(dir).await
     }
 
     /// Make the subscriber of one plugin file match the file: add it, reload
@@ -400,117 +334,26 @@ impl Notifier {
     /// gone. A file that fails to load changes nothing: the running version,
     /// if any, keeps running.
     pub async fn sync_plugin(&self, path: &Path) -> Result<PluginChange> {
-        self.sync(path, false).await
+        self.inner.plugins.sync_plugin(path).await
     }
 
     /// Reload a plugin subscriber from its file, even if the file did not
     /// change (a new `[defaults]`, or a fresh instance). Unknown ids and
     /// native subscribers are errors.
     pub async fn reload_plugin(&self, id: &str) -> Result<PluginChange> {
-        let path = match self.inner.registry.source(id) {
-            Some(SubscriberSource::Plugin { path, .. }) => path,
-            Some(SubscriberSource::Native) => return Err(Error::NotAPlugin(id.to_owned())),
-            None => return Err(RegistryError::UnknownSubscriber(id.to_owned()).into()),
-        };
-        self.sync(&path, true).await
-    }
-
-    /// [`sync_plugin`](Self::sync_plugin), one at a time per subscriber,
-    /// counting loads and refused loads.
-    async fn sync(&self, path: &Path, force: bool) -> Result<PluginChange> {
-        let id = loader::subscriber_id(path)?;
-        let turn = lock(&self.inner.loading)
-            .entry(id.clone())
-            .or_default()
-            .clone();
-        let outcome = {
-            let _turn = turn.lock().await;
-            self.sync_files(path, force).await
-        };
-        let mut loading = lock(&self.inner.loading);
-        // Only the map and this call hold it: no one else is waiting.
-        if Arc::strong_count(&turn) == 2 {
-            loading.remove(&id);
-        }
-        drop(loading);
-        let counter = match &outcome {
-            Ok(PluginChange::Added(_) | PluginChange::Reloaded(_)) => &self.inner.plugins.loads,
-            Err(Error::Load(_)) => &self.inner.plugins.load_failures,
-            _ => return outcome,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        outcome
-    }
-
-    async fn sync_files(&self, path: &Path, force: bool) -> Result<PluginChange> {
-        let id = loader::subscriber_id(path)?;
-        let current = self.inner.registry.source(&id);
-        let ours = match &current {
-            Some(SubscriberSource::Plugin {
-                path: loaded_from, ..
-            }) => loaded_from == path,
-            Some(SubscriberSource::Native) => false,
-            None => true,
-        };
-        if !ours {
-            return Err(RegistryError::SubscriberExists(id.to_string()).into());
-        }
-        if !loader::is_plugin_file(path) {
-            if current.is_none() {
-                return Ok(PluginChange::Absent);
-            }
-            self.remove_subscriber(&id).await?;
-            tracing::info!(subscriber = %id, path = %path.display(), "plugin removed");
-            return Ok(PluginChange::Removed(id.to_string()));
-        }
-
-        let owned = path.to_owned();
-        let files = blocking(path, move || PluginFiles::read(&owned)).await?;
-        if let Some(SubscriberSource::Plugin { fingerprint, .. }) = &current {
-            if *fingerprint == files.fingerprint && !force {
-                return Ok(PluginChange::Unchanged(id.to_string()));
-            }
-        }
-        let sandbox = self.sandbox()?;
-        let defaults = *lock(&self.inner.defaults);
-        let (files, loaded) = blocking(path, move || {
-            let loaded = loader::load(&sandbox, &files, defaults);
-            Ok((files, loaded))
-        })
-        .await?;
-        let loaded = loaded?;
-        let short_hash = &files.sha256[..12];
-        let registry = &self.inner.registry;
-        let source = files.source(&loaded);
-        match registry.mailbox(&id) {
-            Some(mailbox) => {
-                mailbox.replace(loaded.settings, Box::new(loaded.subscriber));
-                registry.reload_subscriber(&id, source, &loaded.channels)?;
-                tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin reloaded");
-                Ok(PluginChange::Reloaded(id.to_string()))
-            }
-            None => {
-                let mailbox =
-                    self.spawn_mailbox(id.clone(), loaded.settings, Box::new(loaded.subscriber))?;
-                self.insert(mailbox, source, &loaded.channels)?;
-                tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin loaded");
-                Ok(PluginChange::Added(id.to_string()))
-            }
-        }
+        self.inner.plugins.reload_plugin(id).await
     }
 
     /// Load every plugin in `dir`, then follow the folder: new files are
     /// added, changed ones reloaded, deleted ones removed, until the returned
     /// watcher is dropped.
     pub async fn watch_plugins(&self, dir: &Path) -> Result<PluginWatcher> {
-        watcher::watch(self, dir, self.inner.watch_debounce).await
+        watcher::watch(&self.inner.plugins, dir, self.inner.watch_debounce).await
     }
 
     /// Compile cache counters, once a plugin has been loaded and if the cache is on.
     pub fn compile_cache_stats(&self) -> Option<CacheStats> {
-        lock(&self.inner.sandbox)
-            .as_ref()
-            .and_then(|s| s.cache_stats())
+        self.inner.plugins.cache_stats()
     }
 
     /// Connect and start LISTENing. Does nothing if already running.
@@ -593,7 +436,7 @@ impl Notifier {
         crate::metrics::render(&crate::metrics::Sources {
             registry: &self.inner.registry,
             listener: &self.inner.status,
-            plugins: &self.inner.plugins,
+            plugins: &self.inner.plugins.counters,
             cache: self.compile_cache_stats(),
         })
     }
@@ -601,7 +444,7 @@ impl Notifier {
     /// Limits for plugins whose sidecar does not set them, from now on.
     /// Loaded plugins keep theirs until reloaded.
     pub fn set_defaults(&self, settings: SubscriberSettings) {
-        *lock(&self.inner.defaults) = settings;
+        self.inner.plugins.set_defaults(settings);
     }
 
     /// The database and connection settings for the next [`start`](Self::start).
@@ -672,65 +515,4 @@ impl Notifier {
         .unwrap_or_default();
         ShutdownReport { abandoned }
     }
-
-    fn insert(
-        &self,
-        mailbox: Arc<Mailbox>,
-        source: SubscriberSource,
-        channels: &[String],
-    ) -> Result<()> {
-        self.inner
-            .registry
-            .insert_subscriber(mailbox.clone(), source, channels)
-            .inspect_err(|_| mailbox.abandon())?;
-        Ok(())
-    }
-
-    /// Start a subscriber's worker; its quarantine hook mutes it in the registry.
-    fn spawn_mailbox(
-        &self,
-        id: Arc<str>,
-        settings: SubscriberSettings,
-        deliver: Box<dyn crate::dispatch::Deliver>,
-    ) -> Result<Arc<Mailbox>> {
-        let registry = Arc::downgrade(&self.inner.registry);
-        let on_quarantine: QuarantineHook = Arc::new(move |id, reason| {
-            if let Some(registry) = registry.upgrade() {
-                // Fails only if the subscriber was removed meanwhile.
-                let _ = registry.quarantine(id, reason);
-            }
-        });
-        Mailbox::spawn(id.clone(), settings, deliver, on_quarantine).map_err(|source| {
-            Error::Worker {
-                id: id.to_string(),
-                source,
-            }
-        })
-    }
-
-    fn sandbox(&self) -> Result<Arc<Sandbox>> {
-        let mut slot = lock(&self.inner.sandbox);
-        if let Some(sandbox) = slot.as_ref() {
-            return Ok(sandbox.clone());
-        }
-        // Called from async code, so the pool's connections run on this runtime.
-        let database = lock(&self.inner.database).clone();
-        let pool = CapabilityPool::new(&database, self.inner.query_pool_size)
-            .map_err(|e| Error::Sandbox(e.into()))?;
-        let sandbox = Sandbox::with_pool(&self.inner.sandbox_config, Some(Arc::new(pool)))
-            .map_err(|e| Error::Sandbox(e.into()))?;
-        *slot = Some(sandbox.clone());
-        Ok(sandbox)
-    }
-}
-
-/// Run blocking work (file reads, compiling) off the async runtime.
-async fn blocking<T: Send + 'static>(
-    path: &Path,
-    work: impl FnOnce() -> std::result::Result<T, LoadError> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| LoadError::new(path, format!("loader task failed: {e}")))?
-        .map_err(Error::from)
 }

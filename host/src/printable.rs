@@ -1,6 +1,7 @@
-//! Text from outside (channel names, file names, a plugin's error messages)
-//! made safe to print: control characters are escaped, so a newline cannot
-//! forge a log line and an escape sequence cannot drive a terminal.
+//! Text made fit to print. Text from outside (channel names, file names, a
+//! plugin's error messages) has its control characters escaped, so a newline
+//! cannot forge a log line and an escape sequence cannot drive a terminal;
+//! an error is printed with its causes.
 
 use std::borrow::Cow;
 
@@ -20,6 +21,22 @@ pub fn printable(text: &str) -> Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+/// An error and its causes on one line: tokio-postgres keeps the useful
+/// part (a refused certificate, a reset connection) in the source.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Subscribers written in Rust: closures called on their own worker thread.
 
-use crate::config::SubscriberSettings;
-use crate::dispatch::{CallFailure, Deliver, Notification, Overflow, QueueLimits};
+use crate::dispatch::{
+    CallFailure, Deliver, DispatchSettings, Notification, Overflow, QueueLimits,
+};
 use crate::payload::{Payload, PayloadMode};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ type GapFn = dyn Fn(&str, &[String]) + Send + Sync;
 pub struct Subscriber {
     on_notify: Arc<NotifyFn>,
     on_gap: Option<Arc<GapFn>>,
-    pub(crate) settings: SubscriberSettings,
+    pub(crate) settings: DispatchSettings,
 }
 
 impl Subscriber {
@@ -29,7 +30,7 @@ impl Subscriber {
         Self {
             on_notify: Arc::new(f),
             on_gap: None,
-            settings: SubscriberSettings::default(),
+            settings: DispatchSettings::default(),
         }
     }
 

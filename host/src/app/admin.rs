@@ -6,7 +6,7 @@
 //! `/readyz` requires it. Errors are JSON `{"error": "..."}`: 404 for an
 //! unknown subscriber or channel, 400 for bad input.
 
-use crate::config::ControlSettings;
+use super::config::ControlSettings;
 use crate::error::Error;
 use crate::registry::RegistryError;
 use crate::{Notifier, Selection};
@@ -381,7 +381,7 @@ impl From<Error> for ApiError {
             Error::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, crate::error::with_causes(&e))
+        Self::new(status, crate::printable::with_causes(&e))
     }
 }
 

@@ -1,9 +1,10 @@
 //! The `pgnotifier` command line: `run`, `ctl`, `demo`, `check` and `wit`.
 
+use super::config::FileConfig;
 use super::ctl::CtlCommand;
 use super::daemon::{self, RunOptions};
-use crate::config::{FileConfig, SubscriberSettings};
-use crate::loader::PluginFiles;
+use crate::plugins::loader::{self, PluginFiles};
+use crate::plugins::SubscriberSettings;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -158,7 +159,7 @@ async fn check(file: PathBuf) -> anyhow::Result<()> {
     let (files, loaded) = tokio::task::spawn_blocking(move || {
         let sandbox = Sandbox::new(&SandboxConfig::default())?;
         let files = PluginFiles::read(&file)?;
-        let loaded = crate::loader::load(&sandbox, &files, SubscriberSettings::default())?;
+        let loaded = loader::load(&sandbox, &files, SubscriberSettings::default())?;
         anyhow::Ok((files, loaded))
     })
     .await??;
@@ -171,5 +172,5 @@ async fn check(file: PathBuf) -> anyhow::Result<()> {
 /// An error and its causes on one line, each cause said once (a message
 /// that already ends with its cause's text does not repeat it).
 pub fn error_text(e: &anyhow::Error) -> String {
-    crate::error::with_causes(e.as_ref())
+    crate::printable::with_causes(e.as_ref())
 }

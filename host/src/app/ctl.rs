@@ -3,7 +3,7 @@
 //! It finds the host from the same config file, environment and defaults
 //! `run` uses. Output is a table for people, or the API's JSON with `--json`.
 
-use crate::config::{ControlSettings, DEFAULT_ADMIN_ADDR};
+use super::config::{ControlSettings, DEFAULT_ADMIN_ADDR};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Subcommand;

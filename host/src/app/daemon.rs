@@ -4,7 +4,9 @@
 //! and applies what changed.
 
 use super::admin::AdminServer;
-use crate::config::{ConnectionSettings, ControlSettings, FileConfig, SubscriberSettings};
+use super::config::{ControlSettings, FileConfig};
+use crate::listener::ConnectionSettings;
+use crate::plugins::SubscriberSettings;
 use crate::registry::SubscriberSource;
 use crate::sandbox::SandboxConfig;
 use crate::{DatabaseConfig, Notifier};
@@ -158,7 +160,7 @@ async fn reload(
     let next = match Settings::resolve(options) {
         Ok(next) => next,
         Err(e) => {
-            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {}", super::cli::error_text(&e));
+            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {}", crate::printable::with_causes(e.as_ref()));
             return;
         }
     };

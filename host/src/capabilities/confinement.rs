@@ -19,6 +19,7 @@
 //! database (server files, programs, other backends).
 
 use crate::channel::quote_ident;
+use crate::pg::describe;
 use sha2::{Digest, Sha256};
 
 /// Plugin statements kept prepared per connection before they are all let go.
@@ -77,7 +78,6 @@ pub(crate) async fn install_barrier(
     client: &mut tokio_postgres::Client,
     role: &str,
 ) -> Result<(), String> {
-    let describe = super::database::describe;
     let host: String = client
         .query_one("SELECT current_user::text", &[])
         .await

@@ -4,7 +4,7 @@
 use super::confinement;
 use super::{PluginCapabilities, QueryAccess};
 use crate::channel;
-use crate::config::DatabaseConfig;
+use crate::pg::{describe, DatabaseConfig};
 use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use futures_util::TryStreamExt;
@@ -265,12 +265,4 @@ impl ToSql for TextParam<'_> {
     }
 
     to_sql_checked!();
-}
-
-/// A database error as PostgreSQL words it, without the driver's prefix.
-pub(super) fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
-    }
 }

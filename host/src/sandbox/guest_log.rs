@@ -39,7 +39,7 @@ impl GuestLog {
     /// Write one line if the budget allows; `stream` names stdout or stderr.
     pub(crate) fn write(&self, level: Level, stream: Option<&str>, text: &str, truncated: bool) {
         let suppressed = {
-            let mut budget = crate::dispatch::lock(&self.budget);
+            let mut budget = crate::sync::lock(&self.budget);
             let now = Instant::now();
             let earned = now.duration_since(budget.refilled).as_secs_f64() * LINES_PER_SECOND;
             budget.tokens = (budget.tokens + earned).min(BURST);

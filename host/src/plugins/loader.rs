@@ -2,11 +2,11 @@
 //!
 //! [`PluginFiles::read`] and [`load`] turn one `NAME.wasm` (and its optional
 //! `NAME.toml`) into a subscriber ready to register. Start-up runs them for
-//! every file; the folder watcher runs the same for each file that changes.
+//! every file; the folder [`sync`](super::sync) runs the same for each file that changes.
 
+use super::settings::{Sidecar, SubscriberSettings};
 use crate::capabilities::{Grants, PluginCapabilities};
 use crate::channel;
-use crate::config::{Sidecar, SubscriberSettings};
 use crate::registry::SubscriberSource;
 use crate::sandbox::{LoadError, Sandbox, WasmSubscriber};
 use sha2::{Digest, Sha256};

@@ -1,8 +1,8 @@
 //! Hot reload: watch the plugins folder and sync each file that changes.
 //!
 //! Events are debounced (a burst of writes becomes one change), then every
-//! affected `NAME.wasm` goes through [`Notifier::sync_plugin`], the same path
-//! start-up uses. A sidecar change reloads its plugin. Hidden files, such as
+//! affected `NAME.wasm` goes through the plugin [`sync`](super::sync), the
+//! same path start-up uses. A sidecar change reloads its plugin. Hidden files, such as
 //! the temporary file of an atomic deploy, are ignored until renamed.
 //!
 //! Only events that change content or names count: the host's own reads of a
@@ -12,9 +12,9 @@
 //! plugin or sidecar that is a symlink, the folder of its target is watched
 //! too, so changing the target reloads the plugin.
 
-use crate::error::{Error, Result};
-use crate::loader;
-use crate::notifier::{Notifier, PluginChange};
+use super::loader;
+use super::sync::{log_load_error, PluginChange, PluginSync};
+use crate::error::{Cause, Error, Result};
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
 use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
 use notify_debouncer_full::{
@@ -23,6 +23,7 @@ use notify_debouncer_full::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
@@ -43,11 +44,11 @@ impl Drop for PluginWatcher {
 
 /// Load every plugin in `dir`, then keep the subscribers in step with it.
 pub(crate) async fn watch(
-    notifier: &Notifier,
+    sync: &Arc<PluginSync>,
     dir: &Path,
     debounce: Duration,
 ) -> Result<PluginWatcher> {
-    let watch_error = |source: crate::error::Cause| Error::Watch {
+    let watch_error = |source: Cause| Error::Watch {
         dir: dir.to_owned(),
         source,
     };
@@ -63,9 +64,9 @@ pub(crate) async fn watch(
         .map_err(|e| watch_error(e.into()))?;
     let watched = FolderId::of(&dir);
     // Watch first, then scan: a file that lands in between is seen twice, never missed.
-    notifier.load_plugins(&dir).await?;
+    sync.load_plugins(&dir).await?;
     let mut folder = Folder {
-        notifier: notifier.clone(),
+        sync: sync.clone(),
         dir,
         debouncer,
         watched,
@@ -96,7 +97,7 @@ impl FolderId {
 }
 
 struct Folder {
-    notifier: Notifier,
+    sync: Arc<PluginSync>,
     dir: PathBuf,
     debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
     /// The folder being watched; `None` while it is gone.
@@ -138,7 +139,7 @@ impl Folder {
             affected.extend(self.links.get(path).into_iter().flatten().cloned());
         }
         for path in affected {
-            match self.notifier.sync_plugin(&path).await {
+            match self.sync.sync_plugin(&path).await {
                 Ok(PluginChange::Unchanged(_) | PluginChange::Absent) => {}
                 Ok(change) => tracing::debug!(?change, "plugin folder change applied"),
                 Err(e) => log_load_error(&path, &e),
@@ -193,7 +194,7 @@ impl Folder {
             return;
         }
         let _ = self.debouncer.unwatch(&self.dir);
-        let running = self.notifier.plugins_from(&self.dir).len();
+        let running = self.sync.plugins_from(&self.dir).len();
         let Some(_) = now else {
             self.watched = None;
             tracing::warn!(
@@ -210,16 +211,11 @@ impl Folder {
         }
         self.watched = now;
         tracing::warn!(dir = %self.dir.display(), "the plugins folder is back (or was replaced); watching it again and syncing every plugin");
-        if let Err(e) = self.notifier.sync_folder(&self.dir).await {
+        if let Err(e) = self.sync.sync_folder(&self.dir).await {
             tracing::error!(dir = %self.dir.display(), "{e}");
         }
         self.follow_links();
     }
-}
-
-pub(crate) fn log_load_error(path: &Path, e: &Error) {
-    let id = loader::subscriber_id(path);
-    tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{e}");
 }
 
 /// Whether an event may have changed a file's content or name. Opening,

@@ -6,15 +6,22 @@
 //! listener to LISTEN. A channel is active when it is not muted and has at
 //! least one un-muted subscriber.
 
+pub mod state;
+mod views;
+
+pub use views::{ChannelSubscriberView, ChannelView, SubscriberView, SubscriptionView};
+
 use crate::channel::{self, ChannelNameError};
-use crate::dispatch::{lock, Mailbox, SubscriberStats};
-use crate::state::{ChannelState, RuntimeState, SavedQuarantine, StateFile, SubscriberState};
+use crate::dispatch::{Deliver, DispatchSettings, Mailbox, QuarantineHook, RouteTable};
+use crate::sync::lock;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use state::{ChannelState, RuntimeState, SavedQuarantine, StateFile, SubscriberState};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Why a registry operation was refused. A refused operation changes nothing.
@@ -30,16 +37,6 @@ pub enum RegistryError {
     SubscriberExists(String),
     #[error("subscriber {id:?} is not subscribed to channel {channel:?}")]
     NotSubscribed { id: String, channel: String },
-}
-
-/// The mailboxes that receive one active channel, in subscriber order.
-pub(crate) type Route = Arc<[Arc<Mailbox>]>;
-
-/// An active channel: where it goes, and how many notifications came on it.
-#[derive(Clone)]
-pub(crate) struct ActiveRoute {
-    pub(crate) mailboxes: Route,
-    pub(crate) received: Arc<AtomicU64>,
 }
 
 /// A channel: its mute flag and its received counter, which lives as long
@@ -143,22 +140,14 @@ pub(crate) struct Snapshot {
     subscribers: BTreeMap<Arc<str>, SubscriberEntry>,
     /// Saved state of subscribers not loaded yet, applied when they are.
     dormant: BTreeMap<String, SubscriberState>,
-    /// Derived: active channel → the mailboxes that receive it.
-    routes: HashMap<Arc<str>, ActiveRoute>,
+    /// Derived: where each channel's notifications go.
+    routes: RouteTable,
 }
 
 impl Snapshot {
-    /// The channel's shared name and its route, if it is active.
-    pub(crate) fn route(&self, channel: &str) -> Option<(&Arc<str>, &ActiveRoute)> {
-        self.routes.get_key_value(channel)
-    }
-
-    /// Count a notification that came on a channel no one receives now
-    /// (muted or emptied since it was LISTENed).
-    pub(crate) fn count_unrouted(&self, channel: &str) {
-        if let Some(entry) = self.channels.get(channel) {
-            crate::dispatch::bump(&entry.received, 1);
-        }
+    /// Where each channel's notifications go, for the router.
+    pub(crate) fn routes(&self) -> &RouteTable {
+        &self.routes
     }
 
     /// What differs from what the subscribers declare, for the state file.
@@ -232,7 +221,7 @@ impl Snapshot {
                     .channels
                     .iter()
                     .filter(|(c, muted)| {
-                        !**muted && channels.contains(*c) && self.routes.contains_key(*c)
+                        !**muted && channels.contains(*c) && self.routes.is_active(c)
                     })
                     .map(|(c, _)| c.to_string())
                     .collect();
@@ -241,12 +230,8 @@ impl Snapshot {
             .collect()
     }
 
-    fn active_channels(&self) -> BTreeSet<Arc<str>> {
-        self.routes.keys().cloned().collect()
-    }
-
     fn rebuild_routes(&mut self) {
-        let mut routes: BTreeMap<Arc<str>, Vec<Arc<Mailbox>>> = BTreeMap::new();
+        let mut routes: BTreeMap<&Arc<str>, Vec<Arc<Mailbox>>> = BTreeMap::new();
         for entry in self.subscribers.values() {
             if entry.quarantine.is_some() {
                 continue;
@@ -255,22 +240,16 @@ impl Snapshot {
                 let channel_muted = self.channels.get(channel).is_none_or(|c| c.muted);
                 if !muted && !channel_muted {
                     routes
-                        .entry(channel.clone())
+                        .entry(channel)
                         .or_default()
                         .push(entry.mailbox.clone());
                 }
             }
         }
-        self.routes = (routes.into_iter())
-            .filter_map(|(channel, mailboxes)| {
-                let received = self.channels.get(&channel)?.received.clone();
-                let route = ActiveRoute {
-                    mailboxes: mailboxes.into(),
-                    received,
-                };
-                Some((channel, route))
-            })
-            .collect();
+        self.routes = RouteTable::new(self.channels.iter().map(|(channel, entry)| {
+            let mailboxes = routes.remove(channel).unwrap_or_default();
+            (channel.clone(), entry.received.clone(), mailboxes)
+        }));
     }
 
     fn channel_key(&self, name: &str) -> Result<Arc<str>, RegistryError> {
@@ -310,47 +289,6 @@ impl Snapshot {
             })
             .collect())
     }
-}
-
-/// A channel as the views show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ChannelView {
-    pub channel: String,
-    pub muted: bool,
-    /// Not muted and with at least one un-muted subscriber: LISTENed.
-    pub active: bool,
-    /// Notifications received on it since it was added.
-    pub received: u64,
-    pub subscribers: Vec<ChannelSubscriberView>,
-}
-
-/// A subscriber's place on one channel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ChannelSubscriberView {
-    pub id: String,
-    pub muted: bool,
-    pub quarantined: bool,
-}
-
-/// A subscriber as the views show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SubscriberView {
-    pub id: String,
-    pub source: SubscriberSource,
-    pub channels: Vec<SubscriptionView>,
-    /// Why the subscriber is quarantined, if it is.
-    pub quarantine: Option<String>,
-    pub stats: SubscriberStats,
-}
-
-/// One of a subscriber's channels.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct SubscriptionView {
-    pub channel: String,
-    /// The subscriber's own mute flag on this channel.
-    pub muted: bool,
-    /// Whether the channel itself is muted.
-    pub channel_muted: bool,
 }
 
 /// The registry: a snapshot for readers, a mutex for writers.
@@ -427,7 +365,7 @@ impl Registry {
         let mut next = Snapshot::clone(&self.current.load());
         let out = change(&mut next)?;
         next.rebuild_routes();
-        let active = next.active_channels();
+        let active = next.routes.active_channels();
         if let Some(file) = writer.as_mut() {
             file.save(&next.runtime_state());
             self.unsaved
@@ -463,7 +401,26 @@ impl Registry {
         })
     }
 
+    /// Start a subscriber's worker; when it keeps failing, its quarantine
+    /// hook mutes it here.
+    pub(crate) fn spawn_mailbox(
+        self: &Arc<Self>,
+        id: Arc<str>,
+        settings: DispatchSettings,
+        deliver: Box<dyn Deliver>,
+    ) -> std::io::Result<Arc<Mailbox>> {
+        let registry = Arc::downgrade(self);
+        let on_quarantine: QuarantineHook = Arc::new(move |id, reason| {
+            if let Some(registry) = registry.upgrade() {
+                // Fails only if the subscriber was removed meanwhile.
+                let _ = registry.quarantine(id, reason);
+            }
+        });
+        Mailbox::spawn(id, settings, deliver, on_quarantine)
+    }
+
     /// Register a new subscriber on `channels`, creating missing channels.
+    /// Refused, its worker is stopped.
     pub(crate) fn insert_subscriber(
         &self,
         mailbox: Arc<Mailbox>,
@@ -486,6 +443,7 @@ impl Registry {
             s.subscribers.insert(mailbox.id.clone(), entry);
             Ok(())
         })
+        .inspect_err(|_| mailbox.abandon())
     }
 
     /// Record a reloaded plugin: its new source and declared channels.
@@ -523,7 +481,6 @@ impl Registry {
         })
     }
 
-    /// Where a subscriber came from, if it exists.
     /// The files of the plugin subscribers loaded from `dir`.
     pub(crate) fn plugins_in(&self, dir: &std::path::Path) -> Vec<PathBuf> {
         self.snapshot()
@@ -538,6 +495,7 @@ impl Registry {
             .collect()
     }
 
+    /// Where a subscriber came from, if it exists.
     pub(crate) fn source(&self, id: &str) -> Option<SubscriberSource> {
         self.snapshot()
             .subscribers
@@ -545,14 +503,17 @@ impl Registry {
             .map(|e| e.source.clone())
     }
 
-    /// Remove a subscriber entirely. Returns its mailbox, for the caller to drain.
-    pub(crate) fn remove_subscriber(&self, id: &str) -> Result<Arc<Mailbox>, RegistryError> {
-        self.update(|s| {
+    /// Remove a subscriber entirely; what is already queued for it is
+    /// delivered first (for up to five seconds), off the async runtime.
+    pub(crate) async fn remove_subscriber(&self, id: &str) -> Result<(), RegistryError> {
+        let mailbox = self.update(|s| {
             s.subscribers
                 .remove(id)
                 .map(|e| e.mailbox)
                 .ok_or_else(|| RegistryError::UnknownSubscriber(id.to_owned()))
-        })
+        })?;
+        let _ = tokio::task::spawn_blocking(move || mailbox.drain(Duration::from_secs(5))).await;
+        Ok(())
     }
 
     /// Subscribe an existing subscriber to more channels, creating missing ones.
@@ -641,7 +602,7 @@ impl Registry {
             .map(|(name, channel)| ChannelView {
                 channel: name.to_string(),
                 muted: channel.muted,
-                active: s.routes.contains_key(name),
+                active: s.routes.is_active(name),
                 received: channel.received.load(Ordering::Relaxed),
                 subscribers: s
                     .subscribers

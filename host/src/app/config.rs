@@ -1,0 +1,254 @@
+//! The application's config file (`--config FILE`) and its control settings:
+//! where the admin API listens, its token, and where the runtime state is kept.
+
+use crate::listener::ConnectionSettings;
+use crate::plugins::LimitSettings;
+use crate::settings::{check_range, toml_message, ConfigError};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config file (`--config FILE`). Every key is optional.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Database URL; `--database-url` and `DATABASE_URL` override it.
+    pub database_url: Option<String>,
+    /// The plugins folder; `--plugins` overrides it.
+    pub plugins: Option<PathBuf>,
+    /// Where compiled plugins are cached.
+    pub cache_dir: Option<PathBuf>,
+    /// How long shutdown waits for queued notifications, in milliseconds.
+    pub drain_timeout_ms: Option<u64>,
+    /// How long the plugins folder must be quiet before a change is applied.
+    pub watch_debounce_ms: Option<u64>,
+    /// First wait before reconnecting; doubles on each failure.
+    pub reconnect_min_ms: Option<u64>,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max_ms: Option<u64>,
+    /// How often the LISTEN connection is checked with a cheap query; 0 = never.
+    pub heartbeat_ms: Option<u64>,
+    /// Connections in the pool that plugins' `publish` and `query` share.
+    pub query_pool_size: Option<usize>,
+    /// Address of the admin API and metrics (default 127.0.0.1:7433).
+    pub admin_addr: Option<String>,
+    /// Bearer token the admin API requires; needed to bind beyond loopback.
+    pub admin_token: Option<String>,
+    /// Where the runtime state (mutes, subscriptions) is kept.
+    pub data_dir: Option<PathBuf>,
+    /// Limits for every subscriber; a sidecar overrides them per plugin.
+    #[serde(default)]
+    pub defaults: LimitSettings,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = crate::files::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: toml_message(&e),
+        })
+    }
+}
+
+impl FileConfig {
+    /// The connection settings, defaults filled in and values checked.
+    pub fn connection_settings(&self) -> Result<ConnectionSettings, ConfigError> {
+        let mut out = ConnectionSettings::default();
+        if let Some(ms) = self.reconnect_min_ms {
+            check_range("reconnect_min_ms", ms, 1, 3_600_000)?;
+            out.reconnect_min = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.reconnect_max_ms {
+            check_range("reconnect_max_ms", ms, 1, 3_600_000)?;
+            out.reconnect_max = Duration::from_millis(ms);
+        }
+        if out.reconnect_max < out.reconnect_min {
+            return Err(ConfigError::invalid(
+                "reconnect_max_ms",
+                format!(
+                    "{} ms is below reconnect_min_ms ({} ms)",
+                    out.reconnect_max.as_millis(),
+                    out.reconnect_min.as_millis()
+                ),
+            ));
+        }
+        if let Some(ms) = self.heartbeat_ms {
+            check_range("heartbeat_ms", ms, 0, 86_400_000)?;
+            out.heartbeat = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        Ok(out)
+    }
+}
+
+impl FileConfig {
+    /// `drain_timeout_ms` (default 10 s), checked.
+    pub fn drain_timeout(&self) -> Result<Duration, ConfigError> {
+        let ms = self.drain_timeout_ms.unwrap_or(10_000);
+        check_range("drain_timeout_ms", ms, 0, 3_600_000)?;
+        Ok(Duration::from_millis(ms))
+    }
+
+    /// `watch_debounce_ms`, checked.
+    pub fn watch_debounce(&self) -> Result<Option<Duration>, ConfigError> {
+        let Some(ms) = self.watch_debounce_ms else {
+            return Ok(None);
+        };
+        check_range("watch_debounce_ms", ms, 1, 60_000)?;
+        Ok(Some(Duration::from_millis(ms)))
+    }
+
+    /// `query_pool_size`, checked.
+    pub fn query_pool_size(&self) -> Result<Option<usize>, ConfigError> {
+        if let Some(size) = self.query_pool_size {
+            check_range("query_pool_size", size as u64, 1, 100)?;
+        }
+        Ok(self.query_pool_size)
+    }
+}
+
+/// The admin API's default address: loopback only.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:7433";
+
+/// Where the admin API listens, the token it requires, and where the
+/// runtime state is kept: what `run` serves and `ctl` uses.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// Port 0 picks a free port, written to `DATA_DIR/admin.addr` for `ctl`.
+    pub admin_addr: std::net::SocketAddr,
+    pub admin_token: Option<String>,
+    pub data_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ControlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlSettings")
+            .field("admin_addr", &self.admin_addr)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
+            .field("data_dir", &self.data_dir)
+            .finish()
+    }
+}
+
+impl ControlSettings {
+    /// Fill in defaults; an empty (or all-whitespace) token is no token.
+    pub fn resolve(
+        admin_addr: Option<&str>,
+        admin_token: Option<&str>,
+        data_dir: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let text = admin_addr.unwrap_or(DEFAULT_ADMIN_ADDR);
+        let admin_addr = text.parse().map_err(|_| {
+            ConfigError::invalid(
+                "admin_addr",
+                format!("{text:?} is not an IP address and port, such as {DEFAULT_ADMIN_ADDR}"),
+            )
+        })?;
+        let data_dir = match data_dir {
+            Some(dir) => dir.to_owned(),
+            None => default_data_dir().ok_or_else(|| {
+                ConfigError::invalid("data_dir", "no default: HOME is not set; set data_dir")
+            })?,
+        };
+        Ok(Self {
+            admin_addr,
+            admin_token: admin_token
+                .filter(|t| !t.trim().is_empty())
+                .map(str::to_owned),
+            data_dir,
+        })
+    }
+
+    /// Refuse to serve the admin API beyond loopback without a token.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if self.admin_addr.ip().is_loopback() || self.admin_token.is_some() {
+            return Ok(());
+        }
+        Err(ConfigError::invalid(
+            "admin_addr",
+            format!(
+                "{} is not a loopback address, and no admin_token is set: anyone on the \
+                 network could control the host. Set admin_token (or PGNOTIFIER_ADMIN_TOKEN), \
+                 or bind to 127.0.0.1",
+                self.admin_addr
+            ),
+        ))
+    }
+
+    /// The file where a running host writes the address it bound.
+    pub fn addr_file(&self) -> PathBuf {
+        self.data_dir.join("admin.addr")
+    }
+}
+
+/// `$STATE_DIRECTORY` (systemd), else `$XDG_STATE_HOME/pgnotifier`, else
+/// `~/.local/state/pgnotifier`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(base.join("pgnotifier"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::SubscriberSettings;
+    use crate::DatabaseConfig;
+
+    #[test]
+    fn a_number_too_large_for_a_default_is_a_clear_error() {
+        let file: Result<FileConfig, _> =
+            toml::from_str("[defaults]\nmemory_mib = 99999999999999999999");
+        let err = toml_message(&file.unwrap_err());
+        assert!(
+            err.contains("99999999999999999999 is too large for this setting"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_admin_api_binds_beyond_loopback_only_with_a_token() {
+        let dir = Some(Path::new("/tmp/x"));
+        let local = ControlSettings::resolve(Some("127.0.0.1:0"), None, dir).unwrap();
+        assert!(local.check_exposure().is_ok());
+        for blank in ["", " \t "] {
+            let open = ControlSettings::resolve(Some("0.0.0.0:7433"), Some(blank), dir).unwrap();
+            let err = open.check_exposure().unwrap_err().to_string();
+            assert!(
+                err.contains("0.0.0.0:7433 is not a loopback address"),
+                "{blank:?}: {err}"
+            );
+        }
+        let guarded = ControlSettings::resolve(Some("[::]:7433"), Some("t0ken"), dir).unwrap();
+        assert!(guarded.check_exposure().is_ok());
+        assert!(!format!("{guarded:?}").contains("t0ken"));
+        let bad = ControlSettings::resolve(Some("localhost"), None, dir).unwrap_err();
+        assert!(bad.to_string().starts_with("admin_addr:"), "{bad}");
+    }
+
+    #[test]
+    fn the_sample_config_parses_and_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pgnotifier.toml");
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(
+            file.connection_settings().unwrap(),
+            ConnectionSettings::default()
+        );
+        let defaults = file
+            .defaults
+            .apply_to(SubscriberSettings::default())
+            .unwrap();
+        assert_eq!(defaults, SubscriberSettings::default());
+        DatabaseConfig::from_url(file.database_url.as_deref().unwrap()).unwrap();
+        let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();
+        assert_eq!(control.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
+    }
+}

@@ -1,0 +1,174 @@
+//! The router: each notification, decoded once per payload mode wanted, to
+//! the mailboxes of its channel, as the route table says.
+
+use super::{Mailbox, Notification};
+use crate::payload::{self, PayloadMode};
+use crate::sync::bump;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// The mailboxes that receive one active channel, in subscriber order.
+pub(crate) type Route = Arc<[Arc<Mailbox>]>;
+
+/// An active channel: where it goes, and how many notifications came on it.
+#[derive(Clone)]
+pub(crate) struct ActiveRoute {
+    pub(crate) mailboxes: Route,
+    pub(crate) received: Arc<AtomicU64>,
+}
+
+/// Where each channel's notifications go. The registry builds one with
+/// every snapshot; the router reads it without a lock.
+#[derive(Clone, Default)]
+pub(crate) struct RouteTable {
+    active: HashMap<Arc<str>, ActiveRoute>,
+    /// The received counters of known channels no one receives now (muted
+    /// or emptied since they were LISTENed).
+    idle: HashMap<Arc<str>, Arc<AtomicU64>>,
+}
+
+impl RouteTable {
+    /// From each known channel, its counter, and the mailboxes that receive
+    /// it (none: the channel is idle).
+    pub(crate) fn new(
+        channels: impl IntoIterator<Item = (Arc<str>, Arc<AtomicU64>, Vec<Arc<Mailbox>>)>,
+    ) -> Self {
+        let mut table = Self::default();
+        for (channel, received, mailboxes) in channels {
+            if mailboxes.is_empty() {
+                table.idle.insert(channel, received);
+            } else {
+                let route = ActiveRoute {
+                    mailboxes: mailboxes.into(),
+                    received,
+                };
+                table.active.insert(channel, route);
+            }
+        }
+        table
+    }
+
+    /// The channel's shared name and its route, if it is active.
+    pub(crate) fn route(&self, channel: &str) -> Option<(&Arc<str>, &ActiveRoute)> {
+        self.active.get_key_value(channel)
+    }
+
+    pub(crate) fn is_active(&self, channel: &str) -> bool {
+        self.active.contains_key(channel)
+    }
+
+    /// The channels to LISTEN.
+    pub(crate) fn active_channels(&self) -> BTreeSet<Arc<str>> {
+        self.active.keys().cloned().collect()
+    }
+
+    /// Count a notification that came on a channel no one receives now.
+    fn count_unrouted(&self, channel: &str) {
+        if let Some(received) = self.idle.get(channel) {
+            bump(received, 1);
+        }
+    }
+}
+
+/// The longest run the router holds before queueing it.
+const RUN_LIMIT: usize = 64;
+
+/// Routes notifications in runs: consecutive notifications with the same
+/// route are queued together, one lock and at most one wake-up per
+/// subscriber, when the run ends, reaches [`RUN_LIMIT`], or the connection
+/// has nothing more buffered ([`Router::take`]). Each payload is decoded at
+/// most once per mode, and only if someone wants it.
+#[derive(Default)]
+pub(crate) struct Router {
+    run: Option<Run>,
+}
+
+/// Notifications routed to the same mailboxes, not yet queued.
+pub(crate) struct Run {
+    route: Route,
+    /// Decoded as typed, if a subscriber in the route wants that.
+    typed: Option<Vec<Arc<Notification>>>,
+    raw: Option<Vec<Arc<Notification>>>,
+}
+
+impl Router {
+    /// Add one notification. Returns a run to queue now: the previous one
+    /// if this notification starts another, or this one if it is full.
+    pub(crate) fn add(
+        &mut self,
+        routes: &RouteTable,
+        channel: &str,
+        raw_payload: &str,
+        pid: i32,
+    ) -> Option<Run> {
+        let Some((channel, active)) = routes.route(channel) else {
+            routes.count_unrouted(channel);
+            return None;
+        };
+        // The listener's task is the only writer of these counters.
+        bump(&active.received, 1);
+        let route = &active.mailboxes;
+        let mut finished = None;
+        if !self
+            .run
+            .as_ref()
+            .is_some_and(|run| Arc::ptr_eq(&run.route, route))
+        {
+            finished = self.run.replace(Run::new(route.clone()));
+        }
+        let run = self.run.as_mut()?;
+        for (slot, mode) in [
+            (&mut run.typed, PayloadMode::Typed),
+            (&mut run.raw, PayloadMode::Raw),
+        ] {
+            if let Some(list) = slot {
+                list.push(Arc::new(Notification {
+                    channel: channel.clone(),
+                    payload: payload::decode(raw_payload, mode),
+                    pid,
+                }));
+            }
+        }
+        if run.len() >= RUN_LIMIT {
+            debug_assert!(finished.is_none(), "a new run holds one notification");
+            return self.run.take();
+        }
+        finished
+    }
+
+    /// The run in progress, to queue now.
+    pub(crate) fn take(&mut self) -> Option<Run> {
+        self.run.take()
+    }
+}
+
+impl Run {
+    fn new(route: Route) -> Self {
+        let wants = |mode| route.iter().any(|m| m.mode() == mode);
+        let typed = wants(PayloadMode::Typed).then(|| Vec::with_capacity(RUN_LIMIT));
+        let raw = wants(PayloadMode::Raw).then(|| Vec::with_capacity(RUN_LIMIT));
+        Self { route, typed, raw }
+    }
+
+    fn len(&self) -> usize {
+        self.typed
+            .as_ref()
+            .or(self.raw.as_ref())
+            .map_or(0, Vec::len)
+    }
+
+    /// Queue the run with every mailbox on its route, in order.
+    pub(crate) async fn queue(self) {
+        for mailbox in self.route.iter() {
+            let list = match mailbox.mode() {
+                PayloadMode::Typed => self.typed.as_ref(),
+                PayloadMode::Raw => self.raw.as_ref(),
+            };
+            // A mode switched by a reload since the run began: either list is a valid payload.
+            if let Some(list) = list.or(self.typed.as_ref()).or(self.raw.as_ref()) {
+                mailbox.push_all(list).await;
+            }
+        }
+    }
+}

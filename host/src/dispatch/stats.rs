@@ -1,0 +1,38 @@
+//! A subscriber's counters: written by its worker without locks, read by
+//! the views and the metrics.
+
+use crate::sync::Histogram;
+use serde::Serialize;
+use std::sync::atomic::AtomicU64;
+
+/// Counters for one subscriber. Atomics, so the hot path never locks for
+/// them, on cache lines of their own, so the worker writing them does not
+/// slow the router writing the queue beside them.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Counters {
+    pub(super) delivered: AtomicU64,
+    pub(super) failed: AtomicU64,
+    pub(super) timed_out: AtomicU64,
+    pub(super) dropped: AtomicU64,
+    pub(super) gaps: AtomicU64,
+    /// How long each `on-notify` call took.
+    pub(super) call_duration: Histogram,
+}
+
+/// A point-in-time copy of a subscriber's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SubscriberStats {
+    /// Calls that succeeded.
+    pub delivered: u64,
+    /// Calls that failed, timeouts included.
+    pub failed: u64,
+    /// Calls cut off by the deadline.
+    pub timed_out: u64,
+    /// Notifications dropped because the queue was full.
+    pub dropped: u64,
+    /// Gap events delivered.
+    pub gaps: u64,
+    /// Notifications waiting in the queue.
+    pub queued: usize,
+}

@@ -1,0 +1,191 @@
+//! The worker: the thread that takes a mailbox's deliveries in order and
+//! calls its subscriber, counting failures up to a quarantine.
+
+use super::mailbox::{Life, Mailbox};
+use super::{CallFailure, Deliver, Delivery};
+use crate::sync::{bump, clock, lock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// How many times an idle worker checks for more work before it sleeps.
+const IDLE_SPINS: u32 = 256;
+
+/// Workers alive now, across every notifier in the process.
+static LIVE_WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+/// Spinning only pays while every worker can have a core to itself;
+/// beyond that, a spinning worker takes time from the others.
+fn spinning_pays() -> bool {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    LIVE_WORKERS.load(Ordering::Relaxed) < cores
+}
+
+/// What the worker does next.
+enum Next {
+    /// `waited`: the worker idled before this one arrived.
+    Deliver {
+        delivery: Delivery,
+        waited: bool,
+    },
+    /// Nothing queued, but a replacement subscriber is waiting.
+    Switch,
+    Stop,
+}
+
+impl Mailbox {
+    /// Count a failed call; at the threshold, quarantine: discard what is
+    /// queued (a failing subscriber would only burn its deadline on each)
+    /// and ask the registry to mute it.
+    fn count_failure(&self, failure: &CallFailure) {
+        let in_a_row = self.failures_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let threshold = self.failure_threshold.load(Ordering::Relaxed);
+        if threshold == 0 || in_a_row < threshold || self.quarantined.swap(true, Ordering::Relaxed)
+        {
+            return;
+        }
+        let discarded = {
+            let mut queue = lock(&self.queue);
+            let n = queue.items.len();
+            queue.items.clear();
+            self.queued.store(0, Ordering::Relaxed);
+            n
+        };
+        self.counters
+            .dropped
+            .fetch_add(discarded as u64, Ordering::Relaxed);
+        self.space.notify_waiters();
+        let reason = format!("{in_a_row} failures in a row; last: {failure}");
+        tracing::error!(subscriber = %self.id, discarded, "quarantined: {reason}; muted until unmuted or reloaded");
+        (self.on_quarantine)(&self.id, &reason);
+    }
+
+    /// Wait for the next thing to do.
+    fn next(&self) -> Next {
+        let mut queue = lock(&self.queue);
+        let mut spun = false;
+        loop {
+            if self.life.get() == Life::Abandoned {
+                let discarded = queue.items.len();
+                queue.items.clear();
+                self.queued.store(0, Ordering::Relaxed);
+                if discarded > 0 {
+                    self.counters
+                        .dropped
+                        .fetch_add(discarded as u64, Ordering::Relaxed);
+                }
+                return Next::Stop;
+            }
+            if let Some(delivery) = queue.items.pop_front() {
+                let len = queue.items.len();
+                self.queued.store(len, Ordering::Relaxed);
+                if len <= queue.limits.capacity / 2 {
+                    self.overflowing.store(false, Ordering::Relaxed);
+                }
+                // Wake a waiting pusher only at half empty, so it refills in a
+                // batch instead of being woken for every single slot.
+                let wake_router = queue.router_waiting && len <= queue.limits.capacity / 2;
+                if wake_router {
+                    queue.router_waiting = false;
+                }
+                drop(queue);
+                if wake_router {
+                    self.space.notify_waiters();
+                }
+                return Next::Deliver {
+                    delivery,
+                    waited: spun,
+                };
+            }
+            if self.replaced.load(Ordering::Acquire) {
+                // Idle: switch now, so the old instance is not kept alive.
+                return Next::Switch;
+            }
+            if self.life.get() != Life::Running {
+                return Next::Stop;
+            }
+            if !spun && spinning_pays() {
+                // Under load the next notification is usually microseconds
+                // away: spin briefly rather than sleep and be woken (two
+                // context switches and a futex call).
+                spun = true;
+                drop(queue);
+                for _ in 0..IDLE_SPINS {
+                    if self.queued.load(Ordering::Relaxed) > 0 {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                queue = lock(&self.queue);
+                continue;
+            }
+            queue.worker_waiting = true;
+            queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
+            queue.worker_waiting = false;
+            spun = true;
+        }
+    }
+
+    pub(super) fn work(&self, mut subscriber: Box<dyn Deliver>) {
+        LIVE_WORKERS.fetch_add(1, Ordering::Relaxed);
+        // When the last call ended. Back to back, it is also when the next
+        // one starts, so a busy worker reads the clock once per call; the
+        // duration then includes taking the notification off the queue.
+        let clock = clock();
+        let mut last_end: Option<u64> = None;
+        loop {
+            let next = self.next();
+            if self.replaced.swap(false, Ordering::Acquire) {
+                if let Some(replacement) = lock(&self.replacement).take() {
+                    subscriber = replacement;
+                }
+            }
+            let delivery = match next {
+                Next::Deliver { delivery, waited } => {
+                    if waited {
+                        last_end = None;
+                    }
+                    delivery
+                }
+                Next::Switch => continue,
+                Next::Stop => break,
+            };
+            if self.quarantined.load(Ordering::Relaxed) {
+                // Routed before the registry muted it: not for this subscriber.
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let result = match &delivery {
+                Delivery::Notify(n) => {
+                    let started = last_end.unwrap_or_else(|| clock.raw());
+                    let result = subscriber.on_notify(n);
+                    let ended = clock.raw();
+                    (self.counters.call_duration).record(clock.delta_as_nanos(started, ended));
+                    last_end = Some(ended);
+                    result
+                }
+                Delivery::Gap(channels) => {
+                    bump(&self.counters.gaps, 1);
+                    subscriber.on_gap(channels)
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.failures_in_a_row.store(0, Ordering::Relaxed);
+                    if matches!(delivery, Delivery::Notify(_)) {
+                        bump(&self.counters.delivered, 1);
+                    }
+                }
+                Err(failure) => {
+                    bump(&self.counters.failed, 1);
+                    if matches!(failure, CallFailure::TimedOut(_)) {
+                        bump(&self.counters.timed_out, 1);
+                    }
+                    tracing::warn!(subscriber = %self.id, "call failed: {failure}");
+                    self.count_failure(&failure);
+                }
+            }
+        }
+        LIVE_WORKERS.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(subscriber = %self.id, "worker stopped");
+    }
+}
