@@ -1,0 +1,391 @@
+//! The dispatch core with a fake subscriber: no database and no wasm, so
+//! each case runs in milliseconds. The fake can hold its first call open,
+//! which pins the queue's contents while a test fills it.
+
+use super::*;
+use crate::payload::decode;
+use crate::sync::lock;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+/// Holds calls until opened; counts the calls waiting at it.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    changed: Condvar,
+    waiting: AtomicUsize,
+}
+
+impl Gate {
+    fn closed() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn opened() -> Arc<Self> {
+        let gate = Self::closed();
+        gate.open();
+        gate
+    }
+
+    fn pass(&self) {
+        let mut open = lock(&self.open);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        while !*open {
+            open = self.changed.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn open(&self) {
+        *lock(&self.open) = true;
+        self.changed.notify_all();
+    }
+
+    /// Wait until the worker is held in a call.
+    fn until_held(&self) {
+        eventually("the worker holds a call at the gate", || {
+            self.waiting.load(Ordering::SeqCst) == 1
+        });
+    }
+}
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+/// A subscriber that logs `name:payload` for each call, after the gate.
+struct Fake {
+    name: &'static str,
+    log: Log,
+    gate: Arc<Gate>,
+    fails: bool,
+}
+
+impl Deliver for Fake {
+    fn on_notify(&mut self, n: &Notification) -> Result<(), CallFailure> {
+        self.gate.pass();
+        let text = match &n.payload {
+            Payload::Text(text) => text.clone(),
+            other => format!("{other:?}"),
+        };
+        lock(&self.log).push(format!("{}:{text}", self.name));
+        match self.fails {
+            true => Err(CallFailure::Returned("no".into())),
+            false => Ok(()),
+        }
+    }
+
+    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure> {
+        lock(&self.log).push(format!("{}:gap {channels:?}", self.name));
+        Ok(())
+    }
+}
+
+/// Poll `done` until it holds, or fail naming `what` after five seconds.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn notification(text: &str) -> Arc<Notification> {
+    Arc::new(Notification {
+        channel: "orders".into(),
+        payload: decode(text, PayloadMode::Raw),
+        pid: 7,
+    })
+}
+
+fn settings(capacity: usize, overflow: Overflow, wait: Duration) -> DispatchSettings {
+    DispatchSettings {
+        queue: QueueLimits {
+            capacity,
+            overflow,
+            overflow_wait: wait,
+        },
+        payload: PayloadMode::Raw,
+        failure_threshold: 0,
+    }
+}
+
+struct Harness {
+    mailbox: Arc<Mailbox>,
+    log: Log,
+    gate: Arc<Gate>,
+    quarantined: Arc<Mutex<Vec<String>>>,
+}
+
+impl Harness {
+    fn new(settings: DispatchSettings, gate: Arc<Gate>, fails: bool) -> Self {
+        let log = Log::default();
+        let quarantined: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = quarantined.clone();
+        let hook: QuarantineHook =
+            Arc::new(move |id, reason| lock(&record).push(format!("{id}: {reason}")));
+        let fake = Fake {
+            name: "old",
+            log: log.clone(),
+            gate: gate.clone(),
+            fails,
+        };
+        let mailbox = Mailbox::spawn("fake".into(), settings, Box::new(fake), hook)
+            .expect("start a worker thread");
+        Self {
+            mailbox,
+            log,
+            gate,
+            quarantined,
+        }
+    }
+
+    async fn push(&self, text: &str) {
+        self.mailbox
+            .push(Delivery::Notify(notification(text)))
+            .await;
+    }
+
+    /// Push `first` and wait until the worker holds it at the gate.
+    async fn hold(&self, first: &str) {
+        self.push(first).await;
+        self.gate.until_held();
+    }
+
+    /// Open the gate and wait for every queued delivery to be made.
+    fn finish(&self) -> Vec<String> {
+        self.gate.open();
+        assert!(
+            self.mailbox.drain(Duration::from_secs(5)),
+            "drained in time"
+        );
+        lock(&self.log).clone()
+    }
+}
+
+/// Poll a future once: whether it finished at once.
+async fn poll_once<F: Future + Unpin>(future: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut *future).poll(cx))).await
+}
+
+#[tokio::test]
+async fn deliveries_arrive_in_order() {
+    let h = Harness::new(
+        settings(1000, Overflow::Block, Duration::ZERO),
+        Gate::opened(),
+        false,
+    );
+    let sent: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+    for text in &sent {
+        h.push(text).await;
+    }
+    let log = h.finish();
+    let expected: Vec<String> = sent.iter().map(|t| format!("old:{t}")).collect();
+    assert_eq!(log, expected);
+    assert_eq!(h.mailbox.stats().delivered, 200);
+}
+
+#[tokio::test]
+async fn drop_oldest_drops_the_oldest_queued_at_once() {
+    let h = Harness::new(
+        settings(2, Overflow::DropOldest, Duration::ZERO),
+        Gate::closed(),
+        false,
+    );
+    h.hold("1").await;
+    for text in ["2", "3", "4"] {
+        h.push(text).await;
+    }
+    assert_eq!(h.mailbox.stats().dropped, 1);
+    assert_eq!(h.finish(), ["old:1", "old:3", "old:4"]);
+}
+
+#[tokio::test]
+async fn drop_newest_drops_the_new_notification_at_once() {
+    let h = Harness::new(
+        settings(2, Overflow::DropNewest, Duration::ZERO),
+        Gate::closed(),
+        false,
+    );
+    h.hold("1").await;
+    for text in ["2", "3", "4"] {
+        h.push(text).await;
+    }
+    assert_eq!(h.mailbox.stats().dropped, 1);
+    assert_eq!(h.finish(), ["old:1", "old:2", "old:3"]);
+}
+
+#[tokio::test]
+async fn block_waits_for_room_and_drops_nothing() {
+    let h = Harness::new(
+        settings(2, Overflow::Block, Duration::ZERO),
+        Gate::closed(),
+        false,
+    );
+    h.hold("1").await;
+    h.push("2").await;
+    h.push("3").await;
+    let mut fourth = Box::pin(h.push("4"));
+    assert!(
+        poll_once(&mut fourth).await.is_pending(),
+        "a full queue makes the push wait"
+    );
+    h.gate.open();
+    fourth.await;
+    assert_eq!(h.finish(), ["old:1", "old:2", "old:3", "old:4"]);
+    assert_eq!(h.mailbox.stats().dropped, 0);
+}
+
+#[tokio::test]
+async fn wait_then_drop_oldest_waits_once_then_drops_at_once_while_full() {
+    // A subscriber that makes room within the wait loses nothing.
+    let patient = settings(2, Overflow::WaitThenDropOldest, Duration::from_secs(30));
+    let h = Harness::new(patient, Gate::closed(), false);
+    h.hold("1").await;
+    h.push("2").await;
+    h.push("3").await;
+    let mut fourth = Box::pin(h.push("4"));
+    assert!(
+        poll_once(&mut fourth).await.is_pending(),
+        "the push waits for room"
+    );
+    h.gate.open();
+    fourth.await;
+    assert_eq!(h.finish(), ["old:1", "old:2", "old:3", "old:4"]);
+    assert_eq!(h.mailbox.stats().dropped, 0);
+
+    // One that does not: the first push waits, drops the oldest, and the
+    // next drops at once while the queue stays full.
+    let brief = settings(2, Overflow::WaitThenDropOldest, Duration::from_millis(20));
+    let h = Harness::new(brief, Gate::closed(), false);
+    h.hold("1").await;
+    h.push("2").await;
+    h.push("3").await;
+    let started = Instant::now();
+    h.push("4").await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(20),
+        "the first full push waited"
+    );
+    let mut fifth = Box::pin(h.push("5"));
+    assert!(
+        poll_once(&mut fifth).await.is_ready(),
+        "the next one dropped at once"
+    );
+    assert_eq!(h.mailbox.stats().dropped, 2);
+    assert_eq!(h.finish(), ["old:1", "old:4", "old:5"]);
+}
+
+#[tokio::test]
+async fn failures_in_a_row_quarantine_the_subscriber_and_discard_its_queue() {
+    let mut limits = settings(100, Overflow::Block, Duration::ZERO);
+    limits.failure_threshold = 3;
+    let h = Harness::new(limits, Gate::closed(), true);
+    h.hold("1").await;
+    for text in ["2", "3", "4", "5", "6"] {
+        h.push(text).await;
+    }
+    h.gate.open();
+    eventually("the quarantine hook runs", || {
+        !lock(&h.quarantined).is_empty()
+    });
+    assert_eq!(
+        *lock(&h.quarantined),
+        ["fake: 3 failures in a row; last: returned an error: no"]
+    );
+    // Routed before the registry muted it: dropped, not called.
+    h.push("7").await;
+    eventually("the notification after the quarantine is dropped", || {
+        h.mailbox.stats().dropped == 4
+    });
+    h.mailbox.release_quarantine();
+    h.push("8").await;
+    let log = h.finish();
+    assert_eq!(log, ["old:1", "old:2", "old:3", "old:8"]);
+    let stats = h.mailbox.stats();
+    assert_eq!((stats.failed, stats.delivered, stats.dropped), (4, 0, 4));
+    assert_eq!(
+        lock(&h.quarantined).len(),
+        1,
+        "one quarantine, not one per failure"
+    );
+}
+
+#[tokio::test]
+async fn a_replaced_subscriber_gets_the_queue_in_order_after_the_call_in_progress() {
+    let h = Harness::new(
+        settings(100, Overflow::Block, Duration::ZERO),
+        Gate::closed(),
+        false,
+    );
+    h.hold("1").await;
+    h.push("2").await;
+    h.push("3").await;
+    let new = Fake {
+        name: "new",
+        log: h.log.clone(),
+        gate: Gate::opened(),
+        fails: false,
+    };
+    h.mailbox.replace(
+        settings(100, Overflow::Block, Duration::ZERO),
+        Box::new(new),
+    );
+    h.push("4").await;
+    assert_eq!(h.finish(), ["old:1", "new:2", "new:3", "new:4"]);
+}
+
+#[tokio::test]
+async fn the_router_decodes_once_per_mode_and_queues_runs_in_order() {
+    let raw = Harness::new(
+        settings(100, Overflow::Block, Duration::ZERO),
+        Gate::opened(),
+        false,
+    );
+    let mut typed_settings = settings(100, Overflow::Block, Duration::ZERO);
+    typed_settings.payload = PayloadMode::Typed;
+    let typed = Harness::new(typed_settings, Gate::opened(), false);
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let routes = RouteTable::new([
+        (
+            "orders".into(),
+            received.clone(),
+            vec![raw.mailbox.clone(), typed.mailbox.clone()],
+        ),
+        ("idle".into(), Arc::default(), Vec::new()),
+    ]);
+    assert!(routes.is_active("orders") && !routes.is_active("idle"));
+    let mut router = Router::default();
+    for payload in ["1", "{\"id\":2}", "three"] {
+        assert!(router.add(&routes, "orders", payload, 7).is_none());
+    }
+    assert!(router.add(&routes, "nobody", "x", 7).is_none());
+    router.take().expect("a run in progress").queue().await;
+    assert_eq!(raw.finish(), ["old:1", "old:{\"id\":2}", "old:three"]);
+    let typed_log = typed.finish();
+    assert_eq!(typed_log.len(), 3, "{typed_log:?}");
+    assert_eq!(typed_log[0], "old:Payload::Integer(1)");
+    assert!(
+        typed_log[1].starts_with("old:Payload::Json("),
+        "{typed_log:?}"
+    );
+    assert_eq!(typed_log[2], "old:three");
+    assert_eq!(received.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn a_gap_is_delivered_in_its_place_in_the_queue() {
+    let h = Harness::new(
+        settings(100, Overflow::Block, Duration::ZERO),
+        Gate::closed(),
+        false,
+    );
+    h.hold("1").await;
+    h.mailbox
+        .push(Delivery::Gap(["orders".to_owned()].into()))
+        .await;
+    h.push("2").await;
+    assert_eq!(h.finish(), ["old:1", "old:gap [\"orders\"]", "old:2"]);
+    assert_eq!(h.mailbox.stats().gaps, 1);
+}
