@@ -4,7 +4,7 @@ mod support;
 
 use pgnotifier::blocking::Notifier;
 use pgnotifier::Payload;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::{channel, count, recorder, SOON};
 
 #[test]
@@ -22,10 +22,8 @@ fn the_blocking_facade_works_without_async() {
         .build()
         .unwrap();
     runtime.block_on(async { support::Sender::connect().await.notify(&ch, "[1]").await });
-    let deadline = Instant::now() + SOON;
-    while count(&seen) < 1 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let state = || "the subscriber was never called".to_owned();
+    support::until(SOON, state, || (count(&seen) >= 1).then_some(()));
     assert_eq!(seen.lock().unwrap()[0].payload, Payload::Json("[1]".into()));
     n.mute_channels(ch.as_str()).unwrap();
     assert!(!n.channels()[0].active);

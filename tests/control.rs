@@ -5,10 +5,9 @@ mod support;
 
 use serde_json::Value;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 use support::host::{ctl, ctl_json, ctl_ok, http, parse_metrics, Host, BIN};
 use support::wat::{Notify, WatPlugin};
-use support::{channel, Sender, SOON};
+use support::{channel, until, Sender, SOON};
 
 /// A host with one echo plugin on `channels`, configured by a file.
 struct Setup {
@@ -47,23 +46,18 @@ impl Setup {
 
     /// Wait until `channel` is LISTENed (or, with `false`, is not).
     fn wait_listening(&self, channel: &str, listening: bool) {
-        let deadline = Instant::now() + SOON;
-        loop {
+        let state = || {
+            format!(
+                "{channel} listening={}: {}",
+                !listening,
+                self.json(&["status"])
+            )
+        };
+        until(SOON, state, || {
             let status = self.json(&["status"]);
-            let now = status["listening"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|c| c == channel);
-            if now == listening {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{channel} listening={now}: {status}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            let listened = status["listening"].as_array().unwrap().iter();
+            (listened.clone().any(|c| c == channel) == listening).then_some(())
+        });
     }
 
     /// One request to the admin API; the status and the body.
@@ -307,15 +301,12 @@ async fn metrics_are_scraped_and_parse() {
         sender.notify(&b, &format!("f{i}")).await;
     }
     host.wait_for(&["m4", "subscriber=echo"]);
-    let deadline = Instant::now() + SOON;
-    let metrics = loop {
+    let state = || format!("failing never failed 3 times: {}", s.ctl(&["metrics"]));
+    let metrics = until(SOON, state, || {
         let metrics = parse_metrics(&s.ctl(&["metrics"]));
         let failed = metrics.get("pgnotifier_subscriber_failed_total{subscriber=\"failing\"}");
-        if failed == Some(&3.0) || Instant::now() > deadline {
-            break metrics;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        (failed == Some(&3.0)).then_some(metrics)
+    });
     let get = |series: &str| -> f64 {
         *metrics
             .get(series)
@@ -373,11 +364,14 @@ async fn metrics_are_scraped_and_parse() {
 
     // A bad plugin file counts as a load failure; the others keep running.
     std::fs::write(s.dir.join("plugins/broken.wasm"), b"\0asm not really").unwrap();
-    let deadline = Instant::now() + SOON;
-    while parse_metrics(&s.ctl(&["metrics"]))["pgnotifier_plugin_load_failures_total"] < 1.0 {
-        assert!(Instant::now() < deadline, "{}", host.output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(
+        SOON,
+        || host.output(),
+        || {
+            let metrics = parse_metrics(&s.ctl(&["metrics"]));
+            (metrics["pgnotifier_plugin_load_failures_total"] >= 1.0).then_some(())
+        },
+    );
 
     assert_eq!(s.http_get("/healthz"), (200, "ok\n".to_owned()));
     let (ready, body) = s.http_get("/readyz");
@@ -549,11 +543,7 @@ async fn sighup_applies_a_changed_config_and_refuses_a_broken_one() {
     host.signal("HUP");
     host.wait_for(&["config reloaded", "defaults"]);
     sender.notify(&a, "after-hup").await;
-    let deadline = Instant::now() + SOON;
-    while !quarantined(&s) {
-        assert!(Instant::now() < deadline, "{}", host.output());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until(SOON, || host.output(), || quarantined(&s).then_some(()));
 
     std::fs::write(&s.config, format!("{changed}\nnot toml at all [")).unwrap();
     host.signal("HUP");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::host::{ctl_ok, http, Host, Setup, BIN};
 use support::wat::{Notify, WatPlugin};
-use support::{channel, Sender, SOON};
+use support::{channel, until, Sender, SOON};
 
 fn mkfifo(path: &Path) {
     let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
@@ -485,15 +485,10 @@ async fn a_slow_subscriber_never_paces_a_fast_one_by_default() {
             "pgnotifier_subscriber_delivered_total{{subscriber=\"{id}\"}}"
         ))
     };
-    let deadline = Instant::now() + SOON;
-    while delivered("fast") < f64::from(burst) {
-        assert!(
-            Instant::now() < deadline,
-            "fast got {} of {burst}",
-            delivered("fast")
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let state = || format!("fast got {} of {burst}", delivered("fast"));
+    until(SOON, state, || {
+        (delivered("fast") >= f64::from(burst)).then_some(())
+    });
     let slow = delivered("slow");
     assert!(
         slow < f64::from(burst) / 2.0,

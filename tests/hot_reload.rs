@@ -62,6 +62,16 @@ impl Folder {
     }
 
     /// Write bytes as a deploy tool would: to a hidden temp file, then rename.
+    /// Wait until the watcher has handled every change made so far: a
+    /// marker plugin deployed now is loaded with them or after them.
+    async fn settle(&self, marker: &str) {
+        self.deploy(marker, &WatPlugin::new(&[], Notify::Echo).component());
+        assert!(
+            eventually(SOON, || self.has(marker)).await,
+            "the marker {marker} loaded"
+        );
+    }
+
     fn deploy(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, bytes).unwrap();
@@ -296,7 +306,7 @@ async fn a_bad_replacement_keeps_the_old_version_running() {
     use std::io::Write;
     file.write_all(&good_v2[..good_v2.len() / 2]).unwrap();
     file.flush().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.settle(&format!("marker_{id}")).await;
     f.sender.notify(&ch, "during the copy").await;
     assert!(
         eventually(SOON, || logs::plugin_messages(&id)
@@ -347,8 +357,8 @@ async fn atomic_deploys_work_and_a_rename_is_a_remove_plus_an_add() {
         WatPlugin::new(&[ch.as_str()], Notify::Echo).component(),
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(f.notifier.subscribers().is_empty());
+    f.settle(&format!("marker_{ch}")).await;
+    assert!(!f.has(&a), "a hidden file is not loaded");
     std::fs::rename(&tmp, f.dir.join(format!("{a}.wasm"))).unwrap();
     assert!(eventually(SOON, || f.has(&a)).await);
 

@@ -2,7 +2,7 @@
 //! its log collected, and `ctl` against it.
 
 use super::wat::{Notify, WatPlugin};
-use super::SOON;
+use super::{until, SOON};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -69,33 +69,20 @@ impl Host {
 
     /// [`wait_for`](Self::wait_for), for things that take longer (compiling a large plugin).
     pub fn wait_for_within(&self, timeout: Duration, parts: &[&str]) -> String {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Some(line) = self
-                .lines
-                .lock()
-                .unwrap()
+        let state = || format!("no line with {parts:?} in:\n{}", self.output());
+        until(timeout, state, || {
+            let lines = self.lines.lock().unwrap();
+            lines
                 .iter()
                 .find(|l| parts.iter().all(|p| l.contains(p)))
-            {
-                return line.clone();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no line with {parts:?} in:\n{}", self.output());
+                .cloned()
+        })
     }
 
     /// Wait until at least `n` lines contain every one of `parts`.
     pub fn wait_for_count(&self, parts: &[&str], n: usize) {
-        let deadline = Instant::now() + SOON;
-        while self.count(parts) < n {
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} lines with {parts:?} in:\n{}",
-                self.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let state = || format!("fewer than {n} lines with {parts:?} in:\n{}", self.output());
+        until(SOON, state, || (self.count(parts) >= n).then_some(()));
     }
 
     /// How many lines contain every one of `parts`.

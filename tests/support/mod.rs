@@ -141,6 +141,25 @@ pub async fn listen(notifier: &pgnotifier::Notifier) {
         .expect("every active channel LISTENed");
 }
 
+/// Poll `check` (from a thread that may block) until it gives a value; past
+/// `timeout`, fail with `state()`, which says what was awaited and what was
+/// seen. The one deadline loop for waiting on another thread or process;
+/// async tests use [`eventually`], which yields to the runtime instead.
+pub fn until<T>(
+    timeout: Duration,
+    state: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out: {}", state());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait until `done` holds, polling; false if `timeout` passes first.
 pub async fn eventually(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
