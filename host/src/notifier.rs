@@ -124,7 +124,10 @@ impl NotifierBuilder {
             source: e,
         })?;
         tracing::info!(state_file = %file.path().display(), channels = saved.channels.len(), subscribers = saved.subscribers.len(), "runtime state loaded");
-        self.registry = Registry::persisted(file, saved);
+        self.registry = Registry::persisted(file, saved).map_err(|e| Error::StateDir {
+            dir: dir.to_owned(),
+            source: e,
+        })?;
         Ok(self)
     }
 
@@ -411,6 +414,14 @@ impl Notifier {
             .map(|reason| reason.to_string())
     }
 
+    /// Wait until every change made so far (mutes, subscriptions,
+    /// quarantines) is written to the state file, or known not to be
+    /// ([`unsaved_changes`](Self::unsaved_changes)). The file is written on
+    /// a thread of its own, so changes never wait for the disk.
+    pub async fn state_saved(&self) {
+        self.inner.registry.saved().await;
+    }
+
     /// Ready when connected, LISTENing every active channel and saving the
     /// runtime state; otherwise why not.
     pub fn readiness(&self) -> std::result::Result<(), String> {
@@ -513,6 +524,7 @@ impl Notifier {
         })
         .await
         .unwrap_or_default();
+        self.state_saved().await;
         ShutdownReport { abandoned }
     }
 }

@@ -195,6 +195,10 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
 async fn warn_unsaved(State(app): State<App>, request: Request, next: Next) -> Response {
     let changes = request.method() != axum::http::Method::GET;
     let mut response = next.run(request).await;
+    if changes {
+        // The state file is written off this thread: say what it holds.
+        app.notifier.state_saved().await;
+    }
     if let (true, Some(reason)) = (changes, app.notifier.unsaved_changes()) {
         let text = format!("299 pgnotifier {:?}", reason);
         if let Ok(value) = header::HeaderValue::from_str(&text) {

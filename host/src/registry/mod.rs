@@ -6,6 +6,7 @@
 //! listener to LISTEN. A channel is active when it is not muted and has at
 //! least one un-muted subscriber.
 
+mod saver;
 pub mod state;
 mod views;
 
@@ -14,7 +15,8 @@ pub use views::{ChannelSubscriberView, ChannelView, SubscriberView, Subscription
 use crate::channel::{self, ChannelNameError};
 use crate::dispatch::{Deliver, DispatchSettings, Mailbox, QuarantineHook, RouteTable};
 use crate::sync::lock;
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
+use saver::Saver;
 use serde::Serialize;
 use state::{ChannelState, RuntimeState, SavedQuarantine, StateFile, SubscriberState};
 use std::collections::{BTreeMap, BTreeSet};
@@ -294,27 +296,27 @@ impl Snapshot {
 /// The registry: a snapshot for readers, a mutex for writers.
 pub(crate) struct Registry {
     current: ArcSwap<Snapshot>,
-    /// Held by writers; the state file, if the runtime state is persisted.
-    writer: Mutex<Option<StateFile>>,
+    /// Held by writers.
+    writer: Mutex<()>,
     active: watch::Sender<ActiveChannels>,
-    /// Why the state file could not be saved, while it cannot.
-    unsaved: ArcSwapOption<String>,
+    /// Writes the state file, if the runtime state is persisted.
+    saver: Option<Saver>,
 }
 
 impl Registry {
     pub(crate) fn new() -> Self {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
-            writer: Mutex::new(None),
+            writer: Mutex::new(()),
             active: watch::Sender::new(Arc::new(BTreeSet::new())),
-            unsaved: ArcSwapOption::empty(),
+            saver: None,
         }
     }
 
     /// A registry that starts from `saved` and writes every change to `file`.
     /// Saved channels exist at once; a saved subscriber's state is applied
     /// when a subscriber with its id is inserted.
-    pub(crate) fn persisted(file: StateFile, saved: RuntimeState) -> Self {
+    pub(crate) fn persisted(file: StateFile, saved: RuntimeState) -> std::io::Result<Self> {
         let mut snapshot = Snapshot::default();
         for (name, channel) in saved.channels {
             if crate::channel::validate(&name).is_ok() {
@@ -328,17 +330,25 @@ impl Registry {
             }
         }
         snapshot.dormant = saved.subscribers;
-        Self {
+        Ok(Self {
             current: ArcSwap::from_pointee(snapshot),
-            writer: Mutex::new(Some(file)),
+            writer: Mutex::new(()),
             active: watch::Sender::new(Arc::new(BTreeSet::new())),
-            unsaved: ArcSwapOption::empty(),
-        }
+            saver: Some(Saver::start(file)?),
+        })
     }
 
     /// Why changes are not being saved to the state file, while they are not.
     pub(crate) fn unsaved(&self) -> Option<Arc<String>> {
-        self.unsaved.load_full()
+        self.saver.as_ref().and_then(Saver::unsaved)
+    }
+
+    /// Wait until every change made so far is in the state file, or known
+    /// not to be ([`unsaved`](Self::unsaved)).
+    pub(crate) async fn saved(&self) {
+        if let Some(saver) = &self.saver {
+            saver.flushed().await;
+        }
     }
 
     /// The current snapshot; lock-free.
@@ -361,15 +371,13 @@ impl Registry {
         &self,
         change: impl FnOnce(&mut Snapshot) -> Result<T, RegistryError>,
     ) -> Result<T, RegistryError> {
-        let mut writer = lock(&self.writer);
+        let _writer = lock(&self.writer);
         let mut next = Snapshot::clone(&self.current.load());
         let out = change(&mut next)?;
         next.rebuild_routes();
         let active = next.routes.active_channels();
-        if let Some(file) = writer.as_mut() {
-            file.save(&next.runtime_state());
-            self.unsaved
-                .store(file.failure().map(|f| Arc::new(f.to_owned())));
+        if let Some(saver) = &self.saver {
+            saver.queue(next.runtime_state());
         }
         self.current.store(Arc::new(next));
         self.active.send_if_modified(|current| {
