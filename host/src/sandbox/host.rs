@@ -2,11 +2,12 @@
 
 use super::guest_log::{cut_at, GuestLog};
 use super::stdio::{GuestOutput, Stdio};
-use crate::bindings::Level;
+use crate::bindings::pgnotifier::plugin::{host, publish, query, types};
+use crate::bindings::{Level, Plugin};
 use crate::capabilities::{HttpGate, PluginCapabilities};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{Linker, ResourceTable, WasmStr};
+use wasmtime::component::{HasSelf, Linker, ResourceTable, WasmStr};
 use wasmtime::{StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -14,8 +15,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 /// The longest log message kept from a plugin; the rest is cut.
 const MAX_LOG_MESSAGE: usize = 64 * 1024;
 
-/// The WIT versions the host links; a plugin may target any of them.
-const VERSIONS: [&str; 2] = ["0.1.0", "0.2.0"];
+/// The current WIT version, whose `host.log` is shadowed by [`log_in_place`].
+const CURRENT: &str = "0.2.0";
 
 /// Per-store state: the subscriber id, WASI with nothing granted, the
 /// plugin's capabilities, and limits.
@@ -135,42 +136,67 @@ impl WasiHttpView for HostState {
     }
 }
 
-/// Link the host interfaces of every supported WIT version, and `wasi:http`.
-/// `log` takes the message as a view into guest memory, so even a huge
+// The current WIT's imports, implemented on the generated traits: a change
+// to the WIT breaks this build, not a plugin load.
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    /// Shadowed in the linker by [`log_in_place`], which reads the message in
+    /// guest memory instead of copying it first; kept as the same behaviour.
+    fn log(&mut self, level: Level, message: String) {
+        let (kept, truncated) = cut_at(&message, MAX_LOG_MESSAGE);
+        self.log.write(level, None, kept, truncated);
+    }
+}
+
+impl publish::Host for HostState {
+    fn publish(&mut self, channel: String, payload: String) -> Result<(), String> {
+        self.capabilities.publish(&channel, &payload)
+    }
+}
+
+impl query::Host for HostState {
+    fn query(&mut self, sql: String, params: Vec<String>) -> Result<String, String> {
+        self.capabilities.query(&sql, &params)
+    }
+}
+
+/// `log` taking the message as a view into guest memory, so even a huge
 /// message is never copied: only what is kept is read.
+fn log_in_place(
+    store: StoreContextMut<'_, HostState>,
+    (level, message): (Level, WasmStr),
+) -> wasmtime::Result<()> {
+    let text = message.to_str(&store)?;
+    let (kept, truncated) = cut_at(&text, MAX_LOG_MESSAGE);
+    store.data().log.write(level, None, kept, truncated);
+    Ok(())
+}
+
+/// Link `wasi:http`, every import of the current WIT through the generated
+/// bindings, and the frozen 0.1.0 host interface. bindgen's `with` shares
+/// 0.1.0's types with the current ones, but its generated linker would name
+/// the current interfaces, so 0.1.0's two instances are named here.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)?;
-    for version in VERSIONS {
-        linker.instance(&format!("pgnotifier:plugin/types@{version}"))?;
-        linker
-            .instance(&format!("pgnotifier:plugin/host@{version}"))?
-            .func_wrap(
-                "log",
-                |store: StoreContextMut<'_, HostState>, (level, message): (Level, WasmStr)| {
-                    let text = message.to_str(&store)?;
-                    let (kept, truncated) = cut_at(&text, MAX_LOG_MESSAGE);
-                    store.data().log.write(level, None, kept, truncated);
-                    Ok(())
-                },
-            )?;
-    }
+    Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
+    linker.allow_shadowing(true);
     linker
-        .instance("pgnotifier:plugin/publish@0.2.0")?
-        .func_wrap(
-            "publish",
-            |store: StoreContextMut<'_, HostState>, (channel, payload): (WasmStr, WasmStr)| {
-                let channel = channel.to_str(&store)?;
-                let payload = payload.to_str(&store)?;
-                Ok((store.data().capabilities.publish(&channel, &payload),))
-            },
-        )?;
+        .instance(&format!("pgnotifier:plugin/host@{CURRENT}"))?
+        .func_wrap("log", log_in_place)?;
+    linker.allow_shadowing(false);
+    linker.instance("pgnotifier:plugin/types@0.1.0")?;
     linker
-        .instance("pgnotifier:plugin/query@0.2.0")?
-        .func_wrap(
-            "query",
-            |store: StoreContextMut<'_, HostState>, (sql, params): (String, Vec<String>)| {
-                Ok((store.data().capabilities.query(&sql, &params),))
-            },
-        )?;
+        .instance("pgnotifier:plugin/host@0.1.0")?
+        .func_wrap("log", log_in_place)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_log_shadowed_in_place_is_the_current_wit_version() {
+        let package = format!("package pgnotifier:plugin@{};", super::CURRENT);
+        assert!(crate::bindings::WIT.contains(&package), "{package}");
+    }
 }
