@@ -68,7 +68,7 @@ pub use dispatch::{DispatchSettings, Notification, Overflow, QueueLimits, Subscr
 pub use error::{Error, Result};
 pub use listener::ConnectionSettings;
 pub use notifier::{
-    IntoChannels, ListenerView, Notifier, NotifierBuilder, Selection, ShutdownReport,
+    IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection, ShutdownReport,
 };
 pub use payload::{Payload, PayloadMode};
 pub use pg::DatabaseConfig;

@@ -21,7 +21,7 @@ pub const BIN_DIR_VAR: &str = "PGNOTIFIER_PG_BIN_DIR";
 #[derive(Debug, thiserror::Error)]
 pub enum LocalPgError {
     #[error("{TEST_DATABASE_URL_VAR} is set, but that database is unreachable: {0}")]
-    EnvUnreachable(String),
+    EnvUnreachable(ProbeError),
     #[error(
         "no PostgreSQL reachable at 127.0.0.1:5432, and no server binaries (initdb, pg_ctl) in {BIN_DIR_VAR}, on PATH or under /usr/lib/postgresql/*/bin to start one; install PostgreSQL (Debian/Ubuntu: apt-get install postgresql) or set {TEST_DATABASE_URL_VAR}"
     )]
@@ -60,31 +60,41 @@ pub fn discover() -> Result<LocalPostgres, LocalPgError> {
 }
 
 /// Connect and run `select 1`, on a private runtime so any caller can use it.
-pub fn probe(url: &str) -> Result<(), String> {
+pub fn probe(url: &str) -> Result<(), ProbeError> {
     let url = url.to_owned();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Runtime)?;
         runtime.block_on(async {
             // The host's own connection path: sockets, libpq forms and sslmode as `run` has them.
-            let database = crate::DatabaseConfig::from_url(&url).map_err(|e| e.to_string())?;
+            let database = crate::DatabaseConfig::from_url(&url)?;
             let connecting = tokio::time::timeout(Duration::from_secs(3), database.connect());
-            let (client, connection) = connecting
-                .await
-                .map_err(|_| "no answer within 3 s".to_owned())?
-                .map_err(|e| crate::printable::with_causes(&e))?;
+            let (client, connection) = connecting.await.map_err(|_| ProbeError::NoAnswer)??;
             tokio::spawn(connection);
-            client
-                .simple_query("select 1")
-                .await
-                .map_err(|e| e.to_string())?;
+            client.simple_query("select 1").await?;
             Ok(())
         })
     })
     .join()
-    .map_err(|_| "probe thread panicked".to_owned())?
+    .map_err(|_| ProbeError::Panicked)?
+}
+
+/// Why [`probe`] found no usable database.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Config(#[from] crate::ConfigError),
+    #[error("no answer within 3 s")]
+    NoAnswer,
+    /// Printed with its causes: the driver keeps the useful part there.
+    #[error("{}", crate::printable::with_causes(.0))]
+    Database(#[from] tokio_postgres::Error),
+    #[error("cannot start a runtime to probe with: {0}")]
+    Runtime(std::io::Error),
+    #[error("the probe thread panicked")]
+    Panicked,
 }
 
 /// A PostgreSQL cluster in a temp dir, stopped and removed on drop.

@@ -83,6 +83,20 @@ impl Selection {
     }
 }
 
+/// Why the host is not ready, as [`Notifier::readiness`] says.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// Operators' changes are not being saved to the state file.
+    #[error("{0}")]
+    Unsaved(String),
+    #[error("the listener is stopped")]
+    Stopped,
+    #[error("not connected to PostgreSQL")]
+    Disconnected,
+    #[error("channel {0:?} is not LISTENed yet")]
+    NotListening(String),
+}
+
 /// How a shutdown went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShutdownReport {
@@ -424,20 +438,20 @@ impl Notifier {
 
     /// Ready when connected, LISTENing every active channel and saving the
     /// runtime state; otherwise why not.
-    pub fn readiness(&self) -> std::result::Result<(), String> {
+    pub fn readiness(&self) -> std::result::Result<(), NotReady> {
         if let Some(reason) = self.unsaved_changes() {
-            return Err(reason);
+            return Err(NotReady::Unsaved(reason));
         }
         if !self.is_running() {
-            return Err("the listener is stopped".into());
+            return Err(NotReady::Stopped);
         }
         if !self.inner.status.connected.load(Ordering::Relaxed) {
-            return Err("not connected to PostgreSQL".into());
+            return Err(NotReady::Disconnected);
         }
         let active = self.inner.registry.watch_active().borrow().clone();
         let listened = self.inner.status.listened.borrow().clone();
         match active.iter().find(|c| !listened.contains(*c)) {
-            Some(missing) => Err(format!("channel {missing:?} is not LISTENed yet")),
+            Some(missing) => Err(NotReady::NotListening(missing.to_string())),
             None => Ok(()),
         }
     }

@@ -448,7 +448,7 @@ async fn readyz(State(app): State<App>) -> Response {
         Ok(()) => Json(json!({ "ready": true })).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reason": reason })),
+            Json(json!({ "ready": false, "reason": reason.to_string() })),
         )
             .into_response(),
     }

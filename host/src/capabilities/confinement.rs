@@ -18,8 +18,8 @@
 //! when that role is a superuser or holds a role that reaches beyond the
 //! database (server files, programs, other backends).
 
+use super::CapabilityError;
 use crate::channel::quote_ident;
-use crate::pg::describe;
 use sha2::{Digest, Sha256};
 
 /// Plugin statements kept prepared per connection before they are all let go.
@@ -77,21 +77,18 @@ pub(crate) fn barrier_call(role: &str) -> String {
 pub(crate) async fn install_barrier(
     client: &mut tokio_postgres::Client,
     role: &str,
-) -> Result<(), String> {
+) -> Result<(), CapabilityError> {
     let host: String = client
         .query_one("SELECT current_user::text", &[])
         .await
-        .and_then(|row| row.try_get(0))
-        .map_err(|e| describe(&e))?;
-    let tx = client.transaction().await.map_err(|e| describe(&e))?;
+        .and_then(|row| row.try_get(0))?;
+    let tx = client.transaction().await?;
     let role_ident = quote_ident(role);
     tx.batch_execute(&format!("SET LOCAL ROLE {role_ident}; RESET ROLE"))
         .await
-        .map_err(|e| {
-            format!(
-                "the host's role {host:?} cannot become query_role {role:?}: {}",
-                describe(&e)
-            )
+        .map_err(|source| CapabilityError::Setup {
+            step: format!("the host's role {host:?} cannot become query_role {role:?}"),
+            source,
         })?;
     let function = barrier(role);
     let signature = format!("{function}(text, text[], boolean, integer)");
@@ -143,11 +140,13 @@ pub(crate) async fn install_barrier(
          ALTER FUNCTION {signature} OWNER TO {role_ident};
          REVOKE CREATE ON SCHEMA pgnotifier FROM {role_ident};"
     );
-    tx.batch_execute(&install).await.map_err(|e| {
-        format!(
-            "cannot install the query barrier for query_role {role:?} as {host:?} (it needs CREATE on the database, or on schema pgnotifier): {}",
-            describe(&e)
-        )
-    })?;
-    tx.commit().await.map_err(|e| describe(&e))
+    tx.batch_execute(&install)
+        .await
+        .map_err(|source| CapabilityError::Setup {
+            step: format!(
+                "cannot install the query barrier for query_role {role:?} as {host:?} (it needs CREATE on the database, or on schema pgnotifier)"
+            ),
+            source,
+        })?;
+    Ok(tx.commit().await?)
 }

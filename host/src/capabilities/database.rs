@@ -2,9 +2,9 @@
 //! their own so the LISTEN connection never waits behind a plugin's SQL.
 
 use super::confinement;
-use super::{PluginCapabilities, QueryAccess};
+use super::{CapabilityError, PluginCapabilities, QueryAccess};
 use crate::channel;
-use crate::pg::{describe, DatabaseConfig};
+use crate::pg::DatabaseConfig;
 use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use futures_util::TryStreamExt;
@@ -28,9 +28,9 @@ impl CapabilityPool {
     /// A pool of at most `size` connections with the listener's settings; no
     /// connection is opened until a plugin needs one. Call it inside the
     /// runtime that will run the connections.
-    pub fn new(database: &DatabaseConfig, size: usize) -> Result<Self, String> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| "the capability pool needs a tokio runtime".to_owned())?;
+    pub fn new(database: &DatabaseConfig, size: usize) -> Result<Self, CapabilityError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| CapabilityError::NoRuntime)?;
         let manager = Manager::from_config(
             database.pg_config().clone(),
             database.tls_connector(),
@@ -41,8 +41,7 @@ impl CapabilityPool {
         let pool = Pool::builder(manager)
             .max_size(size.max(1))
             .runtime(Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("capability pool: {e}"))?;
+            .build()?;
         Ok(Self { runtime, pool })
     }
 
@@ -51,16 +50,13 @@ impl CapabilityPool {
         self.runtime.block_on(work)
     }
 
-    async fn client(&self, wait: Duration) -> Result<deadpool_postgres::Object, String> {
+    async fn client(&self, wait: Duration) -> Result<deadpool_postgres::Object, CapabilityError> {
         let timeouts = Timeouts {
             wait: Some(wait),
             create: Some(wait.max(Duration::from_secs(10))),
             recycle: Some(wait),
         };
-        self.pool
-            .timeout_get(&timeouts)
-            .await
-            .map_err(|e| format!("no database connection: {e}"))
+        Ok(self.pool.timeout_get(&timeouts).await?)
     }
 }
 
@@ -68,7 +64,7 @@ impl PluginCapabilities {
     /// At load: a query grant runs as `query_role` (whose barrier is
     /// installed now, after checking the host's role can become it), or as
     /// the host's role only if that role reaches nothing beyond the database.
-    pub(crate) fn confine_queries(&self) -> Result<(), String> {
+    pub(crate) fn confine_queries(&self) -> Result<(), CapabilityError> {
         let Some(pool) = self.pool.as_deref() else {
             return Ok(()); // no database here (`pgnotifier check`)
         };
@@ -81,56 +77,50 @@ impl PluginCapabilities {
                 Some(role) => confinement::install_barrier(&mut client, role).await,
                 None => match confinement::host_role_danger(&client).await {
                     Ok(None) => Ok(()),
-                    Ok(Some(danger)) => Err(format!(
+                    Ok(Some(danger)) => Err(CapabilityError::BadGrant(format!(
                         "grants.query: {danger}, so the plugin's SQL could reach beyond the database \
                          (read server files, signal other backends); set [grants] query_role to a role \
                          with only the rights the plugin needs"
-                    )),
-                    Err(e) => Err(describe(&e)),
+                    ))),
+                    Err(e) => Err(e.into()),
                 },
             }
         })
     }
 
     /// `publish`: NOTIFY `channel` with `payload`, if granted.
-    pub(crate) fn publish(&self, channel_name: &str, payload: &str) -> Result<(), String> {
+    pub(crate) fn publish(&self, channel_name: &str, payload: &str) -> Result<(), CapabilityError> {
         if !self.grants.publish.iter().any(|c| c == channel_name) {
-            return Err(format!(
+            return Err(CapabilityError::NotGranted(format!(
                 "publish to {channel_name:?} is not granted; the sidecar's [grants] publish lists {:?}",
                 self.grants.publish
-            ));
+            )));
         }
-        channel::validate(channel_name).map_err(|e| e.to_string())?;
+        channel::validate(channel_name)?;
         if payload.len() >= MAX_NOTIFY_PAYLOAD {
-            return Err(format!(
+            return Err(CapabilityError::Limit(format!(
                 "payload is {} bytes; NOTIFY takes fewer than {MAX_NOTIFY_PAYLOAD}",
                 payload.len()
-            ));
+            )));
         }
         let pool = self.pool()?;
         let wait = self.limits.query_timeout;
         pool.block_on(async {
             let client = pool.client(wait).await?;
-            let notify = client
-                .prepare_cached("SELECT pg_notify($1, $2)")
-                .await
-                .map_err(|e| describe(&e))?;
-            client
-                .execute(&notify, &[&channel_name, &payload])
-                .await
-                .map_err(|e| describe(&e))?;
+            let notify = client.prepare_cached("SELECT pg_notify($1, $2)").await?;
+            client.execute(&notify, &[&channel_name, &payload]).await?;
             Ok(())
         })
     }
 
     /// `query`: one statement in a transaction of its own, rows as a JSON array.
-    pub(crate) fn query(&self, sql: &str, params: &[String]) -> Result<String, String> {
+    pub(crate) fn query(&self, sql: &str, params: &[String]) -> Result<String, CapabilityError> {
         let write = match self.grants.query {
             QueryAccess::None => {
-                return Err(
+                return Err(CapabilityError::NotGranted(
                     "query is not granted; the sidecar needs [grants] query = true (or query_write = true)"
                         .into(),
-                )
+                ))
             }
             QueryAccess::ReadOnly => false,
             QueryAccess::ReadWrite => true,
@@ -144,12 +134,7 @@ impl PluginCapabilities {
             if client.statement_cache.size() > MAX_CACHED_STATEMENTS {
                 client.statement_cache.clear();
             }
-            let tx = client
-                .build_transaction()
-                .read_only(!write)
-                .start()
-                .await
-                .map_err(|e| describe(&e))?;
+            let tx = client.build_transaction().read_only(!write).start().await?;
             let sql = sql.trim_end().trim_end_matches(';');
             let params: Vec<TextParam<'_>> = params.iter().map(|p| TextParam(p)).collect();
             let mut setup = format!(
@@ -161,14 +146,11 @@ impl PluginCapabilities {
                 setup.push_str(&channel::quote_ident(role));
             }
             // Pipelined: one round trip for both.
-            let (_, statement) = tokio::try_join!(tx.batch_execute(&setup), tx.prepare_cached(sql))
-                .map_err(|e| describe(&e))?;
+            let (_, statement) =
+                tokio::try_join!(tx.batch_execute(&setup), tx.prepare_cached(sql))?;
             if let Some(role) = &self.grants.query_role {
                 // Only parsed above (one statement, and whether it has rows): it runs in the barrier.
-                let call = tx
-                    .prepare_cached(&confinement::barrier_call(role))
-                    .await
-                    .map_err(|e| describe(&e))?;
+                let call = tx.prepare_cached(&confinement::barrier_call(role)).await?;
                 let params: Vec<&str> = params.iter().map(|p| p.0).collect();
                 let returns_rows = !statement.columns().is_empty();
                 let max_rows = i32::try_from(limits.query_max_rows).unwrap_or(i32::MAX);
@@ -182,55 +164,47 @@ impl PluginCapabilities {
                             &max_rows,
                         ],
                     )
-                    .await
-                    .map_err(|e| describe(&e))?;
+                    .await?;
                 let json = collect_rows(rows, limits.query_max_rows).await?;
-                tx.commit().await.map_err(|e| describe(&e))?;
+                tx.commit().await?;
                 return Ok(json);
             }
             if statement.columns().is_empty() {
-                tx.execute_raw(&statement, &params)
-                    .await
-                    .map_err(|e| describe(&e))?;
-                tx.commit().await.map_err(|e| describe(&e))?;
+                tx.execute_raw(&statement, &params).await?;
+                tx.commit().await?;
                 return Ok("[]".to_owned());
             }
             // The server renders every type as JSON; a CTE also takes
             // INSERT/UPDATE/DELETE ... RETURNING.
             let wrapped = format!("WITH q AS ({sql}\n) SELECT row_to_json(q)::text FROM q");
-            let wrapped = tx
-                .prepare_cached(&wrapped)
-                .await
-                .map_err(|e| describe(&e))?;
-            let rows = tx
-                .query_raw(&wrapped, &params)
-                .await
-                .map_err(|e| describe(&e))?;
+            let wrapped = tx.prepare_cached(&wrapped).await?;
+            let rows = tx.query_raw(&wrapped, &params).await?;
             let json = collect_rows(rows, limits.query_max_rows).await?;
-            tx.commit().await.map_err(|e| describe(&e))?;
+            tx.commit().await?;
             Ok(json)
         })
     }
 
-    fn pool(&self) -> Result<&CapabilityPool, String> {
-        self.pool
-            .as_deref()
-            .ok_or_else(|| "no database here: capabilities run only in `pgnotifier run` and the library's Notifier".to_owned())
+    fn pool(&self) -> Result<&CapabilityPool, CapabilityError> {
+        self.pool.as_deref().ok_or(CapabilityError::NoDatabase)
     }
 }
 
 /// Join the rows' JSON objects into one array, failing past `max_rows`.
-async fn collect_rows(rows: tokio_postgres::RowStream, max_rows: usize) -> Result<String, String> {
+async fn collect_rows(
+    rows: tokio_postgres::RowStream,
+    max_rows: usize,
+) -> Result<String, CapabilityError> {
     let mut rows = std::pin::pin!(rows);
     let mut json = String::from("[");
     let mut count = 0usize;
-    while let Some(row) = rows.try_next().await.map_err(|e| describe(&e))? {
+    while let Some(row) = rows.try_next().await? {
         if count == max_rows {
-            return Err(format!(
+            return Err(CapabilityError::Limit(format!(
                 "query returned more than {max_rows} rows (query_max_rows)"
-            ));
+            )));
         }
-        let object: &str = row.try_get(0).map_err(|e| describe(&e))?;
+        let object: &str = row.try_get(0)?;
         if count > 0 {
             json.push(',');
         }

@@ -1,6 +1,7 @@
 //! The `http` capability: `wasi:http` requests, let through only to the
 //! origins the sidecar grants, with a timeout and a response size cap.
 
+use super::CapabilityError;
 use super::CapabilityLimits;
 use http_body_util::{BodyExt, Limited};
 use std::future::Future;
@@ -19,25 +20,26 @@ pub struct Origin {
 impl Origin {
     /// Parse `http://host[:port]` or `https://host[:port]`; a trailing `/` is
     /// allowed, any other path is refused so nobody thinks it narrows the grant.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, CapabilityError> {
+        let bad = CapabilityError::BadGrant;
         let uri: ::http::Uri = text
             .parse()
-            .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+            .map_err(|e| bad(format!("{text:?} is not a URL: {e}")))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err(format!("{text:?} must start with http:// or https://")),
+            _ => return Err(bad(format!("{text:?} must start with http:// or https://"))),
         };
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("{text:?} has no host"))?;
+            .ok_or_else(|| bad(format!("{text:?} has no host")))?;
         if authority.as_str().contains('@') {
-            return Err(format!("{text:?} must not hold credentials"));
+            return Err(bad(format!("{text:?} must not hold credentials")));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(format!(
+            return Err(bad(format!(
                 "{text:?} has a path; a grant is a whole origin (scheme://host:port)"
-            ));
+            )));
         }
         Ok(Self::new(https, authority.host(), authority.port_u16()))
     }

@@ -17,10 +17,47 @@ pub use database::CapabilityPool;
 pub(crate) use http::HttpGate;
 pub use http::Origin;
 
-use crate::channel;
+use crate::channel::{self, ChannelNameError};
+use crate::pg::describe;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Why a grant was refused at load, or a capability call refused or
+/// failed. The guest sees the text (the WIT's `result<_, string>`).
+#[derive(Debug, thiserror::Error)]
+pub enum CapabilityError {
+    /// The sidecar's `[grants]` are wrong; the text names the grant.
+    #[error("{0}")]
+    BadGrant(String),
+    /// The call is not covered by the plugin's grants.
+    #[error("{0}")]
+    NotGranted(String),
+    /// The call goes past one of its limits (a payload's size, rows).
+    #[error("{0}")]
+    Limit(String),
+    #[error(transparent)]
+    Channel(#[from] ChannelNameError),
+    /// PostgreSQL refused the statement, or the connection broke.
+    #[error("{}", describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    /// A setup step at load was refused; `step` says which.
+    #[error("{step}: {}", describe(.source))]
+    Setup {
+        step: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("no database connection: {0}")]
+    NoConnection(#[from] deadpool_postgres::PoolError),
+    #[error(
+        "no database here: capabilities run only in `pgnotifier run` and the library's Notifier"
+    )]
+    NoDatabase,
+    #[error("the capability pool needs a tokio runtime")]
+    NoRuntime,
+    #[error("capability pool: {0}")]
+    Pool(#[from] deadpool_postgres::BuildError),
+}
 
 /// A sidecar's `[grants]` table, as written.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -64,14 +101,17 @@ pub enum QueryAccess {
 
 impl GrantSettings {
     /// Check every entry; the error names the grant at fault.
-    pub fn validate(&self) -> Result<Grants, String> {
+    pub fn validate(&self) -> Result<Grants, CapabilityError> {
+        let bad = |grant: &str, e: &dyn std::fmt::Display| {
+            CapabilityError::BadGrant(format!("grants.{grant}: {e}"))
+        };
         for name in &self.publish {
-            channel::validate(name).map_err(|e| format!("grants.publish: {e}"))?;
+            channel::validate(name).map_err(|e| bad("publish", &e))?;
         }
         let http = self
             .http
             .iter()
-            .map(|text| Origin::parse(text).map_err(|e| format!("grants.http: {e}")))
+            .map(|text| Origin::parse(text).map_err(|e| bad("http", &e)))
             .collect::<Result<Vec<_>, _>>()?;
         let query = match (self.query, self.query_write) {
             (_, true) => QueryAccess::ReadWrite,
@@ -80,15 +120,15 @@ impl GrantSettings {
         };
         if let Some(role) = &self.query_role {
             if query == QueryAccess::None {
-                return Err(
+                return Err(CapabilityError::BadGrant(
                     "grants.query_role: set query = true (or query_write = true) too".into(),
-                );
+                ));
             }
             if role.is_empty() || role.len() > channel::MAX_CHANNEL_BYTES || role.contains('\0') {
-                return Err(format!(
+                return Err(CapabilityError::BadGrant(format!(
                     "grants.query_role: {role:?} is not a PostgreSQL role name (1 to {} bytes, no NUL)",
                     channel::MAX_CHANNEL_BYTES
-                ));
+                )));
             }
         }
         Ok(Grants {

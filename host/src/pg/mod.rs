@@ -65,8 +65,7 @@ impl DatabaseConfig {
             .root_cert
             .or_else(|| env("PGSSLROOTCERT"))
             .map(PathBuf::from);
-        let tls = tls::connector(ssl_mode, root_cert.as_deref())
-            .map_err(|reason| ConfigError::invalid("sslmode", reason))?;
+        let tls = tls::connector(ssl_mode, root_cert.as_deref())?;
         if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
             match env("PGHOST") {
                 Some(hosts) => hosts.split(',').for_each(|h| {

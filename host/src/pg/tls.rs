@@ -29,6 +29,13 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::Socket;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::settings::ConfigError;
+
+/// A TLS setting that cannot be used; `sslmode` is the setting at fault.
+fn refused(reason: String) -> ConfigError {
+    ConfigError::invalid("sslmode", reason)
+}
+
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SslMode {
@@ -75,7 +82,7 @@ impl SslMode {
 }
 
 /// The TLS connector for `mode`, or why it cannot be built (naming the setting).
-pub(crate) fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<Connector, String> {
+pub(crate) fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<Connector, ConfigError> {
     if mode == SslMode::Disable {
         return Ok(Connector(None));
     }
@@ -88,7 +95,7 @@ pub(crate) fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<Conne
             let roots = Arc::new(root_store(mode, root_cert)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
                 .build()
-                .map_err(|e| format!("sslrootcert: {e}"))?;
+                .map_err(|e| refused(format!("sslrootcert: {e}")))?;
             if mode == SslMode::VerifyFull {
                 webpki
             } else {
@@ -98,7 +105,7 @@ pub(crate) fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<Conne
     };
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(|e| refused(format!("TLS: {e}")))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
@@ -154,33 +161,33 @@ impl TlsConnect<Socket> for HostTls {
     }
 }
 
-fn root_store(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, String> {
+fn root_store(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, ConfigError> {
     let path: PathBuf = match root_cert {
         Some(path) => path.to_owned(),
         None => std::env::var_os("HOME")
             .map(|home| Path::new(&home).join(".postgresql/root.crt"))
             .filter(|p| p.is_file())
             .ok_or_else(|| {
-                format!(
+                refused(format!(
                     "sslmode={} needs the CA certificate to check the server against: set sslrootcert (or PGSSLROOTCERT) to a PEM file; ~/.postgresql/root.crt does not exist",
                     mode.as_str()
-                )
+                ))
             })?,
     };
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(&path)
-        .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+        .map_err(|e| refused(format!("sslrootcert {}: {e}", path.display())))?;
     for cert in certs {
-        let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+        let cert = cert.map_err(|e| refused(format!("sslrootcert {}: {e}", path.display())))?;
         roots
             .add(cert)
-            .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            .map_err(|e| refused(format!("sslrootcert {}: {e}", path.display())))?;
     }
     if roots.is_empty() {
-        return Err(format!(
+        return Err(refused(format!(
             "sslrootcert {}: no certificate in the file",
             path.display()
-        ));
+        )));
     }
     Ok(roots)
 }

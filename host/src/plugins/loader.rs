@@ -5,7 +5,7 @@
 //! every file; the folder [`sync`](super::sync) runs the same for each file that changes.
 
 use super::settings::{Sidecar, SubscriberSettings};
-use crate::capabilities::{Grants, PluginCapabilities};
+use crate::capabilities::{CapabilityError, Grants, PluginCapabilities};
 use crate::channel;
 use crate::registry::SubscriberSource;
 use crate::sandbox::{LoadError, Sandbox, WasmSubscriber};
@@ -139,7 +139,7 @@ pub(crate) fn load(
         None => None,
     };
     let (sidecar, settings) = sidecar.unwrap_or_else(|| (Sidecar::default(), defaults));
-    let grant_error = |e: String| {
+    let grant_error = |e: CapabilityError| {
         let sidecar_path = files.sidecar.as_ref().map(|(p, _)| p.as_path());
         LoadError::new(
             path,

@@ -151,13 +151,19 @@ impl StateFile {
     }
 }
 
-fn parse(bytes: &[u8]) -> Result<RuntimeState, String> {
-    let state: RuntimeState = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+/// Why a state file cannot be read.
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error("version {0} (this host reads {VERSION})")]
+    Version(u32),
+}
+
+fn parse(bytes: &[u8]) -> Result<RuntimeState, Unreadable> {
+    let state: RuntimeState = serde_json::from_slice(bytes)?;
     if state.version != VERSION {
-        return Err(format!(
-            "version {} (this host reads {VERSION})",
-            state.version
-        ));
+        return Err(Unreadable::Version(state.version));
     }
     Ok(state)
 }

@@ -151,13 +151,13 @@ impl host::Host for HostState {
 
 impl publish::Host for HostState {
     fn publish(&mut self, channel: String, payload: String) -> Result<(), String> {
-        self.capabilities.publish(&channel, &payload)
+        (self.capabilities.publish(&channel, &payload)).map_err(|e| e.to_string())
     }
 }
 
 impl query::Host for HostState {
     fn query(&mut self, sql: String, params: Vec<String>) -> Result<String, String> {
-        self.capabilities.query(&sql, &params)
+        (self.capabilities.query(&sql, &params)).map_err(|e| e.to_string())
     }
 }
 

@@ -1,10 +1,11 @@
 //! One subscriber's live instance, called on its worker thread.
 
 use super::host::HostState;
-use super::{error_chain, CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
+use super::{CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
 use crate::bindings::{v0_1, Plugin, Registration};
 use crate::capabilities::PluginCapabilities;
 use crate::dispatch::{CallFailure, Deliver, Notification};
+use crate::printable::with_causes;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -234,7 +235,7 @@ fn classify(e: &wasmtime::Error, limits: &PluginLimits) -> CallFailure {
     if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
         return CallFailure::TimedOut(limits.timeout);
     }
-    let message = error_chain(e);
+    let message = with_causes(e.as_ref());
     if message.contains("forcing trap when growing memory") {
         return CallFailure::Trapped(format!(
             "memory limit of {} MiB reached: {message}",

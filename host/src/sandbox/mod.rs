@@ -16,6 +16,7 @@ pub(crate) use instance::WasmSubscriber;
 
 use crate::bindings::{v0_1, PluginPre};
 use crate::capabilities::CapabilityPool;
+use crate::printable::{printable, with_causes};
 use host::HostState;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +39,6 @@ pub struct LoadError {
 
 impl std::fmt::Display for LoadError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::printable::printable;
         let path = self.path.display().to_string();
         write!(
             f,
@@ -191,15 +191,19 @@ impl Sandbox {
     /// code comes from the cache when the same bytes were compiled before by
     /// the same engine configuration.
     pub(crate) fn compile(&self, path: &Path, bytes: &[u8]) -> Result<CompiledPlugin, LoadError> {
-        check_component_header(bytes).map_err(|reason| LoadError::new(path, reason))?;
-        let component = Component::new(&self.engine, bytes)
-            .map_err(|e| LoadError::new(path, format!("invalid component: {}", error_chain(&e))))?;
+        check_component_header(path, bytes)?;
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            LoadError::new(
+                path,
+                format!("invalid component: {}", with_causes(e.as_ref())),
+            )
+        })?;
         let not_a_plugin = |e: wasmtime::Error| {
             LoadError::new(
                 path,
                 format!(
                     "not a `pgnotifier:plugin/plugin` component: {}",
-                    error_chain(&e)
+                    with_causes(e.as_ref())
                 ),
             )
         };
@@ -240,33 +244,23 @@ impl Drop for Sandbox {
 
 /// Tell a core module, a truncated file and a non-wasm file apart up front,
 /// since the compiler's own messages for them are cryptic.
-fn check_component_header(bytes: &[u8]) -> Result<(), String> {
+fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     const MAGIC: &[u8] = b"\0asm";
+    let refuse = |reason: &str| Err(LoadError::new(path, reason));
     if bytes.len() < 8 {
-        return Err(format!(
+        return refuse(&format!(
             "file is {} bytes; too short to be a WebAssembly component",
             bytes.len()
         ));
     }
     if &bytes[..4] != MAGIC {
-        return Err("not a WebAssembly file (no `\\0asm` header)".into());
+        return refuse("not a WebAssembly file (no `\\0asm` header)");
     }
     match bytes[4..8] {
         [0x0d, 0x00, 0x01, 0x00] => Ok(()),
-        [0x01, 0x00, 0x00, 0x00] => Err(
-            "is a core WebAssembly module, not a component; build it for the `plugin` world and wrap it with `wasm-tools component new`"
-                .into(),
+        [0x01, 0x00, 0x00, 0x00] => refuse(
+            "is a core WebAssembly module, not a component; build it for the `plugin` world and wrap it with `wasm-tools component new`",
         ),
-        _ => Err("unsupported WebAssembly version or layer".into()),
+        _ => refuse("unsupported WebAssembly version or layer"),
     }
-}
-
-/// Render an error with its causes on one line.
-pub(crate) fn error_chain(e: &wasmtime::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-    }
-    out
 }
