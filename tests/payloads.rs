@@ -28,18 +28,6 @@ async fn every_payload_case_arrives_typed() {
     n.shutdown(Duration::from_secs(5)).await;
 }
 
-/// How the Rust example plugin `logger` writes a payload.
-fn logger_describes(payload: &Payload) -> String {
-    match payload {
-        Payload::Null => "null".into(),
-        Payload::Boolean(b) => format!("boolean {b}"),
-        Payload::Integer(i) => format!("integer {i}"),
-        Payload::Float(f) => format!("float {f:?}"),
-        Payload::Text(t) => format!("text {t:?}"),
-        Payload::Json(j) => format!("json {j}"),
-    }
-}
-
 /// The Rust example plugin, built by `plugins/build`, receives every case
 /// with the right type through the canonical ABI.
 #[tokio::test]
@@ -85,7 +73,12 @@ async fn the_rust_example_plugin_receives_every_case_typed() {
     );
     let want: Vec<String> = cases
         .iter()
-        .map(|(_, p)| format!("({id}, {ch:?}, {}, {pid})", logger_describes(p)))
+        .map(|(_, p)| {
+            format!(
+                "({id}, {ch:?}, {}, {pid})",
+                pgnotifier::payload::describe(p)
+            )
+        })
         .collect();
     assert_eq!(notified(), want);
     n.shutdown(Duration::from_secs(5)).await;

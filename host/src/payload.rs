@@ -20,6 +20,20 @@ pub enum PayloadMode {
     Raw,
 }
 
+/// A payload as `case value`: `integer 42`, `float 2.5`, `text "hi"`,
+/// `json {"a":1}`, the way the example plugins write it (the Rust SDK's
+/// `describe` gives the same).
+pub fn describe(payload: &Payload) -> String {
+    match payload {
+        Payload::Null => "null".into(),
+        Payload::Boolean(b) => format!("boolean {b}"),
+        Payload::Integer(i) => format!("integer {i}"),
+        Payload::Float(f) => format!("float {f:?}"),
+        Payload::Text(t) => format!("text {t:?}"),
+        Payload::Json(j) => format!("json {j}"),
+    }
+}
+
 /// Decode a payload for the given mode.
 pub fn decode(raw: &str, mode: PayloadMode) -> Payload {
     match mode {

@@ -6,7 +6,7 @@
 //! channels = "ch1,orders"   # comma-separated; default "ch1"
 //! ```
 
-use pgnotifier_plugin::{info, warn, Config, Notification, Payload, Plugin};
+use pgnotifier_plugin::{describe, info, warn, Config, Notification, Plugin};
 
 struct Logger {
     id: String,
@@ -36,18 +36,6 @@ impl Plugin for Logger {
             "{} may have missed notifications on {channels:?}",
             self.id
         ));
-    }
-}
-
-/// The payload as `case value`, e.g. `json {"a":1}` or `text "hi"`.
-fn describe(payload: &Payload) -> String {
-    match payload {
-        Payload::Null => "null".into(),
-        Payload::Boolean(b) => format!("boolean {b}"),
-        Payload::Integer(i) => format!("integer {i}"),
-        Payload::Float(f) => format!("float {f:?}"),
-        Payload::Text(t) => format!("text {t:?}"),
-        Payload::Json(j) => format!("json {j}"),
     }
 }
 

@@ -153,15 +153,25 @@ pub fn query(sql: &str, params: &[&str]) -> Result<String, String> {
     bindings::pgnotifier::plugin::query::query(sql, &params)
 }
 
-/// The payload as the cross-language `got <case> <value>` trace line.
+/// The payload as `case value`: `integer 42`, `float 2.5`, `text "hi"`,
+/// `json {"a":1}`. The host's `pgnotifier::payload::describe` writes the same.
 pub fn describe(payload: &Payload) -> String {
     match payload {
-        Payload::Null => "got null".into(),
-        Payload::Boolean(b) => format!("got boolean {b}"),
-        Payload::Integer(i) => format!("got integer {i}"),
-        Payload::Float(f) => format!("got float {f:?}"),
+        Payload::Null => "null".into(),
+        Payload::Boolean(b) => format!("boolean {b}"),
+        Payload::Integer(i) => format!("integer {i}"),
+        Payload::Float(f) => format!("float {f:?}"),
+        Payload::Text(t) => format!("text {t:?}"),
+        Payload::Json(j) => format!("json {j}"),
+    }
+}
+
+/// The cross-language `got <case> <value>` trace line, the same in every
+/// plugin language: text unquoted, so C, Python and JavaScript print it alike.
+fn trace_line(payload: &Payload) -> String {
+    match payload {
         Payload::Text(t) => format!("got text {t}"),
-        Payload::Json(j) => format!("got json {j}"),
+        other => format!("got {}", describe(other)),
     }
 }
 
@@ -212,7 +222,7 @@ impl<P: Plugin> Runtime<P> {
             .as_mut()
             .ok_or_else(|| "on-notify before register".to_string())?;
         if instance.trace {
-            info(&describe(&payload));
+            info(&trace_line(&payload));
         }
         instance.plugin.on_notify(Notification {
             id: &id,

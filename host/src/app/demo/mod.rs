@@ -10,7 +10,8 @@
 //! up for the user's own `psql` until Ctrl-C, and cleans everything up.
 
 use crate::local_pg::{self, Cluster, LocalPgError};
-use crate::{DatabaseConfig, Notifier, Payload, Subscriber};
+use crate::payload::describe;
+use crate::{DatabaseConfig, Notifier, Subscriber};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -249,16 +250,4 @@ fn copy_examples(given: Option<&Path>, to: &Path) -> anyhow::Result<usize> {
         copied += 1;
     }
     Ok(copied)
-}
-
-/// A payload as the example plugins print it: `json {...}`, `integer 42`, ….
-fn describe(payload: &Payload) -> String {
-    match payload {
-        Payload::Null => "null".to_owned(),
-        Payload::Boolean(b) => format!("boolean {b}"),
-        Payload::Integer(i) => format!("integer {i}"),
-        Payload::Float(f) => format!("float {f}"),
-        Payload::Text(t) => format!("text {t:?}"),
-        Payload::Json(j) => format!("json {j}"),
-    }
 }
