@@ -43,11 +43,7 @@ async fn a_slow_subscriber_never_delays_the_others() {
 
 #[tokio::test]
 async fn order_is_kept_per_subscriber_within_and_across_transactions() {
-    let n = Notifier::new(support::database());
-    let ch = channel("order");
-    let (s, seen) = recorder();
-    n.subscribe("s", ch.as_str(), s).unwrap();
-    support::listen(&n).await;
+    let (n, ch, seen) = support::recording("s", "order").await;
     let sender = Sender::connect().await;
     sender
         .client

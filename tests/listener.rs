@@ -12,11 +12,8 @@ use support::{channel, count, eventually, recorder, Sender, SOON};
 /// connection, while B is subscribed and unsubscribed over and over.
 #[tokio::test]
 async fn changing_channels_never_reconnects_and_loses_nothing() {
-    let n = Notifier::new(support::database());
-    let (a, b) = (channel("steady"), channel("churn"));
-    let (sa, seen_a) = recorder();
-    n.subscribe("a", a.as_str(), sa).unwrap();
-    support::listen(&n).await;
+    let (n, a, seen_a) = support::recording("a", "steady").await;
+    let b = channel("churn");
     let pid = n.backend_pid().expect("connected");
 
     const SENT: usize = 400;
@@ -126,11 +123,7 @@ fn names_over_63_bytes_are_refused_clearly() {
 /// The pid is the sender's backend pid, as PostgreSQL reports it.
 #[tokio::test]
 async fn the_pid_is_the_sending_backend() {
-    let n = Notifier::new(support::database());
-    let ch = channel("pid");
-    let (s, seen) = recorder();
-    n.subscribe("s", ch.as_str(), s).unwrap();
-    support::listen(&n).await;
+    let (n, ch, seen) = support::recording("s", "pid").await;
     let sender = Sender::connect().await;
     let sender_pid = sender.pid().await;
     sender.notify(&ch, "x").await;

@@ -9,11 +9,7 @@ use support::{channel, count, eventually, logs, payload_cases, recorder, send_al
 
 #[tokio::test]
 async fn every_payload_case_arrives_typed() {
-    let n = Notifier::new(support::database());
-    let ch = channel("typed");
-    let (s, seen) = recorder();
-    n.subscribe("typed", ch.as_str(), s).unwrap();
-    support::listen(&n).await;
+    let (n, ch, seen) = support::recording("typed", "typed").await;
     let cases = payload_cases();
     send_all(&Sender::connect().await, &ch, &cases).await;
     assert!(eventually(SOON, || count(&seen) == cases.len()).await);

@@ -201,6 +201,21 @@ pub fn recorder() -> (Subscriber, Arc<Mutex<Vec<Received>>>) {
     (subscriber, seen)
 }
 
+/// A started notifier with one recording subscriber `id` on a fresh channel
+/// named after `prefix`, every active channel LISTENed: the set-up most
+/// tests of delivery begin with.
+pub async fn recording(
+    id: &str,
+    prefix: &str,
+) -> (pgnotifier::Notifier, String, Arc<Mutex<Vec<Received>>>) {
+    let notifier = pgnotifier::Notifier::new(database());
+    let ch = channel(prefix);
+    let (subscriber, seen) = recorder();
+    (notifier.subscribe(id, ch.as_str(), subscriber)).expect("subscribe the recorder");
+    listen(&notifier).await;
+    (notifier, ch, seen)
+}
+
 /// The counters of one subscriber.
 pub fn stats_of(notifier: &pgnotifier::Notifier, id: &str) -> pgnotifier::SubscriberStats {
     notifier

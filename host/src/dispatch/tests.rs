@@ -153,6 +153,16 @@ impl Harness {
         self.gate.until_held();
     }
 
+    /// A worker held in its call of "1", and "2" and "3" queued: a queue of
+    /// two is full.
+    async fn full(settings: DispatchSettings) -> Self {
+        let h = Self::new(settings, Gate::closed(), false);
+        h.hold("1").await;
+        h.push("2").await;
+        h.push("3").await;
+        h
+    }
+
     /// Open the gate and wait for every queued delivery to be made.
     fn finish(&self) -> Vec<String> {
         self.gate.open();
@@ -188,44 +198,23 @@ async fn deliveries_arrive_in_order() {
 
 #[tokio::test]
 async fn drop_oldest_drops_the_oldest_queued_at_once() {
-    let h = Harness::new(
-        settings(2, Overflow::DropOldest, Duration::ZERO),
-        Gate::closed(),
-        false,
-    );
-    h.hold("1").await;
-    for text in ["2", "3", "4"] {
-        h.push(text).await;
-    }
+    let h = Harness::full(settings(2, Overflow::DropOldest, Duration::ZERO)).await;
+    h.push("4").await;
     assert_eq!(h.mailbox.stats().dropped, 1);
     assert_eq!(h.finish(), ["old:1", "old:3", "old:4"]);
 }
 
 #[tokio::test]
 async fn drop_newest_drops_the_new_notification_at_once() {
-    let h = Harness::new(
-        settings(2, Overflow::DropNewest, Duration::ZERO),
-        Gate::closed(),
-        false,
-    );
-    h.hold("1").await;
-    for text in ["2", "3", "4"] {
-        h.push(text).await;
-    }
+    let h = Harness::full(settings(2, Overflow::DropNewest, Duration::ZERO)).await;
+    h.push("4").await;
     assert_eq!(h.mailbox.stats().dropped, 1);
     assert_eq!(h.finish(), ["old:1", "old:2", "old:3"]);
 }
 
 #[tokio::test]
 async fn block_waits_for_room_and_drops_nothing() {
-    let h = Harness::new(
-        settings(2, Overflow::Block, Duration::ZERO),
-        Gate::closed(),
-        false,
-    );
-    h.hold("1").await;
-    h.push("2").await;
-    h.push("3").await;
+    let h = Harness::full(settings(2, Overflow::Block, Duration::ZERO)).await;
     let mut fourth = Box::pin(h.push("4"));
     assert!(
         poll_once(&mut fourth).await.is_pending(),
@@ -241,10 +230,7 @@ async fn block_waits_for_room_and_drops_nothing() {
 async fn wait_then_drop_oldest_waits_once_then_drops_at_once_while_full() {
     // A subscriber that makes room within the wait loses nothing.
     let patient = settings(2, Overflow::WaitThenDropOldest, Duration::from_secs(30));
-    let h = Harness::new(patient, Gate::closed(), false);
-    h.hold("1").await;
-    h.push("2").await;
-    h.push("3").await;
+    let h = Harness::full(patient).await;
     let mut fourth = Box::pin(h.push("4"));
     assert!(
         poll_once(&mut fourth).await.is_pending(),
@@ -258,10 +244,7 @@ async fn wait_then_drop_oldest_waits_once_then_drops_at_once_while_full() {
     // One that does not: the first push waits, drops the oldest, and the
     // next drops at once while the queue stays full.
     let brief = settings(2, Overflow::WaitThenDropOldest, Duration::from_millis(20));
-    let h = Harness::new(brief, Gate::closed(), false);
-    h.hold("1").await;
-    h.push("2").await;
-    h.push("3").await;
+    let h = Harness::full(brief).await;
     let started = Instant::now();
     h.push("4").await;
     assert!(
