@@ -18,6 +18,8 @@
 //!   snapshot that builds the route table, and the runtime [`registry::state`] file;
 //! - [`plugins`]: sidecar settings, the loader, the sync of a plugins folder
 //!   with its subscribers, and the watcher (hot reload);
+//! - [`durable`]: the `pgnotifier` schema (the outbox `pgnotifier.send`
+//!   writes, positions, dead letters) and its migrations;
 //! - `error`: the library's [`Error`], gathering each layer's own;
 //! - `listener`: one connection LISTENing the registry's active channels,
 //!   handing each notification to the router, reconnecting with gap events;
@@ -47,6 +49,8 @@ pub mod sandbox;
 pub mod registry;
 
 pub mod plugins;
+
+pub mod durable;
 
 mod error;
 mod listener;

@@ -1,11 +1,14 @@
-//! The `pgnotifier` command line: `run`, `ctl`, `demo`, `check` and `wit`.
+//! The `pgnotifier` command line: `run`, `ctl`, `demo`, `check`, `wit` and `schema`.
 
 use super::config::FileConfig;
 use super::ctl::CtlCommand;
 use super::daemon::{self, RunOptions};
+use crate::durable::schema;
+use crate::pg::DatabaseConfig;
 use crate::plugins::loader::{self, PluginFiles};
 use crate::plugins::SubscriberSettings;
 use crate::sandbox::{Sandbox, SandboxConfig};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -48,6 +51,11 @@ pub enum Command {
         #[arg(long)]
         plugins: Option<PathBuf>,
     },
+    /// The `pgnotifier` schema of durable delivery (`pgnotifier.send`, the outbox).
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
     /// Control a running host through its admin API.
     Ctl {
         #[command(flatten)]
@@ -57,6 +65,22 @@ pub enum Command {
         json: bool,
         #[command(subcommand)]
         command: CtlCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SchemaCommand {
+    /// Install the schema, or migrate it to this host's version; safe to run again.
+    Install {
+        /// Print the SQL instead, for a DBA to review and run.
+        #[arg(long)]
+        print: bool,
+        /// PostgreSQL URL; the PG* variables fill in what it leaves out.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// A TOML config file, for its `database_url`.
+        #[arg(long, env = "PGNOTIFIER_CONFIG")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -132,6 +156,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check { file } => check(file).await,
+        Command::Schema {
+            command:
+                SchemaCommand::Install {
+                    print,
+                    database_url,
+                    config,
+                },
+        } => install_schema(print, database_url, config).await,
         Command::Demo { once, plugins } => {
             super::demo::run(super::demo::DemoOptions { once, plugins }).await
         }
@@ -166,6 +198,39 @@ async fn check(file: PathBuf) -> anyhow::Result<()> {
     println!("id: {}", files.id);
     println!("channels: {}", loaded.channels.join(", "));
     println!("grants: {}", loaded.grants);
+    Ok(())
+}
+
+async fn install_schema(
+    print: bool,
+    database_url: Option<String>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if print {
+        print!("{}", schema::script());
+        return Ok(());
+    }
+    let file = match &config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let database = DatabaseConfig::resolve(database_url.or(file.database_url).as_deref())?;
+    let (mut client, connection) = database
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", database.redacted()))?;
+    let driver = tokio::spawn(connection);
+    let installed = schema::install(&mut client).await?;
+    drop(client);
+    let _ = driver.await;
+    if installed.from == installed.to {
+        println!("pgnotifier schema: already at version {}", installed.to);
+    } else {
+        println!(
+            "pgnotifier schema: version {} -> {}",
+            installed.from, installed.to
+        );
+    }
     Ok(())
 }
 

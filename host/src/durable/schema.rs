@@ -1,0 +1,204 @@
+//! The `pgnotifier` schema: the outbox that `pgnotifier.send` writes, the
+//! trigger helper `pgnotifier.notify_row`, subscribers' positions and dead
+//! letters.
+//!
+//! Migrations only go forward. Migration N brings the schema from version
+//! N-1 to N; the versions installed are rows of `pgnotifier.schema_version`.
+//! An install takes an advisory lock inside its one transaction, so hosts
+//! that start together install once, and a failed step leaves the schema as
+//! it was.
+//!
+//! `send` keeps `pg_notify`'s semantics: the event exists only if the
+//! transaction commits, and an empty or too long channel name, or a payload
+//! of 8000 bytes or more, is refused with `pg_notify`'s own words. It wakes
+//! the host with a plain NOTIFY on [`WAKE_CHANNEL`] whose payload is the
+//! event's channel: PostgreSQL folds identical notifications of one
+//! transaction, so a batch of sends wakes the host once per channel.
+
+use crate::pg::describe;
+
+/// The channel `pgnotifier.send` NOTIFYs to wake the host.
+pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
+
+/// The version this host installs and reads.
+pub const VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// Migration N (from 1) brings the schema to version N.
+const MIGRATIONS: [&str; 2] = [
+    // 1: the outbox, positions, dead letters, and send.
+    r#"
+CREATE TABLE pgnotifier.outbox (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The sending transaction: the reader orders by (txid, id).
+    txid xid8 NOT NULL DEFAULT pg_catalog.pg_current_xact_id(),
+    channel text NOT NULL,
+    payload text NOT NULL,
+    sent_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp()
+);
+CREATE INDEX outbox_order ON pgnotifier.outbox (txid, id);
+CREATE TABLE pgnotifier.positions (
+    subscriber text PRIMARY KEY,
+    txid xid8 NOT NULL DEFAULT '0',
+    id bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+CREATE TABLE pgnotifier.dead_letters (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscriber text NOT NULL,
+    event_id bigint NOT NULL,
+    channel text NOT NULL,
+    payload text NOT NULL,
+    sent_at timestamptz NOT NULL,
+    error text NOT NULL,
+    attempts integer NOT NULL,
+    dead_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+-- SECURITY DEFINER: producers need only EXECUTE, not the outbox itself;
+-- like pg_notify, any role may send.
+CREATE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(coalesce(payload, '')) >= 8000 THEN
+        RAISE EXCEPTION 'pgnotifier.send: payload string too long' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO pgnotifier.outbox (channel, payload)
+        VALUES (channel, coalesce(payload, '')) RETURNING id INTO event_id;
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$send$;
+"#,
+    // 2: the trigger helper.
+    r#"
+CREATE FUNCTION pgnotifier.notify_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $notify_row$
+DECLARE
+    event jsonb;
+BEGIN
+    IF TG_NARGS <> 1 OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'pgnotifier.notify_row is a row trigger with one argument, the channel: EXECUTE FUNCTION pgnotifier.notify_row(''orders'')'
+            USING ERRCODE = '22023';
+    END IF;
+    event := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME);
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        event := event || jsonb_build_object('new', to_jsonb(NEW));
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        event := event || jsonb_build_object('old', to_jsonb(OLD));
+    END IF;
+    PERFORM pgnotifier.send(TG_ARGV[0], event::text);
+    RETURN NULL;
+END
+$notify_row$;
+"#,
+];
+
+/// What every install runs first: the schema and its version table.
+const BASE: &str = "
+CREATE SCHEMA IF NOT EXISTS pgnotifier;
+CREATE TABLE IF NOT EXISTS pgnotifier.schema_version (
+    version integer PRIMARY KEY,
+    installed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);";
+
+/// Concurrent installs take turns on this lock.
+const LOCK: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgnotifier schema'))";
+
+/// Why the schema could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("the database's pgnotifier schema is version {found}, newer than this host's ({VERSION}): upgrade the host")]
+    Newer { found: u32 },
+    #[error("no migration to version {0}: this host knows 1 to {VERSION}")]
+    Unknown(u32),
+    #[error("installing the pgnotifier schema: {}", describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+}
+
+/// What an install did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Installed {
+    /// The version found (0: no schema).
+    pub from: u32,
+    pub to: u32,
+}
+
+/// Bring the schema to this host's [`VERSION`]; a schema already there is left as it is.
+pub async fn install(client: &mut tokio_postgres::Client) -> Result<Installed, SchemaError> {
+    migrate(client, VERSION).await
+}
+
+/// Bring the schema to `target`, one migration at a time, in one transaction.
+/// Going back is refused: migrations only go forward.
+pub async fn migrate(
+    client: &mut tokio_postgres::Client,
+    target: u32,
+) -> Result<Installed, SchemaError> {
+    if target > VERSION {
+        return Err(SchemaError::Unknown(target));
+    }
+    let tx = client.transaction().await?;
+    tx.batch_execute(LOCK).await?;
+    tx.batch_execute(BASE).await?;
+    let row = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM pgnotifier.schema_version",
+            &[],
+        )
+        .await?;
+    let found = u32::try_from(row.get::<_, i32>(0)).unwrap_or(0);
+    if found > VERSION {
+        return Err(SchemaError::Newer { found });
+    }
+    for version in found + 1..=target {
+        tx.batch_execute(MIGRATIONS[version as usize - 1]).await?;
+        let version = i32::try_from(version).map_err(|_| SchemaError::Unknown(version))?;
+        tx.execute(
+            "INSERT INTO pgnotifier.schema_version (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Installed {
+        from: found,
+        to: target.max(found),
+    })
+}
+
+/// The whole install as one SQL script, for a DBA to review and run
+/// (`pgnotifier schema install --print`). It is safe to run again.
+pub fn script() -> String {
+    let mut out = format!(
+        "-- pgnotifier schema, version {VERSION}: run as a role that may create a schema.\nBEGIN;\n{LOCK};\n{}\n",
+        BASE.trim()
+    );
+    for (i, migration) in MIGRATIONS.iter().enumerate() {
+        let version = i + 1;
+        out.push_str(&format!(
+            "\n-- version {version}\nDO $install$ BEGIN\nIF NOT EXISTS (SELECT FROM pgnotifier.schema_version WHERE version >= {version}) THEN\nEXECUTE {};\nINSERT INTO pgnotifier.schema_version (version) VALUES ({version});\nEND IF;\nEND $install$;\n",
+            dollar_quoted(migration.trim())
+        ));
+    }
+    out.push_str("COMMIT;\n");
+    out
+}
+
+/// `text` as a dollar-quoted SQL string literal, with a tag it does not contain.
+fn dollar_quoted(text: &str) -> String {
+    let mut tag = String::from("migration");
+    while text.contains(&format!("${tag}$")) {
+        tag.push('_');
+    }
+    format!("${tag}${text}${tag}$")
+}

@@ -1,0 +1,363 @@
+//! Durable delivery, first step: the `pgnotifier` schema. Each test gets a
+//! database of its own, since the schema is one per database.
+
+mod support;
+
+use pgnotifier::durable::schema::{self, Installed, WAKE_CHANNEL};
+use support::host::BIN;
+use support::SOON;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+/// A fresh database named after `name`, its URL, and a client on it.
+async fn fresh_database(name: &str) -> (String, Client) {
+    let db = format!("pgn_durable_{name}_{}", std::process::id());
+    let admin = support::Sender::connect().await.client;
+    // Databases earlier runs left behind (each run names its own by pid).
+    let stale = admin
+        .query(
+            "select datname::text from pg_database where datname like 'pgn\\_durable\\_%' and datname not like $1",
+            &[&format!("%\\_{}", std::process::id())],
+        )
+        .await
+        .expect("list earlier test databases");
+    for row in stale {
+        let name: String = row.get(0);
+        let _ =
+            (admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
+    }
+    // One statement each: neither runs inside a transaction block.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        format!("CREATE DATABASE {db}"),
+    ] {
+        admin
+            .batch_execute(&sql)
+            .await
+            .expect("create a database for the test");
+    }
+    let base = support::database_url();
+    let (before_query, query) = base.split_once('?').unwrap_or((base, ""));
+    let (server, _) = before_query
+        .rsplit_once('/')
+        .expect("the test database URL names a database");
+    let url = match query {
+        "" => format!("{server}/{db}"),
+        query => format!("{server}/{db}?{query}"),
+    };
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .expect("connect to the test's database");
+    tokio::spawn(connection);
+    (url, client)
+}
+
+/// A connection LISTENing on the wake channel, and the payloads it receives.
+async fn wakes(url: &str) -> (Client, mpsc::UnboundedReceiver<String>) {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .expect("connect to listen");
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    let _ = tx.send(n.payload().to_owned());
+                }
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!(
+            "LISTEN {}",
+            pgnotifier::channel::quote_ident(WAKE_CHANNEL)
+        ))
+        .await
+        .expect("listen on the wake channel");
+    (client, rx)
+}
+
+async fn next_wake(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(SOON, rx.recv())
+        .await
+        .expect("a wake-up within the deadline")
+        .expect("the listening connection is up")
+}
+
+/// The functions in schema `pgnotifier`, by name.
+async fn functions(client: &Client) -> Vec<String> {
+    let rows = client
+        .query(
+            "select p.proname::text from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname = 'pgnotifier' order by 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+async fn error_of(client: &Client, sql: &str) -> String {
+    let e = client.batch_execute(sql).await.expect_err(sql);
+    e.as_db_error()
+        .map(|db| db.message().to_owned())
+        .unwrap_or_else(|| e.to_string())
+}
+
+#[tokio::test]
+async fn the_install_is_idempotent_and_migrates_an_older_schema() {
+    let (_, mut client) = fresh_database("migrate").await;
+    let v1 = schema::migrate(&mut client, 1).await.unwrap();
+    assert_eq!(v1, Installed { from: 0, to: 1 });
+    assert_eq!(functions(&client).await, ["send"]);
+    let latest = schema::install(&mut client).await.unwrap();
+    assert_eq!(
+        latest,
+        Installed {
+            from: 1,
+            to: schema::VERSION
+        }
+    );
+    assert_eq!(functions(&client).await, ["notify_row", "send"]);
+    let again = schema::install(&mut client).await.unwrap();
+    assert_eq!(again.from, again.to, "a second install changes nothing");
+    let versions: Vec<i32> = (client.query(
+        "select version from pgnotifier.schema_version order by 1",
+        &[],
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect();
+    assert_eq!(versions, (1..=schema::VERSION as i32).collect::<Vec<_>>());
+
+    // A newer schema than this host knows is refused, not touched.
+    client
+        .batch_execute("insert into pgnotifier.schema_version (version) values (99)")
+        .await
+        .unwrap();
+    let err = schema::install(&mut client).await.unwrap_err().to_string();
+    assert!(err.contains("version 99, newer than this host's"), "{err}");
+}
+
+#[tokio::test]
+async fn send_records_only_committed_events_and_wakes_the_host_once_per_channel() {
+    let (url, mut client) = fresh_database("send").await;
+    schema::install(&mut client).await.unwrap();
+    let (_listener, mut rx) = wakes(&url).await;
+
+    // Rolled back: no event, no wake-up. The marker after it proves the
+    // wake-up would have come first.
+    client
+        .batch_execute("begin; select pgnotifier.send('orders', 'lost'); rollback")
+        .await
+        .unwrap();
+    client
+        .batch_execute("select pgnotifier.send('marker', 'm')")
+        .await
+        .unwrap();
+    assert_eq!(next_wake(&mut rx).await, "marker");
+
+    let tx = client.transaction().await.unwrap();
+    let mut ids = Vec::new();
+    for (channel, payload) in [
+        ("orders", "1"),
+        ("orders", "2"),
+        ("other", "x"),
+        ("orders", "3"),
+    ] {
+        let row = tx
+            .query_one("select pgnotifier.send($1, $2)", &[&channel, &payload])
+            .await
+            .unwrap();
+        ids.push(row.get::<_, i64>(0));
+    }
+    tx.commit().await.unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let mut woken = vec![next_wake(&mut rx).await, next_wake(&mut rx).await];
+    woken.sort();
+    assert_eq!(
+        woken,
+        ["orders", "other"],
+        "one wake-up per channel of the transaction"
+    );
+
+    let rows = client
+        .query(
+            "select channel, payload, txid::text from pgnotifier.outbox order by id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let events: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        events,
+        [
+            ("marker", "m"),
+            ("orders", "1"),
+            ("orders", "2"),
+            ("other", "x"),
+            ("orders", "3")
+        ]
+        .map(|(c, p)| (c.to_owned(), p.to_owned()))
+    );
+    let txids: Vec<String> = rows.iter().skip(1).map(|r| r.get(2)).collect();
+    assert!(
+        txids.windows(2).all(|w| w[0] == w[1]),
+        "one transaction: {txids:?}"
+    );
+}
+
+#[tokio::test]
+async fn send_refuses_what_pg_notify_refuses_in_its_words() {
+    let (_, mut client) = fresh_database("refuse").await;
+    schema::install(&mut client).await.unwrap();
+    let long_channel = "c".repeat(64);
+    let cases = [
+        (
+            "select pgnotifier.send('', 'x')".to_owned(),
+            "channel name cannot be empty",
+        ),
+        (
+            format!("select pgnotifier.send('{long_channel}', 'x')"),
+            "channel name too long",
+        ),
+        (
+            "select pgnotifier.send('c', repeat('x', 8000))".to_owned(),
+            "payload string too long",
+        ),
+    ];
+    for (sql, message) in cases {
+        let got = error_of(&client, &sql).await;
+        assert_eq!(got, format!("pgnotifier.send: {message}"), "{sql}");
+        // pg_notify says the same of the same input.
+        let plain = error_of(&client, &sql.replace("pgnotifier.send", "pg_notify")).await;
+        assert_eq!(plain, message, "{sql}");
+    }
+    client
+        .batch_execute("select pgnotifier.send('c', repeat('x', 7999))")
+        .await
+        .expect("a payload of 7999 bytes is taken");
+    let count: i64 = (client.query_one("select count(*) from pgnotifier.outbox", &[]))
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1, "refused sends record nothing");
+}
+
+#[tokio::test]
+async fn notify_row_sends_each_row_change_as_json() {
+    let (_, mut client) = fresh_database("rows").await;
+    schema::install(&mut client).await.unwrap();
+    client
+        .batch_execute(
+            "create table orders (id int primary key, status text);
+             create trigger orders_changed after insert or update or delete on orders
+                 for each row execute function pgnotifier.notify_row('orders');
+             insert into orders values (1, 'new');
+             update orders set status = 'shipped' where id = 1;
+             delete from orders where id = 1;",
+        )
+        .await
+        .unwrap();
+    let rows = (client.query(
+        "select channel, payload from pgnotifier.outbox order by id",
+        &[],
+    ))
+    .await
+    .unwrap();
+    let events: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r.get::<_, String>(0), "orders");
+            serde_json::from_str(&r.get::<_, String>(1)).expect("the payload is JSON")
+        })
+        .collect();
+    let expected = [
+        serde_json::json!({"op": "insert", "schema": "public", "table": "orders", "new": {"id": 1, "status": "new"}}),
+        serde_json::json!({"op": "update", "schema": "public", "table": "orders", "new": {"id": 1, "status": "shipped"}, "old": {"id": 1, "status": "new"}}),
+        serde_json::json!({"op": "delete", "schema": "public", "table": "orders", "old": {"id": 1, "status": "shipped"}}),
+    ];
+    assert_eq!(events, expected);
+
+    // Misused, it says how it is meant to be used.
+    let err = error_of(
+        &client,
+        "create table t (x int);
+         create trigger t_changed after insert on t for each statement execute function pgnotifier.notify_row('t');
+         insert into t values (1);",
+    )
+    .await;
+    assert!(err.contains("a row trigger with one argument"), "{err}");
+}
+
+#[tokio::test]
+async fn the_cli_installs_the_schema_and_prints_a_script_that_does_the_same() {
+    let (url, client) = fresh_database("cli").await;
+    let install = || {
+        let out = std::process::Command::new(BIN)
+            .args(["schema", "install", "--database-url", &url])
+            .env_remove("DATABASE_URL")
+            .output()
+            .expect("run pgnotifier schema install");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stdout}{stderr}");
+        stdout
+    };
+    assert_eq!(
+        install(),
+        format!("pgnotifier schema: version 0 -> {}\n", schema::VERSION)
+    );
+    assert_eq!(
+        install(),
+        format!(
+            "pgnotifier schema: already at version {}\n",
+            schema::VERSION
+        )
+    );
+
+    // The printed script: on a fresh database, on an older schema, and twice.
+    let out = std::process::Command::new(BIN)
+        .args(["schema", "install", "--print"])
+        .output()
+        .expect("run pgnotifier schema install --print");
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    assert!(script.starts_with("-- pgnotifier schema"), "{script}");
+    let (_, mut older) = fresh_database("script").await;
+    schema::migrate(&mut older, 1).await.unwrap();
+    for _ in 0..2 {
+        older.batch_execute(&script).await.expect("the script runs");
+    }
+    let latest = schema::install(&mut older).await.unwrap();
+    assert_eq!(
+        latest.from,
+        schema::VERSION,
+        "the script brought it up to date"
+    );
+    older
+        .batch_execute("select pgnotifier.send('orders', 'from the script')")
+        .await
+        .unwrap();
+
+    // Nothing listens here: a bad URL is a clear error, not a hang.
+    let out = std::process::Command::new(BIN)
+        .args([
+            "schema",
+            "install",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/none?connect_timeout=2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("connecting to postgres://nobody@127.0.0.1:1/none"),
+        "{stderr}"
+    );
+    assert_eq!(functions(&client).await, ["notify_row", "send"]);
+}
