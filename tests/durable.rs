@@ -361,3 +361,132 @@ async fn the_cli_installs_the_schema_and_prints_a_script_that_does_the_same() {
     );
     assert_eq!(functions(&client).await, ["notify_row", "send"]);
 }
+
+/// Eight producers send at random, in transactions of random length, some
+/// rolled back, while a reader follows the outbox from its position. Every
+/// committed event is read once; no rolled-back one is; the events of one
+/// transaction come together and in order; and the position only moves on.
+#[tokio::test]
+async fn the_reader_gets_every_committed_event_once_in_order_under_concurrent_producers() {
+    use pgnotifier::durable::reader::{next_events, Position};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let (url, mut client) = fresh_database("producers").await;
+    schema::install(&mut client).await.unwrap();
+    const PRODUCERS: u64 = 8;
+    const TRANSACTIONS: u64 = 25;
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+                tokio::spawn(connection);
+                // A small deterministic generator: each producer its own stream.
+                let mut state = p.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                let mut next = move |n: u64| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state % n
+                };
+                let (mut committed, mut aborted) = (Vec::new(), Vec::new());
+                for t in 0..TRANSACTIONS {
+                    let tx = client.transaction().await.unwrap();
+                    let mut ids = Vec::new();
+                    for e in 0..=next(4) {
+                        let payload = format!("p{p}-t{t}-e{e}");
+                        let row = tx
+                            .query_one("select pgnotifier.send('work', $1)", &[&payload])
+                            .await
+                            .unwrap();
+                        ids.push(row.get::<_, i64>(0));
+                        // Some transactions stay open while others commit.
+                        tokio::time::sleep(std::time::Duration::from_millis(next(15))).await;
+                    }
+                    if next(5) == 0 {
+                        tx.rollback().await.unwrap();
+                        aborted.extend(ids);
+                    } else {
+                        tx.commit().await.unwrap();
+                        committed.push(ids);
+                    }
+                }
+                (committed, aborted)
+            })
+        })
+        .collect();
+
+    let channels = ["work".to_owned()];
+    let mut position = Position::default();
+    let mut read: Vec<(u64, i64)> = Vec::new();
+    let mut reads = 0;
+    let follow = async {
+        loop {
+            let batch = next_events(&client, position, &channels, 50).await.unwrap();
+            reads += 1;
+            for event in &batch {
+                assert!(event.position() > position, "the position only moves on");
+                position = event.position();
+                read.push((event.txid, event.id));
+            }
+            if batch.is_empty() {
+                if producers.iter().all(|p| p.is_finished()) {
+                    // One more read after the last commit: nothing may be left.
+                    let rest = next_events(&client, position, &channels, 50).await.unwrap();
+                    if rest.is_empty() {
+                        return;
+                    }
+                    for event in rest {
+                        position = event.position();
+                        read.push((event.txid, event.id));
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    };
+    tokio::time::timeout(SOON, follow)
+        .await
+        .expect("the reader catches up");
+    let mut committed: Vec<Vec<i64>> = Vec::new();
+    let mut aborted: BTreeSet<i64> = BTreeSet::new();
+    for producer in producers {
+        let (c, a) = producer.await.unwrap();
+        committed.extend(c);
+        aborted.extend(a);
+    }
+    assert!(
+        !aborted.is_empty() && committed.len() > 100,
+        "the mix has both"
+    );
+
+    let read_ids: Vec<i64> = read.iter().map(|(_, id)| *id).collect();
+    let unique: BTreeSet<i64> = read_ids.iter().copied().collect();
+    assert_eq!(unique.len(), read_ids.len(), "no event is read twice");
+    let expected: BTreeSet<i64> = committed.iter().flatten().copied().collect();
+    assert_eq!(
+        unique, expected,
+        "every committed event is read, and only those"
+    );
+    assert!(unique.is_disjoint(&aborted));
+
+    // Each transaction's events come together, in the order they were sent.
+    let mut by_txid: BTreeMap<u64, Vec<i64>> = BTreeMap::new();
+    for (txid, id) in &read {
+        by_txid.entry(*txid).or_default().push(*id);
+    }
+    let mut groups: Vec<Vec<i64>> = by_txid.into_values().collect();
+    let mut sent = committed.clone();
+    groups.sort();
+    sent.sort();
+    assert_eq!(
+        groups, sent,
+        "one group per committed transaction, in send order"
+    );
+    let txids: Vec<u64> = read.iter().map(|(txid, _)| *txid).collect();
+    assert!(
+        txids.windows(2).all(|w| w[0] <= w[1]),
+        "transactions in txid order"
+    );
+    assert!(reads > 1, "the reader ran while the producers did");
+}

@@ -3,8 +3,10 @@
 //! restarts and reconnects.
 //!
 //! This room grows in steps. Here now: the [`schema`] (outbox, positions,
-//! dead letters, `send` and the `notify_row` trigger helper) and its
-//! forward-only migrations. The reader that delivers from the outbox comes
-//! next.
+//! dead letters, `send` and the `notify_row` trigger helper) with its
+//! forward-only migrations, and the [`reader`]'s core: the next committed
+//! events after a position, in order. Delivering them to subscribers
+//! (positions, retries, dead letters) comes next.
 
+pub mod reader;
 pub mod schema;

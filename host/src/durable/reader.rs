@@ -1,0 +1,98 @@
+//! Reading the outbox in order, never skipping a committed event and never
+//! returning an aborted one.
+//!
+//! Ids are assigned at insert, but transactions commit in another order, so
+//! "the highest id seen" is no position: a transaction that inserted id 5
+//! may commit after the one that inserted id 6 was read. Instead:
+//!
+//! - Every event carries its transaction's id (`txid`, an `xid8`, which
+//!   never wraps). A position is the pair `(txid, id)` of the last event
+//!   read, and events are read in `(txid, id)` order.
+//! - A read takes only events whose `txid` is below the snapshot's `xmin`,
+//!   the oldest transaction still running (`pg_snapshot_xmin`). Every
+//!   transaction below `xmin` has ended, so its events are all visible if it
+//!   committed, and none are if it aborted: nothing below `xmin` can still
+//!   appear or vanish.
+//! - Every transaction that has not ended has a `txid` at or above `xmin`,
+//!   and one that has no `txid` yet will get a larger one. So every event
+//!   that becomes readable later sorts after every event readable now: a
+//!   position only moves forward, and nothing behind it is ever skipped.
+//! - The `xmin` and the rows come from the same statement's snapshot, so the
+//!   two agree.
+//!
+//! Events of one transaction come in the order they were sent, and
+//! transactions in the order of their ids, which is the order they first
+//! wrote. A long transaction holds back the events of every transaction
+//! after it until it ends; that is the price of never skipping one.
+
+use crate::pg::describe;
+
+/// Where a reader is: the last event it has read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub txid: u64,
+    pub id: i64,
+}
+
+/// One event from the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub id: i64,
+    pub txid: u64,
+    pub channel: String,
+    pub payload: String,
+    /// When `pgnotifier.send` ran, as PostgreSQL's clock saw it.
+    pub sent_at: std::time::SystemTime,
+}
+
+impl Event {
+    pub fn position(&self) -> Position {
+        Position {
+            txid: self.txid,
+            id: self.id,
+        }
+    }
+}
+
+/// Why the outbox could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("reading the outbox: {}", describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    #[error("reading the outbox: txid {0:?} is not a number")]
+    BadTxid(String),
+}
+
+const NEXT: &str = "
+SELECT id, txid::text, channel, payload, sent_at
+  FROM pgnotifier.outbox
+ WHERE (txid, id) > ($1::text::xid8, $2)
+   AND txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
+   AND channel = ANY($3)
+ ORDER BY txid, id
+ LIMIT $4";
+
+/// The next events after `after` on any of `channels`, at most `limit`, in order.
+pub async fn next_events(
+    client: &tokio_postgres::Client,
+    after: Position,
+    channels: &[String],
+    limit: i64,
+) -> Result<Vec<Event>, ReadError> {
+    let txid = after.txid.to_string();
+    let rows = client
+        .query(NEXT, &[&txid, &after.id, &channels, &limit.max(1)])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let txid: String = row.get(1);
+            Ok(Event {
+                id: row.get(0),
+                txid: txid.parse().map_err(|_| ReadError::BadTxid(txid.clone()))?,
+                channel: row.get(2),
+                payload: row.get(3),
+                sent_at: row.get(4),
+            })
+        })
+        .collect()
+}
