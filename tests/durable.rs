@@ -490,3 +490,60 @@ async fn the_reader_gets_every_committed_event_once_in_order_under_concurrent_pr
     );
     assert!(reads > 1, "the reader ran while the producers did");
 }
+
+/// A position is kept in PostgreSQL, only moves forward, and a new
+/// subscriber starts after what is readable now, not before a transaction
+/// still running.
+#[tokio::test]
+async fn positions_live_in_the_database_and_only_move_forward() {
+    use pgnotifier::durable::reader::{
+        end_of_outbox, next_events, position, save_position, Position,
+    };
+    let (url, mut client) = fresh_database("positions").await;
+    schema::install(&mut client).await.unwrap();
+    assert_eq!(end_of_outbox(&client).await.unwrap(), Position::default());
+    client
+        .batch_execute("select pgnotifier.send('work', 'before')")
+        .await
+        .unwrap();
+
+    // A transaction that is still running when the subscriber starts.
+    let (mut other, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let running = other.transaction().await.unwrap();
+    running
+        .batch_execute("select pgnotifier.send('work', 'in flight')")
+        .await
+        .unwrap();
+    let start = end_of_outbox(&client).await.unwrap();
+    assert!(start > Position::default(), "after the event sent before");
+    running.commit().await.unwrap();
+    client
+        .batch_execute("select pgnotifier.send('work', 'after')")
+        .await
+        .unwrap();
+    let work = ["work".to_owned()];
+    let events = next_events(&client, start, &work, 10).await.unwrap();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    assert_eq!(
+        payloads,
+        ["in flight", "after"],
+        "nothing before the start is read"
+    );
+
+    assert_eq!(position(&client, "sink").await.unwrap(), None);
+    let last = events[1].position();
+    save_position(&client, "sink", last).await.unwrap();
+    save_position(&client, "sink", events[0].position())
+        .await
+        .unwrap();
+    assert_eq!(
+        position(&client, "sink").await.unwrap(),
+        Some(last),
+        "an older position does not overwrite a newer one"
+    );
+    assert!(next_events(&client, last, &work, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}

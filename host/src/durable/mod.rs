@@ -5,8 +5,9 @@
 //! This room grows in steps. Here now: the [`schema`] (outbox, positions,
 //! dead letters, `send` and the `notify_row` trigger helper) with its
 //! forward-only migrations, and the [`reader`]'s core: the next committed
-//! events after a position, in order. Delivering them to subscribers
-//! (positions, retries, dead letters) comes next.
+//! events after a position, in order, and positions kept in PostgreSQL.
+//! Delivering them to subscribers (the sidecar's `delivery`, retries, dead
+//! letters) comes next.
 
 pub mod reader;
 pub mod schema;

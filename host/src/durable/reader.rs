@@ -85,14 +85,78 @@ pub async fn next_events(
         .await?;
     rows.iter()
         .map(|row| {
-            let txid: String = row.get(1);
             Ok(Event {
                 id: row.get(0),
-                txid: txid.parse().map_err(|_| ReadError::BadTxid(txid.clone()))?,
+                txid: parse_txid(row.get(1))?,
                 channel: row.get(2),
                 payload: row.get(3),
                 sent_at: row.get(4),
             })
         })
         .collect()
+}
+
+/// Where `subscriber` is, or `None` if it has no position yet.
+pub async fn position(
+    client: &tokio_postgres::Client,
+    subscriber: &str,
+) -> Result<Option<Position>, ReadError> {
+    let row = client
+        .query_opt(
+            "SELECT txid::text, id FROM pgnotifier.positions WHERE subscriber = $1",
+            &[&subscriber],
+        )
+        .await?;
+    row.map(|row| position_of(&row)).transpose()
+}
+
+/// Record that `subscriber` has handled everything up to `at`. A position
+/// never moves back: an older one (from a host that lost a race) is ignored.
+pub async fn save_position(
+    client: &tokio_postgres::Client,
+    subscriber: &str,
+    at: Position,
+) -> Result<(), ReadError> {
+    let txid = at.txid.to_string();
+    client
+        .execute(
+            "INSERT INTO pgnotifier.positions AS p (subscriber, txid, id, updated_at)
+                  VALUES ($1, $2::text::xid8, $3, pg_catalog.now())
+             ON CONFLICT (subscriber) DO UPDATE
+                 SET txid = excluded.txid, id = excluded.id, updated_at = excluded.updated_at
+               WHERE (p.txid, p.id) < (excluded.txid, excluded.id)",
+            &[&subscriber, &txid, &at.id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The position after every event that is readable now: where a new
+/// subscriber starts, so it gets what is sent from now on, and every event
+/// of a transaction still running.
+pub async fn end_of_outbox(client: &tokio_postgres::Client) -> Result<Position, ReadError> {
+    let row = client
+        .query_opt(
+            "SELECT txid::text, id FROM pgnotifier.outbox
+              WHERE txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
+              ORDER BY txid DESC, id DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row
+        .map(|row| position_of(&row))
+        .transpose()?
+        .unwrap_or_default())
+}
+
+/// Columns 0 and 1 of a row, `txid::text` and `id`, as a position.
+fn position_of(row: &tokio_postgres::Row) -> Result<Position, ReadError> {
+    Ok(Position {
+        txid: parse_txid(row.get(0))?,
+        id: row.get(1),
+    })
+}
+
+fn parse_txid(text: String) -> Result<u64, ReadError> {
+    text.parse().map_err(|_| ReadError::BadTxid(text))
 }
