@@ -515,14 +515,27 @@ async fn positions_live_in_the_database_and_only_move_forward() {
         .batch_execute("select pgnotifier.send('work', 'in flight')")
         .await
         .unwrap();
-    let start = end_of_outbox(&client).await.unwrap();
-    assert!(start > Position::default(), "after the event sent before");
+    // Transaction ids are the server's: one still running in another
+    // database (another test) holds the horizon back until it ends.
+    let work = ["work".to_owned()];
+    let before = next_events(&client, Position::default(), &work, 1)
+        .await
+        .unwrap();
+    let mut start = end_of_outbox(&client).await.unwrap();
+    let deadline = std::time::Instant::now() + SOON;
+    while before.first().is_none_or(|b| start < b.position()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the horizon never passed the event sent before"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        start = end_of_outbox(&client).await.unwrap();
+    }
     running.commit().await.unwrap();
     client
         .batch_execute("select pgnotifier.send('work', 'after')")
         .await
         .unwrap();
-    let work = ["work".to_owned()];
     let events = next_events(&client, start, &work, 10).await.unwrap();
     let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     assert_eq!(
@@ -546,4 +559,241 @@ async fn positions_live_in_the_database_and_only_move_forward() {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A notifier on the test's own database.
+fn notifier_on(url: &str) -> pgnotifier::Notifier {
+    pgnotifier::Notifier::new(pgnotifier::DatabaseConfig::from_url(url).unwrap())
+}
+
+/// Wait until `subscriber` has a position: its feeder is reading.
+async fn feeding(client: &Client, subscriber: &str) {
+    use pgnotifier::durable::reader::position;
+    let deadline = std::time::Instant::now() + SOON;
+    // Before the feeder installs the schema, the table is not there yet.
+    while !matches!(position(client, subscriber).await, Ok(Some(_))) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{subscriber} never started reading"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+async fn send_range(client: &Client, range: std::ops::Range<usize>) {
+    let tx_size = 10;
+    let all: Vec<usize> = range.collect();
+    for chunk in all.chunks(tx_size) {
+        let values: Vec<String> = chunk
+            .iter()
+            .map(|i| format!("pgnotifier.send('work', '{i}')"))
+            .collect();
+        client
+            .batch_execute(&format!("begin; select {}; commit", values.join(", ")))
+            .await
+            .unwrap();
+    }
+}
+
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<usize>>>;
+
+/// A raw-payload native subscriber recording each payload as a number.
+fn recording_at_least_once(
+    retry: pgnotifier::durable::RetryPolicy,
+) -> (pgnotifier::Subscriber, Seen) {
+    let seen: Seen = Default::default();
+    let sink = seen.clone();
+    let subscriber = pgnotifier::Subscriber::native(move |_, _, payload, _| {
+        if let pgnotifier::Payload::Text(text) = payload {
+            sink.lock().unwrap().push(text.parse().expect("a number"));
+        }
+    })
+    .payload_mode(pgnotifier::PayloadMode::Raw)
+    .at_least_once(retry);
+    (subscriber, seen)
+}
+
+/// Every number below `n`, each at least once, first seen in order; the
+/// number of repeats.
+fn assert_all_in_order(seen: &[usize], n: usize) -> usize {
+    let mut first = Vec::new();
+    let mut known = std::collections::BTreeSet::new();
+    for i in seen {
+        if known.insert(*i) {
+            first.push(*i);
+        }
+    }
+    assert_eq!(first, (0..n).collect::<Vec<_>>(), "every event, in order");
+    seen.len() - n
+}
+
+#[tokio::test]
+async fn an_at_least_once_subscriber_gets_every_event_across_a_killed_connection_and_a_restart() {
+    use pgnotifier::durable::feeder::SAVE_EVERY;
+    use pgnotifier::durable::RetryPolicy;
+    let (url, client) = fresh_database("native").await;
+    let n = notifier_on(&url);
+    let (subscriber, seen) = recording_at_least_once(RetryPolicy::default());
+    n.subscribe("sink", "work", subscriber).unwrap();
+    feeding(&client, "sink").await;
+
+    send_range(&client, 0..100).await;
+    let count = |n: usize| {
+        let seen = seen.clone();
+        move || {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+                >= n
+        }
+    };
+    assert!(
+        support::eventually(SOON, count(100)).await,
+        "{:?}",
+        seen.lock().unwrap().len()
+    );
+    // Every backend of the host: the feeder reconnects and resumes.
+    client
+        .batch_execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+              where datname = current_database() and pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    send_range(&client, 100..200).await;
+    assert!(support::eventually(SOON, count(200)).await);
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+    let across_the_kill = assert_all_in_order(&seen.lock().unwrap(), 200);
+    assert!(
+        across_the_kill <= SAVE_EVERY as usize,
+        "{across_the_kill} repeats, more than the unsaved window"
+    );
+
+    // Sent while no host runs: the next one with the same id gets them, and
+    // after a clean shutdown, nothing twice.
+    send_range(&client, 200..250).await;
+    let again = notifier_on(&url);
+    let (subscriber, after) = recording_at_least_once(RetryPolicy::default());
+    again.subscribe("sink", "work", subscriber).unwrap();
+    let done = {
+        let after = after.clone();
+        move || after.lock().unwrap().len() >= 50
+    };
+    assert!(support::eventually(SOON, done).await);
+    again.shutdown(std::time::Duration::from_secs(5)).await;
+    assert_eq!(*after.lock().unwrap(), (200..250).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn failures_are_retried_then_dead_lettered_and_delivery_moves_on() {
+    use pgnotifier::durable::RetryPolicy;
+    let (url, client) = fresh_database("retry").await;
+    let n = notifier_on(&url);
+    let quick = |max_attempts| RetryPolicy {
+        max_attempts,
+        backoff: std::time::Duration::from_millis(1),
+    };
+    // Fails its first two calls of every event.
+    let calls: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>> =
+        Default::default();
+    let counted = calls.clone();
+    let flaky = pgnotifier::Subscriber::native(move |_, _, payload, _| {
+        let count = {
+            let mut calls = counted.lock().unwrap();
+            let count = calls.entry(format!("{payload:?}")).or_default();
+            *count += 1;
+            *count
+        };
+        // Panics outside the lock, which stays usable.
+        assert!(count > 2, "attempt {count} fails");
+    })
+    .failure_threshold(0)
+    .at_least_once(quick(5));
+    let broken = pgnotifier::Subscriber::native(|_, _, _, _| panic!("always broken"))
+        .failure_threshold(0)
+        .at_least_once(quick(3));
+    n.subscribe("flaky", "work", flaky).unwrap();
+    n.subscribe("broken", "work", broken).unwrap();
+    feeding(&client, "flaky").await;
+    feeding(&client, "broken").await;
+    send_range(&client, 0..10).await;
+
+    let dead_letters = || async {
+        (client.query(
+            "select subscriber, attempts, error from pgnotifier.dead_letters order by id",
+            &[],
+        ))
+        .await
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + SOON;
+    while dead_letters().await.len() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dead letters: {}",
+            dead_letters().await.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for row in dead_letters().await {
+        assert_eq!(row.get::<_, String>(0), "broken");
+        assert_eq!(row.get::<_, i32>(1), 3);
+        assert!(row.get::<_, String>(2).contains("always broken"));
+    }
+    let deadline = std::time::Instant::now() + SOON;
+    while calls.lock().unwrap().values().filter(|c| **c == 3).count() < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            calls.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+    assert!(
+        calls.lock().unwrap().values().all(|c| *c == 3),
+        "each event succeeded at its third call, once: {:?}",
+        calls.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_whose_sidecar_says_at_least_once_gets_events_sent_while_it_was_away() {
+    use support::wat::{Notify, WatPlugin};
+    support::logs::install();
+    let (url, client) = fresh_database("plugin").await;
+    let dir = support::temp_dir("durable-plugin");
+    let id = support::channel("durable_echo");
+    WatPlugin::new(&["work"], Notify::Echo).write(&dir, &id);
+    std::fs::write(
+        dir.join(format!("{id}.toml")),
+        "delivery = \"at-least-once\"\nretry_backoff_ms = 5\n",
+    )
+    .unwrap();
+    let n = notifier_on(&url);
+    n.load_plugins(&dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .for_each(|(_, r)| {
+            r.unwrap();
+        });
+    feeding(&client, &id).await;
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+    // Sent while no host runs.
+    client
+        .batch_execute("select pgnotifier.send('work', 'while away')")
+        .await
+        .unwrap();
+    let again = notifier_on(&url);
+    again.load_plugins(&dir).await.unwrap();
+    let got = || support::logs::plugin_messages(&id).contains(&"while away".to_owned());
+    assert!(
+        support::eventually(SOON, got).await,
+        "{:?}",
+        support::logs::plugin_messages(&id)
+    );
+    again.shutdown(std::time::Duration::from_secs(5)).await;
 }

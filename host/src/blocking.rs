@@ -44,6 +44,8 @@ impl Notifier {
         channels: impl IntoChannels,
         subscriber: Subscriber,
     ) -> Result<()> {
+        // An at-least-once subscriber's feeder runs on this runtime.
+        let _runtime = self.runtime.enter();
         self.inner.subscribe(id, channels, subscriber)
     }
 

@@ -25,6 +25,8 @@ pub enum Error {
         #[source]
         source: Cause,
     },
+    #[error(transparent)]
+    Feed(#[from] crate::durable::FeedError),
     #[error("the listener did not LISTEN every active channel within {0:?}")]
     NotListening(std::time::Duration),
     #[error("subscriber {0:?} is a native subscriber, not a plugin: it has no file to reload")]

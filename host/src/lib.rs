@@ -16,10 +16,11 @@
 //!   [`sandbox`] wasm guests run in (deadline, memory cap, no WASI grants);
 //! - [`registry`]: channels, subscribers and mute flags as an immutable
 //!   snapshot that builds the route table, and the runtime [`registry::state`] file;
+//! - [`durable`]: at-least-once delivery: the `pgnotifier` schema (the
+//!   outbox `pgnotifier.send` writes, positions, dead letters), the reader
+//!   that never skips a committed event, and a feeder per subscriber;
 //! - [`plugins`]: sidecar settings, the loader, the sync of a plugins folder
 //!   with its subscribers, and the watcher (hot reload);
-//! - [`durable`]: the `pgnotifier` schema (the outbox `pgnotifier.send`
-//!   writes, positions, dead letters) and its migrations;
 //! - `error`: the library's [`Error`], gathering each layer's own;
 //! - `listener`: one connection LISTENing the registry's active channels,
 //!   handing each notification to the router, reconnecting with gap events;
@@ -48,9 +49,9 @@ pub mod sandbox;
 
 pub mod registry;
 
-pub mod plugins;
-
 pub mod durable;
+
+pub mod plugins;
 
 mod error;
 mod listener;

@@ -4,6 +4,8 @@
 //! follows the active set by itself. `start`, `stop` and `restart` control the
 //! listener. Subscribers keep running across them until removed or shut down.
 
+use crate::durable::feeder::{self, Feeders};
+use crate::durable::DeliveryMode;
 use crate::error::{Error, Result};
 use crate::listener::{ConnectionSettings, Listener, ListenerStatus};
 use crate::pg::DatabaseConfig;
@@ -178,8 +180,10 @@ impl NotifierBuilder {
     pub fn build(self) -> Notifier {
         let registry = Arc::new(self.registry);
         let database = Arc::new(Mutex::new(self.database));
+        let feeders = Arc::new(Feeders::new(database.clone(), Arc::downgrade(&registry)));
         let plugins = PluginSync::new(
             registry.clone(),
+            feeders.clone(),
             database.clone(),
             self.sandbox,
             self.query_pool_size,
@@ -190,6 +194,7 @@ impl NotifierBuilder {
                 registry,
                 database,
                 plugins: Arc::new(plugins),
+                feeders,
                 watch_debounce: self.watch_debounce,
                 connection: Mutex::new(self.connection),
                 listener: Mutex::new(None),
@@ -210,6 +215,8 @@ struct Inner {
     /// Mutexes for what a config reload may change; read on control paths only.
     database: Arc<Mutex<DatabaseConfig>>,
     plugins: Arc<PluginSync>,
+    /// The at-least-once subscribers' feeders.
+    feeders: Arc<Feeders>,
     watch_debounce: Duration,
     connection: Mutex<ConnectionSettings>,
     listener: Mutex<Option<Listener>>,
@@ -263,12 +270,20 @@ impl Notifier {
             return Err(RegistryError::SubscriberExists(id.to_owned()).into());
         }
         let id: Arc<str> = id.into();
-        let settings = subscriber.settings;
+        let (settings, delivery) = (subscriber.settings, subscriber.delivery);
+        let runtime = match delivery {
+            DeliveryMode::AtLeastOnce(_) => Some(feeder::runtime()?),
+            DeliveryMode::AtMostOnce => None,
+        };
         let mailbox = registry
             .spawn_mailbox(id.clone(), settings, subscriber.into_deliver(id.clone()))
             .map_err(Error::worker(&id))?;
         let channels = channels.into_channels();
-        Ok(registry.insert_subscriber(mailbox, SubscriberSource::Native, &channels)?)
+        registry.insert_subscriber(mailbox.clone(), SubscriberSource::Native, &channels)?;
+        if let (DeliveryMode::AtLeastOnce(retry), Some(runtime)) = (delivery, runtime) {
+            self.inner.feeders.ensure(&runtime, &id, &mailbox, retry);
+        }
+        Ok(())
     }
 
     /// Subscribe an existing subscriber to more channels.
@@ -290,6 +305,7 @@ impl Notifier {
 
     /// Remove a subscriber; what is already queued for it is delivered first.
     pub async fn remove_subscriber(&self, id: &str) -> Result<()> {
+        self.inner.feeders.stop(id).await;
         Ok(self.inner.registry.remove_subscriber(id).await?)
     }
 
@@ -526,6 +542,9 @@ impl Notifier {
     /// `drain_timeout` in all. No subscriber is called after the deadline.
     pub async fn shutdown(&self, drain_timeout: Duration) -> ShutdownReport {
         self.stop().await;
+        // Feeders stop after the event in hand; the drain delivers it, and
+        // each writes its position before it ends.
+        let feeders = self.inner.feeders.stop_all();
         let mailboxes = self.inner.registry.mailboxes();
         let abandoned = tokio::task::spawn_blocking(move || {
             let deadline = std::time::Instant::now() + drain_timeout;
@@ -538,6 +557,9 @@ impl Notifier {
         })
         .await
         .unwrap_or_default();
+        for feeder in feeders {
+            feeder.stop().await;
+        }
         self.state_saved().await;
         ShutdownReport { abandoned }
     }

@@ -3,6 +3,7 @@
 use crate::dispatch::{
     CallFailure, Deliver, DispatchSettings, Notification, Overflow, QueueLimits,
 };
+use crate::durable::{DeliveryMode, RetryPolicy};
 use crate::payload::{Payload, PayloadMode};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub struct Subscriber {
     on_notify: Arc<NotifyFn>,
     on_gap: Option<Arc<GapFn>>,
     pub(crate) settings: DispatchSettings,
+    pub(crate) delivery: DeliveryMode,
 }
 
 impl Subscriber {
@@ -31,7 +33,17 @@ impl Subscriber {
             on_notify: Arc::new(f),
             on_gap: None,
             settings: DispatchSettings::default(),
+            delivery: DeliveryMode::AtMostOnce,
         }
+    }
+
+    /// Also receive every event `pgnotifier.send` records on the
+    /// subscriber's channels, at least once and in order, across lost
+    /// connections and restarts; a panic is retried as `retry` says, then
+    /// the event is dead-lettered.
+    pub fn at_least_once(mut self, retry: RetryPolicy) -> Self {
+        self.delivery = DeliveryMode::AtLeastOnce(retry);
+        self
     }
 
     /// Also be told `(id, channels)` when notifications may have been missed.

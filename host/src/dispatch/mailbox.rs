@@ -322,6 +322,11 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Closed or abandoned: it takes nothing new.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.life.get() != Life::Running
+    }
+
     /// Stop taking deliveries; the worker finishes what is queued and exits.
     pub(crate) fn close(&self) {
         self.life.advance(Life::Running, Life::Draining);

@@ -37,11 +37,21 @@ pub struct Notification {
 }
 
 /// What a worker hands to its subscriber.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Delivery {
     Notify(Arc<Notification>),
+    /// A durable event: its outcome is reported. One dropped unreported (a
+    /// full queue, a quarantine, a closed mailbox) reads as not delivered.
+    Tracked(Arc<Notification>, tokio::sync::oneshot::Sender<Outcome>),
     /// Notifications on these channels may have been missed.
     Gap(Arc<[String]>),
+}
+
+/// How a tracked delivery went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Delivered,
+    Failed(CallFailure),
 }
 
 /// Why one call to a subscriber failed.

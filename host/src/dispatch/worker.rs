@@ -2,7 +2,7 @@
 //! calls its subscriber, counting failures up to a quarantine.
 
 use super::mailbox::{Life, Mailbox};
-use super::{CallFailure, Deliver, Delivery};
+use super::{CallFailure, Deliver, Delivery, Notification, Outcome};
 use crate::sync::{bump, clock, lock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -125,12 +125,28 @@ impl Mailbox {
         }
     }
 
+    /// One `on-notify` call, timed. Back to back, the last call's end is
+    /// this one's start, so a busy worker reads the clock once per call.
+    /// `Ok(true)`: a notification was delivered.
+    fn call(
+        &self,
+        subscriber: &mut dyn Deliver,
+        n: &Notification,
+        last_end: &mut Option<u64>,
+    ) -> Result<bool, CallFailure> {
+        let clock = clock();
+        let started = last_end.unwrap_or_else(|| clock.raw());
+        let result = subscriber.on_notify(n);
+        let ended = clock.raw();
+        (self.counters.call_duration).record(clock.delta_as_nanos(started, ended));
+        *last_end = Some(ended);
+        result.map(|()| true)
+    }
+
     pub(super) fn work(&self, mut subscriber: Box<dyn Deliver>) {
         LIVE_WORKERS.fetch_add(1, Ordering::Relaxed);
-        // When the last call ended. Back to back, it is also when the next
-        // one starts, so a busy worker reads the clock once per call; the
-        // duration then includes taking the notification off the queue.
-        let clock = clock();
+        // When the last call ended (see `call`); the duration then includes
+        // taking the notification off the queue.
         let mut last_end: Option<u64> = None;
         loop {
             let next = self.next();
@@ -154,24 +170,27 @@ impl Mailbox {
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let result = match &delivery {
-                Delivery::Notify(n) => {
-                    let started = last_end.unwrap_or_else(|| clock.raw());
-                    let result = subscriber.on_notify(n);
-                    let ended = clock.raw();
-                    (self.counters.call_duration).record(clock.delta_as_nanos(started, ended));
-                    last_end = Some(ended);
-                    result
-                }
+            let (result, report) = match delivery {
+                Delivery::Notify(n) => (self.call(subscriber.as_mut(), &n, &mut last_end), None),
+                Delivery::Tracked(n, done) => (
+                    self.call(subscriber.as_mut(), &n, &mut last_end),
+                    Some(done),
+                ),
                 Delivery::Gap(channels) => {
                     bump(&self.counters.gaps, 1);
-                    subscriber.on_gap(channels)
+                    (subscriber.on_gap(&channels).map(|()| false), None)
                 }
             };
+            if let Some(done) = report {
+                let _ = done.send(match &result {
+                    Ok(_) => Outcome::Delivered,
+                    Err(failure) => Outcome::Failed(failure.clone()),
+                });
+            }
             match result {
-                Ok(()) => {
+                Ok(notified) => {
                     self.failures_in_a_row.store(0, Ordering::Relaxed);
-                    if matches!(delivery, Delivery::Notify(_)) {
+                    if notified {
                         bump(&self.counters.delivered, 1);
                     }
                 }

@@ -43,6 +43,8 @@ pub struct Event {
     pub payload: String,
     /// When `pgnotifier.send` ran, as PostgreSQL's clock saw it.
     pub sent_at: std::time::SystemTime,
+    /// The backend pid of the sender.
+    pub pid: i32,
 }
 
 impl Event {
@@ -64,7 +66,7 @@ pub enum ReadError {
 }
 
 const NEXT: &str = "
-SELECT id, txid::text, channel, payload, sent_at
+SELECT id, txid::text, channel, payload, sent_at, pid
   FROM pgnotifier.outbox
  WHERE (txid, id) > ($1::text::xid8, $2)
    AND txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
@@ -91,6 +93,7 @@ pub async fn next_events(
                 channel: row.get(2),
                 payload: row.get(3),
                 sent_at: row.get(4),
+                pid: row.get(5),
             })
         })
         .collect()

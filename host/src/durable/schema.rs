@@ -24,7 +24,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -99,6 +99,11 @@ BEGIN
     RETURN NULL;
 END
 $notify_row$;
+"#,
+    // 3: the sender's backend pid, as a notification carries it.
+    r#"
+ALTER TABLE pgnotifier.outbox
+    ADD COLUMN pid integer NOT NULL DEFAULT pg_catalog.pg_backend_pid();
 "#,
 ];
 

@@ -11,7 +11,7 @@ pub mod settings;
 pub(crate) mod sync;
 pub(crate) mod watcher;
 
-pub use settings::{LimitSettings, Sidecar, SubscriberSettings};
+pub use settings::{Delivery, LimitSettings, Sidecar, SubscriberSettings};
 pub use sync::PluginChange;
 pub(crate) use sync::{PluginCounters, PluginSync};
 pub use watcher::PluginWatcher;

@@ -3,6 +3,7 @@
 
 use crate::capabilities::{CapabilityLimits, GrantSettings};
 use crate::dispatch::{DispatchSettings, Overflow};
+use crate::durable::{DeliveryMode, RetryPolicy};
 use crate::payload::PayloadMode;
 use crate::sandbox::PluginLimits;
 use crate::settings::{check_range, toml_message, ConfigError};
@@ -31,6 +32,21 @@ pub struct LimitSettings {
     pub http_timeout_ms: Option<u64>,
     /// Largest HTTP response body a plugin may receive.
     pub http_max_response_bytes: Option<usize>,
+    /// `"at-most-once"` (live `NOTIFY` only) or `"at-least-once"` (also
+    /// every event `pgnotifier.send` records on the plugin's channels).
+    pub delivery: Option<Delivery>,
+    /// At-least-once: calls of one event before it is dead-lettered.
+    pub retry_max_attempts: Option<u32>,
+    /// At-least-once: the wait after the first failed call; it doubles.
+    pub retry_backoff_ms: Option<u64>,
+}
+
+/// A sidecar's `delivery`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Delivery {
+    AtMostOnce,
+    AtLeastOnce,
 }
 
 /// The effective settings of one plugin subscriber: its sandbox limits,
@@ -40,6 +56,7 @@ pub struct SubscriberSettings {
     pub plugin: PluginLimits,
     pub dispatch: DispatchSettings,
     pub capabilities: CapabilityLimits,
+    pub delivery: DeliveryMode,
 }
 
 impl LimitSettings {
@@ -88,6 +105,25 @@ impl LimitSettings {
             check_range("http_max_response_bytes", bytes as u64, 1, 1 << 30)?;
             out.capabilities.http_max_response_bytes = bytes;
         }
+        let mut retry = match out.delivery {
+            DeliveryMode::AtLeastOnce(retry) => retry,
+            DeliveryMode::AtMostOnce => RetryPolicy::default(),
+        };
+        if let Some(n) = self.retry_max_attempts {
+            check_range("retry_max_attempts", u64::from(n), 1, 1000)?;
+            retry.max_attempts = n;
+        }
+        if let Some(ms) = self.retry_backoff_ms {
+            check_range("retry_backoff_ms", ms, 1, 3_600_000)?;
+            retry.backoff = Duration::from_millis(ms);
+        }
+        out.delivery = match (self.delivery, out.delivery) {
+            (Some(Delivery::AtMostOnce), _) => DeliveryMode::AtMostOnce,
+            (Some(Delivery::AtLeastOnce), _) | (None, DeliveryMode::AtLeastOnce(_)) => {
+                DeliveryMode::AtLeastOnce(retry)
+            }
+            (None, DeliveryMode::AtMostOnce) => DeliveryMode::AtMostOnce,
+        };
         Ok(out)
     }
 }
@@ -121,7 +157,7 @@ impl Sidecar {
             return Err(ConfigError::Parse {
                 path: path.to_owned(),
                 message: format!(
-                    "unknown key `{key}`; expected channels, config, grants, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms, failure_threshold, query_timeout_ms, query_max_rows, http_timeout_ms or http_max_response_bytes"
+                    "unknown key `{key}`; expected channels, config, grants, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms, failure_threshold, query_timeout_ms, query_max_rows, http_timeout_ms, http_max_response_bytes, delivery, retry_max_attempts or retry_backoff_ms"
                 ),
             });
         }

@@ -9,6 +9,8 @@
 use super::loader::{self, PluginFiles};
 use super::settings::SubscriberSettings;
 use crate::capabilities::CapabilityPool;
+use crate::durable::feeder::{self, Feeders};
+use crate::durable::DeliveryMode;
 use crate::error::{Error, Result};
 use crate::pg::DatabaseConfig;
 use crate::registry::{Registry, RegistryError, SubscriberSource};
@@ -43,6 +45,8 @@ pub(crate) struct PluginCounters {
 /// Keeps plugin subscribers in step with their files.
 pub(crate) struct PluginSync {
     registry: Arc<Registry>,
+    /// Where at-least-once plugins are fed from the outbox.
+    feeders: Arc<Feeders>,
     /// Shared with the notifier, which may change it for the next start;
     /// the capability pool takes it when the engine is first made.
     database: Arc<Mutex<DatabaseConfig>>,
@@ -60,6 +64,7 @@ pub(crate) struct PluginSync {
 impl PluginSync {
     pub(crate) fn new(
         registry: Arc<Registry>,
+        feeders: Arc<Feeders>,
         database: Arc<Mutex<DatabaseConfig>>,
         sandbox_config: SandboxConfig,
         query_pool_size: usize,
@@ -67,6 +72,7 @@ impl PluginSync {
     ) -> Self {
         Self {
             registry,
+            feeders,
             database,
             sandbox_config,
             query_pool_size,
@@ -207,6 +213,7 @@ impl PluginSync {
             if current.is_none() {
                 return Ok(PluginChange::Absent);
             }
+            self.feeders.stop(id).await;
             registry.remove_subscriber(id).await?;
             tracing::info!(subscriber = %id, path = %path.display(), "plugin removed");
             return Ok(PluginChange::Removed(id.to_string()));
@@ -229,23 +236,32 @@ impl PluginSync {
         let loaded = loaded?;
         let short_hash = &files.sha256[..12];
         let source = files.source(&loaded);
-        let dispatch = loaded.settings.dispatch;
-        match registry.mailbox(id) {
+        let (dispatch, delivery) = (loaded.settings.dispatch, loaded.settings.delivery);
+        let (mailbox, change) = match registry.mailbox(id) {
             Some(mailbox) => {
                 mailbox.replace(dispatch, Box::new(loaded.subscriber));
                 registry.reload_subscriber(id, source, &loaded.channels)?;
                 tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin reloaded");
-                Ok(PluginChange::Reloaded(id.to_string()))
+                (mailbox, PluginChange::Reloaded(id.to_string()))
             }
             None => {
                 let mailbox = registry
                     .spawn_mailbox(id.clone(), dispatch, Box::new(loaded.subscriber))
                     .map_err(Error::worker(id))?;
-                registry.insert_subscriber(mailbox, source, &loaded.channels)?;
+                registry.insert_subscriber(mailbox.clone(), source, &loaded.channels)?;
                 tracing::info!(subscriber = %id, channels = ?loaded.channels, sha256 = short_hash, "plugin loaded");
-                Ok(PluginChange::Added(id.to_string()))
+                (mailbox, PluginChange::Added(id.to_string()))
             }
+        };
+        match delivery {
+            // The feeder carries on across a reload: the mailbox is the same.
+            DeliveryMode::AtLeastOnce(retry) => {
+                self.feeders
+                    .ensure(&feeder::runtime()?, id, &mailbox, retry)
+            }
+            DeliveryMode::AtMostOnce => self.feeders.stop(id).await,
         }
+        Ok(change)
     }
 
     fn sandbox(&self) -> Result<Arc<Sandbox>> {

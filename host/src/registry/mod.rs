@@ -503,6 +503,21 @@ impl Registry {
             .collect()
     }
 
+    /// The channels a durable subscriber reads the outbox on: none while it
+    /// is quarantined or muted anywhere (it keeps its position, and catches
+    /// up when released); `None` once it is removed.
+    pub(crate) fn durable_channels(&self, id: &str) -> Option<Vec<String>> {
+        let snapshot = self.snapshot();
+        let entry = snapshot.subscribers.get(id)?;
+        let channel_muted = |c: &Arc<str>| snapshot.channels.get(c).is_none_or(|c| c.muted);
+        let paused = entry.quarantine.is_some()
+            || (entry.channels.iter()).any(|(c, muted)| *muted || channel_muted(c));
+        Some(match paused {
+            true => Vec::new(),
+            false => entry.channels.keys().map(|c| c.to_string()).collect(),
+        })
+    }
+
     /// Where a subscriber came from, if it exists.
     pub(crate) fn source(&self, id: &str) -> Option<SubscriberSource> {
         self.snapshot()

@@ -1,0 +1,428 @@
+//! The feeder: one task per at-least-once subscriber that reads its events
+//! from the outbox and hands them to its mailbox, one at a time.
+//!
+//! - The position moves only after `on-notify` returned ok for an event (or
+//!   the event was dead-lettered); it is written to PostgreSQL after
+//!   [`SAVE_EVERY`] events or [`SAVE_AFTER`], whichever comes first, and
+//!   whenever the feeder runs dry. A crash redelivers at most what was
+//!   handled since the last write.
+//! - A failed call is retried with backoff, up to `max_attempts`; then the
+//!   event goes to `pgnotifier.dead_letters` and delivery moves on.
+//! - An event the mailbox did not take (a full queue, a quarantine) is
+//!   offered again, without counting an attempt. While the subscriber is
+//!   quarantined or muted, nothing is read: it keeps its position.
+//! - The feeder has its own connection, which LISTENs on the wake channel;
+//!   it also polls, so a missed wake-up only delays. A lost connection is
+//!   made again, and reading resumes from the saved position.
+
+use super::reader::{end_of_outbox, next_events, position, save_position, Event, Position};
+use super::schema::{self, WAKE_CHANNEL};
+use crate::dispatch::{CallFailure, Delivery, Mailbox, Notification, Outcome};
+use crate::payload::decode;
+use crate::pg::DatabaseConfig;
+use crate::printable::with_causes;
+use crate::registry::Registry;
+use crate::sync::lock;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+/// Events handled between two writes of the position.
+pub const SAVE_EVERY: u32 = 100;
+/// The longest a handled event waits for its position to be written.
+pub const SAVE_AFTER: Duration = Duration::from_millis(200);
+/// How often the outbox is read without a wake-up.
+const POLL: Duration = Duration::from_secs(1);
+/// Events read at once.
+const BATCH: i64 = 100;
+
+/// How failed calls are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Calls of one event before it is dead-lettered (at least 1).
+    pub max_attempts: u32,
+    /// The wait after the first failure; it doubles up to 30 s.
+    pub backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn wait_after(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(16);
+        (self.backoff * factor).min(Duration::from_secs(30))
+    }
+}
+
+/// Whether a subscriber is fed from the outbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// Live notifications only, as `NOTIFY` delivers them.
+    #[default]
+    AtMostOnce,
+    /// Also every event `pgnotifier.send` records on its channels.
+    AtLeastOnce(RetryPolicy),
+}
+
+/// The feeders of one notifier's at-least-once subscribers, by id.
+pub(crate) struct Feeders {
+    database: Arc<std::sync::Mutex<DatabaseConfig>>,
+    registry: Weak<Registry>,
+    running: std::sync::Mutex<std::collections::HashMap<Arc<str>, Feeder>>,
+}
+
+impl Feeders {
+    pub(crate) fn new(
+        database: Arc<std::sync::Mutex<DatabaseConfig>>,
+        registry: Weak<Registry>,
+    ) -> Self {
+        Self {
+            database,
+            registry,
+            running: Default::default(),
+        }
+    }
+
+    /// Feed `id` from the outbox on `runtime`, unless it is fed already
+    /// with `retry`.
+    pub(crate) fn ensure(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        id: &Arc<str>,
+        mailbox: &Arc<Mailbox>,
+        retry: RetryPolicy,
+    ) {
+        let mut running = lock(&self.running);
+        if running.get(id).is_some_and(|f| f.retry == retry) {
+            return;
+        }
+        let database = lock(&self.database).clone();
+        let feeder = Feeder::spawn(
+            runtime,
+            database,
+            id.clone(),
+            mailbox.clone(),
+            self.registry.clone(),
+            retry,
+        );
+        // A feeder replaced stops after the event in hand.
+        running.insert(id.clone(), feeder);
+    }
+
+    /// Stop feeding `id`, its position written.
+    pub(crate) async fn stop(&self, id: &str) {
+        let feeder = lock(&self.running).remove(id);
+        if let Some(feeder) = feeder {
+            feeder.stop().await;
+        }
+    }
+
+    /// Ask every feeder to stop, without waiting; each finishes the event
+    /// in hand and writes its position, which [`Feeder::stop`] waits for.
+    pub(crate) fn stop_all(&self) -> Vec<Feeder> {
+        let feeders: Vec<Feeder> = lock(&self.running).drain().map(|(_, f)| f).collect();
+        for feeder in &feeders {
+            let _ = feeder.stop.send(true);
+        }
+        feeders
+    }
+}
+
+/// The runtime to feed on: the caller's.
+pub(crate) fn runtime() -> Result<tokio::runtime::Handle, FeedError> {
+    tokio::runtime::Handle::try_current().map_err(|_| FeedError::NoRuntime)
+}
+
+/// Why an at-least-once subscriber cannot be fed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("an at-least-once subscriber needs a tokio runtime to run its feeder")]
+    NoRuntime,
+}
+
+/// A running feeder; dropping it stops it.
+pub(crate) struct Feeder {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    retry: RetryPolicy,
+}
+
+impl Feeder {
+    fn spawn(
+        runtime: &tokio::runtime::Handle,
+        database: DatabaseConfig,
+        id: Arc<str>,
+        mailbox: Arc<Mailbox>,
+        registry: Weak<Registry>,
+        retry: RetryPolicy,
+    ) -> Self {
+        let (stop, stopped) = watch::channel(false);
+        let feed = Feed {
+            database,
+            id,
+            mailbox,
+            registry,
+            retry,
+            stopped,
+        };
+        Self {
+            stop,
+            task: runtime.spawn(feed.run()),
+            retry,
+        }
+    }
+
+    /// Stop after the event in hand, writing the position first.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+struct Feed {
+    database: DatabaseConfig,
+    id: Arc<str>,
+    mailbox: Arc<Mailbox>,
+    registry: Weak<Registry>,
+    retry: RetryPolicy,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Why a session ended.
+enum End {
+    Stopped,
+    Lost(String),
+}
+
+impl Feed {
+    async fn run(mut self) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.session().await {
+                End::Stopped => return,
+                End::Lost(reason) => {
+                    tracing::warn!(subscriber = %self.id, "durable delivery: {reason}; resuming from the saved position in {wait:?}");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stopped.changed() => return,
+            }
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn session(&mut self) -> End {
+        let connecting = tokio::select! {
+            connected = self.database.connect() => connected,
+            _ = self.stopped.changed() => return End::Stopped,
+        };
+        let (mut client, mut connection) = match connecting {
+            Ok(pair) => pair,
+            Err(e) => return End::Lost(format!("cannot connect: {}", with_causes(&e))),
+        };
+        let wake = Arc::new(Notify::new());
+        let woken = wake.clone();
+        let driver = tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => woken.notify_one(),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            // Gone: wake the session, whose next query fails and says why.
+            woken.notify_one();
+        });
+        let end = self.feed(&mut client, &wake).await;
+        driver.abort();
+        end
+    }
+
+    async fn feed(&mut self, client: &mut tokio_postgres::Client, wake: &Notify) -> End {
+        let lost = |e: &dyn std::error::Error| End::Lost(with_causes(e));
+        if let Err(e) = schema::install(client).await {
+            return lost(&e);
+        }
+        let listen = format!("LISTEN {}", crate::channel::quote_ident(WAKE_CHANNEL));
+        if let Err(e) = client.batch_execute(&listen).await {
+            return lost(&e);
+        }
+        let mut at = match position(client, &self.id).await {
+            Ok(Some(at)) => at,
+            Ok(None) => match end_of_outbox(client).await {
+                Ok(end) => end,
+                Err(e) => return lost(&e),
+            },
+            Err(e) => return lost(&e),
+        };
+        let mut saved = None;
+        let mut handled = 0;
+        let mut since = Instant::now();
+        loop {
+            if *self.stopped.borrow() {
+                return self.finish(client, at, &mut saved).await;
+            }
+            let Some(channels) = self
+                .registry
+                .upgrade()
+                .and_then(|r| r.durable_channels(&self.id))
+            else {
+                // Removed: the position stays for a subscriber of this id later.
+                return self.finish(client, at, &mut saved).await;
+            };
+            let events = match channels.is_empty() {
+                true => Vec::new(),
+                false => match next_events(client, at, &channels, BATCH).await {
+                    Ok(events) => events,
+                    Err(e) => return lost(&e),
+                },
+            };
+            if events.is_empty() {
+                if let Err(e) = self.save(client, at, &mut saved).await {
+                    return lost(&e);
+                }
+                (handled, since) = (0, Instant::now());
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = self.stopped.changed() => {}
+                }
+                continue;
+            }
+            for event in events {
+                match self.deliver(client, &event).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.finish(client, at, &mut saved).await,
+                    Err(e) => return lost(&e),
+                }
+                at = event.position();
+                handled += 1;
+                if handled >= SAVE_EVERY || since.elapsed() >= SAVE_AFTER {
+                    if let Err(e) = self.save(client, at, &mut saved).await {
+                        return lost(&e);
+                    }
+                    (handled, since) = (0, Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Write the position if it moved since the last write.
+    async fn save(
+        &self,
+        client: &tokio_postgres::Client,
+        at: Position,
+        saved: &mut Option<Position>,
+    ) -> Result<(), super::reader::ReadError> {
+        if *saved != Some(at) {
+            save_position(client, &self.id, at).await?;
+            *saved = Some(at);
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        &self,
+        client: &tokio_postgres::Client,
+        at: Position,
+        saved: &mut Option<Position>,
+    ) -> End {
+        match self.save(client, at, saved).await {
+            Ok(()) => End::Stopped,
+            Err(e) => End::Lost(e.to_string()),
+        }
+    }
+
+    /// Deliver one event until it succeeds or is dead-lettered. False: stop.
+    async fn deliver(
+        &mut self,
+        client: &tokio_postgres::Client,
+        event: &Event,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let mut attempt = 0;
+        loop {
+            if *self.stopped.borrow() {
+                return Ok(false);
+            }
+            let notification = Arc::new(Notification {
+                channel: event.channel.as_str().into(),
+                payload: decode(&event.payload, self.mailbox.mode()),
+                pid: event.pid,
+            });
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            self.mailbox
+                .push(Delivery::Tracked(notification, done))
+                .await;
+            let failure = match outcome.await {
+                Ok(Outcome::Delivered) => return Ok(true),
+                Ok(Outcome::Failed(failure)) => failure,
+                Err(_) => {
+                    // Not taken (a full queue, a quarantine): offer it again
+                    // later, as the same attempt.
+                    if self.mailbox.is_closed() {
+                        return Ok(false);
+                    }
+                    self.pause(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            attempt += 1;
+            if attempt >= self.retry.max_attempts.max(1) {
+                self.dead_letter(client, event, &failure, attempt).await?;
+                return Ok(true);
+            }
+            self.pause(self.retry.wait_after(attempt)).await;
+        }
+    }
+
+    async fn pause(&mut self, wait: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.stopped.changed() => {}
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        client: &tokio_postgres::Client,
+        event: &Event,
+        failure: &CallFailure,
+        attempts: u32,
+    ) -> Result<(), tokio_postgres::Error> {
+        let error = failure.to_string();
+        let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+        client
+            .execute(
+                "INSERT INTO pgnotifier.dead_letters
+                     (subscriber, event_id, channel, payload, sent_at, error, attempts)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                &[
+                    &&*self.id,
+                    &event.id,
+                    &event.channel,
+                    &event.payload,
+                    &event.sent_at,
+                    &error,
+                    &attempts,
+                ],
+            )
+            .await?;
+        tracing::error!(subscriber = %self.id, event = event.id, attempts, "dead-lettered: {error}");
+        Ok(())
+    }
+}
