@@ -797,3 +797,57 @@ async fn a_plugin_whose_sidecar_says_at_least_once_gets_events_sent_while_it_was
     );
     again.shutdown(std::time::Duration::from_secs(5)).await;
 }
+
+/// `pgnotifier run` killed with SIGKILL mid-stream and started again: every
+/// event reaches the plugin, repeats bounded by the unsaved window.
+#[tokio::test]
+async fn a_host_killed_with_sigkill_redelivers_from_its_position_and_loses_nothing() {
+    use pgnotifier::durable::feeder::SAVE_EVERY;
+    use support::host::Host;
+    use support::wat::{Notify, WatPlugin};
+    let (url, client) = fresh_database("sigkill").await;
+    let plugins = support::temp_dir("durable-sigkill");
+    let id = "durable_sink";
+    // Slow enough per call that the kill lands mid-stream.
+    WatPlugin::new(&["work"], Notify::Burn(3_000_000)).write(&plugins, id);
+    let sidecar = plugins.join(format!("{id}.toml"));
+    std::fs::write(sidecar, "delivery = 'at-least-once'\n").unwrap();
+    let token = |i: usize| format!("<{i}>");
+    let count = |output: &str, i: usize| {
+        let token = token(i);
+        (output.lines())
+            .filter(|l| l.contains(&token) && l.contains("subscriber=durable_sink"))
+            .count()
+    };
+
+    let first = Host::run(&plugins, &url);
+    first.wait_for(&["plugin loaded", "subscriber=durable_sink"]);
+    feeding(&client, id).await;
+    for start in (0..300).step_by(10) {
+        let values: Vec<String> = (start..start + 10)
+            .map(|i| format!("pgnotifier.send('work', '{}')", token(i)))
+            .collect();
+        let sql = format!("begin; select {}; commit", values.join(", "));
+        client.batch_execute(&sql).await.unwrap();
+    }
+    first.wait_for(&[&token(100), "subscriber=durable_sink"]);
+    first.signal("KILL");
+    let (status, before) = first.wait();
+    assert!(!status.success(), "killed: {status}");
+    assert_eq!(count(&before, 299), 0, "the kill came mid-stream");
+
+    let second = Host::run(&plugins, &url);
+    second.wait_for(&["plugin loaded", "subscriber=durable_sink"]);
+    second.wait_for_within(SOON, &[&token(299), "subscriber=durable_sink"]);
+    let after = second.stop();
+    let mut repeats = 0;
+    for i in 0..300 {
+        let total = count(&before, i) + count(&after, i);
+        assert!(total >= 1, "event {i} never arrived:\n{after}");
+        repeats += total - 1;
+    }
+    assert!(
+        repeats <= SAVE_EVERY as usize,
+        "{repeats} repeats, more than the unsaved window"
+    );
+}
