@@ -420,34 +420,24 @@ async fn the_reader_gets_every_committed_event_once_in_order_under_concurrent_pr
     let mut position = Position::default();
     let mut read: Vec<(u64, i64)> = Vec::new();
     let mut reads = 0;
-    let follow = async {
-        loop {
-            let batch = next_events(&client, position, &channels, 50).await.unwrap();
-            reads += 1;
-            for event in &batch {
-                assert!(event.position() > position, "the position only moves on");
-                position = event.position();
-                read.push((event.txid, event.id));
-            }
-            if batch.is_empty() {
-                if producers.iter().all(|p| p.is_finished()) {
-                    // One more read after the last commit: nothing may be left.
-                    let rest = next_events(&client, position, &channels, 50).await.unwrap();
-                    if rest.is_empty() {
-                        return;
-                    }
-                    for event in rest {
-                        position = event.position();
-                        read.push((event.txid, event.id));
-                    }
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
+    // Follow while the producers run.
+    let read_next = async |position: &mut Position, read: &mut Vec<(u64, i64)>| {
+        let batch = next_events(&client, *position, &channels, 50)
+            .await
+            .unwrap();
+        for event in &batch {
+            assert!(event.position() > *position, "the position only moves on");
+            *position = event.position();
+            read.push((event.txid, event.id));
         }
+        batch.len()
     };
-    tokio::time::timeout(SOON, follow)
-        .await
-        .expect("the reader catches up");
+    while !producers.iter().all(|p| p.is_finished()) {
+        reads += 1;
+        if read_next(&mut position, &mut read).await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
     let mut committed: Vec<Vec<i64>> = Vec::new();
     let mut aborted: BTreeSet<i64> = BTreeSet::new();
     for producer in producers {
@@ -455,6 +445,21 @@ async fn the_reader_gets_every_committed_event_once_in_order_under_concurrent_pr
         committed.extend(c);
         aborted.extend(a);
     }
+    // Then catch up: the server's horizon (other tests run transactions
+    // too) may hold the last ones back for a moment.
+    let expected_count: usize = committed.iter().map(Vec::len).sum();
+    let deadline = std::time::Instant::now() + SOON;
+    while read.len() < expected_count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read {} of {expected_count}",
+            read.len()
+        );
+        if read_next(&mut position, &mut read).await == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(read_next(&mut position, &mut read).await, 0, "nothing more");
     assert!(
         !aborted.is_empty() && committed.len() > 100,
         "the mix has both"
@@ -497,7 +502,7 @@ async fn the_reader_gets_every_committed_event_once_in_order_under_concurrent_pr
 #[tokio::test]
 async fn positions_live_in_the_database_and_only_move_forward() {
     use pgnotifier::durable::reader::{
-        end_of_outbox, next_events, position, save_position, Position,
+        end_of_outbox, last_committed, next_events, position, save_position, Position,
     };
     let (url, mut client) = fresh_database("positions").await;
     schema::install(&mut client).await.unwrap();
@@ -506,6 +511,7 @@ async fn positions_live_in_the_database_and_only_move_forward() {
         .batch_execute("select pgnotifier.send('work', 'before')")
         .await
         .unwrap();
+    let before = last_committed(&client).await.unwrap();
 
     // A transaction that is still running when the subscriber starts.
     let (mut other, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
@@ -518,12 +524,9 @@ async fn positions_live_in_the_database_and_only_move_forward() {
     // Transaction ids are the server's: one still running in another
     // database (another test) holds the horizon back until it ends.
     let work = ["work".to_owned()];
-    let before = next_events(&client, Position::default(), &work, 1)
-        .await
-        .unwrap();
     let mut start = end_of_outbox(&client).await.unwrap();
     let deadline = std::time::Instant::now() + SOON;
-    while before.first().is_none_or(|b| start < b.position()) {
+    while start < before {
         assert!(
             std::time::Instant::now() < deadline,
             "the horizon never passed the event sent before"
@@ -536,7 +539,15 @@ async fn positions_live_in_the_database_and_only_move_forward() {
         .batch_execute("select pgnotifier.send('work', 'after')")
         .await
         .unwrap();
-    let events = next_events(&client, start, &work, 10).await.unwrap();
+    // Readable once the horizon (the server's, see above) passes them.
+    let deadline = std::time::Instant::now() + SOON;
+    let events = loop {
+        let events = next_events(&client, start, &work, 10).await.unwrap();
+        if events.len() >= 2 || std::time::Instant::now() >= deadline {
+            break events;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
     assert_eq!(
         payloads,
@@ -850,4 +861,102 @@ async fn a_host_killed_with_sigkill_redelivers_from_its_position_and_loses_nothi
         repeats <= SAVE_EVERY as usize,
         "{repeats} repeats, more than the unsaved window"
     );
+}
+
+/// Dead letters through `ctl`: listed, delivered again once the plugin is
+/// fixed (and then gone), and a subscriber skipped past what it missed.
+#[tokio::test]
+async fn dead_letters_are_listed_redelivered_and_a_subscriber_skipped_through_ctl() {
+    use support::host::{ctl_json, ctl_ok, Host};
+    use support::wat::{Notify, WatPlugin};
+    let (url, client) = fresh_database("ctl").await;
+    let dir = support::temp_dir("durable-ctl");
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let config = dir.join("pgnotifier.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = {url:?}\nplugins = {:?}\ndata_dir = {:?}\nadmin_addr = \"127.0.0.1:0\"\nwatch_debounce_ms = 25\n",
+            plugins.display().to_string(),
+            dir.join("data").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let id = "letters";
+    std::fs::write(
+        plugins.join(format!("{id}.toml")),
+        "delivery = 'at-least-once'\nretry_max_attempts = 2\nretry_backoff_ms = 1\nfailure_threshold = 0\n",
+    )
+    .unwrap();
+    WatPlugin::new(&["work"], Notify::Fail).write(&plugins, id);
+    let host = Host::with_config(&config);
+    host.wait_for(&["plugin loaded", "subscriber=letters"]);
+    feeding(&client, id).await;
+    client
+        .batch_execute("select pgnotifier.send('work', 'first'), pgnotifier.send('work', 'second')")
+        .await
+        .unwrap();
+    let letters = support::until(
+        SOON,
+        || host.output(),
+        || {
+            let letters = ctl_json(&config, &["dead-letters"]);
+            (letters.as_array().map_or(0, Vec::len) == 2).then_some(letters)
+        },
+    );
+    for (letter, payload) in letters.as_array().unwrap().iter().zip(["first", "second"]) {
+        assert_eq!(letter["subscriber"], id);
+        assert_eq!(letter["payload"], payload);
+        assert_eq!(letter["attempts"], 2);
+        assert!(
+            letter["error"].as_str().unwrap().contains("nope"),
+            "{letter}"
+        );
+    }
+    let table = ctl_ok(&config, &["dead-letters"]);
+    assert!(
+        table.contains("ATTEMPTS") && table.contains("letters"),
+        "{table}"
+    );
+
+    // Fixed, and the first letter delivered again: it arrives, and is gone.
+    WatPlugin::new(&["work"], Notify::Echo).write(&plugins, id);
+    host.wait_for(&["plugin reloaded", "subscriber=letters"]);
+    let first = letters[0]["id"].to_string();
+    ctl_ok(&config, &["redeliver", &first]);
+    host.wait_for(&["first", "subscriber=letters"]);
+    support::until(
+        SOON,
+        || host.output(),
+        || {
+            let left = ctl_json(&config, &["dead-letters"]);
+            let left: Vec<&str> = left
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["payload"].as_str().unwrap())
+                .collect();
+            (left == ["second"]).then_some(())
+        },
+    );
+    let missing = support::host::ctl(&config, &["redeliver", "999999"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter 999999"));
+
+    // Muted, it keeps its position; skipped, what was sent meanwhile is passed over.
+    ctl_ok(&config, &["mute-subscriber", id]);
+    client
+        .batch_execute("select pgnotifier.send('work', 'while muted')")
+        .await
+        .unwrap();
+    ctl_ok(&config, &["skip", id]);
+    ctl_ok(&config, &["unmute-subscriber", id]);
+    client
+        .batch_execute("select pgnotifier.send('work', 'after the skip')")
+        .await
+        .unwrap();
+    host.wait_for(&["after the skip", "subscriber=letters"]);
+    let output = host.stop();
+    assert!(!output.contains("while muted"), "{output}");
 }

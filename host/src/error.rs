@@ -27,6 +27,8 @@ pub enum Error {
     },
     #[error(transparent)]
     Feed(#[from] crate::durable::FeedError),
+    #[error(transparent)]
+    Durable(#[from] crate::durable::DurableError),
     #[error("the listener did not LISTEN every active channel within {0:?}")]
     NotListening(std::time::Duration),
     #[error("subscriber {0:?} is a native subscriber, not a plugin: it has no file to reload")]

@@ -5,7 +5,7 @@
 //! listener. Subscribers keep running across them until removed or shut down.
 
 use crate::durable::feeder::{self, Feeders};
-use crate::durable::DeliveryMode;
+use crate::durable::{dead_letters, reader, schema, DeadLetter, DeliveryMode, DurableError};
 use crate::error::{Error, Result};
 use crate::listener::{ConnectionSettings, Listener, ListenerStatus};
 use crate::pg::DatabaseConfig;
@@ -442,6 +442,69 @@ impl Notifier {
             .registry
             .unsaved()
             .map(|reason| reason.to_string())
+    }
+
+    /// Every dead letter: events an at-least-once subscriber failed on
+    /// every attempt, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
+        let client = self.durable_client().await?;
+        Ok(dead_letters::list(&client).await?)
+    }
+
+    /// Deliver dead letter `id` again, to its own subscriber only; it is
+    /// removed once a call succeeds.
+    pub async fn redeliver(&self, id: i64) -> Result<DeadLetter> {
+        let client = self.durable_client().await?;
+        Ok(dead_letters::request_redelivery(&client, id).await?)
+    }
+
+    /// Move an at-least-once subscriber's position past every event
+    /// committed so far: what it has not handled yet is skipped, not
+    /// delivered. Events of transactions still running are not skipped;
+    /// the call waits (up to 10 s) for those that run below the newest event.
+    pub async fn skip_ahead(&self, id: &str) -> Result<()> {
+        let mailbox = (self.inner.registry.mailbox(id))
+            .ok_or_else(|| RegistryError::UnknownSubscriber(id.to_owned()))?;
+        let retry = (self.inner.feeders.retry_of(id))
+            .ok_or_else(|| DurableError::NotDurable(id.to_owned()))?;
+        let runtime = feeder::runtime()?;
+        self.inner.feeders.stop(id).await;
+        let moved = async {
+            let client = self.durable_client().await?;
+            let target = (reader::last_committed(&client).await).map_err(DurableError::from)?;
+            // Past the target only once every transaction below it has
+            // ended: one still running may yet commit events below it.
+            let patience = Duration::from_secs(10);
+            let deadline = std::time::Instant::now() + patience;
+            while (reader::end_of_outbox(&client).await).map_err(DurableError::from)? < target {
+                if std::time::Instant::now() >= deadline {
+                    return Err(DurableError::HeldBack(patience).into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            reader::save_position(&client, id, target)
+                .await
+                .map_err(DurableError::from)?;
+            tracing::warn!(subscriber = %id, "skipped ahead: events not handled yet will not be delivered");
+            Ok::<_, Error>(())
+        }
+        .await;
+        // Fed again either way, from wherever the position now is.
+        self.inner
+            .feeders
+            .ensure(&runtime, &id.into(), &mailbox, retry);
+        moved
+    }
+
+    /// A connection for durable operations, the schema installed.
+    async fn durable_client(&self) -> Result<tokio_postgres::Client> {
+        let database = lock(&self.inner.database).clone();
+        let (mut client, connection) = database.connect().await.map_err(DurableError::from)?;
+        tokio::spawn(connection);
+        schema::install(&mut client)
+            .await
+            .map_err(DurableError::from)?;
+        Ok(client)
     }
 
     /// Wait until every change made so far (mutes, subscriptions,

@@ -7,6 +7,7 @@
 //! unknown subscriber or channel, 400 for bad input.
 
 use super::config::ControlSettings;
+use crate::durable::DurableError;
 use crate::error::Error;
 use crate::registry::RegistryError;
 use crate::{Notifier, Selection};
@@ -175,6 +176,9 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
         .route("/v1/subscribers/{id}/mute", post(mute_subscriber))
         .route("/v1/subscribers/{id}/unmute", post(unmute_subscriber))
         .route("/v1/subscribers/{id}/reload", post(reload))
+        .route("/v1/subscribers/{id}/skip", post(skip))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/{id}/redeliver", post(redeliver))
         .route("/v1/listener", get(listener))
         .route("/v1/listener/start", post(start))
         .route("/v1/listener/stop", post(stop))
@@ -381,6 +385,8 @@ impl From<Error> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             Error::Registry(RegistryError::SubscriberExists(_)) => StatusCode::CONFLICT,
+            Error::Durable(DurableError::UnknownDeadLetter(_)) => StatusCode::NOT_FOUND,
+            Error::Durable(DurableError::NotDurable(_)) => StatusCode::CONFLICT,
             // The plugin file is at fault; the running version keeps running.
             Error::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -537,6 +543,25 @@ async fn unmute_subscriber(
 async fn reload(State(app): State<App>, Path(id): Path<String>) -> Reply {
     app.notifier.reload_plugin(&id).await?;
     subscriber_view(&app, &id)
+}
+
+async fn skip(State(app): State<App>, Path(id): Path<String>) -> Reply {
+    app.notifier.skip_ahead(&id).await?;
+    subscriber_view(&app, &id)
+}
+
+async fn dead_letters(State(app): State<App>) -> Reply {
+    Ok(Json(json!(app.notifier.dead_letters().await?)))
+}
+
+async fn redeliver(State(app): State<App>, Path(id): Path<String>) -> Reply {
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a dead letter id (a number)"),
+        )
+    })?;
+    Ok(Json(json!(app.notifier.redeliver(id).await?)))
 }
 
 async fn listener(State(app): State<App>) -> Reply {

@@ -65,6 +65,12 @@ pub enum CtlCommand {
     UnmuteSubscriber { id: String, channels: Vec<String> },
     /// Reload a plugin from its file, with a fresh instance.
     Reload { id: String },
+    /// List dead letters: events an at-least-once subscriber failed on every attempt.
+    DeadLetters,
+    /// Deliver a dead letter again, to its own subscriber.
+    Redeliver { id: i64 },
+    /// Move an at-least-once subscriber past every event sent so far (they are skipped).
+    Skip { id: String },
     /// Connect and LISTEN.
     Start,
     /// UNLISTEN and disconnect; subscribers stay loaded.
@@ -150,6 +156,18 @@ pub async fn execute(
         CtlCommand::Reload { id } => (
             client
                 .post(&subscriber_path(&id, "reload"), json!({}))
+                .await?,
+            Shape::Subscriber,
+        ),
+        CtlCommand::DeadLetters => (client.get("/v1/dead-letters").await?, Shape::DeadLetters),
+        CtlCommand::Redeliver { id } => {
+            let path = format!("/v1/dead-letters/{id}/redeliver");
+            let reply = client.post(&path, json!({})).await?;
+            (Value::Array(vec![reply]), Shape::DeadLetters)
+        }
+        CtlCommand::Skip { id } => (
+            client
+                .post(&subscriber_path(&id, "skip"), json!({}))
                 .await?,
             Shape::Subscriber,
         ),
@@ -327,6 +345,7 @@ enum Shape {
     Subscribers,
     Subscriber,
     Listener,
+    DeadLetters,
 }
 
 impl Shape {
@@ -336,6 +355,7 @@ impl Shape {
             Shape::Subscribers => subscribers_table(reply),
             Shape::Subscriber => subscribers_table(&Value::Array(vec![reply.clone()])),
             Shape::Listener => listener_text(reply),
+            Shape::DeadLetters => dead_letters_table(reply),
         }
     }
 }
@@ -373,6 +393,32 @@ fn flagged(name: String, entry: &Value, flags: &[(&str, &str)]) -> String {
 
 fn items(reply: &Value) -> &[Value] {
     reply.as_array().map_or(&[], Vec::as_slice)
+}
+
+fn dead_letters_table(reply: &Value) -> String {
+    let rows = items(reply).iter().map(|d| {
+        vec![
+            text(&d["id"]),
+            text(&d["subscriber"]),
+            text(&d["event_id"]),
+            text(&d["channel"]),
+            text(&d["attempts"]),
+            yes_no(&d["redeliver"]),
+            text(&d["error"]),
+        ]
+    });
+    table(
+        &[
+            "ID",
+            "SUBSCRIBER",
+            "EVENT",
+            "CHANNEL",
+            "ATTEMPTS",
+            "REDELIVER",
+            "ERROR",
+        ],
+        rows.collect(),
+    )
 }
 
 fn channels_table(reply: &Value) -> String {

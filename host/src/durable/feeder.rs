@@ -17,6 +17,7 @@
 
 use super::reader::{end_of_outbox, next_events, position, save_position, Event, Position};
 use super::schema::{self, WAKE_CHANNEL};
+use super::{dead_letters, DurableError};
 use crate::dispatch::{CallFailure, Delivery, Mailbox, Notification, Outcome};
 use crate::payload::decode;
 use crate::pg::DatabaseConfig;
@@ -117,6 +118,11 @@ impl Feeders {
         running.insert(id.clone(), feeder);
     }
 
+    /// How `id` is retried, if it is fed.
+    pub(crate) fn retry_of(&self, id: &str) -> Option<RetryPolicy> {
+        lock(&self.running).get(id).map(|f| f.retry)
+    }
+
     /// Stop feeding `id`, its position written.
     pub(crate) async fn stop(&self, id: &str) {
         let feeder = lock(&self.running).remove(id);
@@ -202,6 +208,14 @@ struct Feed {
     stopped: watch::Receiver<bool>,
 }
 
+/// How the attempts at one event ended.
+enum Tried {
+    Delivered,
+    /// Every attempt failed: the last failure, and how many there were.
+    Failed(CallFailure, u32),
+    Stop,
+}
+
 /// Why a session ended.
 enum End {
     Stopped,
@@ -285,6 +299,13 @@ impl Feed {
                 // Removed: the position stays for a subscriber of this id later.
                 return self.finish(client, at, &mut saved).await;
             };
+            if !channels.is_empty() {
+                match self.redeliver(client).await {
+                    Ok(true) => {}
+                    Ok(false) => return self.finish(client, at, &mut saved).await,
+                    Err(e) => return lost(&e),
+                }
+            }
             let events = match channels.is_empty() {
                 true => Vec::new(),
                 false => match next_events(client, at, &channels, BATCH).await {
@@ -354,10 +375,47 @@ impl Feed {
         client: &tokio_postgres::Client,
         event: &Event,
     ) -> Result<bool, tokio_postgres::Error> {
+        match self.attempt(event).await {
+            Tried::Delivered => Ok(true),
+            Tried::Stop => Ok(false),
+            Tried::Failed(failure, attempts) => {
+                self.dead_letter(client, event, &failure, attempts).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Deliver the dead letters an operator asked to deliver again: a
+    /// success removes one, a failure keeps it with the new error. False: stop.
+    async fn redeliver(&mut self, client: &tokio_postgres::Client) -> Result<bool, DurableError> {
+        for letter in dead_letters::waiting(client, &self.id).await? {
+            let event = Event {
+                id: letter.event_id,
+                txid: 0,
+                channel: letter.channel.clone(),
+                payload: letter.payload.clone(),
+                sent_at: std::time::SystemTime::now(),
+                pid: 0,
+            };
+            match self.attempt(&event).await {
+                Tried::Delivered => dead_letters::delivered(client, letter.id).await?,
+                Tried::Stop => return Ok(false),
+                Tried::Failed(failure, attempts) => {
+                    let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
+                    let error = failure.to_string();
+                    dead_letters::failed_again(client, letter.id, &error, attempts).await?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Call the subscriber with `event` until it succeeds or runs out of attempts.
+    async fn attempt(&mut self, event: &Event) -> Tried {
         let mut attempt = 0;
         loop {
             if *self.stopped.borrow() {
-                return Ok(false);
+                return Tried::Stop;
             }
             let notification = Arc::new(Notification {
                 channel: event.channel.as_str().into(),
@@ -369,13 +427,13 @@ impl Feed {
                 .push(Delivery::Tracked(notification, done))
                 .await;
             let failure = match outcome.await {
-                Ok(Outcome::Delivered) => return Ok(true),
+                Ok(Outcome::Delivered) => return Tried::Delivered,
                 Ok(Outcome::Failed(failure)) => failure,
                 Err(_) => {
                     // Not taken (a full queue, a quarantine): offer it again
                     // later, as the same attempt.
                     if self.mailbox.is_closed() {
-                        return Ok(false);
+                        return Tried::Stop;
                     }
                     self.pause(Duration::from_millis(100)).await;
                     continue;
@@ -383,8 +441,7 @@ impl Feed {
             };
             attempt += 1;
             if attempt >= self.retry.max_attempts.max(1) {
-                self.dead_letter(client, event, &failure, attempt).await?;
-                return Ok(true);
+                return Tried::Failed(failure, attempt);
             }
             self.pause(self.retry.wait_after(attempt)).await;
         }

@@ -7,10 +7,32 @@
 //! - [`reader`]: the next committed events after a position, in order, and
 //!   positions kept in PostgreSQL;
 //! - [`feeder`]: one task per at-least-once subscriber, from the outbox to
-//!   its mailbox, with retries and dead letters.
+//!   its mailbox, with retries and dead letters;
+//! - [`dead_letters`]: listed, and delivered again on request.
 
+pub mod dead_letters;
 pub mod feeder;
 pub mod reader;
 pub mod schema;
 
+pub use dead_letters::DeadLetter;
 pub use feeder::{DeliveryMode, FeedError, RetryPolicy};
+
+use crate::pg::describe;
+
+/// Why an operation on durable delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("{}", describe(.0))]
+    Database(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Read(#[from] reader::ReadError),
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    #[error("no dead letter {0}")]
+    UnknownDeadLetter(i64),
+    #[error("subscriber {0:?} is not an at-least-once subscriber")]
+    NotDurable(String),
+    #[error("a transaction running for more than {0:?} holds back the events committed before it; skip again once it ends")]
+    HeldBack(std::time::Duration),
+}

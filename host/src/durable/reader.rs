@@ -152,6 +152,21 @@ pub async fn end_of_outbox(client: &tokio_postgres::Client) -> Result<Position, 
         .unwrap_or_default())
 }
 
+/// The position of the newest event committed now, readable or not yet
+/// (a transaction still running below it holds it back).
+pub async fn last_committed(client: &tokio_postgres::Client) -> Result<Position, ReadError> {
+    let row = client
+        .query_opt(
+            "SELECT txid::text, id FROM pgnotifier.outbox ORDER BY txid DESC, id DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+    Ok(row
+        .map(|row| position_of(&row))
+        .transpose()?
+        .unwrap_or_default())
+}
+
 /// Columns 0 and 1 of a row, `txid::text` and `id`, as a position.
 fn position_of(row: &tokio_postgres::Row) -> Result<Position, ReadError> {
     Ok(Position {

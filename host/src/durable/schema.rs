@@ -24,7 +24,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -104,6 +104,11 @@ $notify_row$;
     r#"
 ALTER TABLE pgnotifier.outbox
     ADD COLUMN pid integer NOT NULL DEFAULT pg_catalog.pg_backend_pid();
+"#,
+    // 4: a dead letter an operator asked to deliver again.
+    r#"
+ALTER TABLE pgnotifier.dead_letters
+    ADD COLUMN redeliver boolean NOT NULL DEFAULT false;
 "#,
 ];
 
