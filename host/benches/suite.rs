@@ -84,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
     if wants("capabilities") {
         bench.capabilities(&dist).await?;
     }
+    if wants("durable") {
+        bench.durable().await?;
+    }
 
     println!(
         "\npgnotifier benchmarks: median of {REPEATS} runs, {:.0} s in all",
@@ -462,6 +465,196 @@ impl Bench {
             sent += s.await??;
         }
         Ok(sent)
+    }
+
+    /// Durable delivery: events through `pgnotifier.send` to an at-least-once
+    /// subscriber, beside what PostgreSQL accepts through `send` alone and
+    /// plain `pg_notify` to an at-most-once one, in transactions of 100
+    /// events and of one; then latency at 1000 events/s.
+    async fn durable(&mut self) -> anyhow::Result<()> {
+        let mut client = self.client().await?;
+        pgnotifier::durable::schema::install(&mut client).await?;
+        for (per_tx, events) in [(100usize, 20_000usize), (1, 2_000)] {
+            let (mut accepted, mut durable, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..REPEATS {
+                let tag = format!("bench_durable_{per_tx}_{round}_{}", std::process::id());
+                let started = Instant::now();
+                self.produce("pgnotifier.send", &format!("{tag}_alone"), per_tx, events)
+                    .await?;
+                accepted.push(events as f64 / started.elapsed().as_secs_f64());
+                durable.push(self.durable_rate(&tag, per_tx, events, true).await?);
+                plain.push(self.durable_rate(&tag, per_tx, events, false).await?);
+            }
+            let (accepted, durable, plain) = (
+                median(&mut accepted),
+                median(&mut durable),
+                median(&mut plain),
+            );
+            self.record(
+                &format!("durable_{per_tx}_per_tx"),
+                format!("durable, {per_tx} per transaction, N={events}: end to end / send accepted / pg_notify end to end"),
+                format!(
+                    "{:.0}k/s / {:.0}k/s / {:.0}k/s (end to end = {:.0}% of accepted)",
+                    durable / 1e3,
+                    accepted / 1e3,
+                    plain / 1e3,
+                    100.0 * durable / accepted
+                ),
+                &[("durable_per_s", durable), ("accepted_per_s", accepted), ("plain_per_s", plain)],
+            );
+        }
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for round in 0..REPEATS {
+            let tag = format!("bench_durable_latency_{round}_{}", std::process::id());
+            let (p50, p99) = self.durable_latency(&tag, 1000).await?;
+            p50s.push(p50);
+            p99s.push(p99);
+        }
+        let (p50, p99) = (median(&mut p50s), median(&mut p99s));
+        self.record(
+            "durable_latency_1000",
+            "durable latency at 1000/s, p50 / p99 (send to on-notify)".to_owned(),
+            format!("{p50:.3} / {p99:.3} ms"),
+            &[("p50_ms", p50), ("p99_ms", p99)],
+        );
+        client
+            .batch_execute(
+                "DELETE FROM pgnotifier.outbox WHERE channel LIKE 'bench\\_durable\\_%';
+                 DELETE FROM pgnotifier.positions WHERE subscriber LIKE 'bench\\_durable\\_%'",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `events` sent with `function` (`pgnotifier.send` or `pg_notify`) on
+    /// `channel`, `per_tx` to a transaction, from four connections.
+    async fn produce(
+        &self,
+        function: &str,
+        channel: &str,
+        per_tx: usize,
+        events: usize,
+    ) -> anyhow::Result<()> {
+        const CONNECTIONS: usize = 4;
+        let mut producers = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let client = self.client().await?;
+            let sql = format!("select {function}($1, i::text) from generate_series(1, $2) as i");
+            let channel = channel.to_owned();
+            producers.push(tokio::spawn(async move {
+                let statement = client.prepare(&sql).await?;
+                let per_tx = per_tx as i32;
+                for _ in 0..events / CONNECTIONS / per_tx as usize {
+                    client.execute(&statement, &[&channel, &per_tx]).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for producer in producers {
+            producer.await??;
+        }
+        Ok(())
+    }
+
+    /// Events/s from the first send to the last call, to an at-least-once
+    /// subscriber through `pgnotifier.send`, or (`durable` false) to an
+    /// at-most-once one through `pg_notify`.
+    async fn durable_rate(
+        &self,
+        tag: &str,
+        per_tx: usize,
+        events: usize,
+        durable: bool,
+    ) -> anyhow::Result<f64> {
+        let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counter = calls.clone();
+        let mut subscriber = Subscriber::native(move |_, _, _, _| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        });
+        let (id, channel) = match durable {
+            true => (format!("{tag}_sink"), format!("{tag}_durable")),
+            false => (format!("{tag}_plain_sink"), format!("{tag}_plain")),
+        };
+        if durable {
+            subscriber = subscriber.at_least_once(pgnotifier::durable::RetryPolicy::default());
+        }
+        notifier.subscribe(&id, channel.as_str(), subscriber)?;
+        notifier.start().await?;
+        notifier
+            .wait_until_listening(Duration::from_secs(30))
+            .await?;
+        if durable {
+            self.wait_for_position(&id).await?;
+        }
+        let started = Instant::now();
+        let function = if durable {
+            "pgnotifier.send"
+        } else {
+            "pg_notify"
+        };
+        self.produce(function, &channel, per_tx, events).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while calls.load(Ordering::Relaxed) < events && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = started.elapsed();
+        notifier.shutdown(Duration::from_secs(5)).await;
+        let got = calls.load(Ordering::Relaxed);
+        anyhow::ensure!(got >= events, "{id} received {got} of {events}");
+        Ok(events as f64 / elapsed.as_secs_f64())
+    }
+
+    /// Until the feeder of `subscriber` has its position: it reads from now on.
+    async fn wait_for_position(&self, subscriber: &str) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pgnotifier::durable::reader::position(&client, subscriber)
+            .await?
+            .is_none()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "{subscriber} never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// From `pgnotifier.send` to the call, at `rate` events/s (one per transaction).
+    async fn durable_latency(&self, tag: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
+        let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let sink = samples.clone();
+        let subscriber = Subscriber::native(move |_, _, payload, _| {
+            if let Payload::Integer(sent) = payload {
+                let now = now_micros();
+                if let Ok(mut s) = sink.lock() {
+                    s.push((now - sent) as f64 / 1000.0);
+                }
+            }
+        })
+        .at_least_once(pgnotifier::durable::RetryPolicy::default());
+        let (id, channel) = (format!("{tag}_sink"), format!("{tag}_events"));
+        notifier.subscribe(&id, channel.as_str(), subscriber)?;
+        self.wait_for_position(&id).await?;
+        let client = self.client().await?;
+        let statement = client
+            .prepare("select pgnotifier.send($1, (extract(epoch from clock_timestamp()) * 1e6)::bigint::text)")
+            .await?;
+        let count = rate as usize * 2;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = Instant::now();
+        for i in 0..count {
+            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+            client.execute(&statement, &[&channel]).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while samples.lock().map(|s| s.len()).unwrap_or(0) < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        notifier.shutdown(Duration::from_secs(5)).await;
+        let mut all = samples.lock().map(|s| s.clone()).unwrap_or_default();
+        anyhow::ensure!(all.len() >= count, "{id} received {} of {count}", all.len());
+        Ok(percentiles(&mut all))
     }
 
     /// 4. Hot reload: from a file landing in the watched folder to its first
