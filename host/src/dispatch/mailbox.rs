@@ -130,6 +130,10 @@ pub(crate) struct Mailbox {
     pub(super) on_quarantine: QuarantineHook,
     /// A new subscriber for the worker to switch to before its next call.
     pub(super) replacement: Mutex<Option<Box<dyn Deliver>>>,
+    /// The newest epoch of tracked deliveries given up on (0: none).
+    pub(super) failed_epoch: AtomicU64,
+    /// The last epoch handed out.
+    epochs: AtomicU64,
     pub(super) replaced: AtomicBool,
     pub(super) worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -161,6 +165,8 @@ impl Mailbox {
             quarantined: AtomicBool::new(false),
             on_quarantine,
             replacement: Mutex::new(None),
+            failed_epoch: AtomicU64::new(0),
+            epochs: AtomicU64::new(0),
             replaced: AtomicBool::new(false),
             worker: Mutex::new(None),
         });
@@ -267,11 +273,15 @@ impl Mailbox {
             return;
         }
         if policy != Overflow::DropNewest {
-            queue.items.pop_front();
+            if let Some(dropped) = queue.items.pop_front() {
+                self.give_up(&dropped);
+            }
             queue.push_back(delivery);
             if policy == Overflow::WaitThenDropOldest {
                 self.overflowing.store(true, Ordering::Relaxed);
             }
+        } else {
+            self.give_up(&delivery);
         }
         drop(queue);
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -320,6 +330,18 @@ impl Mailbox {
             self.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// A new epoch for tracked deliveries, later than every one before.
+    pub(crate) fn next_epoch(&self) -> u64 {
+        self.epochs.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A tracked delivery is not made: the rest of its epoch is not either.
+    pub(super) fn give_up(&self, delivery: &Delivery) {
+        if let Delivery::Tracked(_, _, epoch) = delivery {
+            self.failed_epoch.fetch_max(*epoch, Ordering::Relaxed);
+        }
     }
 
     /// Closed or abandoned: it takes nothing new.

@@ -42,7 +42,13 @@ pub(crate) enum Delivery {
     Notify(Arc<Notification>),
     /// A durable event: its outcome is reported. One dropped unreported (a
     /// full queue, a quarantine, a closed mailbox) reads as not delivered.
-    Tracked(Arc<Notification>, tokio::sync::oneshot::Sender<Outcome>),
+    /// Once one of an epoch fails or is dropped, the rest of that epoch is
+    /// dropped uncalled, so the sender can retry in order.
+    Tracked(
+        Arc<Notification>,
+        tokio::sync::oneshot::Sender<Outcome>,
+        u64,
+    ),
     /// Notifications on these channels may have been missed.
     Gap(Arc<[String]>),
 }

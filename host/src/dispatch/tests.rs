@@ -372,3 +372,36 @@ async fn a_gap_is_delivered_in_its_place_in_the_queue() {
     assert_eq!(h.finish(), ["old:1", "old:gap [\"orders\"]", "old:2"]);
     assert_eq!(h.mailbox.stats().gaps, 1);
 }
+
+#[tokio::test]
+async fn after_a_tracked_failure_the_rest_of_its_epoch_is_not_called() {
+    let h = Harness::new(
+        settings(100, Overflow::Block, Duration::ZERO),
+        Gate::opened(),
+        true,
+    );
+    let epoch = h.mailbox.next_epoch();
+    let mut outcomes = Vec::new();
+    for text in ["a", "b", "c"] {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        h.mailbox
+            .push(Delivery::Tracked(notification(text), done, epoch))
+            .await;
+        outcomes.push(outcome);
+    }
+    let mut outcomes = outcomes.into_iter();
+    let first = outcomes.next().unwrap().await;
+    assert!(matches!(first, Ok(Outcome::Failed(_))), "{first:?}");
+    for rest in outcomes {
+        assert!(rest.await.is_err(), "not called: reads as not delivered");
+    }
+    // A later epoch is called again.
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let later = h.mailbox.next_epoch();
+    assert!(later > epoch);
+    h.mailbox
+        .push(Delivery::Tracked(notification("d"), done, later))
+        .await;
+    assert!(matches!(outcome.await, Ok(Outcome::Failed(_))));
+    assert_eq!(h.finish(), ["old:a", "old:d"]);
+}

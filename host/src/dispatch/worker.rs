@@ -46,7 +46,9 @@ impl Mailbox {
         let discarded = {
             let mut queue = lock(&self.queue);
             let n = queue.items.len();
-            queue.items.clear();
+            for delivery in queue.items.drain(..) {
+                self.give_up(&delivery);
+            }
             self.queued.store(0, Ordering::Relaxed);
             n
         };
@@ -165,27 +167,38 @@ impl Mailbox {
                 Next::Switch => continue,
                 Next::Stop => break,
             };
+            if let Delivery::Tracked(_, _, epoch) = &delivery {
+                if *epoch <= self.failed_epoch.load(Ordering::Relaxed) {
+                    // Behind one that failed: offered again, in order.
+                    continue;
+                }
+            }
             if self.quarantined.load(Ordering::Relaxed) {
                 // Routed before the registry muted it: not for this subscriber.
+                self.give_up(&delivery);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let (result, report) = match delivery {
                 Delivery::Notify(n) => (self.call(subscriber.as_mut(), &n, &mut last_end), None),
-                Delivery::Tracked(n, done) => (
+                Delivery::Tracked(n, done, epoch) => (
                     self.call(subscriber.as_mut(), &n, &mut last_end),
-                    Some(done),
+                    Some((done, epoch)),
                 ),
                 Delivery::Gap(channels) => {
                     bump(&self.counters.gaps, 1);
                     (subscriber.on_gap(&channels).map(|()| false), None)
                 }
             };
-            if let Some(done) = report {
-                let _ = done.send(match &result {
+            if let Some((done, epoch)) = report {
+                let outcome = match &result {
                     Ok(_) => Outcome::Delivered,
-                    Err(failure) => Outcome::Failed(failure.clone()),
-                });
+                    Err(failure) => {
+                        self.failed_epoch.fetch_max(epoch, Ordering::Relaxed);
+                        Outcome::Failed(failure.clone())
+                    }
+                };
+                let _ = done.send(outcome);
             }
             match result {
                 Ok(notified) => {

@@ -5,7 +5,11 @@
 //!   the event was dead-lettered); it is written to PostgreSQL after
 //!   [`SAVE_EVERY`] events or [`SAVE_AFTER`], whichever comes first, and
 //!   whenever the feeder runs dry. A crash redelivers at most what was
-//!   handled since the last write.
+//!   handled since the last write, and the [`WINDOW`] in flight: fewer than
+//!   `SAVE_EVERY + WINDOW` events.
+//! - Events are queued a window at a time, and their outcomes followed in
+//!   order. After a failure the rest of the window is not called (its epoch
+//!   is given up), so a retried event still comes before every later one.
 //! - A failed call is retried with backoff, up to `max_attempts`; then the
 //!   event goes to `pgnotifier.dead_letters` and delivery moves on.
 //! - An event the mailbox did not take (a full queue, a quarantine) is
@@ -37,6 +41,8 @@ pub const SAVE_AFTER: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_secs(1);
 /// Events read at once.
 const BATCH: i64 = 100;
+/// Events queued to the subscriber before the first outcome is awaited.
+pub const WINDOW: usize = 64;
 
 /// How failed calls are retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -325,14 +331,19 @@ impl Feed {
                 }
                 continue;
             }
-            for event in events {
-                match self.deliver(client, &event).await {
-                    Ok(true) => {}
-                    Ok(false) => return self.finish(client, at, &mut saved).await,
+            let mut next = 0;
+            while next < events.len() {
+                let window = &events[next..events.len().min(next + WINDOW)];
+                let done = match self.deliver_window(client, window).await {
+                    Ok(Some(done)) => done,
+                    Ok(None) => return self.finish(client, at, &mut saved).await,
                     Err(e) => return lost(&e),
+                };
+                for event in &window[..done] {
+                    at = event.position();
+                    handled += 1;
                 }
-                at = event.position();
-                handled += 1;
+                next += done;
                 if handled >= SAVE_EVERY || since.elapsed() >= SAVE_AFTER {
                     if let Err(e) = self.save(client, at, &mut saved).await {
                         return lost(&e);
@@ -370,19 +381,49 @@ impl Feed {
     }
 
     /// Deliver one event until it succeeds or is dead-lettered. False: stop.
-    async fn deliver(
+    /// Queue a window of events at once, then follow their outcomes in
+    /// order: how many from the start are done (delivered, or dead-lettered
+    /// after their retries), at least one unless stopping (`None`). After a
+    /// failure the rest of the window is not called (its epoch is given
+    /// up), so the failed event is retried before any event after it.
+    async fn deliver_window(
         &mut self,
         client: &tokio_postgres::Client,
-        event: &Event,
-    ) -> Result<bool, tokio_postgres::Error> {
-        match self.attempt(event).await {
-            Tried::Delivered => Ok(true),
-            Tried::Stop => Ok(false),
-            Tried::Failed(failure, attempts) => {
-                self.dead_letter(client, event, &failure, attempts).await?;
-                Ok(true)
-            }
+        window: &[Event],
+    ) -> Result<Option<usize>, tokio_postgres::Error> {
+        let epoch = self.mailbox.next_epoch();
+        let mut outcomes = Vec::with_capacity(window.len());
+        for event in window {
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            let tracked = Delivery::Tracked(self.notification(event), done, epoch);
+            self.mailbox.push(tracked).await;
+            outcomes.push(outcome);
         }
+        for (done, (event, outcome)) in window.iter().zip(outcomes).enumerate() {
+            let tried = match outcome.await {
+                Ok(Outcome::Delivered) => continue,
+                Ok(Outcome::Failed(failure)) => self.attempt(event, 1, Some(failure)).await,
+                Err(_) if done > 0 => return Ok(Some(done)),
+                Err(_) => self.attempt(event, 0, None).await,
+            };
+            return match tried {
+                Tried::Delivered => Ok(Some(done + 1)),
+                Tried::Stop => Ok(None),
+                Tried::Failed(failure, attempts) => {
+                    self.dead_letter(client, event, &failure, attempts).await?;
+                    Ok(Some(done + 1))
+                }
+            };
+        }
+        Ok(Some(window.len()))
+    }
+
+    fn notification(&self, event: &Event) -> Arc<Notification> {
+        Arc::new(Notification {
+            channel: event.channel.as_str().into(),
+            payload: decode(&event.payload, self.mailbox.mode()),
+            pid: event.pid,
+        })
     }
 
     /// Deliver the dead letters an operator asked to deliver again: a
@@ -397,7 +438,7 @@ impl Feed {
                 sent_at: std::time::SystemTime::now(),
                 pid: 0,
             };
-            match self.attempt(&event).await {
+            match self.attempt(&event, 0, None).await {
                 Tried::Delivered => dead_letters::delivered(client, letter.id).await?,
                 Tried::Stop => return Ok(false),
                 Tried::Failed(failure, attempts) => {
@@ -410,22 +451,28 @@ impl Feed {
         Ok(true)
     }
 
-    /// Call the subscriber with `event` until it succeeds or runs out of attempts.
-    async fn attempt(&mut self, event: &Event) -> Tried {
-        let mut attempt = 0;
+    /// Call the subscriber with `event`, alone, until it succeeds or runs
+    /// out of attempts; `attempt` calls have failed already, `last` last.
+    async fn attempt(
+        &mut self,
+        event: &Event,
+        mut attempt: u32,
+        last: Option<CallFailure>,
+    ) -> Tried {
+        if let Some(failure) = last {
+            if attempt >= self.retry.max_attempts.max(1) {
+                return Tried::Failed(failure, attempt);
+            }
+            self.pause(self.retry.wait_after(attempt)).await;
+        }
         loop {
             if *self.stopped.borrow() {
                 return Tried::Stop;
             }
-            let notification = Arc::new(Notification {
-                channel: event.channel.as_str().into(),
-                payload: decode(&event.payload, self.mailbox.mode()),
-                pid: event.pid,
-            });
+            let epoch = self.mailbox.next_epoch();
             let (done, outcome) = tokio::sync::oneshot::channel();
-            self.mailbox
-                .push(Delivery::Tracked(notification, done))
-                .await;
+            let tracked = Delivery::Tracked(self.notification(event), done, epoch);
+            self.mailbox.push(tracked).await;
             let failure = match outcome.await {
                 Ok(Outcome::Delivered) => return Tried::Delivered,
                 Ok(Outcome::Failed(failure)) => failure,
