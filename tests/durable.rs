@@ -960,3 +960,58 @@ async fn dead_letters_are_listed_redelivered_and_a_subscriber_skipped_through_ct
     let output = host.stop();
     assert!(!output.contains("while muted"), "{output}");
 }
+
+/// A subscriber failing the first two calls of some events, while events
+/// are queued a window at a time: every event succeeds once, and in order,
+/// so none after a failing one is called before it succeeds.
+#[tokio::test]
+async fn retries_keep_the_order_while_events_are_queued_a_window_at_a_time() {
+    use pgnotifier::durable::RetryPolicy;
+    let (url, client) = fresh_database("order").await;
+    let n = notifier_on(&url);
+    let calls: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<usize, u32>>> =
+        Default::default();
+    let (counted, delivered) = (calls.clone(), Seen::default());
+    let sink = delivered.clone();
+    let subscriber = pgnotifier::Subscriber::native(move |_, _, payload, _| {
+        let pgnotifier::Payload::Text(text) = payload else {
+            return;
+        };
+        let i: usize = text.parse().expect("a number");
+        let count = {
+            let mut calls = counted.lock().unwrap();
+            let count = calls.entry(i).or_default();
+            *count += 1;
+            *count
+        };
+        // Some events fail twice; those after them must wait.
+        assert!(i % 7 != 3 || count > 2, "attempt {count} fails");
+        sink.lock().unwrap().push(i);
+    })
+    .payload_mode(pgnotifier::PayloadMode::Raw)
+    .failure_threshold(0)
+    .at_least_once(RetryPolicy {
+        max_attempts: 5,
+        backoff: std::time::Duration::from_millis(1),
+    });
+    n.subscribe("ordered", "work", subscriber).unwrap();
+    feeding(&client, "ordered").await;
+    send_range(&client, 0..300).await;
+    let done = {
+        let delivered = delivered.clone();
+        move || delivered.lock().unwrap().len() >= 300
+    };
+    assert!(
+        support::eventually(SOON, done).await,
+        "{} delivered",
+        delivered.lock().unwrap().len()
+    );
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+    assert_eq!(*delivered.lock().unwrap(), (0..300).collect::<Vec<_>>());
+    let calls = calls.lock().unwrap();
+    let expected = |i: usize| if i % 7 == 3 { 3 } else { 1 };
+    assert!(
+        calls.iter().all(|(i, c)| *c == expected(*i)),
+        "each failing event at its third call, the others at their first: {calls:?}"
+    );
+}
