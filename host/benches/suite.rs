@@ -382,16 +382,7 @@ impl Bench {
 
     async fn host_latency(&self, channel: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
         let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
-        let samples = Arc::new(Mutex::new(Vec::with_capacity(rate as usize * 3)));
-        let sink = samples.clone();
-        let subscriber = Subscriber::native(move |_, _, payload, _| {
-            if let Payload::Integer(sent) = payload {
-                let now = now_micros();
-                if let Ok(mut s) = sink.lock() {
-                    s.push((now - sent) as f64 / 1000.0);
-                }
-            }
-        });
+        let (subscriber, samples) = latency_recorder();
         notifier.subscribe("latency", channel, subscriber)?;
         notifier.start().await?;
         notifier
@@ -622,17 +613,8 @@ impl Bench {
     /// From `pgnotifier.send` to the call, at `rate` events/s (one per transaction).
     async fn durable_latency(&self, tag: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
         let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let sink = samples.clone();
-        let subscriber = Subscriber::native(move |_, _, payload, _| {
-            if let Payload::Integer(sent) = payload {
-                let now = now_micros();
-                if let Ok(mut s) = sink.lock() {
-                    s.push((now - sent) as f64 / 1000.0);
-                }
-            }
-        })
-        .at_least_once(pgnotifier::durable::RetryPolicy::default());
+        let (subscriber, samples) = latency_recorder();
+        let subscriber = subscriber.at_least_once(pgnotifier::durable::RetryPolicy::default());
         let (id, channel) = (format!("{tag}_sink"), format!("{tag}_events"));
         notifier.subscribe(&id, channel.as_str(), subscriber)?;
         self.wait_for_position(&id).await?;
@@ -1140,6 +1122,22 @@ fn delivered(notifier: &Notifier) -> u64 {
         .iter()
         .map(|s| s.stats.delivered)
         .sum()
+}
+
+/// A subscriber that records, for each payload holding the microseconds
+/// it was sent at, how many milliseconds ago that was.
+fn latency_recorder() -> (Subscriber, Arc<Mutex<Vec<f64>>>) {
+    let samples = Arc::new(Mutex::new(Vec::with_capacity(30_000)));
+    let sink = samples.clone();
+    let subscriber = Subscriber::native(move |_, _, payload, _| {
+        if let Payload::Integer(sent) = payload {
+            let now = now_micros();
+            if let Ok(mut s) = sink.lock() {
+                s.push((now - sent) as f64 / 1000.0);
+            }
+        }
+    });
+    (subscriber, samples)
 }
 
 fn now_micros() -> i64 {

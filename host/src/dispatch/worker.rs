@@ -132,11 +132,11 @@ impl Mailbox {
     /// `Ok(true)`: a notification was delivered.
     fn call(
         &self,
+        clock: &quanta::Clock,
         subscriber: &mut dyn Deliver,
         n: &Notification,
         last_end: &mut Option<u64>,
     ) -> Result<bool, CallFailure> {
-        let clock = clock();
         let started = last_end.unwrap_or_else(|| clock.raw());
         let result = subscriber.on_notify(n);
         let ended = clock.raw();
@@ -149,6 +149,7 @@ impl Mailbox {
         LIVE_WORKERS.fetch_add(1, Ordering::Relaxed);
         // When the last call ended (see `call`); the duration then includes
         // taking the notification off the queue.
+        let clock = clock();
         let mut last_end: Option<u64> = None;
         loop {
             let next = self.next();
@@ -180,9 +181,12 @@ impl Mailbox {
                 continue;
             }
             let (result, report) = match delivery {
-                Delivery::Notify(n) => (self.call(subscriber.as_mut(), &n, &mut last_end), None),
+                Delivery::Notify(n) => (
+                    self.call(clock, subscriber.as_mut(), &n, &mut last_end),
+                    None,
+                ),
                 Delivery::Tracked(n, done, epoch) => (
-                    self.call(subscriber.as_mut(), &n, &mut last_end),
+                    self.call(clock, subscriber.as_mut(), &n, &mut last_end),
                     Some((done, epoch)),
                 ),
                 Delivery::Gap(channels) => {

@@ -138,29 +138,25 @@ pub async fn save_position(
 /// subscriber starts, so it gets what is sent from now on, and every event
 /// of a transaction still running.
 pub async fn end_of_outbox(client: &tokio_postgres::Client) -> Result<Position, ReadError> {
-    let row = client
-        .query_opt(
-            "SELECT txid::text, id FROM pgnotifier.outbox
-              WHERE txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
-              ORDER BY txid DESC, id DESC LIMIT 1",
-            &[],
-        )
-        .await?;
-    Ok(row
-        .map(|row| position_of(&row))
-        .transpose()?
-        .unwrap_or_default())
+    newest(
+        client,
+        "WHERE txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())",
+    )
+    .await
 }
 
 /// The position of the newest event committed now, readable or not yet
 /// (a transaction still running below it holds it back).
 pub async fn last_committed(client: &tokio_postgres::Client) -> Result<Position, ReadError> {
-    let row = client
-        .query_opt(
-            "SELECT txid::text, id FROM pgnotifier.outbox ORDER BY txid DESC, id DESC LIMIT 1",
-            &[],
-        )
-        .await?;
+    newest(client, "").await
+}
+
+/// The position of the newest event that `filter` keeps (none: the start).
+async fn newest(client: &tokio_postgres::Client, filter: &str) -> Result<Position, ReadError> {
+    let sql = format!(
+        "SELECT txid::text, id FROM pgnotifier.outbox {filter} ORDER BY txid DESC, id DESC LIMIT 1"
+    );
+    let row = client.query_opt(&sql, &[]).await?;
     Ok(row
         .map(|row| position_of(&row))
         .transpose()?
