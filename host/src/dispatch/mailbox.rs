@@ -339,8 +339,8 @@ impl Mailbox {
 
     /// A tracked delivery is not made: the rest of its epoch is not either.
     pub(super) fn give_up(&self, delivery: &Delivery) {
-        if let Delivery::Tracked(_, _, epoch) = delivery {
-            self.failed_epoch.fetch_max(*epoch, Ordering::Relaxed);
+        if let Some(epoch) = delivery.epoch() {
+            self.failed_epoch.fetch_max(epoch, Ordering::Relaxed);
         }
     }
 

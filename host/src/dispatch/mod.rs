@@ -43,14 +43,40 @@ pub(crate) enum Delivery {
     /// A durable event: its outcome is reported. One dropped unreported (a
     /// full queue, a quarantine, a closed mailbox) reads as not delivered.
     /// Once one of an epoch fails or is dropped, the rest of that epoch is
-    /// dropped uncalled, so the sender can retry in order.
-    Tracked(
-        Arc<Notification>,
-        tokio::sync::oneshot::Sender<Outcome>,
-        u64,
-    ),
+    /// dropped uncalled, so the sender can retry in order. Boxed: the
+    /// queue's slots stay as small as a live notification needs.
+    Tracked(Box<Tracked>),
     /// Notifications on these channels may have been missed.
     Gap(Arc<[String]>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    notification: Arc<Notification>,
+    done: tokio::sync::oneshot::Sender<Outcome>,
+    epoch: u64,
+}
+
+impl Delivery {
+    pub(crate) fn tracked(
+        notification: Arc<Notification>,
+        done: tokio::sync::oneshot::Sender<Outcome>,
+        epoch: u64,
+    ) -> Self {
+        Delivery::Tracked(Box::new(Tracked {
+            notification,
+            done,
+            epoch,
+        }))
+    }
+
+    /// The epoch of a tracked delivery.
+    fn epoch(&self) -> Option<u64> {
+        match self {
+            Delivery::Tracked(tracked) => Some(tracked.epoch),
+            _ => None,
+        }
+    }
 }
 
 /// How a tracked delivery went.

@@ -385,7 +385,7 @@ async fn after_a_tracked_failure_the_rest_of_its_epoch_is_not_called() {
     for text in ["a", "b", "c"] {
         let (done, outcome) = tokio::sync::oneshot::channel();
         h.mailbox
-            .push(Delivery::Tracked(notification(text), done, epoch))
+            .push(Delivery::tracked(notification(text), done, epoch))
             .await;
         outcomes.push(outcome);
     }
@@ -400,7 +400,7 @@ async fn after_a_tracked_failure_the_rest_of_its_epoch_is_not_called() {
     let later = h.mailbox.next_epoch();
     assert!(later > epoch);
     h.mailbox
-        .push(Delivery::Tracked(notification("d"), done, later))
+        .push(Delivery::tracked(notification("d"), done, later))
         .await;
     assert!(matches!(outcome.await, Ok(Outcome::Failed(_))));
     assert_eq!(h.finish(), ["old:a", "old:d"]);

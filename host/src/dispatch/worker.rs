@@ -168,8 +168,8 @@ impl Mailbox {
                 Next::Switch => continue,
                 Next::Stop => break,
             };
-            if let Delivery::Tracked(_, _, epoch) = &delivery {
-                if *epoch <= self.failed_epoch.load(Ordering::Relaxed) {
+            if let Some(epoch) = delivery.epoch() {
+                if epoch <= self.failed_epoch.load(Ordering::Relaxed) {
                     // Behind one that failed: offered again, in order.
                     continue;
                 }
@@ -185,10 +185,16 @@ impl Mailbox {
                     self.call(clock, subscriber.as_mut(), &n, &mut last_end),
                     None,
                 ),
-                Delivery::Tracked(n, done, epoch) => (
-                    self.call(clock, subscriber.as_mut(), &n, &mut last_end),
-                    Some((done, epoch)),
-                ),
+                Delivery::Tracked(tracked) => {
+                    let super::Tracked {
+                        notification,
+                        done,
+                        epoch,
+                    } = *tracked;
+                    let result =
+                        self.call(clock, subscriber.as_mut(), &notification, &mut last_end);
+                    (result, Some((done, epoch)))
+                }
                 Delivery::Gap(channels) => {
                     bump(&self.counters.gaps, 1);
                     (subscriber.on_gap(&channels).map(|()| false), None)

@@ -395,7 +395,7 @@ impl Feed {
         let mut outcomes = Vec::with_capacity(window.len());
         for event in window {
             let (done, outcome) = tokio::sync::oneshot::channel();
-            let tracked = Delivery::Tracked(self.notification(event), done, epoch);
+            let tracked = Delivery::tracked(self.notification(event), done, epoch);
             self.mailbox.push(tracked).await;
             outcomes.push(outcome);
         }
@@ -471,7 +471,7 @@ impl Feed {
             }
             let epoch = self.mailbox.next_epoch();
             let (done, outcome) = tokio::sync::oneshot::channel();
-            let tracked = Delivery::Tracked(self.notification(event), done, epoch);
+            let tracked = Delivery::tracked(self.notification(event), done, epoch);
             self.mailbox.push(tracked).await;
             let failure = match outcome.await {
                 Ok(Outcome::Delivered) => return Tried::Delivered,
