@@ -8,6 +8,7 @@
 
 mod support;
 
+use pgnotifier::registry::SubscriberSource;
 use pgnotifier::Notifier;
 use serde_json::Value;
 use std::path::Path;
@@ -325,17 +326,40 @@ async fn grants_are_checked_when_the_plugin_loads() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_0_1_0_plugin_still_loads_beside_0_2_0_ones() {
+async fn plugins_built_for_0_1_0_and_0_2_0_still_load_beside_0_3_0_ones() {
     logs::install();
     let dir = support::temp_dir("versions");
     let ch = channel("versions");
-    // The WAT fixtures are built against the frozen wit/v0.1.0.
-    WatPlugin::new(&[&ch], Notify::Echo).write(&dir, "old");
+    // The WAT fixtures are built against the frozen wit/v0.1.0 and v0.2.0,
+    // and against the current WIT.
+    for version in ["0.1.0", "0.2.0", "0.3.0"] {
+        let name = format!("v{}", version.replace('.', "_"));
+        (WatPlugin::new(&[&ch], Notify::Echo).wit_version(version)).write(&dir, &name);
+    }
     install(&dir, "new", &format!("channels = [\"{ch}\"]\n"));
     let n = host(&dir).await;
-    Sender::connect().await.notify(&ch, "both").await;
-    wait_lines("old", "both", 1).await;
-    wait_lines("new", &format!("received {ch} both"), 1).await;
+    let versions: Vec<(String, String)> = (n.subscribers().into_iter())
+        .filter_map(|s| match s.source {
+            SubscriberSource::Plugin { wit, .. } => Some((s.id, wit.to_owned())),
+            SubscriberSource::Native => None,
+        })
+        .collect();
+    for (id, wit) in [
+        ("v0_1_0", "0.1.0"),
+        ("v0_2_0", "0.2.0"),
+        ("v0_3_0", "0.3.0"),
+        ("new", "0.3.0"),
+    ] {
+        assert!(
+            versions.contains(&(id.into(), wit.into())),
+            "{id} at {wit}: {versions:?}"
+        );
+    }
+    Sender::connect().await.notify(&ch, "all").await;
+    for old in ["v0_1_0", "v0_2_0", "v0_3_0"] {
+        wait_lines(old, "all", 1).await;
+    }
+    wait_lines("new", &format!("received {ch} all"), 1).await;
     n.shutdown(SOON).await;
 }
 
@@ -343,7 +367,18 @@ async fn a_0_1_0_plugin_still_loads_beside_0_2_0_ones() {
 async fn the_order_webhook_example_posts_each_changed_row() {
     logs::install();
     let hooks = WebhookServer::start();
-    let sender = Sender::connect().await;
+    let mut sender = Sender::connect().await;
+    // As the example's README says: the schema first, then its SQL.
+    pgnotifier::durable::schema::install(&mut sender.client)
+        .await
+        .unwrap();
+    // What an earlier run left: this run starts afresh.
+    (sender.client.batch_execute(
+        "delete from pgnotifier.positions where subscriber = 'order-webhook';
+         delete from pgnotifier.outbox where channel = 'orders_changed'",
+    ))
+    .await
+    .unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/order-webhook");
     let sql = std::fs::read_to_string(example.join("orders.sql")).unwrap();
     sender.client.batch_execute(&sql).await.unwrap();
@@ -360,6 +395,24 @@ async fn the_order_webhook_example_posts_each_changed_row() {
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", hooks.port));
     std::fs::write(dir.join("order-webhook.toml"), sidecar).unwrap();
     let n = host(&dir).await;
+    // A new at-least-once subscriber starts with what is sent once it reads.
+    let reading = || async {
+        (sender.client.query_opt(
+            "select 1 from pgnotifier.positions where subscriber = 'order-webhook'",
+            &[],
+        ))
+        .await
+        .unwrap()
+        .is_some()
+    };
+    let deadline = std::time::Instant::now() + SOON;
+    while !reading().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never started reading"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     let id: i64 = sender
         .client
@@ -401,6 +454,27 @@ async fn the_order_webhook_example_posts_each_changed_row() {
     assert_eq!(bodies[1]["order"]["status"], "shipped");
     assert_eq!(bodies[2]["op"], "DELETE");
     assert_eq!(bodies[2]["order"], Value::Null);
+    // Delivered durably: each post names its outbox event, once per event.
+    let outbox: Vec<String> = sender
+        .client
+        .query(
+            "select id from pgnotifier.outbox where channel = 'orders_changed' order by id desc limit 3",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|row| format!("order-event-{}", row.get::<_, i64>(0)))
+        .collect();
+    let keys: Vec<String> = (hooks.requests().iter())
+        .map(|r| {
+            r.idempotency_key
+                .clone()
+                .expect("an Idempotency-Key header")
+        })
+        .collect();
+    assert_eq!(keys, outbox);
     assert_no_failures(&n, "order-webhook");
     n.shutdown(SOON).await;
 }

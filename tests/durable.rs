@@ -557,8 +557,8 @@ async fn positions_live_in_the_database_and_only_move_forward() {
 
     assert_eq!(position(&client, "sink").await.unwrap(), None);
     let last = events[1].position();
-    save_position(&client, "sink", last).await.unwrap();
-    save_position(&client, "sink", events[0].position())
+    save_position(&client, "sink", last, None).await.unwrap();
+    save_position(&client, "sink", events[0].position(), None)
         .await
         .unwrap();
     assert_eq!(
@@ -706,10 +706,12 @@ async fn failures_are_retried_then_dead_lettered_and_delivery_moves_on() {
         max_attempts,
         backoff: std::time::Duration::from_millis(1),
     };
-    // Fails its first two calls of every event.
+    // Fails its first two calls of every event. Each call is told which
+    // event it has and which attempt this is.
     let calls: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, u32>>> =
         Default::default();
-    let counted = calls.clone();
+    let told: std::sync::Arc<std::sync::Mutex<Vec<(String, i64, u32)>>> = Default::default();
+    let (counted, noted) = (calls.clone(), told.clone());
     let flaky = pgnotifier::Subscriber::native(move |_, _, payload, _| {
         let count = {
             let mut calls = counted.lock().unwrap();
@@ -717,6 +719,12 @@ async fn failures_are_retried_then_dead_lettered_and_delivery_moves_on() {
             *count += 1;
             *count
         };
+        if let Some(event) = pgnotifier::current_event() {
+            noted
+                .lock()
+                .unwrap()
+                .push((format!("{payload:?}"), event.id, event.attempt));
+        }
         // Panics outside the lock, which stays usable.
         assert!(count > 2, "attempt {count} fails");
     })
@@ -748,6 +756,24 @@ async fn failures_are_retried_then_dead_lettered_and_delivery_moves_on() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    // The counts show in the subscribers' views and the metrics.
+    let durable_of = |id: &str| {
+        (n.subscribers().into_iter())
+            .find(|s| s.id == id)
+            .and_then(|s| s.durable)
+            .unwrap_or_else(|| panic!("{id} is at-least-once"))
+    };
+    let broken = durable_of("broken");
+    assert_eq!(
+        (broken.retries, broken.dead_letters),
+        (20, 10),
+        "{broken:?}"
+    );
+    let metrics = n.metrics();
+    assert!(
+        metrics.contains("pgnotifier_subscriber_dead_letters_total{subscriber=\"broken\"} 10"),
+        "{metrics}"
+    );
     for row in dead_letters().await {
         assert_eq!(row.get::<_, String>(0), "broken");
         assert_eq!(row.get::<_, i32>(1), 3);
@@ -762,12 +788,43 @@ async fn failures_are_retried_then_dead_lettered_and_delivery_moves_on() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let flaky = durable_of("flaky");
+    assert_eq!((flaky.retries, flaky.dead_letters), (20, 0), "{flaky:?}");
     n.shutdown(std::time::Duration::from_secs(5)).await;
     assert!(
         calls.lock().unwrap().values().all(|c| *c == 3),
         "each event succeeded at its third call, once: {:?}",
         calls.lock().unwrap()
     );
+    // The subscriber saw each event's outbox id, the same on every attempt,
+    // with the attempts counted 1, 2, 3.
+    let outbox: std::collections::BTreeMap<String, i64> = (client
+        .query("select payload, id from pgnotifier.outbox", &[]))
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| {
+        (
+            format!(
+                "{:?}",
+                pgnotifier::Payload::Integer(row.get::<_, String>(0).parse().unwrap())
+            ),
+            row.get(1),
+        )
+    })
+    .collect();
+    let told = told.lock().unwrap();
+    assert_eq!(told.len(), 30, "{told:?}");
+    for (payload, id) in &outbox {
+        let attempts: Vec<u32> = (told.iter())
+            .filter(|(p, _, _)| p == payload)
+            .map(|(_, seen, attempt)| {
+                assert_eq!(seen, id, "{payload}");
+                *attempt
+            })
+            .collect();
+        assert_eq!(attempts, [1, 2, 3], "{payload}");
+    }
 }
 
 #[tokio::test]
@@ -1013,5 +1070,152 @@ async fn retries_keep_the_order_while_events_are_queued_a_window_at_a_time() {
     assert!(
         calls.iter().all(|(i, c)| *c == expected(*i)),
         "each failing event at its third call, the others at their first: {calls:?}"
+    );
+}
+
+/// Poll `prune` until it has pruned `want` passed events: the server-wide
+/// horizon (other tests' transactions) may hold the newest back a moment.
+async fn prune_until(n: &pgnotifier::Notifier, want: u64) -> pgnotifier::durable::Pruned {
+    let mut total = pgnotifier::durable::Pruned::default();
+    let deadline = std::time::Instant::now() + SOON;
+    while total.passed < want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pruned {total:?}, want {want} passed"
+        );
+        if let Some(p) = n.prune_outbox().await.unwrap() {
+            total.passed += p.passed;
+            total.expired += p.expired;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    total
+}
+
+async fn outbox_count(client: &Client, channel: &str) -> i64 {
+    (client.query_one(
+        "select count(*) from pgnotifier.outbox where channel = $1",
+        &[&channel],
+    ))
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test]
+async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_age_removed() {
+    use pgnotifier::durable::RetryPolicy;
+    use std::sync::{Arc, Mutex};
+    let (url, client) = fresh_database("prune").await;
+    let n = notifier_on(&url);
+    let recorder = |seen: &Arc<Mutex<Vec<String>>>| {
+        let seen = seen.clone();
+        move |_: &str, _: &str, payload: &pgnotifier::Payload, _: i32| {
+            seen.lock().unwrap().push(format!("{payload:?}"));
+        }
+    };
+    let fast: Arc<Mutex<Vec<String>>> = Default::default();
+    let slow: Arc<Mutex<Vec<String>>> = Default::default();
+    let gaps: Arc<Mutex<Vec<pgnotifier::Gap>>> = Default::default();
+    let told = gaps.clone();
+    n.subscribe(
+        "fast",
+        "work",
+        pgnotifier::Subscriber::native(recorder(&fast)).at_least_once(RetryPolicy::default()),
+    )
+    .unwrap();
+    n.subscribe(
+        "slow",
+        "work",
+        pgnotifier::Subscriber::native(recorder(&slow))
+            .on_gap(move |_, _| {
+                told.lock()
+                    .unwrap()
+                    .push(pgnotifier::current_gap().unwrap())
+            })
+            .at_least_once(RetryPolicy::default()),
+    )
+    .unwrap();
+    // Both positions name their channels before the slow one stops.
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let named: i64 = (client.query_one(
+            "select count(*) from pgnotifier.positions where channels = '{work}'",
+            &[],
+        ))
+        .await
+        .map_or(0, |row| row.get(0));
+        if named == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "positions: {named} of 2 named"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    n.mute_subscriber("slow", pgnotifier::Selection::All)
+        .unwrap();
+    send_range(&client, 0..20).await;
+    client
+        .batch_execute("select pgnotifier.send('nobody', 'x') from generate_series(1, 5)")
+        .await
+        .unwrap();
+    let got_all = |seen: &Arc<Mutex<Vec<String>>>, count: usize| {
+        let seen = seen.clone();
+        move || seen.lock().unwrap().len() >= count
+    };
+    assert!(support::eventually(SOON, got_all(&fast, 20)).await);
+
+    // Its lag shows, counted while it is muted.
+    let lag = || {
+        (n.subscribers().into_iter())
+            .find(|s| s.id == "slow")
+            .and_then(|s| s.durable)
+            .unwrap()
+    };
+    assert!(
+        support::eventually(SOON, || lag().lag_events == 20).await,
+        "{:?}",
+        lag()
+    );
+    assert!(lag().lag_ms > 0, "{:?}", lag());
+    // The slow subscriber still needs every `work` event: only `nobody`'s go.
+    let pruned = prune_until(&n, 5).await;
+    assert_eq!((pruned.passed, pruned.expired), (5, 0));
+    assert_eq!(outbox_count(&client, "nobody").await, 0);
+    assert_eq!(outbox_count(&client, "work").await, 20);
+
+    // Back, it catches up on all of them; then they are passed by both.
+    n.unmute_subscriber("slow", pgnotifier::Selection::All)
+        .unwrap();
+    assert!(support::eventually(SOON, got_all(&slow, 20)).await);
+    let pruned = prune_until(&n, 20).await;
+    assert_eq!(pruned.expired, 0);
+    assert_eq!(outbox_count(&client, "work").await, 0);
+
+    // Removed by age before the slow one had them: a gap event says so.
+    n.mute_subscriber("slow", pgnotifier::Selection::All)
+        .unwrap();
+    send_range(&client, 100..103).await;
+    assert!(support::eventually(SOON, got_all(&fast, 23)).await);
+    let ageing = pgnotifier::Notifier::builder(pgnotifier::DatabaseConfig::from_url(&url).unwrap())
+        .outbox_retention(std::time::Duration::ZERO)
+        .build();
+    let pruned = ageing.prune_outbox().await.unwrap().unwrap();
+    assert_eq!(pruned.passed + pruned.expired, 3, "{pruned:?}");
+    n.unmute_subscriber("slow", pgnotifier::Selection::All)
+        .unwrap();
+    assert!(support::eventually(SOON, || !gaps.lock().unwrap().is_empty()).await);
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+    let gaps = gaps.lock().unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    assert_eq!(&*gaps[0].channels, ["work".to_owned()]);
+    assert_eq!(gaps[0].cause, pgnotifier::GapCause::Pruned(3));
+    assert!(gaps[0].lost_at.is_some_and(|at| at <= gaps[0].resumed_at));
+    assert_eq!(
+        slow.lock().unwrap().len(),
+        20,
+        "the pruned events never came"
     );
 }

@@ -1,5 +1,7 @@
 -- The table and trigger behind the order-webhook example.
 -- The trigger sends only the key of the changed row; the plugin fetches the row.
+-- It sends with pgnotifier.send, so each change is delivered at least once,
+-- even while the host is down: run `pgnotifier schema install` first.
 CREATE TABLE IF NOT EXISTS orders (
     id         bigserial PRIMARY KEY,
     customer   text NOT NULL,
@@ -11,7 +13,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE OR REPLACE FUNCTION notify_order_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('orders_changed', json_build_object(
+    PERFORM pgnotifier.send('orders_changed', json_build_object(
         'op', TG_OP,
         'id', CASE TG_OP WHEN 'DELETE' THEN OLD.id ELSE NEW.id END)::text);
     RETURN NULL;

@@ -69,7 +69,10 @@ pub mod local_pg;
 #[cfg(test)]
 mod layering;
 
-pub use dispatch::{DispatchSettings, Notification, Overflow, QueueLimits, SubscriberStats};
+pub use dispatch::{
+    DispatchSettings, DurableEvent, DurableStats, Gap, GapCause, Notification, Overflow,
+    QueueLimits, SubscriberStats,
+};
 pub use error::{Error, Result};
 pub use listener::ConnectionSettings;
 pub use notifier::{
@@ -80,4 +83,4 @@ pub use pg::DatabaseConfig;
 pub use plugins::{PluginChange, PluginWatcher, SubscriberSettings};
 pub use registry::{ChannelView, SubscriberView};
 pub use settings::ConfigError;
-pub use subscriber::Subscriber;
+pub use subscriber::{current_event, current_gap, Subscriber};

@@ -9,7 +9,7 @@
 //! start, a restart or new settings), its subscribers get a gap event first.
 
 use crate::channel::quote_ident;
-use crate::dispatch::{Delivery, Router};
+use crate::dispatch::{Delivery, Gap, GapCause, Router};
 use crate::pg::DatabaseConfig;
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -64,7 +64,36 @@ pub(crate) struct ListenerStatus {
     /// The channels that were LISTENed on a connection now closed, lost or
     /// stopped: the next connection owes their subscribers a gap event. It
     /// outlives each listener, so a stop and start is a gap too.
-    gap: std::sync::Mutex<BTreeSet<Arc<str>>>,
+    gap: std::sync::Mutex<OwedGap>,
+}
+
+/// Channels whose subscribers are owed a gap event, and since when.
+#[derive(Debug, Default)]
+struct OwedGap {
+    channels: BTreeSet<Arc<str>>,
+    /// When and why the first of the connections behind it ended.
+    since: Option<(SystemTime, String)>,
+}
+
+impl OwedGap {
+    /// A connection ended: remember the first loss while a gap is owed.
+    fn note_loss(&mut self, why: &str) {
+        if !self.channels.is_empty() && self.since.is_none() {
+            self.since = Some((SystemTime::now(), why.to_owned()));
+        }
+    }
+
+    fn merge(&mut self, other: OwedGap) {
+        self.channels.extend(other.channels);
+        if self.since.is_none() {
+            self.since = other.since;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.channels.clear();
+        self.since = None;
+    }
 }
 
 impl ListenerStatus {
@@ -208,8 +237,12 @@ async fn supervise(
         status.backend_pid.store(0, Ordering::Relaxed);
         status.listened.send_replace(Arc::default());
         match end {
-            SessionEnd::Stopped => break,
+            SessionEnd::Stopped => {
+                gap.note_loss("the listener was stopped");
+                break;
+            }
             SessionEnd::Lost(reason) => {
+                gap.note_loss(&reason);
                 let delay = backoff.next_delay();
                 tracing::warn!(
                     attempt = backoff.attempt,
@@ -226,7 +259,7 @@ async fn supervise(
             }
         }
     }
-    lock(&status.gap).extend(gap);
+    lock(&status.gap).merge(gap);
     tracing::info!("listener stopped");
 }
 
@@ -245,7 +278,7 @@ impl Session<'_> {
         client: Client,
         connection: Connection<S, T>,
         stop: &mut watch::Receiver<bool>,
-        gap: &mut BTreeSet<Arc<str>>,
+        gap: &mut OwedGap,
     ) -> SessionEnd
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -275,7 +308,7 @@ impl Session<'_> {
             if let Err(e) = sync_listens(&client, &mut listened, &wanted).await {
                 driver.abort();
                 // On a first sync, keep the old gap too: its events may be repeated, never lost.
-                gap.extend(std::mem::take(&mut listened));
+                gap.channels.extend(std::mem::take(&mut listened));
                 return SessionEnd::Lost(format!("LISTEN failed: {}", with_causes(&e)));
             }
             status.listened.send_replace(Arc::new(listened.clone()));
@@ -308,13 +341,13 @@ impl Session<'_> {
                     };
                     if let Some(reason) = failure {
                         driver.abort();
-                        *gap = listened;
+                        gap.channels = listened;
                         return SessionEnd::Lost(reason);
                     }
                 }
                 _ = stop.changed() => {
                     // Whatever is sent from here on until the next LISTEN is missed.
-                    gap.extend(listened);
+                    gap.channels.extend(listened);
                     if let Err(e) = client.batch_execute("UNLISTEN *").await {
                         tracing::warn!("UNLISTEN failed: {e}");
                     }
@@ -325,7 +358,7 @@ impl Session<'_> {
                     return SessionEnd::Stopped;
                 }
                 ended = &mut driver => {
-                    *gap = listened;
+                    gap.channels = listened;
                     let reason = match ended {
                         Ok(Ok(())) => "connection closed by the server".to_owned(),
                         Ok(Err(e)) => format!("connection lost: {}", with_causes(&e)),
@@ -366,17 +399,27 @@ async fn sync_listens(
     Ok(())
 }
 
-/// Tell every subscriber of the given channels that it may have missed
+/// Tell every subscriber of the owed channels that it may have missed
 /// notifications. Says whether anyone was told.
-async fn announce_gap(registry: &Registry, channels: &BTreeSet<Arc<str>>) -> bool {
-    if channels.is_empty() {
+async fn announce_gap(registry: &Registry, owed: &OwedGap) -> bool {
+    if owed.channels.is_empty() {
         return false;
     }
+    let (lost_at, why) = match &owed.since {
+        Some((at, why)) => (Some(*at), why.clone()),
+        None => (None, "the connection was lost".to_owned()),
+    };
     let mut told = false;
     let snapshot = registry.snapshot_arc();
-    for (mailbox, missed) in snapshot.gap_targets(channels) {
+    for (mailbox, missed) in snapshot.gap_targets(&owed.channels) {
         tracing::info!(subscriber = %mailbox.id, channels = ?missed, "notifications may have been missed");
-        mailbox.push(Delivery::Gap(missed.into())).await;
+        let gap = Gap {
+            channels: missed.into(),
+            lost_at,
+            resumed_at: SystemTime::now(),
+            cause: GapCause::ConnectionLost(why.clone()),
+        };
+        mailbox.push(Delivery::Gap(Arc::new(gap))).await;
         told = true;
     }
     told

@@ -4,7 +4,7 @@
 //! atomics kept by dispatch, the listener and the plugin sync, and a scrape
 //! takes no lock that dispatch takes.
 
-use crate::dispatch::SubscriberStats;
+use crate::dispatch::{DurableStats, SubscriberStats};
 use crate::listener::ListenerStatus;
 use crate::plugins::PluginCounters;
 use crate::registry::Registry;
@@ -19,6 +19,9 @@ pub(crate) struct Sources<'a> {
     pub(crate) listener: &'a ListenerStatus,
     pub(crate) plugins: &'a PluginCounters,
     pub(crate) cache: Option<CacheStats>,
+    /// The at-least-once subscribers' feeders, and the outbox at the last prune.
+    pub(crate) durable: Vec<(std::sync::Arc<str>, DurableStats)>,
+    pub(crate) outbox_events: Option<u64>,
 }
 
 /// Every metric, in the Prometheus text format.
@@ -77,6 +80,49 @@ pub(crate) fn render(from: &Sources) -> String {
             quarantined,
         );
     }
+    type Durable = fn(&DurableStats) -> f64;
+    let per_durable: [(&str, &str, &str, Durable); 4] = [
+        (
+            "pgnotifier_subscriber_lag_events",
+            "gauge",
+            "Durable events on an at-least-once subscriber's channels it has not handled yet.",
+            |d| d.lag_events as f64,
+        ),
+        (
+            "pgnotifier_subscriber_lag_seconds",
+            "gauge",
+            "How long ago the oldest event it has not handled was sent.",
+            |d| d.lag_ms as f64 / 1000.0,
+        ),
+        (
+            "pgnotifier_subscriber_retries_total",
+            "counter",
+            "Failed calls with a durable event that were retried.",
+            |d| d.retries as f64,
+        ),
+        (
+            "pgnotifier_subscriber_dead_letters_total",
+            "counter",
+            "Durable events that went to the dead letters.",
+            |d| d.dead_letters as f64,
+        ),
+    ];
+    for (name, kind, help, stat) in per_durable {
+        out.family(name, kind, help);
+        for (id, durable) in &from.durable {
+            out.sample(name, &[("subscriber", id)], stat(durable));
+        }
+    }
+    if let Some(events) = from.outbox_events {
+        let name = "pgnotifier_outbox_events";
+        out.family(
+            name,
+            "gauge",
+            "Events in the outbox, counted at each prune.",
+        );
+        out.sample(name, &[], events as f64);
+    }
+
     let name = "pgnotifier_subscriber_call_duration_seconds";
     out.family(name, "histogram", "How long on-notify calls took.");
     for mailbox in from.registry.mailboxes() {

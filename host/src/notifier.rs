@@ -128,6 +128,7 @@ pub struct NotifierBuilder {
     connection: ConnectionSettings,
     query_pool_size: usize,
     registry: Registry,
+    outbox_retention: Duration,
 }
 
 impl NotifierBuilder {
@@ -177,10 +178,22 @@ impl NotifierBuilder {
         self
     }
 
+    /// How long an outbox event is kept at most, even if an at-least-once
+    /// subscriber has not had it yet (it then gets a gap event); a week
+    /// unless set.
+    pub fn outbox_retention(mut self, retention: Duration) -> Self {
+        self.outbox_retention = retention;
+        self
+    }
+
     pub fn build(self) -> Notifier {
         let registry = Arc::new(self.registry);
         let database = Arc::new(Mutex::new(self.database));
-        let feeders = Arc::new(Feeders::new(database.clone(), Arc::downgrade(&registry)));
+        let feeders = Arc::new(Feeders::new(
+            database.clone(),
+            Arc::downgrade(&registry),
+            self.outbox_retention,
+        ));
         let plugins = PluginSync::new(
             registry.clone(),
             feeders.clone(),
@@ -237,6 +250,7 @@ impl Notifier {
             connection: ConnectionSettings::default(),
             query_pool_size: 4,
             registry: Registry::new(),
+            outbox_retention: crate::durable::DEFAULT_RETENTION,
         }
     }
 
@@ -345,7 +359,11 @@ impl Notifier {
 
     /// Every subscriber with its channels, mute flags and counters.
     pub fn subscribers(&self) -> Vec<SubscriberView> {
-        self.inner.registry.subscribers()
+        let mut views = self.inner.registry.subscribers();
+        for view in &mut views {
+            view.durable = self.inner.feeders.stats_of(&view.id);
+        }
+        views
     }
 
     /// Load one plugin file (and its sidecar) and subscribe it, or reload it
@@ -444,6 +462,15 @@ impl Notifier {
             .map(|reason| reason.to_string())
     }
 
+    /// Prune the outbox now, as the host does every minute: events every
+    /// at-least-once subscriber of their channel has passed, and events
+    /// older than the retention. `None` when another host is pruning.
+    pub async fn prune_outbox(&self) -> Result<Option<crate::durable::Pruned>> {
+        let mut client = self.durable_client().await?;
+        let retention = self.inner.feeders.retention();
+        Ok(crate::durable::pruner::prune(&mut client, retention).await?)
+    }
+
     /// Every dead letter: events an at-least-once subscriber failed on
     /// every attempt, oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>> {
@@ -482,7 +509,7 @@ impl Notifier {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            reader::save_position(&client, id, target)
+            reader::save_position(&client, id, target, None)
                 .await
                 .map_err(DurableError::from)?;
             tracing::warn!(subscriber = %id, "skipped ahead: events not handled yet will not be delivered");
@@ -542,6 +569,8 @@ impl Notifier {
             listener: &self.inner.status,
             plugins: &self.inner.plugins.counters,
             cache: self.compile_cache_stats(),
+            durable: self.inner.feeders.stats(),
+            outbox_events: self.inner.feeders.outbox_events(),
         })
     }
 

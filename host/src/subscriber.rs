@@ -1,10 +1,15 @@
 //! Subscribers written in Rust: closures called on their own worker thread.
+//!
+//! What a wasm plugin reads through the WIT's `delivery` interface, a
+//! closure reads with [`current_event`] and [`current_gap`], on the thread
+//! that calls it.
 
 use crate::dispatch::{
-    CallFailure, Deliver, DispatchSettings, Notification, Overflow, QueueLimits,
+    CallFailure, Deliver, DispatchSettings, DurableEvent, Gap, Notification, Overflow, QueueLimits,
 };
 use crate::durable::{DeliveryMode, RetryPolicy};
 use crate::payload::{Payload, PayloadMode};
+use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,22 +92,46 @@ struct NativeDeliver {
     subscriber: Subscriber,
 }
 
+thread_local! {
+    static CURRENT_EVENT: Cell<Option<DurableEvent>> = const { Cell::new(None) };
+    static CURRENT_GAP: RefCell<Option<Gap>> = const { RefCell::new(None) };
+}
+
+/// In a native subscriber's closure: the durable event it is called with
+/// (its id, attempt and send time), or `None` for a live notification.
+/// Key idempotency on the id: after a restart an event may come again.
+pub fn current_event() -> Option<DurableEvent> {
+    CURRENT_EVENT.get()
+}
+
+/// In a native subscriber's gap closure: the gap's bounds and cause.
+pub fn current_gap() -> Option<Gap> {
+    CURRENT_GAP.with_borrow(|gap| gap.clone())
+}
+
 impl Deliver for NativeDeliver {
-    fn on_notify(&mut self, n: &Notification) -> Result<(), CallFailure> {
+    fn on_notify(
+        &mut self,
+        n: &Notification,
+        event: Option<&DurableEvent>,
+    ) -> Result<(), CallFailure> {
         let f = &self.subscriber.on_notify;
-        catch_unwind(AssertUnwindSafe(|| {
+        CURRENT_EVENT.set(event.copied());
+        let called = catch_unwind(AssertUnwindSafe(|| {
             f(&self.id, &n.channel, &n.payload, n.pid)
-        }))
-        .map_err(panic_failure)
+        }));
+        CURRENT_EVENT.set(None);
+        called.map_err(panic_failure)
     }
 
-    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure> {
-        match &self.subscriber.on_gap {
-            Some(f) => {
-                catch_unwind(AssertUnwindSafe(|| f(&self.id, channels))).map_err(panic_failure)
-            }
-            None => Ok(()),
-        }
+    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure> {
+        let Some(f) = &self.subscriber.on_gap else {
+            return Ok(());
+        };
+        CURRENT_GAP.set(Some(gap.clone()));
+        let called = catch_unwind(AssertUnwindSafe(|| f(&self.id, &gap.channels)));
+        CURRENT_GAP.set(None);
+        called.map_err(panic_failure)
     }
 }
 

@@ -60,6 +60,8 @@ pub struct WatPlugin {
     pub register: Register,
     /// Logged by `register` after `registered`, to tell versions apart.
     pub label: Option<String>,
+    /// The `pgnotifier:plugin` version it targets; 0.1.0 unless set.
+    pub version: &'static str,
 }
 
 impl WatPlugin {
@@ -69,7 +71,15 @@ impl WatPlugin {
             notify,
             register: Register::Ok,
             label: None,
+            version: "0.1.0",
         }
+    }
+
+    /// Target `version` of the WIT (0.1.0, 0.2.0 or 0.3.0): all three have
+    /// the same exports, so only the names change.
+    pub fn wit_version(mut self, version: &'static str) -> Self {
+        self.version = version;
+        self
     }
 
     pub fn label(mut self, label: &str) -> Self {
@@ -89,7 +99,7 @@ impl WatPlugin {
     /// The component's bytes.
     pub fn component(&self) -> Vec<u8> {
         let mut module = wat::parse_str(self.wat()).expect("test plugin WAT parses");
-        let (resolve, world) = resolve(self.notify);
+        let (resolve, world) = resolve(self.notify, self.version);
         wit_component::embed_component_metadata(&mut module, &resolve, world, StringEncoding::UTF8)
             .expect("embed WIT metadata");
         ComponentEncoder::default()
@@ -255,10 +265,10 @@ impl WatPlugin {
             }
             _ => "",
         };
-
+        let version = self.version;
         format!(
             r#"(module
-  (import "pgnotifier:plugin/host@0.1.0" "log" (func $log (param i32 i32 i32)))
+  (import "pgnotifier:plugin/host@{version}" "log" (func $log (param i32 i32 i32)))
   {wasi_imports}
   (memory (export "memory") 2)
   (global $bump (mut i32) (i32.const 65536))
@@ -287,13 +297,13 @@ impl WatPlugin {
     (global.set $bump (local.get $end))
     (local.get $p))
 
-  (func (export "pgnotifier:plugin/subscriber@0.1.0#register")
+  (func (export "pgnotifier:plugin/subscriber@{version}#register")
         (param $id i32) (param $idl i32) (param $cfg i32) (param $cfgl i32) (result i32)
     (local $i i32) (local $e i32)
     {register_body}
     (i32.const 256))
 
-  (func (export "pgnotifier:plugin/subscriber@0.1.0#on-notify")
+  (func (export "pgnotifier:plugin/subscriber@{version}#on-notify")
         (param $id i32) (param $idl i32) (param $ch i32) (param $chl i32)
         (param $disc i32) (param $p0 i64) (param $p1 i32) (param $pid i32) (result i32)
     (local $i i32) (local $s i32)
@@ -304,10 +314,10 @@ impl WatPlugin {
   (func $deep (param $n i32) (result i32)
     (i32.add (call $deep (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
 
-  (func (export "cabi_post_pgnotifier:plugin/subscriber@0.1.0#on-notify") (param i32)
+  (func (export "cabi_post_pgnotifier:plugin/subscriber@{version}#on-notify") (param i32)
     (global.set $bump (i32.const 65536)))
 
-  (func (export "pgnotifier:plugin/subscriber@0.1.0#on-gap")
+  (func (export "pgnotifier:plugin/subscriber@{version}#on-gap")
         (param $id i32) (param $idl i32) (param $chs i32) (param $chsl i32)
     (if (i32.gt_u (local.get $chsl) (i32.const 0))
       (then (call $log (i32.const 3) (i32.load (local.get $chs)) (i32.load offset=4 (local.get $chs))))))
@@ -318,10 +328,19 @@ impl WatPlugin {
 
 /// The `plugin` world, or one that also imports the WASI interfaces the
 /// behaviour uses (subsets of the real WIT, as a guest would import them).
-fn resolve(notify: Notify) -> (Resolve, wit_parser::WorldId) {
+fn resolve(notify: Notify, version: &str) -> (Resolve, wit_parser::WorldId) {
     let mut resolve = Resolve::default();
-    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/v0.1.0");
-    let (plugin_pkg, _) = resolve.push_dir(&wit_dir).expect("wit/ parses");
+    let (plugin_pkg, _) = resolve.push_dir(wit_dir(version)).expect("wit/ parses");
+    if version != "0.1.0" {
+        assert!(
+            matches!(notify, Notify::Echo),
+            "only Echo targets other WIT versions"
+        );
+        let world = resolve
+            .select_world(&[plugin_pkg], Some("plugin"))
+            .expect("world plugin");
+        return (resolve, world);
+    }
     let wasi: &[(&str, &str)] = match notify {
         Notify::Stdio | Notify::Flood { .. } => &[
             (
@@ -478,4 +497,14 @@ pub fn other_world_component() -> Vec<u8> {
         .expect("core module is usable")
         .encode()
         .expect("component encodes")
+}
+
+/// Where the WIT of `version` lives: the current one in `wit/`, frozen ones beside it.
+fn wit_dir(version: &str) -> PathBuf {
+    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let current = std::fs::read_to_string(wit.join("plugin.wit")).expect("wit/plugin.wit");
+    match current.contains(&format!("package pgnotifier:plugin@{version};")) {
+        true => wit,
+        false => wit.join(format!("v{version}")),
+    }
 }

@@ -16,6 +16,7 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub content_type: Option<String>,
+    pub idempotency_key: Option<String>,
     pub body: String,
 }
 
@@ -73,7 +74,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>) {
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_owned();
     let path = parts.next().unwrap_or("").to_owned();
-    let (mut length, mut content_type) = (0usize, None);
+    let (mut length, mut content_type, mut idempotency_key) = (0usize, None, None);
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
@@ -83,6 +84,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>) {
             match name.trim().to_ascii_lowercase().as_str() {
                 "content-length" => length = value.trim().parse().unwrap_or(0),
                 "content-type" => content_type = Some(value.trim().to_owned()),
+                "idempotency-key" => idempotency_key = Some(value.trim().to_owned()),
                 _ => {}
             }
         }
@@ -95,6 +97,7 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<Request>>) {
         method,
         path: path.clone(),
         content_type,
+        idempotency_key,
         body: String::from_utf8_lossy(&body).into_owned(),
     });
     let answer = match path.as_str() {

@@ -3,8 +3,13 @@
 //! The trigger in `orders.sql` sends only the key (`{"op": "UPDATE", "id": 42}`),
 //! as a NOTIFY payload should: the row is read here, when it is delivered, so
 //! the webhook always gets the row as it is now. A deleted row is sent as
-//! `"order": null`. A webhook that does not answer 2xx fails the call, which
-//! the host counts and logs.
+//! `"order": null`.
+//!
+//! Delivery is at least once (the sidecar's `delivery`, the trigger's
+//! `pgnotifier.send`): a webhook that does not answer 2xx fails the call,
+//! which the host retries, then dead-letters. An event may therefore be
+//! posted twice; each post carries `Idempotency-Key: order-event-<event id>`,
+//! the same on every delivery of one event, so the receiver can drop repeats.
 
 use pgnotifier_plugin::{http, info, query, Config, Notification, Payload, Plugin};
 use serde_json::{json, Value};
@@ -29,11 +34,21 @@ impl Plugin for OrderWebhook {
             serde_json::from_str(&rows).map_err(|e| format!("rows are not JSON: {e}"))?;
         let order = rows.into_iter().next().unwrap_or(Value::Null);
         let body = json!({ "op": op, "id": id, "order": order }).to_string();
-        let response = http::post(&self.webhook, "application/json", body.as_bytes())?;
+        // A live notification (a plain pg_notify) has no event: no key.
+        let key = n.event().map(|event| format!("order-event-{}", event.id));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(key) = &key {
+            headers.push(("idempotency-key", key));
+        }
+        let response = http::request("POST", &self.webhook, &headers, body.as_bytes())?;
         if !(200..300).contains(&response.status) {
             return Err(format!("webhook answered {} for order {id}", response.status));
         }
-        info(&format!("order {id} ({op}) posted: {}", response.status));
+        let attempt = n.event().map_or(1, |event| event.attempt);
+        info(&format!(
+            "order {id} ({op}) posted: {} (attempt {attempt})",
+            response.status
+        ));
         Ok(())
     }
 }

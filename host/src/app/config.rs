@@ -3,7 +3,7 @@
 
 use crate::listener::ConnectionSettings;
 use crate::plugins::LimitSettings;
-use crate::settings::{check_range, toml_message, ConfigError};
+use crate::settings::{check_range, parse_span, toml_message, ConfigError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +36,8 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// Where the runtime state (mutes, subscriptions) is kept.
     pub data_dir: Option<PathBuf>,
+    /// How long an outbox event is kept at most: `"7d"` unless set.
+    pub outbox_retention: Option<String>,
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
@@ -99,6 +101,15 @@ impl FileConfig {
         };
         check_range("watch_debounce_ms", ms, 1, 60_000)?;
         Ok(Some(Duration::from_millis(ms)))
+    }
+
+    /// `outbox_retention`, checked: from a minute to ten years.
+    pub fn outbox_retention(&self) -> Result<Option<Duration>, ConfigError> {
+        let Some(text) = &self.outbox_retention else {
+            return Ok(None);
+        };
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(3650 * 86_400));
+        parse_span("outbox_retention", text, min, max).map(Some)
     }
 
     /// `query_pool_size`, checked.
@@ -247,6 +258,10 @@ mod tests {
             .apply_to(SubscriberSettings::default())
             .unwrap();
         assert_eq!(defaults, SubscriberSettings::default());
+        assert_eq!(
+            file.outbox_retention().unwrap(),
+            Some(crate::durable::DEFAULT_RETENTION)
+        );
         DatabaseConfig::from_url(file.database_url.as_deref().unwrap()).unwrap();
         let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();
         assert_eq!(control.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);

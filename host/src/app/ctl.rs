@@ -477,6 +477,19 @@ fn subscribers_table(reply: &Value) -> String {
             other => other.unwrap_or_default().to_owned(),
         };
         let stats = &s["stats"];
+        let durable = match &s["durable"] {
+            Value::Object(_) => {
+                let d = &s["durable"];
+                let seconds = d["lag_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+                format!(
+                    "lag {} ({seconds:.1} s), retries {}, dead {}",
+                    text(&d["lag_events"]),
+                    text(&d["retries"]),
+                    text(&d["dead_letters"])
+                )
+            }
+            _ => "-".to_owned(),
+        };
         vec![
             text(&s["id"]),
             channels.join(", "),
@@ -485,6 +498,7 @@ fn subscribers_table(reply: &Value) -> String {
             text(&stats["timed_out"]),
             text(&stats["dropped"]),
             text(&stats["queued"]),
+            durable,
             state,
             origin,
         ]
@@ -497,6 +511,7 @@ fn subscribers_table(reply: &Value) -> String {
         "TIMED-OUT",
         "DROPPED",
         "QUEUED",
+        "AT-LEAST-ONCE",
         "STATE",
         "SOURCE",
     ];

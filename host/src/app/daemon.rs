@@ -56,6 +56,7 @@ impl Settings {
         let control = control_settings(options, &file)?;
         file.query_pool_size()?;
         file.watch_debounce()?;
+        file.outbox_retention()?;
         Ok(Self {
             connection: file.connection_settings()?,
             drain_timeout: file.drain_timeout()?,
@@ -103,6 +104,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     if let Some(quiet) = settings.file.watch_debounce()? {
         builder = builder.watch_debounce(quiet);
+    }
+    if let Some(retention) = settings.file.outbox_retention()? {
+        builder = builder.outbox_retention(retention);
     }
     let notifier = builder.build();
     // Bound before plugins load, so a taken port fails fast.
@@ -197,6 +201,10 @@ async fn reload(
         (
             "query_pool_size",
             old.query_pool_size != new.query_pool_size,
+        ),
+        (
+            "outbox_retention",
+            old.outbox_retention != new.outbox_retention,
         ),
         (
             "admin_addr",

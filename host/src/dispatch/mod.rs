@@ -19,12 +19,12 @@ mod worker;
 pub(crate) use mailbox::{Mailbox, QuarantineHook};
 pub use queue::{Overflow, QueueLimits};
 pub(crate) use router::{RouteTable, Router};
-pub use stats::SubscriberStats;
+pub use stats::{DurableStats, SubscriberStats};
 
 use crate::payload::{Payload, PayloadMode};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// One notification as subscribers see it. Shared by every subscriber that
 /// wants the same payload mode.
@@ -34,6 +34,38 @@ pub struct Notification {
     pub payload: Payload,
     /// The process id of the PostgreSQL backend that sent it.
     pub pid: i32,
+}
+
+/// Which durable event a delivery carries (at-least-once subscribers only),
+/// so the subscriber can tell a redelivery from a new event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DurableEvent {
+    /// Its id in `pgnotifier.outbox`: the same on every delivery of it.
+    pub id: i64,
+    /// 1 on the first call with it by this host, more on retries; a dead
+    /// letter sent again continues its count.
+    pub attempt: u32,
+    /// When `pgnotifier.send` ran.
+    pub sent_at: SystemTime,
+}
+
+/// Notifications on some channels may have been missed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gap {
+    pub channels: Arc<[String]>,
+    /// When the host saw the loss, if it can know.
+    pub lost_at: Option<SystemTime>,
+    /// When delivery resumed.
+    pub resumed_at: SystemTime,
+    pub cause: GapCause,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum GapCause {
+    /// The LISTEN connection was lost: the error.
+    ConnectionLost(String),
+    /// This many durable events were pruned before the subscriber had them.
+    Pruned(u64),
 }
 
 /// What a worker hands to its subscriber.
@@ -46,13 +78,14 @@ pub(crate) enum Delivery {
     /// dropped uncalled, so the sender can retry in order. Boxed: the
     /// queue's slots stay as small as a live notification needs.
     Tracked(Box<Tracked>),
-    /// Notifications on these channels may have been missed.
-    Gap(Arc<[String]>),
+    /// Notifications may have been missed.
+    Gap(Arc<Gap>),
 }
 
 #[derive(Debug)]
 pub(crate) struct Tracked {
     notification: Arc<Notification>,
+    event: DurableEvent,
     done: tokio::sync::oneshot::Sender<Outcome>,
     epoch: u64,
 }
@@ -60,11 +93,13 @@ pub(crate) struct Tracked {
 impl Delivery {
     pub(crate) fn tracked(
         notification: Arc<Notification>,
+        event: DurableEvent,
         done: tokio::sync::oneshot::Sender<Outcome>,
         epoch: u64,
     ) -> Self {
         Delivery::Tracked(Box::new(Tracked {
             notification,
+            event,
             done,
             epoch,
         }))
@@ -102,8 +137,13 @@ pub enum CallFailure {
 
 /// Something that receives deliveries on its own worker thread.
 pub(crate) trait Deliver: Send + 'static {
-    fn on_notify(&mut self, notification: &Notification) -> Result<(), CallFailure>;
-    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure>;
+    /// `event` is set for a durable event.
+    fn on_notify(
+        &mut self,
+        notification: &Notification,
+        event: Option<&DurableEvent>,
+    ) -> Result<(), CallFailure>;
+    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure>;
 }
 
 /// How a subscriber is dispatched to: its queue, the payload it wants, and

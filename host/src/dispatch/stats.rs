@@ -36,3 +36,18 @@ pub struct SubscriberStats {
     /// Notifications waiting in the queue.
     pub queued: usize,
 }
+
+/// What `ctl subscribers` and the metrics show of an at-least-once subscriber.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DurableStats {
+    /// Events sent on its channels that it has not handled yet, counted
+    /// about once a second.
+    pub lag_events: u64,
+    /// How long ago the oldest of them was sent, in milliseconds; 0 when
+    /// caught up.
+    pub lag_ms: u64,
+    /// Failed calls that were retried.
+    pub retries: u64,
+    /// Events that went to the dead letters.
+    pub dead_letters: u64,
+}

@@ -63,12 +63,19 @@ struct Fake {
 }
 
 impl Deliver for Fake {
-    fn on_notify(&mut self, n: &Notification) -> Result<(), CallFailure> {
+    fn on_notify(
+        &mut self,
+        n: &Notification,
+        event: Option<&DurableEvent>,
+    ) -> Result<(), CallFailure> {
         self.gate.pass();
-        let text = match &n.payload {
+        let mut text = match &n.payload {
             Payload::Text(text) => text.clone(),
             other => format!("{other:?}"),
         };
+        if let Some(event) = event {
+            text.push_str(&format!(" #{}", event.id));
+        }
         lock(&self.log).push(format!("{}:{text}", self.name));
         match self.fails {
             true => Err(CallFailure::Returned("no".into())),
@@ -76,7 +83,8 @@ impl Deliver for Fake {
         }
     }
 
-    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure> {
+    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure> {
+        let channels = &gap.channels;
         lock(&self.log).push(format!("{}:gap {channels:?}", self.name));
         Ok(())
     }
@@ -366,7 +374,12 @@ async fn a_gap_is_delivered_in_its_place_in_the_queue() {
     );
     h.hold("1").await;
     h.mailbox
-        .push(Delivery::Gap(["orders".to_owned()].into()))
+        .push(Delivery::Gap(Arc::new(Gap {
+            channels: ["orders".to_owned()].into(),
+            lost_at: None,
+            resumed_at: std::time::SystemTime::now(),
+            cause: GapCause::ConnectionLost("test".into()),
+        })))
         .await;
     h.push("2").await;
     assert_eq!(h.finish(), ["old:1", "old:gap [\"orders\"]", "old:2"]);
@@ -382,10 +395,15 @@ async fn after_a_tracked_failure_the_rest_of_its_epoch_is_not_called() {
     );
     let epoch = h.mailbox.next_epoch();
     let mut outcomes = Vec::new();
-    for text in ["a", "b", "c"] {
+    for (id, text) in ["a", "b", "c"].into_iter().enumerate() {
         let (done, outcome) = tokio::sync::oneshot::channel();
         h.mailbox
-            .push(Delivery::tracked(notification(text), done, epoch))
+            .push(Delivery::tracked(
+                notification(text),
+                event(id as i64),
+                done,
+                epoch,
+            ))
             .await;
         outcomes.push(outcome);
     }
@@ -400,8 +418,16 @@ async fn after_a_tracked_failure_the_rest_of_its_epoch_is_not_called() {
     let later = h.mailbox.next_epoch();
     assert!(later > epoch);
     h.mailbox
-        .push(Delivery::tracked(notification("d"), done, later))
+        .push(Delivery::tracked(notification("d"), event(3), done, later))
         .await;
     assert!(matches!(outcome.await, Ok(Outcome::Failed(_))));
-    assert_eq!(h.finish(), ["old:a", "old:d"]);
+    assert_eq!(h.finish(), ["old:a #0", "old:d #3"]);
+}
+
+fn event(id: i64) -> DurableEvent {
+    DurableEvent {
+        id,
+        attempt: 1,
+        sent_at: std::time::SystemTime::now(),
+    }
 }

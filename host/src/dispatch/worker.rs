@@ -2,7 +2,7 @@
 //! calls its subscriber, counting failures up to a quarantine.
 
 use super::mailbox::{Life, Mailbox};
-use super::{CallFailure, Deliver, Delivery, Notification, Outcome};
+use super::{CallFailure, Deliver, Delivery, DurableEvent, Notification, Outcome};
 use crate::sync::{bump, clock, lock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -135,10 +135,11 @@ impl Mailbox {
         clock: &quanta::Clock,
         subscriber: &mut dyn Deliver,
         n: &Notification,
+        event: Option<&DurableEvent>,
         last_end: &mut Option<u64>,
     ) -> Result<bool, CallFailure> {
         let started = last_end.unwrap_or_else(|| clock.raw());
-        let result = subscriber.on_notify(n);
+        let result = subscriber.on_notify(n, event);
         let ended = clock.raw();
         (self.counters.call_duration).record(clock.delta_as_nanos(started, ended));
         *last_end = Some(ended);
@@ -182,22 +183,28 @@ impl Mailbox {
             }
             let (result, report) = match delivery {
                 Delivery::Notify(n) => (
-                    self.call(clock, subscriber.as_mut(), &n, &mut last_end),
+                    self.call(clock, subscriber.as_mut(), &n, None, &mut last_end),
                     None,
                 ),
                 Delivery::Tracked(tracked) => {
                     let super::Tracked {
                         notification,
+                        event,
                         done,
                         epoch,
                     } = *tracked;
-                    let result =
-                        self.call(clock, subscriber.as_mut(), &notification, &mut last_end);
+                    let result = self.call(
+                        clock,
+                        subscriber.as_mut(),
+                        &notification,
+                        Some(&event),
+                        &mut last_end,
+                    );
                     (result, Some((done, epoch)))
                 }
-                Delivery::Gap(channels) => {
+                Delivery::Gap(gap) => {
                     bump(&self.counters.gaps, 1);
-                    (subscriber.on_gap(&channels).map(|()| false), None)
+                    (subscriber.on_gap(&gap).map(|()| false), None)
                 }
             };
             if let Some((done, epoch)) = report {

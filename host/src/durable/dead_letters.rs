@@ -3,6 +3,7 @@
 //! feeder takes it before its next events, and the letter is gone once a
 //! call succeeds.
 
+use super::reader::Event;
 use super::schema::WAKE_CHANNEL;
 use super::DurableError;
 use serde::Serialize;
@@ -71,19 +72,42 @@ pub async fn request_redelivery(
     Ok(letter)
 }
 
+/// A dead letter asked to be delivered again.
+pub(crate) struct Redelivery {
+    /// The letter's id.
+    pub id: i64,
+    /// Attempts made before it was dead-lettered (and at earlier redeliveries).
+    pub attempts: u32,
+    /// The event it holds. It is out of the outbox's order: no position.
+    pub event: Event,
+}
+
 /// The letters of `subscriber` waiting to be delivered again, oldest first.
 pub(crate) async fn waiting(
     client: &tokio_postgres::Client,
     subscriber: &str,
-) -> Result<Vec<DeadLetter>, DurableError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM pgnotifier.dead_letters WHERE subscriber = $1 AND redeliver ORDER BY id"
-    );
-    Ok(client
-        .query(&sql, &[&subscriber])
-        .await?
+) -> Result<Vec<Redelivery>, DurableError> {
+    let rows = client
+        .query(
+            "SELECT id, event_id, channel, payload, sent_at, attempts
+               FROM pgnotifier.dead_letters WHERE subscriber = $1 AND redeliver ORDER BY id",
+            &[&subscriber],
+        )
+        .await?;
+    Ok(rows
         .iter()
-        .map(letter)
+        .map(|row| Redelivery {
+            id: row.get(0),
+            attempts: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+            event: Event {
+                id: row.get(1),
+                txid: 0,
+                channel: row.get(2),
+                payload: row.get(3),
+                sent_at: row.get(4),
+                pid: 0,
+            },
+        })
         .collect())
 }
 

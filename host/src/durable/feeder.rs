@@ -19,15 +19,19 @@
 //!   it also polls, so a missed wake-up only delays. A lost connection is
 //!   made again, and reading resumes from the saved position.
 
-use super::reader::{end_of_outbox, next_events, position, save_position, Event, Position};
+use super::reader::{end_of_outbox, lag, next_events, position, save_position, Event, Position};
 use super::schema::{self, WAKE_CHANNEL};
-use super::{dead_letters, DurableError};
-use crate::dispatch::{CallFailure, Delivery, Mailbox, Notification, Outcome};
+use super::{dead_letters, pruner, DurableError};
+use crate::dispatch::{
+    CallFailure, Delivery, DurableEvent, DurableStats, Gap, GapCause, Mailbox, Notification,
+    Outcome,
+};
 use crate::payload::decode;
 use crate::pg::DatabaseConfig;
 use crate::printable::with_causes;
 use crate::registry::Registry;
-use crate::sync::lock;
+use crate::sync::{bump, lock};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
@@ -37,6 +41,8 @@ use tokio::task::JoinHandle;
 pub const SAVE_EVERY: u32 = 100;
 /// The longest a handled event waits for its position to be written.
 pub const SAVE_AFTER: Duration = Duration::from_millis(200);
+/// `outbox_events` before the first prune.
+const OUTBOX_UNKNOWN: u64 = u64::MAX;
 /// How often the outbox is read without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
 /// Events read at once.
@@ -79,23 +85,114 @@ pub enum DeliveryMode {
     AtLeastOnce(RetryPolicy),
 }
 
+/// [`DurableStats`] as the feeder keeps them.
+#[derive(Debug, Default)]
+struct FeedCounters {
+    lag_events: AtomicU64,
+    lag_ms: AtomicU64,
+    retries: AtomicU64,
+    dead_letters: AtomicU64,
+}
+
+impl FeedCounters {
+    fn read(&self) -> DurableStats {
+        DurableStats {
+            lag_events: self.lag_events.load(Ordering::Relaxed),
+            lag_ms: self.lag_ms.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// How often a feeder counts what it has not handled yet.
+const MEASURE_LAG: Duration = Duration::from_secs(1);
+
 /// The feeders of one notifier's at-least-once subscribers, by id.
 pub(crate) struct Feeders {
     database: Arc<std::sync::Mutex<DatabaseConfig>>,
     registry: Weak<Registry>,
     running: std::sync::Mutex<std::collections::HashMap<Arc<str>, Feeder>>,
+    /// How long events are kept at most; pruning starts with the first feeder.
+    retention: Duration,
+    pruning: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
+    /// Events in the outbox at the last prune.
+    outbox_events: Arc<AtomicU64>,
 }
 
 impl Feeders {
     pub(crate) fn new(
         database: Arc<std::sync::Mutex<DatabaseConfig>>,
         registry: Weak<Registry>,
+        retention: Duration,
     ) -> Self {
         Self {
             database,
             registry,
             running: Default::default(),
+            retention,
+            pruning: Default::default(),
+            outbox_events: Arc::new(AtomicU64::new(OUTBOX_UNKNOWN)),
         }
+    }
+
+    /// How `id` stands, if it is fed.
+    pub(crate) fn stats_of(&self, id: &str) -> Option<DurableStats> {
+        lock(&self.running).get(id).map(|f| f.counters.read())
+    }
+
+    /// Every fed subscriber's stats.
+    pub(crate) fn stats(&self) -> Vec<(Arc<str>, DurableStats)> {
+        let running = lock(&self.running);
+        running
+            .iter()
+            .map(|(id, f)| (id.clone(), f.counters.read()))
+            .collect()
+    }
+
+    /// Events in the outbox at the last prune, once one has run.
+    pub(crate) fn outbox_events(&self) -> Option<u64> {
+        let events = self.outbox_events.load(Ordering::Relaxed);
+        (events != OUTBOX_UNKNOWN).then_some(events)
+    }
+
+    /// Prune the outbox every [`pruner::PRUNE_EVERY`] on `runtime`, unless already.
+    fn ensure_pruning(&self, runtime: &tokio::runtime::Handle) {
+        let mut pruning = lock(&self.pruning);
+        if pruning.is_some() {
+            return;
+        }
+        let (stop, mut stopped) = watch::channel(false);
+        let database = lock(&self.database).clone();
+        let retention = self.retention;
+        let outbox_events = self.outbox_events.clone();
+        let task = runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(pruner::PRUNE_EVERY) => {}
+                    _ = stopped.changed() => return,
+                }
+                let pruned = async {
+                    let (mut client, connection) =
+                        database.connect().await.map_err(DurableError::from)?;
+                    let driver = tokio::spawn(connection);
+                    let pruned = pruner::prune(&mut client, retention).await;
+                    if let Ok(events) = pruner::outbox_events(&client).await {
+                        outbox_events.store(events, Ordering::Relaxed);
+                    }
+                    driver.abort();
+                    pruned
+                };
+                match pruned.await {
+                    Ok(Some(p)) if p.passed + p.expired > 0 => {
+                        tracing::info!(passed = p.passed, expired = p.expired, "outbox pruned")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("pruning the outbox: {e}"),
+                }
+            }
+        });
+        *pruning = Some((stop, task));
     }
 
     /// Feed `id` from the outbox on `runtime`, unless it is fed already
@@ -107,6 +204,7 @@ impl Feeders {
         mailbox: &Arc<Mailbox>,
         retry: RetryPolicy,
     ) {
+        self.ensure_pruning(runtime);
         let mut running = lock(&self.running);
         if running.get(id).is_some_and(|f| f.retry == retry) {
             return;
@@ -122,6 +220,10 @@ impl Feeders {
         );
         // A feeder replaced stops after the event in hand.
         running.insert(id.clone(), feeder);
+    }
+
+    pub(crate) fn retention(&self) -> Duration {
+        self.retention
     }
 
     /// How `id` is retried, if it is fed.
@@ -140,6 +242,9 @@ impl Feeders {
     /// Ask every feeder to stop, without waiting; each finishes the event
     /// in hand and writes its position, which [`Feeder::stop`] waits for.
     pub(crate) fn stop_all(&self) -> Vec<Feeder> {
+        if let Some((stop, _)) = lock(&self.pruning).take() {
+            let _ = stop.send(true);
+        }
         let feeders: Vec<Feeder> = lock(&self.running).drain().map(|(_, f)| f).collect();
         for feeder in &feeders {
             let _ = feeder.stop.send(true);
@@ -165,6 +270,7 @@ pub(crate) struct Feeder {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     retry: RetryPolicy,
+    counters: Arc<FeedCounters>,
 }
 
 impl Feeder {
@@ -177,18 +283,23 @@ impl Feeder {
         retry: RetryPolicy,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
+        let counters = Arc::new(FeedCounters::default());
         let feed = Feed {
+            counters: counters.clone(),
             database,
             id,
             mailbox,
             registry,
             retry,
             stopped,
+            channels: Vec::new(),
+            channels_saved: true,
         };
         Self {
             stop,
             task: runtime.spawn(feed.run()),
             retry,
+            counters,
         }
     }
 
@@ -212,6 +323,11 @@ struct Feed {
     registry: Weak<Registry>,
     retry: RetryPolicy,
     stopped: watch::Receiver<bool>,
+    /// The subscriber's channels when last seen unpaused, written with the
+    /// position for pruning; `channels_saved` is false until written.
+    channels: Vec<String>,
+    channels_saved: bool,
+    counters: Arc<FeedCounters>,
 }
 
 /// How the attempts at one event ended.
@@ -282,17 +398,22 @@ impl Feed {
         if let Err(e) = client.batch_execute(&listen).await {
             return lost(&e);
         }
+        let mut saved = None;
         let mut at = match position(client, &self.id).await {
             Ok(Some(at)) => at,
+            // Written at once, so pruning keeps what this subscriber reads next.
             Ok(None) => match end_of_outbox(client).await {
-                Ok(end) => end,
+                Ok(end) => match self.save(client, end, &mut saved).await {
+                    Ok(()) => end,
+                    Err(e) => return lost(&e),
+                },
                 Err(e) => return lost(&e),
             },
             Err(e) => return lost(&e),
         };
-        let mut saved = None;
         let mut handled = 0;
         let mut since = Instant::now();
+        let mut measured: Option<Instant> = None;
         loop {
             if *self.stopped.borrow() {
                 return self.finish(client, at, &mut saved).await;
@@ -305,6 +426,10 @@ impl Feed {
                 // Removed: the position stays for a subscriber of this id later.
                 return self.finish(client, at, &mut saved).await;
             };
+            if !channels.is_empty() && channels != self.channels {
+                self.channels = channels.clone();
+                self.channels_saved = false;
+            }
             if !channels.is_empty() {
                 match self.redeliver(client).await {
                     Ok(true) => {}
@@ -319,6 +444,24 @@ impl Feed {
                     Err(e) => return lost(&e),
                 },
             };
+            // After the read: a prune that removed events it skips has
+            // recorded its gap by now, and the gap goes before them.
+            if !channels.is_empty() {
+                if let Err(e) = self.tell_gaps(client).await {
+                    return lost(&e);
+                }
+            }
+            if measured.is_none_or(|at| at.elapsed() >= MEASURE_LAG) && !self.channels.is_empty() {
+                match lag(client, at, &self.channels).await {
+                    Ok((events, age)) => {
+                        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+                        self.counters.lag_events.store(events, Ordering::Relaxed);
+                        self.counters.lag_ms.store(age, Ordering::Relaxed);
+                    }
+                    Err(e) => return lost(&e),
+                }
+                measured = Some(Instant::now());
+            }
             if events.is_empty() {
                 if let Err(e) = self.save(client, at, &mut saved).await {
                     return lost(&e);
@@ -356,20 +499,38 @@ impl Feed {
 
     /// Write the position if it moved since the last write.
     async fn save(
-        &self,
+        &mut self,
         client: &tokio_postgres::Client,
         at: Position,
         saved: &mut Option<Position>,
     ) -> Result<(), super::reader::ReadError> {
-        if *saved != Some(at) {
-            save_position(client, &self.id, at).await?;
+        if *saved != Some(at) || !self.channels_saved {
+            let channels = (!self.channels.is_empty()).then_some(&self.channels[..]);
+            save_position(client, &self.id, at, channels).await?;
             *saved = Some(at);
+            self.channels_saved = true;
+        }
+        Ok(())
+    }
+
+    /// Deliver the gaps pruning left for this subscriber.
+    async fn tell_gaps(&mut self, client: &tokio_postgres::Client) -> Result<(), DurableError> {
+        for pruned in pruner::gaps_of(client, &self.id).await? {
+            tracing::warn!(subscriber = %self.id, events = pruned.events, channels = ?pruned.channels, "events pruned by outbox_retention before delivery");
+            let gap = Gap {
+                channels: pruned.channels.into(),
+                lost_at: Some(pruned.first_sent_at),
+                resumed_at: std::time::SystemTime::now(),
+                cause: GapCause::Pruned(pruned.events),
+            };
+            self.mailbox.push(Delivery::Gap(Arc::new(gap))).await;
+            pruner::gap_told(client, pruned.id).await?;
         }
         Ok(())
     }
 
     async fn finish(
-        &self,
+        &mut self,
         client: &tokio_postgres::Client,
         at: Position,
         saved: &mut Option<Position>,
@@ -395,16 +556,17 @@ impl Feed {
         let mut outcomes = Vec::with_capacity(window.len());
         for event in window {
             let (done, outcome) = tokio::sync::oneshot::channel();
-            let tracked = Delivery::tracked(self.notification(event), done, epoch);
+            let tracked =
+                Delivery::tracked(self.notification(event), durable(event, 1), done, epoch);
             self.mailbox.push(tracked).await;
             outcomes.push(outcome);
         }
         for (done, (event, outcome)) in window.iter().zip(outcomes).enumerate() {
             let tried = match outcome.await {
                 Ok(Outcome::Delivered) => continue,
-                Ok(Outcome::Failed(failure)) => self.attempt(event, 1, Some(failure)).await,
+                Ok(Outcome::Failed(failure)) => self.attempt(event, 0, 1, Some(failure)).await,
                 Err(_) if done > 0 => return Ok(Some(done)),
-                Err(_) => self.attempt(event, 0, None).await,
+                Err(_) => self.attempt(event, 0, 0, None).await,
             };
             return match tried {
                 Tried::Delivered => Ok(Some(done + 1)),
@@ -430,15 +592,7 @@ impl Feed {
     /// success removes one, a failure keeps it with the new error. False: stop.
     async fn redeliver(&mut self, client: &tokio_postgres::Client) -> Result<bool, DurableError> {
         for letter in dead_letters::waiting(client, &self.id).await? {
-            let event = Event {
-                id: letter.event_id,
-                txid: 0,
-                channel: letter.channel.clone(),
-                payload: letter.payload.clone(),
-                sent_at: std::time::SystemTime::now(),
-                pid: 0,
-            };
-            match self.attempt(&event, 0, None).await {
+            match self.attempt(&letter.event, letter.attempts, 0, None).await {
                 Tried::Delivered => dead_letters::delivered(client, letter.id).await?,
                 Tried::Stop => return Ok(false),
                 Tried::Failed(failure, attempts) => {
@@ -453,9 +607,12 @@ impl Feed {
 
     /// Call the subscriber with `event`, alone, until it succeeds or runs
     /// out of attempts; `attempt` calls have failed already, `last` last.
+    /// The subscriber sees the attempt counted after `earlier` ones (those
+    /// of a dead letter sent again).
     async fn attempt(
         &mut self,
         event: &Event,
+        earlier: u32,
         mut attempt: u32,
         last: Option<CallFailure>,
     ) -> Tried {
@@ -463,6 +620,7 @@ impl Feed {
             if attempt >= self.retry.max_attempts.max(1) {
                 return Tried::Failed(failure, attempt);
             }
+            bump(&self.counters.retries, 1);
             self.pause(self.retry.wait_after(attempt)).await;
         }
         loop {
@@ -471,7 +629,8 @@ impl Feed {
             }
             let epoch = self.mailbox.next_epoch();
             let (done, outcome) = tokio::sync::oneshot::channel();
-            let tracked = Delivery::tracked(self.notification(event), done, epoch);
+            let seen = durable(event, earlier.saturating_add(attempt).saturating_add(1));
+            let tracked = Delivery::tracked(self.notification(event), seen, done, epoch);
             self.mailbox.push(tracked).await;
             let failure = match outcome.await {
                 Ok(Outcome::Delivered) => return Tried::Delivered,
@@ -490,6 +649,7 @@ impl Feed {
             if attempt >= self.retry.max_attempts.max(1) {
                 return Tried::Failed(failure, attempt);
             }
+            bump(&self.counters.retries, 1);
             self.pause(self.retry.wait_after(attempt)).await;
         }
     }
@@ -526,7 +686,17 @@ impl Feed {
                 ],
             )
             .await?;
+        bump(&self.counters.dead_letters, 1);
         tracing::error!(subscriber = %self.id, event = event.id, attempts, "dead-lettered: {error}");
         Ok(())
+    }
+}
+
+/// What the subscriber is told of `event` on call number `attempt`.
+fn durable(event: &Event, attempt: u32) -> DurableEvent {
+    DurableEvent {
+        id: event.id,
+        attempt,
+        sent_at: event.sent_at,
     }
 }

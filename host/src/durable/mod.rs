@@ -8,15 +8,19 @@
 //!   positions kept in PostgreSQL;
 //! - [`feeder`]: one task per at-least-once subscriber, from the outbox to
 //!   its mailbox, with retries and dead letters;
-//! - [`dead_letters`]: listed, and delivered again on request.
+//! - [`dead_letters`]: listed, and delivered again on request;
+//! - [`pruner`]: the outbox emptied of what every subscriber has passed, or
+//!   what is older than the retention, with a gap event for what was missed.
 
 pub mod dead_letters;
 pub mod feeder;
+pub mod pruner;
 pub mod reader;
 pub mod schema;
 
 pub use dead_letters::DeadLetter;
 pub use feeder::{DeliveryMode, FeedError, RetryPolicy};
+pub use pruner::{Pruned, DEFAULT_RETENTION};
 
 use crate::pg::describe;
 

@@ -113,25 +113,55 @@ pub async fn position(
     row.map(|row| position_of(&row)).transpose()
 }
 
-/// Record that `subscriber` has handled everything up to `at`. A position
-/// never moves back: an older one (from a host that lost a race) is ignored.
+/// Record that `subscriber` has handled everything up to `at` on its
+/// `channels` (`None`: keep those recorded; none recorded means all, which
+/// pruning reads as needing every channel). A position never moves back: an
+/// older one (from a host that lost a race) is ignored.
 pub async fn save_position(
     client: &tokio_postgres::Client,
     subscriber: &str,
     at: Position,
+    channels: Option<&[String]>,
 ) -> Result<(), ReadError> {
     let txid = at.txid.to_string();
     client
         .execute(
-            "INSERT INTO pgnotifier.positions AS p (subscriber, txid, id, updated_at)
-                  VALUES ($1, $2::text::xid8, $3, pg_catalog.now())
+            "INSERT INTO pgnotifier.positions AS p (subscriber, txid, id, channels, updated_at)
+                  VALUES ($1, $2::text::xid8, $3, $4, pg_catalog.now())
              ON CONFLICT (subscriber) DO UPDATE
-                 SET txid = excluded.txid, id = excluded.id, updated_at = excluded.updated_at
-               WHERE (p.txid, p.id) < (excluded.txid, excluded.id)",
-            &[&subscriber, &txid, &at.id],
+                 SET (txid, id) = (SELECT * FROM (VALUES (p.txid, p.id), (excluded.txid, excluded.id)) v
+                                   ORDER BY 1 DESC, 2 DESC LIMIT 1),
+                     updated_at = excluded.updated_at,
+                     channels = coalesce(excluded.channels, p.channels)
+               WHERE (p.txid, p.id) < (excluded.txid, excluded.id)
+                  OR excluded.channels IS DISTINCT FROM p.channels AND excluded.channels IS NOT NULL",
+            &[&subscriber, &txid, &at.id, &channels],
         )
         .await?;
     Ok(())
+}
+
+/// How many events on `channels` come after `after`, readable or not yet,
+/// and how long ago the oldest of them was sent (zero when none).
+pub async fn lag(
+    client: &tokio_postgres::Client,
+    after: Position,
+    channels: &[String],
+) -> Result<(u64, std::time::Duration), ReadError> {
+    let txid = after.txid.to_string();
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(extract(epoch FROM pg_catalog.now() - min(sent_at)) * 1000, 0)::bigint
+               FROM pgnotifier.outbox
+              WHERE (txid, id) > ($1::text::xid8, $2) AND channel = ANY ($3)",
+            &[&txid, &after.id, &channels],
+        )
+        .await?;
+    let millis = row.get::<_, i64>(1).max(0).unsigned_abs();
+    Ok((
+        row.get::<_, i64>(0).unsigned_abs(),
+        std::time::Duration::from_millis(millis),
+    ))
 }
 
 /// The position after every event that is readable now: where a new

@@ -1,6 +1,6 @@
 //! The `pgnotifier` schema: the outbox that `pgnotifier.send` writes, the
-//! trigger helper `pgnotifier.notify_row`, subscribers' positions and dead
-//! letters.
+//! trigger helper `pgnotifier.notify_row`, subscribers' positions, dead
+//! letters, and the gaps pruning leaves.
 //!
 //! Migrations only go forward. Migration N brings the schema from version
 //! N-1 to N; the versions installed are rows of `pgnotifier.schema_version`.
@@ -24,7 +24,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -109,6 +109,20 @@ ALTER TABLE pgnotifier.outbox
     r#"
 ALTER TABLE pgnotifier.dead_letters
     ADD COLUMN redeliver boolean NOT NULL DEFAULT false;
+"#,
+    // 5: pruning: each position's channels (NULL: all), events by age, and
+    // the gaps pruning leaves, until the subscriber is told.
+    r#"
+ALTER TABLE pgnotifier.positions ADD COLUMN channels text[];
+CREATE INDEX outbox_sent_at ON pgnotifier.outbox (sent_at);
+CREATE TABLE pgnotifier.gaps (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    subscriber text NOT NULL,
+    channels text[] NOT NULL,
+    events bigint NOT NULL,
+    first_sent_at timestamptz NOT NULL,
+    pruned_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
 "#,
 ];
 

@@ -660,6 +660,7 @@ impl Registry {
                     .collect(),
                 quarantine: e.quarantine.clone(),
                 stats: e.mailbox.stats(),
+                durable: None,
             })
             .collect()
     }

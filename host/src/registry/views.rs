@@ -1,7 +1,7 @@
 //! The registry as callers see it: plain copies, safe to serialise.
 
 use super::SubscriberSource;
-use crate::dispatch::SubscriberStats;
+use crate::dispatch::{DurableStats, SubscriberStats};
 use serde::Serialize;
 
 /// A channel as the views show it.
@@ -33,6 +33,8 @@ pub struct SubscriberView {
     /// Why the subscriber is quarantined, if it is.
     pub quarantine: Option<String>,
     pub stats: SubscriberStats,
+    /// For an at-least-once subscriber: its lag, retries and dead letters.
+    pub durable: Option<DurableStats>,
 }
 
 /// One of a subscriber's channels.

@@ -2,11 +2,12 @@
 
 use super::guest_log::{cut_at, GuestLog};
 use super::stdio::{GuestOutput, Stdio};
-use crate::bindings::pgnotifier::plugin::{host, publish, query, types};
+use crate::bindings::pgnotifier::plugin::{delivery, host, publish, query, types};
 use crate::bindings::{Level, Plugin};
 use crate::capabilities::{HttpGate, PluginCapabilities};
+use crate::dispatch::{DurableEvent, Gap, GapCause};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use wasmtime::component::{HasSelf, Linker, ResourceTable, WasmStr};
 use wasmtime::{StoreContextMut, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -16,7 +17,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 const MAX_LOG_MESSAGE: usize = 64 * 1024;
 
 /// The current WIT version, whose `host.log` is shadowed by [`log_in_place`].
-const CURRENT: &str = "0.2.0";
+const CURRENT: &str = "0.3.0";
 
 /// Per-store state: the subscriber id, WASI with nothing granted, the
 /// plugin's capabilities, and limits.
@@ -30,6 +31,9 @@ pub struct HostState {
     pub(crate) limits: StoreLimits,
     /// Only for plugins with grants: the others never wait in a host call.
     pub(crate) cpu: Option<CpuClock>,
+    /// What `delivery` answers during the call in progress.
+    pub(crate) event: Option<DurableEvent>,
+    pub(crate) gap: Option<Arc<Gap>>,
 }
 
 impl HostState {
@@ -63,6 +67,8 @@ impl HostState {
             cpu: (!capabilities.grants.is_empty()).then(|| CpuClock::new(timeout)),
             capabilities,
             limits,
+            event: None,
+            gap: None,
         }
     }
 
@@ -161,6 +167,35 @@ impl query::Host for HostState {
     }
 }
 
+impl delivery::Host for HostState {
+    fn current_event(&mut self) -> Option<delivery::Event> {
+        self.event.map(|event| delivery::Event {
+            id: event.id,
+            attempt: event.attempt,
+            sent_at: unix_micros(event.sent_at),
+        })
+    }
+
+    fn current_gap(&mut self) -> Option<delivery::Gap> {
+        self.gap.as_ref().map(|gap| delivery::Gap {
+            lost_at: gap.lost_at.map(unix_micros),
+            resumed_at: unix_micros(gap.resumed_at),
+            cause: match &gap.cause {
+                GapCause::ConnectionLost(why) => delivery::GapCause::ConnectionLost(why.clone()),
+                GapCause::Pruned(count) => delivery::GapCause::Pruned(*count),
+            },
+        })
+    }
+}
+
+/// The WIT's `timestamp`: microseconds since the Unix epoch.
+fn unix_micros(at: SystemTime) -> delivery::Timestamp {
+    match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |us| -us),
+    }
+}
+
 /// `log` taking the message as a view into guest memory, so even a huge
 /// message is never copied: only what is kept is read.
 fn log_in_place(
@@ -174,9 +209,9 @@ fn log_in_place(
 }
 
 /// Link `wasi:http`, every import of the current WIT through the generated
-/// bindings, and the frozen 0.1.0 host interface. bindgen's `with` shares
-/// 0.1.0's types with the current ones, but its generated linker would name
-/// the current interfaces, so 0.1.0's two instances are named here.
+/// bindings, and the frozen 0.1.0 and 0.2.0 interfaces. bindgen's `with`
+/// shares their types with the current ones, but its generated linker would
+/// name the current interfaces, so the older instances are named here.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)?;
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
@@ -185,10 +220,28 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         .instance(&format!("pgnotifier:plugin/host@{CURRENT}"))?
         .func_wrap("log", log_in_place)?;
     linker.allow_shadowing(false);
-    linker.instance("pgnotifier:plugin/types@0.1.0")?;
+    for version in ["0.1.0", "0.2.0"] {
+        linker.instance(&format!("pgnotifier:plugin/types@{version}"))?;
+        linker
+            .instance(&format!("pgnotifier:plugin/host@{version}"))?
+            .func_wrap("log", log_in_place)?;
+    }
     linker
-        .instance("pgnotifier:plugin/host@0.1.0")?
-        .func_wrap("log", log_in_place)?;
+        .instance("pgnotifier:plugin/publish@0.2.0")?
+        .func_wrap(
+            "publish",
+            |mut store: StoreContextMut<'_, HostState>, (channel, payload): (String, String)| {
+                Ok((publish::Host::publish(store.data_mut(), channel, payload),))
+            },
+        )?;
+    linker
+        .instance("pgnotifier:plugin/query@0.2.0")?
+        .func_wrap(
+            "query",
+            |mut store: StoreContextMut<'_, HostState>, (sql, params): (String, Vec<String>)| {
+                Ok((query::Host::query(store.data_mut(), sql, params),))
+            },
+        )?;
     Ok(())
 }
 

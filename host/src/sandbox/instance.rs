@@ -2,9 +2,9 @@
 
 use super::host::HostState;
 use super::{CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
-use crate::bindings::{v0_1, Plugin, Registration};
+use crate::bindings::{v0_1, v0_2, Plugin, Registration};
 use crate::capabilities::PluginCapabilities;
-use crate::dispatch::{CallFailure, Deliver, Notification};
+use crate::dispatch::{CallFailure, Deliver, DurableEvent, Gap, Notification};
 use crate::printable::with_causes;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -48,15 +48,20 @@ struct Live {
 
 /// An instance's exports, by the WIT version it targets.
 enum Instance {
-    V2(Plugin),
+    V3(Plugin),
+    V2(v0_2::Plugin),
     V1(v0_1::Plugin),
 }
 
-/// Run `$call` on the `subscriber` export of either version; both have the
+/// Run `$call` on the `subscriber` export of any version; all have the
 /// same functions over the same types.
 macro_rules! subscriber {
     ($instance:expr, |$s:ident| $call:expr) => {
         match $instance {
+            Instance::V3(plugin) => {
+                let $s = plugin.pgnotifier_plugin_subscriber();
+                $call
+            }
             Instance::V2(plugin) => {
                 let $s = plugin.pgnotifier_plugin_subscriber();
                 $call
@@ -141,28 +146,38 @@ impl WasmSubscriber {
 }
 
 impl Deliver for WasmSubscriber {
-    fn on_notify(&mut self, n: &Notification) -> Result<(), CallFailure> {
+    fn on_notify(
+        &mut self,
+        n: &Notification,
+        event: Option<&DurableEvent>,
+    ) -> Result<(), CallFailure> {
         let id = self.code.id.clone();
         self.call(|live| {
-            subscriber!(&live.plugin, |s| s.call_on_notify(
+            live.store.data_mut().event = event.copied();
+            let called = subscriber!(&live.plugin, |s| s.call_on_notify(
                 &mut live.store,
                 &id,
                 &n.channel,
                 &n.payload,
                 n.pid,
-            ))
+            ));
+            live.store.data_mut().event = None;
+            called
         })?
         .map_err(CallFailure::Returned)
     }
 
-    fn on_gap(&mut self, channels: &[String]) -> Result<(), CallFailure> {
+    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure> {
         let id = self.code.id.clone();
         self.call(|live| {
-            subscriber!(&live.plugin, |s| s.call_on_gap(
+            live.store.data_mut().gap = Some(Arc::new(gap.clone()));
+            let called = subscriber!(&live.plugin, |s| s.call_on_gap(
                 &mut live.store,
                 &id,
-                channels
-            ))
+                &gap.channels
+            ));
+            live.store.data_mut().gap = None;
+            called
         })
     }
 }
@@ -198,6 +213,7 @@ impl PluginCode {
         }
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let instantiated = match &self.pre {
+            CompiledPlugin::V3(pre) => pre.instantiate(&mut store).map(Instance::V3),
             CompiledPlugin::V2(pre) => pre.instantiate(&mut store).map(Instance::V2),
             CompiledPlugin::V1(pre) => pre.instantiate(&mut store).map(Instance::V1),
         };

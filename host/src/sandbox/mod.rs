@@ -4,7 +4,7 @@
 //! long-lived instance in its own store, with a memory cap and a per-call
 //! epoch deadline. A trap or timeout throws that instance away; the next call
 //! gets a fresh one, with `register` run again. Plugins may target the
-//! current WIT (0.2.0) or 0.1.0.
+//! current WIT (0.3.0), 0.2.0 or 0.1.0.
 
 mod guest_log;
 mod host;
@@ -14,7 +14,7 @@ mod stdio;
 pub use instance::PluginLimits;
 pub(crate) use instance::WasmSubscriber;
 
-use crate::bindings::{v0_1, PluginPre};
+use crate::bindings::{v0_1, v0_2, PluginPre};
 use crate::capabilities::CapabilityPool;
 use crate::printable::{printable, with_causes};
 use host::HostState;
@@ -96,7 +96,8 @@ pub struct CacheStats {
 /// A compiled and linked plugin, by the WIT version it targets.
 #[derive(Clone)]
 pub(crate) enum CompiledPlugin {
-    V2(PluginPre<HostState>),
+    V3(PluginPre<HostState>),
+    V2(v0_2::PluginPre<HostState>),
     V1(v0_1::PluginPre<HostState>),
 }
 
@@ -104,6 +105,7 @@ impl CompiledPlugin {
     /// The version of the `pgnotifier:plugin` package the plugin targets.
     pub(crate) fn wit_version(&self) -> &'static str {
         match self {
+            CompiledPlugin::V3(_) => "0.3.0",
             CompiledPlugin::V2(_) => "0.2.0",
             CompiledPlugin::V1(_) => "0.1.0",
         }
@@ -211,12 +213,17 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(not_a_plugin)?;
-        match PluginPre::new(pre.clone()) {
-            Ok(current) => Ok(CompiledPlugin::V2(current)),
-            Err(e) => v0_1::PluginPre::new(pre)
-                .map(CompiledPlugin::V1)
-                .map_err(|_| not_a_plugin(e)),
+        // The current version's error names what is missing for it.
+        let current = match PluginPre::new(pre.clone()) {
+            Ok(current) => return Ok(CompiledPlugin::V3(current)),
+            Err(e) => e,
+        };
+        if let Ok(v2) = v0_2::PluginPre::new(pre.clone()) {
+            return Ok(CompiledPlugin::V2(v2));
         }
+        v0_1::PluginPre::new(pre)
+            .map(CompiledPlugin::V1)
+            .map_err(|_| not_a_plugin(current))
     }
 
     /// Compile cache counters, if the cache is on.

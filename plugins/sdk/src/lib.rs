@@ -44,6 +44,7 @@ pub mod bindings {
 }
 
 pub use bindings::exports::pgnotifier::plugin::subscriber::Payload;
+pub use bindings::pgnotifier::plugin::delivery::{Event, Gap, GapCause};
 pub use bindings::pgnotifier::plugin::host::Level;
 
 /// A subscriber. One value per instance; the host calls it one call at a time.
@@ -55,7 +56,9 @@ pub trait Plugin: Sized + 'static {
     /// One notification. An error is counted as a failure of this call.
     fn on_notify(&mut self, notification: Notification<'_>) -> Result<(), String>;
 
-    /// Notifications on `channels` may have been missed (the host reconnected).
+    /// Notifications on `channels` may have been missed (the host
+    /// reconnected, or durable events were pruned); [`current_gap`] says
+    /// when and why.
     fn on_gap(&mut self, channels: &[String]) {
         warn(&format!("may have missed notifications on {channels:?}"));
     }
@@ -70,6 +73,21 @@ pub struct Notification<'a> {
     pub payload: &'a Payload,
     /// The PostgreSQL backend process that sent it.
     pub pid: i32,
+}
+
+impl Notification<'_> {
+    /// For an at-least-once subscriber, the durable event this is: its id
+    /// (the same on every delivery, so an idempotency key), the attempt, and
+    /// when it was sent (microseconds since the Unix epoch). `None` for a
+    /// live notification.
+    pub fn event(&self) -> Option<Event> {
+        bindings::pgnotifier::plugin::delivery::current_event()
+    }
+}
+
+/// In [`Plugin::on_gap`]: when the gap began and ended, and why.
+pub fn current_gap() -> Option<Gap> {
+    bindings::pgnotifier::plugin::delivery::current_gap()
 }
 
 /// The sidecar's `[config]` table, as key/value text.

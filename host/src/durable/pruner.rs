@@ -1,0 +1,140 @@
+//! Pruning the outbox: an event goes once every at-least-once subscriber of
+//! its channel has passed it, or once it is older than the retention,
+//! whichever comes first.
+//!
+//! - "Passed" reads the positions table: a position records its subscriber's
+//!   channels (none recorded: all channels). An event on a channel that no
+//!   position needs is passed, since a new subscriber starts at the end of
+//!   the outbox. Only events below the oldest running transaction are
+//!   pruned as passed, so none that a new subscriber is about to read.
+//! - An event removed by age before a subscriber had it leaves a row in
+//!   `pgnotifier.gaps` for that subscriber: its feeder delivers a gap event
+//!   (how many, since when), never a silent skip.
+//! - A prune deletes rows already written, which takes no lock that a
+//!   sender's insert waits for. Hosts on one database take turns through a
+//!   transaction-level advisory lock; one that finds it taken skips.
+
+use super::DurableError;
+use std::time::Duration;
+
+/// How often a host prunes.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long an event is kept at most, unless configured: a week.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Rows deleted per statement, so one prune never holds a huge transaction.
+const BATCH: i64 = 10_000;
+
+/// What one prune removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Events every subscriber of their channel had passed.
+    pub passed: u64,
+    /// Events older than the retention; some may leave gaps.
+    pub expired: u64,
+}
+
+const PRUNE: &str = "
+WITH doomed AS (
+    SELECT o.id, o.txid, o.channel, o.sent_at,
+           o.sent_at < pg_catalog.now() - $1::text::interval AS expired
+      FROM pgnotifier.outbox o
+     WHERE o.sent_at < pg_catalog.now() - $1::text::interval
+        OR (o.txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
+            AND NOT EXISTS (
+                SELECT FROM pgnotifier.positions p
+                 WHERE (p.channels IS NULL OR o.channel = ANY (p.channels))
+                   AND (p.txid, p.id) < (o.txid, o.id)))
+     ORDER BY o.txid, o.id
+     LIMIT $2
+),
+gaps AS (
+    INSERT INTO pgnotifier.gaps (subscriber, channels, events, first_sent_at)
+    SELECT p.subscriber, array_agg(DISTINCT d.channel ORDER BY d.channel), count(*), min(d.sent_at)
+      FROM doomed d
+      JOIN pgnotifier.positions p
+        ON (p.channels IS NULL OR d.channel = ANY (p.channels)) AND (p.txid, p.id) < (d.txid, d.id)
+     WHERE d.expired
+     GROUP BY p.subscriber
+),
+deleted AS (
+    DELETE FROM pgnotifier.outbox o USING doomed d WHERE o.id = d.id
+    RETURNING d.expired
+)
+SELECT count(*) FILTER (WHERE NOT expired), count(*) FILTER (WHERE expired) FROM deleted";
+
+/// Prune once, keeping events younger than `retention` that a subscriber
+/// still needs. `None` when another host is pruning.
+pub async fn prune(
+    client: &mut tokio_postgres::Client,
+    retention: Duration,
+) -> Result<Option<Pruned>, DurableError> {
+    let retention = format!("{} milliseconds", retention.as_millis());
+    let mut total = Pruned::default();
+    loop {
+        let tx = client.transaction().await?;
+        let turn = tx
+            .query_one(
+                "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pgnotifier prune'))",
+                &[],
+            )
+            .await?;
+        if !turn.get::<_, bool>(0) {
+            return Ok(None);
+        }
+        let row = tx.query_one(PRUNE, &[&retention, &BATCH]).await?;
+        tx.commit().await?;
+        let (passed, expired) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        total.passed += passed.unsigned_abs();
+        total.expired += expired.unsigned_abs();
+        if passed + expired < BATCH {
+            return Ok(Some(total));
+        }
+    }
+}
+
+/// Events in the outbox now.
+pub(crate) async fn outbox_events(client: &tokio_postgres::Client) -> Result<u64, DurableError> {
+    let row = client
+        .query_one("SELECT count(*) FROM pgnotifier.outbox", &[])
+        .await?;
+    Ok(row.get::<_, i64>(0).unsigned_abs())
+}
+
+/// A gap pruning left for a subscriber.
+pub(crate) struct PrunedGap {
+    pub id: i64,
+    pub channels: Vec<String>,
+    pub events: u64,
+    pub first_sent_at: std::time::SystemTime,
+}
+
+/// The gaps waiting for `subscriber`, oldest first.
+pub(crate) async fn gaps_of(
+    client: &tokio_postgres::Client,
+    subscriber: &str,
+) -> Result<Vec<PrunedGap>, DurableError> {
+    let rows = client
+        .query(
+            "SELECT id, channels, events, first_sent_at FROM pgnotifier.gaps
+              WHERE subscriber = $1 ORDER BY id",
+            &[&subscriber],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| PrunedGap {
+            id: row.get(0),
+            channels: row.get(1),
+            events: row.get::<_, i64>(2).unsigned_abs(),
+            first_sent_at: row.get(3),
+        })
+        .collect())
+}
+
+/// The subscriber was told of gap `id`.
+pub(crate) async fn gap_told(client: &tokio_postgres::Client, id: i64) -> Result<(), DurableError> {
+    client
+        .execute("DELETE FROM pgnotifier.gaps WHERE id = $1", &[&id])
+        .await?;
+    Ok(())
+}
