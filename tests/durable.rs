@@ -1219,3 +1219,377 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
         "the pruned events never came"
     );
 }
+
+// Faults during a stream: eight producers send at random (transactions of
+// one to four events, some held open, some rolled back) to the durable sink
+// plugin, while something goes wrong. Each test ends with every committed
+// event delivered, none rolled back, in order, and duplicates within the
+// stated redelivery window.
+
+/// What the producers of a stream did.
+struct Produced {
+    /// Payloads of transactions known to have committed.
+    committed: Vec<String>,
+    /// Payloads of transactions rolled back.
+    aborted: Vec<String>,
+}
+
+/// Start eight producers on `url`, `transactions` each. A producer whose
+/// connection fails reconnects and goes on; a transaction cut off that way
+/// is neither known committed nor rolled back (the outbox says which).
+fn produce(url: &str, transactions: u64) -> tokio::task::JoinHandle<Produced> {
+    let url = format!(
+        "{url}{}application_name=producer",
+        if url.contains('?') { "&" } else { "?" }
+    );
+    tokio::spawn(async move {
+        let producers: Vec<_> = (0..8u64)
+            .map(|p| {
+                let url = url.clone();
+                tokio::spawn(async move {
+                    let mut state = (p + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    let mut next = move |n: u64| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        state % n
+                    };
+                    let (mut committed, mut aborted) = (Vec::new(), Vec::new());
+                    let mut client = None;
+                    for t in 0..transactions {
+                        let payloads: Vec<String> =
+                            (0..=next(4)).map(|e| format!("p{p}-t{t}-e{e}")).collect();
+                        let rollback = next(5) == 0;
+                        let pauses: Vec<u64> = payloads.iter().map(|_| next(10)).collect();
+                        if client.is_none() {
+                            client = tokio_postgres::connect(&url, NoTls).await.ok().map(
+                                |(client, connection)| {
+                                    tokio::spawn(connection);
+                                    client
+                                },
+                            );
+                        }
+                        let Some(c) = client.as_mut() else {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        };
+                        let sent = async {
+                            let tx = c.transaction().await?;
+                            for (payload, pause) in payloads.iter().zip(&pauses) {
+                                tx.execute("select pgnotifier.send('work', $1)", &[payload])
+                                    .await?;
+                                tokio::time::sleep(std::time::Duration::from_millis(*pause)).await;
+                            }
+                            match rollback {
+                                true => tx.rollback().await,
+                                false => tx.commit().await,
+                            }
+                        };
+                        match sent.await {
+                            Ok(()) if rollback => aborted.extend(payloads),
+                            Ok(()) => committed.extend(payloads),
+                            Err(_) => client = None,
+                        }
+                    }
+                    Produced { committed, aborted }
+                })
+            })
+            .collect();
+        let mut all = Produced {
+            committed: Vec::new(),
+            aborted: Vec::new(),
+        };
+        for producer in producers {
+            let done = producer.await.unwrap();
+            all.committed.extend(done.committed);
+            all.aborted.extend(done.aborted);
+        }
+        all
+    })
+}
+
+/// Load the durable sink as `id`, with `sidecar` after its delivery settings.
+async fn durable_sink(n: &pgnotifier::Notifier, dir: &std::path::Path, id: &str, sidecar: &str) {
+    std::fs::copy(
+        support::test_plugin("durable-sink"),
+        dir.join(format!("{id}.wasm")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("{id}.toml")),
+        format!(
+            "delivery = \"at-least-once\"\nretry_backoff_ms = 1\nfailure_threshold = 0\n{sidecar}"
+        ),
+    )
+    .unwrap();
+    for (path, loaded) in n.load_plugins(dir).await.unwrap() {
+        loaded.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+/// A delivery the sink logged: (payload, event id, attempt).
+type Sunk = (String, i64, u32);
+
+/// What the sink `id` in this process logged, in order.
+fn sunk(id: &str) -> Vec<Sunk> {
+    support::logs::plugin_messages(id)
+        .iter()
+        .filter_map(|m| sunk_line(m))
+        .collect()
+}
+
+/// What the sink `id` logged in a host's output, in order.
+fn sunk_in(output: &str, id: &str) -> Vec<Sunk> {
+    let tag = format!("subscriber={id}");
+    (output.lines())
+        .filter(|line| line.contains(&tag))
+        .filter_map(|line| sunk_line(&line[line.find("sink ")?..]))
+        .collect()
+}
+
+/// `sink PAYLOAD #ID @ATTEMPT`, with anything after.
+fn sunk_line(line: &str) -> Option<Sunk> {
+    let mut words = line.strip_prefix("sink ")?.split_whitespace();
+    let payload = words.next()?.to_owned();
+    let event = words.next()?.strip_prefix('#')?.parse().ok()?;
+    let attempt = words.next()?.strip_prefix('@')?.parse().ok()?;
+    Some((payload, event, attempt))
+}
+
+/// Wait until the sink `id` has every committed event of the stream, then
+/// check what it got: each committed event (the outbox holds exactly those),
+/// no rolled-back one, in the outbox's (transaction, id) order, and at most
+/// `duplicates` delivered twice. Returns the deliveries.
+async fn check_stream(
+    client: &Client,
+    sunk: impl Fn() -> Vec<Sunk>,
+    produced: &Produced,
+    duplicates: usize,
+) -> Vec<Sunk> {
+    let truth: Vec<(String, i64)> = (client.query(
+        "select payload, id from pgnotifier.outbox where channel = 'work' order by txid, id",
+        &[],
+    ))
+    .await
+    .unwrap()
+    .iter()
+    .map(|row| (row.get(0), row.get(1)))
+    .collect();
+    let in_outbox: std::collections::BTreeSet<&str> = truth.iter().map(|(p, _)| &**p).collect();
+    for payload in &produced.committed {
+        assert!(
+            in_outbox.contains(&**payload),
+            "{payload} committed, not in the outbox"
+        );
+    }
+    for payload in &produced.aborted {
+        assert!(
+            !in_outbox.contains(&**payload),
+            "{payload} rolled back, in the outbox"
+        );
+    }
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let got: std::collections::BTreeSet<String> =
+            sunk().into_iter().map(|(p, _, _)| p).collect();
+        if in_outbox.iter().all(|p| got.contains(*p)) {
+            break;
+        }
+        let missing = in_outbox.iter().filter(|p| !got.contains(**p)).count();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} of {} not delivered",
+            truth.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let deliveries = sunk();
+    let mut first = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (payload, event, _) in &deliveries {
+        assert!(
+            in_outbox.contains(&**payload),
+            "{payload} delivered, never committed"
+        );
+        if seen.insert(payload.clone()) {
+            first.push((payload.clone(), *event));
+        }
+    }
+    assert_eq!(first, truth, "each event once, in (transaction, id) order");
+    let repeated = deliveries.len() - first.len();
+    assert!(
+        repeated <= duplicates,
+        "{repeated} duplicates, more than the window of {duplicates}"
+    );
+    deliveries
+}
+
+/// The redelivery window one fault may leave (see the feeder's header).
+const WINDOW: usize =
+    pgnotifier::durable::feeder::SAVE_EVERY as usize + pgnotifier::durable::feeder::WINDOW;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_order_and_once() {
+    support::logs::install();
+    let (url, client) = fresh_database("stream").await;
+    let n = notifier_on(&url);
+    let dir = support::temp_dir("durable-stream");
+    let id = support::channel("sink_steady");
+    durable_sink(&n, &dir, &id, "").await;
+    feeding(&client, &id).await;
+    let produced = produce(&url, 25).await.unwrap();
+    let got = check_stream(&client, || sunk(&id), &produced, 0).await;
+    assert!(
+        got.iter().all(|(_, _, attempt)| *attempt == 1),
+        "no retries"
+    );
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_survives_its_backends_terminated_twice() {
+    support::logs::install();
+    let (url, client) = fresh_database("terminated").await;
+    let n = notifier_on(&url);
+    support::listen(&n).await;
+    let dir = support::temp_dir("durable-terminated");
+    let id = support::channel("sink_terminated");
+    durable_sink(&n, &dir, &id, "").await;
+    feeding(&client, &id).await;
+    let stream = produce(&url, 30);
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!stream.is_finished(), "the fault comes during the stream");
+        let killed: i64 = client
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity
+                  where datname = current_database() and pid <> pg_backend_pid()
+                    and application_name = 'pgnotifier'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            killed >= 1,
+            "the listener's and the feeder's backends: {killed}"
+        );
+    }
+    let produced = stream.await.unwrap();
+    check_stream(&client, || sunk(&id), &produced, 2 * WINDOW).await;
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_survives_postgresql_stopped_and_started() {
+    support::logs::install();
+    let cluster = pgnotifier::local_pg::Cluster::start().expect("a throwaway PostgreSQL");
+    let url = cluster.url().to_owned();
+    let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    schema::install(&mut client).await.unwrap();
+    let n = notifier_on(&url);
+    let dir = support::temp_dir("durable-restart");
+    let id = support::channel("sink_restart");
+    durable_sink(&n, &dir, &id, "").await;
+    feeding(&client, &id).await;
+    let stream = produce(&url, 40);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!stream.is_finished(), "the fault comes during the stream");
+    cluster.stop_server().unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    cluster.start_server().unwrap();
+    let produced = stream.await.unwrap();
+    let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    check_stream(&client, || sunk(&id), &produced, WINDOW).await;
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_survives_two_hot_reloads_of_the_plugin() {
+    support::logs::install();
+    let (url, client) = fresh_database("reloaded").await;
+    let n = notifier_on(&url);
+    let dir = support::temp_dir("durable-reloaded");
+    let id = support::channel("sink_reloaded");
+    durable_sink(&n, &dir, &id, "").await;
+    let _watcher = n.watch_plugins(&dir).await.unwrap();
+    feeding(&client, &id).await;
+    let loads = || support::host::parse_metrics(&n.metrics())["pgnotifier_plugin_loads_total"];
+    let stream = produce(&url, 30);
+    for reload in 1..=2 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(!stream.is_finished(), "the fault comes during the stream");
+        let before = loads();
+        let sidecar = dir.join(format!("{id}.toml"));
+        let text = std::fs::read_to_string(&sidecar).unwrap();
+        std::fs::write(&sidecar, format!("{text}# reload {reload}\n")).unwrap();
+        assert!(
+            support::eventually(SOON, || loads() > before).await,
+            "reload {reload}"
+        );
+    }
+    let produced = stream.await.unwrap();
+    check_stream(&client, || sunk(&id), &produced, 2 * WINDOW).await;
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_reaches_a_plugin_that_fails_the_first_two_attempts_at_every_event() {
+    support::logs::install();
+    let (url, client) = fresh_database("failing").await;
+    let n = notifier_on(&url);
+    let dir = support::temp_dir("durable-failing");
+    let id = support::channel("sink_failing");
+    durable_sink(&n, &dir, &id, "[config]\nfail_attempts = \"2\"\n").await;
+    feeding(&client, &id).await;
+    let produced = produce(&url, 15).await.unwrap();
+    let got = check_stream(&client, || sunk(&id), &produced, 0).await;
+    assert!(
+        got.iter().all(|(_, _, attempt)| *attempt == 3),
+        "each event succeeded at its third attempt, and the plugin was told so"
+    );
+    n.shutdown(std::time::Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_survives_pgnotifier_run_killed_with_sigkill_and_started_again() {
+    use support::host::Host;
+    let (url, client) = fresh_database("killed").await;
+    let plugins = support::temp_dir("durable-killed");
+    let id = "sink_killed";
+    std::fs::copy(
+        support::test_plugin("durable-sink"),
+        plugins.join(format!("{id}.wasm")),
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.join(format!("{id}.toml")),
+        "delivery = \"at-least-once\"\nretry_backoff_ms = 1\n",
+    )
+    .unwrap();
+    let first = Host::run(&plugins, &url);
+    first.wait_for(&["plugin loaded", "subscriber=sink_killed"]);
+    feeding(&client, id).await;
+    let stream = produce(&url, 40);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(!stream.is_finished(), "the fault comes during the stream");
+    first.signal("KILL");
+    let (status, before) = first.wait();
+    assert!(!status.success(), "killed: {status}");
+    let second = Host::run(&plugins, &url);
+    second.wait_for(&["plugin loaded", "subscriber=sink_killed"]);
+    let produced = stream.await.unwrap();
+    let both = || {
+        let mut all = sunk_in(&before, id);
+        all.extend(sunk_in(&second.output(), id));
+        all
+    };
+    check_stream(&client, both, &produced, WINDOW).await;
+    assert!(
+        !sunk_in(&before, id).is_empty(),
+        "the first host delivered some"
+    );
+    second.stop();
+}

@@ -1,0 +1,62 @@
+//! pgnotifier test fixture: a sink for at-least-once delivery, on WIT 0.3.0.
+//! It logs each text payload as `sink PAYLOAD #ID @ATTEMPT`, reading the
+//! event through `delivery.current-event` (`#- @-` for a live notification),
+//! and fails an event's first `fail_attempts` attempts (config, default 0).
+//! A gap is logged as `gap CHANNELS CAUSE`.
+
+wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
+
+use exports::pgnotifier::plugin::subscriber::{Guest, Payload, Registration};
+use pgnotifier::plugin::delivery::{current_event, current_gap, GapCause};
+use pgnotifier::plugin::host::{log, Level};
+use std::cell::Cell;
+
+struct Sink;
+
+thread_local! {
+    static FAIL_ATTEMPTS: Cell<u32> = const { Cell::new(0) };
+}
+
+impl Guest for Sink {
+    fn register(_id: String, config: Vec<(String, String)>) -> Result<Registration, String> {
+        let get = |key: &str| config.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let fail = get("fail_attempts").unwrap_or("0");
+        let fail = fail
+            .parse()
+            .map_err(|_| format!("fail_attempts = {fail:?} is not a whole number"))?;
+        FAIL_ATTEMPTS.set(fail);
+        let channels = get("channels").unwrap_or("work");
+        Ok(Registration {
+            channels: channels.split(',').map(|c| c.trim().to_string()).collect(),
+        })
+    }
+
+    fn on_notify(_id: String, _channel: String, payload: Payload, _pid: i32) -> Result<(), String> {
+        let Payload::Text(text) = payload else {
+            return Ok(());
+        };
+        let event = current_event();
+        if let Some(event) = event {
+            if event.attempt <= FAIL_ATTEMPTS.get() {
+                return Err(format!("attempt {} of {text} fails", event.attempt));
+            }
+        }
+        let (id, attempt) = match event {
+            Some(event) => (event.id.to_string(), event.attempt.to_string()),
+            None => ("-".into(), "-".into()),
+        };
+        log(Level::Info, &format!("sink {text} #{id} @{attempt}"));
+        Ok(())
+    }
+
+    fn on_gap(_id: String, channels: Vec<String>) {
+        let cause = match current_gap().map(|gap| gap.cause) {
+            Some(GapCause::ConnectionLost(_)) => "connection-lost".to_owned(),
+            Some(GapCause::Pruned(events)) => format!("pruned {events}"),
+            None => "unknown".to_owned(),
+        };
+        log(Level::Info, &format!("gap {} {cause}", channels.join(",")));
+    }
+}
+
+export!(Sink);
