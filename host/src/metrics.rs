@@ -24,49 +24,48 @@ pub(crate) struct Sources<'a> {
     pub(crate) outbox_events: Option<u64>,
 }
 
+/// A metric read from a `T`: name, kind, help, and how to read it.
+type MetricOf<T> = (&'static str, &'static str, &'static str, fn(&T) -> f64);
+
 /// Every metric, in the Prometheus text format.
 pub(crate) fn render(from: &Sources) -> String {
     let mut out = Exposition::new();
     let subscribers = from.registry.subscribers();
-    type Stat = fn(&SubscriberStats) -> u64;
-    let per_subscriber: [(&str, &str, &str, Stat); 5] = [
+    let per_subscriber: [MetricOf<SubscriberStats>; 5] = [
         (
             "pgnotifier_subscriber_delivered_total",
             "counter",
             "Notifications the subscriber handled successfully.",
-            |s| s.delivered,
+            |s| s.delivered as f64,
         ),
         (
             "pgnotifier_subscriber_failed_total",
             "counter",
             "Calls that failed (a trap, an error returned, or a timeout).",
-            |s| s.failed,
+            |s| s.failed as f64,
         ),
         (
             "pgnotifier_subscriber_timed_out_total",
             "counter",
             "Calls cut off at the subscriber's deadline.",
-            |s| s.timed_out,
+            |s| s.timed_out as f64,
         ),
         (
             "pgnotifier_subscriber_dropped_total",
             "counter",
             "Notifications dropped: the queue was full, or the subscriber quarantined.",
-            |s| s.dropped,
+            |s| s.dropped as f64,
         ),
         (
             "pgnotifier_subscriber_queue_depth",
             "gauge",
             "Notifications waiting in the subscriber's queue.",
-            |s| s.queued as u64,
+            |s| s.queued as f64,
         ),
     ];
-    for (name, kind, help, stat) in per_subscriber {
-        out.family(name, kind, help);
-        for s in &subscribers {
-            out.sample(name, &[("subscriber", &s.id)], stat(&s.stats) as f64);
-        }
-    }
+    let stats: Vec<(&str, &SubscriberStats)> =
+        subscribers.iter().map(|s| (&*s.id, &s.stats)).collect();
+    out.per_subscriber(&per_subscriber, &stats);
     out.family(
         "pgnotifier_subscriber_quarantined",
         "gauge",
@@ -80,8 +79,7 @@ pub(crate) fn render(from: &Sources) -> String {
             quarantined,
         );
     }
-    type Durable = fn(&DurableStats) -> f64;
-    let per_durable: [(&str, &str, &str, Durable); 4] = [
+    let per_durable: [MetricOf<DurableStats>; 4] = [
         (
             "pgnotifier_subscriber_lag_events",
             "gauge",
@@ -107,12 +105,9 @@ pub(crate) fn render(from: &Sources) -> String {
             |d| d.dead_letters as f64,
         ),
     ];
-    for (name, kind, help, stat) in per_durable {
-        out.family(name, kind, help);
-        for (id, durable) in &from.durable {
-            out.sample(name, &[("subscriber", id)], stat(durable));
-        }
-    }
+    let durable: Vec<(&str, &DurableStats)> =
+        (from.durable.iter()).map(|(id, d)| (&**id, d)).collect();
+    out.per_subscriber(&per_durable, &durable);
     if let Some(events) = from.outbox_events {
         let name = "pgnotifier_outbox_events";
         out.family(
@@ -238,6 +233,16 @@ impl Exposition {
     }
 
     /// One sample; `labels` are `(name, value)` pairs, escaped here.
+    /// A family per row of `table`, each with one sample per subscriber.
+    fn per_subscriber<T>(&mut self, table: &[MetricOf<T>], rows: &[(&str, &T)]) {
+        for (name, kind, help, stat) in table {
+            self.family(name, kind, help);
+            for (id, value) in rows {
+                self.sample(name, &[("subscriber", id)], stat(value));
+            }
+        }
+    }
+
     pub(crate) fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
         let _ = writeln!(self.out, "{name}{} {value}", label_set(labels));
         self

@@ -3,7 +3,7 @@
 
 use crate::listener::ConnectionSettings;
 use crate::plugins::LimitSettings;
-use crate::settings::{check_range, parse_span, toml_message, ConfigError};
+use crate::settings::{check_range, toml_message, ConfigError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -208,6 +208,41 @@ pub fn default_data_dir() -> Option<PathBuf> {
     Some(base.join("pgnotifier"))
 }
 
+/// A span written as a whole number and a unit, `30s`, `15m`, `12h` or
+/// `7d`, checked to lie within `min..=max`.
+fn parse_span(
+    setting: &str,
+    text: &str,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    let bad = || {
+        ConfigError::invalid(
+            setting,
+            format!("{text:?} is not a span like \"30s\", \"15m\", \"12h\" or \"7d\""),
+        )
+    };
+    let text = text.trim();
+    let split = text.len().checked_sub(1).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let span = std::time::Duration::from_secs(number.saturating_mul(seconds));
+    if span < min || span > max {
+        return Err(ConfigError::invalid(
+            setting,
+            format!("{text} is outside {min:?}..={max:?}"),
+        ));
+    }
+    Ok(span)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +300,19 @@ mod tests {
         DatabaseConfig::from_url(file.database_url.as_deref().unwrap()).unwrap();
         let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();
         assert_eq!(control.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
+    }
+
+    #[test]
+    fn a_span_has_a_number_and_a_unit_within_range() {
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(86_400 * 30));
+        let span = |text| parse_span("outbox_retention", text, min, max);
+        assert_eq!(span("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        assert_eq!(span("90m").unwrap(), Duration::from_secs(5400));
+        for bad in ["7 days", "d", "", "7w", "-1h"] {
+            let err = span(bad).unwrap_err().to_string();
+            assert!(err.starts_with("outbox_retention: "), "{bad}: {err}");
+        }
+        let err = span("10s").unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
     }
 }
