@@ -162,37 +162,13 @@ impl Feeders {
         if pruning.is_some() {
             return;
         }
-        let (stop, mut stopped) = watch::channel(false);
         let database = lock(&self.database).clone();
-        let retention = self.retention;
-        let outbox_events = self.outbox_events.clone();
-        let task = runtime.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(pruner::PRUNE_EVERY) => {}
-                    _ = stopped.changed() => return,
-                }
-                let pruned = async {
-                    let (mut client, connection) =
-                        database.connect().await.map_err(DurableError::from)?;
-                    let driver = tokio::spawn(connection);
-                    let pruned = pruner::prune(&mut client, retention).await;
-                    if let Ok(events) = pruner::outbox_events(&client).await {
-                        outbox_events.store(events, Ordering::Relaxed);
-                    }
-                    driver.abort();
-                    pruned
-                };
-                match pruned.await {
-                    Ok(Some(p)) if p.passed + p.expired > 0 => {
-                        tracing::info!(passed = p.passed, expired = p.expired, "outbox pruned")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!("pruning the outbox: {e}"),
-                }
-            }
-        });
-        *pruning = Some((stop, task));
+        *pruning = Some(pruner::spawn(
+            runtime,
+            database,
+            self.retention,
+            self.outbox_events.clone(),
+        ));
     }
 
     /// Feed `id` from the outbox on `runtime`, unless it is fed already

@@ -15,7 +15,12 @@
 //!   transaction-level advisory lock; one that finds it taken skips.
 
 use super::DurableError;
+use crate::pg::DatabaseConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 /// How often a host prunes.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -61,6 +66,44 @@ deleted AS (
     RETURNING d.expired
 )
 SELECT count(*) FILTER (WHERE NOT expired), count(*) FILTER (WHERE expired) FROM deleted";
+
+/// Prune every [`PRUNE_EVERY`] on `runtime` until told to stop, and keep
+/// `outbox_events` at the outbox's size after each prune.
+pub(crate) fn spawn(
+    runtime: &tokio::runtime::Handle,
+    database: DatabaseConfig,
+    retention: Duration,
+    outbox_events: Arc<AtomicU64>,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = runtime.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+                _ = stopped.changed() => return,
+            }
+            let pruned = async {
+                let (mut client, connection) =
+                    database.connect().await.map_err(DurableError::from)?;
+                let driver = tokio::spawn(connection);
+                let pruned = prune(&mut client, retention).await;
+                if let Ok(events) = self::outbox_events(&client).await {
+                    outbox_events.store(events, Ordering::Relaxed);
+                }
+                driver.abort();
+                pruned
+            };
+            match pruned.await {
+                Ok(Some(p)) if p.passed + p.expired > 0 => {
+                    tracing::info!(passed = p.passed, expired = p.expired, "outbox pruned")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("pruning the outbox: {e}"),
+            }
+        }
+    });
+    (stop, task)
+}
 
 /// Prune once, keeping events younger than `retention` that a subscriber
 /// still needs. `None` when another host is pruning.
