@@ -1424,19 +1424,36 @@ async fn check_stream(
     deliveries
 }
 
+/// A database of its own, a notifier on it, and the durable sink (with
+/// `sidecar`) loaded from a folder of its own and reading: where each
+/// stream test starts.
+async fn sink_stream(
+    name: &str,
+    sidecar: &str,
+) -> (
+    String,
+    Client,
+    pgnotifier::Notifier,
+    std::path::PathBuf,
+    String,
+) {
+    support::logs::install();
+    let (url, client) = fresh_database(name).await;
+    let n = notifier_on(&url);
+    let dir = support::temp_dir(&format!("durable-{name}"));
+    let id = support::channel(&format!("sink_{name}"));
+    durable_sink(&n, &dir, &id, sidecar).await;
+    feeding(&client, &id).await;
+    (url, client, n, dir, id)
+}
+
 /// The redelivery window one fault may leave (see the feeder's header).
 const WINDOW: usize =
     pgnotifier::durable::feeder::SAVE_EVERY as usize + pgnotifier::durable::feeder::WINDOW;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_order_and_once() {
-    support::logs::install();
-    let (url, client) = fresh_database("stream").await;
-    let n = notifier_on(&url);
-    let dir = support::temp_dir("durable-stream");
-    let id = support::channel("sink_steady");
-    durable_sink(&n, &dir, &id, "").await;
-    feeding(&client, &id).await;
+    let (url, client, n, _, id) = sink_stream("stream", "").await;
     let produced = produce(&url, 25).await.unwrap();
     let got = check_stream(&client, || sunk(&id), &produced, 0).await;
     assert!(
@@ -1448,14 +1465,8 @@ async fn a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_orde
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_survives_its_backends_terminated_twice() {
-    support::logs::install();
-    let (url, client) = fresh_database("terminated").await;
-    let n = notifier_on(&url);
+    let (url, client, n, _, id) = sink_stream("terminated", "").await;
     support::listen(&n).await;
-    let dir = support::temp_dir("durable-terminated");
-    let id = support::channel("sink_terminated");
-    durable_sink(&n, &dir, &id, "").await;
-    feeding(&client, &id).await;
     let stream = produce(&url, 30);
     for _ in 0..2 {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1508,14 +1519,8 @@ async fn a_stream_survives_postgresql_stopped_and_started() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_survives_two_hot_reloads_of_the_plugin() {
-    support::logs::install();
-    let (url, client) = fresh_database("reloaded").await;
-    let n = notifier_on(&url);
-    let dir = support::temp_dir("durable-reloaded");
-    let id = support::channel("sink_reloaded");
-    durable_sink(&n, &dir, &id, "").await;
+    let (url, client, n, dir, id) = sink_stream("reloaded", "").await;
     let _watcher = n.watch_plugins(&dir).await.unwrap();
-    feeding(&client, &id).await;
     let loads = || support::host::parse_metrics(&n.metrics())["pgnotifier_plugin_loads_total"];
     let stream = produce(&url, 30);
     for reload in 1..=2 {
@@ -1537,13 +1542,7 @@ async fn a_stream_survives_two_hot_reloads_of_the_plugin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_reaches_a_plugin_that_fails_the_first_two_attempts_at_every_event() {
-    support::logs::install();
-    let (url, client) = fresh_database("failing").await;
-    let n = notifier_on(&url);
-    let dir = support::temp_dir("durable-failing");
-    let id = support::channel("sink_failing");
-    durable_sink(&n, &dir, &id, "[config]\nfail_attempts = \"2\"\n").await;
-    feeding(&client, &id).await;
+    let (url, client, n, _, id) = sink_stream("failing", "[config]\nfail_attempts = \"2\"\n").await;
     let produced = produce(&url, 15).await.unwrap();
     let got = check_stream(&client, || sunk(&id), &produced, 0).await;
     assert!(

@@ -94,7 +94,7 @@ struct NativeDeliver {
 
 thread_local! {
     static CURRENT_EVENT: Cell<Option<DurableEvent>> = const { Cell::new(None) };
-    static CURRENT_GAP: RefCell<Option<Gap>> = const { RefCell::new(None) };
+    static CURRENT_GAP: RefCell<Option<Arc<Gap>>> = const { RefCell::new(None) };
 }
 
 /// In a native subscriber's closure: the durable event it is called with
@@ -106,7 +106,7 @@ pub fn current_event() -> Option<DurableEvent> {
 
 /// In a native subscriber's gap closure: the gap's bounds and cause.
 pub fn current_gap() -> Option<Gap> {
-    CURRENT_GAP.with_borrow(|gap| gap.clone())
+    CURRENT_GAP.with_borrow(|gap| gap.as_deref().cloned())
 }
 
 impl Deliver for NativeDeliver {
@@ -124,7 +124,7 @@ impl Deliver for NativeDeliver {
         called.map_err(panic_failure)
     }
 
-    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure> {
+    fn on_gap(&mut self, gap: &Arc<Gap>) -> Result<(), CallFailure> {
         let Some(f) = &self.subscriber.on_gap else {
             return Ok(());
         };

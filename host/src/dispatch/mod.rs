@@ -143,7 +143,7 @@ pub(crate) trait Deliver: Send + 'static {
         notification: &Notification,
         event: Option<&DurableEvent>,
     ) -> Result<(), CallFailure>;
-    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure>;
+    fn on_gap(&mut self, gap: &Arc<Gap>) -> Result<(), CallFailure>;
 }
 
 /// How a subscriber is dispatched to: its queue, the payload it wants, and

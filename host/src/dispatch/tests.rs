@@ -83,7 +83,7 @@ impl Deliver for Fake {
         }
     }
 
-    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure> {
+    fn on_gap(&mut self, gap: &Arc<Gap>) -> Result<(), CallFailure> {
         let channels = &gap.channels;
         lock(&self.log).push(format!("{}:gap {channels:?}", self.name));
         Ok(())

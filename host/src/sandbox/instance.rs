@@ -167,10 +167,10 @@ impl Deliver for WasmSubscriber {
         .map_err(CallFailure::Returned)
     }
 
-    fn on_gap(&mut self, gap: &Gap) -> Result<(), CallFailure> {
+    fn on_gap(&mut self, gap: &Arc<Gap>) -> Result<(), CallFailure> {
         let id = self.code.id.clone();
         self.call(|live| {
-            live.store.data_mut().gap = Some(Arc::new(gap.clone()));
+            live.store.data_mut().gap = Some(gap.clone());
             let called = subscriber!(&live.plugin, |s| s.call_on_gap(
                 &mut live.store,
                 &id,
