@@ -483,7 +483,7 @@ impl Bench {
             );
             self.record(
                 &format!("durable_{per_tx}_per_tx"),
-                format!("durable, {per_tx} per transaction, N={events}: end to end / send accepted / pg_notify end to end"),
+                format!("durable, noop Rust plugin, {per_tx} per transaction, N={events}: end to end / send accepted / pg_notify end to end"),
                 format!(
                     "{:.0}k/s / {:.0}k/s / {:.0}k/s (end to end = {:.0}% of accepted)",
                     durable / 1e3,
@@ -547,9 +547,9 @@ impl Bench {
         Ok(())
     }
 
-    /// Events/s from the first send to the last call, to an at-least-once
-    /// subscriber through `pgnotifier.send`, or (`durable` false) to an
-    /// at-most-once one through `pg_notify`.
+    /// Events/s from the first send to the last call into the noop Rust
+    /// plugin, at least once through `pgnotifier.send`, or (`durable`
+    /// false) at most once through `pg_notify`.
     async fn durable_rate(
         &self,
         tag: &str,
@@ -557,24 +557,14 @@ impl Bench {
         events: usize,
         durable: bool,
     ) -> anyhow::Result<f64> {
-        let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let counter = calls.clone();
-        let mut subscriber = Subscriber::native(move |_, _, _, _| {
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
-        let (id, channel) = match durable {
-            true => (format!("{tag}_sink"), format!("{tag}_durable")),
-            false => (format!("{tag}_plain_sink"), format!("{tag}_plain")),
+        let (id, channel, delivery) = match durable {
+            true => (format!("{tag}_sink"), format!("{tag}_durable"), "at-least-once"),
+            false => (format!("{tag}_plain_sink"), format!("{tag}_plain"), "at-most-once"),
         };
-        if durable {
-            subscriber = subscriber.at_least_once(pgnotifier::durable::RetryPolicy::default());
-        }
-        notifier.subscribe(&id, channel.as_str(), subscriber)?;
-        notifier.start().await?;
-        notifier
-            .wait_until_listening(Duration::from_secs(30))
-            .await?;
+        let sidecar = format!(
+            "delivery = \"{delivery}\"\noverflow = \"block\"\nqueue_size = 100000\n\n[config]\nchannels = \"{channel}\"\n"
+        );
+        let notifier = self.host(&[(id.clone(), &self.noop, sidecar)]).await?;
         if durable {
             self.wait_for_position(&id).await?;
         }
@@ -586,13 +576,13 @@ impl Bench {
         };
         self.produce(function, &channel, per_tx, events).await?;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while calls.load(Ordering::Relaxed) < events && Instant::now() < deadline {
+        while delivered(&notifier) < events as u64 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = started.elapsed();
+        let got = delivered(&notifier);
         notifier.shutdown(Duration::from_secs(5)).await;
-        let got = calls.load(Ordering::Relaxed);
-        anyhow::ensure!(got >= events, "{id} received {got} of {events}");
+        anyhow::ensure!(got >= events as u64, "{id} received {got} of {events}");
         Ok(events as f64 / elapsed.as_secs_f64())
     }
 

@@ -487,8 +487,7 @@ impl Notifier {
 
     /// Move an at-least-once subscriber's position past every event
     /// committed so far: what it has not handled yet is skipped, not
-    /// delivered. Events of transactions still running are not skipped;
-    /// the call waits (up to 10 s) for those that run below the newest event.
+    /// delivered. Events of transactions still running are not skipped.
     pub async fn skip_ahead(&self, id: &str) -> Result<()> {
         let mailbox = (self.inner.registry.mailbox(id))
             .ok_or_else(|| RegistryError::UnknownSubscriber(id.to_owned()))?;
@@ -498,17 +497,9 @@ impl Notifier {
         self.inner.feeders.stop(id).await;
         let moved = async {
             let client = self.durable_client().await?;
-            let target = (reader::last_committed(&client).await).map_err(DurableError::from)?;
-            // Past the target only once every transaction below it has
-            // ended: one still running may yet commit events below it.
-            let patience = Duration::from_secs(10);
-            let deadline = std::time::Instant::now() + patience;
-            while (reader::end_of_outbox(&client).await).map_err(DurableError::from)? < target {
-                if std::time::Instant::now() >= deadline {
-                    return Err(DurableError::HeldBack(patience).into());
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            // The horizon waits for transactions committing now; one still
+            // running commits after it, and is delivered.
+            let target = (reader::end_of_outbox(&client).await).map_err(DurableError::from)?;
             reader::save_position(&client, id, target, None)
                 .await
                 .map_err(DurableError::from)?;

@@ -101,7 +101,7 @@ pub(crate) async fn waiting(
             attempts: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
             event: Event {
                 id: row.get(1),
-                txid: 0,
+                stamp: 0,
                 channel: row.get(2),
                 payload: row.get(3),
                 sent_at: row.get(4),

@@ -19,7 +19,7 @@
 //!   it also polls, so a missed wake-up only delays. A lost connection is
 //!   made again, and reading resumes from the saved position.
 
-use super::reader::{end_of_outbox, lag, next_events, position, save_position, Event, Position};
+use super::reader::{lag, next_events, position, save_position, start_at_end, Event, Position};
 use super::schema::{self, WAKE_CHANNEL};
 use super::{dead_letters, pruner, DurableError};
 use crate::dispatch::{
@@ -378,13 +378,16 @@ impl Feed {
         let mut at = match position(client, &self.id).await {
             Ok(Some(at)) => at,
             // Written at once, so pruning keeps what this subscriber reads next.
-            Ok(None) => match end_of_outbox(client).await {
-                Ok(end) => match self.save(client, end, &mut saved).await {
-                    Ok(()) => end,
+            Ok(None) => {
+                let channels = (!self.channels.is_empty()).then_some(&self.channels[..]);
+                match start_at_end(client, &self.id, channels).await {
+                    Ok(start) => {
+                        saved = Some(start);
+                        start
+                    }
                     Err(e) => return lost(&e),
-                },
-                Err(e) => return lost(&e),
-            },
+                }
+            }
             Err(e) => return lost(&e),
         };
         let mut handled = 0;

@@ -37,6 +37,4 @@ pub enum DurableError {
     UnknownDeadLetter(i64),
     #[error("subscriber {0:?} is not an at-least-once subscriber")]
     NotDurable(String),
-    #[error("a transaction running for more than {0:?} holds back the events committed before it; skip again once it ends")]
-    HeldBack(std::time::Duration),
 }

@@ -5,8 +5,9 @@
 //! - "Passed" reads the positions table: a position records its subscriber's
 //!   channels (none recorded: all channels). An event on a channel that no
 //!   position needs is passed, since a new subscriber starts at the end of
-//!   the outbox. Only events below the oldest running transaction are
-//!   pruned as passed, so none that a new subscriber is about to read.
+//!   the outbox; it records its start under the pruner's lock
+//!   ([`super::reader::start_at_end`]), so a prune never removes what it is
+//!   about to read.
 //! - An event removed by age before a subscriber had it leaves a row in
 //!   `pgnotifier.gaps` for that subscriber: its feeder delivers a gap event
 //!   (how many, since when), never a silent skip.
@@ -38,18 +39,26 @@ pub struct Pruned {
     pub expired: u64,
 }
 
+/// Taken by a prune, and by a subscriber recording where it starts.
+pub(crate) const LOCK: &str =
+    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgnotifier prune'))";
+const TRY_LOCK: &str =
+    "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pgnotifier prune'))";
+
+// An event is stamped as its transaction commits; one with no stamp is
+// not visible here, so every event below is committed.
 const PRUNE: &str = "
 WITH doomed AS (
-    SELECT o.id, o.txid, o.channel, o.sent_at,
+    SELECT o.id, c.stamp, o.channel, o.sent_at,
            o.sent_at < pg_catalog.now() - $1::text::interval AS expired
       FROM pgnotifier.outbox o
+      JOIN pgnotifier.commits c ON c.txid = o.txid
      WHERE o.sent_at < pg_catalog.now() - $1::text::interval
-        OR (o.txid < pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())
-            AND NOT EXISTS (
-                SELECT FROM pgnotifier.positions p
-                 WHERE (p.channels IS NULL OR o.channel = ANY (p.channels))
-                   AND (p.txid, p.id) < (o.txid, o.id)))
-     ORDER BY o.txid, o.id
+        OR NOT EXISTS (
+               SELECT FROM pgnotifier.positions p
+                WHERE (p.channels IS NULL OR o.channel = ANY (p.channels))
+                  AND (p.stamp, p.id) < (c.stamp, o.id))
+     ORDER BY c.stamp, o.id
      LIMIT $2
 ),
 gaps AS (
@@ -57,7 +66,7 @@ gaps AS (
     SELECT p.subscriber, array_agg(DISTINCT d.channel ORDER BY d.channel), count(*), min(d.sent_at)
       FROM doomed d
       JOIN pgnotifier.positions p
-        ON (p.channels IS NULL OR d.channel = ANY (p.channels)) AND (p.txid, p.id) < (d.txid, d.id)
+        ON (p.channels IS NULL OR d.channel = ANY (p.channels)) AND (p.stamp, p.id) < (d.stamp, d.id)
      WHERE d.expired
      GROUP BY p.subscriber
 ),
@@ -66,6 +75,11 @@ deleted AS (
     RETURNING d.expired
 )
 SELECT count(*) FILTER (WHERE NOT expired), count(*) FILTER (WHERE expired) FROM deleted";
+
+/// The stamps of transactions whose events are all gone.
+const FORGET: &str = "
+DELETE FROM pgnotifier.commits c
+ WHERE NOT EXISTS (SELECT FROM pgnotifier.outbox o WHERE o.txid = c.txid)";
 
 /// Prune every [`PRUNE_EVERY`] on `runtime` until told to stop, and keep
 /// `outbox_events` at the outbox's size after each prune.
@@ -115,21 +129,20 @@ pub async fn prune(
     let mut total = Pruned::default();
     loop {
         let tx = client.transaction().await?;
-        let turn = tx
-            .query_one(
-                "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('pgnotifier prune'))",
-                &[],
-            )
-            .await?;
+        let turn = tx.query_one(TRY_LOCK, &[]).await?;
         if !turn.get::<_, bool>(0) {
             return Ok(None);
         }
         let row = tx.query_one(PRUNE, &[&retention, &BATCH]).await?;
-        tx.commit().await?;
         let (passed, expired) = (row.get::<_, i64>(0), row.get::<_, i64>(1));
+        let last = passed + expired < BATCH;
+        if last {
+            tx.execute(FORGET, &[]).await?;
+        }
+        tx.commit().await?;
         total.passed += passed.unsigned_abs();
         total.expired += expired.unsigned_abs();
-        if passed + expired < BATCH {
+        if last {
             return Ok(Some(total));
         }
     }

@@ -24,7 +24,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -123,6 +123,131 @@ CREATE TABLE pgnotifier.gaps (
     first_sent_at timestamptz NOT NULL,
     pruned_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );
+"#,
+    // 6: commit order. Each sending transaction gets a stamp from a
+    // sequence as it commits; the reader orders by stamp (reader.rs says why
+    // this is commit order, and never skips). Events already there are
+    // stamped in transaction-id order, as they were read until now.
+    r#"
+-- Senders still running finish first; new ones wait until this commits.
+LOCK TABLE pgnotifier.outbox IN SHARE MODE;
+CREATE SEQUENCE pgnotifier.commit_stamps;
+CREATE TABLE pgnotifier.commits (
+    txid xid8 PRIMARY KEY,
+    stamp bigint NOT NULL UNIQUE
+);
+INSERT INTO pgnotifier.commits (txid, stamp)
+SELECT t.txid, row_number() OVER (ORDER BY t.txid)
+  FROM (SELECT DISTINCT txid FROM pgnotifier.outbox) t;
+SELECT pg_catalog.setval('pgnotifier.commit_stamps', greatest(count(*), 1), count(*) > 0)
+  FROM pgnotifier.commits;
+-- A position (txid, id) becomes (its transaction's stamp, id), or, if that
+-- transaction's events are gone, the end of the last stamp before it.
+ALTER TABLE pgnotifier.positions ADD COLUMN stamp bigint NOT NULL DEFAULT 0;
+UPDATE pgnotifier.positions p
+   SET stamp = coalesce((SELECT c.stamp FROM pgnotifier.commits c WHERE c.txid = p.txid),
+                        (SELECT max(c.stamp) FROM pgnotifier.commits c WHERE c.txid < p.txid), 0),
+       id = CASE WHEN EXISTS (SELECT FROM pgnotifier.commits c WHERE c.txid = p.txid)
+                 THEN p.id ELSE 9223372036854775807 END;
+ALTER TABLE pgnotifier.positions DROP COLUMN txid;
+
+-- At commit, once per sending transaction: the shared lock is held until
+-- the commit is visible, which is what pgnotifier.horizon waits for.
+CREATE FUNCTION pgnotifier.stamp_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $stamp$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtext('pgnotifier commits'));
+    INSERT INTO pgnotifier.commits (txid, stamp)
+        VALUES (pg_current_xact_id(), nextval('pgnotifier.commit_stamps'))
+        ON CONFLICT (txid) DO NOTHING;
+    RETURN NULL;
+END
+$stamp$;
+-- send sets pgnotifier.stamping after its first event, so the trigger is
+-- queued once per transaction, not once per event.
+CREATE CONSTRAINT TRIGGER stamp_commit AFTER INSERT ON pgnotifier.outbox
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+    WHEN (pg_catalog.current_setting('pgnotifier.stamping', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION pgnotifier.stamp_commit();
+
+CREATE OR REPLACE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(coalesce(payload, '')) >= 8000 THEN
+        RAISE EXCEPTION 'pgnotifier.send: payload string too long' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO pgnotifier.outbox (channel, payload)
+        VALUES (channel, coalesce(payload, '')) RETURNING id INTO event_id;
+    PERFORM set_config('pgnotifier.stamping', 'on', true);
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$send$;
+
+-- The last stamp handed out, once every transaction that holds a stamp up
+-- to it has finished committing (or aborted).
+CREATE FUNCTION pgnotifier.horizon() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $horizon$
+DECLARE
+    last_stamp bigint;
+BEGIN
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO last_stamp
+      FROM pgnotifier.commit_stamps s;
+    PERFORM pg_advisory_lock(hashtext('pgnotifier commits'));
+    PERFORM pg_advisory_unlock(hashtext('pgnotifier commits'));
+    RETURN last_stamp;
+END
+$horizon$;
+
+-- The events after (after_stamp, after_id) on channels, in commit order,
+-- at most max_events. Each statement here takes its own snapshot, after
+-- the horizon's wait: hence read committed.
+CREATE FUNCTION pgnotifier.read(after_stamp bigint, after_id bigint, channels text[], max_events integer)
+RETURNS TABLE (id bigint, stamp bigint, channel text, payload text, sent_at timestamptz, pid integer)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
+DECLARE
+    last_stamp bigint;
+    got bigint;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgnotifier.read needs read committed isolation, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
+    last_stamp := pgnotifier.horizon();
+    -- The rest of the transaction the position is in, then the ones after.
+    RETURN QUERY
+    SELECT o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid
+      FROM pgnotifier.commits c
+      JOIN pgnotifier.outbox o ON o.txid = c.txid
+     WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
+     ORDER BY o.id
+     LIMIT max_events;
+    GET DIAGNOSTICS got = ROW_COUNT;
+    IF got < max_events THEN
+        RETURN QUERY
+        SELECT o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid
+          FROM pgnotifier.commits c
+         CROSS JOIN LATERAL (
+               SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
+                 FROM pgnotifier.outbox e
+                WHERE e.txid = c.txid AND e.channel = ANY (channels)
+                ORDER BY e.id
+                LIMIT max_events - got) o
+         WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
+         ORDER BY c.stamp, o.id
+         LIMIT max_events - got;
+    END IF;
+END
+$read$;
 "#,
 ];
 
