@@ -638,6 +638,37 @@ async fn events_come_in_commit_order_and_an_open_transaction_holds_nothing_back(
     open.rollback().await.unwrap();
 }
 
+/// A transaction is stamped once, at its first event; an event rolled back
+/// to a savepoint takes that mark with it, and the next one carries it.
+#[tokio::test]
+async fn a_savepoint_rolled_back_with_the_first_event_loses_nothing_after_it() {
+    use pgnotifier::durable::reader::{next_events, Position};
+    let (_url, mut client) = fresh_database("savepoint").await;
+    schema::install(&mut client).await.unwrap();
+    client
+        .batch_execute(
+            "begin;
+             savepoint a;
+             select pgnotifier.send('work', 'rolled back');
+             rollback to savepoint a;
+             select pgnotifier.send('work', 'kept 1');
+             select pgnotifier.send('work', 'kept 2');
+             commit;",
+        )
+        .await
+        .unwrap();
+    let work = ["work".to_owned()];
+    let events = next_events(&client, Position::default(), &work, 10)
+        .await
+        .unwrap();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    assert_eq!(payloads, ["kept 1", "kept 2"]);
+    assert_eq!(
+        events[0].stamp, events[1].stamp,
+        "one transaction, one stamp"
+    );
+}
+
 /// An older schema's positions and unread events carry over: each position
 /// resumes after what it had read, and what it had not comes next.
 #[tokio::test]

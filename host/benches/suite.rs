@@ -558,8 +558,16 @@ impl Bench {
         durable: bool,
     ) -> anyhow::Result<f64> {
         let (id, channel, delivery) = match durable {
-            true => (format!("{tag}_sink"), format!("{tag}_durable"), "at-least-once"),
-            false => (format!("{tag}_plain_sink"), format!("{tag}_plain"), "at-most-once"),
+            true => (
+                format!("{tag}_sink"),
+                format!("{tag}_durable"),
+                "at-least-once",
+            ),
+            false => (
+                format!("{tag}_plain_sink"),
+                format!("{tag}_plain"),
+                "at-most-once",
+            ),
         };
         let sidecar = format!(
             "delivery = \"{delivery}\"\noverflow = \"block\"\nqueue_size = 100000\n\n[config]\nchannels = \"{channel}\"\n"

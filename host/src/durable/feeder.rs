@@ -46,7 +46,7 @@ const OUTBOX_UNKNOWN: u64 = u64::MAX;
 /// How often the outbox is read without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
 /// Events read at once.
-const BATCH: i64 = 100;
+const BATCH: i64 = 500;
 /// Events queued to the subscriber before the first outcome is awaited.
 pub const WINDOW: usize = 64;
 
@@ -370,7 +370,13 @@ impl Feed {
         if let Err(e) = schema::install(client).await {
             return lost(&e);
         }
-        let listen = format!("LISTEN {}", crate::channel::quote_ident(WAKE_CHANNEL));
+        // The feeder's queries are small and many: compiling one with JIT
+        // (which a stale estimate of the outbox can trigger) costs more than
+        // it ever saves.
+        let listen = format!(
+            "SET jit = off; LISTEN {}",
+            crate::channel::quote_ident(WAKE_CHANNEL)
+        );
         if let Err(e) = client.batch_execute(&listen).await {
             return lost(&e);
         }

@@ -163,11 +163,15 @@ BEGIN
     RETURN NULL;
 END
 $stamp$;
--- send sets pgnotifier.stamping after its first event, so the trigger is
--- queued once per transaction, not once per event.
+-- send marks only the first event of its transaction, so the trigger is
+-- queued once per transaction, and a column test is all the others cost.
+-- A row written another way (or by a send that began before this
+-- migration) is marked by the default: stamped all the same.
+ALTER TABLE pgnotifier.outbox
+    ADD COLUMN first_in_transaction boolean NOT NULL DEFAULT true;
 CREATE CONSTRAINT TRIGGER stamp_commit AFTER INSERT ON pgnotifier.outbox
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
-    WHEN (pg_catalog.current_setting('pgnotifier.stamping', true) IS DISTINCT FROM 'on')
+    WHEN (NEW.first_in_transaction)
     EXECUTE FUNCTION pgnotifier.stamp_commit();
 
 CREATE OR REPLACE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
@@ -175,6 +179,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send
 #variable_conflict use_variable
 DECLARE
     event_id bigint;
+    -- Transaction-local, so it is unset again at the next transaction and
+    -- undone with a savepoint rolled back.
+    first_event boolean := current_setting('pgnotifier.stamping', true) IS DISTINCT FROM 'on';
 BEGIN
     IF channel IS NULL OR channel = '' THEN
         RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
@@ -185,9 +192,11 @@ BEGIN
     IF octet_length(coalesce(payload, '')) >= 8000 THEN
         RAISE EXCEPTION 'pgnotifier.send: payload string too long' USING ERRCODE = '22023';
     END IF;
-    INSERT INTO pgnotifier.outbox (channel, payload)
-        VALUES (channel, coalesce(payload, '')) RETURNING id INTO event_id;
-    PERFORM set_config('pgnotifier.stamping', 'on', true);
+    INSERT INTO pgnotifier.outbox (channel, payload, first_in_transaction)
+        VALUES (channel, coalesce(payload, ''), first_event) RETURNING id INTO event_id;
+    IF first_event THEN
+        PERFORM set_config('pgnotifier.stamping', 'on', true);
+    END IF;
     PERFORM pg_notify('pgnotifier.outbox', channel);
     RETURN event_id;
 END
