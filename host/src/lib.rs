@@ -21,6 +21,8 @@
 //!   that never skips a committed event, and a feeder per subscriber;
 //! - [`plugins`]: sidecar settings, the loader, the sync of a plugins folder
 //!   with its subscribers, and the watcher (hot reload);
+//! - [`cluster`]: leader election among hosts on one database, on the
+//!   LISTEN connection, so that only one dispatches;
 //! - `error`: the library's [`Error`], gathering each layer's own;
 //! - `listener`: one connection LISTENing the registry's active channels,
 //!   handing each notification to the router, reconnecting with gap events;
@@ -53,6 +55,8 @@ pub mod durable;
 
 pub mod plugins;
 
+pub mod cluster;
+
 mod error;
 mod listener;
 mod metrics;
@@ -76,7 +80,8 @@ pub use dispatch::{
 pub use error::{Error, Result};
 pub use listener::ConnectionSettings;
 pub use notifier::{
-    IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection, ShutdownReport,
+    ClusterView, IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection,
+    ShutdownReport,
 };
 pub use payload::{Payload, PayloadMode};
 pub use pg::DatabaseConfig;

@@ -9,6 +9,8 @@
 //! start, a restart or new settings), its subscribers get a gap event first.
 
 use crate::channel::quote_ident;
+use crate::cluster::election::{self, Campaign};
+use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{Delivery, Gap, GapCause, Router};
 use crate::pg::DatabaseConfig;
 use crate::printable::with_causes;
@@ -90,6 +92,15 @@ impl OwedGap {
         }
     }
 
+    /// Another host led until `at`: what it did not dispatch is missed on
+    /// every channel.
+    fn note_takeover(&mut self, channels: &BTreeSet<Arc<str>>, at: SystemTime, why: String) {
+        self.channels.extend(channels.iter().cloned());
+        if self.since.is_none() {
+            self.since = Some((at, why));
+        }
+    }
+
     fn clear(&mut self) {
         self.channels.clear();
         self.since = None;
@@ -129,9 +140,12 @@ impl Listener {
         settings: ConnectionSettings,
         registry: Arc<Registry>,
         status: Arc<ListenerStatus>,
+        cluster: Arc<ClusterStatus>,
     ) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(database, settings, registry, status, stop_rx));
+        let task = tokio::spawn(supervise(
+            database, settings, registry, status, cluster, stop_rx,
+        ));
         Self { stop, task }
     }
 
@@ -202,6 +216,7 @@ async fn supervise(
     settings: ConnectionSettings,
     registry: Arc<Registry>,
     status: Arc<ListenerStatus>,
+    cluster: Arc<ClusterStatus>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff {
@@ -210,6 +225,7 @@ async fn supervise(
         attempt: 0,
     };
     let mut gap = std::mem::take(&mut *lock(&status.gap));
+    let mut was_leading = false;
     while !*stop.borrow() {
         let connected = tokio::select! {
             result = database.connect() => result,
@@ -223,7 +239,9 @@ async fn supervise(
                 let session = Session {
                     registry: &registry,
                     status: &status,
+                    cluster: &cluster,
                     heartbeat: settings.heartbeat,
+                    yield_first: std::mem::take(&mut was_leading),
                 };
                 session.run(client, connection, &mut stop, &mut gap).await
             }
@@ -233,6 +251,9 @@ async fn supervise(
                 with_causes(&e)
             )),
         };
+        // Leadership went with the connection.
+        was_leading = cluster.role() == Role::Leader;
+        cluster.stand_by(None);
         status.connected.store(false, Ordering::Relaxed);
         status.backend_pid.store(0, Ordering::Relaxed);
         status.listened.send_replace(Arc::default());
@@ -267,7 +288,10 @@ async fn supervise(
 struct Session<'a> {
     registry: &'a Arc<Registry>,
     status: &'a Arc<ListenerStatus>,
+    cluster: &'a ClusterStatus,
     heartbeat: Option<Duration>,
+    /// This host led on the last connection: let a standby go first.
+    yield_first: bool,
 }
 
 impl Session<'_> {
@@ -289,6 +313,27 @@ impl Session<'_> {
         match client.query_one("select pg_backend_pid()", &[]).await {
             Ok(row) => status.backend_pid.store(row.get(0), Ordering::Relaxed),
             Err(e) => return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e))),
+        }
+        // In a cluster, LISTEN only once leading, on this very connection.
+        if let Some(settings) = &self.cluster.settings {
+            let campaign = election::campaign(&client, settings, self.cluster, self.yield_first);
+            tokio::select! {
+                outcome = campaign => match outcome {
+                    Campaign::Won { after } => {
+                        tracing::info!(cluster = %settings.name, group = settings.group.as_deref().unwrap_or(""), "leading");
+                        if let Some((at, leader)) = after {
+                            self.cluster.takeovers.fetch_add(1, Ordering::Relaxed);
+                            let active = registry.watch_active().borrow().clone();
+                            gap.note_takeover(&active, at, format!("took over from {leader}"));
+                        }
+                    }
+                    Campaign::Failed(e) => {
+                        return SessionEnd::Lost(format!("the election failed: {}", with_causes(&e)));
+                    }
+                },
+                _ = stop.changed() => return SessionEnd::Stopped,
+                ended = &mut driver => return SessionEnd::Lost(why_ended(ended)),
+            }
         }
         // Queue the gap events before LISTENing again, so every notification
         // of the new connection reaches each subscriber after its gap event.
@@ -359,15 +404,19 @@ impl Session<'_> {
                 }
                 ended = &mut driver => {
                     gap.channels = listened;
-                    let reason = match ended {
-                        Ok(Ok(())) => "connection closed by the server".to_owned(),
-                        Ok(Err(e)) => format!("connection lost: {}", with_causes(&e)),
-                        Err(e) => format!("connection task failed: {e}"),
-                    };
-                    return SessionEnd::Lost(reason);
+                    return SessionEnd::Lost(why_ended(ended));
                 }
             }
         }
+    }
+}
+
+/// Why the connection's driver ended.
+fn why_ended(ended: Result<Result<(), tokio_postgres::Error>, tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(Ok(())) => "connection closed by the server".to_owned(),
+        Ok(Err(e)) => format!("connection lost: {}", with_causes(&e)),
+        Err(e) => format!("connection task failed: {e}"),
     }
 }
 

@@ -4,6 +4,7 @@
 //! atomics kept by dispatch, the listener and the plugin sync, and a scrape
 //! takes no lock that dispatch takes.
 
+use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{DurableStats, SubscriberStats};
 use crate::listener::ListenerStatus;
 use crate::plugins::PluginCounters;
@@ -22,6 +23,7 @@ pub(crate) struct Sources<'a> {
     /// The at-least-once subscribers' feeders, and the outbox at the last prune.
     pub(crate) durable: Vec<(std::sync::Arc<str>, DurableStats)>,
     pub(crate) outbox_events: Option<u64>,
+    pub(crate) cluster: &'a ClusterStatus,
 }
 
 /// A metric read from a `T`: name, kind, help, and how to read it.
@@ -199,6 +201,28 @@ pub(crate) fn render(from: &Sources) -> String {
     for (name, kind, help, value) in unlabelled {
         out.family(name, kind, help).sample(name, &[], value);
     }
+
+    let name = "pgnotifier_cluster_role";
+    out.family(
+        name,
+        "gauge",
+        "1 for this host's role: leader, standby, or alone (no cluster).",
+    );
+    let role = from.cluster.role();
+    for each in [Role::Leader, Role::Standby, Role::Alone] {
+        out.sample(
+            name,
+            &[("role", each.as_str())],
+            f64::from(u8::from(each == role)),
+        );
+    }
+    let name = "pgnotifier_cluster_takeovers_total";
+    out.family(
+        name,
+        "counter",
+        "Times this host took over from another leader.",
+    )
+    .sample(name, &[], count(&from.cluster.takeovers));
     let name = "pgnotifier_listener_last_notification_age_seconds";
     out.family(
         name,

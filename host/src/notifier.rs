@@ -4,6 +4,7 @@
 //! follows the active set by itself. `start`, `stop` and `restart` control the
 //! listener. Subscribers keep running across them until removed or shut down.
 
+use crate::cluster::{ClusterSettings, ClusterStatus, Role};
 use crate::durable::feeder::{self, Feeders};
 use crate::durable::{dead_letters, reader, schema, DeadLetter, DeliveryMode, DurableError};
 use crate::error::{Error, Result};
@@ -117,6 +118,21 @@ pub struct ListenerView {
     /// The channels LISTENed right now.
     pub listening: Vec<String>,
     pub reconnects: u64,
+    /// Leader, standby or alone: a standby LISTENs nothing.
+    pub cluster: ClusterView,
+}
+
+/// This host in its cluster, as [`Notifier::cluster`] shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClusterView {
+    pub role: Role,
+    /// The cluster's name, if this host is in one.
+    pub cluster: Option<String>,
+    pub group: Option<String>,
+    /// The leader's backend, as PostgreSQL shows it (itself when leading).
+    pub leader: Option<String>,
+    /// How often this host took over from another leader.
+    pub takeovers: u64,
 }
 
 /// Builds a [`Notifier`].
@@ -129,6 +145,7 @@ pub struct NotifierBuilder {
     query_pool_size: usize,
     registry: Registry,
     outbox_retention: Duration,
+    cluster: Option<ClusterSettings>,
 }
 
 impl NotifierBuilder {
@@ -186,13 +203,21 @@ impl NotifierBuilder {
         self
     }
 
+    /// Run as one host of a cluster: only the elected leader dispatches.
+    pub fn cluster(mut self, settings: ClusterSettings) -> Self {
+        self.cluster = Some(settings);
+        self
+    }
+
     pub fn build(self) -> Notifier {
         let registry = Arc::new(self.registry);
         let database = Arc::new(Mutex::new(self.database));
+        let cluster = Arc::new(ClusterStatus::new(self.cluster));
         let feeders = Arc::new(Feeders::new(
             database.clone(),
             Arc::downgrade(&registry),
             self.outbox_retention,
+            cluster.watch_dispatching(),
         ));
         let plugins = PluginSync::new(
             registry.clone(),
@@ -212,6 +237,7 @@ impl NotifierBuilder {
                 connection: Mutex::new(self.connection),
                 listener: Mutex::new(None),
                 status: Arc::default(),
+                cluster,
             }),
         }
     }
@@ -234,6 +260,7 @@ struct Inner {
     connection: Mutex<ConnectionSettings>,
     listener: Mutex<Option<Listener>>,
     status: Arc<ListenerStatus>,
+    cluster: Arc<ClusterStatus>,
 }
 
 impl Notifier {
@@ -251,6 +278,7 @@ impl Notifier {
             query_pool_size: 4,
             registry: Registry::new(),
             outbox_retention: crate::durable::DEFAULT_RETENTION,
+            cluster: None,
         }
     }
 
@@ -418,6 +446,7 @@ impl Notifier {
             *lock(&self.inner.connection),
             self.inner.registry.clone(),
             self.inner.status.clone(),
+            self.inner.cluster.clone(),
         ));
         Ok(())
     }
@@ -450,6 +479,19 @@ impl Notifier {
             backend_pid: self.backend_pid(),
             listening: self.listening(),
             reconnects: self.inner.status.reconnects.load(Ordering::Relaxed),
+            cluster: self.cluster(),
+        }
+    }
+
+    /// This host's place in its cluster.
+    pub fn cluster(&self) -> ClusterView {
+        let status = &self.inner.cluster;
+        ClusterView {
+            role: status.role(),
+            cluster: status.settings.as_ref().map(|s| s.name.clone()),
+            group: status.settings.as_ref().and_then(|s| s.group.clone()),
+            leader: status.leader(),
+            takeovers: status.takeovers.load(Ordering::Relaxed),
         }
     }
 
@@ -545,6 +587,10 @@ impl Notifier {
         if !self.inner.status.connected.load(Ordering::Relaxed) {
             return Err(NotReady::Disconnected);
         }
+        if self.inner.cluster.role() == Role::Standby {
+            // Connected and ready to take over; it LISTENs nothing until then.
+            return Ok(());
+        }
         let active = self.inner.registry.watch_active().borrow().clone();
         let listened = self.inner.status.listened.borrow().clone();
         match active.iter().find(|c| !listened.contains(*c)) {
@@ -562,6 +608,7 @@ impl Notifier {
             cache: self.compile_cache_stats(),
             durable: self.inner.feeders.stats(),
             outbox_events: self.inner.feeders.outbox_events(),
+            cluster: &self.inner.cluster,
         })
     }
 

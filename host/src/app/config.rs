@@ -1,6 +1,7 @@
 //! The application's config file (`--config FILE`) and its control settings:
 //! where the admin API listens, its token, and where the runtime state is kept.
 
+use crate::cluster::ClusterSettings;
 use crate::listener::ConnectionSettings;
 use crate::plugins::LimitSettings;
 use crate::settings::{check_range, toml_message, ConfigError};
@@ -41,6 +42,19 @@ pub struct FileConfig {
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
+    /// Run as one host of several: `[cluster] name = "…"`.
+    pub cluster: Option<ClusterTable>,
+}
+
+/// `[cluster]`: hosts with the same name and group on one database elect
+/// one leader, and only it dispatches.
+#[derive(Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterTable {
+    pub name: Option<String>,
+    pub group: Option<String>,
+    /// How soon a standby takes over from a leader that is gone (default 2000).
+    pub takeover_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -110,6 +124,29 @@ impl FileConfig {
         };
         let (min, max) = (Duration::from_secs(60), Duration::from_secs(3650 * 86_400));
         parse_span("outbox_retention", text, min, max).map(Some)
+    }
+
+    /// `[cluster]`, checked: a name is required, and a takeover from 100 ms to 10 min.
+    pub fn cluster(&self) -> Result<Option<ClusterSettings>, ConfigError> {
+        let Some(table) = &self.cluster else {
+            return Ok(None);
+        };
+        let name = match table.name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_owned(),
+            _ => {
+                return Err(ConfigError::invalid(
+                    "cluster.name",
+                    "is required in [cluster]: hosts with the same name elect one leader",
+                ))
+            }
+        };
+        let mut settings = ClusterSettings::new(name);
+        settings.group = table.group.clone().filter(|g| !g.trim().is_empty());
+        if let Some(ms) = table.takeover_ms {
+            check_range("cluster.takeover_ms", ms, 100, 600_000)?;
+            settings.takeover = Duration::from_millis(ms);
+        }
+        Ok(Some(settings))
     }
 
     /// `query_pool_size`, checked.
@@ -248,6 +285,26 @@ mod tests {
     use super::*;
     use crate::plugins::SubscriberSettings;
     use crate::DatabaseConfig;
+
+    #[test]
+    fn a_cluster_needs_a_name_and_a_sane_takeover() {
+        let cluster = |text: &str| toml::from_str::<FileConfig>(text).unwrap().cluster();
+        let settings =
+            cluster("[cluster]\nname = \"orders\"\ngroup = \"hooks\"\ntakeover_ms = 500")
+                .unwrap()
+                .unwrap();
+        assert_eq!(settings.lock_name(), "pgnotifier cluster orders/hooks");
+        assert_eq!(settings.takeover, Duration::from_millis(500));
+        assert_eq!(cluster("").unwrap(), None);
+        let err = cluster("[cluster]\ngroup = \"hooks\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cluster.name: is required"), "{err}");
+        let err = cluster("[cluster]\nname = \"x\"\ntakeover_ms = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cluster.takeover_ms"), "{err}");
+    }
 
     #[test]
     fn a_number_too_large_for_a_default_is_a_clear_error() {

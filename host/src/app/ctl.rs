@@ -531,8 +531,24 @@ fn listener_text(reply: &Value) -> String {
     } else {
         listening.join(", ")
     };
+    let cluster = &reply["cluster"];
+    let role = match cluster["cluster"].as_str() {
+        Some(name) => {
+            let group = cluster["group"]
+                .as_str()
+                .map(|g| format!(", group {g}"))
+                .unwrap_or_default();
+            let leader = cluster["leader"].as_str().unwrap_or("none seen");
+            format!(
+                "{} of cluster {name}{group}; leader: {leader}; takeovers: {}",
+                text(&cluster["role"]),
+                text(&cluster["takeovers"])
+            )
+        }
+        None => "alone (no cluster)".to_owned(),
+    };
     format!(
-        "running: {}\nconnected: {connected}\nlistening: {listening}\nreconnects: {}\n",
+        "running: {}\nconnected: {connected}\nrole: {role}\nlistening: {listening}\nreconnects: {}\n",
         yes_no(&reply["running"]),
         text(&reply["reconnects"]),
     )

@@ -57,6 +57,7 @@ impl Settings {
         file.query_pool_size()?;
         file.watch_debounce()?;
         file.outbox_retention()?;
+        file.cluster()?;
         Ok(Self {
             connection: file.connection_settings()?,
             drain_timeout: file.drain_timeout()?,
@@ -107,6 +108,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     }
     if let Some(retention) = settings.file.outbox_retention()? {
         builder = builder.outbox_retention(retention);
+    }
+    if let Some(cluster) = settings.file.cluster()? {
+        builder = builder.cluster(cluster);
     }
     let notifier = builder.build();
     // Bound before plugins load, so a taken port fails fast.
@@ -206,6 +210,7 @@ async fn reload(
             "outbox_retention",
             old.outbox_retention != new.outbox_retention,
         ),
+        ("cluster", old.cluster != new.cluster),
         (
             "admin_addr",
             next.control.admin_addr != settings.control.admin_addr,

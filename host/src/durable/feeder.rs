@@ -118,6 +118,8 @@ pub(crate) struct Feeders {
     pruning: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
     /// Events in the outbox at the last prune.
     outbox_events: Arc<AtomicU64>,
+    /// Whether this host may dispatch: a standby of a cluster feeds nothing.
+    dispatching: watch::Receiver<bool>,
 }
 
 impl Feeders {
@@ -125,6 +127,7 @@ impl Feeders {
         database: Arc<std::sync::Mutex<DatabaseConfig>>,
         registry: Weak<Registry>,
         retention: Duration,
+        dispatching: watch::Receiver<bool>,
     ) -> Self {
         Self {
             database,
@@ -133,6 +136,7 @@ impl Feeders {
             retention,
             pruning: Default::default(),
             outbox_events: Arc::new(AtomicU64::new(OUTBOX_UNKNOWN)),
+            dispatching,
         }
     }
 
@@ -193,6 +197,7 @@ impl Feeders {
             mailbox.clone(),
             self.registry.clone(),
             retry,
+            self.dispatching.clone(),
         );
         // A feeder replaced stops after the event in hand.
         running.insert(id.clone(), feeder);
@@ -257,6 +262,7 @@ impl Feeder {
         mailbox: Arc<Mailbox>,
         registry: Weak<Registry>,
         retry: RetryPolicy,
+        dispatching: watch::Receiver<bool>,
     ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(FeedCounters::default());
@@ -268,6 +274,7 @@ impl Feeder {
             registry,
             retry,
             stopped,
+            dispatching,
             channels: Vec::new(),
             channels_saved: true,
         };
@@ -299,6 +306,7 @@ struct Feed {
     registry: Weak<Registry>,
     retry: RetryPolicy,
     stopped: watch::Receiver<bool>,
+    dispatching: watch::Receiver<bool>,
     /// The subscriber's channels when last seen unpaused, written with the
     /// position for pruning; `channels_saved` is false until written.
     channels: Vec<String>,
@@ -317,6 +325,8 @@ enum Tried {
 /// Why a session ended.
 enum End {
     Stopped,
+    /// This host no longer dispatches (a standby now).
+    StoodDown,
     Lost(String),
 }
 
@@ -324,8 +334,17 @@ impl Feed {
     async fn run(mut self) {
         let mut wait = Duration::from_millis(100);
         loop {
+            // A standby feeds nothing; the leader feeds from the saved position.
+            tokio::select! {
+                led = self.dispatching.wait_for(|on| *on) => if led.is_err() { return },
+                _ = self.stopped.changed() => return,
+            }
             match self.session().await {
                 End::Stopped => return,
+                End::StoodDown => {
+                    tracing::info!(subscriber = %self.id, "durable delivery paused: this host stands by");
+                    continue;
+                }
                 End::Lost(reason) => {
                     tracing::warn!(subscriber = %self.id, "durable delivery: {reason}; resuming from the saved position in {wait:?}");
                 }
@@ -403,6 +422,12 @@ impl Feed {
             if *self.stopped.borrow() {
                 return self.finish(client, at, &mut saved).await;
             }
+            if !*self.dispatching.borrow() {
+                return match self.finish(client, at, &mut saved).await {
+                    End::Stopped => End::StoodDown,
+                    lost => lost,
+                };
+            }
             let Some(channels) = self
                 .registry
                 .upgrade()
@@ -456,6 +481,7 @@ impl Feed {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                     _ = self.stopped.changed() => {}
+                    _ = self.dispatching.changed() => {}
                 }
                 continue;
             }

@@ -1,0 +1,381 @@
+//! More than one host: real `pgnotifier run` processes with the same
+//! `[cluster]` name on the test database. One leads and dispatches; the
+//! others stand by and take over when it goes.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::host::{ctl_ok, Host, Setup};
+use support::SOON;
+
+/// The takeover the tests configure, and so the bound they assert.
+const TAKEOVER_MS: u64 = 1000;
+
+/// A host of `cluster` (in `group`, if any) with the durable sink plugin
+/// under each `(id, sidecar)`.
+fn member(cluster: &str, group: Option<&str>, sinks: &[(&str, String)]) -> (Setup, Host) {
+    let group = group
+        .map(|g| format!("group = {g:?}\n"))
+        .unwrap_or_default();
+    let setup = Setup::new(
+        "cluster",
+        &format!("[cluster]\nname = {cluster:?}\n{group}takeover_ms = {TAKEOVER_MS}\n"),
+    );
+    for (id, sidecar) in sinks {
+        install_sink(&setup.plugins, id, sidecar);
+    }
+    let host = Host::with_config(&setup.config);
+    (setup, host)
+}
+
+fn install_sink(plugins: &Path, id: &str, sidecar: &str) {
+    std::fs::copy(
+        support::test_plugin("durable-sink"),
+        plugins.join(format!("{id}.wasm")),
+    )
+    .unwrap();
+    std::fs::write(plugins.join(format!("{id}.toml")), sidecar).unwrap();
+}
+
+/// A sink's sidecar on `channel`, with a queue that takes a burst whole.
+fn sidecar(channel: &str, durable: bool) -> String {
+    let delivery = if durable {
+        "delivery = \"at-least-once\"\nretry_backoff_ms = 1\n"
+    } else {
+        ""
+    };
+    format!(
+        "{delivery}overflow = \"block\"\nqueue_size = 20000\n\n[config]\nchannels = \"{channel}\"\n"
+    )
+}
+
+/// Payloads `subscriber` logged in `output`, in order.
+fn sunk(output: &str, subscriber: &str) -> Vec<String> {
+    let tag = format!("subscriber={subscriber}");
+    output
+        .lines()
+        .filter(|l| l.contains(&tag))
+        .filter_map(|l| l.split_once(" sink ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split(" #").next())
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn client() -> tokio_postgres::Client {
+    support::Sender::connect().await.client
+}
+
+/// Wait until one of `hosts` says it leads; its index.
+fn leader_of(hosts: &[&Host]) -> usize {
+    support::until(
+        SOON,
+        || "no host leads".to_owned(),
+        || hosts.iter().position(|h| h.count(&["leading"]) > 0),
+    )
+}
+
+/// Each host of a cluster of two and of three: 10k notifications are
+/// dispatched exactly once, all by the leader.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_and_three_hosts_dispatch_each_notification_exactly_once() {
+    for size in [2usize, 3] {
+        let cluster = support::channel("steady");
+        let channel = support::channel("steady_work");
+        let id = support::channel("steady_sink");
+        let members: Vec<(Setup, Host)> = (0..size)
+            .map(|_| member(&cluster, None, &[(&id, sidecar(&channel, false))]))
+            .collect();
+        let hosts: Vec<&Host> = members.iter().map(|(_, h)| h).collect();
+        let leader = leader_of(&hosts);
+        for (i, host) in hosts.iter().enumerate() {
+            if i != leader {
+                host.wait_for(&["standing by", &cluster]);
+            }
+        }
+        // The leader LISTENs before it says it is ready.
+        let (setup, _) = &members[leader];
+        support::until(
+            SOON,
+            || "the leader never got ready".to_owned(),
+            || {
+                ctl_ok(&setup.config, &["status"])
+                    .contains(&channel)
+                    .then_some(())
+            },
+        );
+        let sender = client().await;
+        sender
+            .batch_execute(&format!(
+                "select count(pg_notify('{channel}', 'n' || i)) from generate_series(1, 10000) as i"
+            ))
+            .await
+            .unwrap();
+        // Counted by the hosts' metrics: a plugin's log lines are rate limited.
+        let series = format!("pgnotifier_subscriber_delivered_total{{subscriber=\"{id}\"}}");
+        let counts = || {
+            members
+                .iter()
+                .map(|(setup, _)| setup.metric(&series) as u64)
+                .collect::<Vec<_>>()
+        };
+        support::until(
+            SOON,
+            || format!("delivered {:?}", counts()),
+            || (counts().iter().sum::<u64>() >= 10_000).then_some(()),
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let counts = counts();
+        assert_eq!(
+            counts.iter().sum::<u64>(),
+            10_000,
+            "{size} hosts: exactly once, {counts:?}"
+        );
+        assert_eq!(counts[leader], 10_000, "all by the leader: {counts:?}");
+        // The first ones, in order (the rest are past the log's rate limit).
+        let logged = sunk(&hosts[leader].output(), &id);
+        let expected: Vec<String> = (1..=logged.len()).map(|i| format!("n{i}")).collect();
+        assert!(
+            logged.len() >= 100 && logged == expected,
+            "in order: {logged:?}"
+        );
+        for (_, host) in members {
+            host.stop();
+        }
+    }
+}
+
+/// SIGKILL the leader mid-stream: the standby takes over within the
+/// takeover, an at-most-once subscriber gets a gap event, and an
+/// at-least-once one gets every event sent across the failover.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event() {
+    let cluster = support::channel("failover");
+    let (live, events) = (support::channel("fo_live"), support::channel("fo_events"));
+    let (live_id, durable_id) = (
+        support::channel("fo_live_sink"),
+        support::channel("fo_sink"),
+    );
+    let sinks = [
+        (live_id.as_str(), sidecar(&live, false)),
+        (durable_id.as_str(), sidecar(&events, true)),
+    ];
+    let (_a_setup, a) = member(&cluster, None, &sinks);
+    a.wait_for(&["leading", &cluster]);
+    let (b_setup, b) = member(&cluster, None, &sinks);
+    b.wait_for(&["standing by", &cluster]);
+    let sender = client().await;
+    // The leader's feeder has its position: what is sent from here is owed.
+    wait_for_position(&sender, &durable_id).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = {
+        let stop = stop.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let sender = client().await;
+            let mut sent = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 300 {
+                i += 1;
+                let payload = format!("e{i}");
+                sender
+                    .execute("select pgnotifier.send($1, $2)", &[&events, &payload])
+                    .await
+                    .unwrap();
+                sent.push(payload);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.signal("KILL");
+    let killed = Instant::now();
+    support::until(
+        SOON,
+        || format!("the standby never took over:\n{}", b.output()),
+        || (b.count(&["leading", &cluster]) > 0).then_some(()),
+    );
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_millis(TAKEOVER_MS),
+        "took over in {takeover:?}, not within {TAKEOVER_MS} ms"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = producing.await.unwrap();
+    let (_, before) = a.wait();
+
+    b.wait_for(&[
+        "gap",
+        &live,
+        "connection-lost",
+        &format!("subscriber={live_id}"),
+    ]);
+    support::until(
+        SOON,
+        || {
+            let got: std::collections::BTreeSet<String> = sunk(&before, &durable_id)
+                .into_iter()
+                .chain(sunk(&b.output(), &durable_id))
+                .collect();
+            let missing: Vec<&String> = sent.iter().filter(|p| !got.contains(*p)).collect();
+            format!(
+                "{} of {} never delivered: {missing:?}",
+                missing.len(),
+                sent.len()
+            )
+        },
+        || {
+            let got: std::collections::BTreeSet<String> = sunk(&before, &durable_id)
+                .into_iter()
+                .chain(sunk(&b.output(), &durable_id))
+                .collect();
+            sent.iter().all(|p| got.contains(p)).then_some(())
+        },
+    );
+    let status = ctl_ok(&b_setup.config, &["status"]);
+    assert!(
+        status.contains(&format!("role: leader of cluster {cluster}"))
+            && status.contains("takeovers: 1"),
+        "{status}"
+    );
+    eprintln!("takeover after SIGKILL: {takeover:?}");
+    b.stop();
+}
+
+/// The leader's backend terminated from SQL: a standby takes over, and the
+/// old leader comes back as a standby.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_terminated_leader_backend_fails_over_and_the_old_leader_stands_by() {
+    let cluster = support::channel("terminated");
+    let channel = support::channel("term_work");
+    let id = support::channel("term_sink");
+    let sinks = [(id.as_str(), sidecar(&channel, false))];
+    let (a_setup, a) = member(&cluster, None, &sinks);
+    a.wait_for(&["leading", &cluster]);
+    let (b_setup, b) = member(&cluster, None, &sinks);
+    b.wait_for(&["standing by", &cluster]);
+    let sender = client().await;
+    let killed: i64 = sender
+        .query_one(
+            "select count(pg_terminate_backend(l.pid)) from pg_locks l
+              where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+                and ((l.classid::bigint << 32) | l.objid::bigint)
+                    = hashtextextended('pgnotifier cluster ' || $1 || '/', 0)",
+            &[&cluster],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "the leader's LISTEN backend holds the lock");
+    b.wait_for(&["leading", &cluster]);
+    support::until(
+        SOON,
+        || "the old leader never stood by".to_owned(),
+        || {
+            ctl_ok(&a_setup.config, &["status"])
+                .contains(&format!("role: standby of cluster {cluster}"))
+                .then_some(())
+        },
+    );
+    support::until(
+        SOON,
+        || "the new leader never got ready".to_owned(),
+        || {
+            ctl_ok(&b_setup.config, &["status"])
+                .contains(&channel)
+                .then_some(())
+        },
+    );
+    sender
+        .batch_execute(&format!("select pg_notify('{channel}', 'after')"))
+        .await
+        .unwrap();
+    b.wait_for(&["sink after", &format!("subscriber={id}")]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !sunk(&a.output(), &id).contains(&"after".to_owned()),
+        "the standby dispatched nothing"
+    );
+    a.stop();
+    b.stop();
+}
+
+/// Two groups of one cluster, with disjoint plugins: each has its own
+/// leader, and each group's notifications are dispatched once.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_group_elects_its_own_leader() {
+    let cluster = support::channel("groups");
+    let (c1, c2) = (support::channel("group_one"), support::channel("group_two"));
+    let (s1, s2) = (support::channel("g1_sink"), support::channel("g2_sink"));
+    let one = [(s1.as_str(), sidecar(&c1, false))];
+    let two = [(s2.as_str(), sidecar(&c2, false))];
+    let members = [
+        member(&cluster, Some("one"), &one),
+        member(&cluster, Some("one"), &one),
+        member(&cluster, Some("two"), &two),
+        member(&cluster, Some("two"), &two),
+    ];
+    let hosts: Vec<&Host> = members.iter().map(|(_, h)| h).collect();
+    let first = leader_of(&hosts[..2]);
+    let second = 2 + leader_of(&hosts[2..]);
+    for (i, (setup, _)) in members.iter().enumerate() {
+        let channel = if i < 2 { &c1 } else { &c2 };
+        if i == first || i == second {
+            support::until(
+                SOON,
+                || "a group's leader never got ready".to_owned(),
+                || {
+                    ctl_ok(&setup.config, &["status"])
+                        .contains(channel.as_str())
+                        .then_some(())
+                },
+            );
+        }
+    }
+    let sender = client().await;
+    sender
+        .batch_execute(&format!(
+            "select pg_notify('{c1}', 'to one'); select pg_notify('{c2}', 'to two')"
+        ))
+        .await
+        .unwrap();
+    hosts[first].wait_for(&["sink to one"]);
+    hosts[second].wait_for(&["sink to two"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut counts = BTreeMap::new();
+    for host in &hosts {
+        for (id, _) in [(&s1, ()), (&s2, ())] {
+            *counts.entry(id.clone()).or_insert(0) += sunk(&host.output(), id).len();
+        }
+    }
+    assert_eq!(counts[&s1], 1, "{counts:?}");
+    assert_eq!(counts[&s2], 1, "{counts:?}");
+    for (_, host) in members {
+        host.stop();
+    }
+}
+
+/// Until `subscriber`'s feeder has stored its position.
+async fn wait_for_position(client: &tokio_postgres::Client, subscriber: &str) {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let row = client
+            .query_opt(
+                "select 1 from pgnotifier.positions where subscriber = $1",
+                &[&subscriber],
+            )
+            .await;
+        if matches!(row, Ok(Some(_))) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{subscriber} never stored a position"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
