@@ -133,11 +133,13 @@ async fn two_and_three_hosts_dispatch_each_notification_exactly_once() {
             "{size} hosts: exactly once, {counts:?}"
         );
         assert_eq!(counts[leader], 10_000, "all by the leader: {counts:?}");
-        // The first ones, in order (the rest are past the log's rate limit).
-        let logged = sunk(&hosts[leader].output(), &id);
-        let expected: Vec<String> = (1..=logged.len()).map(|i| format!("n{i}")).collect();
+        // In order, as far as the log shows them: it is rate limited.
+        let logged: Vec<u32> = sunk(&hosts[leader].output(), &id)
+            .iter()
+            .filter_map(|p| p.strip_prefix('n')?.parse().ok())
+            .collect();
         assert!(
-            logged.len() >= 100 && logged == expected,
+            logged.len() >= 100 && logged.windows(2).all(|w| w[0] < w[1]),
             "in order: {logged:?}"
         );
         for (_, host) in members {
@@ -354,6 +356,85 @@ async fn each_group_elects_its_own_leader() {
     }
     assert_eq!(counts[&s1], 1, "{counts:?}");
     assert_eq!(counts[&s2], 1, "{counts:?}");
+    for (_, host) in members {
+        host.stop();
+    }
+}
+
+/// Restart each of three hosts in turn (SIGTERM, then start it again)
+/// while events are sent: an at-least-once subscriber loses none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolling_restart_loses_no_durable_event() {
+    let cluster = support::channel("rolling");
+    let events = support::channel("roll_events");
+    let id = support::channel("roll_sink");
+    let sinks = [(id.as_str(), sidecar(&events, true))];
+    let start = || member(&cluster, None, &sinks);
+    let mut members: Vec<(Setup, Host)> = vec![start(), start(), start()];
+    let hosts: Vec<&Host> = members.iter().map(|(_, h)| h).collect();
+    leader_of(&hosts);
+    let sender = client().await;
+    wait_for_position(&sender, &id).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let producing = {
+        let stop = stop.clone();
+        let events = events.clone();
+        tokio::spawn(async move {
+            let sender = client().await;
+            let mut sent = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let payload = format!("r{}", sent.len());
+                sender
+                    .execute("select pgnotifier.send($1, $2)", &[&events, &payload])
+                    .await
+                    .unwrap();
+                sent.push(payload);
+                // Under the plugin's log budget, which is how the test counts.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            sent
+        })
+    };
+    let mut outputs = Vec::new();
+    for i in 0..members.len() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (setup, host) = members.remove(i);
+        outputs.push(host.stop());
+        let again = Host::with_config(&setup.config);
+        again.wait_for(&["plugin loaded"]);
+        members.insert(i, (setup, again));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = producing.await.unwrap();
+    let delivered = |outputs: &[String], members: &[(Setup, Host)]| {
+        let mut got = std::collections::BTreeSet::new();
+        for output in outputs {
+            got.extend(sunk(output, &id));
+        }
+        for (_, host) in members {
+            got.extend(sunk(&host.output(), &id));
+        }
+        got
+    };
+    support::until(
+        SOON,
+        || {
+            let got = delivered(&outputs, &members);
+            let missing: Vec<&String> = sent.iter().filter(|p| !got.contains(*p)).collect();
+            format!(
+                "{} of {} never delivered: {missing:?}",
+                missing.len(),
+                sent.len()
+            )
+        },
+        || {
+            let got = delivered(&outputs, &members);
+            sent.iter().all(|p| got.contains(p)).then_some(())
+        },
+    );
+    assert!(sent.len() > 50, "the stream ran through the restarts");
     for (_, host) in members {
         host.stop();
     }

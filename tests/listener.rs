@@ -191,3 +191,57 @@ async fn sslmode_require_listens_over_tls() {
 async fn sslmode_verify_ca_checks_the_chain_against_sslrootcert() {
     listens_over_tls("sslmode=verify-ca&sslrootcert={cert}").await;
 }
+
+/// The heartbeat reads `pg_notification_queue_usage()`: the gauge moves
+/// while a LISTENing session idle in a transaction holds a backlog, and
+/// falls once it reads.
+#[tokio::test]
+async fn the_notification_queue_gauge_moves_while_a_listener_holds_a_backlog() {
+    let notifier =
+        Notifier::builder(pgnotifier::DatabaseConfig::from_url(support::database_url()).unwrap())
+            .connection(pgnotifier::ConnectionSettings {
+                heartbeat: Some(Duration::from_millis(100)),
+                ..Default::default()
+            })
+            .build();
+    let (subscriber, _) = recorder();
+    notifier
+        .subscribe("gauge", channel("gauge").as_str(), subscriber)
+        .unwrap();
+    support::listen(&notifier).await;
+    let usage = || {
+        let metrics = notifier.metrics();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("pgnotifier_notification_queue_usage "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .expect("the queue gauge is exported")
+    };
+    let holder = Sender::connect().await.client;
+    let backlog = channel("backlog");
+    holder
+        .batch_execute(&format!("LISTEN {backlog}"))
+        .await
+        .unwrap();
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    Sender::connect()
+        .await
+        .client
+        .batch_execute(&format!(
+            "select count(pg_notify('{backlog}', repeat('x', 7900) || i)) from generate_series(1, 2000) as i"
+        ))
+        .await
+        .unwrap();
+    assert!(
+        eventually(SOON, || usage() > 0.0).await,
+        "the gauge never moved: {}",
+        usage()
+    );
+    let held = usage();
+    holder.batch_execute("COMMIT; UNLISTEN *").await.unwrap();
+    assert!(
+        eventually(SOON, || usage() < held).await,
+        "the gauge stayed at {held}"
+    );
+    notifier.shutdown(Duration::from_secs(5)).await;
+}

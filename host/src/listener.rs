@@ -37,6 +37,9 @@ pub struct ConnectionSettings {
     /// is noticed within about twice this; `None` turns it off (TCP keepalive
     /// still applies).
     pub heartbeat: Option<Duration>,
+    /// Warn when PostgreSQL's notification queue is fuller than this, in
+    /// percent, read at each heartbeat. At 100% every NOTIFY fails.
+    pub queue_warn_percent: u8,
 }
 
 impl Default for ConnectionSettings {
@@ -45,6 +48,7 @@ impl Default for ConnectionSettings {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(30),
             heartbeat: Some(Duration::from_secs(30)),
+            queue_warn_percent: 25,
         }
     }
 }
@@ -56,6 +60,8 @@ pub(crate) struct ListenerStatus {
     /// The PostgreSQL backend pid of the LISTEN connection (0 when none).
     pub(crate) backend_pid: AtomicI32,
     pub(crate) reconnects: AtomicU64,
+    /// `pg_notification_queue_usage()` at the last heartbeat, as f64 bits.
+    pub(crate) queue_usage: AtomicU64,
     /// Reconnections after which subscribers were told they may have missed notifications.
     pub(crate) gap_events: AtomicU64,
     /// When the last notification was routed, a raw reading of
@@ -120,6 +126,7 @@ impl Default for ListenerStatus {
             connected: AtomicBool::new(false),
             backend_pid: AtomicI32::new(0),
             reconnects: AtomicU64::new(0),
+            queue_usage: AtomicU64::new(0),
             gap_events: AtomicU64::new(0),
             last_notification: AtomicU64::new(0),
             listened: watch::Sender::new(Arc::default()),
@@ -241,6 +248,7 @@ async fn supervise(
                     status: &status,
                     cluster: &cluster,
                     heartbeat: settings.heartbeat,
+                    queue_warn: f64::from(settings.queue_warn_percent) / 100.0,
                     yield_first: std::mem::take(&mut was_leading),
                 };
                 session.run(client, connection, &mut stop, &mut gap).await
@@ -290,6 +298,7 @@ struct Session<'a> {
     status: &'a Arc<ListenerStatus>,
     cluster: &'a ClusterStatus,
     heartbeat: Option<Duration>,
+    queue_warn: f64,
     /// This host led on the last connection: let a standby go first.
     yield_first: bool,
 }
@@ -343,6 +352,7 @@ impl Session<'_> {
         let mut active = registry.watch_active();
         let mut listened: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut first_sync = true;
+        let mut queue_warned = false;
         let mut heartbeat = self.heartbeat.map(|every| {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -378,9 +388,12 @@ impl Session<'_> {
                 }
                 every = beat => {
                     // A dead peer that sent no FIN shows here as an error or no answer.
-                    let answer = tokio::time::timeout(every, client.simple_query("")).await;
+                    let answer = tokio::time::timeout(every, client.query_one(QUEUE_USAGE, &[])).await;
                     let failure = match answer {
-                        Ok(Ok(_)) => None,
+                        Ok(Ok(row)) => {
+                            self.note_queue_usage(row.get(0), &mut queue_warned);
+                            None
+                        }
                         Ok(Err(e)) => Some(format!("heartbeat failed: {}", with_causes(&e))),
                         Err(_) => Some(format!("no answer to the heartbeat within {every:?}")),
                     };
@@ -408,6 +421,27 @@ impl Session<'_> {
                 }
             }
         }
+    }
+}
+
+/// The heartbeat's query: cheap, and it reads the notification queue.
+const QUEUE_USAGE: &str = "SELECT pg_catalog.pg_notification_queue_usage()";
+
+impl Session<'_> {
+    /// Keep the queue's usage for the metrics; warn once as it passes the
+    /// threshold, and again after it fell back below.
+    fn note_queue_usage(&self, usage: f64, warned: &mut bool) {
+        self.status
+            .queue_usage
+            .store(usage.to_bits(), Ordering::Relaxed);
+        if usage > self.queue_warn && !*warned {
+            tracing::warn!(
+                "PostgreSQL's notification queue is {:.1}% full (warning past {:.0}%): a LISTENing session is not reading, often one left idle in a transaction; at 100% every NOTIFY in the database fails",
+                usage * 100.0,
+                self.queue_warn * 100.0
+            );
+        }
+        *warned = usage > self.queue_warn;
     }
 }
 

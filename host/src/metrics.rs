@@ -148,7 +148,7 @@ pub(crate) fn render(from: &Sources) -> String {
     let plugins = from.plugins;
     let cache = from.cache.unwrap_or_default();
     let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-    let unlabelled: [(&str, &str, &str, f64); 8] = [
+    let unlabelled: [(&str, &str, &str, f64); 9] = [
         (
             "pgnotifier_listener_connected",
             "gauge",
@@ -172,6 +172,12 @@ pub(crate) fn render(from: &Sources) -> String {
             "gauge",
             "Channels LISTENed right now.",
             status.listened.borrow().len() as f64,
+        ),
+        (
+            "pgnotifier_notification_queue_usage",
+            "gauge",
+            "pg_notification_queue_usage() at the last heartbeat: the fraction of PostgreSQL's notification queue in use.",
+            f64::from_bits(status.queue_usage.load(Ordering::Relaxed)),
         ),
         (
             "pgnotifier_plugin_loads_total",

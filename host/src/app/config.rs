@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub reconnect_max_ms: Option<u64>,
     /// How often the LISTEN connection is checked with a cheap query; 0 = never.
     pub heartbeat_ms: Option<u64>,
+    /// Warn past this fill of PostgreSQL's notification queue, in percent.
+    pub queue_usage_warn_percent: Option<u64>,
     /// Connections in the pool that plugins' `publish` and `query` share.
     pub query_pool_size: Option<usize>,
     /// Address of the admin API and metrics (default 127.0.0.1:7433).
@@ -95,6 +97,10 @@ impl FileConfig {
         if let Some(ms) = self.heartbeat_ms {
             check_range("heartbeat_ms", ms, 0, 86_400_000)?;
             out.heartbeat = (ms > 0).then(|| Duration::from_millis(ms));
+        }
+        if let Some(percent) = self.queue_usage_warn_percent {
+            check_range("queue_usage_warn_percent", percent, 1, 100)?;
+            out.queue_warn_percent = percent as u8;
         }
         Ok(out)
     }
