@@ -1,6 +1,7 @@
 //! The benchmark suite: throughput, fan-out, latency, hot reload, memory, the
 //! sandbox's per-call cost, reconnect time, the example plugin of each
-//! language and the capabilities, each beside a bare loop where a ratio matters.
+//! language, the capabilities, durable delivery and a cluster of hosts, each
+//! beside a bare loop or a baseline where a ratio matters.
 //!
 //! `cargo bench --bench suite` runs everything (a few minutes) against the
 //! PostgreSQL the tests use, after `plugins/build`. Pass section names to run
@@ -86,6 +87,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants("durable") {
         bench.durable().await?;
+    }
+    if wants("cluster") {
+        bench.cluster().await?;
     }
 
     println!(
@@ -1005,6 +1009,193 @@ fn noop_call_ns(component: &[u8], epochs: bool, calls: u32) -> anyhow::Result<f6
 
 /// Start the release `pgnotifier run`, wait until it has loaded everything
 /// and settled, and read its resident set size in MB.
+impl Bench {
+    /// 10. More than one host, as `pgnotifier run` processes: the takeover
+    ///     after the leader is SIGKILLed (median of 5), and the dispatch rate
+    ///     of a two-host cluster's leader beside a host alone, in the same run.
+    async fn cluster(&mut self) -> anyhow::Result<()> {
+        let mut takeovers = Vec::new();
+        for round in 0..5 {
+            let name = format!("bench_cluster_{}_{round}", std::process::id());
+            let a = RunHost::start(
+                self,
+                &format!("takeover-a{round}"),
+                Some(&name),
+                "bench_takeover",
+            )?;
+            a.wait_for("leading").await?;
+            let b = RunHost::start(
+                self,
+                &format!("takeover-b{round}"),
+                Some(&name),
+                "bench_takeover",
+            )?;
+            b.wait_for("standing by").await?;
+            drop(a); // SIGKILL, on drop
+            let killed = Instant::now();
+            b.wait_for("leading").await?;
+            takeovers.push(killed.elapsed().as_secs_f64() * 1e3);
+        }
+        let takeover = median(&mut takeovers);
+        let (mut alone, mut clustered) = (Vec::new(), Vec::new());
+        for round in 0..REPEATS {
+            let channel = format!("bench_cl_alone_{round}_{}", std::process::id());
+            let host = RunHost::start(self, &format!("alone{round}"), None, &channel)?;
+            alone.push(host.drain(self, &channel).await?);
+            let name = format!("bench_cl_rate_{}_{round}", std::process::id());
+            let channel = format!("bench_cl_two_{round}_{}", std::process::id());
+            let leader = RunHost::start(self, &format!("leader{round}"), Some(&name), &channel)?;
+            leader.wait_for("leading").await?;
+            let standby = RunHost::start(self, &format!("standby{round}"), Some(&name), &channel)?;
+            standby.wait_for("standing by").await?;
+            clustered.push(leader.drain(self, &channel).await?);
+        }
+        let (alone, clustered) = (median(&mut alone), median(&mut clustered));
+        self.record(
+            "cluster",
+            format!("cluster: takeover after SIGKILL of the leader (median of 5, takeover_ms {CLUSTER_TAKEOVER_MS}); drain of {CLUSTER_N} 16 B notifications, leader with a standby / host alone"),
+            format!(
+                "{takeover:.0} ms; {:.0}k/s / {:.0}k/s ({:.0}%)",
+                clustered / 1e3,
+                alone / 1e3,
+                100.0 * clustered / alone
+            ),
+            &[("takeover_ms", takeover), ("leader_per_s", clustered), ("alone_per_s", alone)],
+        );
+        Ok(())
+    }
+}
+
+const CLUSTER_TAKEOVER_MS: u64 = 1000;
+const CLUSTER_N: usize = 100_000;
+
+/// `pgnotifier run` with the noop plugin on `channel`, in a cluster or
+/// alone; SIGKILLed when dropped.
+struct RunHost {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    data: PathBuf,
+}
+
+impl RunHost {
+    fn start(
+        bench: &Bench,
+        name: &str,
+        cluster: Option<&str>,
+        channel: &str,
+    ) -> anyhow::Result<Self> {
+        let dir = bench.work.join(format!("run-{name}"));
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins)?;
+        std::fs::write(plugins.join("noop.wasm"), &bench.noop)?;
+        std::fs::write(
+            plugins.join("noop.toml"),
+            format!(
+                "overflow = \"block\"\nqueue_size = 200000\n\n[config]\nchannels = \"{channel}\"\n"
+            ),
+        )?;
+        let data = dir.join("data");
+        let mut config = format!(
+            "database_url = {:?}\nplugins = {:?}\ndata_dir = {:?}\ncache_dir = {:?}\nadmin_addr = \"127.0.0.1:0\"\n",
+            bench.url,
+            plugins.display().to_string(),
+            data.display().to_string(),
+            bench.work.join("cache").display().to_string(),
+        );
+        if let Some(cluster) = cluster {
+            config.push_str(&format!(
+                "\n[cluster]\nname = {cluster:?}\ntakeover_ms = {CLUSTER_TAKEOVER_MS}\n"
+            ));
+        }
+        let file = dir.join("pgnotifier.toml");
+        std::fs::write(&file, config)?;
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgnotifier"))
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("PGNOTIFIER_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(mut lines) = sink.lock() {
+                    lines.push(line);
+                }
+            }
+        });
+        Ok(Self { child, lines, data })
+    }
+
+    async fn wait_for(&self, text: &str) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let seen = self
+                .lines
+                .lock()
+                .map(|lines| lines.iter().any(|l| l.contains(text)))
+                .unwrap_or(false);
+            if seen {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no line with {text:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Events/s from the commit of one transaction of [`CLUSTER_N`]
+    /// notifications to the last delivery, read from the host's metrics.
+    async fn drain(&self, bench: &Bench, channel: &str) -> anyhow::Result<f64> {
+        self.wait_for("LISTEN set updated").await?;
+        let producer = bench.client().await?;
+        producer
+            .batch_execute(&format!(
+                "select count(pg_notify('{channel}', (1e15 + i)::bigint::text)) from generate_series(1, {CLUSTER_N}) as i"
+            ))
+            .await?;
+        let committed = Instant::now();
+        let deadline = committed + Duration::from_secs(120);
+        while self.delivered().await? < CLUSTER_N as f64 {
+            anyhow::ensure!(Instant::now() < deadline, "the host never drained");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(CLUSTER_N as f64 / committed.elapsed().as_secs_f64())
+    }
+
+    /// The noop plugin's delivered count, from `/metrics`.
+    async fn delivered(&self) -> anyhow::Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = std::fs::read_to_string(self.data.join("admin.addr"))?;
+        let mut stream = tokio::net::TcpStream::connect(addr.trim()).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await?;
+        Ok(body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("pgnotifier_subscriber_delivered_total{subscriber=\"noop\"} ")
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0))
+    }
+}
+
+impl Drop for RunHost {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
 async fn run_and_measure_rss(
     plugins: &Path,
     url: &str,
