@@ -460,3 +460,121 @@ async fn wait_for_position(client: &tokio_postgres::Client, subscriber: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Debian's pgbouncer in front of the test database, in `mode`; killed
+/// when dropped.
+struct Bouncer {
+    child: std::process::Child,
+    url: String,
+    _dir: std::path::PathBuf,
+}
+
+impl Bouncer {
+    fn start(mode: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("pgbouncer is missing: apt-get install pgbouncer (.ci/run does)");
+        let target: tokio_postgres::Config = support::database_url().parse().unwrap();
+        let host = match &target.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
+        };
+        let port = target.get_ports().first().copied().unwrap_or(5432);
+        let user = target.get_user().unwrap_or("postgres").to_owned();
+        let db = target.get_dbname().unwrap_or(&user).to_owned();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bouncer_port = listen.local_addr().unwrap().port();
+        drop(listen);
+        let dir = support::temp_dir("pgbouncer");
+        // pgbouncer will not run as root: as root it runs as postgres, who reads this.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
+        std::fs::write(
+            dir.join("pgbouncer.ini"),
+            format!(
+                "[databases]\n{db} = host={host} port={port} dbname={db}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {bouncer_port}\nunix_socket_dir =\n\
+                 auth_type = trust\nauth_file = {}\npool_mode = {mode}\n",
+                dir.join("users.txt").display()
+            ),
+        )
+        .unwrap();
+        let mut command = std::process::Command::new(bin);
+        if running_as_root() {
+            command.args(["-u", "postgres"]);
+        }
+        let child = command
+            .arg(dir.join("pgbouncer.ini"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start pgbouncer");
+        let url = format!("postgres://{user}@127.0.0.1:{bouncer_port}/{db}");
+        support::until(
+            SOON,
+            || format!("pgbouncer never accepted on {bouncer_port}"),
+            || std::net::TcpStream::connect(("127.0.0.1", bouncer_port)).ok(),
+        );
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Bouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|ids| ids.split_whitespace().next() == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Behind pgbouncer in transaction mode LISTEN is accepted and nothing
+/// arrives: start-up is refused, saying why and what to do. In session
+/// mode it works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_mode_pooler_is_refused_and_a_session_mode_one_works() {
+    let plugins = support::temp_dir("pooled");
+    let channel = support::channel("pooled");
+    let id = support::channel("pooled_sink");
+    install_sink(&plugins, &id, &sidecar(&channel, false));
+
+    let transaction = Bouncer::start("transaction");
+    let refused = Host::run(&plugins, &transaction.url);
+    let (status, output) = refused.wait();
+    assert!(!status.success(), "refused: {status}\n{output}");
+    for words in [
+        "LISTEN does not work through",
+        "transaction mode",
+        "connect to PostgreSQL directly, or through a pool in session mode",
+    ] {
+        assert!(output.contains(words), "{words:?} in:\n{output}");
+    }
+
+    let session = Bouncer::start("session");
+    let host = Host::run(&plugins, &session.url);
+    host.wait_for(&["LISTEN set updated"]);
+    client()
+        .await
+        .batch_execute(&format!(
+            "select pg_notify('{channel}', 'through the pool')"
+        ))
+        .await
+        .unwrap();
+    host.wait_for(&["sink through the pool", &format!("subscriber={id}")]);
+    host.stop();
+}

@@ -31,6 +31,11 @@ pub enum Error {
     Durable(#[from] crate::durable::DurableError),
     #[error("the listener did not LISTEN every active channel within {0:?}")]
     NotListening(std::time::Duration),
+    #[error("LISTEN does not work through {database}: a notification sent to a LISTENed channel never arrived within {waited:?}. A pooler in transaction mode (pgbouncer's pool_mode = transaction) does this: connect to PostgreSQL directly, or through a pool in session mode")]
+    ListenBroken {
+        database: String,
+        waited: std::time::Duration,
+    },
     #[error("subscriber {0:?} is a native subscriber, not a plugin: it has no file to reload")]
     NotAPlugin(String),
     #[error("cannot use the state dir {}: {source}", dir.display())]

@@ -193,6 +193,60 @@ impl Backoff {
     }
 }
 
+/// How long [`check_listen_works`] waits for its notification.
+pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether a notification reaches a LISTENing connection: LISTEN on one
+/// connection, NOTIFY from another, and wait. Behind a pooler in transaction
+/// mode LISTEN is accepted and nothing ever arrives, silently; this finds
+/// out at start. `Ok(false)` only when both connections worked and the
+/// notification did not come; a database that cannot be reached is the
+/// listener's to retry, not a reason to refuse.
+pub(crate) async fn check_listen_works(database: &DatabaseConfig) -> bool {
+    // A server that does not answer soon is the listener's to wait for.
+    let connect = || async {
+        tokio::time::timeout(PROBE_WAIT, database.connect())
+            .await
+            .ok()?
+            .ok()
+    };
+    let probe = async {
+        let (listening, mut connection) = connect().await?;
+        let (arrived, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                if let Ok(AsyncMessage::Notification(n)) = message {
+                    let _ = arrived.send(n.payload().to_owned());
+                }
+            }
+        });
+        let channel = format!("pgnotifier_probe_{}", std::process::id());
+        let listened = listening
+            .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
+            .await;
+        let sent = async {
+            let (sender, connection) = connect().await?;
+            let sender_driver = tokio::spawn(connection);
+            let sent = sender
+                .execute("SELECT pg_catalog.pg_notify($1, 'probe')", &[&channel])
+                .await;
+            sender_driver.abort();
+            sent.ok()
+        };
+        let came = match (listened, sent.await) {
+            (Ok(()), Some(_)) => tokio::time::timeout(PROBE_WAIT, got.recv()).await.is_ok(),
+            // Could not even try: not this check's to judge.
+            _ => true,
+        };
+        let _ = listening
+            .batch_execute(&format!("UNLISTEN {}", quote_ident(&channel)))
+            .await;
+        driver.abort();
+        Some(came)
+    };
+    probe.await.unwrap_or(true)
+}
+
 /// How often a server that refuses connections is checked for its return.
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 

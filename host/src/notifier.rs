@@ -437,6 +437,17 @@ impl Notifier {
 
     /// Connect and start LISTENing. Does nothing if already running.
     pub async fn start(&self) -> Result<()> {
+        if self.is_running() {
+            return Ok(());
+        }
+        // Refused, not silently deaf: LISTEN through a transaction-mode pooler.
+        let database = lock(&self.inner.database).clone();
+        if !crate::listener::check_listen_works(&database).await {
+            return Err(Error::ListenBroken {
+                database: database.redacted().to_string(),
+                waited: crate::listener::PROBE_WAIT,
+            });
+        }
         let mut listener = lock(&self.inner.listener);
         if listener.as_ref().is_some_and(Listener::is_running) {
             return Ok(());
