@@ -1333,6 +1333,14 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
     let pruned = prune_until(&n, 20).await;
     assert_eq!(pruned.expired, 0);
     assert_eq!(outbox_count(&client, "work").await, 0);
+    let stamps: i64 = (client.query_one("select count(*) from pgnotifier.commits", &[]))
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stamps, 0,
+        "the stamps of transactions whose events are all gone go too"
+    );
 
     // Removed by age before the slow one had them: a gap event says so.
     n.mute_subscriber("slow", pgnotifier::Selection::All)

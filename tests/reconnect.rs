@@ -317,6 +317,49 @@ async fn the_heartbeat_notices_a_silently_dead_connection() {
     notifier.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A cluster's leader whose connection stalls (nothing forwarded, nothing
+/// closed) notices through the heartbeat and stands down: it stops
+/// dispatching before the server could give its lock to a standby.
+#[tokio::test]
+async fn a_leader_whose_connection_stalls_stands_down_within_two_heartbeats() {
+    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
+    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let proxy = FreezableProxy::start(("127.0.0.1".into(), port)).await;
+    let user = url.get_user().unwrap_or("postgres");
+    let db = url.get_dbname().unwrap_or(user);
+    let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
+    let notifier = Notifier::builder(DatabaseConfig::from_url(&via_proxy).unwrap())
+        .connection(ConnectionSettings {
+            heartbeat: Some(Duration::from_millis(300)),
+            ..ConnectionSettings::default()
+        })
+        .cluster(pgnotifier::cluster::ClusterSettings::new(channel("stall")))
+        .build();
+    let (subscriber, _) = journal();
+    notifier
+        .subscribe("journal", channel("stall_work").as_str(), subscriber)
+        .unwrap();
+    support::listen(&notifier).await;
+    assert_eq!(notifier.cluster().role, pgnotifier::cluster::Role::Leader);
+
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    assert!(
+        eventually(SOON, || notifier.cluster().role
+            == pgnotifier::cluster::Role::Standby)
+        .await,
+        "the stalled leader never stood down"
+    );
+    let stood_down = frozen_at.elapsed();
+    assert!(
+        stood_down < Duration::from_millis(2 * 300 + 300),
+        "stood down after {stood_down:?}, not within two heartbeats"
+    );
+    assert!(notifier.listening().is_empty(), "and LISTENs nothing");
+    proxy.thaw();
+    notifier.shutdown(Duration::from_secs(5)).await;
+}
+
 /// 10k notifications queued for a slow subscriber, then shut down.
 async fn queued_10k(per_call: Duration) -> (Notifier, Arc<std::sync::atomic::AtomicU64>) {
     let ch = channel("drain10k");

@@ -379,6 +379,13 @@ impl Session<'_> {
         }
         // In a cluster, LISTEN only once leading, on this very connection.
         if let Some(settings) = &self.cluster.settings {
+            if let Some(every) = self.heartbeat {
+                // The server drops a stalled connection, and with it the
+                // lock, only after this host has given it up (see README).
+                if let Err(e) = client.batch_execute(&server_keepalives(every)).await {
+                    return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e)));
+                }
+            }
             let campaign = election::campaign(&client, settings, self.cluster, self.yield_first);
             tokio::select! {
                 outcome = campaign => match outcome {
@@ -476,6 +483,20 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// The server-side TCP settings of a cluster's LISTEN session. This host
+/// gives up a stalled connection within two heartbeats (a tick, then its
+/// timeout); the server gives up on it a second later, plus three probes a
+/// second apart. So the lock is released only once this host has stopped
+/// dispatching: never two leaders at once.
+fn server_keepalives(heartbeat: Duration) -> String {
+    let idle = (2 * heartbeat).as_secs() + 1;
+    let user_timeout_ms = (idle + 3) * 1000;
+    format!(
+        "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = 1; \
+         SET tcp_keepalives_count = 3; SET tcp_user_timeout = {user_timeout_ms}"
+    )
 }
 
 /// The heartbeat's query: cheap, and it reads the notification queue.
