@@ -238,6 +238,15 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
             sent.iter().all(|p| got.contains(p)).then_some(())
         },
     );
+    let metrics = support::host::parse_metrics(&ctl_ok(&b_setup.config, &["metrics"]));
+    assert_eq!(metrics["pgnotifier_cluster_role{role=\"leader\"}"], 1.0);
+    assert_eq!(metrics["pgnotifier_cluster_takeovers_total"], 1.0);
+    assert!(
+        metrics.keys().any(|k| k.starts_with(&format!(
+            "pgnotifier_cluster_info{{cluster=\"{cluster}\",group=\"\",leader=\"pgnotifier (backend "
+        ))),
+        "{metrics:?}"
+    );
     let status = ctl_ok(&b_setup.config, &["status"]);
     assert!(
         status.contains(&format!("role: leader of cluster {cluster}"))

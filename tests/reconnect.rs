@@ -360,6 +360,182 @@ async fn a_leader_whose_connection_stalls_stands_down_within_two_heartbeats() {
     notifier.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A TCP proxy to the test database that can slip an `UNLISTEN *` into a
+/// connection, between two of the client's messages, and hide the answer
+/// from the client: the server stops LISTENing, and the client is not told,
+/// as a misbehaving pooler or a reset would do.
+struct UnlistenProxy {
+    port: u16,
+    inject: Arc<tokio::sync::Notify>,
+}
+
+impl UnlistenProxy {
+    async fn start(target: (String, u16)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let inject = Arc::new(tokio::sync::Notify::new());
+        let armed = inject.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target.clone()).await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let hide = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                tokio::spawn(to_server(cr, sw, armed.clone(), hide.clone()));
+                tokio::spawn(to_client(sr, cw, hide));
+            }
+        });
+        Self { port, inject }
+    }
+
+    /// Slip `UNLISTEN *` into the next connection to go idle.
+    fn unlisten(&self) {
+        self.inject.notify_one();
+    }
+}
+
+/// Frame a protocol stream: the length of the next whole message in `buf`
+/// (after the untyped startup message when `startup`), if it is all there.
+fn next_frame(buf: &[u8], startup: bool) -> Option<usize> {
+    let (at, extra) = if startup { (0, 0) } else { (1, 1) };
+    let len = u32::from_be_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize + extra;
+    (buf.len() >= len).then_some(len)
+}
+
+async fn to_server(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    inject: Arc<tokio::sync::Notify>,
+    hide: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let (mut buf, mut chunk, mut startup) = (Vec::new(), vec![0u8; 16 * 1024], true);
+    loop {
+        tokio::select! {
+            read = from.read(&mut chunk) => {
+                let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(len) = next_frame(&buf, startup) {
+                    startup = false;
+                    let frame: Vec<u8> = buf.drain(..len).collect();
+                    if to.write_all(&frame).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Only between whole messages of the client's.
+            _ = inject.notified(), if buf.is_empty() && !startup => {
+                hide.store(true, std::sync::atomic::Ordering::SeqCst);
+                let query = b"UNLISTEN *\0";
+                let mut message = vec![b'Q'];
+                message.extend_from_slice(&(4 + query.len() as u32).to_be_bytes());
+                message.extend_from_slice(query);
+                if to.write_all(&message).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Forward the server's messages, except the answer to the slipped-in query.
+async fn to_client(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    hide: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 16 * 1024]);
+    let mut hiding_ready = false;
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(len) = next_frame(&buf, false) {
+            let frame: Vec<u8> = buf.drain(..len).collect();
+            let kind = frame[0];
+            if kind == b'C'
+                && frame[5..].starts_with(b"UNLISTEN")
+                && hide.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                hide.store(false, std::sync::atomic::Ordering::SeqCst);
+                hiding_ready = true;
+                continue;
+            }
+            if kind == b'Z' && hiding_ready {
+                hiding_ready = false;
+                continue;
+            }
+            if to.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The heartbeat compares `pg_listening_channels()` with what the host
+/// believes it LISTENs: a server that stopped LISTENing is found, counted,
+/// repaired, and its subscribers told of the gap.
+#[tokio::test]
+async fn the_heartbeat_finds_and_repairs_a_server_that_stopped_listening() {
+    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
+    let port = url.get_ports().first().copied().unwrap_or(5432);
+    let proxy = UnlistenProxy::start(("127.0.0.1".into(), port)).await;
+    let user = url.get_user().unwrap_or("postgres");
+    let db = url.get_dbname().unwrap_or(user);
+    // In the clear, so the proxy can read the protocol.
+    let via_proxy = format!(
+        "postgres://{user}@127.0.0.1:{}/{db}?sslmode=disable",
+        proxy.port
+    );
+    let notifier = Notifier::builder(DatabaseConfig::from_url(&via_proxy).unwrap())
+        .connection(ConnectionSettings {
+            heartbeat: Some(Duration::from_millis(200)),
+            ..ConnectionSettings::default()
+        })
+        .build();
+    let ch = channel("repaired");
+    let (subscriber, seen) = journal();
+    notifier
+        .subscribe("journal", ch.as_str(), subscriber)
+        .unwrap();
+    support::listen(&notifier).await;
+    let pid = notifier.backend_pid().expect("connected");
+    let sender = Sender::connect().await;
+
+    proxy.unlisten();
+    let repairs =
+        || support::host::parse_metrics(&notifier.metrics())["pgnotifier_listener_repairs_total"];
+    assert!(
+        eventually(SOON, || repairs() >= 1.0).await,
+        "the heartbeat never noticed the server had stopped LISTENing"
+    );
+    notifier.wait_until_listening(SOON).await.unwrap();
+    assert_eq!(
+        notifier.backend_pid(),
+        Some(pid),
+        "repaired on the same connection"
+    );
+    sender.notify(&ch, "after the repair").await;
+    assert!(
+        eventually(SOON, || entries(&seen).last().map(String::as_str)
+            == Some("n:after the repair"))
+        .await,
+        "{:?}",
+        entries(&seen)
+    );
+    assert!(
+        entries(&seen).contains(&format!("gap:{ch}")),
+        "its subscriber was told of the gap: {:?}",
+        entries(&seen)
+    );
+    notifier.shutdown(Duration::from_secs(5)).await;
+}
+
 /// 10k notifications queued for a slow subscriber, then shut down.
 async fn queued_10k(per_call: Duration) -> (Notifier, Arc<std::sync::atomic::AtomicU64>) {
     let ch = channel("drain10k");

@@ -60,6 +60,8 @@ pub(crate) struct ListenerStatus {
     /// The PostgreSQL backend pid of the LISTEN connection (0 when none).
     pub(crate) backend_pid: AtomicI32,
     pub(crate) reconnects: AtomicU64,
+    /// Heartbeats that found the server LISTENing other channels than believed.
+    pub(crate) listen_repairs: AtomicU64,
     /// `pg_notification_queue_usage()` at the last heartbeat, as f64 bits.
     pub(crate) queue_usage: AtomicU64,
     /// Reconnections after which subscribers were told they may have missed notifications.
@@ -126,6 +128,7 @@ impl Default for ListenerStatus {
             connected: AtomicBool::new(false),
             backend_pid: AtomicI32::new(0),
             reconnects: AtomicU64::new(0),
+            listen_repairs: AtomicU64::new(0),
             queue_usage: AtomicU64::new(0),
             gap_events: AtomicU64::new(0),
             last_notification: AtomicU64::new(0),
@@ -449,10 +452,12 @@ impl Session<'_> {
                 }
                 every = beat => {
                     // A dead peer that sent no FIN shows here as an error or no answer.
-                    let answer = tokio::time::timeout(every, client.query_one(QUEUE_USAGE, &[])).await;
+                    let answer = tokio::time::timeout(every, client.query_one(HEARTBEAT, &[])).await;
                     let failure = match answer {
                         Ok(Ok(row)) => {
                             self.note_queue_usage(row.get(0), &mut queue_warned);
+                            let actual: Vec<String> = row.get(1);
+                            self.check_listening(actual, &mut listened).await;
                             None
                         }
                         Ok(Err(e)) => Some(format!("heartbeat failed: {}", with_causes(&e))),
@@ -499,10 +504,46 @@ fn server_keepalives(heartbeat: Duration) -> String {
     )
 }
 
-/// The heartbeat's query: cheap, and it reads the notification queue.
-const QUEUE_USAGE: &str = "SELECT pg_catalog.pg_notification_queue_usage()";
+/// The heartbeat's query: cheap, and it reads the notification queue and
+/// what the server LISTENs on this connection.
+const HEARTBEAT: &str = "SELECT pg_catalog.pg_notification_queue_usage(),
+        ARRAY(SELECT pg_catalog.pg_listening_channels())::text[]";
 
 impl Session<'_> {
+    /// What the server LISTENs is what this host believes it LISTENs, or it
+    /// is told, counted and repaired: `listened` becomes what the server
+    /// has, so the next sync LISTENs again what is missing (and UNLISTENs
+    /// what is extra). Subscribers of a missing channel get a gap event:
+    /// its notifications were not delivered.
+    async fn check_listening(&self, actual: Vec<String>, listened: &mut BTreeSet<Arc<str>>) {
+        let actual: BTreeSet<Arc<str>> = actual.into_iter().map(Arc::from).collect();
+        if actual == *listened {
+            return;
+        }
+        let missing: BTreeSet<Arc<str>> = listened.difference(&actual).cloned().collect();
+        let extra: Vec<&Arc<str>> = actual.difference(listened).collect();
+        tracing::warn!(
+            ?missing,
+            ?extra,
+            "the server's LISTEN set differs from this host's; repairing"
+        );
+        self.status.listen_repairs.fetch_add(1, Ordering::Relaxed);
+        let owed = OwedGap {
+            channels: missing,
+            since: Some((
+                SystemTime::now(),
+                "the server had stopped LISTENing on this connection".to_owned(),
+            )),
+        };
+        if announce_gap(self.registry, &owed).await {
+            self.status.gap_events.fetch_add(1, Ordering::Relaxed);
+        }
+        *listened = actual;
+        self.status
+            .listened
+            .send_replace(Arc::new(listened.clone()));
+    }
+
     /// Keep the queue's usage for the metrics; warn once as it passes the
     /// threshold, and again after it fell back below.
     fn note_queue_usage(&self, usage: f64, warned: &mut bool) {

@@ -148,7 +148,7 @@ pub(crate) fn render(from: &Sources) -> String {
     let plugins = from.plugins;
     let cache = from.cache.unwrap_or_default();
     let count = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
-    let unlabelled: [(&str, &str, &str, f64); 9] = [
+    let unlabelled: [(&str, &str, &str, f64); 10] = [
         (
             "pgnotifier_listener_connected",
             "gauge",
@@ -160,6 +160,12 @@ pub(crate) fn render(from: &Sources) -> String {
             "counter",
             "Times the LISTEN connection was lost or could not be made.",
             count(&status.reconnects),
+        ),
+        (
+            "pgnotifier_listener_repairs_total",
+            "counter",
+            "Heartbeats that found the server LISTENing other channels than the host believed, and repaired it.",
+            count(&status.listen_repairs),
         ),
         (
             "pgnotifier_listener_gap_events_total",
@@ -220,6 +226,24 @@ pub(crate) fn render(from: &Sources) -> String {
             name,
             &[("role", each.as_str())],
             f64::from(u8::from(each == role)),
+        );
+    }
+    if let Some(settings) = &from.cluster.settings {
+        let name = "pgnotifier_cluster_info";
+        let leader = from.cluster.leader().unwrap_or_default();
+        out.family(
+            name,
+            "gauge",
+            "1, labelled with this host's cluster, group, and the leader as PostgreSQL shows its backend.",
+        )
+        .sample(
+            name,
+            &[
+                ("cluster", &settings.name),
+                ("group", settings.group.as_deref().unwrap_or("")),
+                ("leader", &leader),
+            ],
+            1.0,
         );
     }
     let name = "pgnotifier_cluster_takeovers_total";
