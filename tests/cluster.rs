@@ -171,27 +171,7 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
     // The leader's feeder has its position: what is sent from here is owed.
     wait_for_position(&sender, &durable_id).await;
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let producing = {
-        let stop = stop.clone();
-        let events = events.clone();
-        tokio::spawn(async move {
-            let sender = client().await;
-            let mut sent = Vec::new();
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < 300 {
-                i += 1;
-                let payload = format!("e{i}");
-                sender
-                    .execute("select pgnotifier.send($1, $2)", &[&events, &payload])
-                    .await
-                    .unwrap();
-                sent.push(payload);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            sent
-        })
-    };
+    let sends = Sends::start(&events, Duration::from_millis(2));
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.signal("KILL");
     let killed = Instant::now();
@@ -206,8 +186,7 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
         "took over in {takeover:?}, not within {TAKEOVER_MS} ms"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = producing.await.unwrap();
+    let sent = sends.finish().await;
     let (_, before) = a.wait();
 
     b.wait_for(&[
@@ -216,28 +195,7 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
         "connection-lost",
         &format!("subscriber={live_id}"),
     ]);
-    support::until(
-        SOON,
-        || {
-            let got: std::collections::BTreeSet<String> = sunk(&before, &durable_id)
-                .into_iter()
-                .chain(sunk(&b.output(), &durable_id))
-                .collect();
-            let missing: Vec<&String> = sent.iter().filter(|p| !got.contains(*p)).collect();
-            format!(
-                "{} of {} never delivered: {missing:?}",
-                missing.len(),
-                sent.len()
-            )
-        },
-        || {
-            let got: std::collections::BTreeSet<String> = sunk(&before, &durable_id)
-                .into_iter()
-                .chain(sunk(&b.output(), &durable_id))
-                .collect();
-            sent.iter().all(|p| got.contains(p)).then_some(())
-        },
-    );
+    wait_until_delivered(&sent, &durable_id, || vec![before.clone(), b.output()]);
     let metrics = support::host::parse_metrics(&ctl_ok(&b_setup.config, &["metrics"]));
     assert_eq!(metrics["pgnotifier_cluster_role{role=\"leader\"}"], 1.0);
     assert_eq!(metrics["pgnotifier_cluster_takeovers_total"], 1.0);
@@ -385,26 +343,7 @@ async fn a_rolling_restart_loses_no_durable_event() {
     let sender = client().await;
     wait_for_position(&sender, &id).await;
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let producing = {
-        let stop = stop.clone();
-        let events = events.clone();
-        tokio::spawn(async move {
-            let sender = client().await;
-            let mut sent = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let payload = format!("r{}", sent.len());
-                sender
-                    .execute("select pgnotifier.send($1, $2)", &[&events, &payload])
-                    .await
-                    .unwrap();
-                sent.push(payload);
-                // Under the plugin's log budget, which is how the test counts.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            sent
-        })
-    };
+    let sends = Sends::start(&events, Duration::from_millis(10));
     let mut outputs = Vec::new();
     for i in 0..members.len() {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -415,38 +354,77 @@ async fn a_rolling_restart_loses_no_durable_event() {
         members.insert(i, (setup, again));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sent = producing.await.unwrap();
-    let delivered = |outputs: &[String], members: &[(Setup, Host)]| {
-        let mut got = std::collections::BTreeSet::new();
-        for output in outputs {
-            got.extend(sunk(output, &id));
-        }
-        for (_, host) in members {
-            got.extend(sunk(&host.output(), &id));
-        }
-        got
+    let sent = sends.finish().await;
+    wait_until_delivered(&sent, &id, || {
+        let now = members.iter().map(|(_, host)| host.output());
+        outputs.iter().cloned().chain(now).collect()
+    });
+    assert!(sent.len() > 50, "the stream ran through the restarts");
+    for (_, host) in members {
+        host.stop();
+    }
+}
+
+/// `pgnotifier.send` to `events` from one connection, one event a
+/// transaction `every` (keep it under the sink's log budget, which is how
+/// the tests count), until finished.
+struct Sends {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Sends {
+    fn start(events: &str, every: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let events = events.to_owned();
+        let task = tokio::spawn(async move {
+            let sender = client().await;
+            let mut sent = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let payload = format!("e{}", sent.len());
+                sender
+                    .execute("select pgnotifier.send($1, $2)", &[&events, &payload])
+                    .await
+                    .unwrap();
+                sent.push(payload);
+                tokio::time::sleep(every).await;
+            }
+            sent
+        });
+        Self { stop, task }
+    }
+
+    /// Stop; every payload sent.
+    async fn finish(self) -> Vec<String> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// Until every one of `sent` shows as delivered to `subscriber` in one of
+/// the hosts' `outputs`.
+fn wait_until_delivered(sent: &[String], subscriber: &str, outputs: impl Fn() -> Vec<String>) {
+    let missing = || {
+        let got: std::collections::BTreeSet<String> =
+            outputs().iter().flat_map(|o| sunk(o, subscriber)).collect();
+        sent.iter()
+            .filter(|p| !got.contains(*p))
+            .cloned()
+            .collect::<Vec<_>>()
     };
     support::until(
         SOON,
         || {
-            let got = delivered(&outputs, &members);
-            let missing: Vec<&String> = sent.iter().filter(|p| !got.contains(*p)).collect();
+            let missing = missing();
             format!(
                 "{} of {} never delivered: {missing:?}",
                 missing.len(),
                 sent.len()
             )
         },
-        || {
-            let got = delivered(&outputs, &members);
-            sent.iter().all(|p| got.contains(p)).then_some(())
-        },
+        || missing().is_empty().then_some(()),
     );
-    assert!(sent.len() > 50, "the stream ran through the restarts");
-    for (_, host) in members {
-        host.stop();
-    }
 }
 
 /// Until `subscriber`'s feeder has stored its position.

@@ -203,6 +203,31 @@ async fn start_up_with_the_server_down_waits_and_connects_when_it_comes_up() {
         .unwrap();
 }
 
+/// The test database's URL through a proxy on `proxy_port`, with `query`.
+fn url_via(proxy_port: u16, query: &str) -> String {
+    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
+    let user = url.get_user().unwrap_or("postgres");
+    let db = url.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@127.0.0.1:{proxy_port}/{db}{query}")
+}
+
+/// The port of the test database, for a proxy to forward to.
+fn database_target() -> (String, u16) {
+    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
+    (
+        "127.0.0.1".into(),
+        url.get_ports().first().copied().unwrap_or(5432),
+    )
+}
+
+/// A notifier through a proxy on `url`, with a 300 ms heartbeat.
+fn beating(url: &str) -> pgnotifier::NotifierBuilder {
+    Notifier::builder(DatabaseConfig::from_url(url).unwrap()).connection(ConnectionSettings {
+        heartbeat: Some(Duration::from_millis(300)),
+        ..ConnectionSettings::default()
+    })
+}
+
 /// A TCP proxy to the test database that can be frozen: it keeps the
 /// connection open but forwards nothing, as a dead network path does.
 struct FreezableProxy {
@@ -270,18 +295,8 @@ async fn pump(
 #[tokio::test]
 async fn the_heartbeat_notices_a_silently_dead_connection() {
     logs::install();
-    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
-    let port = url.get_ports().first().copied().unwrap_or(5432);
-    let proxy = FreezableProxy::start(("127.0.0.1".into(), port)).await;
-    let user = url.get_user().unwrap_or("postgres");
-    let db = url.get_dbname().unwrap_or(user);
-    let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
-    let notifier = Notifier::builder(DatabaseConfig::from_url(&via_proxy).unwrap())
-        .connection(ConnectionSettings {
-            heartbeat: Some(Duration::from_millis(300)),
-            ..ConnectionSettings::default()
-        })
-        .build();
+    let proxy = FreezableProxy::start(database_target()).await;
+    let notifier = beating(&url_via(proxy.port, "")).build();
     let ch = channel("beat");
     let (subscriber, seen) = journal();
     notifier
@@ -322,17 +337,8 @@ async fn the_heartbeat_notices_a_silently_dead_connection() {
 /// dispatching before the server could give its lock to a standby.
 #[tokio::test]
 async fn a_leader_whose_connection_stalls_stands_down_within_two_heartbeats() {
-    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
-    let port = url.get_ports().first().copied().unwrap_or(5432);
-    let proxy = FreezableProxy::start(("127.0.0.1".into(), port)).await;
-    let user = url.get_user().unwrap_or("postgres");
-    let db = url.get_dbname().unwrap_or(user);
-    let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{db}", proxy.port);
-    let notifier = Notifier::builder(DatabaseConfig::from_url(&via_proxy).unwrap())
-        .connection(ConnectionSettings {
-            heartbeat: Some(Duration::from_millis(300)),
-            ..ConnectionSettings::default()
-        })
+    let proxy = FreezableProxy::start(database_target()).await;
+    let notifier = beating(&url_via(proxy.port, ""))
         .cluster(pgnotifier::cluster::ClusterSettings::new(channel("stall")))
         .build();
     let (subscriber, _) = journal();
@@ -482,22 +488,9 @@ async fn to_client(
 /// repaired, and its subscribers told of the gap.
 #[tokio::test]
 async fn the_heartbeat_finds_and_repairs_a_server_that_stopped_listening() {
-    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
-    let port = url.get_ports().first().copied().unwrap_or(5432);
-    let proxy = UnlistenProxy::start(("127.0.0.1".into(), port)).await;
-    let user = url.get_user().unwrap_or("postgres");
-    let db = url.get_dbname().unwrap_or(user);
+    let proxy = UnlistenProxy::start(database_target()).await;
     // In the clear, so the proxy can read the protocol.
-    let via_proxy = format!(
-        "postgres://{user}@127.0.0.1:{}/{db}?sslmode=disable",
-        proxy.port
-    );
-    let notifier = Notifier::builder(DatabaseConfig::from_url(&via_proxy).unwrap())
-        .connection(ConnectionSettings {
-            heartbeat: Some(Duration::from_millis(200)),
-            ..ConnectionSettings::default()
-        })
-        .build();
+    let notifier = beating(&url_via(proxy.port, "?sslmode=disable")).build();
     let ch = channel("repaired");
     let (subscriber, seen) = journal();
     notifier
