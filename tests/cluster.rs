@@ -259,6 +259,12 @@ async fn a_terminated_leader_backend_fails_over_and_the_old_leader_stands_by() {
                 .then_some(())
         },
     );
+    // A healthy standby is ready, and says what it is.
+    let ready = support::host::http(&a_setup.admin_addr(), "GET /readyz HTTP/1.1", &[], b"");
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.contains(r#""role":"standby""#),
+        "{ready}"
+    );
     sender
         .batch_execute(&format!("select pg_notify('{channel}', 'after')"))
         .await

@@ -304,7 +304,10 @@ async fn supervise(
                     registry: &registry,
                     status: &status,
                     cluster: &cluster,
-                    heartbeat: settings.heartbeat,
+                    heartbeat: match &cluster.settings {
+                        Some(cluster) => Some(cluster.heartbeat(settings.heartbeat)),
+                        None => settings.heartbeat,
+                    },
                     queue_warn: f64::from(settings.queue_warn_percent) / 100.0,
                     yield_first: std::mem::take(&mut was_leading),
                 };
@@ -492,15 +495,16 @@ impl Session<'_> {
 
 /// The server-side TCP settings of a cluster's LISTEN session. This host
 /// gives up a stalled connection within two heartbeats (a tick, then its
-/// timeout); the server gives up on it a second later, plus three probes a
-/// second apart. So the lock is released only once this host has stopped
-/// dispatching: never two leaders at once.
+/// timeout); the server, probing every second once nothing has come for a
+/// second, gives up on it at the first probe after half a second more. So
+/// the lock is released only once this host has stopped dispatching: never
+/// two leaders at once.
 fn server_keepalives(heartbeat: Duration) -> String {
-    let idle = (2 * heartbeat).as_secs() + 1;
-    let user_timeout_ms = (idle + 3) * 1000;
+    let user_timeout = 2 * heartbeat + Duration::from_millis(500);
     format!(
-        "SET tcp_keepalives_idle = {idle}; SET tcp_keepalives_interval = 1; \
-         SET tcp_keepalives_count = 3; SET tcp_user_timeout = {user_timeout_ms}"
+        "SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; \
+         SET tcp_keepalives_count = 3; SET tcp_user_timeout = {}",
+        user_timeout.as_millis()
     )
 }
 

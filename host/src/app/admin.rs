@@ -450,9 +450,9 @@ fn body(bytes: &[u8]) -> Result<ChannelsBody, ApiError> {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
-    let role = app.notifier.cluster().role;
+    let cluster = app.notifier.cluster();
     match app.notifier.readiness() {
-        Ok(()) => Json(json!({ "ready": true, "role": role })).into_response(),
+        Ok(()) => Json(json!({ "ready": true, "cluster": cluster })).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "ready": false, "reason": reason.to_string() })),

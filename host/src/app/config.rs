@@ -55,7 +55,7 @@ pub struct FileConfig {
 pub struct ClusterTable {
     pub name: Option<String>,
     pub group: Option<String>,
-    /// How soon a standby takes over from a leader that is gone (default 2000).
+    /// How soon a standby takes over from a leader that is gone (default 4000).
     pub takeover_ms: Option<u64>,
 }
 

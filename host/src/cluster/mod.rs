@@ -30,7 +30,7 @@ pub struct ClusterSettings {
 }
 
 /// A takeover within this, unless configured.
-pub const DEFAULT_TAKEOVER: Duration = Duration::from_secs(2);
+pub const DEFAULT_TAKEOVER: Duration = Duration::from_secs(4);
 
 impl ClusterSettings {
     pub fn new(name: impl Into<String>) -> Self {
@@ -53,6 +53,15 @@ impl ClusterSettings {
     /// How often a standby tries the lock.
     pub(crate) fn poll(&self) -> Duration {
         (self.takeover / 4).max(Duration::from_millis(20))
+    }
+
+    /// The LISTEN connection's heartbeat: the configured one, at most an
+    /// eighth of the takeover, so a leader whose connection stalls stands
+    /// down within a quarter of it (two heartbeats), before the server
+    /// frees its lock for a standby.
+    pub(crate) fn heartbeat(&self, configured: Option<Duration>) -> Duration {
+        let cap = (self.takeover / 8).max(Duration::from_millis(20));
+        configured.map_or(cap, |every| every.min(cap))
     }
 }
 
