@@ -436,6 +436,11 @@ impl Notifier {
     }
 
     /// Connect and start LISTENing. Does nothing if already running.
+    ///
+    /// First it sends itself a notification, from a second connection, and
+    /// refuses ([`Error::ListenBroken`]) when none arrives within 3 s: a
+    /// pooler in transaction mode accepts LISTEN and delivers nothing. A
+    /// server that cannot be reached is no refusal: the listener retries.
     pub async fn start(&self) -> Result<()> {
         if self.is_running() {
             return Ok(());

@@ -143,3 +143,26 @@ impl ClusterStatus {
         self.dispatching.send_replace(false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_heartbeat_is_at_most_an_eighth_of_the_takeover() {
+        let mut settings = ClusterSettings::new("orders");
+        assert_eq!(settings.takeover, DEFAULT_TAKEOVER);
+        assert_eq!(settings.heartbeat(None), Duration::from_millis(500));
+        assert_eq!(
+            settings.heartbeat(Some(Duration::from_secs(30))),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            settings.heartbeat(Some(Duration::from_millis(100))),
+            Duration::from_millis(100)
+        );
+        settings.takeover = Duration::from_millis(1000);
+        assert_eq!(settings.poll(), Duration::from_millis(250));
+        assert_eq!(settings.lock_name(), "pgnotifier cluster orders/");
+    }
+}
