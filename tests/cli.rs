@@ -430,3 +430,111 @@ fn without_database_settings(mut command: Command) -> Command {
     }
     command
 }
+
+/// `record` writes one JSON object per notification: the channel, the
+/// payload exactly as sent (text, JSON, empty, 7,999 bytes), the sender's
+/// pid and when it came. `--count` ends it; so does Ctrl-C, whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn record_captures_exactly_what_was_sent() {
+    let (a, b) = (channel("rec_a"), channel("rec_b"));
+    let dir = support::temp_dir("record");
+    let out = dir.join("session.jsonl");
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "record",
+            "--channels",
+            &format!("{a},{b}"),
+            "--count",
+            "5",
+            "--out",
+        ])
+        .arg(&out)
+        .args(["--database-url", support::database_url()]);
+    let recorder = Host::start(command);
+    recorder.wait_for(&["recording", &a, &b]);
+    let long = "x".repeat(7_999);
+    let sent = [
+        (a.as_str(), "plain text"),
+        (
+            a.as_str(),
+            r#"{"id": 7, "items": [1, 2.5, "three"], "ok": true}"#,
+        ),
+        (b.as_str(), ""),
+        (b.as_str(), long.as_str()),
+        (a.as_str(), "ünïcødé ✓"),
+    ];
+    let sender = Sender::connect().await;
+    let pid: i32 = sender
+        .client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for (channel, payload) in sent {
+        sender
+            .client
+            .execute("select pg_notify($1, $2)", &[&channel, &payload])
+            .await
+            .unwrap();
+    }
+    let (status, log) = recorder.wait();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("recorded 5 notifications"), "{log}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    for (line, (channel, payload)) in lines.iter().zip(sent) {
+        assert_eq!(line["channel"], channel);
+        assert_eq!(line["payload"], payload, "exactly as sent");
+        assert_eq!(line["pid"], pid);
+        let at = line["received_at"].as_str().unwrap();
+        assert!(
+            at.len() == 27 && at.ends_with('Z') && at.as_bytes()[10] == b'T',
+            "RFC 3339 UTC to the microsecond: {at}"
+        );
+    }
+
+    // Without --count, Ctrl-C (SIGINT) ends it, with what came before.
+    let out = dir.join("stopped.jsonl");
+    let mut command = Command::new(BIN);
+    command
+        .args(["record", "--channels", &a, "--out"])
+        .arg(&out)
+        .args(["--database-url", support::database_url()]);
+    let recorder = Host::start(command);
+    recorder.wait_for(&["recording"]);
+    sender.notify(&a, "before the stop").await;
+    support::until(
+        support::SOON,
+        || "the line never reached the file".to_owned(),
+        || {
+            std::fs::read_to_string(&out)
+                .ok()
+                .filter(|t| t.contains("before the stop"))
+        },
+    );
+    recorder.signal("INT");
+    let (status, log) = recorder.wait();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("recorded 1 notification\n") || log.ends_with("recorded 1 notification"),
+        "{log}"
+    );
+
+    // A bad channel is refused, naming it.
+    let bad = Command::new(BIN)
+        .args(["record", "--channels", &"c".repeat(64), "--out", "-"])
+        .args(["--database-url", support::database_url()])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains(&format!("channel \"{}\"", "c".repeat(64))),
+        "{stderr}"
+    );
+}

@@ -56,6 +56,22 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Capture live notifications to a file, one JSON object per line:
+    /// channel, payload as sent, pid, received_at.
+    Record {
+        /// The channels to LISTEN on, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        channels: Vec<String>,
+        /// PostgreSQL URL; the PG* variables fill in what it leaves out.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// The file to write (`-`: standard output).
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop after this many notifications (default: at Ctrl-C).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Control a running host through its admin API.
     Ctl {
         #[command(flatten)]
@@ -164,6 +180,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     config,
                 },
         } => install_schema(print, database_url, config).await,
+        Command::Record {
+            channels,
+            database_url,
+            out,
+            count,
+        } => {
+            let database = DatabaseConfig::resolve(database_url.as_deref())?;
+            super::record::record(&database, &channels, &out, count).await?;
+            Ok(())
+        }
         Command::Demo { once, plugins } => {
             super::demo::run(super::demo::DemoOptions { once, plugins }).await
         }

@@ -1,7 +1,7 @@
 //! The application, behind the default `cli` feature: the `pgnotifier`
 //! command line ([`cli`]) and its [`config`] file, the daemon behind `run`
 //! (signals, SIGHUP), [`ctl`] and the admin HTTP API it drives ([`admin`]),
-//! and `demo`.
+//! `demo`, and the plugin author's [`record`].
 //!
 //! Library users build with `default-features = false` and get none of it:
 //! no clap, axum, wat or wit-component.
@@ -12,3 +12,4 @@ pub mod config;
 pub mod ctl;
 mod daemon;
 mod demo;
+pub mod record;
