@@ -538,3 +538,105 @@ async fn record_captures_exactly_what_was_sent() {
         "{stderr}"
     );
 }
+
+/// `call` runs a plugin without PostgreSQL: register, then on-notify with
+/// the typed payload, saying what each returned; non-zero exit when any
+/// call fails, traps or runs past its deadline.
+#[test]
+fn call_runs_a_plugin_offline_and_fails_loudly() {
+    let call = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("call")
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let logger = support::example_plugin("logger");
+    let logger = logger.to_str().unwrap();
+    let (ok, out) = call(&[
+        logger,
+        "--channel",
+        "orders",
+        "--payload",
+        r#"{"id": 7}"#,
+        "--pid",
+        "42",
+    ]);
+    assert!(ok, "{out}");
+    for words in [
+        "register: ok",
+        r#"on-notify(orders, Payload::Json("{\"id\":7}"), pid 42): ok in"#,
+        r#"(logger, "orders", json {"id":7}, 42)"#,
+    ] {
+        assert!(out.contains(words), "{words:?} in:\n{out}");
+    }
+
+    let dir = support::temp_dir("call");
+    for (id, notify, words) in [
+        ("trapping", Notify::Trap, "failed: trapped"),
+        ("looping", Notify::Spin, "failed: ran past its deadline"),
+        ("erring", Notify::Fail, "failed: returned an error: nope"),
+    ] {
+        WatPlugin::new(&["work"], notify).write(&dir, id);
+        let plugin = dir.join(format!("{id}.wasm"));
+        let (ok, out) = call(&[
+            plugin.to_str().unwrap(),
+            "--channel",
+            "work",
+            "--payload",
+            "x",
+        ]);
+        assert!(!ok, "{id} must fail the command:\n{out}");
+        assert!(out.contains(words), "{id}: {words:?} in:\n{out}");
+    }
+
+    // A recording as input, and --json: one object per call.
+    let input = dir.join("input.jsonl");
+    std::fs::write(
+        &input,
+        "{\"channel\":\"orders\",\"payload\":\"1\",\"pid\":5,\"received_at\":\"2026-12-02T06:40:00.123456Z\"}\n\
+         {\"channel\":\"orders\",\"payload\":\"two\",\"pid\":6}\n",
+    )
+    .unwrap();
+    let (ok, out) = call(&[logger, "--input", input.to_str().unwrap(), "--json"]);
+    assert!(ok, "{out}");
+    let calls: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 3, "register and two calls: {out}");
+    assert_eq!(calls[1]["typed"], "Payload::Integer(1)");
+    assert_eq!(calls[2]["pid"], 6);
+    assert!(calls.iter().all(|c| c["ok"] == true), "{out}");
+
+    // --config reaches register: a bad value fails it, named.
+    let sink = support::test_plugin("durable-sink");
+    let (ok, out) = call(&[
+        sink.to_str().unwrap(),
+        "--config",
+        "fail_attempts=many",
+        "--channel",
+        "work",
+        "--payload",
+        "x",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("register: failed")
+            && out.contains(r#"fail_attempts = "many" is not a whole number"#),
+        "{out}"
+    );
+    let (ok, out) = call(&[logger]);
+    assert!(
+        !ok && out.contains("--channel CH --payload TEXT, or --input FILE.jsonl"),
+        "{out}"
+    );
+}

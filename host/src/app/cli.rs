@@ -56,6 +56,32 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Run a plugin offline, without PostgreSQL: its register, then on-notify
+    /// for one notification or each line of a recording. Non-zero exit when
+    /// any call fails.
+    Call {
+        /// The plugin; a `NAME.toml` sidecar beside it is applied.
+        plugin: PathBuf,
+        #[arg(long)]
+        channel: Option<String>,
+        #[arg(long)]
+        payload: Option<String>,
+        /// The sender's pid the plugin is told.
+        #[arg(long, default_value_t = 0)]
+        pid: i32,
+        /// A `[config]` value, over the sidecar's: `--config KEY=VALUE`, repeated.
+        #[arg(long)]
+        config: Vec<String>,
+        /// A sidecar to use instead of the one beside the plugin.
+        #[arg(long)]
+        sidecar: Option<PathBuf>,
+        /// Notifications to call with, one JSON object per line (as `record` writes).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// One JSON object per call instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Capture live notifications to a file, one JSON object per line:
     /// channel, payload as sent, pid, received_at.
     Record {
@@ -140,7 +166,7 @@ impl Cli {
     pub fn log_filter(&self) -> &str {
         match (&self.log, &self.command) {
             (Some(filter), _) => filter,
-            (None, Command::Demo { .. }) => "warn,pgnotifier::plugin=info",
+            (None, Command::Demo { .. } | Command::Call { .. }) => "warn,pgnotifier::plugin=info",
             (None, _) => "info",
         }
     }
@@ -180,6 +206,31 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     config,
                 },
         } => install_schema(print, database_url, config).await,
+        Command::Call {
+            plugin,
+            channel,
+            payload,
+            pid,
+            config,
+            sidecar,
+            input,
+            json,
+        } => {
+            let options = super::call::CallOptions {
+                plugin,
+                channel,
+                payload,
+                pid,
+                config,
+                sidecar,
+                input,
+                json,
+            };
+            if !super::call::call(options).await? {
+                anyhow::bail!("a call failed");
+            }
+            Ok(())
+        }
         Command::Record {
             channels,
             database_url,

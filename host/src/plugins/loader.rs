@@ -59,6 +59,37 @@ impl PluginFiles {
         })
     }
 
+    /// Use `text` (read from `path`) as the sidecar instead.
+    #[cfg(feature = "cli")]
+    pub(crate) fn set_sidecar(&mut self, path: &Path, text: String) {
+        self.sidecar = Some((path.to_owned(), text));
+    }
+
+    /// Set these `[config]` keys in the sidecar (one is made if none).
+    #[cfg(feature = "cli")]
+    pub(crate) fn set_sidecar_config(&mut self, pairs: &[(&str, &str)]) -> Result<(), LoadError> {
+        let (path, text) = self
+            .sidecar
+            .take()
+            .unwrap_or_else(|| (self.path.with_extension("toml"), String::new()));
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| LoadError::new(&path, format!("sidecar: {e}")))?;
+        let config = table
+            .entry("config")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let toml::Value::Table(config) = config else {
+            return Err(LoadError::new(&path, "sidecar: config is not a table"));
+        };
+        for (key, value) in pairs {
+            config.insert((*key).to_owned(), toml::Value::String((*value).to_owned()));
+        }
+        let text =
+            toml::to_string(&table).map_err(|e| LoadError::new(&path, format!("sidecar: {e}")))?;
+        self.sidecar = Some((path, text));
+        Ok(())
+    }
+
     /// Where this plugin came from, for the registry.
     pub(crate) fn source(&self, loaded: &LoadedPlugin) -> SubscriberSource {
         SubscriberSource::Plugin {
