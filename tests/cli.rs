@@ -498,6 +498,33 @@ async fn record_captures_exactly_what_was_sent() {
         );
     }
 
+    // Replayed into a plugin, the recording gives it the typed values again.
+    for speed in ["max", "1x"] {
+        let replayed = Command::new(BIN)
+            .arg("replay")
+            .arg(&out)
+            .arg(support::example_plugin("logger"))
+            .args(["--json", "--speed", speed])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&replayed.stdout);
+        assert!(replayed.status.success(), "{stdout}");
+        let calls: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(calls.len(), 7, "register, five calls, a summary: {stdout}");
+        assert_eq!(calls[1]["typed"], r#"Payload::Text("plain text")"#);
+        assert_eq!(
+            calls[2]["typed"],
+            r#"Payload::Json("{\"id\":7,\"items\":[1,2.5,\"three\"],\"ok\":true}")"#
+        );
+        assert_eq!(calls[5]["typed"], r#"Payload::Text("ünïcødé ✓")"#);
+        assert_eq!(calls[4]["payload"].as_str().map(str::len), Some(7_999));
+        assert_eq!(calls[6]["summary"]["calls"], 5);
+        assert_eq!(calls[6]["summary"]["failures"], 0);
+    }
+
     // Without --count, Ctrl-C (SIGINT) ends it, with what came before.
     let out = dir.join("stopped.jsonl");
     let mut command = Command::new(BIN);

@@ -4,7 +4,8 @@
 //! [`super::record`]). It prints what each call got and returned, and how
 //! long it took; the plugin's own log lines go to stderr as in `run`. The
 //! exit status is non-zero when register or any call fails, traps or runs
-//! past its deadline, so it scripts into CI.
+//! past its deadline, so it scripts into CI. `replay` is the same over a
+//! recording, at its recorded pace if asked, and ends with a summary.
 
 use crate::dispatch::{Deliver, Notification};
 use crate::payload::decode;
@@ -27,6 +28,11 @@ pub struct CallOptions {
     pub sidecar: Option<PathBuf>,
     pub input: Option<PathBuf>,
     pub json: bool,
+    /// Keep the recording's pace (`replay --speed 1x`), instead of calling
+    /// as fast as possible.
+    pub recorded_pace: bool,
+    /// End with calls, failures and call-time percentiles (`replay`).
+    pub summary: bool,
 }
 
 /// One notification to call with.
@@ -36,6 +42,9 @@ struct Input {
     payload: String,
     #[serde(default)]
     pid: i32,
+    /// As `record` writes it; only `replay --speed 1x` reads it.
+    #[serde(default)]
+    received_at: Option<String>,
 }
 
 /// Run the calls; `Ok(false)` when any failed.
@@ -64,6 +73,7 @@ fn inputs(options: &CallOptions) -> anyhow::Result<Vec<Input>> {
             channel: channel.clone(),
             payload: payload.clone().unwrap_or_default(),
             pid: options.pid,
+            received_at: None,
         }]),
         (None, None, _) => anyhow::bail!(
             "say what to call with: --channel CH --payload TEXT, or --input FILE.jsonl"
@@ -112,8 +122,21 @@ fn run(options: &CallOptions, inputs: &[Input], json: bool) -> anyhow::Result<bo
         ),
     );
     let mode = loaded.settings.dispatch.payload;
-    let mut all_ok = true;
+    let mut failures = 0usize;
+    let mut times = Vec::with_capacity(inputs.len());
+    let first = inputs
+        .first()
+        .and_then(|i| i.received_at.as_deref())
+        .and_then(parse_rfc3339);
+    let began = Instant::now();
     for input in inputs {
+        if options.recorded_pace {
+            let at = input.received_at.as_deref().and_then(parse_rfc3339);
+            if let (Some(first), Some(at)) = (first, at) {
+                let due = began + at.saturating_sub(first);
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
+        }
         let notification = Notification {
             channel: input.channel.as_str().into(),
             payload: decode(&input.payload, mode),
@@ -122,7 +145,8 @@ fn run(options: &CallOptions, inputs: &[Input], json: bool) -> anyhow::Result<bo
         let started = Instant::now();
         let outcome = loaded.subscriber.on_notify(&notification, None);
         let took = started.elapsed();
-        all_ok &= outcome.is_ok();
+        times.push(took);
+        failures += usize::from(outcome.is_err());
         let typed = format!("{:?}", notification.payload);
         let human = format!(
             "on-notify({}, {typed}, pid {}): {} in {:.3} ms",
@@ -145,7 +169,48 @@ fn run(options: &CallOptions, inputs: &[Input], json: bool) -> anyhow::Result<bo
             &human,
         );
     }
-    Ok(all_ok)
+    if options.summary {
+        summarize(json, &mut times, failures);
+    }
+    Ok(failures == 0)
+}
+
+/// Calls, failures, and the median and 99th percentile of call time.
+fn summarize(json: bool, times: &mut [std::time::Duration], failures: usize) {
+    times.sort();
+    let at = |q: f64| {
+        let i = ((times.len() as f64 - 1.0) * q).round() as usize;
+        times.get(i).map_or(0.0, |t| t.as_secs_f64() * 1e3)
+    };
+    let (p50, p99) = (at(0.5), at(0.99));
+    report(
+        json,
+        serde_json::json!({ "summary": { "calls": times.len(), "failures": failures, "p50_ms": p50, "p99_ms": p99 } }),
+        &format!(
+            "{} calls, {failures} failed; call time p50 {p50:.3} ms, p99 {p99:.3} ms",
+            times.len()
+        ),
+    );
+}
+
+/// When `text` (RFC 3339 in UTC, as `record` writes it) was, after the epoch.
+fn parse_rfc3339(text: &str) -> Option<std::time::Duration> {
+    let text = text.strip_suffix('Z')?;
+    let (date, time) = text.split_once('T')?;
+    let mut date = date.splitn(3, '-').map(str::parse::<i64>);
+    let (year, month, day) = (date.next()?.ok()?, date.next()?.ok()?, date.next()?.ok()?);
+    let (clock, fraction) = time.split_once('.').unwrap_or((time, "0"));
+    let mut clock = clock.splitn(3, ':').map(str::parse::<u64>);
+    let (h, m, sec) = (
+        clock.next()?.ok()?,
+        clock.next()?.ok()?,
+        clock.next()?.ok()?,
+    );
+    let micros: u64 = format!("{fraction:0<6}").get(..6)?.parse().ok()?;
+    let days = u64::try_from(super::record::days_from_civil(year, month, day)).ok()?;
+    Some(std::time::Duration::from_micros(
+        ((days * 86_400 + h * 3600 + m * 60 + sec) * 1_000_000) + micros,
+    ))
 }
 
 fn report(json: bool, value: serde_json::Value, human: &str) {

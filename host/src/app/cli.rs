@@ -82,6 +82,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// `call` over a recording: every line's notification into the plugin,
+    /// then calls, failures and call-time percentiles.
+    Replay {
+        /// A recording, as `record` writes it.
+        recording: PathBuf,
+        plugin: PathBuf,
+        /// `max` (as fast as possible) or `1x` (the recorded pace).
+        #[arg(long, default_value = "max", value_parser = ["max", "1x"])]
+        speed: String,
+        #[arg(long)]
+        config: Vec<String>,
+        #[arg(long)]
+        sidecar: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Capture live notifications to a file, one JSON object per line:
     /// channel, payload as sent, pid, received_at.
     Record {
@@ -166,7 +182,9 @@ impl Cli {
     pub fn log_filter(&self) -> &str {
         match (&self.log, &self.command) {
             (Some(filter), _) => filter,
-            (None, Command::Demo { .. } | Command::Call { .. }) => "warn,pgnotifier::plugin=info",
+            (None, Command::Demo { .. } | Command::Call { .. } | Command::Replay { .. }) => {
+                "warn,pgnotifier::plugin=info"
+            }
             (None, _) => "info",
         }
     }
@@ -225,6 +243,33 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 sidecar,
                 input,
                 json,
+                recorded_pace: false,
+                summary: false,
+            };
+            if !super::call::call(options).await? {
+                anyhow::bail!("a call failed");
+            }
+            Ok(())
+        }
+        Command::Replay {
+            recording,
+            plugin,
+            speed,
+            config,
+            sidecar,
+            json,
+        } => {
+            let options = super::call::CallOptions {
+                plugin,
+                channel: None,
+                payload: None,
+                pid: 0,
+                config,
+                sidecar,
+                input: Some(recording),
+                json,
+                recorded_pace: speed == "1x",
+                summary: true,
             };
             if !super::call::call(options).await? {
                 anyhow::bail!("a call failed");
