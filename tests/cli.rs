@@ -667,3 +667,80 @@ fn call_runs_a_plugin_offline_and_fails_loudly() {
         "{out}"
     );
 }
+
+/// `call` with capabilities: the sidecar's grants hold as in the host;
+/// without a database `publish` says what it would send and `query` says
+/// it needs one; with `--database-url` the notification is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn call_publishes_dry_unless_given_a_database() {
+    let dir = support::temp_dir("call-capable");
+    let out = channel("call_out");
+    let plugin = dir.join("capable.wasm");
+    std::fs::copy(support::test_plugin("capable"), &plugin).unwrap();
+    std::fs::write(
+        dir.join("capable.toml"),
+        format!("channels = [\"in\"]\n[grants]\npublish = [\"{out}\"]\n"),
+    )
+    .unwrap();
+    let call = |payload: &str, extra: &[&str]| {
+        let run = Command::new(BIN)
+            .arg("call")
+            .arg(&plugin)
+            .args(["--channel", "in", "--payload", payload])
+            .args(extra)
+            .env("DATABASE_URL", support::database_url())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        )
+    };
+    let dry = call(&format!(r#"{{"publish": ["{out}", "hello"]}}"#), &[]);
+    assert!(
+        dry.contains(&format!("would publish {out} hello")) && dry.contains("publish ok"),
+        "a dry run, though DATABASE_URL is set:\n{dry}"
+    );
+    let ungranted = call(r#"{"publish": ["elsewhere", "x"]}"#, &[]);
+    assert!(
+        ungranted.contains("publish err") && ungranted.contains("not granted"),
+        "{ungranted}"
+    );
+    let query = call(r#"{"query": ["select 1"]}"#, &[]);
+    assert!(
+        query.contains("query err") && query.contains("is not granted"),
+        "{query}"
+    );
+
+    let listener = Sender::connect().await;
+    let (client, mut connection) =
+        tokio_postgres::connect(support::database_url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {out}"))
+        .await
+        .unwrap();
+    let sent = call(
+        &format!(r#"{{"publish": ["{out}", "for real"]}}"#),
+        &["--database-url", support::database_url()],
+    );
+    assert!(
+        sent.contains("publish ok") && !sent.contains("would publish"),
+        "{sent}"
+    );
+    let got = tokio::time::timeout(support::SOON, rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(got.as_deref(), Some("for real"));
+    drop(listener);
+}

@@ -7,13 +7,16 @@
 //! past its deadline, so it scripts into CI. `replay` is the same over a
 //! recording, at its recorded pace if asked, and ends with a summary.
 
+use crate::capabilities::CapabilityPool;
 use crate::dispatch::{Deliver, Notification};
 use crate::payload::decode;
+use crate::pg::DatabaseConfig;
 use crate::plugins::loader::{self, PluginFiles};
 use crate::plugins::SubscriberSettings;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use anyhow::Context;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What `call` is asked to do.
@@ -33,6 +36,9 @@ pub struct CallOptions {
     pub recorded_pace: bool,
     /// End with calls, failures and call-time percentiles (`replay`).
     pub summary: bool,
+    /// The database `publish` and `query` use; without one, `publish` is a
+    /// dry run and `query` fails.
+    pub database_url: Option<String>,
 }
 
 /// One notification to call with.
@@ -51,7 +57,15 @@ struct Input {
 pub async fn call(options: CallOptions) -> anyhow::Result<bool> {
     let inputs = inputs(&options)?;
     let json = options.json;
-    tokio::task::spawn_blocking(move || run(&options, &inputs, json)).await?
+    // Made on the runtime, which runs its connections.
+    let pool = match &options.database_url {
+        Some(url) => {
+            let database = DatabaseConfig::resolve(Some(url))?;
+            Some(Arc::new(CapabilityPool::new(&database, 2)?))
+        }
+        None => None,
+    };
+    tokio::task::spawn_blocking(move || run(&options, &inputs, json, pool)).await?
 }
 
 fn inputs(options: &CallOptions) -> anyhow::Result<Vec<Input>> {
@@ -84,8 +98,13 @@ fn inputs(options: &CallOptions) -> anyhow::Result<Vec<Input>> {
     }
 }
 
-fn run(options: &CallOptions, inputs: &[Input], json: bool) -> anyhow::Result<bool> {
-    let sandbox = Sandbox::new(&SandboxConfig::default())?;
+fn run(
+    options: &CallOptions,
+    inputs: &[Input],
+    json: bool,
+    pool: Option<Arc<CapabilityPool>>,
+) -> anyhow::Result<bool> {
+    let sandbox = Sandbox::offline(&SandboxConfig::default(), pool)?;
     let mut files = PluginFiles::read(&options.plugin)?;
     if let Some(sidecar) = &options.sidecar {
         let text = crate::files::read_to_string(sidecar)

@@ -81,6 +81,10 @@ pub enum Command {
         /// One JSON object per call instead of text.
         #[arg(long)]
         json: bool,
+        /// The database `publish` and `query` use (never DATABASE_URL, so
+        /// a dry run stays dry); without it `publish` only says what it would send.
+        #[arg(long)]
+        database_url: Option<String>,
     },
     /// `call` over a recording: every line's notification into the plugin,
     /// then calls, failures and call-time percentiles.
@@ -233,6 +237,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             sidecar,
             input,
             json,
+            database_url,
         } => {
             let options = super::call::CallOptions {
                 plugin,
@@ -245,6 +250,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 json,
                 recorded_pace: false,
                 summary: false,
+                database_url,
             };
             if !super::call::call(options).await? {
                 anyhow::bail!("a call failed");
@@ -270,6 +276,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 json,
                 recorded_pace: speed == "1x",
                 summary: true,
+                database_url: None,
             };
             if !super::call::call(options).await? {
                 anyhow::bail!("a call failed");

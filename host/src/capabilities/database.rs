@@ -103,6 +103,11 @@ impl PluginCapabilities {
                 payload.len()
             )));
         }
+        if self.publish_dry_run {
+            // Beside the plugin's own lines: it is what the plugin did.
+            tracing::info!(target: "pgnotifier::plugin", subscriber = %self.id, "would publish {channel_name} {payload}");
+            return Ok(());
+        }
         let pool = self.pool()?;
         let wait = self.limits.query_timeout;
         pool.block_on(async {

@@ -50,7 +50,7 @@ pub enum CapabilityError {
     #[error("no database connection: {0}")]
     NoConnection(#[from] deadpool_postgres::PoolError),
     #[error(
-        "no database here: capabilities run only in `pgnotifier run` and the library's Notifier"
+        "no database here: capabilities run in `pgnotifier run`, the library's Notifier, and `pgnotifier call --database-url URL`"
     )]
     NoDatabase,
     #[error("the capability pool needs a tokio runtime")]
@@ -203,6 +203,8 @@ pub(crate) struct PluginCapabilities {
     pub(crate) grants: Grants,
     pub(crate) limits: CapabilityLimits,
     pub(crate) pool: Option<Arc<CapabilityPool>>,
+    /// `publish` logs what it would send instead of sending it.
+    pub(crate) publish_dry_run: bool,
 }
 
 impl PluginCapabilities {

@@ -120,6 +120,8 @@ pub struct Sandbox {
     cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
     pool: Option<Arc<CapabilityPool>>,
+    /// `publish` logs what it would send instead (`pgnotifier call`).
+    publish_dry_run: bool,
 }
 
 impl Sandbox {
@@ -132,6 +134,14 @@ impl Sandbox {
     pub fn with_pool(
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        Self::build(config, capability_pool, false)
+    }
+
+    fn build(
+        config: &SandboxConfig,
+        capability_pool: Option<Arc<CapabilityPool>>,
+        publish_dry_run: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true);
@@ -186,6 +196,7 @@ impl Sandbox {
             cache,
             ticker_stop,
             pool: capability_pool,
+            publish_dry_run,
         }))
     }
 
@@ -240,6 +251,22 @@ impl Sandbox {
 
     pub(crate) fn pool(&self) -> Option<Arc<CapabilityPool>> {
         self.pool.clone()
+    }
+
+    /// A sandbox for running plugins offline: without a database, `publish`
+    /// logs "would publish CHANNEL PAYLOAD" (after the grant checks) and
+    /// succeeds; `query` fails, saying it needs a database.
+    #[cfg(feature = "cli")]
+    pub(crate) fn offline(
+        config: &SandboxConfig,
+        capability_pool: Option<Arc<CapabilityPool>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let dry_run = capability_pool.is_none();
+        Self::build(config, capability_pool, dry_run)
+    }
+
+    pub(crate) fn publish_dry_run(&self) -> bool {
+        self.publish_dry_run
     }
 }
 
