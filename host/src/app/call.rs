@@ -53,8 +53,35 @@ struct Input {
     received_at: Option<String>,
 }
 
+impl CallOptions {
+    /// One call with nothing yet to call with, fast, with no summary.
+    pub fn new(plugin: PathBuf, config: Vec<String>, sidecar: Option<PathBuf>, json: bool) -> Self {
+        Self {
+            plugin,
+            channel: None,
+            payload: None,
+            pid: 0,
+            config,
+            sidecar,
+            input: None,
+            json,
+            recorded_pace: false,
+            summary: false,
+            database_url: None,
+        }
+    }
+}
+
+/// Run the calls; an error when any failed (each said why as it ran).
+pub async fn call(options: CallOptions) -> anyhow::Result<()> {
+    match calls(options).await? {
+        true => Ok(()),
+        false => anyhow::bail!("a call failed"),
+    }
+}
+
 /// Run the calls; `Ok(false)` when any failed.
-pub async fn call(options: CallOptions) -> anyhow::Result<bool> {
+async fn calls(options: CallOptions) -> anyhow::Result<bool> {
     let inputs = inputs(&options)?;
     let json = options.json;
     // Made on the runtime, which runs its connections.

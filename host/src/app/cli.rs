@@ -239,23 +239,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             json,
             database_url,
         } => {
-            let options = super::call::CallOptions {
-                plugin,
+            super::call::call(super::call::CallOptions {
                 channel,
                 payload,
                 pid,
-                config,
-                sidecar,
                 input,
-                json,
-                recorded_pace: false,
-                summary: false,
                 database_url,
-            };
-            if !super::call::call(options).await? {
-                anyhow::bail!("a call failed");
-            }
-            Ok(())
+                ..super::call::CallOptions::new(plugin, config, sidecar, json)
+            })
+            .await
         }
         Command::Replay {
             recording,
@@ -265,23 +257,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             sidecar,
             json,
         } => {
-            let options = super::call::CallOptions {
-                plugin,
-                channel: None,
-                payload: None,
-                pid: 0,
-                config,
-                sidecar,
+            super::call::call(super::call::CallOptions {
                 input: Some(recording),
-                json,
                 recorded_pace: speed == "1x",
                 summary: true,
-                database_url: None,
-            };
-            if !super::call::call(options).await? {
-                anyhow::bail!("a call failed");
-            }
-            Ok(())
+                ..super::call::CallOptions::new(plugin, config, sidecar, json)
+            })
+            .await
         }
         Command::Record {
             channels,
