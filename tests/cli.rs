@@ -744,3 +744,41 @@ async fn call_publishes_dry_unless_given_a_database() {
     assert_eq!(got.as_deref(), Some("for real"));
     drop(listener);
 }
+
+/// HTTP from `call` reaches a granted origin only with `--allow-http`;
+/// otherwise it is refused, and the log says how to allow it.
+#[test]
+fn call_sends_http_only_when_allowed() {
+    let hooks = support::webhook::WebhookServer::start();
+    let dir = support::temp_dir("call-http");
+    let plugin = dir.join("poster.wasm");
+    std::fs::copy(support::test_plugin("capable"), &plugin).unwrap();
+    std::fs::write(
+        dir.join("poster.toml"),
+        format!(
+            "channels = [\"in\"]\n[grants]\nhttp = [\"{}\"]\n",
+            hooks.origin()
+        ),
+    )
+    .unwrap();
+    let payload = format!(r#"{{"http": ["{}/hook", "{{}}"]}}"#, hooks.origin());
+    let call = |extra: &[&str]| {
+        let run = Command::new(BIN)
+            .arg("call")
+            .arg(&plugin)
+            .args(["--channel", "in", "--payload", &payload])
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&run.stderr).into_owned()
+    };
+    let refused = call(&[]);
+    assert!(
+        refused.contains("http err") && refused.contains("unless --allow-http is given"),
+        "{refused}"
+    );
+    assert!(hooks.requests().is_empty(), "nothing was sent");
+    let allowed = call(&["--allow-http"]);
+    assert!(allowed.contains("http ok 200"), "{allowed}");
+    assert_eq!(hooks.requests().len(), 1);
+}

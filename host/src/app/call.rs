@@ -39,6 +39,8 @@ pub struct CallOptions {
     /// The database `publish` and `query` use; without one, `publish` is a
     /// dry run and `query` fails.
     pub database_url: Option<String>,
+    /// Let HTTP reach the origins the sidecar grants.
+    pub allow_http: bool,
 }
 
 /// One notification to call with.
@@ -68,6 +70,7 @@ impl CallOptions {
             recorded_pace: false,
             summary: false,
             database_url: None,
+            allow_http: false,
         }
     }
 }
@@ -131,7 +134,7 @@ fn run(
     json: bool,
     pool: Option<Arc<CapabilityPool>>,
 ) -> anyhow::Result<bool> {
-    let sandbox = Sandbox::offline(&SandboxConfig::default(), pool)?;
+    let sandbox = Sandbox::offline(&SandboxConfig::default(), pool, options.allow_http)?;
     let mut files = PluginFiles::read(&options.plugin)?;
     if let Some(sidecar) = &options.sidecar {
         let text = crate::files::read_to_string(sidecar)

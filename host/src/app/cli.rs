@@ -85,6 +85,9 @@ pub enum Command {
         /// a dry run stays dry); without it `publish` only says what it would send.
         #[arg(long)]
         database_url: Option<String>,
+        /// Let HTTP reach the origins the sidecar grants (refused otherwise).
+        #[arg(long)]
+        allow_http: bool,
     },
     /// `call` over a recording: every line's notification into the plugin,
     /// then calls, failures and call-time percentiles.
@@ -238,6 +241,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             input,
             json,
             database_url,
+            allow_http,
         } => {
             super::call::call(super::call::CallOptions {
                 channel,
@@ -245,6 +249,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                 pid,
                 input,
                 database_url,
+                allow_http,
                 ..super::call::CallOptions::new(plugin, config, sidecar, json)
             })
             .await

@@ -77,6 +77,8 @@ pub(crate) struct HttpGate {
     allowed: Vec<Origin>,
     timeout: Duration,
     max_response_bytes: usize,
+    /// Refuse even granted origins (`pgnotifier call` without `--allow-http`).
+    refuse_all: bool,
 }
 
 type ResponseFuture = Box<
@@ -92,12 +94,18 @@ type ResponseFuture = Box<
 >;
 
 impl HttpGate {
-    pub(crate) fn new(id: Arc<str>, allowed: Vec<Origin>, limits: CapabilityLimits) -> Self {
+    pub(crate) fn new(
+        id: Arc<str>,
+        allowed: Vec<Origin>,
+        limits: CapabilityLimits,
+        refuse_all: bool,
+    ) -> Self {
         Self {
             id,
             allowed,
             timeout: limits.http_timeout,
             max_response_bytes: limits.http_max_response_bytes,
+            refuse_all,
         }
     }
 
@@ -114,6 +122,10 @@ impl WasiHttpHooks for HttpGate {
         io_result: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> ResponseFuture {
         drop(io_result);
+        if self.refuse_all && self.allows(request.uri()) {
+            tracing::info!(target: "pgnotifier::plugin", subscriber = %self.id, uri = %request.uri(), "HTTP refused: pgnotifier call sends none unless --allow-http is given");
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
         if !self.allows(request.uri()) {
             // Refused before any connection: the guest gets `HTTP-request-denied`.
             tracing::debug!(subscriber = %self.id, uri = %request.uri(), "http request refused: origin not granted");
@@ -167,6 +179,7 @@ mod tests {
             "p".into(),
             vec![Origin::parse("http://127.0.0.1:8080").unwrap()],
             CapabilityLimits::default(),
+            false,
         );
         assert!(gate.allows(&"http://127.0.0.1:8080/hook?x=1".parse().unwrap()));
         assert!(!gate.allows(&"http://127.0.0.1:8081/hook".parse().unwrap()));

@@ -205,11 +205,18 @@ pub(crate) struct PluginCapabilities {
     pub(crate) pool: Option<Arc<CapabilityPool>>,
     /// `publish` logs what it would send instead of sending it.
     pub(crate) publish_dry_run: bool,
+    /// HTTP is refused even to granted origins, saying how to allow it.
+    pub(crate) refuse_http: bool,
 }
 
 impl PluginCapabilities {
     /// The hooks that decide each `wasi:http` request of this plugin.
     pub(crate) fn http_gate(&self) -> HttpGate {
-        HttpGate::new(self.id.clone(), self.grants.http.clone(), self.limits)
+        HttpGate::new(
+            self.id.clone(),
+            self.grants.http.clone(),
+            self.limits,
+            self.refuse_http,
+        )
     }
 }

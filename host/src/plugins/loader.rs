@@ -187,6 +187,7 @@ pub(crate) fn load(
         limits: settings.capabilities,
         pool: sandbox.pool(),
         publish_dry_run: sandbox.publish_dry_run(),
+        refuse_http: sandbox.refuse_http(),
     };
     capabilities.confine_queries().map_err(grant_error)?;
     let pre = sandbox.compile(path, &files.wasm)?;

@@ -122,6 +122,9 @@ pub struct Sandbox {
     pool: Option<Arc<CapabilityPool>>,
     /// `publish` logs what it would send instead (`pgnotifier call`).
     publish_dry_run: bool,
+    /// HTTP is refused even to granted origins (`pgnotifier call` without
+    /// `--allow-http`).
+    refuse_http: bool,
 }
 
 impl Sandbox {
@@ -135,13 +138,14 @@ impl Sandbox {
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,
     ) -> anyhow::Result<Arc<Self>> {
-        Self::build(config, capability_pool, false)
+        Self::build(config, capability_pool, false, false)
     }
 
     fn build(
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,
         publish_dry_run: bool,
+        refuse_http: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true);
@@ -197,6 +201,7 @@ impl Sandbox {
             ticker_stop,
             pool: capability_pool,
             publish_dry_run,
+            refuse_http,
         }))
     }
 
@@ -255,18 +260,24 @@ impl Sandbox {
 
     /// A sandbox for running plugins offline: without a database, `publish`
     /// logs "would publish CHANNEL PAYLOAD" (after the grant checks) and
-    /// succeeds; `query` fails, saying it needs a database.
+    /// succeeds; `query` fails, saying it needs a database. HTTP reaches the
+    /// sidecar's granted origins only if `allow_http`.
     #[cfg(feature = "cli")]
     pub(crate) fn offline(
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,
+        allow_http: bool,
     ) -> anyhow::Result<Arc<Self>> {
         let dry_run = capability_pool.is_none();
-        Self::build(config, capability_pool, dry_run)
+        Self::build(config, capability_pool, dry_run, !allow_http)
     }
 
     pub(crate) fn publish_dry_run(&self) -> bool {
         self.publish_dry_run
+    }
+
+    pub(crate) fn refuse_http(&self) -> bool {
+        self.refuse_http
     }
 }
 
