@@ -202,7 +202,7 @@ pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(3);
 /// Whether a notification reaches a LISTENing connection: LISTEN on one
 /// connection, NOTIFY from another, and wait. Behind a pooler in transaction
 /// mode LISTEN is accepted and nothing ever arrives, silently; this finds
-/// out at start. `Ok(false)` only when both connections worked and the
+/// out at start. False only when both connections worked and the
 /// notification did not come; a database that cannot be reached is the
 /// listener's to retry, not a reason to refuse.
 pub(crate) async fn check_listen_works(database: &DatabaseConfig) -> bool {
@@ -218,8 +218,8 @@ pub(crate) async fn check_listen_works(database: &DatabaseConfig) -> bool {
         let (arrived, mut got) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                if let Ok(AsyncMessage::Notification(n)) = message {
-                    let _ = arrived.send(n.payload().to_owned());
+                if let Ok(AsyncMessage::Notification(_)) = message {
+                    let _ = arrived.send(());
                 }
             }
         });
@@ -403,8 +403,8 @@ impl Session<'_> {
                             gap.note_takeover(&active, at, format!("took over from {leader}"));
                         }
                     }
-                    Campaign::Failed(e) => {
-                        return SessionEnd::Lost(format!("the election failed: {}", with_causes(&e)));
+                    Campaign::Failed(why) => {
+                        return SessionEnd::Lost(format!("the election failed: {why}"));
                     }
                 },
                 _ = stop.changed() => return SessionEnd::Stopped,

@@ -86,7 +86,6 @@ pub async fn call(options: CallOptions) -> anyhow::Result<()> {
 /// Run the calls; `Ok(false)` when any failed.
 async fn calls(options: CallOptions) -> anyhow::Result<bool> {
     let inputs = inputs(&options)?;
-    let json = options.json;
     // Made on the runtime, which runs its connections.
     let pool = match &options.database_url {
         Some(url) => {
@@ -95,7 +94,7 @@ async fn calls(options: CallOptions) -> anyhow::Result<bool> {
         }
         None => None,
     };
-    tokio::task::spawn_blocking(move || run(&options, &inputs, json, pool)).await?
+    tokio::task::spawn_blocking(move || run(&options, &inputs, pool)).await?
 }
 
 fn inputs(options: &CallOptions) -> anyhow::Result<Vec<Input>> {
@@ -131,9 +130,9 @@ fn inputs(options: &CallOptions) -> anyhow::Result<Vec<Input>> {
 fn run(
     options: &CallOptions,
     inputs: &[Input],
-    json: bool,
     pool: Option<Arc<CapabilityPool>>,
 ) -> anyhow::Result<bool> {
+    let json = options.json;
     let sandbox = Sandbox::offline(&SandboxConfig::default(), pool, options.allow_http)?;
     let mut files = PluginFiles::read(&options.plugin)?;
     if let Some(sidecar) = &options.sidecar {

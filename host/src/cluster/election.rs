@@ -4,6 +4,7 @@
 //! terminated backend, a server restart); PostgreSQL is the referee.
 
 use super::{ClusterSettings, ClusterStatus};
+use crate::printable::with_causes;
 use std::time::SystemTime;
 use tokio_postgres::Client;
 
@@ -11,10 +12,9 @@ use tokio_postgres::Client;
 pub(crate) enum Campaign {
     /// This host leads. `after` is when another leader was last seen, if
     /// one was: what it may not have dispatched since is a gap.
-    Won {
-        after: Option<(SystemTime, String)>,
-    },
-    Failed(tokio_postgres::Error),
+    Won { after: Option<(SystemTime, String)> },
+    /// The connection failed, or gave no answer within a takeover.
+    Failed(String),
 }
 
 const TRY: &str = "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended($1, 0))";
@@ -46,11 +46,11 @@ pub(crate) async fn campaign(
         tokio::time::sleep(settings.takeover).await;
     }
     loop {
-        let won = match client.query_one(TRY, &[&key]).await {
+        let won = match answered(settings, client.query_one(TRY, &[&key])).await {
             Ok(row) => row.get::<_, bool>(0),
             Err(e) => return Campaign::Failed(e),
         };
-        let holder = match client.query_opt(HOLDER, &[&key]).await {
+        let holder = match answered(settings, client.query_opt(HOLDER, &[&key])).await {
             Ok(row) => row.map(|row| row.get::<_, String>(0)),
             Err(e) => return Campaign::Failed(e),
         };
@@ -67,5 +67,18 @@ pub(crate) async fn campaign(
         }
         status.stand_by(holder);
         tokio::time::sleep(settings.poll()).await;
+    }
+}
+
+/// `query`'s answer, or why there is none: a stalled connection must not
+/// leave a standby waiting forever.
+async fn answered<T>(
+    settings: &ClusterSettings,
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(settings.takeover, query).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(e)) => Err(with_causes(&e)),
+        Err(_) => Err(format!("no answer within {:?}", settings.takeover)),
     }
 }

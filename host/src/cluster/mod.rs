@@ -14,7 +14,7 @@
 pub mod election;
 
 use crate::sync::lock;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -90,11 +90,11 @@ impl Role {
 #[derive(Debug)]
 pub(crate) struct ClusterStatus {
     pub(crate) settings: Option<ClusterSettings>,
-    role: AtomicU8,
     pub(crate) takeovers: AtomicU64,
     /// The leader as PostgreSQL shows it, when known.
     leader: std::sync::Mutex<Option<String>>,
-    /// True while this host may dispatch: alone, or leading.
+    /// True while this host may dispatch: alone, or leading. The role
+    /// follows from it and `settings`.
     dispatching: watch::Sender<bool>,
 }
 
@@ -103,7 +103,6 @@ impl ClusterStatus {
         let alone = settings.is_none();
         Self {
             settings,
-            role: AtomicU8::new(if alone { 0 } else { 2 }),
             takeovers: AtomicU64::new(0),
             leader: Default::default(),
             dispatching: watch::Sender::new(alone),
@@ -111,10 +110,10 @@ impl ClusterStatus {
     }
 
     pub(crate) fn role(&self) -> Role {
-        match self.role.load(Ordering::Relaxed) {
-            0 => Role::Alone,
-            1 => Role::Leader,
-            _ => Role::Standby,
+        match (&self.settings, *self.dispatching.borrow()) {
+            (None, _) => Role::Alone,
+            (Some(_), true) => Role::Leader,
+            (Some(_), false) => Role::Standby,
         }
     }
 
@@ -128,7 +127,6 @@ impl ClusterStatus {
     }
 
     pub(crate) fn lead(&self, me: String) {
-        self.role.store(1, Ordering::Relaxed);
         *lock(&self.leader) = Some(me);
         self.dispatching.send_replace(true);
     }
@@ -138,7 +136,6 @@ impl ClusterStatus {
         if self.settings.is_none() {
             return;
         }
-        self.role.store(2, Ordering::Relaxed);
         *lock(&self.leader) = leader;
         self.dispatching.send_replace(false);
     }

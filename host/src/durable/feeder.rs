@@ -477,11 +477,15 @@ impl Feed {
                     return lost(&e);
                 }
                 (handled, since) = (0, Instant::now());
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = self.stopped.changed() => {}
-                    _ = self.dispatching.changed() => {}
+                let gone = tokio::select! {
+                    _ = wake.notified() => false,
+                    _ = tokio::time::sleep(POLL) => false,
+                    _ = self.stopped.changed() => false,
+                    // Its sender gone, the notifier is: stop, not spin.
+                    changed = self.dispatching.changed() => changed.is_err(),
+                };
+                if gone {
+                    return self.finish(client, at, &mut saved).await;
                 }
                 continue;
             }

@@ -106,7 +106,7 @@ pub async fn next_events(
 
 /// Where `subscriber` is, or `None` if it has no position yet.
 pub async fn position(
-    client: &tokio_postgres::Client,
+    client: &impl tokio_postgres::GenericClient,
     subscriber: &str,
 ) -> Result<Option<Position>, ReadError> {
     let row = client
@@ -196,15 +196,7 @@ pub async fn start_at_end(
     tx.batch_execute(super::pruner::LOCK).await?;
     let end = end_of_outbox(&tx).await?;
     save_position(&tx, subscriber, end, channels).await?;
-    let row = tx
-        .query_one(
-            "SELECT stamp, id FROM pgnotifier.positions WHERE subscriber = $1",
-            &[&subscriber],
-        )
-        .await?;
+    let at = position(&tx, subscriber).await?.unwrap_or(end);
     tx.commit().await?;
-    Ok(Position {
-        stamp: row.get(0),
-        id: row.get(1),
-    })
+    Ok(at)
 }
