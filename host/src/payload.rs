@@ -21,8 +21,7 @@ pub enum PayloadMode {
 }
 
 /// A payload as `case value`: `integer 42`, `float 2.5`, `text "hi"`,
-/// `json {"a":1}`, the way the example plugins write it (the Rust SDK's
-/// `describe` gives the same).
+/// `json {"a":1}`, the way the example `logger` plugin writes it.
 pub fn describe(payload: &Payload) -> String {
     match payload {
         Payload::Null => "null".into(),

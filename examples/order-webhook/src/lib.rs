@@ -11,27 +11,44 @@
 //! posted twice; each post carries `Idempotency-Key: order-event-<event id>`,
 //! the same on every delivery of one event, so the receiver can drop repeats.
 
-use pgnotifier_plugin::{http, info, query, Config, Notification, Payload, Plugin};
+use pgnotifier_plugin::{bail, http, info, query, Config, Context, Notification, Plugin, Result};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 struct OrderWebhook {
     webhook: String,
 }
 
+/// What the trigger sends; a bare id is an update.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Key {
+    Change {
+        #[serde(default = "update")]
+        op: String,
+        id: i64,
+    },
+    Id(i64),
+}
+
+fn update() -> String {
+    "UPDATE".into()
+}
+
 impl Plugin for OrderWebhook {
-    fn register(_id: &str, config: &Config) -> Result<(Self, Vec<String>), String> {
+    fn register(_id: &str, config: &Config) -> Result<(Self, Vec<String>)> {
         let webhook = config
-            .get("webhook")
-            .ok_or("config `webhook` is missing: the URL to POST each order to")?
-            .to_owned();
+            .get("webhook")?
+            .context("config `webhook` is missing: the URL to POST each order to")?;
         Ok((OrderWebhook { webhook }, vec!["orders_changed".into()]))
     }
 
-    fn on_notify(&mut self, n: Notification<'_>) -> Result<(), String> {
-        let (op, id) = key_of(n.payload)?;
-        let rows = query("SELECT * FROM orders WHERE id = $1", &[&id.to_string()])?;
-        let rows: Vec<Value> =
-            serde_json::from_str(&rows).map_err(|e| format!("rows are not JSON: {e}"))?;
+    fn on_notify(&mut self, n: Notification<'_>) -> Result<()> {
+        let (op, id) = match n.payload.json()? {
+            Key::Change { op, id } => (op, id),
+            Key::Id(id) => (update(), id),
+        };
+        let rows: Vec<Value> = query("SELECT * FROM orders WHERE id = $1", &[&id.to_string()])?;
         let order = rows.into_iter().next().unwrap_or(Value::Null);
         let body = json!({ "op": op, "id": id, "order": order }).to_string();
         // A live notification (a plain pg_notify) has no event: no key.
@@ -42,30 +59,14 @@ impl Plugin for OrderWebhook {
         }
         let response = http::request("POST", &self.webhook, &headers, body.as_bytes())?;
         if !(200..300).contains(&response.status) {
-            return Err(format!("webhook answered {} for order {id}", response.status));
+            bail!("webhook answered {} for order {id}", response.status);
         }
         let attempt = n.event().map_or(1, |event| event.attempt);
-        info(&format!(
+        info!(
             "order {id} ({op}) posted: {} (attempt {attempt})",
             response.status
-        ));
+        );
         Ok(())
-    }
-}
-
-/// `{"op": ..., "id": N}` from the trigger, or a bare id.
-fn key_of(payload: &Payload) -> Result<(String, i64), String> {
-    match payload {
-        Payload::Integer(id) => Ok(("UPDATE".into(), *id)),
-        Payload::Json(text) => {
-            let v: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
-            let id = v["id"]
-                .as_i64()
-                .ok_or_else(|| format!("no integer `id` in {text}"))?;
-            let op = v["op"].as_str().unwrap_or("UPDATE").to_owned();
-            Ok((op, id))
-        }
-        other => Err(format!("expected an order key, got {other:?}")),
     }
 }
 

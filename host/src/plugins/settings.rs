@@ -164,14 +164,17 @@ impl Sidecar {
         Ok(sidecar)
     }
 
-    /// `config` as the string pairs `register` takes; non-strings are written as TOML.
+    /// `config` as the string pairs `register` takes: a string (or a
+    /// date-time) as its text, anything else as JSON, so that numbers, booleans and lists keep their
+    /// type for a plugin that reads them back (the Rust SDK's `Config::get`).
     pub fn config_pairs(&self) -> Vec<(String, String)> {
         self.config
             .iter()
             .map(|(k, v)| {
                 let value = match v {
                     toml::Value::String(s) => s.clone(),
-                    other => other.to_string(),
+                    toml::Value::Datetime(d) => d.to_string(),
+                    other => json_of(other).to_string(),
                 };
                 (k.clone(), value)
             })
@@ -179,9 +182,41 @@ impl Sidecar {
     }
 }
 
+/// A TOML value as JSON; a date-time becomes its RFC 3339 text.
+fn json_of(value: &toml::Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        toml::Value::String(s) => Json::String(s.clone()),
+        toml::Value::Integer(i) => Json::from(*i),
+        toml::Value::Float(f) => Json::from(*f),
+        toml::Value::Boolean(b) => Json::Bool(*b),
+        toml::Value::Datetime(d) => Json::String(d.to_string()),
+        toml::Value::Array(items) => Json::Array(items.iter().map(json_of).collect()),
+        toml::Value::Table(table) => {
+            Json::Object(table.iter().map(|(k, v)| (k.clone(), json_of(v))).collect())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_values_keep_their_type_as_json() {
+        let sidecar: Sidecar = toml::from_str(
+            "[config]\ns = \"5\"\nn = 5\nf = 2.5\nb = true\nl = [\"a\", 1]\nt = { k = \"v\" }\nd = 1979-05-27",
+        )
+        .unwrap();
+        let pairs: BTreeMap<String, String> = sidecar.config_pairs().into_iter().collect();
+        assert_eq!(pairs["s"], "5");
+        assert_eq!(pairs["n"], "5");
+        assert_eq!(pairs["f"], "2.5");
+        assert_eq!(pairs["b"], "true");
+        assert_eq!(pairs["l"], r#"["a",1]"#);
+        assert_eq!(pairs["t"], r#"{"k":"v"}"#);
+        assert_eq!(pairs["d"], "1979-05-27");
+    }
 
     #[test]
     fn sidecar_limits_apply_and_are_checked() {

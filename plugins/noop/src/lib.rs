@@ -20,7 +20,12 @@ impl Guest for Noop {
         })
     }
 
-    fn on_notify(_id: String, _channel: String, _payload: Payload, _pid: i32) -> Result<(), String> {
+    fn on_notify(
+        _id: String,
+        _channel: String,
+        _payload: Payload,
+        _pid: i32,
+    ) -> Result<(), String> {
         Ok(())
     }
 

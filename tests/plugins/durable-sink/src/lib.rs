@@ -19,7 +19,12 @@ thread_local! {
 
 impl Guest for Sink {
     fn register(_id: String, config: Vec<(String, String)>) -> Result<Registration, String> {
-        let get = |key: &str| config.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        let get = |key: &str| {
+            config
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
         let fail = get("fail_attempts").unwrap_or("0");
         let fail = fail
             .parse()

@@ -1,0 +1,113 @@
+//! The glue [`crate::export!`] expands to: one plugin value per instance,
+//! built by `register` and called by the exports. Not for direct use.
+
+use crate::{Config, Notification, Payload, Plugin};
+use std::cell::RefCell;
+
+pub struct Runtime<P: Plugin> {
+    cell: RefCell<Option<P>>,
+}
+
+impl<P: Plugin> Default for Runtime<P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: a component instance runs on one thread, and nothing here is
+// reachable from another.
+unsafe impl<P: Plugin> Sync for Runtime<P> {}
+
+impl<P: Plugin> Runtime<P> {
+    pub const fn new() -> Self {
+        Runtime {
+            cell: RefCell::new(None),
+        }
+    }
+
+    pub fn register(
+        &self,
+        id: String,
+        config: Vec<(String, String)>,
+    ) -> Result<Vec<String>, String> {
+        let (plugin, channels) = P::register(&id, &Config::new(config)).map_err(message)?;
+        *self.cell.borrow_mut() = Some(plugin);
+        Ok(channels)
+    }
+
+    pub fn on_notify(
+        &self,
+        id: String,
+        channel: String,
+        payload: Payload,
+        pid: i32,
+    ) -> Result<(), String> {
+        let mut cell = self.cell.borrow_mut();
+        let plugin = cell
+            .as_mut()
+            .ok_or_else(|| "on-notify before register".to_string())?;
+        plugin
+            .on_notify(Notification {
+                id: &id,
+                channel: &channel,
+                payload: &payload,
+                pid,
+            })
+            .map_err(message)
+    }
+
+    pub fn on_gap(&self, channels: Vec<String>) {
+        if let Some(plugin) = self.cell.borrow_mut().as_mut() {
+            plugin.on_gap(&channels);
+        }
+    }
+}
+
+/// The error and its causes on one line, as the host logs it.
+pub(crate) fn message(e: anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+/// Export `$plugin` (a type implementing [`Plugin`]) as the component's subscriber.
+#[macro_export]
+macro_rules! export {
+    ($plugin:ty) => {
+        static __PGNOTIFIER_RUNTIME: $crate::runtime::Runtime<$plugin> =
+            $crate::runtime::Runtime::new();
+
+        struct __PgnotifierExports;
+
+        impl $crate::bindings::exports::pgnotifier::plugin::subscriber::Guest
+            for __PgnotifierExports
+        {
+            fn register(
+                id: String,
+                config: Vec<(String, String)>,
+            ) -> Result<
+                $crate::bindings::exports::pgnotifier::plugin::subscriber::Registration,
+                String,
+            > {
+                __PGNOTIFIER_RUNTIME.register(id, config).map(|channels| {
+                    $crate::bindings::exports::pgnotifier::plugin::subscriber::Registration {
+                        channels,
+                    }
+                })
+            }
+
+            fn on_notify(
+                id: String,
+                channel: String,
+                payload: $crate::Payload,
+                pid: i32,
+            ) -> Result<(), String> {
+                __PGNOTIFIER_RUNTIME.on_notify(id, channel, payload, pid)
+            }
+
+            fn on_gap(_id: String, channels: Vec<String>) {
+                __PGNOTIFIER_RUNTIME.on_gap(channels)
+            }
+        }
+
+        $crate::bindings::export!(__PgnotifierExports);
+    };
+}
