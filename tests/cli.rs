@@ -745,6 +745,76 @@ async fn call_publishes_dry_unless_given_a_database() {
     drop(listener);
 }
 
+/// `query` from `call` needs a database or a fixture: against the real
+/// PostgreSQL with `--database-url`, from `--query-fixture` rows without one
+/// (matched by SQL whatever its spacing), and otherwise it fails saying so.
+#[tokio::test]
+async fn call_queries_a_database_or_a_fixture() {
+    support::plugin_role("pgnotifier_test_reader", &[]).await;
+    let dir = support::temp_dir("call-query");
+    let plugin = dir.join("reader.wasm");
+    std::fs::copy(support::test_plugin("capable"), &plugin).unwrap();
+    std::fs::write(
+        dir.join("reader.toml"),
+        "channels = [\"in\"]\n[grants]\nquery = true\nquery_role = \"pgnotifier_test_reader\"\n",
+    )
+    .unwrap();
+    let fixture = dir.join("rows.json");
+    std::fs::write(
+        &fixture,
+        r#"{"SELECT id, total\n   FROM orders WHERE id = $1": [{"id": 7, "total": 12.5}]}"#,
+    )
+    .unwrap();
+    let call = |payload: &str, extra: &[&str]| {
+        let run = Command::new(BIN)
+            .arg("call")
+            .arg(&plugin)
+            .args(["--channel", "in", "--payload", payload])
+            .args(extra)
+            .env("DATABASE_URL", support::database_url())
+            .output()
+            .unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&run.stdout),
+            String::from_utf8_lossy(&run.stderr)
+        );
+        (run.status.success(), out)
+    };
+    let real = r#"{"query": ["select 6 * $1::int as answer", "7"]}"#;
+    let (ok, out) = call(real, &["--database-url", support::database_url()]);
+    assert!(ok && out.contains(r#"query ok [{"answer":42}]"#), "{out}");
+    let (_, out) = call(real, &[]);
+    assert!(
+        out.contains("query err no database here") && out.contains("--database-url"),
+        "without a database (DATABASE_URL is ignored), query says what it needs:\n{out}"
+    );
+
+    let fixture_arg = ["--query-fixture", fixture.to_str().unwrap()];
+    let (ok, out) = call(
+        r#"{"query": ["SELECT id, total FROM orders WHERE id = $1;", "7"]}"#,
+        &fixture_arg,
+    );
+    assert!(
+        ok && out.contains(r#"query ok [{"id":7,"total":12.5}]"#),
+        "{out}"
+    );
+    let (_, out) = call(r#"{"query!": ["SELECT 1"]}"#, &fixture_arg);
+    assert!(
+        out.contains(r#"no rows for \"SELECT 1\" in the query fixture"#)
+            || out.contains(r#"no rows for "SELECT 1" in the query fixture"#),
+        "a query the fixture lacks fails, naming it:\n{out}"
+    );
+
+    std::fs::write(&fixture, "[1, 2]").unwrap();
+    let (ok, out) = call(real, &fixture_arg);
+    assert!(!ok, "a malformed fixture fails the call");
+    assert!(
+        out.contains("query fixture") && out.contains("expected a JSON object from SQL to rows"),
+        "{out}"
+    );
+}
+
 /// HTTP from `call` reaches a granted origin only with `--allow-http`;
 /// otherwise it is refused, and the log says how to allow it.
 #[test]

@@ -7,7 +7,7 @@
 //! past its deadline, so it scripts into CI. `replay` is the same over a
 //! recording, at its recorded pace if asked, and ends with a summary.
 
-use crate::capabilities::CapabilityPool;
+use crate::capabilities::{CapabilityPool, QueryFixture};
 use crate::dispatch::{Deliver, Notification};
 use crate::payload::decode;
 use crate::pg::DatabaseConfig;
@@ -39,6 +39,8 @@ pub struct CallOptions {
     /// The database `publish` and `query` use; without one, `publish` is a
     /// dry run and `query` fails.
     pub database_url: Option<String>,
+    /// Rows for `query`, by SQL, instead of a database.
+    pub query_fixture: Option<PathBuf>,
     /// Let HTTP reach the origins the sidecar grants.
     pub allow_http: bool,
 }
@@ -53,26 +55,6 @@ struct Input {
     /// As `record` writes it; only `replay --speed 1x` reads it.
     #[serde(default)]
     received_at: Option<String>,
-}
-
-impl CallOptions {
-    /// One call with nothing yet to call with, fast, with no summary.
-    pub fn new(plugin: PathBuf, config: Vec<String>, sidecar: Option<PathBuf>, json: bool) -> Self {
-        Self {
-            plugin,
-            channel: None,
-            payload: None,
-            pid: 0,
-            config,
-            sidecar,
-            input: None,
-            json,
-            recorded_pace: false,
-            summary: false,
-            database_url: None,
-            allow_http: false,
-        }
-    }
 }
 
 /// Run the calls; an error when any failed (each said why as it ran).
@@ -133,7 +115,15 @@ fn run(
     pool: Option<Arc<CapabilityPool>>,
 ) -> anyhow::Result<bool> {
     let json = options.json;
-    let sandbox = Sandbox::offline(&SandboxConfig::default(), pool, options.allow_http)?;
+    let fixture = match &options.query_fixture {
+        Some(path) => {
+            let text = crate::files::read_to_string(path)
+                .with_context(|| format!("cannot read the query fixture {}", path.display()))?;
+            Some(Arc::new(QueryFixture::parse(path, &text)?))
+        }
+        None => None,
+    };
+    let sandbox = Sandbox::offline(&SandboxConfig::default(), pool, fixture, options.allow_http)?;
     let mut files = PluginFiles::read(&options.plugin)?;
     if let Some(sidecar) = &options.sidecar {
         let text = crate::files::read_to_string(sidecar)

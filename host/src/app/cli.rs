@@ -56,6 +56,16 @@ pub enum Command {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+    /// Start a plugin project: source, sidecar, WIT, `build` and `test`.
+    New {
+        /// The plugin's name: its folder, NAME.wasm and its subscriber id.
+        name: String,
+        #[arg(long, value_enum)]
+        lang: super::new::Language,
+        /// Where to create NAME/ [default: the current folder].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run a plugin offline, without PostgreSQL: its register, then on-notify
     /// for one notification or each line of a recording. Non-zero exit when
     /// any call fails.
@@ -69,25 +79,11 @@ pub enum Command {
         /// The sender's pid the plugin is told.
         #[arg(long, default_value_t = 0)]
         pid: i32,
-        /// A `[config]` value, over the sidecar's: `--config KEY=VALUE`, repeated.
-        #[arg(long)]
-        config: Vec<String>,
-        /// A sidecar to use instead of the one beside the plugin.
-        #[arg(long)]
-        sidecar: Option<PathBuf>,
         /// Notifications to call with, one JSON object per line (as `record` writes).
         #[arg(long)]
         input: Option<PathBuf>,
-        /// One JSON object per call instead of text.
-        #[arg(long)]
-        json: bool,
-        /// The database `publish` and `query` use (never DATABASE_URL, so
-        /// a dry run stays dry); without it `publish` only says what it would send.
-        #[arg(long)]
-        database_url: Option<String>,
-        /// Let HTTP reach the origins the sidecar grants (refused otherwise).
-        #[arg(long)]
-        allow_http: bool,
+        #[command(flatten)]
+        with: CallArgs,
     },
     /// `call` over a recording: every line's notification into the plugin,
     /// then calls, failures and call-time percentiles.
@@ -98,12 +94,8 @@ pub enum Command {
         /// `max` (as fast as possible) or `1x` (the recorded pace).
         #[arg(long, default_value = "max", value_parser = ["max", "1x"])]
         speed: String,
-        #[arg(long)]
-        config: Vec<String>,
-        #[arg(long)]
-        sidecar: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        with: CallArgs,
     },
     /// Capture live notifications to a file, one JSON object per line:
     /// channel, payload as sent, pid, received_at.
@@ -131,6 +123,50 @@ pub enum Command {
         #[command(subcommand)]
         command: CtlCommand,
     },
+}
+
+/// What `call` and `replay` run a plugin with.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// A `[config]` value, over the sidecar's: `--config KEY=VALUE`, repeated.
+    #[arg(long)]
+    config: Vec<String>,
+    /// A sidecar to use instead of the one beside the plugin.
+    #[arg(long)]
+    sidecar: Option<PathBuf>,
+    /// One JSON object per call instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The database `publish` and `query` use (never DATABASE_URL, so
+    /// a dry run stays dry); without it `publish` only says what it would send.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Rows for `query` without a database: a JSON object from SQL to rows.
+    #[arg(long)]
+    query_fixture: Option<PathBuf>,
+    /// Let HTTP reach the origins the sidecar grants (refused otherwise).
+    #[arg(long)]
+    allow_http: bool,
+}
+
+impl CallArgs {
+    fn options(self, plugin: PathBuf) -> super::call::CallOptions {
+        super::call::CallOptions {
+            plugin,
+            channel: None,
+            payload: None,
+            pid: 0,
+            config: self.config,
+            sidecar: self.sidecar,
+            input: None,
+            json: self.json,
+            recorded_pace: false,
+            summary: false,
+            database_url: self.database_url,
+            query_fixture: self.query_fixture,
+            allow_http: self.allow_http,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,26 +267,21 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
                     config,
                 },
         } => install_schema(print, database_url, config).await,
+        Command::New { name, lang, dir } => super::new::new(&name, lang, dir.as_deref()),
         Command::Call {
             plugin,
             channel,
             payload,
             pid,
-            config,
-            sidecar,
             input,
-            json,
-            database_url,
-            allow_http,
+            with,
         } => {
             super::call::call(super::call::CallOptions {
                 channel,
                 payload,
                 pid,
                 input,
-                database_url,
-                allow_http,
-                ..super::call::CallOptions::new(plugin, config, sidecar, json)
+                ..with.options(plugin)
             })
             .await
         }
@@ -258,15 +289,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             recording,
             plugin,
             speed,
-            config,
-            sidecar,
-            json,
+            with,
         } => {
             super::call::call(super::call::CallOptions {
                 input: Some(recording),
                 recorded_pace: speed == "1x",
                 summary: true,
-                ..super::call::CallOptions::new(plugin, config, sidecar, json)
+                ..with.options(plugin)
             })
             .await
         }

@@ -13,4 +13,5 @@ pub mod config;
 pub mod ctl;
 mod daemon;
 mod demo;
+pub mod new;
 pub mod record;

@@ -103,7 +103,7 @@ impl PluginCapabilities {
                 payload.len()
             )));
         }
-        if self.publish_dry_run {
+        if self.offline.publish_dry_run {
             // Beside the plugin's own lines: it is what the plugin did.
             tracing::info!(target: "pgnotifier::plugin", subscriber = %self.id, "would publish {channel_name} {payload}");
             return Ok(());
@@ -130,6 +130,9 @@ impl PluginCapabilities {
             QueryAccess::ReadOnly => false,
             QueryAccess::ReadWrite => true,
         };
+        if let Some(fixture) = &self.offline.query_fixture {
+            return fixture.answer(sql);
+        }
         let pool = self.pool()?;
         let limits = self.limits;
         pool.block_on(async {

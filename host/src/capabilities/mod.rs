@@ -11,9 +11,11 @@
 
 mod confinement;
 mod database;
+mod fixture;
 mod http;
 
 pub use database::CapabilityPool;
+pub use fixture::QueryFixture;
 pub(crate) use http::HttpGate;
 pub use http::Origin;
 
@@ -50,13 +52,17 @@ pub enum CapabilityError {
     #[error("no database connection: {0}")]
     NoConnection(#[from] deadpool_postgres::PoolError),
     #[error(
-        "no database here: capabilities run in `pgnotifier run`, the library's Notifier, and `pgnotifier call --database-url URL`"
+        "no database here: capabilities run in `pgnotifier run`, the library's Notifier, and `pgnotifier call --database-url URL` (or, for query, `--query-fixture FILE`)"
     )]
     NoDatabase,
     #[error("the capability pool needs a tokio runtime")]
     NoRuntime,
     #[error("capability pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
+    /// A query fixture (`pgnotifier call --query-fixture`) is malformed or
+    /// has no rows for the SQL.
+    #[error("{0}")]
+    Fixture(String),
 }
 
 /// A sidecar's `[grants]` table, as written.
@@ -203,10 +209,19 @@ pub(crate) struct PluginCapabilities {
     pub(crate) grants: Grants,
     pub(crate) limits: CapabilityLimits,
     pub(crate) pool: Option<Arc<CapabilityPool>>,
+    pub(crate) offline: Offline,
+}
+
+/// How capabilities behave for a plugin run offline (`pgnotifier call`);
+/// the default is the host's own behaviour.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Offline {
     /// `publish` logs what it would send instead of sending it.
     pub(crate) publish_dry_run: bool,
     /// HTTP is refused even to granted origins, saying how to allow it.
     pub(crate) refuse_http: bool,
+    /// `query` answers from these rows instead of a database.
+    pub(crate) query_fixture: Option<Arc<QueryFixture>>,
 }
 
 impl PluginCapabilities {
@@ -216,7 +231,7 @@ impl PluginCapabilities {
             self.id.clone(),
             self.grants.http.clone(),
             self.limits,
-            self.refuse_http,
+            self.offline.refuse_http,
         )
     }
 }

@@ -186,8 +186,7 @@ pub(crate) fn load(
         grants: grants.clone(),
         limits: settings.capabilities,
         pool: sandbox.pool(),
-        publish_dry_run: sandbox.publish_dry_run(),
-        refuse_http: sandbox.refuse_http(),
+        offline: sandbox.offline_mode().clone(),
     };
     capabilities.confine_queries().map_err(grant_error)?;
     let pre = sandbox.compile(path, &files.wasm)?;

@@ -15,7 +15,7 @@ pub use instance::PluginLimits;
 pub(crate) use instance::WasmSubscriber;
 
 use crate::bindings::{v0_1, v0_2, PluginPre};
-use crate::capabilities::CapabilityPool;
+use crate::capabilities::{CapabilityPool, Offline};
 use crate::printable::{printable, with_causes};
 use host::HostState;
 use std::path::{Path, PathBuf};
@@ -120,11 +120,8 @@ pub struct Sandbox {
     cache: Option<wasmtime::Cache>,
     ticker_stop: Arc<AtomicBool>,
     pool: Option<Arc<CapabilityPool>>,
-    /// `publish` logs what it would send instead (`pgnotifier call`).
-    publish_dry_run: bool,
-    /// HTTP is refused even to granted origins (`pgnotifier call` without
-    /// `--allow-http`).
-    refuse_http: bool,
+    /// How capabilities behave for `pgnotifier call`; the host's by default.
+    offline: Offline,
 }
 
 impl Sandbox {
@@ -138,14 +135,13 @@ impl Sandbox {
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,
     ) -> anyhow::Result<Arc<Self>> {
-        Self::build(config, capability_pool, false, false)
+        Self::build(config, capability_pool, Offline::default())
     }
 
     fn build(
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,
-        publish_dry_run: bool,
-        refuse_http: bool,
+        offline: Offline,
     ) -> anyhow::Result<Arc<Self>> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true);
@@ -200,8 +196,7 @@ impl Sandbox {
             cache,
             ticker_stop,
             pool: capability_pool,
-            publish_dry_run,
-            refuse_http,
+            offline,
         }))
     }
 
@@ -260,24 +255,26 @@ impl Sandbox {
 
     /// A sandbox for running plugins offline: without a database, `publish`
     /// logs "would publish CHANNEL PAYLOAD" (after the grant checks) and
-    /// succeeds; `query` fails, saying it needs a database. HTTP reaches the
-    /// sidecar's granted origins only if `allow_http`.
+    /// succeeds, and `query` answers from `query_fixture`, or fails saying it
+    /// needs a database. HTTP reaches the sidecar's granted origins only if
+    /// `allow_http`.
     #[cfg(feature = "cli")]
     pub(crate) fn offline(
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,
+        query_fixture: Option<Arc<crate::capabilities::QueryFixture>>,
         allow_http: bool,
     ) -> anyhow::Result<Arc<Self>> {
-        let dry_run = capability_pool.is_none();
-        Self::build(config, capability_pool, dry_run, !allow_http)
+        let offline = Offline {
+            publish_dry_run: capability_pool.is_none(),
+            refuse_http: !allow_http,
+            query_fixture,
+        };
+        Self::build(config, capability_pool, offline)
     }
 
-    pub(crate) fn publish_dry_run(&self) -> bool {
-        self.publish_dry_run
-    }
-
-    pub(crate) fn refuse_http(&self) -> bool {
-        self.refuse_http
+    pub(crate) fn offline_mode(&self) -> &Offline {
+        &self.offline
     }
 }
 
