@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use support::host::{Host, BIN};
 use support::wat::{Notify, WatPlugin};
@@ -569,22 +570,32 @@ async fn record_captures_exactly_what_was_sent() {
 /// `call` runs a plugin without PostgreSQL: register, then on-notify with
 /// the typed payload, saying what each returned; non-zero exit when any
 /// call fails, traps or runs past its deadline.
+/// `pgnotifier call ARGS`, with `DATABASE_URL` set (which call ignores):
+/// whether it succeeded, and its stdout then stderr.
+fn call(args: &[&str]) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("call")
+        .args(args)
+        .env("DATABASE_URL", support::database_url())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `call PLUGIN --channel in --payload PAYLOAD EXTRA…`.
+fn call_in(plugin: &Path, payload: &str, extra: &[&str]) -> (bool, String) {
+    let plugin = plugin.to_str().unwrap();
+    let args = [plugin, "--channel", "in", "--payload", payload];
+    call(&[&args[..], extra].concat())
+}
+
 #[test]
 fn call_runs_a_plugin_offline_and_fails_loudly() {
-    let call = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("call")
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
     let logger = support::example_plugin("logger");
     let logger = logger.to_str().unwrap();
     let (ok, out) = call(&[
@@ -682,21 +693,7 @@ async fn call_publishes_dry_unless_given_a_database() {
         format!("channels = [\"in\"]\n[grants]\npublish = [\"{out}\"]\n"),
     )
     .unwrap();
-    let call = |payload: &str, extra: &[&str]| {
-        let run = Command::new(BIN)
-            .arg("call")
-            .arg(&plugin)
-            .args(["--channel", "in", "--payload", payload])
-            .args(extra)
-            .env("DATABASE_URL", support::database_url())
-            .output()
-            .unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        )
-    };
+    let call = |payload: &str, extra: &[&str]| call_in(&plugin, payload, extra).1;
     let dry = call(&format!(r#"{{"publish": ["{out}", "hello"]}}"#), &[]);
     assert!(
         dry.contains(&format!("would publish {out} hello")) && dry.contains("publish ok"),
@@ -765,22 +762,7 @@ async fn call_queries_a_database_or_a_fixture() {
         r#"{"SELECT id, total\n   FROM orders WHERE id = $1": [{"id": 7, "total": 12.5}]}"#,
     )
     .unwrap();
-    let call = |payload: &str, extra: &[&str]| {
-        let run = Command::new(BIN)
-            .arg("call")
-            .arg(&plugin)
-            .args(["--channel", "in", "--payload", payload])
-            .args(extra)
-            .env("DATABASE_URL", support::database_url())
-            .output()
-            .unwrap();
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&run.stdout),
-            String::from_utf8_lossy(&run.stderr)
-        );
-        (run.status.success(), out)
-    };
+    let call = |payload: &str, extra: &[&str]| call_in(&plugin, payload, extra);
     let real = r#"{"query": ["select 6 * $1::int as answer", "7"]}"#;
     let (ok, out) = call(real, &["--database-url", support::database_url()]);
     assert!(ok && out.contains(r#"query ok [{"answer":42}]"#), "{out}");
@@ -832,16 +814,7 @@ fn call_sends_http_only_when_allowed() {
     )
     .unwrap();
     let payload = format!(r#"{{"http": ["{}/hook", "{{}}"]}}"#, hooks.origin());
-    let call = |extra: &[&str]| {
-        let run = Command::new(BIN)
-            .arg("call")
-            .arg(&plugin)
-            .args(["--channel", "in", "--payload", &payload])
-            .args(extra)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&run.stderr).into_owned()
-    };
+    let call = |extra: &[&str]| call_in(&plugin, &payload, extra).1;
     let refused = call(&[]);
     assert!(
         refused.contains("http err") && refused.contains("unless --allow-http is given"),

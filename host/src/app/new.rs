@@ -182,10 +182,13 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 }
 
 fn files(name: &str, language: Language) -> Vec<File> {
+    // The WAT template is the `minimal` example: its build lines name the
+    // example's files, which become this project's.
     let fill = |text: &str| {
         text.replace("{{name}}", name)
             .replace("../../wit", "wit")
-            .replace("{{expected}}", language.expected_line())
+            .replace("minimal.wat", &format!("{name}.wat"))
+            .replace("-o minimal.wasm", &format!("-o {name}.wasm"))
     };
     let mut files: Vec<File> = language
         .sources(name)
