@@ -352,20 +352,21 @@ async fn a_rolling_restart_loses_no_durable_event() {
     let sends = Sends::start(&events, Duration::from_millis(10));
     let mut outputs = Vec::new();
     for i in 0..members.len() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // However fast this machine sends, each restart falls mid-stream.
+        sends.wait_for_more(10).await;
         let (setup, host) = members.remove(i);
         outputs.push(host.stop());
         let again = Host::with_config(&setup.config);
         again.wait_for(&["plugin loaded"]);
         members.insert(i, (setup, again));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    sends.wait_for_more(10).await;
     let sent = sends.finish().await;
+    assert!(sent.len() >= 40, "the stream ran through the restarts");
     wait_until_delivered(&sent, &id, || {
         let now = members.iter().map(|(_, host)| host.output());
         outputs.iter().cloned().chain(now).collect()
     });
-    assert!(sent.len() > 50, "the stream ran through the restarts");
     for (_, host) in members {
         host.stop();
     }
@@ -376,6 +377,8 @@ async fn a_rolling_restart_loses_no_durable_event() {
 /// the tests count), until finished.
 struct Sends {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    seen: std::cell::Cell<usize>,
     task: tokio::task::JoinHandle<Vec<String>>,
 }
 
@@ -383,6 +386,8 @@ impl Sends {
     fn start(events: &str, every: Duration) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = count.clone();
         let events = events.to_owned();
         let task = tokio::spawn(async move {
             let sender = client().await;
@@ -394,11 +399,29 @@ impl Sends {
                     .await
                     .unwrap();
                 sent.push(payload);
+                counted.store(sent.len(), std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(every).await;
             }
             sent
         });
-        Self { stop, task }
+        Self {
+            stop,
+            count,
+            seen: std::cell::Cell::new(0),
+            task,
+        }
+    }
+
+    /// Until `n` more have been sent than at the last call.
+    async fn wait_for_more(&self, n: usize) {
+        let want = self.seen.get() + n;
+        let sent = || self.count.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            support::eventually(SOON, || sent() >= want).await,
+            "sent {} of {want}",
+            sent()
+        );
+        self.seen.set(sent());
     }
 
     /// Stop; every payload sent.

@@ -23,6 +23,15 @@ mod webhook;
 
 const REPEATS: usize = 3;
 
+/// What most users send, about 200 bytes: a key and a few fields, with the
+/// spaces `json_build_object` writes.
+const ROW_KEY_SQL: &str = "json_build_object('table', 'orders', 'op', 'UPDATE', 'id', i, 'status', 'paid', 'total', 42.5 + i % 10, 'customer_id', 4000 + i % 977, 'at', '2026-12-02T10:00:00.123456+00:00', 'by', 'checkout-service', 'region', 'eu-west-1')::text";
+
+/// A row-change event as a hand-written trigger emits it, about 1 KB: nested
+/// objects (customer, address), an array of 6 items, 47 keys, numbers,
+/// booleans, a null, and `json_build_object`'s spaces.
+const ROW_CHANGE_SQL: &str = "json_build_object('op', 'UPDATE', 'source', 'orders_audit_trigger', 'schema', 'public', 'table', 'orders', 'txid', 7340000 + i, 'at', '2026-12-02T10:00:00.123456+00:00', 'new', json_build_object('id', i, 'status', 'paid', 'currency', 'EUR', 'total', 123.45 + i % 100, 'paid', true, 'notes', null, 'created_at', '2026-12-01T09:59:58.000001+00:00', 'updated_at', '2026-12-02T10:00:00.123456+00:00', 'customer', json_build_object('id', 4000 + i % 977, 'name', 'Customer ' || i, 'email', 'customer' || i || '@example.test', 'tier', 'gold'), 'items', json_build_array(json_build_object('sku', 'SKU-' || i % 1000, 'qty', 1 + i % 3, 'price', 19.99), json_build_object('sku', 'SKU-' || (i + 1) % 1000, 'qty', 2, 'price', 5.5), json_build_object('sku', 'SKU-' || (i + 2) % 1000, 'qty', 1, 'price', 120), json_build_object('sku', 'SKU-' || (i + 3) % 1000, 'qty', 4, 'price', 0.99), json_build_object('sku', 'SKU-' || (i + 4) % 1000, 'qty', 1, 'price', 42), json_build_object('sku', 'SKU-' || (i + 5) % 1000, 'qty', 3, 'price', 7.25)), 'address', json_build_object('line1', i % 200 || ' Main Street', 'city', 'Springfield', 'zip', '12345', 'country', 'DE'), 'tags', json_build_array('web', 'promo')), 'old', json_build_object('status', 'pending', 'updated_at', '2026-12-01T09:59:58.000001+00:00'))::text";
+
 struct Bench {
     url: String,
     noop: Vec<u8>,
@@ -155,7 +164,9 @@ impl Bench {
     }
 
     /// 1. One transaction of N distinct notifications, drained by the host
-    ///    (one trivial Rust plugin, typed payloads) and by a bare loop.
+    ///    (one trivial Rust plugin, typed payloads) and by a bare loop. For
+    ///    JSON, also how fast this process parses the same payloads into a
+    ///    `serde_json::Value`, the cost a plugin that parses them pays.
     async fn drain(&mut self) -> anyhow::Result<()> {
         let cases = [
             ("16 B", 200_000, "(1e15 + i)::bigint::text"),
@@ -164,8 +175,15 @@ impl Bench {
                 100_000,
                 "json_build_object('i', i, 'pad', repeat('x', 1000))::text",
             ),
+            ("200 B row key", 100_000, ROW_KEY_SQL),
+            ("1 KB row change", 100_000, ROW_CHANGE_SQL),
         ];
         for (label, n, payload_sql) in cases {
+            let value_parse = if payload_sql.starts_with("json") {
+                Some(self.value_parse_per_s(payload_sql, n).await?)
+            } else {
+                None
+            };
             let mut bare = Vec::new();
             let mut host = Vec::new();
             let mut native = Vec::new();
@@ -182,6 +200,13 @@ impl Bench {
                 c / 1e3,
                 100.0 * c / b
             );
+            if let Some(v) = value_parse {
+                println!(
+                    "drain {label}: serde_json::Value parse of the same payloads: {:.0}k/s (host = {:.1}x)",
+                    v / 1e3,
+                    h / v
+                );
+            }
             self.record(
                 &format!("drain_{}", label.replace(' ', "_").to_lowercase()),
                 format!("drain {label}, N={n}: host / bare loop"),
@@ -196,10 +221,33 @@ impl Bench {
                     ("bare_per_s", b),
                     ("ratio", h / b),
                     ("native_closure_per_s", c),
+                    ("value_parse_per_s", value_parse.unwrap_or(0.0)),
                 ],
             );
         }
         Ok(())
+    }
+
+    /// `serde_json::Value` parses per second of the payloads `payload_sql`
+    /// makes for `i` in 1..=n, on one thread (median of `REPEATS`).
+    async fn value_parse_per_s(&self, payload_sql: &str, n: usize) -> anyhow::Result<f64> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("select {payload_sql} from generate_series(1, {n}) as i"),
+                &[],
+            )
+            .await?;
+        let payloads: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let mut rates = Vec::new();
+        for _ in 0..REPEATS {
+            let started = Instant::now();
+            for payload in &payloads {
+                std::hint::black_box(serde_json::from_str::<serde_json::Value>(payload)?);
+            }
+            rates.push(n as f64 / started.elapsed().as_secs_f64());
+        }
+        Ok(median(&mut rates))
     }
 
     /// Seconds from the bare loop's first notification to its last.
