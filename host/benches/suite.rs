@@ -1,13 +1,16 @@
 //! The benchmark suite: throughput, fan-out, latency, hot reload, memory, the
 //! sandbox's per-call cost, reconnect time, the example plugin of each
 //! language, the capabilities, durable delivery and a cluster of hosts, each
-//! beside a bare loop or a baseline where a ratio matters.
+//! beside a bare loop or a baseline where a ratio matters. `run-drain` and
+//! `run-rates` measure the real `pgnotifier run` from the outside, beside a
+//! bare loop in a process of its own (see `out_of_process`).
 //!
 //! `cargo bench --bench suite` runs everything (a few minutes) against the
 //! PostgreSQL the tests use, after `plugins/build`. Pass section names to run
 //! some: `cargo bench --bench suite -- drain latency`. Prints a table and
 //! writes `target/bench.json`. Each figure is the median of `REPEATS` runs.
 
+use out_of_process::STAMP_SQL;
 use pgnotifier::local_pg;
 use pgnotifier::sandbox::SandboxConfig;
 use pgnotifier::{DatabaseConfig, Notifier, Payload, Subscriber};
@@ -17,11 +20,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+#[path = "suite/out_of_process.rs"]
+mod out_of_process;
 #[allow(dead_code)] // the tests read more of it than the bench
 #[path = "../../tests/support/webhook.rs"]
 mod webhook;
 
 const REPEATS: usize = 3;
+
+/// The `pgnotifier` binary the out-of-process sections run: this build's,
+/// or `PGNOTIFIER_BENCH_BIN`, to measure another build beside it.
+fn pgnotifier_bin() -> PathBuf {
+    std::env::var_os("PGNOTIFIER_BENCH_BIN")
+        .map_or_else(|| env!("CARGO_BIN_EXE_pgnotifier").into(), PathBuf::from)
+}
+
+/// The connections that send at a fixed rate.
+const SENDERS: u32 = 4;
+
+/// How many notifications `send_at_rate` sends: a whole number per sender.
+fn sent_at_rate(rate: u32, seconds: f64) -> usize {
+    (rate as f64 * seconds / SENDERS as f64) as usize * SENDERS as usize
+}
 
 /// What most users send, about 200 bytes: a key and a few fields, with the
 /// spaces `json_build_object` writes.
@@ -36,6 +56,8 @@ struct Bench {
     url: String,
     noop: Vec<u8>,
     logger: Vec<u8>,
+    /// Times what it receives from the inside (tests/plugins/stopwatch).
+    stopwatch: Vec<u8>,
     work: PathBuf,
     rows: Vec<(String, String)>,
     json: Vec<String>,
@@ -43,6 +65,9 @@ struct Bench {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if let Some(ran) = out_of_process::bare_loop_if_asked().await {
+        return ran;
+    }
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -62,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
         url: db.url().to_owned(),
         noop: read("noop")?,
         logger: read("logger")?,
+        stopwatch: read("tests/stopwatch")?,
         work: work.clone(),
         rows: Vec::new(),
         json: Vec::new(),
@@ -70,11 +96,17 @@ async fn main() -> anyhow::Result<()> {
     if wants("drain") {
         bench.drain().await?;
     }
+    if wants("run-drain") {
+        bench.run_drain().await?;
+    }
     if wants("fanout") {
         bench.fanout().await?;
     }
     if wants("latency") {
         bench.latency().await?;
+    }
+    if wants("run-rates") {
+        bench.run_rates().await?;
     }
     if wants("reload") {
         bench.reload().await?;
@@ -440,7 +472,9 @@ impl Bench {
         notifier
             .wait_until_listening(Duration::from_secs(30))
             .await?;
-        let sent = self.send_at_rate(channel, rate).await?;
+        let sent = self
+            .send_at_rate(channel, rate, &format!("{STAMP_SQL}::text"), 2.0)
+            .await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while samples.lock().map(|s| s.len()).unwrap_or(0) < sent && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -466,7 +500,9 @@ impl Bench {
             }
         });
         listener.batch_execute(&format!("LISTEN {channel}")).await?;
-        let sent = self.send_at_rate(channel, rate).await?;
+        let sent = self
+            .send_at_rate(channel, rate, &format!("{STAMP_SQL}::text"), 2.0)
+            .await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while samples.lock().map(|s| s.len()).unwrap_or(0) < sent && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -480,25 +516,30 @@ impl Bench {
         Ok(percentiles(&mut all))
     }
 
-    /// Send for 2 s at `rate`/s from 4 connections, one NOTIFY per
-    /// transaction, stamped in microseconds. Returns how many were sent.
-    async fn send_at_rate(&self, channel: &str, rate: u32) -> anyhow::Result<usize> {
-        const CONNECTIONS: u32 = 4;
-        const SECONDS: f64 = 2.0;
-        let per_connection = (rate as f64 * SECONDS / CONNECTIONS as f64) as usize;
-        let interval = Duration::from_secs_f64(CONNECTIONS as f64 / rate as f64);
+    /// Send for `seconds` at `rate`/s from [`SENDERS`] connections, one
+    /// NOTIFY per transaction, `payload_sql` (an expression of `i`, the
+    /// connection's count) as the payload. Returns how many were sent.
+    async fn send_at_rate(
+        &self,
+        channel: &str,
+        rate: u32,
+        payload_sql: &str,
+        seconds: f64,
+    ) -> anyhow::Result<usize> {
+        let per_connection = sent_at_rate(rate, seconds) / SENDERS as usize;
+        let interval = Duration::from_secs_f64(SENDERS as f64 / rate as f64);
         let mut senders = Vec::new();
-        for c in 0..CONNECTIONS {
+        for c in 0..SENDERS {
             let client = self.client().await?;
             let channel = channel.to_owned();
+            let sql =
+                format!("select pg_notify($1, {payload_sql}) from (select $2::int as i) as s");
             senders.push(tokio::spawn(async move {
-                let statement = client
-                    .prepare("select pg_notify($1, (extract(epoch from clock_timestamp()) * 1e6)::bigint::text)")
-                    .await?;
-                let start = Instant::now() + interval.mul_f64(c as f64 / CONNECTIONS as f64);
+                let statement = client.prepare(&sql).await?;
+                let start = Instant::now() + interval.mul_f64(c as f64 / SENDERS as f64);
                 for i in 0..per_connection {
                     tokio::time::sleep_until((start + interval * i as u32).into()).await;
-                    client.execute(&statement, &[&channel]).await?;
+                    client.execute(&statement, &[&channel, &(i as i32)]).await?;
                 }
                 anyhow::Ok(per_connection)
             }));
@@ -1117,33 +1158,44 @@ impl Bench {
 const CLUSTER_TAKEOVER_MS: u64 = 1000;
 const CLUSTER_N: usize = 100_000;
 
-/// `pgnotifier run` with the noop plugin on `channel`, in a cluster or
-/// alone; SIGKILLed when dropped.
+/// `pgnotifier run` with one plugin, in a cluster or alone; SIGKILLed when
+/// dropped.
 struct RunHost {
-    child: tokio::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    process: Watched,
     data: PathBuf,
 }
 
 impl RunHost {
+    /// With the noop plugin on `channel`.
     fn start(
         bench: &Bench,
         name: &str,
         cluster: Option<&str>,
         channel: &str,
     ) -> anyhow::Result<Self> {
+        let config = format!("channels = \"{channel}\"\n");
+        Self::start_with(bench, name, cluster, ("noop", &bench.noop), &config)
+    }
+
+    /// With `plugin` (its name and component) on a lossless queue, its
+    /// sidecar's `[config]` holding `config`.
+    fn start_with(
+        bench: &Bench,
+        name: &str,
+        cluster: Option<&str>,
+        (plugin, component): (&str, &[u8]),
+        config: &str,
+    ) -> anyhow::Result<Self> {
         let dir = bench.work.join(format!("run-{name}"));
         let plugins = dir.join("plugins");
         std::fs::create_dir_all(&plugins)?;
-        std::fs::write(plugins.join("noop.wasm"), &bench.noop)?;
+        std::fs::write(plugins.join(format!("{plugin}.wasm")), component)?;
         std::fs::write(
-            plugins.join("noop.toml"),
-            format!(
-                "overflow = \"block\"\nqueue_size = 200000\n\n[config]\nchannels = \"{channel}\"\n"
-            ),
+            plugins.join(format!("{plugin}.toml")),
+            format!("overflow = \"block\"\nqueue_size = 200000\n\n[config]\n{config}"),
         )?;
         let data = dir.join("data");
-        let mut config = format!(
+        let mut settings = format!(
             "database_url = {:?}\nplugins = {:?}\ndata_dir = {:?}\ncache_dir = {:?}\nadmin_addr = \"127.0.0.1:0\"\n",
             bench.url,
             plugins.display().to_string(),
@@ -1151,52 +1203,23 @@ impl RunHost {
             bench.work.join("cache").display().to_string(),
         );
         if let Some(cluster) = cluster {
-            config.push_str(&format!(
+            settings.push_str(&format!(
                 "\n[cluster]\nname = {cluster:?}\ntakeover_ms = {CLUSTER_TAKEOVER_MS}\n"
             ));
         }
         let file = dir.join("pgnotifier.toml");
-        std::fs::write(&file, config)?;
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgnotifier"))
-            .args(["run", "--config"])
-            .arg(&file)
-            .env("PGNOTIFIER_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut reader = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if let Ok(mut lines) = sink.lock() {
-                    lines.push(line);
-                }
-            }
-        });
-        Ok(Self { child, lines, data })
+        std::fs::write(&file, settings)?;
+        let process = Watched::spawn(
+            tokio::process::Command::new(pgnotifier_bin())
+                .args(["run", "--config"])
+                .arg(&file)
+                .env("PGNOTIFIER_LOG", "info"),
+        )?;
+        Ok(Self { process, data })
     }
 
     async fn wait_for(&self, text: &str) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let seen = self
-                .lines
-                .lock()
-                .map(|lines| lines.iter().any(|l| l.contains(text)))
-                .unwrap_or(false);
-            if seen {
-                return Ok(());
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no line with {text:?}");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        self.process.wait_for(text, 1).await
     }
 
     /// Events/s from the commit of one transaction of [`CLUSTER_N`]
@@ -1238,9 +1261,67 @@ impl RunHost {
     }
 }
 
-impl Drop for RunHost {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
+/// A child process whose standard error is kept line by line; SIGKILLed
+/// when dropped.
+struct Watched {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watched {
+    fn spawn(command: &mut tokio::process::Command) -> anyhow::Result<Self> {
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(mut lines) = sink.lock() {
+                    lines.push(line);
+                }
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    fn pid(&self) -> anyhow::Result<u32> {
+        self.child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("the process has exited"))
+    }
+
+    /// The lines so far that hold `text`.
+    fn lines_with(&self, text: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .map(|lines| lines.iter().filter(|l| l.contains(text)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Wait (up to two minutes) until `count` lines hold `text`.
+    async fn wait_for(&self, text: &str, count: usize) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.lines_with(text).len() < count {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no {count} lines with {text:?}; the last lines: {:?}",
+                self.lines
+                    .lock()
+                    .map(|l| l.iter().rev().take(5).cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        Ok(())
     }
 }
 
@@ -1252,7 +1333,7 @@ async fn run_and_measure_rss(
 ) -> anyhow::Result<f64> {
     let config = plugins.with_extension("toml");
     std::fs::write(&config, format!("cache_dir = \"{}\"\n", cache.display()))?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgnotifier"))
+    let mut child = tokio::process::Command::new(pgnotifier_bin())
         .args(["run", "--plugins"])
         .arg(plugins)
         .arg("--config")

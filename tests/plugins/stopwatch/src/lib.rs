@@ -1,0 +1,142 @@
+//! pgnotifier bench fixture: a subscriber that times what it receives from
+//! the inside, through the WASI wall clock, so a benchmark of the real
+//! `pgnotifier run` reads the same figures a user's plugin would see.
+//!
+//! Every `n` notifications it logs one line and starts over:
+//! `stopwatch n=N first_to_last_us=T` and, with `latency = "true"`,
+//! ` p50_us=A p99_us=B`: how long after it was sent each notification
+//! arrived. A stamped payload carries its send time in microseconds since
+//! the Unix epoch, as the whole payload (an integer) or as the first key of
+//! an object (`{"sent_us": …, …}`).
+//!
+//! Sidecar `[config]`: `channels` (default `bench`), `n` (required),
+//! `latency` (default `false`).
+
+wit_bindgen::generate!({
+    inline: "package bench:stopwatch;
+             world stopwatch {
+                 include pgnotifier:plugin/plugin@0.3.0;
+                 import wasi:clocks/wall-clock@0.2.0;
+             }",
+    path: ["../../../wit", "wit"],
+    generate_all,
+});
+
+use exports::pgnotifier::plugin::subscriber::{Guest, Payload, Registration};
+use pgnotifier::plugin::host::{log, Level};
+use std::cell::RefCell;
+use wasi::clocks::wall_clock;
+
+struct Stopwatch;
+
+#[derive(Default)]
+struct Round {
+    every: usize,
+    latency: bool,
+    seen: usize,
+    first_us: u64,
+    last_us: u64,
+    latencies_us: Vec<u64>,
+}
+
+thread_local! {
+    static ROUND: RefCell<Round> = RefCell::default();
+}
+
+fn now_us() -> u64 {
+    let now = wall_clock::now();
+    now.seconds * 1_000_000 + u64::from(now.nanoseconds / 1_000)
+}
+
+/// When a stamped payload was sent, in microseconds since the epoch.
+fn sent_us(payload: &Payload) -> Option<u64> {
+    match payload {
+        Payload::Integer(stamp) => u64::try_from(*stamp).ok(),
+        Payload::Json(json) => {
+            let rest = json.strip_prefix("{\"sent_us\":")?;
+            let end = rest.find(|c: char| !c.is_ascii_digit())?;
+            rest[..end].parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// The sample at quantile `per_cent`, rounded to the nearest rank.
+fn percentile(sorted: &[u64], per_cent: usize) -> u64 {
+    let rank = (sorted.len().saturating_sub(1) * per_cent + 50) / 100;
+    sorted.get(rank).copied().unwrap_or(0)
+}
+
+impl Round {
+    fn report(&mut self) {
+        let mut line = format!(
+            "stopwatch n={} first_to_last_us={}",
+            self.seen,
+            self.last_us - self.first_us
+        );
+        if self.latency {
+            self.latencies_us.sort_unstable();
+            let (p50, p99) = (
+                percentile(&self.latencies_us, 50),
+                percentile(&self.latencies_us, 99),
+            );
+            line.push_str(&format!(" p50_us={p50} p99_us={p99}"));
+        }
+        log(Level::Info, &line);
+        self.seen = 0;
+        self.latencies_us.clear();
+    }
+}
+
+impl Guest for Stopwatch {
+    fn register(_id: String, config: Vec<(String, String)>) -> Result<Registration, String> {
+        let get = |key: &str| {
+            config
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        let every = get("n").ok_or("config n (notifications per report) is missing")?;
+        let every: usize = every
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("config n = {every:?} is not a positive whole number"))?;
+        let latency = get("latency") == Some("true");
+        ROUND.with_borrow_mut(|round| {
+            *round = Round {
+                every,
+                latency,
+                latencies_us: Vec::with_capacity(if latency { every } else { 0 }),
+                ..Round::default()
+            }
+        });
+        let channels = get("channels").unwrap_or("bench");
+        Ok(Registration {
+            channels: channels.split(',').map(|c| c.trim().to_string()).collect(),
+        })
+    }
+
+    fn on_notify(_id: String, _channel: String, payload: Payload, _pid: i32) -> Result<(), String> {
+        let now = now_us();
+        ROUND.with_borrow_mut(|round| {
+            if round.seen == 0 {
+                round.first_us = now;
+            }
+            round.seen += 1;
+            round.last_us = now;
+            if round.latency {
+                let sent = sent_us(&payload).ok_or("the payload carries no send stamp")?;
+                round.latencies_us.push(now.saturating_sub(sent));
+            }
+            if round.seen == round.every {
+                round.report();
+            }
+            Ok(())
+        })
+    }
+
+    fn on_gap(_id: String, _channels: Vec<String>) {}
+}
+
+export!(Stopwatch);
