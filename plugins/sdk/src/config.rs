@@ -52,13 +52,13 @@ impl Config {
 /// JSON first (`5`, `true`, `["a"]`), then the text as a string, then the
 /// text as a comma-separated list of strings.
 fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
-    let as_json = serde_json::from_str::<T>(text);
-    let Err(json_error) = as_json else {
-        return as_json.map_err(|_| String::new());
+    let json_error = match serde_json::from_str::<T>(text) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
     };
-    let as_string = T::deserialize(text.into_deserializer());
-    let Err(string_error): Result<T, serde::de::value::Error> = as_string else {
-        return as_string.map_err(|_| String::new());
+    let string_error: serde::de::value::Error = match T::deserialize(text.into_deserializer()) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
     };
     let items: Vec<Value> = text
         .split(',')
@@ -67,8 +67,8 @@ fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
         .map(|s| Value::String(s.to_owned()))
         .collect();
     T::deserialize(Value::Array(items)).map_err(|_| {
-        let looks_like_json = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
-        if looks_like_json {
+        // The error of the reading the text looks meant for.
+        if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() {
             json_error.to_string()
         } else {
             string_error.to_string()
