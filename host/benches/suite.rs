@@ -35,6 +35,19 @@ fn pgnotifier_bin() -> PathBuf {
         .map_or_else(|| env!("CARGO_BIN_EXE_pgnotifier").into(), PathBuf::from)
 }
 
+/// The bare loops connect without TLS, so the host must too: otherwise it
+/// alone decrypts every notification (`sslmode=prefer` takes TLS wherever
+/// the server offers it). A URL that names an sslmode is kept as it is.
+fn plain_transport(url: &str) -> String {
+    if url.contains("sslmode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&sslmode=disable")
+    } else {
+        format!("{url}?sslmode=disable")
+    }
+}
+
 /// The connections that send at a fixed rate.
 const SENDERS: u32 = 4;
 
@@ -84,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let mut bench = Bench {
-        url: db.url().to_owned(),
+        url: plain_transport(db.url()),
         noop: read("noop")?,
         logger: read("logger")?,
         stopwatch: read("tests/stopwatch")?,
