@@ -6,8 +6,11 @@
 //! precision silently: one that an `s64` or `f64` cannot hold exactly arrives
 //! as `json` with its original digits. Decoding never fails.
 
+mod json;
+
 pub use crate::bindings::Payload;
-use serde::de::IgnoredAny;
+use json::NotCompacted;
+pub use json::MAX_JSON_DEPTH;
 
 /// How a subscriber wants its payloads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -46,19 +49,17 @@ fn decode_typed(raw: &str) -> Payload {
     let text = || Payload::Text(raw.to_owned());
     match trimmed.as_bytes().first() {
         None => text(),
-        Some(b'{' | b'[') => match serde_json::from_str::<IgnoredAny>(trimmed) {
-            Ok(_) => compact_json(trimmed).map_or_else(
-                || {
-                    tracing::warn!(
-                        bytes = raw.len(),
-                        max_depth = MAX_JSON_DEPTH,
-                        "payload nests JSON too deeply; delivering it as text"
-                    );
-                    text()
-                },
-                Payload::Json,
-            ),
-            Err(_) => text(),
+        Some(b'{' | b'[') => match json::compact(trimmed) {
+            Ok(compacted) => Payload::Json(compacted),
+            Err(NotCompacted::Invalid) => text(),
+            Err(NotCompacted::TooDeep) => {
+                tracing::warn!(
+                    bytes = raw.len(),
+                    max_depth = MAX_JSON_DEPTH,
+                    "payload nests JSON too deeply; delivering it as text"
+                );
+                text()
+            }
         },
         Some(b'"') => {
             serde_json::from_str::<String>(trimmed).map_or_else(|_| text(), Payload::Text)
@@ -227,58 +228,6 @@ impl DecimalDigits {
     }
 }
 
-/// The deepest nesting delivered as `json`: serde_json's own recursion limit,
-/// so a guest parsing it with common defaults does not fail on it.
-pub const MAX_JSON_DEPTH: usize = 128;
-
-/// Strip the insignificant whitespace from valid JSON, keeping every other
-/// byte (number digits, string escapes) exactly as it was sent. `None` if it
-/// nests deeper than [`MAX_JSON_DEPTH`].
-fn compact_json(json: &str) -> Option<String> {
-    // Work on bytes: every structural character is ASCII, and the bytes of a
-    // multi-byte UTF-8 character never look like one. Copy runs, not bytes,
-    // and jump through strings with memchr.
-    let bytes = json.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut run_start = 0;
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b' ' | b'\t' | b'\n' | b'\r' => {
-                out.extend_from_slice(&bytes[run_start..i]);
-                run_start = i + 1;
-            }
-            b'"' => {
-                // Find the closing quote, stepping over escapes.
-                i += 1;
-                while let Some(offset) = bytes
-                    .get(i..)
-                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
-                {
-                    i += offset;
-                    if bytes[i] == b'"' {
-                        break;
-                    }
-                    i += 2;
-                }
-            }
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_JSON_DEPTH {
-                    return None;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    out.extend_from_slice(&bytes[run_start..]);
-    // Only whole ASCII whitespace bytes were removed from valid UTF-8.
-    String::from_utf8(out).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,14 +274,6 @@ mod tests {
         assert_eq!(typed("truest"), Payload::Text("truest".into()));
         assert_eq!(typed("{broken"), Payload::Text("{broken".into()));
         assert_eq!(typed("NaN"), Payload::Text("NaN".into()));
-    }
-
-    #[test]
-    fn compaction_never_panics_on_odd_input() {
-        // Not reachable after validation, but the scanner must not panic.
-        for odd in ["\"abc\\", "[\"\\", "{\"a\":\"b", "\\"] {
-            let _ = compact_json(odd);
-        }
     }
 
     #[test]

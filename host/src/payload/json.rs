@@ -1,0 +1,439 @@
+//! JSON arrays and objects, validated and compacted in one pass over the
+//! bytes: the hot half of payload decoding. Validating first and compacting
+//! after read each byte twice, through serde's visitor machinery once; here
+//! each byte is looked at once, and strings eight bytes at a time.
+//!
+//! The grammar is RFC 8259's, as serde_json accepts it: no leading zeros,
+//! no control characters in strings, only the escapes JSON defines (a lone
+//! surrogate in `\u` is accepted, as serde_json does when it only skips a
+//! value). The tests hold this scanner to serde_json on generated input.
+
+/// The deepest nesting delivered as `json`: serde_json's own recursion limit,
+/// so a guest parsing it with common defaults does not fail on it.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Why text that opens like an array or object is not delivered as `json`.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum NotCompacted {
+    /// It is not JSON.
+    Invalid,
+    /// It nests deeper than [`MAX_JSON_DEPTH`] before its end, if any.
+    TooDeep,
+}
+
+/// What may come next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A value (after `:` or after `,` in an array).
+    Value,
+    /// A value or `]` (just after `[`).
+    ValueOrEnd,
+    /// A key (after `,` in an object).
+    Key,
+    /// A key or `}` (just after `{`).
+    KeyOrEnd,
+    Colon,
+    /// `,` or the end of the innermost container.
+    CommaOrEnd,
+    /// Nothing: the outermost value is complete.
+    Done,
+}
+
+/// `json` without its insignificant whitespace, every other byte (number
+/// digits, string escapes) kept as sent, if it is one valid JSON value no
+/// deeper than [`MAX_JSON_DEPTH`]. Whitespace around it must be trimmed.
+pub(super) fn compact(json: &str) -> Result<String, NotCompacted> {
+    use NotCompacted::Invalid;
+    let bytes = json.as_bytes();
+    let mut out = Output::for_input(bytes.len());
+    // Bytes are copied in runs: from `run` up to the next whitespace.
+    let mut run = 0;
+    let mut i = 0;
+    // One bit per open container, innermost lowest: set for an object.
+    let mut objects: u128 = 0;
+    let mut depth = 0usize;
+    let mut expect = Expect::Value;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+            out.copy(bytes, run, i);
+            i += 1;
+            run = i;
+            continue;
+        }
+        let value_begins = match expect {
+            Expect::Value | Expect::ValueOrEnd => true,
+            Expect::Key | Expect::KeyOrEnd => {
+                match byte {
+                    b'"' => {
+                        i = after_string(bytes, i)?;
+                        expect = Expect::Colon;
+                    }
+                    b'}' if expect == Expect::KeyOrEnd => {
+                        (depth, objects) = (depth - 1, objects >> 1);
+                        i += 1;
+                        expect = after_value(depth);
+                    }
+                    _ => return Err(Invalid),
+                }
+                false
+            }
+            Expect::Colon if byte == b':' => {
+                i += 1;
+                expect = Expect::Value;
+                false
+            }
+            Expect::CommaOrEnd => {
+                let in_object = objects & 1 == 1;
+                match byte {
+                    b',' => {
+                        expect = if in_object {
+                            Expect::Key
+                        } else {
+                            Expect::Value
+                        }
+                    }
+                    b'}' if in_object => (depth, objects) = (depth - 1, objects >> 1),
+                    b']' if !in_object => (depth, objects) = (depth - 1, objects >> 1),
+                    _ => return Err(Invalid),
+                }
+                i += 1;
+                if byte != b',' {
+                    expect = after_value(depth);
+                }
+                false
+            }
+            Expect::Colon | Expect::Done => return Err(Invalid),
+        };
+        if !value_begins {
+            continue;
+        }
+        match byte {
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(NotCompacted::TooDeep);
+                }
+                objects = objects << 1 | u128::from(byte == b'{');
+                i += 1;
+                expect = if byte == b'{' {
+                    Expect::KeyOrEnd
+                } else {
+                    Expect::ValueOrEnd
+                };
+                continue;
+            }
+            b']' if expect == Expect::ValueOrEnd => {
+                (depth, objects) = (depth - 1, objects >> 1);
+                i += 1;
+            }
+            b'"' => i = after_string(bytes, i)?,
+            b'-' | b'0'..=b'9' => i = after_number(bytes, i)?,
+            b't' => i = after_literal(bytes, i, b"true")?,
+            b'f' => i = after_literal(bytes, i, b"false")?,
+            b'n' => i = after_literal(bytes, i, b"null")?,
+            _ => return Err(Invalid),
+        }
+        expect = after_value(depth);
+    }
+    if expect != Expect::Done {
+        return Err(Invalid);
+    }
+    out.copy(bytes, run, bytes.len());
+    Ok(out.into_string())
+}
+
+/// The compacted bytes, written in runs. Most runs are a few bytes (a key,
+/// a number), so a short one is copied as one 16-byte move into a buffer
+/// with room to spare, instead of a `memcpy` call sized to it; the bytes
+/// past the run are overwritten by the next one.
+struct Output {
+    buffer: Vec<u8>,
+    len: usize,
+}
+
+impl Output {
+    const SHORT: usize = 16;
+
+    fn for_input(len: usize) -> Self {
+        Self {
+            buffer: vec![0; len + Self::SHORT],
+            len: 0,
+        }
+    }
+
+    /// Append `bytes[from..to]`. Never writes past `to - from` bytes of
+    /// the input length: output never runs ahead of input.
+    fn copy(&mut self, bytes: &[u8], from: usize, to: usize) {
+        let n = to - from;
+        let (at, short) = (self.len, Self::SHORT);
+        match bytes.get(from..from + short) {
+            Some(chunk) if n <= short => self.buffer[at..at + short].copy_from_slice(chunk),
+            _ => self.buffer[at..at + n].copy_from_slice(&bytes[from..to]),
+        }
+        self.len += n;
+    }
+
+    fn into_string(mut self) -> String {
+        self.buffer.truncate(self.len);
+        // SAFETY: the buffer holds the input, a `str`, less some ASCII
+        // whitespace bytes outside strings; dropping whole ASCII bytes
+        // keeps UTF-8 valid.
+        unsafe { String::from_utf8_unchecked(self.buffer) }
+    }
+}
+
+/// What follows a complete value at `depth`.
+fn after_value(depth: usize) -> Expect {
+    if depth == 0 {
+        Expect::Done
+    } else {
+        Expect::CommaOrEnd
+    }
+}
+
+/// Each byte of a word set to `b`.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+/// The high bit of each byte of `word` that is `"`, `\\` or below 0x20,
+/// and maybe of bytes after the first such one (the borrow runs upwards;
+/// the lowest set bit is exact). Eight bytes in a few instructions.
+fn string_stops(word: u64) -> u64 {
+    const ONES: u64 = splat(0x01);
+    const HIGHS: u64 = splat(0x80);
+    let zero_byte = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let below_space = word.wrapping_sub(splat(0x20)) & !word & HIGHS;
+    below_space | zero_byte(word ^ splat(b'"')) | zero_byte(word ^ splat(b'\\'))
+}
+
+/// The index after the string that opens at `start` (a `"`). Inlined: most
+/// strings are a few bytes, and the call cost as much as the scan.
+#[inline(always)]
+fn after_string(bytes: &[u8], start: usize) -> Result<usize, NotCompacted> {
+    let mut i = start + 1;
+    loop {
+        // Eight bytes at a time to the first `"`, `\\` or control character.
+        while let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().map_err(|_| NotCompacted::Invalid)?);
+            let stops = string_stops(word);
+            if stops != 0 {
+                i += stops.trailing_zeros() as usize / 8;
+                break;
+            }
+            i += 8;
+        }
+        match bytes.get(i) {
+            Some(b'"') => return Ok(i + 1),
+            Some(b'\\') => i = after_escape(bytes, i)?,
+            Some(b) if *b < 0x20 => return Err(NotCompacted::Invalid),
+            // Fewer than eight bytes were left: one at a time.
+            Some(_) => i += 1,
+            None => return Err(NotCompacted::Invalid),
+        }
+    }
+}
+
+/// The index after the escape that starts at `start` (a `\`).
+fn after_escape(bytes: &[u8], start: usize) -> Result<usize, NotCompacted> {
+    match bytes.get(start + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(start + 2),
+        Some(b'u') => {
+            let hex = bytes
+                .get(start + 2..start + 6)
+                .ok_or(NotCompacted::Invalid)?;
+            if hex.iter().all(u8::is_ascii_hexdigit) {
+                Ok(start + 6)
+            } else {
+                Err(NotCompacted::Invalid)
+            }
+        }
+        _ => Err(NotCompacted::Invalid),
+    }
+}
+
+/// The index after the number that starts at `start`:
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn after_number(bytes: &[u8], start: usize) -> Result<usize, NotCompacted> {
+    let digits_from = |i: usize| {
+        let n = bytes.get(i..).map_or(0, |rest| {
+            rest.iter().take_while(|b| b.is_ascii_digit()).count()
+        });
+        (n > 0).then_some(i + n).ok_or(NotCompacted::Invalid)
+    };
+    let mut i = start + usize::from(bytes[start] == b'-');
+    i = match bytes.get(i) {
+        Some(b'0') => i + 1,
+        Some(b'1'..=b'9') => digits_from(i)?,
+        _ => return Err(NotCompacted::Invalid),
+    };
+    if bytes.get(i) == Some(&b'.') {
+        i = digits_from(i + 1)?;
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        i = digits_from(i)?;
+    }
+    // A digit right after a lone `0` (`01`) is not JSON; nor is a number
+    // run into a letter or a second point.
+    match bytes.get(i) {
+        Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') => Err(NotCompacted::Invalid),
+        _ => Ok(i),
+    }
+}
+
+/// The index after `literal`, which must start at `start`.
+fn after_literal(bytes: &[u8], start: usize, literal: &[u8]) -> Result<usize, NotCompacted> {
+    let end = start + literal.len();
+    if bytes.get(start..end) == Some(literal) {
+        Ok(end)
+    } else {
+        Err(NotCompacted::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::IgnoredAny;
+
+    /// What serde_json says, and the compaction spelled out byte by byte.
+    fn oracle(text: &str) -> Result<String, NotCompacted> {
+        let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
+        if serde_json::from_str::<IgnoredAny>(trimmed).is_err() {
+            return Err(NotCompacted::Invalid);
+        }
+        let (mut out, mut in_string, mut escaped) = (String::new(), false, false);
+        for c in trimmed.chars() {
+            match (in_string, escaped, c) {
+                (true, true, _) => escaped = false,
+                (true, false, '\\') => escaped = true,
+                (true, false, '"') => in_string = false,
+                (false, _, '"') => in_string = true,
+                (false, _, ' ' | '\t' | '\n' | '\r') => continue,
+                _ => {}
+            }
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    fn check(text: &str) {
+        let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
+        let got = compact(trimmed);
+        // serde_json stops at its own recursion limit, as deep as ours.
+        let expected = match oracle(text) {
+            Err(_) if got == Err(NotCompacted::TooDeep) => return,
+            expected => expected,
+        };
+        assert_eq!(got, expected, "for {text:?}");
+    }
+
+    const SEEDS: &[&str] = &[
+        r#"{"op" : "UPDATE", "new" : {"id" : 7, "total" : 123.45, "paid" : true, "notes" : null, "items" : [{"sku" : "SKU-1", "qty" : 2, "price" : 19.99}, {"sku" : "S\"K\\U", "qty" : -1e-3}], "tags" : ["web", "promo"], "empty" : {}, "none" : []}}"#,
+        "[1, -0, 0.5, 1E+2, 2e-1, 1e5, -12.75e3, \"\\u00e9\\n\\t\\/\", \"é ✓\", false, null, [[[]]], {}]",
+        "{\"a\":{\"b\":{\"c\":[\"\\ud83d\\ude00\", \"\\ud800\"]}}}",
+        "[\"\\\\\", \"\\\"\", \"a\\\\\\\"b\"]",
+        r#"{"long": "more than eight bytes, an \"escape\" late, é ✓ and \u00e9 here", "k": "0123456789abcdef"}"#,
+    ];
+
+    #[test]
+    fn agrees_with_serde_json_on_valid_json() {
+        for seed in SEEDS {
+            assert!(compact(seed).is_ok(), "{seed}");
+            check(seed);
+        }
+    }
+
+    #[test]
+    fn rejects_what_serde_json_rejects() {
+        for bad in [
+            "{",
+            "[",
+            "[1,]",
+            "[,1]",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "{\"a\":1,}",
+            "[01]",
+            "[1.]",
+            "[.5]",
+            "[-]",
+            "[1e]",
+            "[1e+]",
+            "[+1]",
+            "[1.2.3]",
+            "[0x1]",
+            "[tru]",
+            "[truex]",
+            "[nul]",
+            "[\"a]",
+            "[\"\\x\"]",
+            "[\"\\u12g4\"]",
+            "[\"\\u12\"]",
+            "[\"a\u{1}b\"]",
+            "[\"tab\tin\"]",
+            "[1] [2]",
+            "[1]]",
+            "{}}",
+            "[}",
+            "{]",
+            "[\"a\":1]",
+            "[NaN]",
+            "[Infinity]",
+            "[1 2]",
+            "{\"a\":1 \"b\":2}",
+            "[\"\\",
+            "[\"abc\\",
+            "[-01]",
+            "[1e5.5]",
+        ] {
+            assert_eq!(compact(bad), Err(NotCompacted::Invalid), "{bad}");
+            check(bad);
+        }
+    }
+
+    #[test]
+    fn depth_is_counted_to_the_limit() {
+        let limit = "[".repeat(MAX_JSON_DEPTH) + &"]".repeat(MAX_JSON_DEPTH);
+        assert_eq!(compact(&limit).as_deref(), Ok(limit.as_str()));
+        let deeper = "[".repeat(MAX_JSON_DEPTH + 1) + &"]".repeat(MAX_JSON_DEPTH + 1);
+        assert_eq!(compact(&deeper), Err(NotCompacted::TooDeep));
+        let objects = "{\"k\":".repeat(MAX_JSON_DEPTH) + "1" + &"}".repeat(MAX_JSON_DEPTH);
+        assert!(compact(&objects).is_ok());
+    }
+
+    /// Every seed with each byte dropped, each of JSON's significant bytes
+    /// put at each place, and cut at each place: serde_json and this
+    /// scanner must agree on all of them.
+    #[test]
+    fn agrees_with_serde_json_on_mutations() {
+        const INSERTS: &[u8] = b" \t\"\\{}[]:,-+.eE0159tfnu\x01";
+        let mut checked = 0;
+        for seed in SEEDS {
+            let bytes = seed.as_bytes();
+            for at in 0..=bytes.len() {
+                let mut variants = vec![bytes[..at].to_vec()];
+                if at < bytes.len() {
+                    variants.push([&bytes[..at], &bytes[at + 1..]].concat());
+                }
+                for &insert in INSERTS {
+                    variants.push([&bytes[..at], &[insert], &bytes[at..]].concat());
+                }
+                for variant in variants {
+                    if let Ok(text) = String::from_utf8(variant) {
+                        check(&text);
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 10_000, "only {checked} variants");
+    }
+}
