@@ -23,6 +23,8 @@ fn mkfifo(path: &Path) {
 
 /// The host's own reads of a plugin must not look like changes to it: an
 /// idle host reads nothing, and a bad file is refused once, not forever.
+/// Nor its reads of the folder: listing the folder opens it, and a host
+/// that listed it again for each such event never slept.
 #[tokio::test]
 async fn an_idle_host_never_rereads_its_plugins_nor_retries_a_bad_one() {
     let s = Setup::new("idle", "");
@@ -33,27 +35,46 @@ async fn an_idle_host_never_rereads_its_plugins_nor_retries_a_bad_one() {
     host.wait_for(&["LISTEN set updated", &ch]);
     host.wait_for(&["bad.wasm", "subscriber=bad"]);
 
-    let opens = Arc::new(AtomicUsize::new(0));
-    let counter = opens.clone();
+    // Opens of the plugin, and of the folder itself.
+    let (opens, folder_opens) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counter, folder_counter) = (opens.clone(), folder_opens.clone());
+    let folder = s.plugins.canonicalize().unwrap();
+    let plugin = folder.join("echo.wasm");
+    let (watched_folder, watched_plugin) = (folder.clone(), plugin.clone());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| matches!(e.kind, EventKind::Access(AccessKind::Open(_)))) {
-            counter.fetch_add(1, Ordering::Relaxed);
+        let Ok(event) = event else { return };
+        if matches!(event.kind, EventKind::Access(AccessKind::Open(_))) {
+            if event.paths.contains(&watched_folder) {
+                folder_counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if event.paths.contains(&watched_plugin) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         }
     })
     .unwrap();
-    let plugin = s.plugins.join("echo.wasm");
     watcher.watch(&plugin, RecursiveMode::NonRecursive).unwrap();
-    // The watch must see a read, or the count below proves nothing.
+    watcher.watch(&folder, RecursiveMode::NonRecursive).unwrap();
+    // The watch must see a read of each, or the counts below prove nothing.
     std::fs::read(&plugin).unwrap();
+    std::fs::read_dir(&folder).unwrap().for_each(drop);
     assert!(
-        support::eventually(SOON, || opens.load(Ordering::Relaxed) > 0).await,
+        support::eventually(SOON, || opens.load(Ordering::Relaxed) > 0
+            && folder_opens.load(Ordering::Relaxed) > 0)
+        .await,
         "the test's own watch saw no open"
     );
     opens.store(0, Ordering::Relaxed);
+    folder_opens.store(0, Ordering::Relaxed);
 
     // An idle second and a half, closed by a marker: once the marker is
     // loaded, the host has handled every event before it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        folder_opens.load(Ordering::Relaxed),
+        0,
+        "the idle host listed its plugins folder"
+    );
     s.echo("marker", &channel("idle_marker"));
     host.wait_for(&["plugin loaded", "subscriber=marker"]);
     assert_eq!(

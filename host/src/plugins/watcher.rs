@@ -55,7 +55,10 @@ pub(crate) async fn watch(
     // Events name absolute paths; a relative folder would never match them.
     let dir = std::fs::canonicalize(dir).map_err(|e| watch_error(e.into()))?;
     let (events, incoming) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-    let mut debouncer = new_debouncer(debounce, None, move |result| {
+    // The debouncer's thread wakes every tick, busy or idle: one tick per
+    // quiet period (its default is four) keeps an idle host asleep, and a
+    // change is still seen within two quiet periods.
+    let mut debouncer = new_debouncer(debounce, Some(debounce), move |result| {
         let _ = events.send(result);
     })
     .map_err(|e| watch_error(e.into()))?;
@@ -129,6 +132,11 @@ impl Folder {
     }
 
     async fn apply(&mut self, events: &[DebouncedEvent]) {
+        // Reading the folder (below) opens it: a batch of such events must
+        // not make the folder be read again, or an idle host never sleeps.
+        if !events.iter().any(|e| changes_files(&e.kind)) {
+            return;
+        }
         // Files vanishing with their folder are not plugins being removed:
         // the folder check says what happened.
         if FolderId::of(&self.dir) != self.watched {
