@@ -26,7 +26,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the engine's epoch advances; deadlines are rounded up to it.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Each tick wakes a thread, busy or idle (about 20 µs of CPU on a small
+/// VM), so it is as coarse as a deadline can bear.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Why a plugin could not be loaded. Always names the file. Printed with
 /// control characters escaped: file names and a plugin's own error text
