@@ -4,21 +4,7 @@
 use super::mailbox::{Life, Mailbox};
 use super::{CallFailure, Deliver, Delivery, DurableEvent, Notification, Outcome};
 use crate::sync::{bump, clock, lock};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// How many times an idle worker checks for more work before it sleeps.
-const IDLE_SPINS: u32 = 256;
-
-/// Workers alive now, across every notifier in the process.
-static LIVE_WORKERS: AtomicUsize = AtomicUsize::new(0);
-
-/// Spinning only pays while every worker can have a core to itself;
-/// beyond that, a spinning worker takes time from the others.
-fn spinning_pays() -> bool {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    LIVE_WORKERS.load(Ordering::Relaxed) < cores
-}
+use std::sync::atomic::Ordering;
 
 /// What the worker does next.
 enum Next {
@@ -64,7 +50,7 @@ impl Mailbox {
     /// Wait for the next thing to do.
     fn next(&self) -> Next {
         let mut queue = lock(&self.queue);
-        let mut spun = false;
+        let mut waited = false;
         loop {
             if self.life.get() == Life::Abandoned {
                 let discarded = queue.items.len();
@@ -80,7 +66,8 @@ impl Mailbox {
             if let Some(delivery) = queue.items.pop_front() {
                 let len = queue.items.len();
                 self.queued.store(len, Ordering::Relaxed);
-                if len <= queue.limits.capacity / 2 {
+                // Written only when set: the router reads this line on every push.
+                if len <= queue.limits.capacity / 2 && self.overflowing.load(Ordering::Relaxed) {
                     self.overflowing.store(false, Ordering::Relaxed);
                 }
                 // Wake a waiting pusher only at half empty, so it refills in a
@@ -93,10 +80,7 @@ impl Mailbox {
                 if wake_router {
                     self.space.notify_waiters();
                 }
-                return Next::Deliver {
-                    delivery,
-                    waited: spun,
-                };
+                return Next::Deliver { delivery, waited };
             }
             if self.replaced.load(Ordering::Acquire) {
                 // Idle: switch now, so the old instance is not kept alive.
@@ -105,25 +89,14 @@ impl Mailbox {
             if self.life.get() != Life::Running {
                 return Next::Stop;
             }
-            if !spun && spinning_pays() {
-                // Under load the next notification is usually microseconds
-                // away: spin briefly rather than sleep and be woken (two
-                // context switches and a futex call).
-                spun = true;
-                drop(queue);
-                for _ in 0..IDLE_SPINS {
-                    if self.queued.load(Ordering::Relaxed) > 0 {
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-                queue = lock(&self.queue);
-                continue;
-            }
+            // Nothing queued: sleep until the router wakes this worker. No
+            // spinning first: a spin that waits for the next notification
+            // burns its whole length at every moderate rate, and a drain
+            // keeps the queue from emptying anyway.
             queue.worker_waiting = true;
             queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
             queue.worker_waiting = false;
-            spun = true;
+            waited = true;
         }
     }
 
@@ -147,7 +120,6 @@ impl Mailbox {
     }
 
     pub(super) fn work(&self, mut subscriber: Box<dyn Deliver>) {
-        LIVE_WORKERS.fetch_add(1, Ordering::Relaxed);
         // When the last call ended (see `call`); the duration then includes
         // taking the notification off the queue.
         let clock = clock();
@@ -234,7 +206,6 @@ impl Mailbox {
                 }
             }
         }
-        LIVE_WORKERS.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(subscriber = %self.id, "worker stopped");
     }
 }
