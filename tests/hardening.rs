@@ -3,8 +3,8 @@
 
 mod support;
 
-use notify_debouncer_full::notify::event::{AccessKind, EventKind};
-use notify_debouncer_full::notify::{self, RecursiveMode, Watcher};
+use notify::event::{AccessKind, EventKind};
+use notify::{RecursiveMode, Watcher};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;

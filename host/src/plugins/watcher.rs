@@ -1,8 +1,10 @@
 //! Hot reload: watch the plugins folder and sync each file that changes.
 //!
-//! Events are debounced (a burst of writes becomes one change), then every
-//! affected `NAME.wasm` goes through the plugin [`sync`](super::sync), the
-//! same path start-up uses. A sidecar change reloads its plugin. Hidden files, such as
+//! Changes are debounced here, per path: once a changed file has been quiet
+//! for the debounce period (a burst of writes becomes one change), its
+//! `NAME.wasm` goes through the plugin [`sync`](super::sync), the same path
+//! start-up uses. A timer runs only while a change waits, so an idle host
+//! has nothing to wake for. A sidecar change reloads its plugin. Hidden files, such as
 //! the temporary file of an atomic deploy, are ignored until renamed.
 //!
 //! Only events that change content or names count: the host's own reads of a
@@ -15,11 +17,8 @@
 use super::loader;
 use super::sync::{log_load_error, PluginChange, PluginSync};
 use crate::error::{Cause, Error, Result};
-use notify_debouncer_full::notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
-use notify_debouncer_full::notify::{EventKind, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{
-    new_debouncer, DebounceEventResult, DebouncedEvent, Debouncer, RecommendedCache,
-};
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -27,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// How often the folder itself is checked for being gone or replaced.
 const FOLDER_CHECK: Duration = Duration::from_secs(1);
@@ -54,15 +54,20 @@ pub(crate) async fn watch(
     };
     // Events name absolute paths; a relative folder would never match them.
     let dir = std::fs::canonicalize(dir).map_err(|e| watch_error(e.into()))?;
-    let (events, incoming) = tokio::sync::mpsc::unbounded_channel::<DebounceEventResult>();
-    // The debouncer's thread wakes every tick, busy or idle: one tick per
-    // quiet period (its default is four) keeps an idle host asleep, and a
-    // change is still seen within two quiet periods.
-    let mut debouncer = new_debouncer(debounce, Some(debounce), move |result| {
-        let _ = events.send(result);
+    let (events, incoming) = tokio::sync::mpsc::unbounded_channel::<notify::Result<Changed>>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // The host's own reads (listing the folder, loading a plugin) are
+        // events too: dropped here, they never wake the host, let alone
+        // make it read again.
+        let changed = match event {
+            Ok(event) if changes_files(&event.kind) => Ok(event.paths),
+            Ok(_) => return,
+            Err(e) => Err(e),
+        };
+        let _ = events.send(changed);
     })
     .map_err(|e| watch_error(e.into()))?;
-    debouncer
+    watcher
         .watch(&dir, RecursiveMode::NonRecursive)
         .map_err(|e| watch_error(e.into()))?;
     let watched = FolderId::of(&dir);
@@ -71,7 +76,8 @@ pub(crate) async fn watch(
     let mut folder = Folder {
         sync: sync.clone(),
         dir,
-        debouncer,
+        watcher,
+        debounce,
         watched,
         links: BTreeMap::new(),
         link_dirs: BTreeSet::new(),
@@ -99,10 +105,15 @@ impl FolderId {
     }
 }
 
+/// The paths an event may have changed.
+type Changed = Vec<PathBuf>;
+
 struct Folder {
     sync: Arc<PluginSync>,
     dir: PathBuf,
-    debouncer: Debouncer<RecommendedWatcher, RecommendedCache>,
+    watcher: RecommendedWatcher,
+    /// How long a changed file must be quiet before it is applied.
+    debounce: Duration,
     /// The folder being watched; `None` while it is gone.
     watched: Option<FolderId>,
     /// Symlink targets, each with the plugins (`NAME.wasm`) that link to it.
@@ -112,38 +123,53 @@ struct Folder {
 }
 
 impl Folder {
-    async fn follow(mut self, mut incoming: UnboundedReceiver<DebounceEventResult>) {
+    async fn follow(mut self, mut incoming: UnboundedReceiver<notify::Result<Changed>>) {
         let mut check = tokio::time::interval(FOLDER_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Each changed path, with when it last changed.
+        let mut pending: BTreeMap<PathBuf, Instant> = BTreeMap::new();
+        let quiet = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(quiet);
         loop {
             tokio::select! {
-                result = incoming.recv() => match result {
-                    Some(Ok(events)) => self.apply(&events).await,
-                    Some(Err(errors)) => {
-                        for e in errors {
-                            tracing::warn!(dir = %self.dir.display(), "watching plugins: {e}");
-                        }
+                changed = incoming.recv() => match changed {
+                    Some(Ok(paths)) => {
+                        let now = Instant::now();
+                        pending.extend(paths.into_iter().map(|path| (path, now)));
                     }
+                    Some(Err(e)) => tracing::warn!(dir = %self.dir.display(), "watching plugins: {e}"),
                     None => return,
                 },
+                () = &mut quiet, if !pending.is_empty() => {
+                    let quiet_since = Instant::now() - self.debounce;
+                    let due: Vec<PathBuf> = (pending.iter())
+                        .filter(|(_, at)| **at <= quiet_since)
+                        .map(|(path, _)| path.clone())
+                        .collect();
+                    for path in &due {
+                        pending.remove(path);
+                    }
+                    if !due.is_empty() {
+                        self.apply(&due).await;
+                    }
+                }
                 _ = check.tick() => self.check_folder().await,
+            }
+            if let Some(first) = pending.values().min() {
+                quiet.as_mut().reset(*first + self.debounce);
             }
         }
     }
 
-    async fn apply(&mut self, events: &[DebouncedEvent]) {
-        // Reading the folder (below) opens it: a batch of such events must
-        // not make the folder be read again, or an idle host never sleeps.
-        if !events.iter().any(|e| changes_files(&e.kind)) {
-            return;
-        }
+    /// Sync the plugins that `changed` paths belong to, or link to.
+    async fn apply(&mut self, changed: &[PathBuf]) {
         // Files vanishing with their folder are not plugins being removed:
         // the folder check says what happened.
         if FolderId::of(&self.dir) != self.watched {
             return self.check_folder().await;
         }
-        let mut affected = affected_plugins(&self.dir, events);
-        for path in changed_paths(events) {
+        let mut affected = affected_plugins(&self.dir, changed);
+        for path in changed {
             affected.extend(self.links.get(path).into_iter().flatten().cloned());
         }
         for path in affected {
@@ -184,12 +210,12 @@ impl Folder {
             .map(Path::to_owned)
             .collect();
         for dir in dirs.difference(&self.link_dirs) {
-            if let Err(e) = self.debouncer.watch(dir, RecursiveMode::NonRecursive) {
+            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
                 tracing::warn!(dir = %dir.display(), "cannot watch the folder of a symlinked plugin: {e}");
             }
         }
         for dir in self.link_dirs.difference(&dirs) {
-            let _ = self.debouncer.unwatch(dir);
+            let _ = self.watcher.unwatch(dir);
         }
         self.links = links;
         self.link_dirs = dirs;
@@ -201,7 +227,7 @@ impl Folder {
         if now == self.watched {
             return;
         }
-        let _ = self.debouncer.unwatch(&self.dir);
+        let _ = self.watcher.unwatch(&self.dir);
         let running = self.sync.plugins_from(&self.dir).len();
         let Some(_) = now else {
             self.watched = None;
@@ -212,7 +238,7 @@ impl Folder {
             );
             return;
         };
-        if let Err(e) = self.debouncer.watch(&self.dir, RecursiveMode::NonRecursive) {
+        if let Err(e) = self.watcher.watch(&self.dir, RecursiveMode::NonRecursive) {
             // Not marked as watched: the next check tries again.
             tracing::error!(dir = %self.dir.display(), "cannot watch the plugins folder again: {e}");
             return;
@@ -237,18 +263,11 @@ fn changes_files(kind: &EventKind) -> bool {
     }
 }
 
-/// The paths whose content or name a batch of events may have changed.
-fn changed_paths(events: &[DebouncedEvent]) -> impl Iterator<Item = &PathBuf> {
-    events
-        .iter()
-        .filter(|e| changes_files(&e.kind))
-        .flat_map(|e| e.paths.iter())
-}
-
-/// The `NAME.wasm` paths that a batch of events may have changed: the file
+/// The `NAME.wasm` paths that changed paths may have changed: the file
 /// itself, or its `NAME.toml` sidecar.
-fn affected_plugins(dir: &Path, events: &[DebouncedEvent]) -> BTreeSet<PathBuf> {
-    changed_paths(events)
+fn affected_plugins(dir: &Path, changed: &[PathBuf]) -> BTreeSet<PathBuf> {
+    changed
+        .iter()
         .filter(|p| p.parent() == Some(dir))
         .filter(|p| {
             p.file_name()
