@@ -189,7 +189,8 @@ impl NotifierBuilder {
         self
     }
 
-    /// How long the plugins folder must be quiet before a change is applied.
+    /// How long a changed file in the plugins folder must be quiet before
+    /// the change is applied (at most a day).
     pub fn watch_debounce(mut self, quiet: Duration) -> Self {
         self.watch_debounce = quiet;
         self

@@ -4,8 +4,9 @@
 //! for the debounce period (a burst of writes becomes one change), its
 //! `NAME.wasm` goes through the plugin [`sync`](super::sync), the same path
 //! start-up uses. A timer runs only while a change waits, so an idle host
-//! has nothing to wake for. A sidecar change reloads its plugin. Hidden files, such as
-//! the temporary file of an atomic deploy, are ignored until renamed.
+//! has nothing to wake for. A sidecar change reloads its plugin. Hidden
+//! files, such as the temporary file of an atomic deploy, are ignored until
+//! renamed.
 //!
 //! Only events that change content or names count: the host's own reads of a
 //! plugin (open, read, close) must not make it read the plugin again. The
@@ -27,6 +28,9 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+/// The longest quiet period a change waits for.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(24 * 3600);
 
 /// How often the folder itself is checked for being gone or replaced.
 const FOLDER_CHECK: Duration = Duration::from_secs(1);
@@ -54,6 +58,8 @@ pub(crate) async fn watch(
     };
     // Events name absolute paths; a relative folder would never match them.
     let dir = std::fs::canonicalize(dir).map_err(|e| watch_error(e.into()))?;
+    // No Instant overflows with it (the config file allows at most a minute).
+    let debounce = debounce.min(MAX_DEBOUNCE);
     let (events, incoming) = tokio::sync::mpsc::unbounded_channel::<notify::Result<Changed>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         // The host's own reads (listing the folder, loading a plugin) are
@@ -141,9 +147,9 @@ impl Folder {
                     None => return,
                 },
                 () = &mut quiet, if !pending.is_empty() => {
-                    let quiet_since = Instant::now() - self.debounce;
+                    let now = Instant::now();
                     let due: Vec<PathBuf> = (pending.iter())
-                        .filter(|(_, at)| **at <= quiet_since)
+                        .filter(|(_, at)| now.saturating_duration_since(**at) >= self.debounce)
                         .map(|(path, _)| path.clone())
                         .collect();
                     for path in &due {
