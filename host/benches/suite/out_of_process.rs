@@ -2,8 +2,8 @@
 //! stopwatch plugin, timed from inside the plugin through the WASI wall
 //! clock, beside a bare tokio-postgres loop in a process of its own, timed
 //! the same way. CPU is each whole process's, read from
-//! `/proc/PID/task/*/schedstat` (nanoseconds, every thread: the idle
-//! ticker, spinning and the runtime's threads included).
+//! `/proc/PID/task/*/schedstat` (nanoseconds, every thread: the epoch
+//! ticker and the runtime's threads included).
 
 use super::{median, sent_at_rate, Bench, RunHost, Watched, REPEATS, ROW_CHANGE_SQL, ROW_KEY_SQL};
 use std::time::{SystemTime, UNIX_EPOCH};
