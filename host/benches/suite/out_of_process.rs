@@ -292,7 +292,10 @@ async fn bare_loop(url: &str) -> anyhow::Result<()> {
             latencies.push(now.saturating_sub(sent));
         }
         if seen == every {
-            let mut line = format!("{REPORT}{seen} first_to_last_us={}", now - first_us);
+            let mut line = format!(
+                "{REPORT}{seen} first_to_last_us={}",
+                now.saturating_sub(first_us)
+            );
             if latency {
                 latencies.sort_unstable();
                 let at = |per_cent: usize| latencies[((latencies.len() - 1) * per_cent + 50) / 100];

@@ -162,8 +162,9 @@ impl Output {
         }
     }
 
-    /// Append `bytes[from..to]`. Never writes past `to - from` bytes of
-    /// the input length: output never runs ahead of input.
+    /// Append `bytes[from..to]`. A short run is copied as 16 bytes: the
+    /// extra ones land in the slack, and the next run overwrites them. The
+    /// output never runs ahead of the input, so they always fit.
     fn copy(&mut self, bytes: &[u8], from: usize, to: usize) {
         let n = to - from;
         let (at, short) = (self.len, Self::SHORT);

@@ -72,7 +72,8 @@ impl Round {
         let mut line = format!(
             "stopwatch n={} first_to_last_us={}",
             self.seen,
-            self.last_us - self.first_us
+            // The wall clock may step back; a garbage figure must not wrap.
+            self.last_us.saturating_sub(self.first_us)
         );
         if self.latency {
             self.latencies_us.sort_unstable();
