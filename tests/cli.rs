@@ -253,7 +253,8 @@ fn wit_prints_the_contract() {
     )
     .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), wit);
-    assert!(wit.contains("package pgnotifier:plugin@0.3.0;"));
+    assert!(wit.contains("package pgnotifier:plugin@0.4.0;"));
+    assert!(wit.contains("world batched-plugin"));
 }
 
 #[test]

@@ -170,7 +170,12 @@ async fn every_relisten_gives_its_subscribers_a_gap_event() {
     host.wait_for(&["LISTEN set updated", &ch]);
     let gap = ["notifications may have been missed", "subscriber=echo"];
     let sender = Sender::connect().await;
-    let wait_gaps = |n: usize| host.wait_for_count(&gap, n);
+    // The gap event is queued before LISTEN is sent again: a notification
+    // sent between the two would be lost, so wait for LISTEN as well.
+    let wait_gaps = |n: usize| {
+        host.wait_for_count(&gap, n);
+        host.wait_for_count(&["LISTEN set updated", &ch], n + 1);
+    };
 
     // Notifications sent while the listener restarts: each is delivered, or
     // the gap event says some may not be.

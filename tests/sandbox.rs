@@ -150,3 +150,132 @@ async fn stdout_and_stderr_reach_the_log_tagged_with_the_id() {
     );
     s.notifier.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The `batcher` fixture (it exports `batch`) on a fresh channel.
+async fn batcher() -> (Setup, String) {
+    logs::install();
+    let dir = support::temp_dir("batcher");
+    let ch = channel("batch");
+    let id = format!("batcher_{ch}");
+    let path = dir.join(format!("{id}.wasm"));
+    std::fs::copy(support::test_plugin("batcher"), &path).unwrap();
+    std::fs::write(
+        dir.join(format!("{id}.toml")),
+        format!("channels = [\"{ch}\"]\nfailure_threshold = 0\n"),
+    )
+    .unwrap();
+    let notifier = Notifier::new(support::database());
+    notifier.load_plugin(&path).await.unwrap();
+    support::listen(&notifier).await;
+    let sender = Sender::connect().await;
+    let setup = Setup {
+        notifier,
+        channel: ch,
+        sender,
+    };
+    (setup, id)
+}
+
+impl Setup {
+    /// Send `payloads` in one statement, so they arrive together and queue up.
+    async fn notify_together(&self, payloads: &[&str]) {
+        (self.sender.client)
+            .execute(
+                "select pg_notify($1, p) from unnest($2::text[]) with ordinality as t(p, i) order by i",
+                &[&self.channel, &payloads],
+            )
+            .await
+            .expect("pg_notify");
+    }
+}
+
+/// How the batcher was called: `batch N` and `single` lines, in order.
+fn calls(id: &str) -> Vec<String> {
+    logs::plugin_messages(id)
+        .into_iter()
+        .filter(|m| m == "single" || m.starts_with("batch "))
+        .collect()
+}
+
+/// What the batcher logged of the payloads, in order.
+fn payloads_seen(id: &str) -> Vec<String> {
+    logs::plugin_messages(id)
+        .into_iter()
+        .filter(|m| m != "single" && !m.starts_with("batch "))
+        .collect()
+}
+
+#[tokio::test]
+async fn notifications_that_queue_up_reach_a_batching_plugin_in_one_call_in_order() {
+    let (s, id) = batcher().await;
+    let sent: Vec<String> = (0..40).map(|i| format!("n{i}")).collect();
+    let sent_refs: Vec<&str> = sent.iter().map(String::as_str).collect();
+    s.notify_together(&sent_refs).await;
+    assert!(
+        eventually(SOON, || payloads_seen(&id).len() == sent.len()).await,
+        "{:?}",
+        payloads_seen(&id)
+    );
+    assert_eq!(payloads_seen(&id), sent, "every notification, in order");
+    let calls = calls(&id);
+    let sizes: Vec<usize> = (calls.iter())
+        .map(|c| c.strip_prefix("batch ").map_or(1, |n| n.parse().unwrap()))
+        .collect();
+    assert_eq!(sizes.iter().sum::<usize>(), sent.len(), "{calls:?}");
+    assert!(
+        sizes.iter().any(|&n| n > 1) && calls.len() < sent.len(),
+        "forty notifications sent at once came in one call each: {calls:?}"
+    );
+    let stats = s.stats(&id);
+    assert_eq!((stats.delivered, stats.failed), (40, 0));
+
+    // One that comes alone goes through on-notify.
+    s.sender.notify(&s.channel, "alone").await;
+    assert!(
+        eventually(SOON, || payloads_seen(&id).last().map(String::as_str)
+            == Some("alone"))
+        .await
+    );
+    assert_eq!(self::calls(&id).last().map(String::as_str), Some("single"));
+    s.notifier.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_failure_in_a_batch_counts_alone_and_a_trap_fails_the_whole_batch() {
+    let (s, id) = batcher().await;
+    s.notify_together(&["a", "fail", "b"]).await;
+    assert!(
+        eventually(SOON, || s.stats(&id).delivered == 2).await,
+        "{:?}",
+        s.stats(&id)
+    );
+    assert_eq!(
+        calls(&id),
+        ["batch 3"],
+        "three sent at once came as one batch"
+    );
+    assert_eq!(s.stats(&id).failed, 1);
+    assert!(logs::of(&id)
+        .iter()
+        .any(|l| l.level == "WARN" && l.message.contains("returned an error: asked to fail")));
+
+    // A trap in a batch: the instance is recycled and none of it counts as delivered.
+    s.notify_together(&["c", "panic", "d"]).await;
+    assert!(
+        eventually(SOON, || s.stats(&id).failed == 4).await,
+        "{:?}",
+        s.stats(&id)
+    );
+    assert_eq!(calls(&id), ["batch 3", "batch 3"]);
+    assert_eq!(s.stats(&id).delivered, 2);
+    assert_eq!(payloads_seen(&id), ["a", "b", "c"], "d was never reached");
+    assert!(logs::of(&id)
+        .iter()
+        .any(|l| l.level == "WARN" && l.message.contains("trapped")));
+
+    // The fresh instance carries on.
+    s.sender.notify(&s.channel, "e").await;
+    assert!(eventually(SOON, || s.stats(&id).delivered == 3).await);
+    assert_eq!(payloads_seen(&id).last().map(String::as_str), Some("e"));
+    s.notifier.shutdown(Duration::from_secs(5)).await;
+}

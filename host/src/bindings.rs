@@ -2,8 +2,10 @@
 //!
 //! The generated `Payload` is also the library's public payload type, so a
 //! decoded payload is handed to guests and native closures without conversion.
-//! Plugins built against 0.1.0 and 0.2.0 use [`v0_1`] and [`v0_2`], which
-//! share these types.
+//! Plugins built against 0.1.0, 0.2.0 and 0.3.0 use [`v0_1`], [`v0_2`] and
+//! [`v0_3`], which share these types. The optional `batch` export has no
+//! generated binding: the sandbox looks it up, and lowers borrowed payloads
+//! through [`BatchItem`].
 
 wasmtime::component::bindgen!({
     world: "plugin",
@@ -14,6 +16,21 @@ wasmtime::component::bindgen!({
 pub use self::exports::pgnotifier::plugin::subscriber::Registration;
 pub use self::pgnotifier::plugin::host::Level;
 pub use self::pgnotifier::plugin::types::Payload;
+
+/// The frozen 0.3.0 world: 0.4.0's `plugin` world, without `batch`.
+pub mod v0_3 {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit/v0.3.0",
+        with: {
+            "pgnotifier:plugin/types@0.3.0": super::pgnotifier::plugin::types,
+            "pgnotifier:plugin/host@0.3.0": super::pgnotifier::plugin::host,
+            "pgnotifier:plugin/publish@0.3.0": super::pgnotifier::plugin::publish,
+            "pgnotifier:plugin/query@0.3.0": super::pgnotifier::plugin::query,
+            "pgnotifier:plugin/delivery@0.3.0": super::pgnotifier::plugin::delivery,
+        },
+    });
+}
 
 /// The frozen 0.2.0 world: 0.3.0 without `delivery`.
 pub mod v0_2 {
@@ -39,6 +56,27 @@ pub mod v0_1 {
             "pgnotifier:plugin/host@0.1.0": super::pgnotifier::plugin::host,
         },
     });
+}
+
+/// The `batch` interface's export, as a plugin built for `batched-plugin` names it.
+pub const BATCH_INTERFACE: &str = "pgnotifier:plugin/batch@0.4.0";
+pub const BATCH_FUNCTION: &str = "on-notify-batch";
+
+/// One notification of an `on-notify-batch` call, lowered from the shared
+/// payload without copying it first.
+#[derive(wasmtime::component::ComponentType, wasmtime::component::Lower)]
+#[component(record)]
+pub struct BatchItem<'a> {
+    pub payload: &'a Payload,
+    pub pid: i32,
+}
+
+/// A notification of a batch that failed, as the plugin returns it.
+#[derive(Debug, wasmtime::component::ComponentType, wasmtime::component::Lift)]
+#[component(record)]
+pub struct BatchFailure {
+    pub index: u32,
+    pub message: String,
 }
 
 /// The WIT source, for `pgnotifier wit` and plugin authors.

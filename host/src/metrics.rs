@@ -121,7 +121,11 @@ pub(crate) fn render(from: &Sources) -> String {
     }
 
     let name = "pgnotifier_subscriber_call_duration_seconds";
-    out.family(name, "histogram", "How long on-notify calls took.");
+    out.family(
+        name,
+        "histogram",
+        "How long on-notify calls took; a batch's time is shared among its notifications.",
+    );
     for mailbox in from.registry.mailboxes() {
         out.histogram(
             name,
@@ -367,9 +371,9 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_end_with_inf() {
         let h = Histogram::default();
-        h.record(10_000);
-        h.record(3_000_000);
-        h.record(60_000_000_000);
+        h.record(10_000, 1);
+        h.record(3_000_000, 1);
+        h.record(60_000_000_000, 1);
         let mut out = Exposition::new();
         out.histogram("d", &[("subscriber", "a\"b")], &h);
         let text = out.finish();

@@ -59,12 +59,13 @@ pub(crate) struct Histogram {
 }
 
 impl Histogram {
-    /// Record one duration. Only one thread may record into a histogram
-    /// (each subscriber's worker has its own), so this is plain stores.
-    pub(crate) fn record(&self, ns: u64) {
+    /// Record `count` durations of `ns` each. Only one thread may record
+    /// into a histogram (each subscriber's worker has its own), so this is
+    /// plain stores.
+    pub(crate) fn record(&self, ns: u64, count: u64) {
         let bucket = BOUNDS_NS.partition_point(|&bound| bound < ns);
-        bump(&self.buckets[bucket], 1);
-        bump(&self.sum_ns, ns);
+        bump(&self.buckets[bucket], count);
+        bump(&self.sum_ns, ns.saturating_mul(count));
     }
 
     /// Each bucket's upper bound (`None` for `+Inf`) and count, not cumulative.

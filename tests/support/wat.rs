@@ -75,8 +75,8 @@ impl WatPlugin {
         }
     }
 
-    /// Target `version` of the WIT (0.1.0, 0.2.0 or 0.3.0): all three have
-    /// the same exports, so only the names change.
+    /// Target `version` of the WIT (0.1.0 to 0.4.0): all have the same
+    /// exports in the `plugin` world, so only the names change.
     pub fn wit_version(mut self, version: &'static str) -> Self {
         self.version = version;
         self
@@ -266,10 +266,18 @@ impl WatPlugin {
             _ => "",
         };
         let version = self.version;
+        // Each capability of its version, imported (not called), so loading
+        // it checks that the host links that version's interfaces.
+        let capability_imports = match version {
+            "0.1.0" => String::new(),
+            "0.2.0" => capability_imports(version, false),
+            _ => capability_imports(version, true),
+        };
         format!(
             r#"(module
   (import "pgnotifier:plugin/host@{version}" "log" (func $log (param i32 i32 i32)))
   {wasi_imports}
+  {capability_imports}
   (memory (export "memory") 2)
   (global $bump (mut i32) (i32.const 65536))
   (global $calls (mut i32) (i32.const 0))
@@ -324,6 +332,22 @@ impl WatPlugin {
 )"#
         )
     }
+}
+
+/// The core imports of `publish`, `query` and (with `delivery`) `delivery`.
+fn capability_imports(version: &str, delivery: bool) -> String {
+    let mut imports = format!(
+        r#"(import "pgnotifier:plugin/publish@{version}" "publish" (func (param i32 i32 i32 i32 i32)))
+  (import "pgnotifier:plugin/query@{version}" "query" (func (param i32 i32 i32 i32 i32)))"#
+    );
+    if delivery {
+        imports.push_str(&format!(
+            r#"
+  (import "pgnotifier:plugin/delivery@{version}" "current-event" (func (param i32)))
+  (import "pgnotifier:plugin/delivery@{version}" "current-gap" (func (param i32)))"#
+        ));
+    }
+    imports
 }
 
 /// The `plugin` world, or one that also imports the WASI interfaces the

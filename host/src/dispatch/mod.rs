@@ -135,6 +135,10 @@ pub enum CallFailure {
     TimedOut(Duration),
 }
 
+/// The most live notifications a worker hands to a batching subscriber in
+/// one call (the WIT's `on-notify-batch` promises it).
+pub(crate) const BATCH_LIMIT: usize = 64;
+
 /// Something that receives deliveries on its own worker thread.
 pub(crate) trait Deliver: Send + 'static {
     /// `event` is set for a durable event.
@@ -144,6 +148,28 @@ pub(crate) trait Deliver: Send + 'static {
         event: Option<&DurableEvent>,
     ) -> Result<(), CallFailure>;
     fn on_gap(&mut self, gap: &Arc<Gap>) -> Result<(), CallFailure>;
+
+    /// Whether live notifications queued on one channel go to
+    /// [`Deliver::on_notify_batch`] together.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Live notifications on one channel, in order, at most [`BATCH_LIMIT`].
+    /// `Ok`: the ones that failed, by index, in increasing order; the rest
+    /// were delivered. `Err`: the call failed as a whole, delivering none.
+    fn on_notify_batch(
+        &mut self,
+        batch: &[Arc<Notification>],
+    ) -> Result<Vec<(usize, CallFailure)>, CallFailure> {
+        let mut failed = Vec::new();
+        for (index, n) in batch.iter().enumerate() {
+            if let Err(failure) = self.on_notify(n, None) {
+                failed.push((index, failure));
+            }
+        }
+        Ok(failed)
+    }
 }
 
 /// How a subscriber is dispatched to: its queue, the payload it wants, and

@@ -55,11 +55,13 @@ impl Gate {
 type Log = Arc<Mutex<Vec<String>>>;
 
 /// A subscriber that logs `name:payload` for each call, after the gate.
+/// Batching, it logs `name:batch N` before the batch's payloads.
 struct Fake {
     name: &'static str,
     log: Log,
     gate: Arc<Gate>,
     fails: bool,
+    batching: bool,
 }
 
 impl Deliver for Fake {
@@ -88,6 +90,24 @@ impl Deliver for Fake {
         lock(&self.log).push(format!("{}:gap {channels:?}", self.name));
         Ok(())
     }
+
+    fn batches(&self) -> bool {
+        self.batching
+    }
+
+    fn on_notify_batch(
+        &mut self,
+        batch: &[Arc<Notification>],
+    ) -> Result<Vec<(usize, CallFailure)>, CallFailure> {
+        lock(&self.log).push(format!("{}:batch {}", self.name, batch.len()));
+        let mut failed = Vec::new();
+        for (index, n) in batch.iter().enumerate() {
+            if let Err(failure) = self.on_notify(n, None) {
+                failed.push((index, failure));
+            }
+        }
+        Ok(failed)
+    }
 }
 
 /// Poll `done` until it holds, or fail naming `what` after five seconds.
@@ -100,8 +120,12 @@ fn eventually(what: &str, done: impl Fn() -> bool) {
 }
 
 fn notification(text: &str) -> Arc<Notification> {
+    notification_on("orders", text)
+}
+
+fn notification_on(channel: &str, text: &str) -> Arc<Notification> {
     Arc::new(Notification {
-        channel: "orders".into(),
+        channel: channel.into(),
         payload: decode(text, PayloadMode::Raw),
         pid: 7,
     })
@@ -128,6 +152,10 @@ struct Harness {
 
 impl Harness {
     fn new(settings: DispatchSettings, gate: Arc<Gate>, fails: bool) -> Self {
+        Self::start(settings, gate, fails, false)
+    }
+
+    fn start(settings: DispatchSettings, gate: Arc<Gate>, fails: bool, batching: bool) -> Self {
         let log = Log::default();
         let quarantined: Arc<Mutex<Vec<String>>> = Arc::default();
         let record = quarantined.clone();
@@ -138,6 +166,7 @@ impl Harness {
             log: log.clone(),
             gate: gate.clone(),
             fails,
+            batching,
         };
         let mailbox = Mailbox::spawn("fake".into(), settings, Box::new(fake), hook)
             .expect("start a worker thread");
@@ -202,6 +231,62 @@ async fn deliveries_arrive_in_order() {
     let expected: Vec<String> = sent.iter().map(|t| format!("old:{t}")).collect();
     assert_eq!(log, expected);
     assert_eq!(h.mailbox.stats().delivered, 200);
+}
+
+#[tokio::test]
+async fn live_notifications_queued_on_one_channel_reach_a_batching_subscriber_together() {
+    let h = Harness::start(
+        settings(1000, Overflow::Block, Duration::ZERO),
+        Gate::closed(),
+        false,
+        true,
+    );
+    h.hold("1").await;
+    let run: Vec<String> = (2..=70).map(|i| i.to_string()).collect();
+    for text in &run {
+        h.push(text).await;
+    }
+    (h.mailbox)
+        .push(Delivery::Notify(notification_on("other", "x")))
+        .await;
+    h.push("y").await;
+    let log = h.finish();
+    // "1" came alone; the run splits at the limit and where the channel changes.
+    let mut expected = vec!["old:1".to_string(), format!("old:batch {BATCH_LIMIT}")];
+    let (full, rest) = run.split_at(BATCH_LIMIT);
+    expected.extend(full.iter().map(|t| format!("old:{t}")));
+    expected.push(format!("old:batch {}", rest.len()));
+    expected.extend(rest.iter().map(|t| format!("old:{t}")));
+    expected.extend(["old:x".to_string(), "old:y".to_string()]);
+    assert_eq!(log, expected);
+    assert_eq!(h.mailbox.stats().delivered, 72);
+}
+
+#[tokio::test]
+async fn each_failure_in_a_batch_counts_toward_quarantine() {
+    let h = Harness::start(
+        DispatchSettings {
+            failure_threshold: 3,
+            ..settings(1000, Overflow::Block, Duration::ZERO)
+        },
+        Gate::closed(),
+        true,
+        true,
+    );
+    h.hold("1").await;
+    for text in ["2", "3", "4", "5"] {
+        h.push(text).await;
+    }
+    h.gate.open();
+    // "1" alone, then "2" and "3" of the batch: three in a row. The rest of
+    // the batch was called already; its failures count too.
+    eventually("every failure counted", || h.mailbox.stats().failed == 5);
+    assert_eq!(h.mailbox.stats().delivered, 0);
+    assert!(
+        lock(&h.quarantined)[0].contains("3 failures in a row"),
+        "{:?}",
+        lock(&h.quarantined)
+    );
 }
 
 #[tokio::test]
@@ -318,6 +403,7 @@ async fn a_replaced_subscriber_gets_the_queue_in_order_after_the_call_in_progres
         log: h.log.clone(),
         gate: Gate::opened(),
         fails: false,
+        batching: false,
     };
     h.mailbox.replace(
         settings(100, Overflow::Block, Duration::ZERO),

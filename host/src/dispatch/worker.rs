@@ -2,15 +2,21 @@
 //! calls its subscriber, counting failures up to a quarantine.
 
 use super::mailbox::{Life, Mailbox};
-use super::{CallFailure, Deliver, Delivery, DurableEvent, Notification, Outcome};
-use crate::sync::{bump, clock, lock};
+use super::{CallFailure, Deliver, Delivery, DurableEvent, Notification, Outcome, BATCH_LIMIT};
+use crate::sync::{bump, clock, lock, Histogram};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// What the worker does next.
 enum Next {
     /// `waited`: the worker idled before this one arrived.
     Deliver {
         delivery: Delivery,
+        waited: bool,
+    },
+    /// Live notifications on one channel, taken into the worker's batch.
+    Batch {
         waited: bool,
     },
     /// Nothing queued, but a replacement subscriber is waiting.
@@ -47,8 +53,9 @@ impl Mailbox {
         (self.on_quarantine)(&self.id, &reason);
     }
 
-    /// Wait for the next thing to do.
-    fn next(&self) -> Next {
+    /// Wait for the next thing to do. With room in `batch` (emptied by the
+    /// caller), live notifications queued on one channel are taken together.
+    fn next(&self, batch: &mut Vec<Arc<Notification>>, max: usize) -> Next {
         let mut queue = lock(&self.queue);
         let mut waited = false;
         loop {
@@ -64,6 +71,13 @@ impl Mailbox {
                 return Next::Stop;
             }
             if let Some(delivery) = queue.items.pop_front() {
+                let next = match delivery {
+                    Delivery::Notify(first) if starts_run(&queue.items, &first, max) => {
+                        take_run(&mut queue.items, first, max, batch);
+                        Next::Batch { waited }
+                    }
+                    delivery => Next::Deliver { delivery, waited },
+                };
                 let len = queue.items.len();
                 self.queued.store(len, Ordering::Relaxed);
                 // Written only when set: the router reads this line on every push.
@@ -80,7 +94,7 @@ impl Mailbox {
                 if wake_router {
                     self.space.notify_waiters();
                 }
-                return Next::Deliver { delivery, waited };
+                return next;
             }
             if self.replaced.load(Ordering::Acquire) {
                 // Idle: switch now, so the old instance is not kept alive.
@@ -100,32 +114,80 @@ impl Mailbox {
         }
     }
 
-    /// One `on-notify` call, timed. Back to back, the last call's end is
-    /// this one's start, so a busy worker reads the clock once per call.
-    /// `Ok(true)`: a notification was delivered.
+    /// One `on-notify` call, timed. `Ok(true)`: a notification was delivered.
     fn call(
         &self,
-        clock: &quanta::Clock,
+        timer: &mut CallTimer,
         subscriber: &mut dyn Deliver,
         n: &Notification,
         event: Option<&DurableEvent>,
-        last_end: &mut Option<u64>,
     ) -> Result<bool, CallFailure> {
-        let started = last_end.unwrap_or_else(|| clock.raw());
-        let result = subscriber.on_notify(n, event);
-        let ended = clock.raw();
-        (self.counters.call_duration).record(clock.delta_as_nanos(started, ended));
-        *last_end = Some(ended);
-        result.map(|()| true)
+        timer.time(&self.counters.call_duration, 1, || {
+            subscriber.on_notify(n, event).map(|()| true)
+        })
+    }
+
+    /// One `on-notify-batch` call, timed, and each notification of it counted.
+    fn call_batch(
+        &self,
+        timer: &mut CallTimer,
+        subscriber: &mut dyn Deliver,
+        batch: &[Arc<Notification>],
+    ) {
+        let result = timer.time(&self.counters.call_duration, batch.len(), || {
+            subscriber.on_notify_batch(batch)
+        });
+        match result {
+            Ok(failures) if failures.is_empty() => {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                bump(&self.counters.delivered, batch.len() as u64);
+            }
+            Ok(failures) => {
+                let mut failures = failures.into_iter().peekable();
+                for index in 0..batch.len() {
+                    match failures.next_if(|(failed, _)| *failed == index) {
+                        Some((_, failure)) => self.count(Err(failure)),
+                        None => self.count(Ok(true)),
+                    }
+                }
+            }
+            Err(failure) => {
+                // One call failed, so one failure toward quarantine; none of
+                // the batch was delivered.
+                let not_delivered = batch.len().saturating_sub(1) as u64;
+                bump(&self.counters.failed, not_delivered);
+                self.count(Err(failure));
+            }
+        }
+    }
+
+    /// Count how a call went.
+    fn count(&self, result: Result<bool, CallFailure>) {
+        match result {
+            Ok(notified) => {
+                self.failures_in_a_row.store(0, Ordering::Relaxed);
+                if notified {
+                    bump(&self.counters.delivered, 1);
+                }
+            }
+            Err(failure) => {
+                bump(&self.counters.failed, 1);
+                if matches!(failure, CallFailure::TimedOut(_)) {
+                    bump(&self.counters.timed_out, 1);
+                }
+                tracing::warn!(subscriber = %self.id, "call failed: {failure}");
+                self.count_failure(&failure);
+            }
+        }
     }
 
     pub(super) fn work(&self, mut subscriber: Box<dyn Deliver>) {
-        // When the last call ended (see `call`); the duration then includes
-        // taking the notification off the queue.
-        let clock = clock();
-        let mut last_end: Option<u64> = None;
+        let mut timer = CallTimer::default();
+        let mut batch = Vec::with_capacity(BATCH_LIMIT);
         loop {
-            let next = self.next();
+            batch.clear();
+            let max = if subscriber.batches() { BATCH_LIMIT } else { 1 };
+            let next = self.next(&mut batch, max);
             if self.replaced.swap(false, Ordering::Acquire) {
                 if let Some(replacement) = lock(&self.replacement).take() {
                     subscriber = replacement;
@@ -133,10 +195,23 @@ impl Mailbox {
             }
             let delivery = match next {
                 Next::Deliver { delivery, waited } => {
-                    if waited {
-                        last_end = None;
-                    }
+                    timer.waited(waited);
                     delivery
+                }
+                Next::Batch { waited } => {
+                    timer.waited(waited);
+                    if self.quarantined.load(Ordering::Relaxed) {
+                        (self.counters.dropped).fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    } else if subscriber.batches() {
+                        self.call_batch(&mut timer, subscriber.as_mut(), &batch);
+                    } else {
+                        // Replaced by one that does not batch.
+                        for n in &batch {
+                            let result = self.call(&mut timer, subscriber.as_mut(), n, None);
+                            self.count(result);
+                        }
+                    }
+                    continue;
                 }
                 Next::Switch => continue,
                 Next::Stop => break,
@@ -154,10 +229,7 @@ impl Mailbox {
                 continue;
             }
             let (result, report) = match delivery {
-                Delivery::Notify(n) => (
-                    self.call(clock, subscriber.as_mut(), &n, None, &mut last_end),
-                    None,
-                ),
+                Delivery::Notify(n) => (self.call(&mut timer, subscriber.as_mut(), &n, None), None),
                 Delivery::Tracked(tracked) => {
                     let super::Tracked {
                         notification,
@@ -165,13 +237,8 @@ impl Mailbox {
                         done,
                         epoch,
                     } = *tracked;
-                    let result = self.call(
-                        clock,
-                        subscriber.as_mut(),
-                        &notification,
-                        Some(&event),
-                        &mut last_end,
-                    );
+                    let result =
+                        self.call(&mut timer, subscriber.as_mut(), &notification, Some(&event));
                     (result, Some((done, epoch)))
                 }
                 Delivery::Gap(gap) => {
@@ -189,23 +256,73 @@ impl Mailbox {
                 };
                 let _ = done.send(outcome);
             }
-            match result {
-                Ok(notified) => {
-                    self.failures_in_a_row.store(0, Ordering::Relaxed);
-                    if notified {
-                        bump(&self.counters.delivered, 1);
-                    }
-                }
-                Err(failure) => {
-                    bump(&self.counters.failed, 1);
-                    if matches!(failure, CallFailure::TimedOut(_)) {
-                        bump(&self.counters.timed_out, 1);
-                    }
-                    tracing::warn!(subscriber = %self.id, "call failed: {failure}");
-                    self.count_failure(&failure);
-                }
-            }
+            self.count(result);
         }
         tracing::debug!(subscriber = %self.id, "worker stopped");
+    }
+}
+
+/// Whether `first` starts a batch: there is room for one, and the next
+/// queued delivery is a live notification on the same channel.
+fn starts_run(items: &VecDeque<Delivery>, first: &Notification, max: usize) -> bool {
+    max > 1 && matches!(items.front(), Some(Delivery::Notify(n)) if same_channel(n, &first.channel))
+}
+
+/// Move `first` and the live notifications after it on its channel into `batch`, up to `max`.
+fn take_run(
+    items: &mut VecDeque<Delivery>,
+    first: Arc<Notification>,
+    max: usize,
+    batch: &mut Vec<Arc<Notification>>,
+) {
+    let channel = first.channel.clone();
+    batch.push(first);
+    while batch.len() < max {
+        match items.front() {
+            Some(Delivery::Notify(n)) if same_channel(n, &channel) => {}
+            _ => break,
+        }
+        if let Some(Delivery::Notify(n)) = items.pop_front() {
+            batch.push(n);
+        }
+    }
+}
+
+/// The router shares one name per channel, so this is nearly always a pointer compare.
+fn same_channel(n: &Notification, channel: &Arc<str>) -> bool {
+    Arc::ptr_eq(&n.channel, channel) || n.channel == *channel
+}
+
+/// Times calls into a subscriber. Back to back, the last call's end is this
+/// one's start, so a busy worker reads the clock once per call; the duration
+/// then includes taking the notification off the queue.
+#[derive(Default)]
+struct CallTimer {
+    last_end: Option<u64>,
+}
+
+impl CallTimer {
+    /// The worker idled: the next call's start is read afresh.
+    fn waited(&mut self, waited: bool) {
+        if waited {
+            self.last_end = None;
+        }
+    }
+
+    /// Run `call` for `notifications` notifications, sharing its time among them.
+    fn time<T>(
+        &mut self,
+        durations: &Histogram,
+        notifications: usize,
+        call: impl FnOnce() -> T,
+    ) -> T {
+        let clock = clock();
+        let started = self.last_end.unwrap_or_else(|| clock.raw());
+        let result = call();
+        let ended = clock.raw();
+        let each = clock.delta_as_nanos(started, ended) / notifications.max(1) as u64;
+        durations.record(each, notifications as u64);
+        self.last_end = Some(ended);
+        result
     }
 }

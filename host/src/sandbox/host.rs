@@ -17,7 +17,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 const MAX_LOG_MESSAGE: usize = 64 * 1024;
 
 /// The current WIT version, whose `host.log` is shadowed by [`log_in_place`].
-const CURRENT: &str = "0.3.0";
+const CURRENT: &str = "0.4.0";
 
 /// Per-store state: the subscriber id, WASI with nothing granted, the
 /// plugin's capabilities, and limits.
@@ -73,9 +73,10 @@ impl HostState {
     }
 
     /// A top-level call into the guest starts.
-    pub(crate) fn start_call(&mut self) {
+    /// A call starts, with `budget` of CPU time when the deadline counts CPU.
+    pub(crate) fn start_call(&mut self, budget: Duration) {
         if let Some(cpu) = &mut self.cpu {
-            cpu.start();
+            cpu.start(budget);
         }
     }
 }
@@ -96,7 +97,8 @@ impl CpuClock {
         }
     }
 
-    fn start(&mut self) {
+    fn start(&mut self, budget: Duration) {
+        self.budget = budget;
         self.started = thread_cpu_time();
     }
 
@@ -209,9 +211,9 @@ fn log_in_place(
 }
 
 /// Link `wasi:http`, every import of the current WIT through the generated
-/// bindings, and the frozen 0.1.0 and 0.2.0 interfaces. bindgen's `with`
-/// shares their types with the current ones, but its generated linker would
-/// name the current interfaces, so the older instances are named here.
+/// bindings, and the frozen 0.1.0, 0.2.0 and 0.3.0 interfaces. bindgen's
+/// `with` shares their types with the current ones, but its generated linker
+/// would name the current interfaces, so the older instances are named here.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)?;
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
@@ -220,28 +222,45 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         .instance(&format!("pgnotifier:plugin/host@{CURRENT}"))?
         .func_wrap("log", log_in_place)?;
     linker.allow_shadowing(false);
-    for version in ["0.1.0", "0.2.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0"] {
         linker.instance(&format!("pgnotifier:plugin/types@{version}"))?;
         linker
             .instance(&format!("pgnotifier:plugin/host@{version}"))?
             .func_wrap("log", log_in_place)?;
     }
-    linker
-        .instance("pgnotifier:plugin/publish@0.2.0")?
-        .func_wrap(
-            "publish",
-            |mut store: StoreContextMut<'_, HostState>, (channel, payload): (String, String)| {
-                Ok((publish::Host::publish(store.data_mut(), channel, payload),))
-            },
-        )?;
-    linker
-        .instance("pgnotifier:plugin/query@0.2.0")?
-        .func_wrap(
-            "query",
-            |mut store: StoreContextMut<'_, HostState>, (sql, params): (String, Vec<String>)| {
-                Ok((query::Host::query(store.data_mut(), sql, params),))
-            },
-        )?;
+    for version in ["0.2.0", "0.3.0"] {
+        linker
+            .instance(&format!("pgnotifier:plugin/publish@{version}"))?
+            .func_wrap(
+                "publish",
+                |mut store: StoreContextMut<'_, HostState>,
+                 (channel, payload): (String, String)| {
+                    Ok((publish::Host::publish(store.data_mut(), channel, payload),))
+                },
+            )?;
+        linker
+            .instance(&format!("pgnotifier:plugin/query@{version}"))?
+            .func_wrap(
+                "query",
+                |mut store: StoreContextMut<'_, HostState>,
+                 (sql, params): (String, Vec<String>)| {
+                    Ok((query::Host::query(store.data_mut(), sql, params),))
+                },
+            )?;
+    }
+    let mut delivery_0_3 = linker.instance("pgnotifier:plugin/delivery@0.3.0")?;
+    delivery_0_3.func_wrap(
+        "current-event",
+        |mut store: StoreContextMut<'_, HostState>, (): ()| {
+            Ok((delivery::Host::current_event(store.data_mut()),))
+        },
+    )?;
+    delivery_0_3.func_wrap(
+        "current-gap",
+        |mut store: StoreContextMut<'_, HostState>, (): ()| {
+            Ok((delivery::Host::current_gap(store.data_mut()),))
+        },
+    )?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 
 use super::host::HostState;
 use super::{CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
-use crate::bindings::{v0_1, v0_2, Plugin, Registration};
+use crate::bindings::{v0_1, v0_2, v0_3, BatchFailure, BatchItem, Plugin, PluginPre, Registration};
 use crate::capabilities::PluginCapabilities;
 use crate::dispatch::{CallFailure, Deliver, DurableEvent, Gap, Notification};
 use crate::printable::with_causes;
@@ -10,6 +10,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use wasmtime::component::{ComponentExportIndex, Func};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// Limits applied to every call into one plugin.
@@ -48,7 +49,12 @@ struct Live {
 
 /// An instance's exports, by the WIT version it targets.
 enum Instance {
-    V3(Plugin),
+    /// `batch`: its `on-notify-batch`, if it exports one.
+    V4 {
+        plugin: Plugin,
+        batch: Option<Func>,
+    },
+    V3(v0_3::Plugin),
     V2(v0_2::Plugin),
     V1(v0_1::Plugin),
 }
@@ -58,6 +64,10 @@ enum Instance {
 macro_rules! subscriber {
     ($instance:expr, |$s:ident| $call:expr) => {
         match $instance {
+            Instance::V4 { plugin, .. } => {
+                let $s = plugin.pgnotifier_plugin_subscriber();
+                $call
+            }
             Instance::V3(plugin) => {
                 let $s = plugin.pgnotifier_plugin_subscriber();
                 $call
@@ -125,15 +135,22 @@ impl WasmSubscriber {
             .ok_or_else(|| CallFailure::Trapped("no instance".into()))
     }
 
+    /// Run `f` in the live instance with the deadline of `notifications`
+    /// calls: the plugin's timeout for each.
     fn call<T>(
         &mut self,
+        notifications: usize,
         f: impl FnOnce(&mut Live) -> wasmtime::Result<T>,
     ) -> Result<T, CallFailure> {
-        let limits = self.code.limits;
+        let limits = PluginLimits {
+            timeout: (self.code.limits.timeout)
+                .saturating_mul(u32::try_from(notifications).unwrap_or(u32::MAX)),
+            ..self.code.limits
+        };
         let live = self.live()?;
         live.store
             .set_epoch_deadline(deadline_ticks(limits.timeout));
-        live.store.data_mut().start_call();
+        live.store.data_mut().start_call(limits.timeout);
         match f(live) {
             Ok(value) => Ok(value),
             Err(e) => {
@@ -152,7 +169,7 @@ impl Deliver for WasmSubscriber {
         event: Option<&DurableEvent>,
     ) -> Result<(), CallFailure> {
         let id = self.code.id.clone();
-        self.call(|live| {
+        self.call(1, |live| {
             live.store.data_mut().event = event.copied();
             let called = subscriber!(&live.plugin, |s| s.call_on_notify(
                 &mut live.store,
@@ -169,7 +186,7 @@ impl Deliver for WasmSubscriber {
 
     fn on_gap(&mut self, gap: &Arc<Gap>) -> Result<(), CallFailure> {
         let id = self.code.id.clone();
-        self.call(|live| {
+        self.call(1, |live| {
             live.store.data_mut().gap = Some(gap.clone());
             let called = subscriber!(&live.plugin, |s| s.call_on_gap(
                 &mut live.store,
@@ -180,6 +197,58 @@ impl Deliver for WasmSubscriber {
             called
         })
     }
+
+    fn batches(&self) -> bool {
+        matches!(self.code.pre, CompiledPlugin::V4 { batch: Some(_), .. })
+    }
+
+    fn on_notify_batch(
+        &mut self,
+        batch: &[Arc<Notification>],
+    ) -> Result<Vec<(usize, CallFailure)>, CallFailure> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        let id = self.code.id.clone();
+        let items: Vec<BatchItem<'_>> = (batch.iter())
+            .map(|n| BatchItem {
+                payload: &n.payload,
+                pid: n.pid,
+            })
+            .collect();
+        let failures = self.call(batch.len(), |live| {
+            let Instance::V4 {
+                batch: Some(func), ..
+            } = &live.plugin
+            else {
+                wasmtime::bail!("the plugin has no on-notify-batch export");
+            };
+            // Checked at instantiation too; again here, once per batch, rather than
+            // an unchecked (unsafe) typed function kept across calls.
+            let typed =
+                func.typed::<(&str, &str, &[BatchItem<'_>]), (Vec<BatchFailure>,)>(&live.store)?;
+            let (failures,) = typed.call(&mut live.store, (&id, &first.channel, &items))?;
+            Ok(failures)
+        })?;
+        Ok(by_index(&self.code.id, failures, batch.len()))
+    }
+}
+
+/// A batch's failures in increasing index order, each once; an index
+/// outside the batch is logged and dropped.
+fn by_index(id: &str, failures: Vec<BatchFailure>, len: usize) -> Vec<(usize, CallFailure)> {
+    let mut failed: Vec<(usize, CallFailure)> = Vec::with_capacity(failures.len());
+    for BatchFailure { index, message } in failures {
+        match usize::try_from(index) {
+            Ok(index) if index < len => failed.push((index, CallFailure::Returned(message))),
+            _ => {
+                tracing::warn!(subscriber = %id, "on-notify-batch named notification {index} of a batch of {len}; ignored")
+            }
+        }
+    }
+    failed.sort_by_key(|(index, _)| *index);
+    failed.dedup_by_key(|(index, _)| *index);
+    failed
 }
 
 impl PluginCode {
@@ -213,6 +282,7 @@ impl PluginCode {
         }
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let instantiated = match &self.pre {
+            CompiledPlugin::V4 { pre, batch } => instantiate_v4(&mut store, pre, batch.as_ref()),
             CompiledPlugin::V3(pre) => pre.instantiate(&mut store).map(Instance::V3),
             CompiledPlugin::V2(pre) => pre.instantiate(&mut store).map(Instance::V2),
             CompiledPlugin::V1(pre) => pre.instantiate(&mut store).map(Instance::V1),
@@ -224,7 +294,7 @@ impl PluginCode {
             )
         })?;
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
-        store.data_mut().start_call();
+        store.data_mut().start_call(self.limits.timeout);
         let registration = subscriber!(&plugin, |s| s.call_register(
             &mut store,
             &self.id,
@@ -239,6 +309,30 @@ impl PluginCode {
         .map_err(|e| LoadError::new(&self.path, format!("register returned an error: {e}")))?;
         Ok((Live { store, plugin }, registration))
     }
+}
+
+/// A 0.4.0 instance, with its `on-notify-batch` checked against the types
+/// the host calls it with.
+fn instantiate_v4(
+    store: &mut Store<HostState>,
+    pre: &PluginPre<HostState>,
+    batch: Option<&ComponentExportIndex>,
+) -> wasmtime::Result<Instance> {
+    let instance = pre.instance_pre().instantiate(&mut *store)?;
+    let plugin = Plugin::new(&mut *store, &instance)?;
+    let batch = match batch {
+        Some(index) => {
+            let func = (instance.get_func(&mut *store, index))
+                .ok_or_else(|| wasmtime::format_err!("on-notify-batch is not a function"))?;
+            func.typed::<(&str, &str, &[BatchItem<'_>]), (Vec<BatchFailure>,)>(&*store)
+                .map_err(|e| {
+                    e.context("on-notify-batch does not match pgnotifier:plugin/batch@0.4.0")
+                })?;
+            Some(func)
+        }
+        None => None,
+    };
+    Ok(Instance::V4 { plugin, batch })
 }
 
 /// Epoch ticks for a deadline, rounded up, plus one for the tick in progress.

@@ -4,7 +4,8 @@
 //! long-lived instance in its own store, with a memory cap and a per-call
 //! epoch deadline. A trap or timeout throws that instance away; the next call
 //! gets a fresh one, with `register` run again. Plugins may target the
-//! current WIT (0.3.0), 0.2.0 or 0.1.0.
+//! current WIT (0.4.0, with or without the optional `batch` export), 0.3.0,
+//! 0.2.0 or 0.1.0.
 
 mod guest_log;
 mod host;
@@ -14,7 +15,7 @@ mod stdio;
 pub use instance::PluginLimits;
 pub(crate) use instance::WasmSubscriber;
 
-use crate::bindings::{v0_1, v0_2, PluginPre};
+use crate::bindings::{v0_1, v0_2, v0_3, PluginPre, BATCH_FUNCTION, BATCH_INTERFACE};
 use crate::capabilities::{CapabilityPool, Offline};
 use crate::printable::{printable, with_causes};
 use host::HostState;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the engine's epoch advances; deadlines are rounded up to it.
@@ -98,7 +99,12 @@ pub struct CacheStats {
 /// A compiled and linked plugin, by the WIT version it targets.
 #[derive(Clone)]
 pub(crate) enum CompiledPlugin {
-    V3(PluginPre<HostState>),
+    /// `batch`: where its `on-notify-batch` is, if it exports one.
+    V4 {
+        pre: PluginPre<HostState>,
+        batch: Option<ComponentExportIndex>,
+    },
+    V3(v0_3::PluginPre<HostState>),
     V2(v0_2::PluginPre<HostState>),
     V1(v0_1::PluginPre<HostState>),
 }
@@ -107,6 +113,7 @@ impl CompiledPlugin {
     /// The version of the `pgnotifier:plugin` package the plugin targets.
     pub(crate) fn wit_version(&self) -> &'static str {
         match self {
+            CompiledPlugin::V4 { .. } => "0.4.0",
             CompiledPlugin::V3(_) => "0.3.0",
             CompiledPlugin::V2(_) => "0.2.0",
             CompiledPlugin::V1(_) => "0.1.0",
@@ -228,9 +235,19 @@ impl Sandbox {
             .map_err(not_a_plugin)?;
         // The current version's error names what is missing for it.
         let current = match PluginPre::new(pre.clone()) {
-            Ok(current) => return Ok(CompiledPlugin::V3(current)),
+            Ok(current) => {
+                let batch = (component.get_export_index(None, BATCH_INTERFACE))
+                    .and_then(|batch| component.get_export_index(Some(&batch), BATCH_FUNCTION));
+                return Ok(CompiledPlugin::V4 {
+                    pre: current,
+                    batch,
+                });
+            }
             Err(e) => e,
         };
+        if let Ok(v3) = v0_3::PluginPre::new(pre.clone()) {
+            return Ok(CompiledPlugin::V3(v3));
+        }
         if let Ok(v2) = v0_2::PluginPre::new(pre.clone()) {
             return Ok(CompiledPlugin::V2(v2));
         }

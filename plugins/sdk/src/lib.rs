@@ -59,7 +59,7 @@ pub mod testing;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "plugin",
+        world: "batched-plugin",
         path: "../../wit",
         pub_export_macro: true,
         default_bindings_module: "pgnotifier_plugin::bindings",
@@ -75,7 +75,10 @@ pub use capabilities::{current_gap, publish, query};
 pub use config::Config;
 pub use log::log;
 
-/// A subscriber. One value per instance; the host calls it one call at a time.
+/// A subscriber. One value per instance; the host calls it one call at a
+/// time. Notifications that queue up on a channel reach it in one call into
+/// the instance (the WIT's `batch` export), each still through
+/// [`Plugin::on_notify`], in order.
 pub trait Plugin: Sized + 'static {
     /// Called once after load: build the plugin and name its channels (a
     /// sidecar's `channels` overrides them). An error refuses the load.

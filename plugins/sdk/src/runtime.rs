@@ -37,9 +37,9 @@ impl<P: Plugin> Runtime<P> {
 
     pub fn on_notify(
         &self,
-        id: String,
-        channel: String,
-        payload: Payload,
+        id: &str,
+        channel: &str,
+        payload: &Payload,
         pid: i32,
     ) -> Result<(), String> {
         let mut cell = self.cell.borrow_mut();
@@ -48,12 +48,29 @@ impl<P: Plugin> Runtime<P> {
             .ok_or_else(|| "on-notify before register".to_string())?;
         plugin
             .on_notify(Notification {
-                id: &id,
-                channel: &channel,
-                payload: &payload,
+                id,
+                channel,
+                payload,
                 pid,
             })
             .map_err(message)
+    }
+
+    /// Each notification of a batch through `on_notify`, in order; the
+    /// failures by index.
+    pub fn on_notify_batch(
+        &self,
+        id: &str,
+        channel: &str,
+        notifications: impl IntoIterator<Item = (Payload, i32)>,
+    ) -> Vec<(u32, String)> {
+        let mut failures = Vec::new();
+        for (index, (payload, pid)) in (0u32..).zip(notifications) {
+            if let Err(message) = self.on_notify(id, channel, &payload, pid) {
+                failures.push((index, message));
+            }
+        }
+        failures
     }
 
     pub fn on_gap(&self, channels: Vec<String>) {
@@ -100,11 +117,32 @@ macro_rules! export {
                 payload: $crate::Payload,
                 pid: i32,
             ) -> Result<(), String> {
-                __PGNOTIFIER_RUNTIME.on_notify(id, channel, payload, pid)
+                __PGNOTIFIER_RUNTIME.on_notify(&id, &channel, &payload, pid)
             }
 
             fn on_gap(_id: String, channels: Vec<String>) {
                 __PGNOTIFIER_RUNTIME.on_gap(channels)
+            }
+        }
+
+        impl $crate::bindings::exports::pgnotifier::plugin::batch::Guest for __PgnotifierExports {
+            fn on_notify_batch(
+                id: String,
+                channel: String,
+                notifications: Vec<
+                    $crate::bindings::exports::pgnotifier::plugin::batch::Notification,
+                >,
+            ) -> Vec<$crate::bindings::exports::pgnotifier::plugin::batch::Failure> {
+                let notifications = notifications.into_iter().map(|n| (n.payload, n.pid));
+                (__PGNOTIFIER_RUNTIME.on_notify_batch(&id, &channel, notifications))
+                    .into_iter()
+                    .map(|(index, message)| {
+                        $crate::bindings::exports::pgnotifier::plugin::batch::Failure {
+                            index,
+                            message,
+                        }
+                    })
+                    .collect()
             }
         }
 

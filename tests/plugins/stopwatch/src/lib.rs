@@ -9,19 +9,23 @@
 //! the Unix epoch, as the whole payload (an integer) or as the first key of
 //! an object (`{"sent_us": …, …}`).
 //!
+//! It takes batches (`on-notify-batch`), as plugins built with the Rust SDK
+//! do, and times each notification of a batch as it comes to it.
+//!
 //! Sidecar `[config]`: `channels` (default `bench`), `n` (required),
 //! `latency` (default `false`).
 
 wit_bindgen::generate!({
     inline: "package bench:stopwatch;
              world stopwatch {
-                 include pgnotifier:plugin/plugin@0.3.0;
+                 include pgnotifier:plugin/batched-plugin@0.4.0;
                  import wasi:clocks/wall-clock@0.2.0;
              }",
     path: ["../../../wit", "wit"],
     generate_all,
 });
 
+use exports::pgnotifier::plugin::batch::{self, Failure};
 use exports::pgnotifier::plugin::subscriber::{Guest, Payload, Registration};
 use pgnotifier::plugin::host::{log, Level};
 use std::cell::RefCell;
@@ -119,25 +123,47 @@ impl Guest for Stopwatch {
     }
 
     fn on_notify(_id: String, _channel: String, payload: Payload, _pid: i32) -> Result<(), String> {
-        let now = now_us();
-        ROUND.with_borrow_mut(|round| {
-            if round.seen == 0 {
-                round.first_us = now;
-            }
-            round.seen += 1;
-            round.last_us = now;
-            if round.latency {
-                let sent = sent_us(&payload).ok_or("the payload carries no send stamp")?;
-                round.latencies_us.push(now.saturating_sub(sent));
-            }
-            if round.seen == round.every {
-                round.report();
-            }
-            Ok(())
-        })
+        see(&payload)
     }
 
     fn on_gap(_id: String, _channels: Vec<String>) {}
+}
+
+impl batch::Guest for Stopwatch {
+    fn on_notify_batch(
+        _id: String,
+        _channel: String,
+        notifications: Vec<batch::Notification>,
+    ) -> Vec<Failure> {
+        (0u32..)
+            .zip(&notifications)
+            .filter_map(|(index, n)| {
+                see(&n.payload)
+                    .err()
+                    .map(|message| Failure { index, message })
+            })
+            .collect()
+    }
+}
+
+/// One notification, at the time it reaches the plugin.
+fn see(payload: &Payload) -> Result<(), String> {
+    let now = now_us();
+    ROUND.with_borrow_mut(|round| {
+        if round.seen == 0 {
+            round.first_us = now;
+        }
+        round.seen += 1;
+        round.last_us = now;
+        if round.latency {
+            let sent = sent_us(payload).ok_or("the payload carries no send stamp")?;
+            round.latencies_us.push(now.saturating_sub(sent));
+        }
+        if round.seen == round.every {
+            round.report();
+        }
+        Ok(())
+    })
 }
 
 export!(Stopwatch);
