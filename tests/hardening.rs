@@ -170,8 +170,8 @@ async fn every_relisten_gives_its_subscribers_a_gap_event() {
     host.wait_for(&["LISTEN set updated", &ch]);
     let gap = ["notifications may have been missed", "subscriber=echo"];
     let sender = Sender::connect().await;
-    // The gap event is queued before LISTEN is sent again: a notification
-    // sent between the two would be lost, so wait for LISTEN as well.
+    // The host logs the gap when it queues it, before LISTEN is sent again
+    // (on-gap itself waits for LISTEN): wait for LISTEN as well.
     let wait_gaps = |n: usize| {
         host.wait_for_count(&gap, n);
         host.wait_for_count(&["LISTEN set updated", &ch], n + 1);

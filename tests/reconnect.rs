@@ -111,6 +111,51 @@ async fn a_terminated_backend_is_reconnected_and_every_subscriber_gets_a_gap_eve
     notifier.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A subscriber that resynchronises in on-gap misses nothing: on-gap runs
+/// only once the channel is LISTENed again, so a change committed while it
+/// runs (here, a NOTIFY sent from inside it) is delivered after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_gap_runs_only_once_the_channel_is_listened_again() {
+    let ch = channel("resync");
+    let notifier = Notifier::new(support::database());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (notes, gaps) = (seen.clone(), seen.clone());
+    // Connected beforehand, so the NOTIFY is one round trip, as quick as LISTEN.
+    let from_gap = Arc::new(Sender::connect().await);
+    let (runtime, on_gap_ch) = (tokio::runtime::Handle::current(), ch.clone());
+    let subscriber = Subscriber::native(move |_, _, payload, _| {
+        notes.lock().unwrap().push(format!("n:{payload:?}"));
+    })
+    .on_gap(move |_, _| {
+        gaps.lock().unwrap().push("gap".to_owned());
+        // Committed before on-gap returns, as a change after a resync read would be.
+        runtime.block_on(from_gap.notify(&on_gap_ch, "from on-gap"));
+    });
+    notifier
+        .subscribe("resync", ch.as_str(), subscriber)
+        .unwrap();
+    support::listen(&notifier).await;
+    let sender = Sender::connect().await;
+    let rounds = 10;
+    for round in 1..=rounds {
+        let old = notifier.backend_pid();
+        sender
+            .client
+            .execute("select pg_terminate_backend($1)", &[&old.unwrap()])
+            .await
+            .unwrap();
+        assert!(
+            eventually(SOON, || entries(&seen).len() == 2 * round).await,
+            "round {round}: the NOTIFY sent from on-gap was lost: {:?}",
+            entries(&seen)
+        );
+    }
+    let text = format!("n:{:?}", Payload::Text("from on-gap".into()));
+    let each = ["gap", text.as_str()];
+    assert_eq!(entries(&seen), each.repeat(rounds));
+    notifier.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn a_server_restart_is_survived_and_the_time_to_listen_again_is_reported() {
     let cluster = Arc::new(throwaway_cluster().await);

@@ -15,7 +15,7 @@ use crate::dispatch::{Delivery, Gap, GapCause, Router};
 use crate::pg::DatabaseConfig;
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
-use crate::sync::{clock, lock};
+use crate::sync::{clock, lock, Latch, Release};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -412,8 +412,12 @@ impl Session<'_> {
             }
         }
         // Queue the gap events before LISTENing again, so every notification
-        // of the new connection reaches each subscriber after its gap event.
-        if announce_gap(registry, gap).await {
+        // of the new connection reaches each subscriber after its gap event;
+        // workers hold them until LISTEN is back, so a subscriber that
+        // resynchronises in on-gap misses nothing committed after it reads.
+        // The release opens on every way out: no worker waits past this session.
+        let mut listening_again = announce_gap(registry, gap).await;
+        if listening_again.is_some() {
             status.gap_events.fetch_add(1, Ordering::Relaxed);
         }
         let mut active = registry.watch_active();
@@ -438,6 +442,9 @@ impl Session<'_> {
                 first_sync = false;
                 gap.clear();
             }
+            if let Some(release) = listening_again.take() {
+                release.release();
+            }
             let beat = async {
                 match heartbeat.as_mut() {
                     Some((ticks, every)) => {
@@ -460,7 +467,7 @@ impl Session<'_> {
                         Ok(Ok(row)) => {
                             self.note_queue_usage(row.get(0), &mut queue_warned);
                             let actual: Vec<String> = row.get(1);
-                            self.check_listening(actual, &mut listened).await;
+                            listening_again = self.check_listening(actual, &mut listened).await;
                             None
                         }
                         Ok(Err(e)) => Some(format!("heartbeat failed: {}", with_causes(&e))),
@@ -518,11 +525,16 @@ impl Session<'_> {
     /// is told, counted and repaired: `listened` becomes what the server
     /// has, so the next sync LISTENs again what is missing (and UNLISTENs
     /// what is extra). Subscribers of a missing channel get a gap event:
-    /// its notifications were not delivered.
-    async fn check_listening(&self, actual: Vec<String>, listened: &mut BTreeSet<Arc<str>>) {
+    /// its notifications were not delivered, once the next sync has
+    /// LISTENed them again (the returned release).
+    async fn check_listening(
+        &self,
+        actual: Vec<String>,
+        listened: &mut BTreeSet<Arc<str>>,
+    ) -> Option<Release> {
         let actual: BTreeSet<Arc<str>> = actual.into_iter().map(Arc::from).collect();
         if actual == *listened {
-            return;
+            return None;
         }
         let missing: BTreeSet<Arc<str>> = listened.difference(&actual).cloned().collect();
         let extra: Vec<&Arc<str>> = actual.difference(listened).collect();
@@ -539,13 +551,15 @@ impl Session<'_> {
                 "the server had stopped LISTENing on this connection".to_owned(),
             )),
         };
-        if announce_gap(self.registry, &owed).await {
+        let listening_again = announce_gap(self.registry, &owed).await;
+        if listening_again.is_some() {
             self.status.gap_events.fetch_add(1, Ordering::Relaxed);
         }
         *listened = actual;
         self.status
             .listened
             .send_replace(Arc::new(listened.clone()));
+        listening_again
     }
 
     /// Keep the queue's usage for the metrics; warn once as it passes the
@@ -602,12 +616,14 @@ async fn sync_listens(
     Ok(())
 }
 
-/// Tell every subscriber of the owed channels that it may have missed
-/// notifications. Says whether anyone was told.
-async fn announce_gap(registry: &Registry, owed: &OwedGap) -> bool {
+/// Queue for every subscriber of the owed channels that it may have missed
+/// notifications. Each is told once the returned release is released or
+/// dropped (the channels are LISTENed again); `None`: no one to tell.
+async fn announce_gap(registry: &Registry, owed: &OwedGap) -> Option<Release> {
     if owed.channels.is_empty() {
-        return false;
+        return None;
     }
+    let (resumed, release) = Latch::new();
     let (lost_at, why) = match &owed.since {
         Some((at, why)) => (Some(*at), why.clone()),
         None => (None, "the connection was lost".to_owned()),
@@ -622,10 +638,14 @@ async fn announce_gap(registry: &Registry, owed: &OwedGap) -> bool {
             resumed_at: SystemTime::now(),
             cause: GapCause::ConnectionLost(why.clone()),
         };
-        mailbox.push(Delivery::Gap(Arc::new(gap))).await;
+        let gap = Delivery::Gap {
+            gap: Arc::new(gap),
+            resumed: Some(resumed.clone()),
+        };
+        mailbox.push(gap).await;
         told = true;
     }
-    told
+    told.then_some(release)
 }
 
 /// Drive the connection and route every notification it brings.

@@ -1,11 +1,12 @@
 //! The primitives every layer shares: a lock that survives poisoning,
-//! single-writer counters, the dispatch clock and a duration histogram.
+//! single-writer counters, the dispatch clock, a duration histogram and a
+//! latch a thread can wait on.
 //!
 //! Everything recorded on the dispatch path is a relaxed atomic store; a
 //! reader (a metrics scrape) loads the atomics and takes no lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 /// Lock a mutex, recovering from poisoning: every critical section here
 /// leaves the data consistent, so a panic elsewhere must not stop dispatch.
@@ -77,5 +78,48 @@ impl Histogram {
     /// The sum of every recorded duration.
     pub(crate) fn sum_ns(&self) -> u64 {
         self.sum_ns.load(Ordering::Relaxed)
+    }
+}
+
+/// A one-way latch: closed until released, then open for good. A worker
+/// thread waits on it; the task that holds its [`Release`] opens it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Latch(Arc<(Mutex<bool>, Condvar)>);
+
+impl Latch {
+    /// A closed latch, and what opens it.
+    pub(crate) fn new() -> (Self, Release) {
+        let latch = Self::default();
+        (latch.clone(), Release(latch))
+    }
+
+    /// Block this thread until the latch is open.
+    pub(crate) fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let mut open = lock(open);
+        while !*open {
+            open = changed.wait(open).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn open(&self) {
+        let (open, changed) = &*self.0;
+        *lock(open) = true;
+        changed.notify_all();
+    }
+}
+
+/// Opens its latch when released or dropped, so no way out of the code
+/// that holds it leaves a waiter stuck.
+#[derive(Debug)]
+pub(crate) struct Release(Latch);
+
+impl Release {
+    pub(crate) fn release(self) {}
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.open();
     }
 }

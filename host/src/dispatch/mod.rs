@@ -22,6 +22,7 @@ pub(crate) use router::{RouteTable, Router};
 pub use stats::{DurableStats, SubscriberStats};
 
 use crate::payload::{Payload, PayloadMode};
+use crate::sync::Latch;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -78,8 +79,15 @@ pub(crate) enum Delivery {
     /// dropped uncalled, so the sender can retry in order. Boxed: the
     /// queue's slots stay as small as a live notification needs.
     Tracked(Box<Tracked>),
-    /// Notifications may have been missed.
-    Gap(Arc<Gap>),
+    /// Notifications may have been missed. The worker calls `on-gap` only
+    /// once `resumed` is open (the channels are LISTENed again), so a
+    /// subscriber that resynchronises there misses nothing committed after
+    /// it reads. Queued before that, so it comes before every notification
+    /// of the new connection.
+    Gap {
+        gap: Arc<Gap>,
+        resumed: Option<Latch>,
+    },
 }
 
 #[derive(Debug)]

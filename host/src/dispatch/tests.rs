@@ -460,16 +460,55 @@ async fn a_gap_is_delivered_in_its_place_in_the_queue() {
     );
     h.hold("1").await;
     h.mailbox
-        .push(Delivery::Gap(Arc::new(Gap {
-            channels: ["orders".to_owned()].into(),
-            lost_at: None,
-            resumed_at: std::time::SystemTime::now(),
-            cause: GapCause::ConnectionLost("test".into()),
-        })))
+        .push(Delivery::Gap {
+            gap: Arc::new(Gap {
+                channels: ["orders".to_owned()].into(),
+                lost_at: None,
+                resumed_at: std::time::SystemTime::now(),
+                cause: GapCause::ConnectionLost("test".into()),
+            }),
+            resumed: None,
+        })
         .await;
     h.push("2").await;
     assert_eq!(h.finish(), ["old:1", "old:gap [\"orders\"]", "old:2"]);
     assert_eq!(h.mailbox.stats().gaps, 1);
+}
+
+/// A gap event waits for its latch (the channels LISTENed again), and what
+/// was queued after it waits behind it.
+#[tokio::test]
+async fn a_gap_waits_until_its_channels_are_listened_again() {
+    let h = Harness::new(
+        settings(100, Overflow::Block, Duration::ZERO),
+        Gate::opened(),
+        false,
+    );
+    let (resumed, release) = crate::sync::Latch::new();
+    let gap = Gap {
+        channels: ["orders".to_owned()].into(),
+        lost_at: None,
+        resumed_at: std::time::SystemTime::now(),
+        cause: GapCause::ConnectionLost("test".into()),
+    };
+    h.push("1").await;
+    (h.mailbox)
+        .push(Delivery::Gap {
+            gap: Arc::new(gap),
+            resumed: Some(resumed),
+        })
+        .await;
+    h.push("2").await;
+    eventually("the worker has delivered 1", || lock(&h.log).len() == 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        *lock(&h.log),
+        ["old:1"],
+        "the gap went before its latch opened"
+    );
+    assert_eq!(h.mailbox.stats().queued, 1, "2 waits behind the gap");
+    release.release();
+    assert_eq!(h.finish(), ["old:1", "old:gap [\"orders\"]", "old:2"]);
 }
 
 #[tokio::test]

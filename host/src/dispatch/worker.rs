@@ -241,7 +241,10 @@ impl Mailbox {
                         self.call(&mut timer, subscriber.as_mut(), &notification, Some(&event));
                     (result, Some((done, epoch)))
                 }
-                Delivery::Gap(gap) => {
+                Delivery::Gap { gap, resumed } => {
+                    if let Some(resumed) = resumed {
+                        resumed.wait();
+                    }
                     bump(&self.counters.gaps, 1);
                     (subscriber.on_gap(&gap).map(|()| false), None)
                 }

@@ -538,7 +538,11 @@ impl Feed {
                 resumed_at: std::time::SystemTime::now(),
                 cause: GapCause::Pruned(pruned.events),
             };
-            self.mailbox.push(Delivery::Gap(Arc::new(gap))).await;
+            let gap = Delivery::Gap {
+                gap: Arc::new(gap),
+                resumed: None,
+            };
+            self.mailbox.push(gap).await;
             pruner::gap_told(client, pruned.id).await?;
         }
         Ok(())
