@@ -675,6 +675,7 @@ where
             Err(run) => {
                 status.note_notifications();
                 run.queue().await;
+                router.recycle(run);
                 continue;
             }
         };
@@ -689,6 +690,7 @@ where
                 if let Some(run) = full {
                     status.note_notifications();
                     run.queue().await;
+                    router.recycle(run);
                 }
             }
             Some(Ok(AsyncMessage::Notice(notice))) => {

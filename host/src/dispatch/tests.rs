@@ -438,17 +438,27 @@ async fn the_router_decodes_once_per_mode_and_queues_runs_in_order() {
         assert!(router.add(&routes, "orders", payload, 7).is_none());
     }
     assert!(router.add(&routes, "nobody", "x", 7).is_none());
-    router.take().expect("a run in progress").queue().await;
-    assert_eq!(raw.finish(), ["old:1", "old:{\"id\":2}", "old:three"]);
+    let run = router.take().expect("a run in progress");
+    run.queue().await;
+    // The next run reuses the lists, emptied.
+    router.recycle(run);
+    assert!(router.add(&routes, "orders", "four", 7).is_none());
+    router.take().expect("a second run").queue().await;
+    let raw_log = raw.finish();
+    assert_eq!(
+        raw_log,
+        ["old:1", "old:{\"id\":2}", "old:three", "old:four"]
+    );
     let typed_log = typed.finish();
-    assert_eq!(typed_log.len(), 3, "{typed_log:?}");
+    assert_eq!(typed_log.len(), 4, "{typed_log:?}");
+    assert_eq!(typed_log[3], "old:four");
     assert_eq!(typed_log[0], "old:Payload::Integer(1)");
     assert!(
         typed_log[1].starts_with("old:Payload::Json("),
         "{typed_log:?}"
     );
     assert_eq!(typed_log[2], "old:three");
-    assert_eq!(received.load(Ordering::Relaxed), 3);
+    assert_eq!(received.load(Ordering::Relaxed), 4);
 }
 
 #[tokio::test]
