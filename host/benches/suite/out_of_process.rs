@@ -281,11 +281,15 @@ async fn bare_loop(url: &str) -> anyhow::Result<()> {
             Some(Err(e)) => return Err(e.into()),
             None => break,
         };
-        let now = wall_clock_us();
-        if seen == 0 {
+        seen += 1;
+        // The clock only where a figure needs it, as in the stopwatch plugin.
+        let now = match latency || seen == 1 || seen == every {
+            true => wall_clock_us(),
+            false => 0,
+        };
+        if seen == 1 {
             first_us = now;
         }
-        seen += 1;
         if latency {
             let sent = stamp_of(n.payload())
                 .ok_or_else(|| anyhow::anyhow!("no send stamp in {:?}", n.payload()))?;
