@@ -74,7 +74,7 @@ impl RouteTable {
 /// The longest run the router holds before queueing it. Each run queued
 /// may wake a sleeping worker, and a wake-up costs a worker more than a
 /// few dozen notifications do: 256 woke workers a third as often as 64 in
-/// a drain, for a fifth less CPU per notification.
+/// a drain, for about a sixth less CPU per notification.
 const RUN_LIMIT: usize = 256;
 
 /// Routes notifications in runs: consecutive notifications with the same
