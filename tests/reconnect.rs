@@ -47,6 +47,17 @@ async fn relistened(notifier: &Notifier, old: Option<i32>, within: Duration) -> 
     .await
 }
 
+/// Terminate the listener's backend, as a lost connection; its pid.
+async fn terminate_listener(notifier: &Notifier, sender: &Sender) -> i32 {
+    let pid = notifier.backend_pid().expect("the listener is connected");
+    sender
+        .client
+        .execute("select pg_terminate_backend($1)", &[&pid])
+        .await
+        .expect("terminate the listener's backend");
+    pid
+}
+
 async fn throwaway_cluster() -> Cluster {
     tokio::task::spawn_blocking(Cluster::start)
         .await
@@ -75,12 +86,7 @@ async fn a_terminated_backend_is_reconnected_and_every_subscriber_gets_a_gap_eve
     }
     assert!(eventually(SOON, || entries(&seen).len() == 2).await);
 
-    let old = notifier.backend_pid();
-    sender
-        .client
-        .execute("select pg_terminate_backend($1)", &[&old.unwrap()])
-        .await
-        .unwrap();
+    let old = Some(terminate_listener(&notifier, &sender).await);
     assert!(
         relistened(&notifier, old, SOON).await,
         "reconnected and LISTENing again"
@@ -138,12 +144,7 @@ async fn on_gap_runs_only_once_the_channel_is_listened_again() {
     let sender = Sender::connect().await;
     let rounds = 10;
     for round in 1..=rounds {
-        let old = notifier.backend_pid();
-        sender
-            .client
-            .execute("select pg_terminate_backend($1)", &[&old.unwrap()])
-            .await
-            .unwrap();
+        terminate_listener(&notifier, &sender).await;
         assert!(
             eventually(SOON, || entries(&seen).len() == 2 * round).await,
             "round {round}: the NOTIFY sent from on-gap was lost: {:?}",
