@@ -166,18 +166,27 @@ pub(crate) trait Deliver: Send + 'static {
     /// Live notifications on one channel, in order, at most [`BATCH_LIMIT`].
     /// `Ok`: the ones that failed, by index, in increasing order; the rest
     /// were delivered. `Err`: the call failed as a whole, delivering none.
+    /// One that does not batch takes them one by one.
     fn on_notify_batch(
         &mut self,
         batch: &[Arc<Notification>],
     ) -> Result<Vec<(usize, CallFailure)>, CallFailure> {
-        let mut failed = Vec::new();
-        for (index, n) in batch.iter().enumerate() {
-            if let Err(failure) = self.on_notify(n, None) {
-                failed.push((index, failure));
-            }
-        }
-        Ok(failed)
+        Ok(one_by_one(self, batch))
     }
+}
+
+/// A batch through `on_notify`, one call each: the failures, by index.
+pub(crate) fn one_by_one<D: Deliver + ?Sized>(
+    subscriber: &mut D,
+    batch: &[Arc<Notification>],
+) -> Vec<(usize, CallFailure)> {
+    let mut failed = Vec::new();
+    for (index, n) in batch.iter().enumerate() {
+        if let Err(failure) = subscriber.on_notify(n, None) {
+            failed.push((index, failure));
+        }
+    }
+    failed
 }
 
 /// How a subscriber is dispatched to: its queue, the payload it wants, and

@@ -99,14 +99,10 @@ impl Deliver for Fake {
         &mut self,
         batch: &[Arc<Notification>],
     ) -> Result<Vec<(usize, CallFailure)>, CallFailure> {
-        lock(&self.log).push(format!("{}:batch {}", self.name, batch.len()));
-        let mut failed = Vec::new();
-        for (index, n) in batch.iter().enumerate() {
-            if let Err(failure) = self.on_notify(n, None) {
-                failed.push((index, failure));
-            }
+        if self.batching {
+            lock(&self.log).push(format!("{}:batch {}", self.name, batch.len()));
         }
-        Ok(failed)
+        Ok(one_by_one(self, batch))
     }
 }
 
@@ -411,6 +407,28 @@ async fn a_replaced_subscriber_gets_the_queue_in_order_after_the_call_in_progres
     );
     h.push("4").await;
     assert_eq!(h.finish(), ["old:1", "new:2", "new:3", "new:4"]);
+}
+
+/// A batch the worker took for a batching subscriber goes one by one to a
+/// replacement that does not batch.
+#[tokio::test]
+async fn a_batch_taken_before_a_reload_goes_one_by_one_to_a_replacement_that_does_not_batch() {
+    let settings = settings(100, Overflow::Block, Duration::ZERO);
+    let h = Harness::start(settings, Gate::closed(), false, true);
+    h.hold("1").await;
+    for text in ["2", "3", "4"] {
+        h.push(text).await;
+    }
+    let new = Fake {
+        name: "new",
+        log: h.log.clone(),
+        gate: Gate::opened(),
+        fails: false,
+        batching: false,
+    };
+    h.mailbox.replace(settings, Box::new(new));
+    assert_eq!(h.finish(), ["old:1", "new:2", "new:3", "new:4"]);
+    assert_eq!(h.mailbox.stats().delivered, 4);
 }
 
 #[tokio::test]

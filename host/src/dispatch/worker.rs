@@ -202,14 +202,8 @@ impl Mailbox {
                     timer.waited(waited);
                     if self.quarantined.load(Ordering::Relaxed) {
                         (self.counters.dropped).fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    } else if subscriber.batches() {
-                        self.call_batch(&mut timer, subscriber.as_mut(), &batch);
                     } else {
-                        // Replaced by one that does not batch.
-                        for n in &batch {
-                            let result = self.call(&mut timer, subscriber.as_mut(), n, None);
-                            self.count(result);
-                        }
+                        self.call_batch(&mut timer, subscriber.as_mut(), &batch);
                     }
                     continue;
                 }

@@ -4,7 +4,7 @@ use super::host::HostState;
 use super::{CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
 use crate::bindings::{v0_1, v0_2, v0_3, BatchFailure, BatchItem, Plugin, PluginPre, Registration};
 use crate::capabilities::PluginCapabilities;
-use crate::dispatch::{CallFailure, Deliver, DurableEvent, Gap, Notification};
+use crate::dispatch::{one_by_one, CallFailure, Deliver, DurableEvent, Gap, Notification};
 use crate::printable::with_causes;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -209,6 +209,10 @@ impl Deliver for WasmSubscriber {
         let Some(first) = batch.first() else {
             return Ok(Vec::new());
         };
+        if !self.batches() {
+            // A replacement without the export takes a batch taken before the reload.
+            return Ok(one_by_one(self, batch));
+        }
         let id = self.code.id.clone();
         let items: Vec<BatchItem<'_>> = (batch.iter())
             .map(|n| BatchItem {
