@@ -242,13 +242,19 @@ impl Deliver for WasmSubscriber {
 /// outside the batch is logged and dropped.
 fn by_index(id: &str, failures: Vec<BatchFailure>, len: usize) -> Vec<(usize, CallFailure)> {
     let mut failed: Vec<(usize, CallFailure)> = Vec::with_capacity(failures.len());
+    let (mut ignored, mut first_ignored) = (0usize, None);
     for BatchFailure { index, message } in failures {
         match usize::try_from(index) {
-            Ok(index) if index < len => failed.push((index, CallFailure::Returned(message))),
+            Ok(at) if at < len => failed.push((at, CallFailure::Returned(message))),
             _ => {
-                tracing::warn!(subscriber = %id, "on-notify-batch named notification {index} of a batch of {len}; ignored")
+                ignored += 1;
+                first_ignored.get_or_insert(index);
             }
         }
+    }
+    if let Some(first) = first_ignored {
+        // One line per batch, however many a plugin names.
+        tracing::warn!(subscriber = %id, ignored, "on-notify-batch named {ignored} notification(s) outside its batch of {len}, the first {first}; ignored");
     }
     failed.sort_by_key(|(index, _)| *index);
     failed.dedup_by_key(|(index, _)| *index);
