@@ -75,24 +75,14 @@ fn decode_typed(raw: &str) -> Payload {
 /// A JSON number literal: `integer` when it fits `s64`, `float` when an `f64`
 /// holds it exactly, otherwise `json` with its digits. `None` if not a number.
 fn decode_number(literal: &str) -> Option<Payload> {
-    // The common case first: a plain integer, parsed without allocating.
-    // (i64's parser also takes `+1` and `007`, which JSON does not, so those
-    // go the long way and end up as text.)
-    let digits = literal.strip_prefix('-').unwrap_or(literal);
-    let canonical = !digits.starts_with('0') || digits == "0";
-    if canonical && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(match literal.parse::<i64>() {
-            Ok(i) => Payload::Integer(i),
-            Err(_) => Payload::Json(literal.to_owned()),
-        });
+    // The common case first: a plain integer, read in one pass.
+    match plain_integer(literal) {
+        PlainInteger::Fits(i) => return Some(Payload::Integer(i)),
+        PlainInteger::TooBig => return Some(Payload::Json(literal.to_owned())),
+        PlainInteger::No => {}
     }
+    // Anything else valid has a fraction or an exponent.
     let number = JsonNumber::parse(literal)?;
-    if !number.has_fraction_or_exponent {
-        return Some(match literal.parse::<i64>() {
-            Ok(i) => Payload::Integer(i),
-            Err(_) => Payload::Json(literal.to_owned()),
-        });
-    }
     let float: f64 = literal.parse().ok()?;
     if float.is_finite() && number.same_value_as(&DecimalDigits::of_f64(float)) {
         Some(Payload::Float(float))
@@ -101,10 +91,46 @@ fn decode_number(literal: &str) -> Option<Payload> {
     }
 }
 
+/// What [`plain_integer`] read.
+enum PlainInteger {
+    Fits(i64),
+    /// A plain integer beyond `s64`.
+    TooBig,
+    /// Not a plain integer: a fraction, an exponent, a leading zero or `+`, or not a number.
+    No,
+}
+
+/// A JSON integer without fraction or exponent (`0`, `-12`), checked and
+/// converted in the same pass over its digits.
+fn plain_integer(literal: &str) -> PlainInteger {
+    let (negative, digits) = match literal.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        all => (false, all),
+    };
+    if digits.is_empty() || (digits[0] == b'0' && digits.len() > 1) {
+        return PlainInteger::No;
+    }
+    // Summed downwards, so that i64::MIN fits.
+    let mut value: Option<i64> = Some(0);
+    for &byte in digits {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            return PlainInteger::No;
+        }
+        value = value.and_then(|v| v.checked_mul(10)?.checked_sub(i64::from(digit)));
+    }
+    match value {
+        Some(v) if negative => PlainInteger::Fits(v),
+        Some(v) => v
+            .checked_neg()
+            .map_or(PlainInteger::TooBig, PlainInteger::Fits),
+        None => PlainInteger::TooBig,
+    }
+}
+
 /// A validated JSON number, reduced to sign, significant digits and exponent,
 /// so that two spellings of the same value compare equal.
 struct JsonNumber {
-    has_fraction_or_exponent: bool,
     value: DecimalDigits,
 }
 
@@ -146,9 +172,7 @@ impl JsonNumber {
             }
         }
         let mut exp: i64 = 0;
-        let mut has_exp = false;
         if matches!(bytes.get(i), Some(b'e' | b'E')) {
-            has_exp = true;
             i += 1;
             let exp_negative = match bytes.get(i) {
                 Some(b'-') => {
@@ -182,10 +206,7 @@ impl JsonNumber {
         }
         let all_digits: String = [int_digits, frac_digits].concat();
         let value = DecimalDigits::normalise(negative, &all_digits, int_digits.len() as i64 + exp);
-        Some(Self {
-            has_fraction_or_exponent: !frac_digits.is_empty() || has_exp,
-            value,
-        })
+        Some(Self { value })
     }
 
     fn same_value_as(&self, other: &DecimalDigits) -> bool {
@@ -263,6 +284,27 @@ mod tests {
             Payload::Json("0.1000000000000000000001".into())
         );
         assert_eq!(typed("1e400"), Payload::Json("1e400".into()));
+    }
+
+    #[test]
+    fn integers_at_their_edges() {
+        assert_eq!(typed("0"), Payload::Integer(0));
+        assert_eq!(typed("-0"), Payload::Integer(0));
+        assert_eq!(typed("9223372036854775807"), Payload::Integer(i64::MAX));
+        assert_eq!(
+            typed("-9223372036854775809"),
+            Payload::Json("-9223372036854775809".into())
+        );
+        assert_eq!(
+            typed("1000000000000042"),
+            Payload::Integer(1_000_000_000_000_042)
+        );
+        assert_eq!(typed("1e3"), Payload::Float(1000.0));
+        assert_eq!(typed("-"), Payload::Text("-".into()));
+        assert_eq!(typed("+1"), Payload::Text("+1".into()));
+        assert_eq!(typed("-01"), Payload::Text("-01".into()));
+        assert_eq!(typed("12a"), Payload::Text("12a".into()));
+        assert_eq!(typed("1/2"), Payload::Text("1/2".into()));
     }
 
     #[test]
