@@ -11,7 +11,7 @@
 use crate::channel::quote_ident;
 use crate::cluster::election::{self, Campaign};
 use crate::cluster::{ClusterStatus, Role};
-use crate::dispatch::{Delivery, Gap, GapCause, Router};
+use crate::dispatch::{Delivery, Gap, GapCause, Router, Run};
 use crate::pg::DatabaseConfig;
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
@@ -648,6 +648,14 @@ async fn announce_gap(registry: &Registry, owed: &OwedGap) -> Option<Release> {
     told.then_some(release)
 }
 
+/// What driving the connection came to.
+enum Step {
+    /// A run to queue: full, ended by another channel, or nothing more buffered.
+    Queue(Run),
+    /// Any message but a notification, or the end of the connection.
+    Other(Option<Result<AsyncMessage, tokio_postgres::Error>>),
+}
+
 /// Drive the connection and route every notification it brings.
 async fn drive<S, T>(
     mut connection: Connection<S, T>,
@@ -660,51 +668,54 @@ where
 {
     let mut router = Router::default();
     loop {
-        // Queue the run in progress whenever nothing more is buffered, so a
-        // lone notification is never held back.
-        let message = std::future::poll_fn(|cx| match connection.poll_message(cx) {
-            Poll::Pending => match router.take() {
-                Some(run) => Poll::Ready(Err(run)),
-                None => Poll::Pending,
-            },
-            Poll::Ready(message) => Poll::Ready(Ok(message)),
+        let step = std::future::poll_fn(|cx| {
+            // One look at the route table for everything already buffered
+            // (an arc-swap load per notification cost a twentieth of the
+            // listener): a reload is seen from the next wake-up or run queued.
+            let snapshot = registry.snapshot();
+            loop {
+                match connection.poll_message(cx) {
+                    // Queue the run in progress whenever nothing more is
+                    // buffered, so a lone notification is never held back.
+                    Poll::Pending => {
+                        return router
+                            .take()
+                            .map_or(Poll::Pending, |run| Poll::Ready(Step::Queue(run)))
+                    }
+                    Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
+                        let full =
+                            router.add(snapshot.routes(), n.channel(), n.payload(), n.process_id());
+                        if let Some(run) = full {
+                            return Poll::Ready(Step::Queue(run));
+                        }
+                    }
+                    Poll::Ready(message) => return Poll::Ready(Step::Other(message)),
+                }
+            }
         })
         .await;
-        let message = match message {
-            Ok(message) => message,
-            Err(run) => {
+        let message = match step {
+            Step::Queue(mut run) => {
                 status.note_notifications();
                 run.queue().await;
                 router.recycle(run);
                 continue;
             }
+            Step::Other(message) => message,
         };
         match message {
-            Some(Ok(AsyncMessage::Notification(n))) => {
-                let full = router.add(
-                    registry.snapshot().routes(),
-                    n.channel(),
-                    n.payload(),
-                    n.process_id(),
-                );
-                if let Some(run) = full {
-                    status.note_notifications();
-                    run.queue().await;
-                    router.recycle(run);
-                }
-            }
             Some(Ok(AsyncMessage::Notice(notice))) => {
                 tracing::debug!("server notice: {}", notice.message());
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => {
-                if let Some(run) = router.take() {
+                if let Some(mut run) = router.take() {
                     run.queue().await;
                 }
                 return Err(e);
             }
             None => {
-                if let Some(run) = router.take() {
+                if let Some(mut run) = router.take() {
                     run.queue().await;
                 }
                 return Ok(());

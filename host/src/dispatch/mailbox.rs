@@ -290,17 +290,19 @@ impl Mailbox {
 
     /// Queue notifications in order: all that fit under one lock, the rest
     /// one by one under the overflow policy.
-    pub(super) async fn push_all(&self, notifications: &[Arc<Notification>]) {
-        let mut queued = 0;
+    pub(super) async fn push_all<I>(&self, notifications: I)
+    where
+        I: IntoIterator<Item = Arc<Notification>>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let mut notifications = notifications.into_iter();
         if self.life.get() == Life::Running {
             let mut queue = lock(&self.queue);
             let room = queue.limits.capacity.saturating_sub(queue.items.len());
-            queued = room.min(notifications.len());
-            queue.items.extend(
-                notifications[..queued]
-                    .iter()
-                    .map(|n| Delivery::Notify(n.clone())),
-            );
+            let queued = room.min(notifications.len());
+            queue
+                .items
+                .extend(notifications.by_ref().take(queued).map(Delivery::Notify));
             self.queued.store(queue.items.len(), Ordering::Relaxed);
             let wake = queued > 0 && queue.worker_waiting;
             drop(queue);
@@ -308,8 +310,8 @@ impl Mailbox {
                 self.ready.notify_one();
             }
         }
-        for n in &notifications[queued..] {
-            self.push(Delivery::Notify(n.clone())).await;
+        for n in notifications {
+            self.push(Delivery::Notify(n)).await;
         }
     }
 

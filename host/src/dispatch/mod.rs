@@ -18,7 +18,7 @@ mod worker;
 
 pub(crate) use mailbox::{Mailbox, QuarantineHook};
 pub use queue::{Overflow, QueueLimits};
-pub(crate) use router::{RouteTable, Router};
+pub(crate) use router::{RouteTable, Router, Run};
 pub use stats::{DurableStats, SubscriberStats};
 
 use crate::payload::{Payload, PayloadMode};

@@ -5,7 +5,7 @@ use super::{Mailbox, Notification};
 use crate::payload::{self, PayloadMode};
 use crate::sync::bump;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// The mailboxes that receive one active channel, in subscriber order.
@@ -22,6 +22,8 @@ pub(crate) struct ActiveRoute {
 /// every snapshot; the router reads it without a lock.
 #[derive(Clone, Default)]
 pub(crate) struct RouteTable {
+    /// Distinct for every table built, so a run knows its table is current.
+    generation: u64,
     active: HashMap<Arc<str>, ActiveRoute>,
     /// The received counters of known channels no one receives now (muted
     /// or emptied since they were LISTENed).
@@ -34,7 +36,11 @@ impl RouteTable {
     pub(crate) fn new(
         channels: impl IntoIterator<Item = (Arc<str>, Arc<AtomicU64>, Vec<Arc<Mailbox>>)>,
     ) -> Self {
-        let mut table = Self::default();
+        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+        let mut table = Self {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed) + 1,
+            ..Self::default()
+        };
         for (channel, received, mailboxes) in channels {
             if mailboxes.is_empty() {
                 table.idle.insert(channel, received);
@@ -91,6 +97,11 @@ pub(crate) struct Router {
 
 /// Notifications routed to the same mailboxes, not yet queued.
 pub(crate) struct Run {
+    /// The channel and table the run was looked up in: a notification on
+    /// the same channel, while the table is the same, needs no lookup.
+    channel: Arc<str>,
+    generation: u64,
+    received: Arc<AtomicU64>,
     route: Route,
     /// Decoded as typed, if a subscriber in the route wants that.
     typed: Option<Vec<Arc<Notification>>>,
@@ -107,29 +118,29 @@ impl Router {
         raw_payload: &str,
         pid: i32,
     ) -> Option<Run> {
-        let Some((channel, active)) = routes.route(channel) else {
-            routes.count_unrouted(channel);
-            return None;
-        };
-        // The listener's task is the only writer of these counters.
-        bump(&active.received, 1);
-        let route = &active.mailboxes;
-        let mut finished = None;
-        if !self
+        let same_run = self
             .run
             .as_ref()
-            .is_some_and(|run| Arc::ptr_eq(&run.route, route))
-        {
-            finished = self.run.replace(Run::new(route.clone(), &mut self.spare));
+            .is_some_and(|run| run.generation == routes.generation && *run.channel == *channel);
+        let mut finished = None;
+        if !same_run {
+            let Some((channel, active)) = routes.route(channel) else {
+                routes.count_unrouted(channel);
+                return None;
+            };
+            let run = Run::new(channel, routes.generation, active, &mut self.spare);
+            finished = self.run.replace(run);
         }
         let run = self.run.as_mut()?;
+        // The listener's task is the only writer of these counters.
+        bump(&run.received, 1);
         for (slot, mode) in [
             (&mut run.typed, PayloadMode::Typed),
             (&mut run.raw, PayloadMode::Raw),
         ] {
             if let Some(list) = slot {
                 list.push(Arc::new(Notification {
-                    channel: channel.clone(),
+                    channel: run.channel.clone(),
                     payload: payload::decode(raw_payload, mode),
                     pid,
                 }));
@@ -159,13 +170,29 @@ impl Router {
 }
 
 impl Run {
-    fn new(route: Route, spare: &mut Vec<Vec<Arc<Notification>>>) -> Self {
+    fn new(
+        channel: &Arc<str>,
+        generation: u64,
+        active: &ActiveRoute,
+        spare: &mut Vec<Vec<Arc<Notification>>>,
+    ) -> Self {
+        let route = active.mailboxes.clone();
         let mut list = |mode| {
             let wanted = route.iter().any(|m: &Arc<Mailbox>| m.mode() == mode);
             wanted.then(|| spare.pop().unwrap_or_else(|| Vec::with_capacity(RUN_LIMIT)))
         };
         let (typed, raw) = (list(PayloadMode::Typed), list(PayloadMode::Raw));
-        Self { route, typed, raw }
+        Self {
+            // A name of the run's own: the worker drops its notifications
+            // while the listener makes the next run's, and one counter
+            // shared by both would bounce between their cores.
+            channel: Arc::from(&**channel),
+            generation,
+            received: active.received.clone(),
+            route,
+            typed,
+            raw,
+        }
     }
 
     fn len(&self) -> usize {
@@ -175,16 +202,25 @@ impl Run {
             .map_or(0, Vec::len)
     }
 
-    /// Queue the run with every mailbox on its route, in order.
-    pub(crate) async fn queue(&self) {
-        for mailbox in self.route.iter() {
-            let list = match mailbox.mode() {
-                PayloadMode::Typed => self.typed.as_ref(),
-                PayloadMode::Raw => self.raw.as_ref(),
+    /// Queue the run with every mailbox on its route, in order. The last
+    /// mailbox takes the notifications themselves, not copies of their
+    /// pointers, so the listener does not touch them again.
+    pub(crate) async fn queue(&mut self) {
+        let last = self.route.len().saturating_sub(1);
+        for (at, mailbox) in self.route.iter().enumerate() {
+            // A mode switched by a reload since the run began takes the
+            // other list: either is a valid payload.
+            let notifications = match mailbox.mode() {
+                PayloadMode::Typed => self.typed.as_mut().or(self.raw.as_mut()),
+                PayloadMode::Raw => self.raw.as_mut().or(self.typed.as_mut()),
             };
-            // A mode switched by a reload since the run began: either list is a valid payload.
-            if let Some(list) = list.or(self.typed.as_ref()).or(self.raw.as_ref()) {
-                mailbox.push_all(list).await;
+            let Some(notifications) = notifications else {
+                continue;
+            };
+            if at == last {
+                mailbox.push_all(notifications.drain(..)).await;
+            } else {
+                mailbox.push_all(notifications.iter().cloned()).await;
             }
         }
     }

@@ -456,16 +456,30 @@ async fn the_router_decodes_once_per_mode_and_queues_runs_in_order() {
         assert!(router.add(&routes, "orders", payload, 7).is_none());
     }
     assert!(router.add(&routes, "nobody", "x", 7).is_none());
-    let run = router.take().expect("a run in progress");
+    let mut run = router.take().expect("a run in progress");
     run.queue().await;
     // The next run reuses the lists, emptied.
     router.recycle(run);
     assert!(router.add(&routes, "orders", "four", 7).is_none());
-    router.take().expect("a second run").queue().await;
+    // A new table (a reload) ends the run, even on the same channel.
+    let reloaded =
+        RouteTable::new([("orders".into(), received.clone(), vec![raw.mailbox.clone()])]);
+    let before_reload = router.add(&reloaded, "orders", "five", 7);
+    before_reload
+        .expect("the run of the old table")
+        .queue()
+        .await;
+    router.take().expect("a run of the new table").queue().await;
     let raw_log = raw.finish();
     assert_eq!(
         raw_log,
-        ["old:1", "old:{\"id\":2}", "old:three", "old:four"]
+        [
+            "old:1",
+            "old:{\"id\":2}",
+            "old:three",
+            "old:four",
+            "old:five"
+        ]
     );
     let typed_log = typed.finish();
     assert_eq!(typed_log.len(), 4, "{typed_log:?}");
@@ -476,7 +490,7 @@ async fn the_router_decodes_once_per_mode_and_queues_runs_in_order() {
         "{typed_log:?}"
     );
     assert_eq!(typed_log[2], "old:three");
-    assert_eq!(received.load(Ordering::Relaxed), 4);
+    assert_eq!(received.load(Ordering::Relaxed), 5);
 }
 
 #[tokio::test]
