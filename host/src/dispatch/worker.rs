@@ -285,7 +285,7 @@ fn take_run(
     }
 }
 
-/// The router shares one name per channel, so this is nearly always a pointer compare.
+/// The router shares one name per run, so this is nearly always a pointer compare.
 fn same_channel(n: &Notification, channel: &Arc<str>) -> bool {
     Arc::ptr_eq(&n.channel, channel) || n.channel == *channel
 }
