@@ -652,8 +652,8 @@ async fn announce_gap(registry: &Registry, owed: &OwedGap) -> Option<Release> {
 enum Step {
     /// A run to queue: full, ended by another channel, or nothing more buffered.
     Queue(Run),
-    /// Any message but a notification, or the end of the connection.
-    Other(Option<Result<AsyncMessage, tokio_postgres::Error>>),
+    /// The connection ended: closed, or with an error.
+    Ended(Result<(), tokio_postgres::Error>),
 }
 
 /// Drive the connection and route every notification it brings.
@@ -689,36 +689,27 @@ where
                             return Poll::Ready(Step::Queue(run));
                         }
                     }
-                    Poll::Ready(message) => return Poll::Ready(Step::Other(message)),
+                    Poll::Ready(Some(Ok(AsyncMessage::Notice(notice)))) => {
+                        tracing::debug!("server notice: {}", notice.message());
+                    }
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Step::Ended(Err(e))),
+                    Poll::Ready(None) => return Poll::Ready(Step::Ended(Ok(()))),
                 }
             }
         })
         .await;
-        let message = match step {
+        match step {
             Step::Queue(mut run) => {
                 status.note_notifications();
                 run.queue().await;
                 router.recycle(run);
-                continue;
             }
-            Step::Other(message) => message,
-        };
-        match message {
-            Some(Ok(AsyncMessage::Notice(notice))) => {
-                tracing::debug!("server notice: {}", notice.message());
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
+            Step::Ended(result) => {
                 if let Some(mut run) = router.take() {
                     run.queue().await;
                 }
-                return Err(e);
-            }
-            None => {
-                if let Some(mut run) = router.take() {
-                    run.queue().await;
-                }
-                return Ok(());
+                return result;
             }
         }
     }
