@@ -82,9 +82,9 @@ fn decode_number(literal: &str) -> Option<Payload> {
         PlainInteger::No => {}
     }
     // Anything else valid has a fraction or an exponent.
-    let number = JsonNumber::parse(literal)?;
+    let number = DecimalDigits::of_json(literal)?;
     let float: f64 = literal.parse().ok()?;
-    if float.is_finite() && number.same_value_as(&DecimalDigits::of_f64(float)) {
+    if float.is_finite() && number == DecimalDigits::of_f64(float) {
         Some(Payload::Float(float))
     } else {
         Some(Payload::Json(literal.to_owned()))
@@ -128,12 +128,8 @@ fn plain_integer(literal: &str) -> PlainInteger {
     }
 }
 
-/// A validated JSON number, reduced to sign, significant digits and exponent,
-/// so that two spellings of the same value compare equal.
-struct JsonNumber {
-    value: DecimalDigits,
-}
-
+/// A number reduced to sign, significant digits and exponent, so that two
+/// spellings of the same value compare equal.
 #[derive(PartialEq, Debug)]
 struct DecimalDigits {
     negative: bool,
@@ -143,8 +139,9 @@ struct DecimalDigits {
     exponent: i64,
 }
 
-impl JsonNumber {
-    fn parse(literal: &str) -> Option<Self> {
+impl DecimalDigits {
+    /// A JSON number literal, validated; `None` if it is not one.
+    fn of_json(literal: &str) -> Option<Self> {
         let bytes = literal.as_bytes();
         let mut i = 0;
         let negative = bytes.first() == Some(&b'-');
@@ -205,16 +202,13 @@ impl JsonNumber {
             return None;
         }
         let all_digits: String = [int_digits, frac_digits].concat();
-        let value = DecimalDigits::normalise(negative, &all_digits, int_digits.len() as i64 + exp);
-        Some(Self { value })
+        Some(Self::normalise(
+            negative,
+            &all_digits,
+            int_digits.len() as i64 + exp,
+        ))
     }
 
-    fn same_value_as(&self, other: &DecimalDigits) -> bool {
-        self.value == *other
-    }
-}
-
-impl DecimalDigits {
     /// `digits` with the decimal point after `point` digits.
     fn normalise(negative: bool, digits: &str, point: i64) -> Self {
         let leading = digits.len() - digits.trim_start_matches('0').len();
