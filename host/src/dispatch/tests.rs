@@ -186,6 +186,19 @@ impl Harness {
         self.gate.until_held();
     }
 
+    /// Replace the subscriber with "new", which passes at once, fails
+    /// nothing and does not batch.
+    fn replace_with_new(&self, settings: DispatchSettings) {
+        let new = Fake {
+            name: "new",
+            log: self.log.clone(),
+            gate: Gate::opened(),
+            fails: false,
+            batching: false,
+        };
+        self.mailbox.replace(settings, Box::new(new));
+    }
+
     /// A worker held in its call of "1", and "2" and "3" queued: a queue of
     /// two is full.
     async fn full(settings: DispatchSettings) -> Self {
@@ -394,17 +407,7 @@ async fn a_replaced_subscriber_gets_the_queue_in_order_after_the_call_in_progres
     h.hold("1").await;
     h.push("2").await;
     h.push("3").await;
-    let new = Fake {
-        name: "new",
-        log: h.log.clone(),
-        gate: Gate::opened(),
-        fails: false,
-        batching: false,
-    };
-    h.mailbox.replace(
-        settings(100, Overflow::Block, Duration::ZERO),
-        Box::new(new),
-    );
+    h.replace_with_new(settings(100, Overflow::Block, Duration::ZERO));
     h.push("4").await;
     assert_eq!(h.finish(), ["old:1", "new:2", "new:3", "new:4"]);
 }
@@ -419,14 +422,7 @@ async fn a_batch_taken_before_a_reload_goes_one_by_one_to_a_replacement_that_doe
     for text in ["2", "3", "4"] {
         h.push(text).await;
     }
-    let new = Fake {
-        name: "new",
-        log: h.log.clone(),
-        gate: Gate::opened(),
-        fails: false,
-        batching: false,
-    };
-    h.mailbox.replace(settings, Box::new(new));
+    h.replace_with_new(settings);
     assert_eq!(h.finish(), ["old:1", "new:2", "new:3", "new:4"]);
     assert_eq!(h.mailbox.stats().delivered, 4);
 }
