@@ -5,11 +5,13 @@
 //! the channel, as the route table the registry builds says. Each [`worker`]
 //! owns its subscriber (a wasm instance or a native closure) and calls it in
 //! order. Workers are OS threads, so a subscriber that burns CPU or blocks
-//! only ever holds up itself. Dispatch knows nothing of where subscribers
-//! come from: it takes its own [`DispatchSettings`] and a [`Deliver`].
+//! only ever holds up itself. Workers hand the notifications they are done
+//! with back to the router to [`reuse`]. Dispatch knows nothing of where
+//! subscribers come from: it takes its own [`DispatchSettings`] and a [`Deliver`].
 
 mod mailbox;
 mod queue;
+mod reuse;
 mod router;
 mod stats;
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The router: each notification, decoded once per payload mode wanted, to
 //! the mailboxes of its channel, as the route table says.
 
+use super::reuse::Reused;
 use super::{Mailbox, Notification};
 use crate::payload::{self, PayloadMode};
 use crate::sync::bump;
@@ -94,6 +95,7 @@ pub(crate) struct Router {
     run: Option<Run>,
     /// Emptied lists of queued runs, to hold the next ones without allocating.
     spare: Vec<Vec<Arc<Notification>>>,
+    reused: Reused,
 }
 
 /// Notifications routed to the same mailboxes, not yet queued.
@@ -140,7 +142,7 @@ impl Router {
             (&mut run.raw, PayloadMode::Raw),
         ] {
             if let Some(list) = slot {
-                list.push(Arc::new(Notification {
+                list.push(self.reused.fill(Notification {
                     channel: run.channel.clone(),
                     payload: payload::decode(raw_payload, mode),
                     pid,

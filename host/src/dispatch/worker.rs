@@ -2,6 +2,7 @@
 //! calls its subscriber, counting failures up to a quarantine.
 
 use super::mailbox::{Life, Mailbox};
+use super::reuse::HandBack;
 use super::{CallFailure, Deliver, Delivery, DurableEvent, Notification, Outcome, BATCH_LIMIT};
 use crate::sync::{bump, clock, lock, Histogram};
 use std::collections::VecDeque;
@@ -184,8 +185,9 @@ impl Mailbox {
     pub(super) fn work(&self, mut subscriber: Box<dyn Deliver>) {
         let mut timer = CallTimer::default();
         let mut batch = Vec::with_capacity(BATCH_LIMIT);
+        let mut hand_back = HandBack::default();
         loop {
-            batch.clear();
+            hand_back.done_with(batch.drain(..));
             let max = if subscriber.batches() { BATCH_LIMIT } else { 1 };
             let next = self.next(&mut batch, max);
             if self.replaced.swap(false, Ordering::Acquire) {
@@ -223,7 +225,11 @@ impl Mailbox {
                 continue;
             }
             let (result, report) = match delivery {
-                Delivery::Notify(n) => (self.call(&mut timer, subscriber.as_mut(), &n, None), None),
+                Delivery::Notify(n) => {
+                    let result = self.call(&mut timer, subscriber.as_mut(), &n, None);
+                    hand_back.done_with([n]);
+                    (result, None)
+                }
                 Delivery::Tracked(tracked) => {
                     let super::Tracked {
                         notification,
