@@ -11,7 +11,8 @@
 //! - [`pg`]: the database settings (libpq's URL and `PG*` variables), TLS,
 //!   connecting;
 //! - [`dispatch`]: the route table, the router, one mailbox (bounded queue)
-//!   and one worker thread per subscriber, its counters;
+//!   and one worker thread per subscriber, its counters, and the
+//!   notifications workers hand back for reuse;
 //! - [`capabilities`] a sidecar grants (publish, query, http), and the
 //!   [`sandbox`] wasm guests run in (deadline, memory cap, no WASI grants);
 //! - [`registry`]: channels, subscribers and mute flags as an immutable
