@@ -43,7 +43,7 @@ impl Kept {
 static KEPT_IN_PROCESS: Kept = Kept::new();
 
 /// A worker's notifications on their way back, gathered so that the lock
-/// is taken once per batch.
+/// is taken once per batch, or when the worker is about to sleep.
 pub(super) struct HandBack {
     kept: &'static Kept,
     gathered: Vec<Arc<Notification>>,
@@ -76,7 +76,12 @@ impl HandBack {
         }
     }
 
-    fn hand_back(&mut self) {
+    /// Hand back what is gathered now: called before the worker sleeps, so
+    /// that an idle worker keeps nothing.
+    pub(super) fn hand_back(&mut self) {
+        if self.gathered.is_empty() {
+            return;
+        }
         let mut kept = lock(&self.kept.list);
         let room = KEPT.saturating_sub(kept.len());
         kept.extend(self.gathered.drain(..room.min(self.gathered.len())));
@@ -191,6 +196,19 @@ mod tests {
             );
         }
         assert!(router.free.is_empty(), "every one handed back was filled");
+    }
+
+    #[test]
+    fn a_worker_about_to_sleep_hands_back_what_it_gathered() {
+        let (mut router, mut worker) = pair();
+        let first = Arc::new(notification(Payload::Integer(1)));
+        let address = Arc::as_ptr(&first);
+        worker.done_with([first]);
+        worker.hand_back();
+        assert!(worker.gathered.is_empty(), "an idle worker keeps nothing");
+        let again = router.fill(notification(Payload::Integer(2)));
+        assert_eq!(Arc::as_ptr(&again), address);
+        assert_eq!(again.payload, Payload::Integer(2));
     }
 
     #[test]

@@ -188,6 +188,10 @@ impl Mailbox {
         let mut hand_back = HandBack::default();
         loop {
             hand_back.done_with(batch.drain(..));
+            if self.queued.load(Ordering::Relaxed) == 0 {
+                // Likely to sleep next: an idle worker keeps nothing back.
+                hand_back.hand_back();
+            }
             let max = if subscriber.batches() { BATCH_LIMIT } else { 1 };
             let next = self.next(&mut batch, max);
             if self.replaced.swap(false, Ordering::Acquire) {
