@@ -87,9 +87,9 @@ const RUN_LIMIT: usize = 256;
 /// Routes notifications in runs: consecutive notifications on the same
 /// channel, under the same route table, are queued together, one lock and
 /// at most one wake-up per subscriber, when the run ends, reaches
-/// [`RUN_LIMIT`], or the connection
-/// has nothing more buffered ([`Router::take`]). Each payload is decoded at
-/// most once per mode, and only if someone wants it.
+/// [`RUN_LIMIT`], or the connection has nothing more buffered
+/// ([`Router::take`]). Each payload is decoded at most once per mode, and
+/// only if someone wants it.
 #[derive(Default)]
 pub(crate) struct Router {
     run: Option<Run>,
