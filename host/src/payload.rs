@@ -38,38 +38,47 @@ pub fn describe(payload: &Payload) -> String {
 
 /// Decode a payload for the given mode.
 pub fn decode(raw: &str, mode: PayloadMode) -> Payload {
-    match mode {
-        PayloadMode::Raw => Payload::Text(raw.to_owned()),
-        PayloadMode::Typed => decode_typed(raw),
-    }
+    decode_into(raw, mode, &mut String::new())
 }
 
-fn decode_typed(raw: &str) -> Payload {
-    let trimmed = raw.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r'));
-    let text = || Payload::Text(raw.to_owned());
+/// Decode a payload, writing any text it holds into `buffer`'s allocation
+/// (taken from it) instead of a new one. `buffer` is left as it was when
+/// the payload holds no text (a number, a boolean, null).
+pub fn decode_into(raw: &str, mode: PayloadMode, buffer: &mut String) -> Payload {
+    let trimmed = match mode {
+        PayloadMode::Raw => return text_in(raw, buffer),
+        PayloadMode::Typed => raw.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r')),
+    };
     match trimmed.as_bytes().first() {
-        None => text(),
-        Some(b'{' | b'[') => match json::compact(trimmed) {
+        None => text_in(raw, buffer),
+        Some(b'{' | b'[') => match json::compact(trimmed, std::mem::take(buffer)) {
             Ok(compacted) => Payload::Json(compacted),
-            Err(NotCompacted::Invalid) => text(),
+            Err(NotCompacted::Invalid) => text_in(raw, buffer),
             Err(NotCompacted::TooDeep) => {
                 tracing::warn!(
                     bytes = raw.len(),
                     max_depth = MAX_JSON_DEPTH,
                     "payload nests JSON too deeply; delivering it as text"
                 );
-                text()
+                text_in(raw, buffer)
             }
         },
-        Some(b'"') => {
-            serde_json::from_str::<String>(trimmed).map_or_else(|_| text(), Payload::Text)
-        }
+        Some(b'"') => serde_json::from_str::<String>(trimmed)
+            .map_or_else(|_| text_in(raw, buffer), Payload::Text),
         Some(b't') if trimmed == "true" => Payload::Boolean(true),
         Some(b'f') if trimmed == "false" => Payload::Boolean(false),
         Some(b'n') if trimmed == "null" => Payload::Null,
-        Some(b'-' | b'0'..=b'9') => decode_number(trimmed).unwrap_or_else(text),
-        Some(_) => text(),
+        Some(b'-' | b'0'..=b'9') => decode_number(trimmed).unwrap_or_else(|| text_in(raw, buffer)),
+        Some(_) => text_in(raw, buffer),
     }
+}
+
+/// `raw` as `text`, in `buffer`'s allocation.
+fn text_in(raw: &str, buffer: &mut String) -> Payload {
+    let mut text = std::mem::take(buffer);
+    text.clear();
+    text.push_str(raw);
+    Payload::Text(text)
 }
 
 /// A JSON number literal: `integer` when it fits `s64`, `float` when an `f64`
@@ -331,5 +340,37 @@ mod tests {
     #[test]
     fn raw_mode_never_parses() {
         assert_eq!(decode("42", PayloadMode::Raw), Payload::Text("42".into()));
+    }
+
+    #[test]
+    fn text_is_decoded_into_the_buffer_given() {
+        // The buffer holds an older, longer payload: none of it may show.
+        let old = r#"{"an": "older", "and": "longer payload"}"#;
+        for (raw, mode, want) in [
+            (
+                r#"{ "a" : [1, 2] }"#,
+                PayloadMode::Typed,
+                Payload::Json(r#"{"a":[1,2]}"#.into()),
+            ),
+            ("plain", PayloadMode::Typed, Payload::Text("plain".into())),
+            ("[1,", PayloadMode::Typed, Payload::Text("[1,".into())),
+            ("42", PayloadMode::Raw, Payload::Text("42".into())),
+        ] {
+            let mut buffer = String::from(old);
+            let at = buffer.as_ptr();
+            let got = decode_into(raw, mode, &mut buffer);
+            assert_eq!(got, want, "{raw}");
+            if let Payload::Json(text) | Payload::Text(text) = &got {
+                if raw != "[1," {
+                    assert_eq!(text.as_ptr(), at, "{raw}: decoded into a new allocation");
+                }
+            }
+        }
+        let mut buffer = String::from(old);
+        assert_eq!(
+            decode_into("7", PayloadMode::Typed, &mut buffer),
+            Payload::Integer(7)
+        );
+        assert_eq!(buffer, old, "a payload without text leaves the buffer");
     }
 }

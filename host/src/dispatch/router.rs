@@ -3,7 +3,7 @@
 
 use super::reuse::Reused;
 use super::{Mailbox, Notification};
-use crate::payload::{self, PayloadMode};
+use crate::payload::PayloadMode;
 use crate::sync::bump;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,11 +142,7 @@ impl Router {
             (&mut run.raw, PayloadMode::Raw),
         ] {
             if let Some(list) = slot {
-                list.push(self.reused.fill(Notification {
-                    channel: run.channel.clone(),
-                    payload: payload::decode(raw_payload, mode),
-                    pid,
-                }));
+                list.push(self.reused.fill(&run.channel, raw_payload, mode, pid));
             }
         }
         if run.len() >= RUN_LIMIT {

@@ -42,10 +42,11 @@ enum Expect {
 /// `json` without its insignificant whitespace, every other byte (number
 /// digits, string escapes) kept as sent, if it is one valid JSON value no
 /// deeper than [`MAX_JSON_DEPTH`]. Whitespace around it must be trimmed.
-pub(super) fn compact(json: &str) -> Result<String, NotCompacted> {
+/// Written into `into`'s allocation, whatever it holds.
+pub(super) fn compact(json: &str, into: String) -> Result<String, NotCompacted> {
     use NotCompacted::Invalid;
     let bytes = json.as_bytes();
-    let mut out = Output::for_input(bytes.len());
+    let mut out = Output::for_input(bytes.len(), into.into_bytes());
     // Bytes are copied in runs: from `run` up to the next whitespace.
     let mut run = 0;
     let mut i = 0;
@@ -155,11 +156,10 @@ struct Output {
 impl Output {
     const SHORT: usize = 16;
 
-    fn for_input(len: usize) -> Self {
-        Self {
-            buffer: vec![0; len + Self::SHORT],
-            len: 0,
-        }
+    fn for_input(len: usize, mut buffer: Vec<u8>) -> Self {
+        buffer.clear();
+        buffer.resize(len + Self::SHORT, 0);
+        Self { buffer, len: 0 }
     }
 
     /// Append `bytes[from..to]`. A short run is copied as 16 bytes: the
@@ -325,7 +325,7 @@ mod tests {
 
     fn check(text: &str) {
         let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
-        let got = compact(trimmed);
+        let got = compact(trimmed, String::new());
         // serde_json stops at its own recursion limit, as deep as ours.
         let expected = match oracle(text) {
             Err(_) if got == Err(NotCompacted::TooDeep) => return,
@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn agrees_with_serde_json_on_valid_json() {
         for seed in SEEDS {
-            assert!(compact(seed).is_ok(), "{seed}");
+            assert!(compact(seed, String::new()).is_ok(), "{seed}");
             check(seed);
         }
     }
@@ -395,7 +395,11 @@ mod tests {
             "[-01]",
             "[1e5.5]",
         ] {
-            assert_eq!(compact(bad), Err(NotCompacted::Invalid), "{bad}");
+            assert_eq!(
+                compact(bad, String::new()),
+                Err(NotCompacted::Invalid),
+                "{bad}"
+            );
             check(bad);
         }
     }
@@ -403,11 +407,14 @@ mod tests {
     #[test]
     fn depth_is_counted_to_the_limit() {
         let limit = "[".repeat(MAX_JSON_DEPTH) + &"]".repeat(MAX_JSON_DEPTH);
-        assert_eq!(compact(&limit).as_deref(), Ok(limit.as_str()));
+        assert_eq!(
+            compact(&limit, String::new()).as_deref(),
+            Ok(limit.as_str())
+        );
         let deeper = "[".repeat(MAX_JSON_DEPTH + 1) + &"]".repeat(MAX_JSON_DEPTH + 1);
-        assert_eq!(compact(&deeper), Err(NotCompacted::TooDeep));
+        assert_eq!(compact(&deeper, String::new()), Err(NotCompacted::TooDeep));
         let objects = "{\"k\":".repeat(MAX_JSON_DEPTH) + "1" + &"}".repeat(MAX_JSON_DEPTH);
-        assert!(compact(&objects).is_ok());
+        assert!(compact(&objects, String::new()).is_ok());
     }
 
     /// Every seed with each byte dropped, each of JSON's significant bytes
