@@ -51,8 +51,8 @@ pub fn decode_into(raw: &str, mode: PayloadMode, buffer: &mut String) -> Payload
     };
     match trimmed.as_bytes().first() {
         None => text_in(raw, buffer),
-        Some(b'{' | b'[') => match json::compact(trimmed, std::mem::take(buffer)) {
-            Ok(compacted) => Payload::Json(compacted),
+        Some(b'{' | b'[') => match json::compact(trimmed, buffer) {
+            Ok(()) => Payload::Json(std::mem::take(buffer)),
             Err(NotCompacted::Invalid) => text_in(raw, buffer),
             Err(NotCompacted::TooDeep) => {
                 tracing::warn!(
@@ -361,9 +361,7 @@ mod tests {
             let got = decode_into(raw, mode, &mut buffer);
             assert_eq!(got, want, "{raw}");
             if let Payload::Json(text) | Payload::Text(text) = &got {
-                if raw != "[1," {
-                    assert_eq!(text.as_ptr(), at, "{raw}: decoded into a new allocation");
-                }
+                assert_eq!(text.as_ptr(), at, "{raw}: decoded into a new allocation");
             }
         }
         let mut buffer = String::from(old);

@@ -42,11 +42,21 @@ enum Expect {
 /// `json` without its insignificant whitespace, every other byte (number
 /// digits, string escapes) kept as sent, if it is one valid JSON value no
 /// deeper than [`MAX_JSON_DEPTH`]. Whitespace around it must be trimmed.
-/// Written into `into`'s allocation, whatever it holds.
-pub(super) fn compact(json: &str, into: String) -> Result<String, NotCompacted> {
+/// Written into `into`, in the allocation it holds, whatever its text; left
+/// empty, with its allocation, if `json` is not compacted.
+pub(super) fn compact(json: &str, into: &mut String) -> Result<(), NotCompacted> {
+    let mut out = Output::for_input(json.len(), std::mem::take(into).into_bytes());
+    let scanned = scan(json.as_bytes(), &mut out);
+    if scanned.is_err() {
+        out.len = 0;
+    }
+    *into = out.into_string();
+    scanned
+}
+
+/// Validate `bytes` and write them to `out` without their whitespace.
+fn scan(bytes: &[u8], out: &mut Output) -> Result<(), NotCompacted> {
     use NotCompacted::Invalid;
-    let bytes = json.as_bytes();
-    let mut out = Output::for_input(bytes.len(), into.into_bytes());
     // Bytes are copied in runs: from `run` up to the next whitespace.
     let mut run = 0;
     let mut i = 0;
@@ -141,7 +151,7 @@ pub(super) fn compact(json: &str, into: String) -> Result<String, NotCompacted> 
         return Err(Invalid);
     }
     out.copy(bytes, run, bytes.len());
-    Ok(out.into_string())
+    Ok(())
 }
 
 /// The compacted bytes, written in runs. Most runs are a few bytes (a key,
@@ -302,6 +312,12 @@ mod tests {
     use super::*;
     use serde::de::IgnoredAny;
 
+    /// `json` compacted into a new string.
+    fn compacted(json: &str) -> Result<String, NotCompacted> {
+        let mut into = String::new();
+        compact(json, &mut into).map(|()| into)
+    }
+
     /// What serde_json says, and the compaction spelled out byte by byte.
     fn oracle(text: &str) -> Result<String, NotCompacted> {
         let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
@@ -325,7 +341,7 @@ mod tests {
 
     fn check(text: &str) {
         let trimmed = text.trim_matches([' ', '\t', '\n', '\r']);
-        let got = compact(trimmed, String::new());
+        let got = compacted(trimmed);
         // serde_json stops at its own recursion limit, as deep as ours.
         let expected = match oracle(text) {
             Err(_) if got == Err(NotCompacted::TooDeep) => return,
@@ -345,7 +361,7 @@ mod tests {
     #[test]
     fn agrees_with_serde_json_on_valid_json() {
         for seed in SEEDS {
-            assert!(compact(seed, String::new()).is_ok(), "{seed}");
+            assert!(compacted(seed).is_ok(), "{seed}");
             check(seed);
         }
     }
@@ -395,11 +411,7 @@ mod tests {
             "[-01]",
             "[1e5.5]",
         ] {
-            assert_eq!(
-                compact(bad, String::new()),
-                Err(NotCompacted::Invalid),
-                "{bad}"
-            );
+            assert_eq!(compacted(bad), Err(NotCompacted::Invalid), "{bad}");
             check(bad);
         }
     }
@@ -407,14 +419,11 @@ mod tests {
     #[test]
     fn depth_is_counted_to_the_limit() {
         let limit = "[".repeat(MAX_JSON_DEPTH) + &"]".repeat(MAX_JSON_DEPTH);
-        assert_eq!(
-            compact(&limit, String::new()).as_deref(),
-            Ok(limit.as_str())
-        );
+        assert_eq!(compacted(&limit).as_deref(), Ok(limit.as_str()));
         let deeper = "[".repeat(MAX_JSON_DEPTH + 1) + &"]".repeat(MAX_JSON_DEPTH + 1);
-        assert_eq!(compact(&deeper, String::new()), Err(NotCompacted::TooDeep));
+        assert_eq!(compacted(&deeper), Err(NotCompacted::TooDeep));
         let objects = "{\"k\":".repeat(MAX_JSON_DEPTH) + "1" + &"}".repeat(MAX_JSON_DEPTH);
-        assert!(compact(&objects, String::new()).is_ok());
+        assert!(compacted(&objects).is_ok());
     }
 
     /// Every seed with each byte dropped, each of JSON's significant bytes
