@@ -13,7 +13,7 @@
 use out_of_process::STAMP_SQL;
 use pgnotifier::local_pg;
 use pgnotifier::sandbox::SandboxConfig;
-use pgnotifier::{DatabaseConfig, Notifier, Payload, Subscriber};
+use pgnotifier::{DatabaseConfig, Notifier, Payload, PayloadMode, Subscriber};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -64,6 +64,13 @@ const ROW_KEY_SQL: &str = "json_build_object('table', 'orders', 'op', 'UPDATE', 
 /// objects (customer, address), an array of 6 items, 47 keys, numbers,
 /// booleans, a null, and `json_build_object`'s spaces.
 const ROW_CHANGE_SQL: &str = "json_build_object('op', 'UPDATE', 'source', 'orders_audit_trigger', 'schema', 'public', 'table', 'orders', 'txid', 7340000 + i, 'at', '2026-12-02T10:00:00.123456+00:00', 'new', json_build_object('id', i, 'status', 'paid', 'currency', 'EUR', 'total', 123.45 + i % 100, 'paid', true, 'notes', null, 'created_at', '2026-12-01T09:59:58.000001+00:00', 'updated_at', '2026-12-02T10:00:00.123456+00:00', 'customer', json_build_object('id', 4000 + i % 977, 'name', 'Customer ' || i, 'email', 'customer' || i || '@example.test', 'tier', 'gold'), 'items', json_build_array(json_build_object('sku', 'SKU-' || i % 1000, 'qty', 1 + i % 3, 'price', 19.99), json_build_object('sku', 'SKU-' || (i + 1) % 1000, 'qty', 2, 'price', 5.5), json_build_object('sku', 'SKU-' || (i + 2) % 1000, 'qty', 1, 'price', 120), json_build_object('sku', 'SKU-' || (i + 3) % 1000, 'qty', 4, 'price', 0.99), json_build_object('sku', 'SKU-' || (i + 4) % 1000, 'qty', 1, 'price', 42), json_build_object('sku', 'SKU-' || (i + 5) % 1000, 'qty', 3, 'price', 7.25)), 'address', json_build_object('line1', i % 200 || ' Main Street', 'city', 'Springfield', 'zip', '12345', 'country', 'DE'), 'tags', json_build_array('web', 'promo')), 'old', json_build_object('status', 'pending', 'updated_at', '2026-12-01T09:59:58.000001+00:00'))::text";
+
+/// Parses per second of the same payloads: see `Bench::parse_rates`.
+#[derive(Clone, Copy)]
+struct ParseRates {
+    value: f64,
+    decode: f64,
+}
 
 struct Bench {
     url: String,
@@ -224,8 +231,8 @@ impl Bench {
             ("1 KB row change", 100_000, ROW_CHANGE_SQL),
         ];
         for (label, n, payload_sql) in cases {
-            let value_parse = if payload_sql.starts_with("json") {
-                Some(self.value_parse_per_s(payload_sql, n).await?)
+            let parse = if payload_sql.starts_with("json") {
+                Some(self.parse_rates(payload_sql, n).await?)
             } else {
                 None
             };
@@ -245,11 +252,13 @@ impl Bench {
                 c / 1e3,
                 100.0 * c / b
             );
-            if let Some(v) = value_parse {
+            if let Some(ParseRates { value, decode }) = parse {
                 println!(
-                    "drain {label}: serde_json::Value parse of the same payloads: {:.0}k/s (host = {:.1}x)",
-                    v / 1e3,
-                    h / v
+                    "drain {label}: serde_json::Value parse of the same payloads: {:.0}k/s (host = {:.1}x); the host's decode alone: {:.0}k/s ({:.1}x)",
+                    value / 1e3,
+                    h / value,
+                    decode / 1e3,
+                    decode / value
                 );
             }
             self.record(
@@ -266,16 +275,19 @@ impl Bench {
                     ("bare_per_s", b),
                     ("ratio", h / b),
                     ("native_closure_per_s", c),
-                    ("value_parse_per_s", value_parse.unwrap_or(0.0)),
+                    ("value_parse_per_s", parse.map_or(0.0, |p| p.value)),
+                    ("decode_per_s", parse.map_or(0.0, |p| p.decode)),
                 ],
             );
         }
         Ok(())
     }
 
-    /// `serde_json::Value` parses per second of the payloads `payload_sql`
-    /// makes for `i` in 1..=n, on one thread (median of `REPEATS`).
-    async fn value_parse_per_s(&self, payload_sql: &str, n: usize) -> anyhow::Result<f64> {
+    /// Parses per second of the payloads `payload_sql` makes for `i` in
+    /// 1..=n, on one thread (medians of `REPEATS`, the two taken in turn):
+    /// into a `serde_json::Value`, and the host's own decode (validated and
+    /// compacted, into a reused buffer, as the listener does it).
+    async fn parse_rates(&self, payload_sql: &str, n: usize) -> anyhow::Result<ParseRates> {
         let client = self.client().await?;
         let rows = client
             .query(
@@ -284,15 +296,28 @@ impl Bench {
             )
             .await?;
         let payloads: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let mut rates = Vec::new();
+        let per_s = |started: Instant| n as f64 / started.elapsed().as_secs_f64();
+        let (mut value, mut decode) = (Vec::new(), Vec::new());
+        let mut buffer = String::new();
         for _ in 0..REPEATS {
             let started = Instant::now();
             for payload in &payloads {
                 std::hint::black_box(serde_json::from_str::<serde_json::Value>(payload)?);
             }
-            rates.push(n as f64 / started.elapsed().as_secs_f64());
+            value.push(per_s(started));
+            let started = Instant::now();
+            for payload in &payloads {
+                match pgnotifier::payload::decode_into(payload, PayloadMode::Typed, &mut buffer) {
+                    Payload::Json(text) => buffer = std::hint::black_box(text),
+                    other => anyhow::bail!("{payload} decoded as {other:?}, not json"),
+                }
+            }
+            decode.push(per_s(started));
         }
-        Ok(median(&mut rates))
+        Ok(ParseRates {
+            value: median(&mut value),
+            decode: median(&mut decode),
+        })
     }
 
     /// Seconds from the bare loop's first notification to its last.
