@@ -102,6 +102,9 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    /// A value. Inlined into the containers, so that a scalar or a string
+    /// costs no call: only a nested container recurses.
+    #[inline(always)]
     fn value(&mut self) -> Result<(), NotCompacted> {
         let bytes = self.bytes;
         self.at = match self.peek() {
@@ -128,6 +131,7 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    #[inline(never)]
     fn object(&mut self) -> Result<(), NotCompacted> {
         self.open()?;
         if self.peek() != b'}' {
@@ -153,6 +157,7 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    #[inline(never)]
     fn array(&mut self) -> Result<(), NotCompacted> {
         self.open()?;
         if self.peek() != b']' {
