@@ -133,36 +133,39 @@ impl Scanner<'_> {
 
     #[inline(never)]
     fn object(&mut self) -> Result<(), NotCompacted> {
-        self.open()?;
-        if self.peek() != b'}' {
-            loop {
-                if self.peek() != b'"' {
-                    return Err(NotCompacted::Invalid);
-                }
-                self.at = after_string(self.bytes, self.at)?;
-                self.whitespace();
-                self.expect(b':')?;
-                self.whitespace();
-                self.value()?;
-                self.whitespace();
-                if self.peek() != b',' {
-                    break;
-                }
-                self.at += 1;
-                self.whitespace();
-            }
-        }
-        self.expect(b'}')?;
-        self.depth -= 1;
-        Ok(())
+        self.members(b'}', Self::member)
     }
 
     #[inline(never)]
     fn array(&mut self) -> Result<(), NotCompacted> {
+        self.members(b']', Self::value)
+    }
+
+    /// An object's member: a key, `:` and a value.
+    #[inline(always)]
+    fn member(&mut self) -> Result<(), NotCompacted> {
+        if self.peek() != b'"' {
+            return Err(NotCompacted::Invalid);
+        }
+        self.at = after_string(self.bytes, self.at)?;
+        self.whitespace();
+        self.expect(b':')?;
+        self.whitespace();
+        self.value()
+    }
+
+    /// The members of the container that opens here, each read by
+    /// `member`, separated by `,`, up to `close`.
+    #[inline(always)]
+    fn members(
+        &mut self,
+        close: u8,
+        member: fn(&mut Self) -> Result<(), NotCompacted>,
+    ) -> Result<(), NotCompacted> {
         self.open()?;
-        if self.peek() != b']' {
+        if self.peek() != close {
             loop {
-                self.value()?;
+                member(self)?;
                 self.whitespace();
                 if self.peek() != b',' {
                     break;
@@ -171,7 +174,7 @@ impl Scanner<'_> {
                 self.whitespace();
             }
         }
-        self.expect(b']')?;
+        self.expect(close)?;
         self.depth -= 1;
         Ok(())
     }
