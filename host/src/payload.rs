@@ -41,9 +41,11 @@ pub fn decode(raw: &str, mode: PayloadMode) -> Payload {
     decode_into(raw, mode, &mut String::new())
 }
 
-/// Decode a payload, writing any text it holds into `buffer`'s allocation
-/// (taken from it) instead of a new one. `buffer` is left as it was when
-/// the payload holds no text (a number, a boolean, null).
+/// Decode a payload, writing its text (compacted JSON, or the payload as
+/// sent) into `buffer`'s allocation, taken from it, instead of a new one. A
+/// JSON string is unescaped into a new allocation, and `buffer` is left as
+/// it was then, as it is when the payload holds no text (a number, a
+/// boolean, null).
 pub fn decode_into(raw: &str, mode: PayloadMode, buffer: &mut String) -> Payload {
     let trimmed = match mode {
         PayloadMode::Raw => return text_in(raw, buffer),
