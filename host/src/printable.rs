@@ -52,4 +52,14 @@ mod tests {
             "a\\nFAKE\\u{1b}[31m\\r\\tz"
         );
     }
+
+    #[test]
+    fn an_error_is_told_with_its_causes() {
+        let cause = std::io::Error::other("failed to reserve 8 GiB of address space");
+        let e = crate::error::Error::Sandbox(cause.into());
+        assert_eq!(
+            with_causes(&e),
+            "cannot create the wasm engine: failed to reserve 8 GiB of address space"
+        );
+    }
 }

@@ -13,6 +13,7 @@ use crate::durable::feeder::{self, Feeders};
 use crate::durable::DeliveryMode;
 use crate::error::{Error, Result};
 use crate::pg::DatabaseConfig;
+use crate::printable::with_causes;
 use crate::registry::{Registry, RegistryError, SubscriberSource};
 use crate::sandbox::{CacheStats, LoadError, Sandbox, SandboxConfig};
 use crate::sync::lock;
@@ -280,10 +281,11 @@ impl PluginSync {
     }
 }
 
-/// Log a refused load under the subscriber id its file would have.
+/// Log a refused load under the subscriber id its file would have, with
+/// every cause: "cannot create the wasm engine" alone says nothing of why.
 pub(crate) fn log_load_error(path: &Path, e: &Error) {
     let id = loader::subscriber_id(path);
-    tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{e}");
+    tracing::error!(subscriber = %id.as_deref().unwrap_or("?"), "{}", with_causes(e));
 }
 
 /// Run blocking work (file reads, compiling) off the async runtime.

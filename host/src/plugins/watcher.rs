@@ -18,6 +18,7 @@
 use super::loader;
 use super::sync::{log_load_error, PluginChange, PluginSync};
 use crate::error::{Cause, Error, Result};
+use crate::printable::with_causes;
 use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use std::collections::{BTreeMap, BTreeSet};
@@ -252,7 +253,7 @@ impl Folder {
         self.watched = now;
         tracing::warn!(dir = %self.dir.display(), "the plugins folder is back (or was replaced); watching it again and syncing every plugin");
         if let Err(e) = self.sync.sync_folder(&self.dir).await {
-            tracing::error!(dir = %self.dir.display(), "{e}");
+            tracing::error!(dir = %self.dir.display(), "{}", with_causes(&e));
         }
         self.follow_links();
     }

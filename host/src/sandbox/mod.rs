@@ -180,8 +180,9 @@ impl Sandbox {
                 .ok()
         });
         wasm.cache(cache.clone());
-        let engine =
-            Engine::new(&wasm).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))?;
+        // Its whole chain: the top alone ("failed to create memory pool
+        // mapping") hides the system's reason.
+        let engine = Engine::new(&wasm).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
