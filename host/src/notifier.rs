@@ -15,7 +15,7 @@ use crate::registry::state::StateFile;
 use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
 use crate::sandbox::{CacheStats, SandboxConfig};
 use crate::subscriber::Subscriber;
-use crate::sync::lock;
+use crate::sync::{clock, lock};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -446,9 +446,18 @@ impl Notifier {
         if self.is_running() {
             return Ok(());
         }
+        // The dispatch clock calibrates on first use, spinning for up to
+        // 200 ms on a noisy VM: here, beside the probe's round trips, not
+        // in the listener at the first notification, which it held back.
+        let calibrated = tokio::task::spawn_blocking(|| {
+            clock();
+        });
         // Refused, not silently deaf: LISTEN through a transaction-mode pooler.
         let database = lock(&self.inner.database).clone();
-        if !crate::listener::check_listen_works(&database).await {
+        let works = crate::listener::check_listen_works(&database).await;
+        // Only a panic fails it, and then the first use calibrates instead.
+        let _ = calibrated.await;
+        if !works {
             return Err(Error::ListenBroken {
                 database: database.redacted().to_string(),
                 waited: crate::listener::PROBE_WAIT,
