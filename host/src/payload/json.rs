@@ -318,11 +318,6 @@ fn after_string(bytes: &[u8], start: usize) -> Result<usize, NotCompacted> {
 /// last few bytes, which the caller reads one at a time.
 #[inline(always)]
 fn next_stop(bytes: &[u8], mut i: usize) -> usize {
-    let word_at = |i: usize| {
-        bytes
-            .get(i..i + 8)
-            .and_then(|w| <[u8; 8]>::try_from(w).ok())
-    };
     while let Some(chunk) = bytes
         .get(i..i + 16)
         .and_then(|c| <&[u8; 16]>::try_from(c).ok())
@@ -332,7 +327,10 @@ fn next_stop(bytes: &[u8], mut i: usize) -> usize {
         }
         i += 16;
     }
-    match word_at(i).map(|word| string_stops(u64::from_le_bytes(word))) {
+    let word = bytes
+        .get(i..i + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok());
+    match word.map(|word| string_stops(u64::from_le_bytes(word))) {
         Some(0) => i + 8,
         Some(stops) => i + stops.trailing_zeros() as usize / 8,
         None => i,
