@@ -491,7 +491,7 @@ impl Bouncer {
         let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| Path::new(p).is_file())
-            .expect("pgbouncer is missing: apt-get install pgbouncer (.ci/run does)");
+            .expect("pgbouncer is missing: tests/run installs it (apt-get install pgbouncer)");
         let target: tokio_postgres::Config = support::database_url().parse().unwrap();
         let host = match &target.get_hosts()[0] {
             tokio_postgres::config::Host::Tcp(host) => host.clone(),
