@@ -327,13 +327,13 @@ async fn grants_are_checked_when_the_plugin_loads() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn plugins_built_for_0_1_0_to_0_3_0_still_load_beside_0_4_0_ones() {
+async fn plugins_built_for_0_1_0_to_0_4_0_still_load_beside_0_5_0_ones() {
     logs::install();
     let dir = support::temp_dir("versions");
     let ch = channel("versions");
-    // The WAT fixtures are built against the frozen wit/v0.1.0 to v0.3.0,
+    // The WAT fixtures are built against the frozen wit/v0.1.0 to v0.4.0,
     // and against the current WIT.
-    for version in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0", "0.4.0", "0.5.0"] {
         let name = format!("v{}", version.replace('.', "_"));
         (WatPlugin::new(&[&ch], Notify::Echo).wit_version(version)).write(&dir, &name);
     }
@@ -350,7 +350,8 @@ async fn plugins_built_for_0_1_0_to_0_3_0_still_load_beside_0_4_0_ones() {
         ("v0_2_0", "0.2.0"),
         ("v0_3_0", "0.3.0"),
         ("v0_4_0", "0.4.0"),
-        ("new", "0.4.0"),
+        ("v0_5_0", "0.5.0"),
+        ("new", "0.5.0"),
     ] {
         assert!(
             versions.contains(&(id.into(), wit.into())),
@@ -358,7 +359,7 @@ async fn plugins_built_for_0_1_0_to_0_3_0_still_load_beside_0_4_0_ones() {
         );
     }
     Sender::connect().await.notify(&ch, "all").await;
-    for old in ["v0_1_0", "v0_2_0", "v0_3_0", "v0_4_0"] {
+    for old in ["v0_1_0", "v0_2_0", "v0_3_0", "v0_4_0", "v0_5_0"] {
         wait_lines(old, "all", 1).await;
     }
     wait_lines("new", &format!("received {ch} all"), 1).await;

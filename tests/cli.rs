@@ -253,7 +253,7 @@ fn wit_prints_the_contract() {
     )
     .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), wit);
-    assert!(wit.contains("package pgnotifier:plugin@0.4.0;"));
+    assert!(wit.contains("package pgnotifier:plugin@0.5.0;"));
     assert!(wit.contains("world batched-plugin"));
 }
 

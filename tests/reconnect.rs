@@ -10,6 +10,7 @@ use pgnotifier::local_pg::Cluster;
 use pgnotifier::{ConnectionSettings, DatabaseConfig, Notifier, Overflow, Payload, Subscriber};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::proxy::{database_target, url_via};
 use support::wat::{Notify, WatPlugin};
 use support::{channel, eventually, logs, Sender, SOON};
 use tokio::io::AsyncWriteExt;
@@ -249,23 +250,6 @@ async fn start_up_with_the_server_down_waits_and_connects_when_it_comes_up() {
         .unwrap();
 }
 
-/// The test database's URL through a proxy on `proxy_port`, with `query`.
-fn url_via(proxy_port: u16, query: &str) -> String {
-    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
-    let user = url.get_user().unwrap_or("postgres");
-    let db = url.get_dbname().unwrap_or(user);
-    format!("postgres://{user}@127.0.0.1:{proxy_port}/{db}{query}")
-}
-
-/// The port of the test database, for a proxy to forward to.
-fn database_target() -> (String, u16) {
-    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
-    (
-        "127.0.0.1".into(),
-        url.get_ports().first().copied().unwrap_or(5432),
-    )
-}
-
 /// A notifier through a proxy on `url`, with a 300 ms heartbeat.
 fn beating(url: &str) -> pgnotifier::NotifierBuilder {
     Notifier::builder(DatabaseConfig::from_url(url).unwrap()).connection(ConnectionSettings {
@@ -412,129 +396,12 @@ async fn a_leader_whose_connection_stalls_stands_down_within_two_heartbeats() {
     notifier.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A TCP proxy to the test database that can slip an `UNLISTEN *` into a
-/// connection, between two of the client's messages, and hide the answer
-/// from the client: the server stops LISTENing, and the client is not told,
-/// as a misbehaving pooler or a reset would do.
-struct UnlistenProxy {
-    port: u16,
-    inject: Arc<tokio::sync::Notify>,
-}
-
-impl UnlistenProxy {
-    async fn start(target: (String, u16)) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let inject = Arc::new(tokio::sync::Notify::new());
-        let armed = inject.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(target.clone()).await else {
-                    return;
-                };
-                let (cr, cw) = client.into_split();
-                let (sr, sw) = server.into_split();
-                let hide = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                tokio::spawn(to_server(cr, sw, armed.clone(), hide.clone()));
-                tokio::spawn(to_client(sr, cw, hide));
-            }
-        });
-        Self { port, inject }
-    }
-
-    /// Slip `UNLISTEN *` into the next connection to go idle.
-    fn unlisten(&self) {
-        self.inject.notify_one();
-    }
-}
-
-/// Frame a protocol stream: the length of the next whole message in `buf`
-/// (after the untyped startup message when `startup`), if it is all there.
-fn next_frame(buf: &[u8], startup: bool) -> Option<usize> {
-    let (at, extra) = if startup { (0, 0) } else { (1, 1) };
-    let len = u32::from_be_bytes(buf.get(at..at + 4)?.try_into().ok()?) as usize + extra;
-    (buf.len() >= len).then_some(len)
-}
-
-async fn to_server(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    inject: Arc<tokio::sync::Notify>,
-    hide: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use tokio::io::AsyncReadExt;
-    let (mut buf, mut chunk, mut startup) = (Vec::new(), vec![0u8; 16 * 1024], true);
-    loop {
-        tokio::select! {
-            read = from.read(&mut chunk) => {
-                let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
-                buf.extend_from_slice(&chunk[..n]);
-                while let Some(len) = next_frame(&buf, startup) {
-                    startup = false;
-                    let frame: Vec<u8> = buf.drain(..len).collect();
-                    if to.write_all(&frame).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            // Only between whole messages of the client's.
-            _ = inject.notified(), if buf.is_empty() && !startup => {
-                hide.store(true, std::sync::atomic::Ordering::SeqCst);
-                let query = b"UNLISTEN *\0";
-                let mut message = vec![b'Q'];
-                message.extend_from_slice(&(4 + query.len() as u32).to_be_bytes());
-                message.extend_from_slice(query);
-                if to.write_all(&message).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// Forward the server's messages, except the answer to the slipped-in query.
-async fn to_client(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    hide: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use tokio::io::AsyncReadExt;
-    let (mut buf, mut chunk) = (Vec::new(), vec![0u8; 16 * 1024]);
-    let mut hiding_ready = false;
-    loop {
-        let n = match from.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        buf.extend_from_slice(&chunk[..n]);
-        while let Some(len) = next_frame(&buf, false) {
-            let frame: Vec<u8> = buf.drain(..len).collect();
-            let kind = frame[0];
-            if kind == b'C'
-                && frame[5..].starts_with(b"UNLISTEN")
-                && hide.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                hide.store(false, std::sync::atomic::Ordering::SeqCst);
-                hiding_ready = true;
-                continue;
-            }
-            if kind == b'Z' && hiding_ready {
-                hiding_ready = false;
-                continue;
-            }
-            if to.write_all(&frame).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
 /// The heartbeat compares `pg_listening_channels()` with what the host
 /// believes it LISTENs: a server that stopped LISTENing is found, counted,
 /// repaired, and its subscribers told of the gap.
 #[tokio::test]
 async fn the_heartbeat_finds_and_repairs_a_server_that_stopped_listening() {
-    let proxy = UnlistenProxy::start(database_target()).await;
+    let proxy = support::proxy::InjectingProxy::start(database_target()).await;
     // In the clear, so the proxy can read the protocol.
     let notifier = beating(&url_via(proxy.port, "?sslmode=disable")).build();
     let ch = channel("repaired");
@@ -546,7 +413,7 @@ async fn the_heartbeat_finds_and_repairs_a_server_that_stopped_listening() {
     let pid = notifier.backend_pid().expect("connected");
     let sender = Sender::connect().await;
 
-    proxy.unlisten();
+    proxy.inject("UNLISTEN *");
     let repairs =
         || support::host::parse_metrics(&notifier.metrics())["pgnotifier_listener_repairs_total"];
     assert!(

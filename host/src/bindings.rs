@@ -2,10 +2,11 @@
 //!
 //! The generated `Payload` is also the library's public payload type, so a
 //! decoded payload is handed to guests and native closures without conversion.
-//! Plugins built against 0.1.0, 0.2.0 and 0.3.0 use [`v0_1`], [`v0_2`] and
-//! [`v0_3`], which share these types. The optional `batch` export has no
-//! generated binding: the sandbox looks it up, and lowers borrowed payloads
-//! through [`BatchItem`].
+//! Plugins built against 0.1.0 to 0.4.0 use [`v0_1`] to [`v0_4`], which
+//! share these types, but for 0.3.0's and 0.4.0's durable event, which has
+//! no key ([`v0_4`]'s). The optional `batch` export has no generated
+//! binding: the sandbox looks it up, and lowers borrowed payloads through
+//! [`BatchItem`].
 
 wasmtime::component::bindgen!({
     world: "plugin",
@@ -17,6 +18,20 @@ pub use self::exports::pgnotifier::plugin::subscriber::Registration;
 pub use self::pgnotifier::plugin::host::Level;
 pub use self::pgnotifier::plugin::types::Payload;
 
+/// The frozen 0.4.0 world: 0.5.0's, without the durable event's key.
+pub mod v0_4 {
+    wasmtime::component::bindgen!({
+        world: "plugin",
+        path: "../wit/v0.4.0",
+        with: {
+            "pgnotifier:plugin/types@0.4.0": super::pgnotifier::plugin::types,
+            "pgnotifier:plugin/host@0.4.0": super::pgnotifier::plugin::host,
+            "pgnotifier:plugin/publish@0.4.0": super::pgnotifier::plugin::publish,
+            "pgnotifier:plugin/query@0.4.0": super::pgnotifier::plugin::query,
+        },
+    });
+}
+
 /// The frozen 0.3.0 world: 0.4.0's `plugin` world, without `batch`.
 pub mod v0_3 {
     wasmtime::component::bindgen!({
@@ -27,7 +42,7 @@ pub mod v0_3 {
             "pgnotifier:plugin/host@0.3.0": super::pgnotifier::plugin::host,
             "pgnotifier:plugin/publish@0.3.0": super::pgnotifier::plugin::publish,
             "pgnotifier:plugin/query@0.3.0": super::pgnotifier::plugin::query,
-            "pgnotifier:plugin/delivery@0.3.0": super::pgnotifier::plugin::delivery,
+            "pgnotifier:plugin/delivery@0.3.0": super::v0_4::pgnotifier::plugin::delivery,
         },
     });
 }
@@ -58,8 +73,10 @@ pub mod v0_1 {
     });
 }
 
-/// The `batch` interface's export, as a plugin built for `batched-plugin` names it.
-pub const BATCH_INTERFACE: &str = "pgnotifier:plugin/batch@0.4.0";
+/// The `batch` interface's export, as a plugin built for `batched-plugin`
+/// names it, by the version it targets.
+pub const BATCH_INTERFACE: &str = "pgnotifier:plugin/batch@0.5.0";
+pub const BATCH_INTERFACE_0_4: &str = "pgnotifier:plugin/batch@0.4.0";
 pub const BATCH_FUNCTION: &str = "on-notify-batch";
 
 /// One notification of an `on-notify-batch` call, lowered from the shared

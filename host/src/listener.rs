@@ -12,7 +12,7 @@ use crate::channel::quote_ident;
 use crate::cluster::election::{self, Campaign};
 use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{Delivery, Gap, GapCause, Router, Run};
-use crate::pg::DatabaseConfig;
+use crate::pg::{advisory, DatabaseConfig};
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
 use crate::sync::{clock, lock, Latch, Release};
@@ -380,7 +380,9 @@ impl Session<'_> {
         let (registry, status) = (self.registry, self.status);
         let mut driver = tokio::spawn(drive(connection, registry.clone(), self.status.clone()));
         match client.query_one("select pg_backend_pid()", &[]).await {
-            Ok(row) => status.backend_pid.store(row.get(0), Ordering::Relaxed),
+            Ok(row) => status
+                .backend_pid
+                .store(row.try_get(0).unwrap_or(0), Ordering::Relaxed),
             Err(e) => return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e))),
         }
         // In a cluster, LISTEN only once leading, on this very connection.
@@ -424,6 +426,12 @@ impl Session<'_> {
         let mut listened: BTreeSet<Arc<str>> = BTreeSet::new();
         let mut first_sync = true;
         let mut queue_warned = false;
+        let lock_name = self.cluster.settings.as_ref().map(|s| s.lock_name());
+        let heartbeat_sql = heartbeat_query(lock_name.is_some());
+        let heartbeat_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &lock_name {
+            Some(name) => vec![name],
+            None => Vec::new(),
+        };
         let mut heartbeat = self.heartbeat.map(|every| {
             let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -462,11 +470,15 @@ impl Session<'_> {
                 }
                 every = beat => {
                     // A dead peer that sent no FIN shows here as an error or no answer.
-                    let answer = tokio::time::timeout(every, client.query_one(HEARTBEAT, &[])).await;
-                    let failure = match answer {
-                        Ok(Ok(row)) => {
-                            self.note_queue_usage(row.get(0), &mut queue_warned);
-                            let actual: Vec<String> = row.get(1);
+                    let answer = tokio::time::timeout(every, client.query_one(&heartbeat_sql, &heartbeat_params)).await;
+                    let failure = match answer.map(|r| r.and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))) {
+                        // A pooler's reset (DISCARD ALL) or a proxy freed the
+                        // lock while the connection stayed: a standby may lead now.
+                        Ok(Ok((_, _, false))) => Some(
+                            "the server released this host's leader lock on its LISTEN connection (a DISCARD ALL or an unlock from a pooler or proxy?)".to_owned(),
+                        ),
+                        Ok(Ok((usage, actual, true))) => {
+                            self.note_queue_usage(usage, &mut queue_warned);
                             listening_again = self.check_listening(actual, &mut listened).await;
                             None
                         }
@@ -502,23 +514,27 @@ impl Session<'_> {
 
 /// The server-side TCP settings of a cluster's LISTEN session. This host
 /// gives up a stalled connection within two heartbeats (a tick, then its
-/// timeout); the server, probing every second once nothing has come for a
-/// second, gives up on it at the first probe after half a second more. So
-/// the lock is released only once this host has stopped dispatching: never
-/// two leaders at once.
+/// timeout); the server gives up on it half a second later. So the lock is
+/// released only once this host has stopped dispatching: never two
+/// leaders at once.
 fn server_keepalives(heartbeat: Duration) -> String {
-    let user_timeout = 2 * heartbeat + Duration::from_millis(500);
-    format!(
-        "SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; \
-         SET tcp_keepalives_count = 3; SET tcp_user_timeout = {}",
-        user_timeout.as_millis()
-    )
+    advisory::server_keepalives(2 * heartbeat + Duration::from_millis(500))
 }
 
-/// The heartbeat's query: cheap, and it reads the notification queue and
-/// what the server LISTENs on this connection.
-const HEARTBEAT: &str = "SELECT pg_catalog.pg_notification_queue_usage(),
-        ARRAY(SELECT pg_catalog.pg_listening_channels())::text[]";
+/// The heartbeat's query: cheap, and it reads the notification queue, what
+/// the server LISTENs on this connection, and, in a cluster, whether this
+/// session still holds the leader's lock (named by `$1`).
+fn heartbeat_query(leading: bool) -> String {
+    let holds = if leading {
+        advisory::held(1)
+    } else {
+        "true".to_owned()
+    };
+    format!(
+        "SELECT pg_catalog.pg_notification_queue_usage(),
+                ARRAY(SELECT pg_catalog.pg_listening_channels())::text[], {holds}"
+    )
+}
 
 impl Session<'_> {
     /// What the server LISTENs is what this host believes it LISTENs, or it
@@ -641,6 +657,7 @@ async fn announce_gap(registry: &Registry, owed: &OwedGap) -> Option<Release> {
         let gap = Delivery::Gap {
             gap: Arc::new(gap),
             resumed: Some(resumed.clone()),
+            done: None,
         };
         mailbox.push(gap).await;
         told = true;

@@ -6,6 +6,7 @@
 
 use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{DurableStats, SubscriberStats};
+use crate::durable::pruner::OutboxStats;
 use crate::listener::ListenerStatus;
 use crate::plugins::PluginCounters;
 use crate::registry::Registry;
@@ -20,9 +21,10 @@ pub(crate) struct Sources<'a> {
     pub(crate) listener: &'a ListenerStatus,
     pub(crate) plugins: &'a PluginCounters,
     pub(crate) cache: Option<CacheStats>,
-    /// The at-least-once subscribers' feeders, and the outbox at the last prune.
+    /// The at-least-once subscribers' feeders, and the outbox as the
+    /// pruner saw it.
     pub(crate) durable: Vec<(std::sync::Arc<str>, DurableStats)>,
-    pub(crate) outbox_events: Option<u64>,
+    pub(crate) outbox: &'a OutboxStats,
     pub(crate) cluster: &'a ClusterStatus,
 }
 
@@ -81,7 +83,7 @@ pub(crate) fn render(from: &Sources) -> String {
             quarantined,
         );
     }
-    let per_durable: [MetricOf<DurableStats>; 4] = [
+    let per_durable: [MetricOf<DurableStats>; 6] = [
         (
             "pgnotifier_subscriber_lag_events",
             "gauge",
@@ -106,11 +108,23 @@ pub(crate) fn render(from: &Sources) -> String {
             "Durable events that went to the dead letters.",
             |d| d.dead_letters as f64,
         ),
+        (
+            "pgnotifier_subscriber_feeder_restarts_total",
+            "counter",
+            "Times the subscriber's feeder failed and was started again from the saved position.",
+            |d| d.feeder_restarts as f64,
+        ),
+        (
+            "pgnotifier_subscriber_fed_elsewhere",
+            "gauge",
+            "1 while another host holds the subscriber's feed lock, so this one does not feed it.",
+            |d| f64::from(u8::from(d.fed_elsewhere)),
+        ),
     ];
     let durable: Vec<(&str, &DurableStats)> =
         (from.durable.iter()).map(|(id, d)| (&**id, d)).collect();
     out.per_subscriber(&per_durable, &durable);
-    if let Some(events) = from.outbox_events {
+    if let Some(events) = from.outbox.events() {
         let name = "pgnotifier_outbox_events";
         out.family(
             name,
@@ -119,6 +133,13 @@ pub(crate) fn render(from: &Sources) -> String {
         );
         out.sample(name, &[], events as f64);
     }
+    let name = "pgnotifier_outbox_unstamped_events_total";
+    out.family(
+        name,
+        "counter",
+        "Committed events found without a commit stamp (the stamp trigger was disabled), then stamped and delivered late.",
+    )
+    .sample(name, &[], from.outbox.unstamped.load(Ordering::Relaxed) as f64);
 
     let name = "pgnotifier_subscriber_call_duration_seconds";
     out.family(

@@ -5,11 +5,11 @@
 //! listener. Subscribers keep running across them until removed or shut down.
 
 use crate::cluster::{ClusterSettings, ClusterStatus, Role};
-use crate::durable::feeder::{self, Feeders};
+use crate::durable::feeder::{self, FeedSettings, Feeders};
 use crate::durable::{dead_letters, reader, schema, DeadLetter, DeliveryMode, DurableError};
 use crate::error::{Error, Result};
 use crate::listener::{ConnectionSettings, Listener, ListenerStatus};
-use crate::pg::DatabaseConfig;
+use crate::pg::{advisory, DatabaseConfig};
 use crate::plugins::{watcher, PluginChange, PluginSync, PluginWatcher, SubscriberSettings};
 use crate::registry::state::StateFile;
 use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
@@ -214,11 +214,15 @@ impl NotifierBuilder {
         let registry = Arc::new(self.registry);
         let database = Arc::new(Mutex::new(self.database));
         let cluster = Arc::new(ClusterStatus::new(self.cluster));
+        // A feeder checks its connection as often as a leader its own.
+        let heartbeat =
+            (cluster.settings.as_ref()).map_or(Duration::from_secs(1), |c| c.heartbeat(None));
         let feeders = Arc::new(Feeders::new(
             database.clone(),
             Arc::downgrade(&registry),
             self.outbox_retention,
             cluster.watch_dispatching(),
+            heartbeat,
         ));
         let plugins = PluginSync::new(
             registry.clone(),
@@ -324,7 +328,11 @@ impl Notifier {
         let channels = channels.into_channels();
         registry.insert_subscriber(mailbox.clone(), SubscriberSource::Native, &channels)?;
         if let (DeliveryMode::AtLeastOnce(retry), Some(runtime)) = (delivery, runtime) {
-            self.inner.feeders.ensure(&runtime, &id, &mailbox, retry);
+            let settings = FeedSettings {
+                retry,
+                longest_call: feeder::NATIVE_LONGEST_CALL,
+            };
+            self.inner.feeders.ensure(&runtime, &id, &mailbox, settings);
         }
         Ok(())
     }
@@ -533,10 +541,15 @@ impl Notifier {
     /// Prune the outbox now, as the host does every minute: events every
     /// at-least-once subscriber of their channel has passed, and events
     /// older than the retention. `None` when another host is pruning.
+    /// Committed events that were never stamped (the stamp trigger
+    /// disabled by hand) are stamped first, counted and logged.
     pub async fn prune_outbox(&self) -> Result<Option<crate::durable::Pruned>> {
+        use crate::durable::pruner;
         let mut client = self.durable_client().await?;
+        let unstamped = pruner::stamp_unstamped(&mut client).await?;
+        (self.inner.feeders.outbox().unstamped).fetch_add(unstamped, Ordering::Relaxed);
         let retention = self.inner.feeders.retention();
-        Ok(crate::durable::pruner::prune(&mut client, retention).await?)
+        Ok(pruner::prune(&mut client, retention).await?)
     }
 
     /// Every dead letter: events an at-least-once subscriber failed on
@@ -556,21 +569,39 @@ impl Notifier {
     /// Move an at-least-once subscriber's position past every event
     /// committed so far: what it has not handled yet is skipped, not
     /// delivered. Events of transactions still running are not skipped.
+    /// Only the host that feeds the subscriber can: a standby refuses,
+    /// naming the leader, and so does a host whose feeder another holds.
     pub async fn skip_ahead(&self, id: &str) -> Result<()> {
         let mailbox = (self.inner.registry.mailbox(id))
             .ok_or_else(|| RegistryError::UnknownSubscriber(id.to_owned()))?;
-        let retry = (self.inner.feeders.retry_of(id))
+        let settings = (self.inner.feeders.settings_of(id))
             .ok_or_else(|| DurableError::NotDurable(id.to_owned()))?;
+        if self.inner.cluster.role() == Role::Standby {
+            let leader = self.inner.cluster.leader();
+            return Err(DurableError::Standby { leader }.into());
+        }
         let runtime = feeder::runtime()?;
+        // Stopped at the next event, its position written and its lock freed.
         self.inner.feeders.stop(id).await;
         let moved = async {
             let client = self.durable_client().await?;
+            let lock = feeder::lock_name(id);
+            let refused = |e: tokio_postgres::Error| Error::from(DurableError::from(e));
+            if !advisory::try_lock(&client, &lock).await.map_err(refused)? {
+                let holder = advisory::holder(&client, &lock).await.map_err(refused)?;
+                return Err(DurableError::FedElsewhere {
+                    subscriber: id.to_owned(),
+                    holder: holder.unwrap_or_else(|| "another host".to_owned()),
+                }
+                .into());
+            }
             // The horizon waits for transactions committing now; one still
             // running commits after it, and is delivered.
             let target = (reader::end_of_outbox(&client).await).map_err(DurableError::from)?;
             reader::save_position(&client, id, target, None)
                 .await
                 .map_err(DurableError::from)?;
+            advisory::unlock(&client, &lock).await.map_err(refused)?;
             tracing::warn!(subscriber = %id, "skipped ahead: events not handled yet will not be delivered");
             Ok::<_, Error>(())
         }
@@ -578,7 +609,7 @@ impl Notifier {
         // Fed again either way, from wherever the position now is.
         self.inner
             .feeders
-            .ensure(&runtime, &id.into(), &mailbox, retry);
+            .ensure(&runtime, &id.into(), &mailbox, settings);
         moved
     }
 
@@ -633,7 +664,7 @@ impl Notifier {
             plugins: &self.inner.plugins.counters,
             cache: self.compile_cache_stats(),
             durable: self.inner.feeders.stats(),
-            outbox_events: self.inner.feeders.outbox_events(),
+            outbox: self.inner.feeders.outbox(),
             cluster: &self.inner.cluster,
         })
     }

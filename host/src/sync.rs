@@ -1,6 +1,6 @@
 //! The primitives every layer shares: a lock that survives poisoning,
-//! single-writer counters, the dispatch clock, a duration histogram and a
-//! latch a thread can wait on.
+//! single-writer counters, the dispatch clock, a duration histogram, a
+//! latch a thread can wait on, and background tasks that stop when asked.
 //!
 //! Everything recorded on the dispatch path is a relaxed atomic store; a
 //! reader (a metrics scrape) loads the atomics and takes no lock.
@@ -122,5 +122,77 @@ impl Release {
 impl Drop for Release {
     fn drop(&mut self) {
         self.0.open();
+    }
+}
+
+/// A background task that stops when asked: what signals it, and its
+/// handle. Dropping it asks the task to stop, without waiting for it.
+#[derive(Debug)]
+pub(crate) struct Task {
+    stop: tokio::sync::watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Task {
+    /// Run `body` on `runtime`, with the [`Stop`] it watches.
+    pub(crate) fn spawn<F>(runtime: &tokio::runtime::Handle, body: impl FnOnce(Stop) -> F) -> Self
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let handle = runtime.spawn(body(Stop(stopped)));
+        Self { stop, handle }
+    }
+
+    /// Ask the task to stop; [`stop`](Self::stop) also waits for it.
+    pub(crate) fn ask_to_stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Ask the task to stop, and wait until it has. Its panic, if it had
+    /// one, is logged.
+    pub(crate) async fn stop(mut self) {
+        self.ask_to_stop();
+        if let Err(e) = (&mut self.handle).await {
+            if e.is_panic() {
+                tracing::error!("a background task panicked: {e}");
+            }
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+}
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// A task's side of [`Task`]: whether it has been asked to stop.
+#[derive(Clone, Debug)]
+pub(crate) struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    pub(crate) fn is_asked(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolve once asked to stop (or once the [`Task`] is gone).
+    pub(crate) async fn asked(&mut self) {
+        let _ = self.0.wait_for(|asked| *asked).await;
+    }
+}
+
+/// A spawned task that is aborted when this is dropped: a connection's
+/// driver, say, that must not outlive the code that uses it, panic or not.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -4,7 +4,7 @@
 // [config] field = "order.status" (a dotted path), equals = "shipped".
 // Without `equals`, any payload that has the field matches.
 // `trace = "true"` also logs each payload as `got <case> <value>`.
-import { log } from 'pgnotifier:plugin/host@0.4.0';
+import { log } from 'pgnotifier:plugin/host@0.5.0';
 
 let path = [];
 let equals;

@@ -1,5 +1,5 @@
 ;; pgnotifier example plugin (WAT): the smallest subscriber, and the reference
-;; for the canonical ABI of `pgnotifier:plugin@0.4.0` as a core module sees it.
+;; for the canonical ABI of `pgnotifier:plugin@0.5.0` as a core module sees it.
 ;;
 ;; It listens on the channel `minimal` (a sidecar's `channels` overrides that)
 ;; and logs every notification as `got <case> <value>`. Floats print as their
@@ -11,7 +11,7 @@
   ;; The host's one function, `log: func(level: level, message: string)`.
   ;; The enum `level` is its index (trace 0, debug 1, info 2, warn 3, error 4);
   ;; a string is a (pointer, length) pair of UTF-8 bytes in our memory.
-  (import "pgnotifier:plugin/host@0.4.0" "log" (func $log (param i32 i32 i32)))
+  (import "pgnotifier:plugin/host@0.5.0" "log" (func $log (param i32 i32 i32)))
 
   ;; The host reads and writes this memory: it is every string's home.
   (memory (export "memory") 1)
@@ -58,7 +58,7 @@
   ;; Out: a result is more than one core value, so we return a pointer to
   ;; {tag: u8 at +0 (0 ok, 1 err), payload at +4}. Here the payload is a
   ;; `registration`: its one field, list<string>, as (pointer, count).
-  (func (export "pgnotifier:plugin/subscriber@0.4.0#register")
+  (func (export "pgnotifier:plugin/subscriber@0.5.0#register")
         (param $id i32) (param $id_len i32) (param $config i32) (param $config_len i32) (result i32)
     (global.set $heap (i32.const 16384))
     (i32.store8 (i32.const 48) (i32.const 0))   ;; ok
@@ -72,7 +72,7 @@
   ;; (null 0, boolean 1, integer 2, float 3, text 4, json 5), an i64 holding
   ;; the case's value (the bool, the s64, the f64's bits, or a string's
   ;; pointer) and an i32 (a string's length).
-  (func (export "pgnotifier:plugin/subscriber@0.4.0#on-notify")
+  (func (export "pgnotifier:plugin/subscriber@0.5.0#on-notify")
         (param $id i32) (param $id_len i32) (param $channel i32) (param $channel_len i32)
         (param $case i32) (param $value i64) (param $len i32) (param $pid i32) (result i32)
     (global.set $out (i32.const 1024))
@@ -105,7 +105,7 @@
 
   ;; on-gap: func(id: string, channels: list<string>). No result. A subscriber
   ;; that keeps no state has nothing to resynchronise.
-  (func (export "pgnotifier:plugin/subscriber@0.4.0#on-gap")
+  (func (export "pgnotifier:plugin/subscriber@0.5.0#on-gap")
         (param $id i32) (param $id_len i32) (param $channels i32) (param $channels_len i32)
     (global.set $heap (i32.const 16384)))
 

@@ -5,7 +5,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod durable;
 pub mod host;
+pub mod proxy;
 pub mod wat;
 pub mod webhook;
 

@@ -75,7 +75,7 @@ impl WatPlugin {
         }
     }
 
-    /// Target `version` of the WIT (0.1.0 to 0.4.0): all have the same
+    /// Target `version` of the WIT (0.1.0 to 0.5.0): all have the same
     /// exports in the `plugin` world, so only the names change.
     pub fn wit_version(mut self, version: &'static str) -> Self {
         self.version = version;

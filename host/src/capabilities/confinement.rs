@@ -93,7 +93,7 @@ pub(crate) async fn install_barrier(
     let function = barrier(role);
     let signature = format!("{function}(text, text[], boolean, integer)");
     let install = format!(
-        "SELECT pg_advisory_xact_lock(hashtext('pgnotifier query barrier'));
+        "SELECT pg_catalog.pg_advisory_xact_lock(1885826676, 3);
          DO $schema$ BEGIN
            IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'pgnotifier') THEN
              CREATE SCHEMA pgnotifier;

@@ -4,6 +4,7 @@
 //! terminated backend, a server restart); PostgreSQL is the referee.
 
 use super::{ClusterSettings, ClusterStatus};
+use crate::pg::advisory;
 use crate::printable::with_causes;
 use std::time::SystemTime;
 use tokio_postgres::Client;
@@ -16,18 +17,6 @@ pub(crate) enum Campaign {
     /// The connection failed, or gave no answer within a takeover.
     Failed(String),
 }
-
-const TRY: &str = "SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtextextended($1, 0))";
-
-/// Who holds the lock, as `pg_stat_activity` shows its backend.
-const HOLDER: &str = "
-SELECT coalesce(nullif(a.application_name, ''), 'a client') || ' (backend ' || a.pid
-       || coalesce(' at ' || host(a.client_addr), '') || ')'
-  FROM pg_catalog.pg_locks l
-  JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
- WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-   AND ((l.classid::bigint << 32) | l.objid::bigint) = pg_catalog.hashtextextended($1, 0)";
 
 /// Try the lock on `client` until it is won, every [`ClusterSettings::poll`],
 /// standing by meanwhile. A host that has just lost its leadership (`yield`)
@@ -46,12 +35,12 @@ pub(crate) async fn campaign(
         tokio::time::sleep(settings.takeover).await;
     }
     loop {
-        let won = match answered(settings, client.query_one(TRY, &[&key])).await {
-            Ok(row) => row.get::<_, bool>(0),
+        let won = match answered(settings, advisory::try_lock(client, &key)).await {
+            Ok(won) => won,
             Err(e) => return Campaign::Failed(e),
         };
-        let holder = match answered(settings, client.query_opt(HOLDER, &[&key])).await {
-            Ok(row) => row.map(|row| row.get::<_, String>(0)),
+        let holder = match answered(settings, advisory::holder(client, &key)).await {
+            Ok(holder) => holder,
             Err(e) => return Campaign::Failed(e),
         };
         if won {

@@ -339,6 +339,13 @@ impl Mailbox {
         self.epochs.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Give up `epoch`: from now on, what is queued of it is dropped
+    /// uncalled (reported as not delivered). A call of it in progress runs
+    /// to its end.
+    pub(crate) fn give_up_epoch(&self, epoch: u64) {
+        self.failed_epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
     /// A tracked delivery is not made: the rest of its epoch is not either.
     pub(super) fn give_up(&self, delivery: &Delivery) {
         if let Some(epoch) = delivery.epoch() {

@@ -45,11 +45,61 @@ pub struct Notification {
 pub struct DurableEvent {
     /// Its id in `pgnotifier.outbox`: the same on every delivery of it.
     pub id: i64,
+    /// The same on every delivery of it, and never given to another event:
+    /// the idempotency key. An `id` can come back for a new event after a
+    /// crash that lost an asynchronous commit, or a failover to a replica
+    /// that lagged.
+    pub key: EventKey,
     /// 1 on the first call with it by this host, more on retries; a dead
     /// letter sent again continues its count.
     pub attempt: u32,
     /// When `pgnotifier.send` ran.
     pub sent_at: SystemTime,
+}
+
+/// A durable event's key: a UUID, written as its 36 characters.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey(pub u128);
+
+impl std::fmt::Display for EventKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hex = format!("{:032x}", self.0);
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    }
+}
+
+impl std::fmt::Debug for EventKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for EventKey {
+    type Err = std::num::ParseIntError;
+
+    /// A UUID in its usual form, hyphens anywhere, or 32 hex digits.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let digits: String = text.chars().filter(|c| *c != '-').collect();
+        if digits.len() != 32 {
+            // The same error a malformed number gives.
+            return "".parse::<u128>().map(EventKey);
+        }
+        u128::from_str_radix(&digits, 16).map(EventKey)
+    }
+}
+
+impl Serialize for EventKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Notifications on some channels may have been missed, and why.
@@ -85,10 +135,12 @@ pub(crate) enum Delivery {
     /// once `resumed` is open (the channels are LISTENed again), so a
     /// subscriber that resynchronises there misses nothing committed after
     /// it reads. Queued before that, so it comes before every notification
-    /// of the new connection.
+    /// of the new connection. `done`, when set, hears how `on-gap` went
+    /// (dropped unreported: not delivered), as a tracked event's does.
     Gap {
         gap: Arc<Gap>,
         resumed: Option<Latch>,
+        done: Option<tokio::sync::oneshot::Sender<Outcome>>,
     },
 }
 

@@ -50,4 +50,10 @@ pub struct DurableStats {
     pub retries: u64,
     /// Events that went to the dead letters.
     pub dead_letters: u64,
+    /// Times its feeder failed (a panic) and was started again.
+    pub feeder_restarts: u64,
+    /// Another host feeds it (it holds the subscriber's feed lock), so
+    /// this one does not: one subscriber id on two hosts outside one
+    /// cluster group.
+    pub fed_elsewhere: bool,
 }

@@ -506,6 +506,7 @@ async fn a_gap_is_delivered_in_its_place_in_the_queue() {
                 cause: GapCause::ConnectionLost("test".into()),
             }),
             resumed: None,
+            done: None,
         })
         .await;
     h.push("2").await;
@@ -534,6 +535,7 @@ async fn a_gap_waits_until_its_channels_are_listened_again() {
         .push(Delivery::Gap {
             gap: Arc::new(gap),
             resumed: Some(resumed),
+            done: None,
         })
         .await;
     h.push("2").await;
@@ -590,6 +592,7 @@ async fn after_a_tracked_failure_the_rest_of_its_epoch_is_not_called() {
 fn event(id: i64) -> DurableEvent {
     DurableEvent {
         id,
+        key: crate::dispatch::EventKey(id as u128),
         attempt: 1,
         sent_at: std::time::SystemTime::now(),
     }

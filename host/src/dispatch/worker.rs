@@ -245,12 +245,19 @@ impl Mailbox {
                         self.call(&mut timer, subscriber.as_mut(), &notification, Some(&event));
                     (result, Some((done, epoch)))
                 }
-                Delivery::Gap { gap, resumed } => {
+                Delivery::Gap { gap, resumed, done } => {
                     if let Some(resumed) = resumed {
                         resumed.wait();
                     }
                     bump(&self.counters.gaps, 1);
-                    (subscriber.on_gap(&gap).map(|()| false), None)
+                    let result = subscriber.on_gap(&gap).map(|()| false);
+                    if let Some(done) = done {
+                        let _ = done.send(match &result {
+                            Ok(_) => Outcome::Delivered,
+                            Err(failure) => Outcome::Failed(failure.clone()),
+                        });
+                    }
+                    (result, None)
                 }
             };
             if let Some((done, epoch)) = report {

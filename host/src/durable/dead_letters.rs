@@ -3,7 +3,7 @@
 //! feeder takes it before its next events, and the letter is gone once a
 //! call succeeds.
 
-use super::reader::Event;
+use super::reader::{column, save_position, Event, ReadError};
 use super::schema::WAKE_CHANNEL;
 use super::DurableError;
 use serde::Serialize;
@@ -15,6 +15,8 @@ pub struct DeadLetter {
     pub subscriber: String,
     /// The outbox event it was.
     pub event_id: i64,
+    /// That event's key (see `DurableEvent::key`).
+    pub event_key: String,
     pub channel: String,
     pub payload: String,
     /// RFC 3339 times, as PostgreSQL writes them.
@@ -26,30 +28,70 @@ pub struct DeadLetter {
     pub redeliver: bool,
 }
 
-const COLUMNS: &str = "id, subscriber, event_id, channel, payload,
-    to_char(sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-    to_char(dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+const COLUMNS: &str = "id, subscriber, event_id,
+    pgnotifier.event_key(event_key, event_id)::text AS event_key, channel, payload,
+    to_char(sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS sent_at,
+    to_char(dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS dead_at,
     error, attempts, redeliver";
 
-fn letter(row: &tokio_postgres::Row) -> DeadLetter {
-    DeadLetter {
-        id: row.get(0),
-        subscriber: row.get(1),
-        event_id: row.get(2),
-        channel: row.get(3),
-        payload: row.get(4),
-        sent_at: row.get(5),
-        dead_at: row.get(6),
-        error: row.get(7),
-        attempts: row.get(8),
-        redeliver: row.get(9),
-    }
+fn letter(row: &tokio_postgres::Row) -> Result<DeadLetter, ReadError> {
+    Ok(DeadLetter {
+        id: column(row, "id")?,
+        subscriber: column(row, "subscriber")?,
+        event_id: column(row, "event_id")?,
+        event_key: column(row, "event_key")?,
+        channel: column(row, "channel")?,
+        payload: column(row, "payload")?,
+        sent_at: column(row, "sent_at")?,
+        dead_at: column(row, "dead_at")?,
+        error: column(row, "error")?,
+        attempts: column(row, "attempts")?,
+        redeliver: column(row, "redeliver")?,
+    })
 }
 
 /// Every dead letter, oldest first.
 pub async fn list(client: &tokio_postgres::Client) -> Result<Vec<DeadLetter>, DurableError> {
     let sql = format!("SELECT {COLUMNS} FROM pgnotifier.dead_letters ORDER BY id");
-    Ok(client.query(&sql, &[]).await?.iter().map(letter).collect())
+    let rows = client.query(&sql, &[]).await?;
+    Ok(rows.iter().map(letter).collect::<Result<_, _>>()?)
+}
+
+/// Dead-letter `event` for `subscriber` after `attempts` failed calls, the
+/// last with `error`, and move its position past the event, in one
+/// transaction: a crash leaves both or neither. An event dead-lettered
+/// again (its position was lost) updates its letter, never adds one.
+pub(crate) async fn insert(
+    client: &mut tokio_postgres::Client,
+    subscriber: &str,
+    event: &Event,
+    error: &str,
+    attempts: i32,
+) -> Result<(), ReadError> {
+    let tx = client.transaction().await?;
+    let key = event.key.to_string();
+    tx.execute(
+        "INSERT INTO pgnotifier.dead_letters AS d
+             (subscriber, event_id, event_key, channel, payload, sent_at, error, attempts)
+         VALUES ($1, $2, $3::text::uuid, $4, $5, $6, $7, $8)
+         ON CONFLICT (subscriber, event_id) DO UPDATE
+            SET error = excluded.error, attempts = d.attempts + excluded.attempts,
+                dead_at = pg_catalog.now(), redeliver = false",
+        &[
+            &subscriber,
+            &event.id,
+            &key,
+            &event.channel,
+            &event.payload,
+            &event.sent_at,
+            &error,
+            &attempts,
+        ],
+    )
+    .await?;
+    save_position(&tx, subscriber, event.position(), None).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Ask for dead letter `id` to be delivered again, to its own subscriber only.
@@ -61,7 +103,7 @@ pub async fn request_redelivery(
         "UPDATE pgnotifier.dead_letters SET redeliver = true WHERE id = $1 RETURNING {COLUMNS}"
     );
     let row = client.query_opt(&sql, &[&id]).await?;
-    let letter = (row.as_ref().map(letter)).ok_or(DurableError::UnknownDeadLetter(id))?;
+    let letter = letter(&row.ok_or(DurableError::UnknownDeadLetter(id))?)?;
     // Wake the feeders, so the letter goes now rather than at the next poll.
     client
         .execute(
@@ -89,26 +131,33 @@ pub(crate) async fn waiting(
 ) -> Result<Vec<Redelivery>, DurableError> {
     let rows = client
         .query(
-            "SELECT id, event_id, channel, payload, sent_at, attempts
+            "SELECT id, event_id, pgnotifier.event_key(event_key, event_id)::text AS event_key,
+                    channel, payload, sent_at, attempts
                FROM pgnotifier.dead_letters WHERE subscriber = $1 AND redeliver ORDER BY id",
             &[&subscriber],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Redelivery {
-            id: row.get(0),
-            attempts: u32::try_from(row.get::<_, i32>(5)).unwrap_or(0),
+    let redelivery = |row: &tokio_postgres::Row| {
+        let key: String = column(row, "event_key")?;
+        Ok::<_, ReadError>(Redelivery {
+            id: column(row, "id")?,
+            attempts: u32::try_from(column::<i32>(row, "attempts")?).unwrap_or(0),
             event: Event {
-                id: row.get(1),
+                id: column(row, "event_id")?,
+                key: key.parse().map_err(|_| {
+                    ReadError::Malformed(format!("dead letter key {key:?} is not a UUID"))
+                })?,
                 stamp: 0,
-                channel: row.get(2),
-                payload: row.get(3),
-                sent_at: row.get(4),
+                channel: column(row, "channel")?,
+                payload: column(row, "payload")?,
+                sent_at: column(row, "sent_at")?,
                 pid: 0,
+                // Delivered from the outbox before: durable then.
+                durable: true,
             },
         })
-        .collect())
+    };
+    Ok(rows.iter().map(redelivery).collect::<Result<_, _>>()?)
 }
 
 /// A redelivered letter succeeded: it is gone.

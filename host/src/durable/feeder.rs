@@ -1,54 +1,84 @@
 //! The feeder: one task per at-least-once subscriber that reads its events
-//! from the outbox and hands them to its mailbox, one at a time.
+//! from the outbox and hands them to its mailbox, in order.
 //!
-//! - The position moves only after `on-notify` returned ok for an event (or
-//!   the event was dead-lettered); it is written to PostgreSQL after
+//! - **One feeder per subscriber, across every host.** A feeder feeds only
+//!   while its host dispatches (alone, or leading its cluster), and only
+//!   while its connection holds the subscriber's feed lock
+//!   (`pgnotifier feed ID`). A host that finds the lock taken (the same
+//!   subscriber id in another group, or on a host outside the cluster)
+//!   feeds nothing, says which host holds it, and tries again later. A
+//!   reload changes a feeder's settings in place; it never starts a second.
+//! - **The position** moves only after `on-notify` returned ok for an event
+//!   (or the event was dead-lettered); it is written to PostgreSQL after
 //!   [`SAVE_EVERY`] events or [`SAVE_AFTER`], whichever comes first, and
-//!   whenever the feeder runs dry. A crash redelivers at most what was
-//!   handled since the last write, and the [`WINDOW`] in flight: fewer than
-//!   `SAVE_EVERY + WINDOW` events.
-//! - Events are queued a window at a time, and their outcomes followed in
-//!   order. After a failure the rest of the window is not called (its epoch
-//!   is given up), so a retried event still comes before every later one.
-//! - A failed call is retried with backoff, up to `max_attempts`; then the
-//!   event goes to `pgnotifier.dead_letters` and delivery moves on.
-//! - An event the mailbox did not take (a full queue, a quarantine) is
-//!   offered again, without counting an attempt. While the subscriber is
-//!   quarantined or muted, nothing is read: it keeps its position.
-//! - The feeder has its own connection, which LISTENs on the wake channel;
-//!   it also polls, so a missed wake-up only delays. A lost connection is
-//!   made again, and reading resumes from the saved position.
+//!   whenever the feeder runs dry. A read moves it past everything it
+//!   covered, so a subscriber on a quiet channel does not read the same
+//!   commits again. A crash redelivers at most what was handled since the
+//!   last write, and the [`WINDOW`] in flight.
+//! - **Windows.** Events are queued a window at a time and their outcomes
+//!   followed in order. After a failure the rest of the window is not
+//!   called (its epoch is given up), so a retried event still comes before
+//!   every later one.
+//! - **Stopping at the next event.** Asked to stop, standing by, or finding
+//!   its connection gone or its lock freed (checked every heartbeat while
+//!   calls are in flight), a feeder gives up what it queued and waits only
+//!   for the call in progress. Then it records that it stopped cleanly
+//!   (`positions.fed_by`) and frees the lock. A feeder that takes the lock
+//!   after one that did not stop cleanly waits out the longest call first:
+//!   no event is ever in two calls at once.
+//! - **Retries and dead letters.** A failed call is retried with backoff,
+//!   up to `max_attempts`; then the event goes to `pgnotifier.dead_letters`,
+//!   and the position past it, in one transaction. An event the mailbox did
+//!   not take (a full queue, a quarantine) is offered again, without
+//!   counting an attempt. While the subscriber is quarantined or muted,
+//!   nothing is read: it keeps its position.
+//! - **Gaps** pruning left are told before the events after them, and their
+//!   rows removed only once `on-gap` returned ok; a failing `on-gap` is
+//!   retried.
+//! - **Connections.** The feeder LISTENs on the wake channel and also
+//!   polls, so a missed wake-up only delays. A lost connection is made
+//!   again, and reading resumes from the saved position. A feeder that
+//!   panics is started again from there, and counted.
 
-use super::reader::{lag, next_events, position, save_position, start_at_end, Event, Position};
+use super::dead_letters;
+use super::pruner::{self, OutboxStats};
+use super::reader::{self, Batch, Channels, Event, Position, PrunedGap};
 use super::schema::{self, WAKE_CHANNEL};
-use super::{dead_letters, pruner, DurableError};
 use crate::dispatch::{
     CallFailure, Delivery, DurableEvent, DurableStats, Gap, GapCause, Mailbox, Notification,
     Outcome,
 };
 use crate::payload::decode;
-use crate::pg::DatabaseConfig;
+use crate::pg::{advisory, DatabaseConfig};
 use crate::printable::with_causes;
 use crate::registry::Registry;
-use crate::sync::{bump, lock};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use crate::sync::{bump, lock, AbortOnDrop, Stop, Task};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio_postgres::Client;
 
 /// Events handled between two writes of the position.
 pub const SAVE_EVERY: u32 = 100;
 /// The longest a handled event waits for its position to be written.
 pub const SAVE_AFTER: Duration = Duration::from_millis(200);
-/// `outbox_events` before the first prune.
-const OUTBOX_UNKNOWN: u64 = u64::MAX;
+/// How often a position that only moved past events of other channels, or
+/// a paused subscriber's channels, are written.
+const RECORD_EVERY: Duration = Duration::from_secs(5);
 /// How often the outbox is read without a wake-up.
 const POLL: Duration = Duration::from_secs(1);
 /// Events read at once.
-const BATCH: i64 = 500;
+const BATCH: usize = 500;
 /// Events queued to the subscriber before the first outcome is awaited.
 pub const WINDOW: usize = 64;
+/// How often a feeder counts what it has not handled yet.
+const MEASURE_LAG: Duration = Duration::from_secs(1);
+/// How often a feeder refused its lock tries again.
+const REFUSED_RETRY: Duration = Duration::from_secs(5);
+/// What a feeder that takes over waits beyond the longest call.
+const TAKEOVER_MARGIN: Duration = Duration::from_secs(1);
 
 /// How failed calls are retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +115,15 @@ pub enum DeliveryMode {
     AtLeastOnce(RetryPolicy),
 }
 
+/// How one subscriber is fed: what a reload may change in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FeedSettings {
+    pub(crate) retry: RetryPolicy,
+    /// The longest one call can run (a plugin's deadline): how long a
+    /// feeder that takes over from one that stopped uncleanly waits.
+    pub(crate) longest_call: Duration,
+}
+
 /// [`DurableStats`] as the feeder keeps them.
 #[derive(Debug, Default)]
 struct FeedCounters {
@@ -92,6 +131,8 @@ struct FeedCounters {
     lag_ms: AtomicU64,
     retries: AtomicU64,
     dead_letters: AtomicU64,
+    restarts: AtomicU64,
+    fed_elsewhere: AtomicBool,
 }
 
 impl FeedCounters {
@@ -101,33 +142,36 @@ impl FeedCounters {
             lag_ms: self.lag_ms.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            feeder_restarts: self.restarts.load(Ordering::Relaxed),
+            fed_elsewhere: self.fed_elsewhere.load(Ordering::Relaxed),
         }
     }
 }
 
-/// How often a feeder counts what it has not handled yet.
-const MEASURE_LAG: Duration = Duration::from_secs(1);
-
 /// The feeders of one notifier's at-least-once subscribers, by id.
 pub(crate) struct Feeders {
-    database: Arc<std::sync::Mutex<DatabaseConfig>>,
+    database: Arc<Mutex<DatabaseConfig>>,
     registry: Weak<Registry>,
-    running: std::sync::Mutex<std::collections::HashMap<Arc<str>, Feeder>>,
+    running: Mutex<std::collections::HashMap<Arc<str>, Feeder>>,
     /// How long events are kept at most; pruning starts with the first feeder.
     retention: Duration,
-    pruning: std::sync::Mutex<Option<(watch::Sender<bool>, JoinHandle<()>)>>,
-    /// Events in the outbox at the last prune.
-    outbox_events: Arc<AtomicU64>,
+    pruning: Mutex<Option<Task>>,
+    outbox: Arc<OutboxStats>,
     /// Whether this host may dispatch: a standby of a cluster feeds nothing.
     dispatching: watch::Receiver<bool>,
+    /// How often a feeder checks its connection while calls are in flight.
+    heartbeat: Duration,
+    /// This process, as a feeder records itself in `positions.fed_by`.
+    me: Arc<str>,
 }
 
 impl Feeders {
     pub(crate) fn new(
-        database: Arc<std::sync::Mutex<DatabaseConfig>>,
+        database: Arc<Mutex<DatabaseConfig>>,
         registry: Weak<Registry>,
         retention: Duration,
         dispatching: watch::Receiver<bool>,
+        heartbeat: Duration,
     ) -> Self {
         Self {
             database,
@@ -135,8 +179,10 @@ impl Feeders {
             running: Default::default(),
             retention,
             pruning: Default::default(),
-            outbox_events: Arc::new(AtomicU64::new(OUTBOX_UNKNOWN)),
+            outbox: Arc::default(),
             dispatching,
+            heartbeat,
+            me: advisory::this_process().into(),
         }
     }
 
@@ -154,10 +200,9 @@ impl Feeders {
             .collect()
     }
 
-    /// Events in the outbox at the last prune, once one has run.
-    pub(crate) fn outbox_events(&self) -> Option<u64> {
-        let events = self.outbox_events.load(Ordering::Relaxed);
-        (events != OUTBOX_UNKNOWN).then_some(events)
+    /// The outbox as the pruner last saw it.
+    pub(crate) fn outbox(&self) -> &OutboxStats {
+        &self.outbox
     }
 
     /// Prune the outbox every [`pruner::PRUNE_EVERY`] on `runtime`, unless already.
@@ -171,35 +216,43 @@ impl Feeders {
             runtime,
             database,
             self.retention,
-            self.outbox_events.clone(),
+            self.outbox.clone(),
         ));
     }
 
-    /// Feed `id` from the outbox on `runtime`, unless it is fed already
-    /// with `retry`.
+    /// Feed `id` from the outbox on `runtime` with `settings`. A feeder
+    /// already running takes the new settings in place: there is never a
+    /// second feeder of one subscriber.
     pub(crate) fn ensure(
         &self,
         runtime: &tokio::runtime::Handle,
         id: &Arc<str>,
         mailbox: &Arc<Mailbox>,
-        retry: RetryPolicy,
+        settings: FeedSettings,
     ) {
         self.ensure_pruning(runtime);
         let mut running = lock(&self.running);
-        if running.get(id).is_some_and(|f| f.retry == retry) {
+        if let Some(feeder) = running.get(id).filter(|f| !f.task.is_finished()) {
+            *lock(&feeder.settings) = settings;
             return;
         }
-        let database = lock(&self.database).clone();
-        let feeder = Feeder::spawn(
-            runtime,
-            database,
-            id.clone(),
-            mailbox.clone(),
-            self.registry.clone(),
-            retry,
-            self.dispatching.clone(),
-        );
-        // A feeder replaced stops after the event in hand.
+        let spec = FeedSpec {
+            database: lock(&self.database).clone(),
+            id: id.clone(),
+            mailbox: mailbox.clone(),
+            registry: self.registry.clone(),
+            settings: Arc::new(Mutex::new(settings)),
+            counters: Arc::default(),
+            heartbeat: self.heartbeat,
+            me: self.me.clone(),
+        };
+        let feeder = Feeder {
+            settings: spec.settings.clone(),
+            counters: spec.counters.clone(),
+            task: Task::spawn(runtime, |stop| {
+                supervise(spec, stop, self.dispatching.clone())
+            }),
+        };
         running.insert(id.clone(), feeder);
     }
 
@@ -207,28 +260,30 @@ impl Feeders {
         self.retention
     }
 
-    /// How `id` is retried, if it is fed.
-    pub(crate) fn retry_of(&self, id: &str) -> Option<RetryPolicy> {
-        lock(&self.running).get(id).map(|f| f.retry)
+    /// How `id` is fed, if it is.
+    pub(crate) fn settings_of(&self, id: &str) -> Option<FeedSettings> {
+        lock(&self.running).get(id).map(|f| *lock(&f.settings))
     }
 
-    /// Stop feeding `id`, its position written.
+    /// Stop feeding `id`: the call in progress finishes, the position is
+    /// written and the feed lock freed before this returns.
     pub(crate) async fn stop(&self, id: &str) {
         let feeder = lock(&self.running).remove(id);
         if let Some(feeder) = feeder {
-            feeder.stop().await;
+            feeder.task.stop().await;
         }
     }
 
-    /// Ask every feeder to stop, without waiting; each finishes the event
-    /// in hand and writes its position, which [`Feeder::stop`] waits for.
+    /// Ask every feeder (and the pruner) to stop, without waiting; each
+    /// finishes the call in hand and writes its position, which
+    /// [`Feeder::stop`] waits for.
     pub(crate) fn stop_all(&self) -> Vec<Feeder> {
-        if let Some((stop, _)) = lock(&self.pruning).take() {
-            let _ = stop.send(true);
+        if let Some(pruning) = lock(&self.pruning).take() {
+            pruning.ask_to_stop();
         }
         let feeders: Vec<Feeder> = lock(&self.running).drain().map(|(_, f)| f).collect();
         for feeder in &feeders {
-            let _ = feeder.stop.send(true);
+            feeder.task.ask_to_stop();
         }
         feeders
     }
@@ -246,88 +301,112 @@ pub enum FeedError {
     NoRuntime,
 }
 
-/// A running feeder; dropping it stops it.
+/// A running feeder; dropping it asks it to stop.
 pub(crate) struct Feeder {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-    retry: RetryPolicy,
+    task: Task,
+    settings: Arc<Mutex<FeedSettings>>,
     counters: Arc<FeedCounters>,
 }
 
 impl Feeder {
-    fn spawn(
-        runtime: &tokio::runtime::Handle,
-        database: DatabaseConfig,
-        id: Arc<str>,
-        mailbox: Arc<Mailbox>,
-        registry: Weak<Registry>,
-        retry: RetryPolicy,
-        dispatching: watch::Receiver<bool>,
-    ) -> Self {
-        let (stop, stopped) = watch::channel(false);
-        let counters = Arc::new(FeedCounters::default());
-        let feed = Feed {
-            counters: counters.clone(),
-            database,
-            id,
-            mailbox,
-            registry,
-            retry,
-            stopped,
-            dispatching,
-            channels: Vec::new(),
-            channels_saved: true,
-        };
-        Self {
-            stop,
-            task: runtime.spawn(feed.run()),
-            retry,
-            counters,
-        }
-    }
-
-    /// Stop after the event in hand, writing the position first.
-    pub(crate) async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        let _ = (&mut self.task).await;
+    /// Wait until it has stopped, its position written.
+    pub(crate) async fn stop(self) {
+        self.task.stop().await;
     }
 }
 
-impl Drop for Feeder {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-struct Feed {
+/// What a feeder is given, and starts again from after a panic.
+#[derive(Clone)]
+struct FeedSpec {
     database: DatabaseConfig,
     id: Arc<str>,
     mailbox: Arc<Mailbox>,
     registry: Weak<Registry>,
-    retry: RetryPolicy,
-    stopped: watch::Receiver<bool>,
-    dispatching: watch::Receiver<bool>,
-    /// The subscriber's channels when last seen unpaused, written with the
-    /// position for pruning; `channels_saved` is false until written.
-    channels: Vec<String>,
-    channels_saved: bool,
+    settings: Arc<Mutex<FeedSettings>>,
     counters: Arc<FeedCounters>,
+    heartbeat: Duration,
+    me: Arc<str>,
 }
 
-/// How the attempts at one event ended.
-enum Tried {
-    Delivered,
-    /// Every attempt failed: the last failure, and how many there were.
-    Failed(CallFailure, u32),
-    Stop,
+/// The name of `subscriber`'s feed lock: one feeder holds it at a time.
+pub(crate) fn lock_name(subscriber: &str) -> String {
+    format!("pgnotifier feed {subscriber}")
+}
+
+/// How long a feeder that takes over from a native subscriber's feeder
+/// that stopped uncleanly waits for its last call: a closure has no deadline.
+pub(crate) const NATIVE_LONGEST_CALL: Duration = Duration::from_secs(1);
+
+impl FeedSpec {
+    fn lock_name(&self) -> String {
+        lock_name(&self.id)
+    }
+
+    fn settings(&self) -> FeedSettings {
+        *lock(&self.settings)
+    }
+}
+
+/// Run the feeder until stopped; a feeder that panics is started again
+/// from the saved position, and counted.
+async fn supervise(spec: FeedSpec, stop: Stop, dispatching: watch::Receiver<bool>) {
+    loop {
+        let feed = Feed {
+            spec: spec.clone(),
+            stop: stop.clone(),
+            dispatching: dispatching.clone(),
+            refused_by: None,
+        };
+        match tokio::spawn(feed.run()).await {
+            Ok(()) => return,
+            Err(e) if e.is_panic() => {
+                bump(&spec.counters.restarts, 1);
+                let panic = e.into_panic();
+                let message = (panic.downcast_ref::<&str>().copied())
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a panic");
+                tracing::error!(subscriber = %spec.id, "the feeder failed ({message}); starting it again from the saved position");
+            }
+            Err(_) => return,
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.asked() => return,
+        }
+    }
 }
 
 /// Why a session ended.
+#[derive(Debug)]
 enum End {
     Stopped,
     /// This host no longer dispatches (a standby now).
     StoodDown,
+    /// Another process holds the feed lock: who.
+    Refused(String),
     Lost(String),
+}
+
+impl End {
+    fn lost(e: &dyn std::error::Error) -> Self {
+        End::Lost(with_causes(e))
+    }
+}
+
+impl<E: std::error::Error + 'static> From<E> for End {
+    fn from(e: E) -> Self {
+        End::lost(&e)
+    }
+}
+
+/// A feeder's life across connections.
+struct Feed {
+    spec: FeedSpec,
+    stop: Stop,
+    dispatching: watch::Receiver<bool>,
+    /// Who held the lock at the last refusal, so it is logged once.
+    refused_by: Option<String>,
 }
 
 impl Feed {
@@ -337,38 +416,60 @@ impl Feed {
             // A standby feeds nothing; the leader feeds from the saved position.
             tokio::select! {
                 led = self.dispatching.wait_for(|on| *on) => if led.is_err() { return },
-                _ = self.stopped.changed() => return,
+                _ = self.stop.asked() => return,
             }
-            match self.session().await {
+            let end = self.session().await;
+            let refused = matches!(end, End::Refused(_));
+            self.spec
+                .counters
+                .fed_elsewhere
+                .store(refused, Ordering::Relaxed);
+            let pause = match end {
                 End::Stopped => return,
                 End::StoodDown => {
-                    tracing::info!(subscriber = %self.id, "durable delivery paused: this host stands by");
+                    tracing::info!(subscriber = %self.spec.id, "durable delivery paused: this host stands by");
+                    wait = Duration::from_millis(100);
                     continue;
                 }
-                End::Lost(reason) => {
-                    tracing::warn!(subscriber = %self.id, "durable delivery: {reason}; resuming from the saved position in {wait:?}");
+                End::Refused(holder) => {
+                    if self.refused_by.as_ref() != Some(&holder) {
+                        tracing::error!(
+                            subscriber = %self.spec.id,
+                            "not fed here: {holder} already feeds this subscriber, and this host, {}, does not (one subscriber id belongs to one cluster group); trying again every {REFUSED_RETRY:?}",
+                            self.spec.me
+                        );
+                        self.refused_by = Some(holder);
+                    }
+                    REFUSED_RETRY
                 }
-            }
+                End::Lost(reason) => {
+                    tracing::warn!(subscriber = %self.spec.id, "durable delivery: {reason}; resuming from the saved position in {wait:?}");
+                    let pause = wait;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    pause
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = self.stopped.changed() => return,
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.stop.asked() => return,
             }
-            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 
+    /// One connection's life: open it, feed, and close it.
     async fn session(&mut self) -> End {
         let connecting = tokio::select! {
-            connected = self.database.connect() => connected,
-            _ = self.stopped.changed() => return End::Stopped,
+            connected = self.spec.database.connect() => connected,
+            _ = self.stop.asked() => return End::Stopped,
         };
-        let (mut client, mut connection) = match connecting {
+        let (client, mut connection) = match connecting {
             Ok(pair) => pair,
             Err(e) => return End::Lost(format!("cannot connect: {}", with_causes(&e))),
         };
         let wake = Arc::new(Notify::new());
-        let woken = wake.clone();
-        let driver = tokio::spawn(async move {
+        let gone = Arc::new(AtomicBool::new(false));
+        let (woken, ended) = (wake.clone(), gone.clone());
+        let driver = AbortOnDrop(tokio::spawn(async move {
             while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 match message {
                     Ok(tokio_postgres::AsyncMessage::Notification(_)) => woken.notify_one(),
@@ -376,252 +477,611 @@ impl Feed {
                     Err(_) => break,
                 }
             }
+            ended.store(true, Ordering::Relaxed);
             // Gone: wake the session, whose next query fails and says why.
             woken.notify_one();
-        });
-        let end = self.feed(&mut client, &wake).await;
-        driver.abort();
+        }));
+        let mut session = Session {
+            lock_name: self.spec.lock_name(),
+            feed: self,
+            client,
+            wake,
+            gone,
+            _driver: driver,
+            at: Position::default(),
+            saved: Saved::default(),
+            channels: Vec::new(),
+            through: 0,
+            unsaved_events: 0,
+            measured: None,
+            locked: false,
+        };
+        let end = match session.open().await {
+            Ok(()) => session.feed().await,
+            Err(end) => end,
+        };
+        session.close(end).await
+    }
+}
+
+/// What was last written of the position.
+#[derive(Default)]
+struct Saved {
+    at: Option<Position>,
+    channels: Vec<String>,
+    through: i64,
+    when: Option<Instant>,
+}
+
+/// One connection's life: the state the feeding loop keeps between steps.
+struct Session<'f> {
+    feed: &'f mut Feed,
+    client: Client,
+    /// Woken by a wake-up NOTIFY, and when the connection ends.
+    wake: Arc<Notify>,
+    /// The connection has ended.
+    gone: Arc<AtomicBool>,
+    _driver: AbortOnDrop<()>,
+    lock_name: String,
+    /// Handled (or dead-lettered) through here, or covered by a read.
+    at: Position,
+    saved: Saved,
+    /// The channels of the last read, known through the stamp `through`.
+    channels: Vec<String>,
+    through: i64,
+    /// Events handled since the position was last written.
+    unsaved_events: u32,
+    measured: Option<Instant>,
+    /// This session holds the feed lock.
+    locked: bool,
+}
+
+/// How the attempts at one event ended.
+enum Tried {
+    Delivered,
+    /// Every attempt failed: the last failure, and how many there were.
+    Failed(CallFailure, u32),
+    /// Stopped before an attempt succeeded; whether the one in progress
+    /// then did.
+    Interrupted {
+        end: End,
+        delivered: bool,
+    },
+}
+
+/// What interrupted a wait for an outcome.
+enum Interrupt {
+    Stop,
+    StandDown,
+    Lost(String),
+}
+
+impl From<Interrupt> for End {
+    fn from(interrupt: Interrupt) -> Self {
+        match interrupt {
+            Interrupt::Stop => End::Stopped,
+            Interrupt::StandDown => End::StoodDown,
+            Interrupt::Lost(why) => End::Lost(why),
+        }
+    }
+}
+
+impl Session<'_> {
+    fn id(&self) -> &str {
+        &self.feed.spec.id
+    }
+
+    /// Set the connection up, take the feed lock, find the position, and
+    /// wait out a feeder before this one that did not stop cleanly.
+    async fn open(&mut self) -> Result<(), End> {
+        schema::install(&mut self.client).await?;
+        let FeedSettings { longest_call, .. } = self.feed.spec.settings();
+        // The feeder's queries are small and many: compiling one with JIT
+        // (which a stale estimate of the outbox can trigger) costs more than
+        // it ever saves. The server frees the lock of a connection that
+        // stalled only after this host has given it up and let its last
+        // call end.
+        let heartbeat = self.feed.spec.heartbeat;
+        let setup = format!(
+            "SET jit = off; LISTEN {}; {}",
+            crate::channel::quote_ident(WAKE_CHANNEL),
+            advisory::server_keepalives(2 * heartbeat + longest_call + TAKEOVER_MARGIN)
+        );
+        self.client.batch_execute(&setup).await?;
+        // A feeder that is stopping (a leader standing down) lets go within
+        // the longest call and its heartbeats: wait that long before
+        // calling it another host's.
+        let patience = Instant::now() + 2 * heartbeat + longest_call + TAKEOVER_MARGIN;
+        while !advisory::try_lock(&self.client, &self.lock_name).await? {
+            if Instant::now() < patience {
+                self.pause(Duration::from_millis(100)).await?;
+                continue;
+            }
+            let holder = advisory::holder(&self.client, &self.lock_name).await?;
+            let fed_by = self.fed_by().await?;
+            let who = match (fed_by, holder) {
+                (Some(host), Some(backend)) => format!("{host}, as {backend},"),
+                (Some(host), None) => host,
+                (None, Some(backend)) => backend,
+                (None, None) => "another process".to_owned(),
+            };
+            return Err(End::Refused(who));
+        }
+        self.locked = true;
+        self.at = match reader::position(&self.client, self.id()).await? {
+            Some(at) => at,
+            None => {
+                // Written at once, so pruning keeps what this subscriber reads next.
+                let registry = self.feed.spec.registry.upgrade();
+                let channels = registry.and_then(|r| r.durable_channels(self.id()));
+                let channels = channels.map(|c| c.names).unwrap_or_default();
+                let id = self.feed.spec.id.clone();
+                reader::start_at_end(&mut self.client, &id, &channels).await?
+            }
+        };
+        self.saved.at = Some(self.at);
+        let before = self.claim().await?;
+        if let Some(before) = before.filter(|host| **host != *self.feed.spec.me) {
+            let wait = longest_call + TAKEOVER_MARGIN;
+            tracing::info!(subscriber = %self.id(), "the last feeder of this subscriber, {before}, did not stop cleanly: waiting {wait:?} for a call of it that may still run");
+            self.pause(wait).await?;
+        }
+        Ok(())
+    }
+
+    /// The host recorded as feeding the subscriber, if any.
+    async fn fed_by(&self) -> Result<Option<String>, End> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT fed_by FROM pgnotifier.positions WHERE subscriber = $1",
+                &[&self.id()],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => reader::column(&row, "fed_by")?,
+            None => None,
+        })
+    }
+
+    /// Record this host as feeding the subscriber; who was recorded before
+    /// (a feeder that stopped cleanly leaves nobody).
+    async fn claim(&self) -> Result<Option<String>, End> {
+        let row = self
+            .client
+            .query_opt(
+                "UPDATE pgnotifier.positions p SET fed_by = $2
+                   FROM (SELECT fed_by FROM pgnotifier.positions WHERE subscriber = $1 FOR UPDATE) before
+                  WHERE p.subscriber = $1
+              RETURNING before.fed_by",
+                &[&self.id(), &&*self.feed.spec.me],
+            )
+            .await?;
+        Ok(match row {
+            Some(row) => reader::column(&row, "fed_by")?,
+            None => None,
+        })
+    }
+
+    /// Write the position, record a clean stop and free the lock, when the
+    /// connection still answers; the session's end either way.
+    async fn close(mut self, end: End) -> End {
+        if !self.locked || self.gone.load(Ordering::Relaxed) {
+            return end;
+        }
+        let clean = matches!(end, End::Stopped | End::StoodDown);
+        let release = async {
+            self.save().await?;
+            if clean {
+                self.client
+                    .execute(
+                        "UPDATE pgnotifier.positions SET fed_by = NULL WHERE subscriber = $1 AND fed_by = $2",
+                        &[&self.id(), &&*self.feed.spec.me],
+                    )
+                    .await?;
+            }
+            advisory::unlock(&self.client, &self.lock_name).await?;
+            Ok::<_, End>(())
+        };
+        // A connection still busy with a read cannot answer soon: dropping
+        // it frees the lock all the same.
+        match tokio::time::timeout(Duration::from_secs(5), release).await {
+            Ok(Ok(())) => {}
+            Ok(Err(End::Lost(why))) => {
+                tracing::warn!(subscriber = %self.id(), "writing the position as the feeder stops: {why}")
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
         end
     }
 
-    async fn feed(&mut self, client: &mut tokio_postgres::Client, wake: &Notify) -> End {
-        let lost = |e: &dyn std::error::Error| End::Lost(with_causes(e));
-        if let Err(e) = schema::install(client).await {
-            return lost(&e);
-        }
-        // The feeder's queries are small and many: compiling one with JIT
-        // (which a stale estimate of the outbox can trigger) costs more than
-        // it ever saves.
-        let listen = format!(
-            "SET jit = off; LISTEN {}",
-            crate::channel::quote_ident(WAKE_CHANNEL)
-        );
-        if let Err(e) = client.batch_execute(&listen).await {
-            return lost(&e);
-        }
-        let mut saved = None;
-        let mut at = match position(client, &self.id).await {
-            Ok(Some(at)) => at,
-            // Written at once, so pruning keeps what this subscriber reads next.
-            Ok(None) => {
-                let channels = (!self.channels.is_empty()).then_some(&self.channels[..]);
-                match start_at_end(client, &self.id, channels).await {
-                    Ok(start) => {
-                        saved = Some(start);
-                        start
-                    }
-                    Err(e) => return lost(&e),
-                }
-            }
-            Err(e) => return lost(&e),
-        };
-        let mut handled = 0;
-        let mut since = Instant::now();
-        let mut measured: Option<Instant> = None;
+    /// Feed until something ends the session.
+    async fn feed(&mut self) -> End {
         loop {
-            if *self.stopped.borrow() {
-                return self.finish(client, at, &mut saved).await;
-            }
-            if !*self.dispatching.borrow() {
-                return match self.finish(client, at, &mut saved).await {
-                    End::Stopped => End::StoodDown,
-                    lost => lost,
-                };
-            }
-            let Some(channels) = self
-                .registry
-                .upgrade()
-                .and_then(|r| r.durable_channels(&self.id))
-            else {
-                // Removed: the position stays for a subscriber of this id later.
-                return self.finish(client, at, &mut saved).await;
-            };
-            if !channels.is_empty() && channels != self.channels {
-                self.channels = channels.clone();
-                self.channels_saved = false;
-            }
-            if !channels.is_empty() {
-                match self.redeliver(client).await {
-                    Ok(true) => {}
-                    Ok(false) => return self.finish(client, at, &mut saved).await,
-                    Err(e) => return lost(&e),
-                }
-            }
-            let events = match channels.is_empty() {
-                true => Vec::new(),
-                false => match next_events(client, at, &channels, BATCH).await {
-                    Ok(events) => events,
-                    Err(e) => return lost(&e),
-                },
-            };
-            // After the read: a prune that removed events it skips has
-            // recorded its gap by now, and the gap goes before them.
-            if !channels.is_empty() {
-                if let Err(e) = self.tell_gaps(client).await {
-                    return lost(&e);
-                }
-            }
-            if measured.is_none_or(|at| at.elapsed() >= MEASURE_LAG) && !self.channels.is_empty() {
-                match lag(client, at, &self.channels).await {
-                    Ok((events, age)) => {
-                        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-                        self.counters.lag_events.store(events, Ordering::Relaxed);
-                        self.counters.lag_ms.store(age, Ordering::Relaxed);
-                    }
-                    Err(e) => return lost(&e),
-                }
-                measured = Some(Instant::now());
-            }
-            if events.is_empty() {
-                if let Err(e) = self.save(client, at, &mut saved).await {
-                    return lost(&e);
-                }
-                (handled, since) = (0, Instant::now());
-                let gone = tokio::select! {
-                    _ = wake.notified() => false,
-                    _ = tokio::time::sleep(POLL) => false,
-                    _ = self.stopped.changed() => false,
-                    // Its sender gone, the notifier is: stop, not spin.
-                    changed = self.dispatching.changed() => changed.is_err(),
-                };
-                if gone {
-                    return self.finish(client, at, &mut saved).await;
-                }
-                continue;
-            }
-            let mut next = 0;
-            while next < events.len() {
-                let window = &events[next..events.len().min(next + WINDOW)];
-                let done = match self.deliver_window(client, window).await {
-                    Ok(Some(done)) => done,
-                    Ok(None) => return self.finish(client, at, &mut saved).await,
-                    Err(e) => return lost(&e),
-                };
-                for event in &window[..done] {
-                    at = event.position();
-                    handled += 1;
-                }
-                next += done;
-                if handled >= SAVE_EVERY || since.elapsed() >= SAVE_AFTER {
-                    if let Err(e) = self.save(client, at, &mut saved).await {
-                        return lost(&e);
-                    }
-                    (handled, since) = (0, Instant::now());
-                }
+            if let Err(end) = self.step().await {
+                return end;
             }
         }
     }
 
-    /// Write the position if it moved since the last write.
-    async fn save(
-        &mut self,
-        client: &tokio_postgres::Client,
-        at: Position,
-        saved: &mut Option<Position>,
-    ) -> Result<(), super::reader::ReadError> {
-        if *saved != Some(at) || !self.channels_saved {
-            let channels = (!self.channels.is_empty()).then_some(&self.channels[..]);
-            save_position(client, &self.id, at, channels).await?;
-            *saved = Some(at);
-            self.channels_saved = true;
+    /// One read and what it brought.
+    async fn step(&mut self) -> Result<(), End> {
+        self.check_running()?;
+        let Some(channels) = self.durable_channels() else {
+            // Removed: the position stays for a subscriber of this id later.
+            return Err(End::Stopped);
+        };
+        if channels.paused {
+            if self.lag_due() {
+                self.measure_lag(&channels.names).await?;
+            }
+            self.record_paused(channels.names).await?;
+            return self.idle().await;
+        }
+        self.redeliver().await?;
+        let Some(batch) = self.read(channels.names).await? else {
+            return Ok(());
+        };
+        self.tell_gaps(&batch.gaps).await?;
+        let mut next = 0;
+        while next < batch.events.len() {
+            let window = &batch.events[next..batch.events.len().min(next + WINDOW)];
+            next += self.deliver_window(window).await?;
+            self.save_if_due(false).await?;
+        }
+        self.at = self.at.max(batch.covered);
+        if self.lag_due() {
+            let channels = self.channels.clone();
+            self.measure_lag(&channels).await?;
+        }
+        if batch.events.is_empty() {
+            self.save_if_due(true).await?;
+            return self.idle().await;
         }
         Ok(())
     }
 
-    /// Deliver the gaps pruning left for this subscriber.
-    async fn tell_gaps(&mut self, client: &tokio_postgres::Client) -> Result<(), DurableError> {
-        for pruned in pruner::gaps_of(client, &self.id).await? {
-            tracing::warn!(subscriber = %self.id, events = pruned.events, channels = ?pruned.channels, "events pruned by outbox_retention before delivery");
-            let gap = Gap {
-                channels: pruned.channels.into(),
-                lost_at: Some(pruned.first_sent_at),
-                resumed_at: std::time::SystemTime::now(),
-                cause: GapCause::Pruned(pruned.events),
-            };
-            let gap = Delivery::Gap {
-                gap: Arc::new(gap),
+    /// Stopped, standing by, or the connection gone: the session ends.
+    fn check_running(&self) -> Result<(), End> {
+        if self.feed.stop.is_asked() {
+            return Err(End::Stopped);
+        }
+        if !*self.feed.dispatching.borrow() {
+            return Err(End::StoodDown);
+        }
+        if self.gone.load(Ordering::Relaxed) {
+            return Err(End::Lost("the connection was lost".to_owned()));
+        }
+        Ok(())
+    }
+
+    fn durable_channels(&self) -> Option<crate::registry::DurableChannels> {
+        let registry = self.feed.spec.registry.upgrade()?;
+        registry.durable_channels(self.id())
+    }
+
+    /// The next batch on `channels`, or `None` when the subscriber's
+    /// channels changed while it was read (read again): a channel added
+    /// then must not be passed over. Events whose commit is not durable yet
+    /// are flushed first.
+    async fn read(&mut self, channels: Vec<String>) -> Result<Option<Batch>, End> {
+        let read = reader::read(&self.client, &self.feed.spec.id, self.at, &channels, BATCH);
+        let batch = tokio::select! {
+            batch = read => batch?,
+            _ = self.feed.stop.asked() => return Err(End::Stopped),
+            _ = self.feed.dispatching.wait_for(|on| !*on) => return Err(End::StoodDown),
+        };
+        if self.durable_channels().map(|c| c.names).as_ref() != Some(&channels) {
+            return Ok(None);
+        }
+        if let Some(lsn) = batch.needs_flush() {
+            reader::flush(&mut self.client, lsn).await?;
+        }
+        self.channels = channels;
+        self.through = batch.horizon;
+        Ok(Some(batch))
+    }
+
+    /// A paused subscriber reads nothing, but its channels are recorded now
+    /// and then, so pruning may remove what none of them needs.
+    async fn record_paused(&mut self, channels: Vec<String>) -> Result<(), End> {
+        if self.saved.when.is_some_and(|t| t.elapsed() < RECORD_EVERY) {
+            return Ok(());
+        }
+        let horizon = reader::end_of_outbox(&self.client).await?.stamp;
+        if self.durable_channels().map(|c| c.names).as_ref() == Some(&channels) {
+            self.channels = channels;
+            self.through = horizon;
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// Wait for a wake-up, the next poll, or a reason to stop.
+    async fn idle(&mut self) -> Result<(), End> {
+        tokio::select! {
+            _ = self.wake.notified() => Ok(()),
+            _ = tokio::time::sleep(POLL) => Ok(()),
+            _ = self.feed.stop.asked() => Err(End::Stopped),
+            // Its sender gone, the notifier is: stop, not spin.
+            changed = self.feed.dispatching.changed() => match changed {
+                Ok(()) => Ok(()),
+                Err(_) => Err(End::Stopped),
+            },
+        }
+    }
+
+    /// Sleep for `wait`, unless the session must end first.
+    async fn pause(&mut self, wait: Duration) -> Result<(), End> {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => Ok(()),
+            _ = self.feed.stop.asked() => Err(End::Stopped),
+            _ = self.feed.dispatching.wait_for(|on| !*on) => Err(End::StoodDown),
+        }
+    }
+
+    /// Whether the lag was last counted a while ago.
+    fn lag_due(&self) -> bool {
+        self.measured.is_none_or(|at| at.elapsed() >= MEASURE_LAG)
+    }
+
+    /// Count what is not handled yet on `channels`.
+    async fn measure_lag(&mut self, channels: &[String]) -> Result<(), End> {
+        let (events, age) = reader::lag(&self.client, self.at, channels).await?;
+        let counters = &self.feed.spec.counters;
+        counters.lag_events.store(events, Ordering::Relaxed);
+        let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        counters.lag_ms.store(age, Ordering::Relaxed);
+        self.measured = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Write the position now if it changed.
+    async fn save(&mut self) -> Result<(), End> {
+        let saved = &self.saved;
+        if saved.at == Some(self.at)
+            && saved.channels == self.channels
+            && saved.through == self.through
+        {
+            return Ok(());
+        }
+        let channels = Channels {
+            names: &self.channels,
+            through: self.through,
+        };
+        reader::save_position(&self.client, self.id(), self.at, Some(channels)).await?;
+        self.saved = Saved {
+            at: Some(self.at),
+            channels: self.channels.clone(),
+            through: self.through,
+            when: Some(Instant::now()),
+        };
+        self.unsaved_events = 0;
+        Ok(())
+    }
+
+    /// Write the position when events handled wait long enough (or the
+    /// feeder runs `dry`), or when it only moved past other channels' events
+    /// for a while.
+    async fn save_if_due(&mut self, dry: bool) -> Result<(), End> {
+        let since = self.saved.when.map_or(Duration::MAX, |t| t.elapsed());
+        let due = self.unsaved_events >= SAVE_EVERY
+            || (self.unsaved_events > 0 && (dry || since >= SAVE_AFTER))
+            || since >= RECORD_EVERY;
+        if due {
+            self.save().await?;
+        }
+        Ok(())
+    }
+
+    /// An event is handled (delivered, or dead-lettered).
+    fn handled(&mut self, event: &Event) {
+        self.at = event.position();
+        self.unsaved_events += 1;
+    }
+
+    /// Tell the subscriber of the gaps pruning left it, before the events
+    /// after them; a gap's row goes once `on-gap` returned ok.
+    async fn tell_gaps(&mut self, gaps: &[PrunedGap]) -> Result<(), End> {
+        for pruned in gaps {
+            if pruned.events > 0 {
+                tracing::warn!(subscriber = %self.id(), events = pruned.events, channels = ?pruned.channels, "events pruned by outbox_retention before delivery");
+                let gap = Arc::new(Gap {
+                    channels: pruned.channels.clone().into(),
+                    lost_at: Some(pruned.first_sent_at),
+                    resumed_at: std::time::SystemTime::now(),
+                    cause: GapCause::Pruned(pruned.events),
+                });
+                self.tell_gap(gap).await?;
+            }
+            pruner::gap_told(&self.client, pruned.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Call `on-gap` until it returns ok.
+    async fn tell_gap(&mut self, gap: Arc<Gap>) -> Result<(), End> {
+        let mut failures = 0;
+        loop {
+            let (done, mut outcome) = oneshot::channel();
+            let delivery = Delivery::Gap {
+                gap: gap.clone(),
                 resumed: None,
+                done: Some(done),
             };
-            self.mailbox.push(gap).await;
-            pruner::gap_told(client, pruned.id).await?;
+            self.feed.spec.mailbox.push(delivery).await;
+            let wait = match self.outcome(&mut outcome).await.map_err(End::from)? {
+                Ok(Outcome::Delivered) => return Ok(()),
+                Ok(Outcome::Failed(failure)) => {
+                    failures += 1;
+                    bump(&self.feed.spec.counters.retries, 1);
+                    tracing::warn!(subscriber = %self.id(), "on-gap failed ({failure}); telling it again");
+                    self.feed.spec.settings().retry.wait_after(failures)
+                }
+                Err(_) if self.feed.spec.mailbox.is_closed() => return Err(End::Stopped),
+                // Not taken (a full queue, a quarantine): offered again.
+                Err(_) => Duration::from_millis(100),
+            };
+            self.pause(wait).await?;
         }
-        Ok(())
     }
 
-    async fn finish(
-        &mut self,
-        client: &tokio_postgres::Client,
-        at: Position,
-        saved: &mut Option<Position>,
-    ) -> End {
-        match self.save(client, at, saved).await {
-            Ok(()) => End::Stopped,
-            Err(e) => End::Lost(e.to_string()),
-        }
-    }
-
-    /// Deliver one event until it succeeds or is dead-lettered. False: stop.
-    /// Queue a window of events at once, then follow their outcomes in
-    /// order: how many from the start are done (delivered, or dead-lettered
-    /// after their retries), at least one unless stopping (`None`). After a
-    /// failure the rest of the window is not called (its epoch is given
+    /// Queue a window of events (after the position, in order), then follow
+    /// their outcomes in order: how many from the start are done
+    /// (delivered, or dead-lettered after their retries), at least one. After
+    /// a failure the rest of the window is not called (its epoch is given
     /// up), so the failed event is retried before any event after it.
-    async fn deliver_window(
-        &mut self,
-        client: &tokio_postgres::Client,
-        window: &[Event],
-    ) -> Result<Option<usize>, tokio_postgres::Error> {
-        let epoch = self.mailbox.next_epoch();
-        let mut outcomes = Vec::with_capacity(window.len());
+    async fn deliver_window(&mut self, window: &[Event]) -> Result<usize, End> {
+        let mailbox = self.feed.spec.mailbox.clone();
+        let epoch = mailbox.next_epoch();
+        let mut pending = VecDeque::with_capacity(window.len());
         for event in window {
-            let (done, outcome) = tokio::sync::oneshot::channel();
+            let (done, outcome) = oneshot::channel();
             let tracked =
                 Delivery::tracked(self.notification(event), durable(event, 1), done, epoch);
-            self.mailbox.push(tracked).await;
-            outcomes.push(outcome);
+            mailbox.push(tracked).await;
+            pending.push_back(outcome);
         }
-        for (done, (event, outcome)) in window.iter().zip(outcomes).enumerate() {
-            let tried = match outcome.await {
-                Ok(Outcome::Delivered) => continue,
-                Ok(Outcome::Failed(failure)) => self.attempt(event, 0, 1, Some(failure)).await,
-                Err(_) if done > 0 => return Ok(Some(done)),
-                Err(_) => self.attempt(event, 0, 0, None).await,
+        for (done, event) in window.iter().enumerate() {
+            let Some(mut outcome) = pending.pop_front() else {
+                break;
+            };
+            let tried = match self.outcome(&mut outcome).await {
+                Ok(Ok(Outcome::Delivered)) => {
+                    self.handled(event);
+                    continue;
+                }
+                Ok(Ok(Outcome::Failed(failure))) => self.attempt(event, 0, 1, Some(failure)).await,
+                // Not taken: offered again from here.
+                Ok(Err(_)) if done > 0 => return Ok(done),
+                Ok(Err(_)) => self.attempt(event, 0, 0, None).await,
+                Err(interrupt) => {
+                    mailbox.give_up_epoch(epoch);
+                    pending.push_front(outcome);
+                    self.settle(&window[done..], pending).await;
+                    return Err(interrupt.into());
+                }
             };
             return match tried {
-                Tried::Delivered => Ok(Some(done + 1)),
-                Tried::Stop => Ok(None),
+                Tried::Delivered => {
+                    self.handled(event);
+                    Ok(done + 1)
+                }
                 Tried::Failed(failure, attempts) => {
-                    self.dead_letter(client, event, &failure, attempts).await?;
-                    Ok(Some(done + 1))
+                    self.dead_letter(event, &failure, attempts).await?;
+                    Ok(done + 1)
+                }
+                Tried::Interrupted { end, delivered } => {
+                    if delivered {
+                        self.handled(event);
+                    }
+                    Err(end)
                 }
             };
         }
-        Ok(Some(window.len()))
+        Ok(window.len())
+    }
+
+    /// After giving up an epoch: wait until none of its calls is in
+    /// progress. The worker calls a delivery of it only if it took it off
+    /// the queue before the epoch was given up; once it drops one, it drops
+    /// the rest. So the outcomes, in order, until the first not taken.
+    async fn settle(&mut self, events: &[Event], pending: VecDeque<oneshot::Receiver<Outcome>>) {
+        for (event, outcome) in events.iter().zip(pending) {
+            match outcome.await {
+                Ok(Outcome::Delivered) => self.handled(event),
+                Ok(Outcome::Failed(_)) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Wait for `outcome`, unless the session must end first: asked to
+    /// stop, standing by, or the connection gone or its lock freed (checked
+    /// every heartbeat).
+    async fn outcome(
+        &mut self,
+        outcome: &mut oneshot::Receiver<Outcome>,
+    ) -> Result<Result<Outcome, oneshot::error::RecvError>, Interrupt> {
+        let every = self.feed.spec.heartbeat;
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            enum Woke {
+                Outcome(Result<Outcome, oneshot::error::RecvError>),
+                Stop,
+                StandDown,
+                Beat,
+            }
+            let woke = tokio::select! {
+                biased;
+                got = &mut *outcome => Woke::Outcome(got),
+                _ = self.feed.stop.asked() => Woke::Stop,
+                _ = self.feed.dispatching.wait_for(|on| !*on) => Woke::StandDown,
+                _ = beat.tick() => Woke::Beat,
+            };
+            match woke {
+                Woke::Outcome(got) => return Ok(got),
+                Woke::Stop => return Err(Interrupt::Stop),
+                Woke::StandDown => return Err(Interrupt::StandDown),
+                Woke::Beat => {
+                    if let Some(why) = self.check_connection(every).await {
+                        return Err(Interrupt::Lost(why));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Why the connection cannot be trusted to hold the lock any more, if
+    /// it cannot: gone, no answer within `within`, or the lock freed.
+    async fn check_connection(&self, within: Duration) -> Option<String> {
+        if self.gone.load(Ordering::Relaxed) {
+            return Some("the connection was lost".to_owned());
+        }
+        let sql = format!("SELECT {} AS held", advisory::held(1));
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.lock_name];
+        let check = self.client.query_one(&sql, &params);
+        match tokio::time::timeout(within, check).await {
+            Ok(Ok(row)) => match row.try_get::<_, bool>("held") {
+                Ok(true) => None,
+                Ok(false) => Some(
+                    "the server freed this feeder's lock (a DISCARD ALL or an unlock from a pooler or proxy?)".to_owned(),
+                ),
+                Err(e) => Some(with_causes(&e)),
+            },
+            Ok(Err(e)) => Some(format!("the connection failed: {}", with_causes(&e))),
+            Err(_) => Some(format!("no answer from the connection within {within:?}")),
+        }
     }
 
     fn notification(&self, event: &Event) -> Arc<Notification> {
         Arc::new(Notification {
             channel: event.channel.as_str().into(),
-            payload: decode(&event.payload, self.mailbox.mode()),
+            payload: decode(&event.payload, self.feed.spec.mailbox.mode()),
             pid: event.pid,
         })
     }
 
     /// Deliver the dead letters an operator asked to deliver again: a
-    /// success removes one, a failure keeps it with the new error. False: stop.
-    async fn redeliver(&mut self, client: &tokio_postgres::Client) -> Result<bool, DurableError> {
-        for letter in dead_letters::waiting(client, &self.id).await? {
+    /// success removes one, a failure keeps it with the new error.
+    async fn redeliver(&mut self) -> Result<(), End> {
+        for letter in dead_letters::waiting(&self.client, self.id()).await? {
             match self.attempt(&letter.event, letter.attempts, 0, None).await {
-                Tried::Delivered => dead_letters::delivered(client, letter.id).await?,
-                Tried::Stop => return Ok(false),
+                Tried::Delivered => dead_letters::delivered(&self.client, letter.id).await?,
+                Tried::Interrupted { end, delivered } => {
+                    if delivered {
+                        dead_letters::delivered(&self.client, letter.id).await?;
+                    }
+                    return Err(end);
+                }
                 Tried::Failed(failure, attempts) => {
                     let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
                     let error = failure.to_string();
-                    dead_letters::failed_again(client, letter.id, &error, attempts).await?;
+                    dead_letters::failed_again(&self.client, letter.id, &error, attempts).await?;
                 }
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Call the subscriber with `event`, alone, until it succeeds or runs
@@ -635,78 +1095,87 @@ impl Feed {
         mut attempt: u32,
         last: Option<CallFailure>,
     ) -> Tried {
+        let mailbox = self.feed.spec.mailbox.clone();
         if let Some(failure) = last {
-            if attempt >= self.retry.max_attempts.max(1) {
+            let retry = self.feed.spec.settings().retry;
+            if attempt >= retry.max_attempts.max(1) {
                 return Tried::Failed(failure, attempt);
             }
-            bump(&self.counters.retries, 1);
-            self.pause(self.retry.wait_after(attempt)).await;
+            bump(&self.feed.spec.counters.retries, 1);
+            if let Err(end) = self.pause(retry.wait_after(attempt)).await {
+                return Tried::Interrupted {
+                    end,
+                    delivered: false,
+                };
+            }
         }
         loop {
-            if *self.stopped.borrow() {
-                return Tried::Stop;
-            }
-            let epoch = self.mailbox.next_epoch();
-            let (done, outcome) = tokio::sync::oneshot::channel();
+            let epoch = mailbox.next_epoch();
+            let (done, mut outcome) = oneshot::channel();
             let seen = durable(event, earlier.saturating_add(attempt).saturating_add(1));
             let tracked = Delivery::tracked(self.notification(event), seen, done, epoch);
-            self.mailbox.push(tracked).await;
-            let failure = match outcome.await {
-                Ok(Outcome::Delivered) => return Tried::Delivered,
-                Ok(Outcome::Failed(failure)) => failure,
-                Err(_) => {
+            mailbox.push(tracked).await;
+            let failure = match self.outcome(&mut outcome).await {
+                Ok(Ok(Outcome::Delivered)) => return Tried::Delivered,
+                Ok(Ok(Outcome::Failed(failure))) => failure,
+                Ok(Err(_)) => {
                     // Not taken (a full queue, a quarantine): offer it again
                     // later, as the same attempt.
-                    if self.mailbox.is_closed() {
-                        return Tried::Stop;
+                    if mailbox.is_closed() {
+                        return Tried::Interrupted {
+                            end: End::Stopped,
+                            delivered: false,
+                        };
                     }
-                    self.pause(Duration::from_millis(100)).await;
+                    if let Err(end) = self.pause(Duration::from_millis(100)).await {
+                        return Tried::Interrupted {
+                            end,
+                            delivered: false,
+                        };
+                    }
                     continue;
+                }
+                Err(interrupt) => {
+                    mailbox.give_up_epoch(epoch);
+                    let delivered = matches!(outcome.await, Ok(Outcome::Delivered));
+                    return Tried::Interrupted {
+                        end: interrupt.into(),
+                        delivered,
+                    };
                 }
             };
             attempt += 1;
-            if attempt >= self.retry.max_attempts.max(1) {
+            let retry = self.feed.spec.settings().retry;
+            if attempt >= retry.max_attempts.max(1) {
                 return Tried::Failed(failure, attempt);
             }
-            bump(&self.counters.retries, 1);
-            self.pause(self.retry.wait_after(attempt)).await;
+            bump(&self.feed.spec.counters.retries, 1);
+            if let Err(end) = self.pause(retry.wait_after(attempt)).await {
+                return Tried::Interrupted {
+                    end,
+                    delivered: false,
+                };
+            }
         }
     }
 
-    async fn pause(&mut self, wait: Duration) {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = self.stopped.changed() => {}
-        }
-    }
-
+    /// Dead-letter `event`, and move the position past it, in one transaction.
     async fn dead_letter(
-        &self,
-        client: &tokio_postgres::Client,
+        &mut self,
         event: &Event,
         failure: &CallFailure,
         attempts: u32,
-    ) -> Result<(), tokio_postgres::Error> {
+    ) -> Result<(), End> {
         let error = failure.to_string();
         let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-        client
-            .execute(
-                "INSERT INTO pgnotifier.dead_letters
-                     (subscriber, event_id, channel, payload, sent_at, error, attempts)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                &[
-                    &&*self.id,
-                    &event.id,
-                    &event.channel,
-                    &event.payload,
-                    &event.sent_at,
-                    &error,
-                    &attempts,
-                ],
-            )
-            .await?;
-        bump(&self.counters.dead_letters, 1);
-        tracing::error!(subscriber = %self.id, event = event.id, attempts, "dead-lettered: {error}");
+        let id = self.feed.spec.id.clone();
+        dead_letters::insert(&mut self.client, &id, event, &error, attempts).await?;
+        self.handled(event);
+        // Written with the letter; the channels are written with the next save.
+        self.saved.at = Some(self.at);
+        self.unsaved_events = 0;
+        bump(&self.feed.spec.counters.dead_letters, 1);
+        tracing::error!(subscriber = %self.id(), event = event.id, attempts, "dead-lettered: {error}");
         Ok(())
     }
 }
@@ -715,6 +1184,7 @@ impl Feed {
 fn durable(event: &Event, attempt: u32) -> DurableEvent {
     DurableEvent {
         id: event.id,
+        key: event.key,
         attempt,
         sent_at: event.sent_at,
     }

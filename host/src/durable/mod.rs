@@ -37,4 +37,8 @@ pub enum DurableError {
     UnknownDeadLetter(i64),
     #[error("subscriber {0:?} is not an at-least-once subscriber")]
     NotDurable(String),
+    #[error("this host is a standby, and its at-least-once subscribers are fed by the leader ({}): send this to the leader", .leader.as_deref().unwrap_or("none seen yet"))]
+    Standby { leader: Option<String> },
+    #[error("subscriber {subscriber:?} is fed by {holder}, not by this host")]
+    FedElsewhere { subscriber: String, holder: String },
 }

@@ -1,23 +1,29 @@
 //! Reading the outbox in commit order, never skipping a committed event and
-//! never returning an aborted one.
+//! never returning an aborted one, nor one whose commit is not yet durable.
 //!
 //! Ids are assigned at insert, but transactions commit in another order, so
 //! "the highest id seen" is no position: a transaction that inserted id 5
 //! may commit after the one that inserted id 6 was read. Transaction ids
 //! have the same flaw: a transaction takes its id at its first write. So:
 //!
-//! - As a sending transaction commits, a deferred trigger stamps it from a
-//!   sequence (`pgnotifier.commits`), holding a shared advisory lock from
-//!   just before the stamp until the commit is visible. A position is the
-//!   pair `(stamp, id)` of the last event read; events are read in that order.
-//! - A read (`pgnotifier.read`) takes the last stamp handed out, `last`,
-//!   then takes and drops the advisory lock exclusively: that waits for every
-//!   transaction holding a stamp up to `last` to finish committing or abort.
-//!   Then, in a new snapshot, it reads events with stamps up to `last`: every
-//!   one of those transactions has ended, so all of its events are visible
-//!   if it committed, and none are if it aborted. Nothing at or below `last`
-//!   can appear later, so a position only moves forward and nothing behind
-//!   it is ever skipped.
+//! - As a sending transaction commits, a deferred trigger (which fires in
+//!   every session, replication role included) takes an advisory lock on
+//!   the transaction's own key, then stamps it from a sequence
+//!   (`pgnotifier.commits`); the lock is held until the commit is visible.
+//!   A position is the pair `(stamp, id)` of the last event read; events
+//!   are read in that order.
+//! - A read (`pgnotifier.read_batch`) takes the last stamp handed out,
+//!   `last`, then waits for each sender holding its key at that moment, on
+//!   that key alone: those are the only transactions that can hold a stamp
+//!   up to `last` and still be committing. No sender ever waits for a
+//!   reader. Then, in one new snapshot, it reads events with stamps up to
+//!   `last`: every one of those transactions has ended, so all of its
+//!   events are visible if it committed, and none are if it aborted.
+//!   Nothing at or below `last` can appear later, so a position only moves
+//!   forward and nothing behind it is ever skipped.
+//! - An asynchronous commit (`synchronous_commit = off`) is visible before
+//!   it is durable: a crash can undo it. A read that returns such an event
+//!   says so, with the WAL position to flush first ([`flush`]).
 //! - Stamps follow commits: a transaction that waits on another's row lock
 //!   stamps only after that one committed. Two transactions that touch
 //!   nothing in common commit in either order, and the stamps pick one.
@@ -26,7 +32,10 @@
 //!
 //! Events of one transaction come together, in the order they were sent.
 
+use crate::dispatch::EventKey;
 use crate::pg::describe;
+use tokio_postgres::types::PgLsn;
+use tokio_postgres::Row;
 
 /// Where a reader is: the last event it has read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -51,6 +60,9 @@ impl Position {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     pub id: i64,
+    /// Never the same for two events, unlike `id` after a crash that lost
+    /// an asynchronous commit, or a failover to a replica that lagged.
+    pub key: EventKey,
     /// Its transaction's commit stamp.
     pub stamp: i64,
     pub channel: String,
@@ -59,6 +71,8 @@ pub struct Event {
     pub sent_at: std::time::SystemTime,
     /// The backend pid of the sender.
     pub pid: i32,
+    /// Its transaction committed synchronously: durable once visible.
+    pub durable: bool,
 }
 
 impl Event {
@@ -70,38 +84,159 @@ impl Event {
     }
 }
 
+/// Events pruning removed before a subscriber had them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrunedGap {
+    /// The row in `pgnotifier.gaps`, removed once the subscriber was told.
+    pub id: i64,
+    /// The channels of the events removed after the read's position.
+    pub channels: Vec<String>,
+    /// How many of the events removed come after the read's position:
+    /// those before it were read before they were removed.
+    pub events: u64,
+    pub first_sent_at: std::time::SystemTime,
+}
+
+/// What one read returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// The events after the position, in order.
+    pub events: Vec<Event>,
+    /// Gaps pruning left for the subscriber, oldest first: they come
+    /// before the events.
+    pub gaps: Vec<PrunedGap>,
+    /// The last stamp whose transactions had all ended when the read began.
+    pub horizon: i64,
+    /// How far the read looked: past the last event when it returned as
+    /// many as asked for, else past everything committed at the horizon.
+    /// A position may move here once the events are handled, even when
+    /// there were none on the subscriber's channels.
+    pub covered: Position,
+    /// Flush the WAL up to here before delivering an event whose commit is
+    /// not durable (see [`flush`]); `None` when it is flushed already.
+    pub flush_to: Option<PgLsn>,
+}
+
+impl Batch {
+    /// Whether an event of the batch may still be undone by a crash.
+    pub fn needs_flush(&self) -> Option<PgLsn> {
+        self.flush_to
+            .filter(|_| self.events.iter().any(|e| !e.durable))
+    }
+}
+
 /// Why the outbox could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("reading the outbox: {}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
+    #[error("reading the outbox: {0}")]
+    Malformed(String),
 }
 
-/// The next events after `after` on any of `channels`, at most `limit`, in order.
-pub async fn next_events(
+/// `column` of `row`, or the error that names it: the tables live in the
+/// user's database, and a changed column is an error, never a panic.
+pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    column: &str,
+) -> Result<T, ReadError> {
+    Ok(row.try_get(column)?)
+}
+
+const READ: &str = "
+SELECT kind, id, stamp, channel, payload, sent_at, pid, key::text AS key, durable, events,
+       gap_channels, flush_to
+  FROM pgnotifier.read_batch($1, $2, $3, $4, $5)";
+
+/// What `subscriber` reads next after `after` on `channels`: at most
+/// `limit` events in order, and the gaps pruning left it.
+pub async fn read(
     client: &tokio_postgres::Client,
+    subscriber: &str,
     after: Position,
     channels: &[String],
-    limit: i64,
-) -> Result<Vec<Event>, ReadError> {
-    let limit = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
+    limit: usize,
+) -> Result<Batch, ReadError> {
+    let limit32 = i32::try_from(limit.max(1)).unwrap_or(i32::MAX);
     let rows = client
         .query(
-            "SELECT id, stamp, channel, payload, sent_at, pid FROM pgnotifier.read($1, $2, $3, $4)",
-            &[&after.stamp, &after.id, &channels, &limit],
+            READ,
+            &[&subscriber, &after.stamp, &after.id, &channels, &limit32],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Event {
-            id: row.get(0),
-            stamp: row.get(1),
-            channel: row.get(2),
-            payload: row.get(3),
-            sent_at: row.get(4),
-            pid: row.get(5),
-        })
-        .collect())
+    let mut horizon = after.stamp;
+    let mut flush_to = None;
+    let mut events = Vec::new();
+    let mut gaps = Vec::new();
+    for row in &rows {
+        match column::<i8>(row, "kind")? as u8 {
+            b'h' => {
+                horizon = column(row, "stamp")?;
+                flush_to = column(row, "flush_to")?;
+            }
+            b'e' => events.push(event(row)?),
+            _ => {
+                let gap = PrunedGap {
+                    id: column(row, "id")?,
+                    channels: column::<Option<Vec<String>>>(row, "gap_channels")?
+                        .unwrap_or_default(),
+                    events: column::<Option<i64>>(row, "events")?
+                        .unwrap_or(0)
+                        .unsigned_abs(),
+                    first_sent_at: column(row, "sent_at")?,
+                };
+                gaps.push(gap);
+            }
+        }
+    }
+    events.sort_unstable_by_key(Event::position);
+    events.truncate(limit.max(1));
+    let covered = match events.last() {
+        Some(last) if events.len() >= limit.max(1) => last.position(),
+        _ => Position::after_stamp(horizon).max(after),
+    };
+    gaps.sort_unstable_by_key(|g| g.id);
+    Ok(Batch {
+        events,
+        gaps,
+        horizon,
+        covered,
+        flush_to,
+    })
+}
+
+fn event(row: &Row) -> Result<Event, ReadError> {
+    let key: String = column(row, "key")?;
+    let key = key
+        .parse()
+        .map_err(|_| ReadError::Malformed(format!("event key {key:?} is not a UUID")))?;
+    Ok(Event {
+        id: column(row, "id")?,
+        key,
+        stamp: column(row, "stamp")?,
+        channel: column(row, "channel")?,
+        payload: column::<Option<String>>(row, "payload")?.unwrap_or_default(),
+        sent_at: column::<Option<std::time::SystemTime>>(row, "sent_at")?
+            .unwrap_or(std::time::UNIX_EPOCH),
+        pid: column::<Option<i32>>(row, "pid")?.unwrap_or(0),
+        durable: column::<Option<bool>>(row, "durable")?.unwrap_or(true),
+    })
+}
+
+/// Make the WAL durable up to `lsn`: commit a transaction of this
+/// connection's own, with a local flush, whose commit record comes after it.
+/// It writes a logical message, because PostgreSQL commits a transaction
+/// that wrote no WAL asynchronously, whatever `synchronous_commit` says.
+pub async fn flush(client: &mut tokio_postgres::Client, lsn: PgLsn) -> Result<(), ReadError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "SET LOCAL synchronous_commit = local;
+         SELECT pg_catalog.pg_logical_emit_message(true, 'pgnotifier', 'flush')",
+    )
+    .await?;
+    tx.commit().await?;
+    tracing::debug!(%lsn, "WAL flushed before delivering an asynchronous commit's events");
+    Ok(())
 }
 
 /// Where `subscriber` is, or `None` if it has no position yet.
@@ -115,34 +250,52 @@ pub async fn position(
             &[&subscriber],
         )
         .await?;
-    Ok(row.map(|row| Position {
-        stamp: row.get(0),
-        id: row.get(1),
-    }))
+    row.map(|row| {
+        Ok(Position {
+            stamp: column(&row, "stamp")?,
+            id: column(&row, "id")?,
+        })
+    })
+    .transpose()
 }
 
-/// Record that `subscriber` has handled everything up to `at` on its
-/// `channels` (`None`: keep those recorded; none recorded means all, which
-/// pruning reads as needing every channel). A position never moves back: an
-/// older one (from a host that lost a race) is ignored.
+/// A subscriber's channels, and the stamp through which they are known:
+/// every channel it had before that stamp was handed out is in the list.
+/// Pruning trusts the list for events up to that stamp only.
+#[derive(Clone, Copy, Debug)]
+pub struct Channels<'a> {
+    pub names: &'a [String],
+    pub through: i64,
+}
+
+/// Record that `subscriber` has handled everything up to `at`, and its
+/// `channels` when given (none ever recorded means all, which pruning reads
+/// as needing every channel). A position never moves back: an older one
+/// (from a host that lost a race) is ignored.
 pub async fn save_position(
     client: &impl tokio_postgres::GenericClient,
     subscriber: &str,
     at: Position,
-    channels: Option<&[String]>,
+    channels: Option<Channels<'_>>,
 ) -> Result<(), ReadError> {
+    let (names, through) = match channels {
+        Some(c) => (Some(c.names), Some(c.through)),
+        None => (None, None),
+    };
     client
         .execute(
-            "INSERT INTO pgnotifier.positions AS p (subscriber, stamp, id, channels, updated_at)
-                  VALUES ($1, $2, $3, $4, pg_catalog.now())
+            "INSERT INTO pgnotifier.positions AS p (subscriber, stamp, id, channels, channels_through, updated_at)
+                  VALUES ($1, $2, $3, $4::text[], coalesce($5::bigint, 0), pg_catalog.now())
              ON CONFLICT (subscriber) DO UPDATE
                  SET (stamp, id) = (SELECT * FROM (VALUES (p.stamp, p.id), (excluded.stamp, excluded.id)) v
                                     ORDER BY 1 DESC, 2 DESC LIMIT 1),
                      updated_at = excluded.updated_at,
-                     channels = coalesce(excluded.channels, p.channels)
+                     channels = coalesce($4, p.channels),
+                     channels_through = coalesce($5, p.channels_through)
                WHERE (p.stamp, p.id) < (excluded.stamp, excluded.id)
-                  OR excluded.channels IS DISTINCT FROM p.channels AND excluded.channels IS NOT NULL",
-            &[&subscriber, &at.stamp, &at.id, &channels],
+                  OR $4::text[] IS NOT NULL AND ($4 IS DISTINCT FROM p.channels
+                                                 OR $5 IS DISTINCT FROM p.channels_through)",
+            &[&subscriber, &at.stamp, &at.id, &names, &through],
         )
         .await?;
     Ok(())
@@ -157,16 +310,17 @@ pub async fn lag(
 ) -> Result<(u64, std::time::Duration), ReadError> {
     let row = client
         .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM pg_catalog.now() - min(o.sent_at)) * 1000, 0)::bigint
+            "SELECT count(*) AS events,
+                    coalesce(extract(epoch FROM pg_catalog.now() - min(o.sent_at)) * 1000, 0)::bigint AS millis
                FROM pgnotifier.commits c
                JOIN pgnotifier.outbox o ON o.txid = c.txid
               WHERE c.stamp >= $1 AND (c.stamp, o.id) > ($1, $2) AND o.channel = ANY ($3)",
             &[&after.stamp, &after.id, &channels],
         )
         .await?;
-    let millis = row.get::<_, i64>(1).max(0).unsigned_abs();
+    let millis = column::<i64>(&row, "millis")?.max(0).unsigned_abs();
     Ok((
-        row.get::<_, i64>(0).unsigned_abs(),
+        column::<i64>(&row, "events")?.unsigned_abs(),
         std::time::Duration::from_millis(millis),
     ))
 }
@@ -177,12 +331,14 @@ pub async fn lag(
 pub async fn end_of_outbox(
     client: &impl tokio_postgres::GenericClient,
 ) -> Result<Position, ReadError> {
-    let row = client.query_one("SELECT pgnotifier.horizon()", &[]).await?;
-    Ok(Position::after_stamp(row.get(0)))
+    let row = client
+        .query_one("SELECT pgnotifier.horizon() AS horizon", &[])
+        .await?;
+    Ok(Position::after_stamp(column(&row, "horizon")?))
 }
 
-/// Start `subscriber` at the end of the outbox, on `channels` (see
-/// [`save_position`]), unless it has a position; where it is now.
+/// Start `subscriber` at the end of the outbox, on `channels`, unless it
+/// has a position; where it is now.
 ///
 /// The start holds the pruner's lock, so a prune that runs meanwhile
 /// either has finished (and removed only what comes before the start) or
@@ -190,12 +346,17 @@ pub async fn end_of_outbox(
 pub async fn start_at_end(
     client: &mut tokio_postgres::Client,
     subscriber: &str,
-    channels: Option<&[String]>,
+    channels: &[String],
 ) -> Result<Position, ReadError> {
     let tx = client.transaction().await?;
-    tx.batch_execute(super::pruner::LOCK).await?;
+    tx.batch_execute(super::schema::PRUNE_LOCK).await?;
     let end = end_of_outbox(&tx).await?;
-    save_position(&tx, subscriber, end, channels).await?;
+    // Pruning reads the channels only for events the position has passed.
+    let channels = Channels {
+        names: channels,
+        through: end.stamp,
+    };
+    save_position(&tx, subscriber, end, Some(channels)).await?;
     let at = position(&tx, subscriber).await?.unwrap_or(end);
     tx.commit().await?;
     Ok(at)

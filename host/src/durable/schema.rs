@@ -8,6 +8,16 @@
 //! that start together install once, and a failed step leaves the schema as
 //! it was.
 //!
+//! Advisory locks use two-part keys, a space that the one-number locks
+//! applications take (`pg_advisory_lock(bigint)`) never touch:
+//! - `(1885826676, 1)`: a schema install; `(1885826676, 2)`: a prune;
+//!   `(1885826676, 3)`: installing a `query_role`'s barrier function;
+//! - `(1885826680, xid)`: a sending transaction as it commits, on its own
+//!   32-bit transaction id, so a reader waits for that sender alone;
+//! - a cluster's election and a subscriber's feeder use one-number keys
+//!   hashed from their names (`hashtextextended('pgnotifier cluster
+//!   NAME/GROUP', 0)`, `hashtextextended('pgnotifier feed ID', 0)`).
+//!
 //! `send` keeps `pg_notify`'s semantics: the event exists only if the
 //! transaction commits, and an empty or too long channel name, or a payload
 //! of 8000 bytes or more, is refused with `pg_notify`'s own words. It wakes
@@ -24,7 +34,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -258,6 +268,216 @@ BEGIN
 END
 $read$;
 "#,
+    // 7: no lock that senders queue on, every session stamps, durable
+    // before delivered, keys never reused, pruning that trusts only what it
+    // was told, gaps that list their events, one dead letter per event.
+    r#"
+-- A sending transaction is waited for on a key of its own, never on a key
+-- every sender shares: a reader waits only for the senders committing as
+-- it reads, and no sender ever queues behind a reader. Keys live in class
+-- 1885826680 ('pgnx'), a two-part key space that one-number advisory locks
+-- never touch; the second part is the transaction's 32-bit id.
+CREATE FUNCTION pgnotifier.commit_key(txid xid8) RETURNS integer
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $key$
+    SELECT (pg_catalog.mod(txid::text::bigint, 4294967296) - 2147483648)::integer
+$key$;
+
+ALTER TABLE pgnotifier.commits ADD COLUMN durable boolean NOT NULL DEFAULT true;
+CREATE OR REPLACE FUNCTION pgnotifier.stamp_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $stamp$
+DECLARE
+    sender xid8 := pg_current_xact_id();
+BEGIN
+    -- Taken before the stamp and held until the commit is visible: a
+    -- reader that sees the stamp handed out finds this key, and waits for it.
+    PERFORM pg_advisory_xact_lock(1885826680, pgnotifier.commit_key(sender));
+    -- An asynchronous commit is visible before it is durable: a reader
+    -- flushes the WAL before it delivers such a transaction's events.
+    INSERT INTO pgnotifier.commits (txid, stamp, durable)
+        VALUES (sender, nextval('pgnotifier.commit_stamps'),
+                current_setting('synchronous_commit') <> 'off')
+        ON CONFLICT (txid) DO NOTHING;
+    RETURN NULL;
+END
+$stamp$;
+-- Fires in every session, `session_replication_role = replica` included
+-- (ETL scripts, logical replication's apply workers).
+ALTER TABLE pgnotifier.outbox ENABLE ALWAYS TRIGGER stamp_commit;
+
+-- The last stamp handed out, once every transaction that held a stamp up
+-- to it has finished committing or aborted. It waits for those senders
+-- alone, each on its own key, with transaction-level locks: nothing is
+-- left held when a wait is cancelled or times out.
+CREATE OR REPLACE FUNCTION pgnotifier.horizon() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $horizon$
+DECLARE
+    last_stamp bigint;
+    sender integer;
+BEGIN
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO last_stamp
+      FROM pgnotifier.commit_stamps s;
+    -- A sender takes its key before its stamp: every stamp up to
+    -- last_stamp belongs to a sender that has finished or is listed here.
+    FOR sender IN
+        SELECT (l.objid::bigint - CASE WHEN l.objid::bigint >= 2147483648 THEN 4294967296 ELSE 0 END)::integer
+          FROM pg_catalog.pg_locks l
+         WHERE l.locktype = 'advisory' AND l.classid = 1885826680 AND l.objsubid = 2 AND l.granted
+           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+    LOOP
+        PERFORM pg_advisory_xact_lock_shared(1885826680, sender);
+    END LOOP;
+    RETURN last_stamp;
+END
+$horizon$;
+
+-- send marks the first event of its transaction by looking for the
+-- transaction's own earlier rows: data a session setting cannot forge.
+CREATE OR REPLACE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+    sender xid8 := pg_current_xact_id();
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(coalesce(payload, '')) >= 8000 THEN
+        RAISE EXCEPTION 'pgnotifier.send: payload string too long' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO pgnotifier.outbox (txid, channel, payload, first_in_transaction)
+        VALUES (sender, channel, coalesce(payload, ''),
+                NOT EXISTS (SELECT FROM pgnotifier.outbox o WHERE o.txid = sender))
+        RETURNING id INTO event_id;
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$send$;
+
+-- A key per event that is never handed out twice, unlike an id after a
+-- crash that lost an asynchronous commit, or a failover to a replica that
+-- lagged. Events sent before this version get one made from their id.
+ALTER TABLE pgnotifier.outbox ADD COLUMN key uuid;
+ALTER TABLE pgnotifier.outbox ALTER COLUMN key SET DEFAULT pg_catalog.gen_random_uuid();
+CREATE FUNCTION pgnotifier.event_key(key uuid, id bigint) RETURNS uuid
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $key$
+    SELECT coalesce(key, ('00000000-0000-4000-8000-' || lpad(to_hex(id), 12, '0'))::uuid)
+$key$;
+
+-- Pruning trusts a position's channels only up to channels_through: the
+-- stamp before which every channel the subscriber had was recorded. A
+-- channel added later keeps its events until the subscriber passes them.
+-- fed_by: the host feeding the subscriber now (NULL: none, or it stopped
+-- cleanly).
+ALTER TABLE pgnotifier.positions
+    ADD COLUMN channels_through bigint NOT NULL DEFAULT 0,
+    ADD COLUMN fed_by text;
+
+-- A gap lists the events it removed, so a subscriber is told of those it
+-- had not read, not of those it already had.
+ALTER TABLE pgnotifier.gaps
+    ADD COLUMN stamps bigint[],
+    ADD COLUMN ids bigint[],
+    ADD COLUMN event_channels text[];
+
+-- One dead letter per event and subscriber, whatever a crash repeats.
+ALTER TABLE pgnotifier.dead_letters ADD COLUMN event_key uuid;
+DELETE FROM pgnotifier.dead_letters d
+ WHERE EXISTS (SELECT FROM pgnotifier.dead_letters e
+                WHERE e.subscriber = d.subscriber AND e.event_id = d.event_id AND e.id < d.id);
+CREATE UNIQUE INDEX dead_letters_event ON pgnotifier.dead_letters (subscriber, event_id);
+
+-- What a subscriber reads next, in one snapshot taken once the horizon is
+-- known: the horizon (and the WAL position to flush first, when an
+-- asynchronous commit is not durable yet), the events after the position
+-- on its channels up to the horizon, and the gaps pruning left it, each
+-- with the events it removed that come after the position.
+CREATE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
+                                      channels text[], max_events integer)
+RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
+               sent_at timestamptz, pid integer, key uuid, durable boolean,
+               events bigint, gap_channels text[], flush_to pg_lsn)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
+#variable_conflict use_variable
+DECLARE
+    last_stamp bigint;
+    written pg_lsn;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
+    last_stamp := pgnotifier.horizon();
+    -- Every commit waited for wrote its record before this point.
+    written := pg_current_wal_insert_lsn();
+    RETURN QUERY
+    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
+           NULL::integer, NULL::uuid, NULL::boolean, NULL::bigint, NULL::text[],
+           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END
+    UNION ALL
+    (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+            pgnotifier.event_key(o.key, o.id), c.durable, NULL, NULL, NULL
+       FROM pgnotifier.commits c
+       JOIN pgnotifier.outbox o ON o.txid = c.txid
+      WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
+      ORDER BY o.id
+      LIMIT max_events)
+    UNION ALL
+    (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+            pgnotifier.event_key(o.key, o.id), c.durable, NULL, NULL, NULL
+       FROM pgnotifier.commits c
+      CROSS JOIN LATERAL (
+            SELECT e.id, e.channel, e.payload, e.sent_at, e.pid, e.key
+              FROM pgnotifier.outbox e
+             WHERE e.txid = c.txid AND e.channel = ANY (channels)
+             ORDER BY e.id
+             LIMIT max_events) o
+      WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
+      ORDER BY c.stamp, o.id
+      LIMIT max_events)
+    UNION ALL
+    SELECT 'g', g.id, NULL, NULL, NULL, g.first_sent_at, NULL, NULL, NULL,
+           CASE WHEN g.stamps IS NULL THEN g.events
+                ELSE (SELECT count(*) FROM unnest(g.stamps, g.ids) u(s, i)
+                       WHERE (u.s, u.i) > (after_stamp, after_id)) END,
+           CASE WHEN g.stamps IS NULL THEN g.channels
+                ELSE ARRAY(SELECT DISTINCT u.c FROM unnest(g.stamps, g.ids, g.event_channels) u(s, i, c)
+                            WHERE (u.s, u.i) > (after_stamp, after_id) ORDER BY 1) END,
+           NULL
+      FROM pgnotifier.gaps g
+     WHERE g.subscriber = subscriber;
+END
+$read$;
+
+-- Events whose transaction committed without a stamp (the trigger
+-- disabled with ALTER TABLE ... DISABLE TRIGGER) and sent before `grace`
+-- ago: stamped now, as a sender would be, so they are delivered after the
+-- events stamped so far. How many, and when the oldest was sent.
+CREATE FUNCTION pgnotifier.stamp_unstamped(grace interval)
+RETURNS TABLE (events bigint, oldest timestamptz)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $repair$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1885826680, pgnotifier.commit_key(pg_current_xact_id()));
+    RETURN QUERY
+    WITH unstamped AS (
+        SELECT o.txid, count(*) AS events, min(o.sent_at) AS oldest
+          FROM pgnotifier.outbox o
+         WHERE NOT EXISTS (SELECT FROM pgnotifier.commits c WHERE c.txid = o.txid)
+           AND o.sent_at < pg_catalog.now() - grace
+         GROUP BY o.txid
+    ), stamped AS (
+        INSERT INTO pgnotifier.commits (txid, stamp)
+        SELECT u.txid, nextval('pgnotifier.commit_stamps')
+          FROM (SELECT u.txid FROM unstamped u ORDER BY u.oldest, u.txid) u
+            ON CONFLICT (txid) DO NOTHING
+    )
+    SELECT coalesce(sum(u.events), 0)::bigint, min(u.oldest) FROM unstamped u;
+END
+$repair$;
+"#,
 ];
 
 /// What every install runs first: the schema and its version table.
@@ -268,9 +488,11 @@ CREATE TABLE IF NOT EXISTS pgnotifier.schema_version (
     installed_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 );";
 
+/// Taken by a prune, and by a subscriber recording where it starts.
+pub(crate) const PRUNE_LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1885826676, 2)";
+
 /// Concurrent installs take turns on this lock.
-const LOCK: &str =
-    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('pgnotifier schema'))";
+const LOCK: &str = "SELECT pg_catalog.pg_advisory_xact_lock(1885826676, 1)";
 
 /// Why the schema could not be installed.
 #[derive(Debug, thiserror::Error)]

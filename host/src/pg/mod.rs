@@ -5,6 +5,7 @@
 //! Passwords never leave this module except inside the connection config;
 //! everything printable goes through [`DatabaseConfig::redacted`].
 
+pub(crate) mod advisory;
 pub mod tls;
 
 use crate::settings::ConfigError;

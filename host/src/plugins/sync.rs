@@ -9,7 +9,7 @@
 use super::loader::{self, PluginFiles};
 use super::settings::SubscriberSettings;
 use crate::capabilities::CapabilityPool;
-use crate::durable::feeder::{self, Feeders};
+use crate::durable::feeder::{self, FeedSettings, Feeders};
 use crate::durable::DeliveryMode;
 use crate::error::{Error, Result};
 use crate::pg::DatabaseConfig;
@@ -238,6 +238,7 @@ impl PluginSync {
         let short_hash = &files.sha256[..12];
         let source = files.source(&loaded);
         let (dispatch, delivery) = (loaded.settings.dispatch, loaded.settings.delivery);
+        let longest_call = loaded.settings.plugin.timeout;
         let (mailbox, change) = match registry.mailbox(id) {
             Some(mailbox) => {
                 mailbox.replace(dispatch, Box::new(loaded.subscriber));
@@ -257,8 +258,12 @@ impl PluginSync {
         match delivery {
             // The feeder carries on across a reload: the mailbox is the same.
             DeliveryMode::AtLeastOnce(retry) => {
+                let settings = FeedSettings {
+                    retry,
+                    longest_call,
+                };
                 self.feeders
-                    .ensure(&feeder::runtime()?, id, &mailbox, retry)
+                    .ensure(&feeder::runtime()?, id, &mailbox, settings)
             }
             DeliveryMode::AtMostOnce => self.feeders.stop(id).await,
         }

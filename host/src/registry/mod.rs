@@ -293,6 +293,15 @@ impl Snapshot {
     }
 }
 
+/// A durable subscriber's channels, as its feeder reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct DurableChannels {
+    /// Every channel it subscribes to, muted or not.
+    pub(crate) names: Vec<String>,
+    /// Quarantined, or muted on a channel: nothing is read for it.
+    pub(crate) paused: bool,
+}
+
 /// The registry: a snapshot for readers, a mutex for writers.
 pub(crate) struct Registry {
     current: ArcSwap<Snapshot>,
@@ -503,18 +512,18 @@ impl Registry {
             .collect()
     }
 
-    /// The channels a durable subscriber reads the outbox on: none while it
-    /// is quarantined or muted anywhere (it keeps its position, and catches
-    /// up when released); `None` once it is removed.
-    pub(crate) fn durable_channels(&self, id: &str) -> Option<Vec<String>> {
+    /// A durable subscriber's channels, and whether it is paused: while it
+    /// is quarantined or muted anywhere, nothing is read for it (it keeps
+    /// its position, and catches up when released). `None` once it is
+    /// removed.
+    pub(crate) fn durable_channels(&self, id: &str) -> Option<DurableChannels> {
         let snapshot = self.snapshot();
         let entry = snapshot.subscribers.get(id)?;
         let channel_muted = |c: &Arc<str>| snapshot.channels.get(c).is_none_or(|c| c.muted);
-        let paused = entry.quarantine.is_some()
-            || (entry.channels.iter()).any(|(c, muted)| *muted || channel_muted(c));
-        Some(match paused {
-            true => Vec::new(),
-            false => entry.channels.keys().map(|c| c.to_string()).collect(),
+        Some(DurableChannels {
+            names: entry.channels.keys().map(|c| c.to_string()).collect(),
+            paused: entry.quarantine.is_some()
+                || (entry.channels.iter()).any(|(c, muted)| *muted || channel_muted(c)),
         })
     }
 

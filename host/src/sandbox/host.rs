@@ -3,6 +3,7 @@
 use super::guest_log::{cut_at, GuestLog};
 use super::stdio::{GuestOutput, Stdio};
 use crate::bindings::pgnotifier::plugin::{delivery, host, publish, query, types};
+use crate::bindings::v0_4::pgnotifier::plugin::delivery as delivery_0_4;
 use crate::bindings::{Level, Plugin};
 use crate::capabilities::{HttpGate, PluginCapabilities};
 use crate::dispatch::{DurableEvent, Gap, GapCause};
@@ -17,7 +18,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 const MAX_LOG_MESSAGE: usize = 64 * 1024;
 
 /// The current WIT version, whose `host.log` is shadowed by [`log_in_place`].
-const CURRENT: &str = "0.4.0";
+const CURRENT: &str = "0.5.0";
 
 /// Per-store state: the subscriber id, WASI with nothing granted, the
 /// plugin's capabilities, and limits.
@@ -173,6 +174,7 @@ impl delivery::Host for HostState {
     fn current_event(&mut self) -> Option<delivery::Event> {
         self.event.map(|event| delivery::Event {
             id: event.id,
+            key: event.key.to_string(),
             attempt: event.attempt,
             sent_at: unix_micros(event.sent_at),
         })
@@ -210,10 +212,19 @@ fn log_in_place(
     Ok(())
 }
 
+/// The durable event as 0.3.0 and 0.4.0 plugins see it: without its key.
+fn keyless_event(state: &mut HostState) -> Option<delivery_0_4::Event> {
+    state.event.map(|event| delivery_0_4::Event {
+        id: event.id,
+        attempt: event.attempt,
+        sent_at: unix_micros(event.sent_at),
+    })
+}
+
 /// Link `wasi:http`, every import of the current WIT through the generated
-/// bindings, and the frozen 0.1.0, 0.2.0 and 0.3.0 interfaces. bindgen's
-/// `with` shares their types with the current ones, but its generated linker
-/// would name the current interfaces, so the older instances are named here.
+/// bindings, and the frozen 0.1.0 to 0.4.0 interfaces. bindgen's `with`
+/// shares their types with the current ones, but its generated linker would
+/// name the current interfaces, so the older instances are named here.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_sync(linker)?;
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(linker, |state| state)?;
@@ -222,13 +233,13 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         .instance(&format!("pgnotifier:plugin/host@{CURRENT}"))?
         .func_wrap("log", log_in_place)?;
     linker.allow_shadowing(false);
-    for version in ["0.1.0", "0.2.0", "0.3.0"] {
+    for version in ["0.1.0", "0.2.0", "0.3.0", "0.4.0"] {
         linker.instance(&format!("pgnotifier:plugin/types@{version}"))?;
         linker
             .instance(&format!("pgnotifier:plugin/host@{version}"))?
             .func_wrap("log", log_in_place)?;
     }
-    for version in ["0.2.0", "0.3.0"] {
+    for version in ["0.2.0", "0.3.0", "0.4.0"] {
         linker
             .instance(&format!("pgnotifier:plugin/publish@{version}"))?
             .func_wrap(
@@ -248,19 +259,21 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
                 },
             )?;
     }
-    let mut delivery_0_3 = linker.instance("pgnotifier:plugin/delivery@0.3.0")?;
-    delivery_0_3.func_wrap(
-        "current-event",
-        |mut store: StoreContextMut<'_, HostState>, (): ()| {
-            Ok((delivery::Host::current_event(store.data_mut()),))
-        },
-    )?;
-    delivery_0_3.func_wrap(
-        "current-gap",
-        |mut store: StoreContextMut<'_, HostState>, (): ()| {
-            Ok((delivery::Host::current_gap(store.data_mut()),))
-        },
-    )?;
+    for version in ["0.3.0", "0.4.0"] {
+        let mut keyless = linker.instance(&format!("pgnotifier:plugin/delivery@{version}"))?;
+        keyless.func_wrap(
+            "current-event",
+            |mut store: StoreContextMut<'_, HostState>, (): ()| {
+                Ok((keyless_event(store.data_mut()),))
+            },
+        )?;
+        keyless.func_wrap(
+            "current-gap",
+            |mut store: StoreContextMut<'_, HostState>, (): ()| {
+                Ok((delivery::Host::current_gap(store.data_mut()),))
+            },
+        )?;
+    }
     Ok(())
 }
 

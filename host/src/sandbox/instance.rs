@@ -2,7 +2,7 @@
 
 use super::host::HostState;
 use super::{CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
-use crate::bindings::{v0_1, v0_2, v0_3, BatchFailure, BatchItem, Plugin, PluginPre, Registration};
+use crate::bindings::{v0_1, v0_2, v0_3, v0_4, BatchFailure, BatchItem, Plugin, Registration};
 use crate::capabilities::PluginCapabilities;
 use crate::dispatch::{one_by_one, CallFailure, Deliver, DurableEvent, Gap, Notification};
 use crate::printable::with_causes;
@@ -50,8 +50,12 @@ struct Live {
 /// An instance's exports, by the WIT version it targets.
 enum Instance {
     /// `batch`: its `on-notify-batch`, if it exports one.
-    V4 {
+    V5 {
         plugin: Plugin,
+        batch: Option<Func>,
+    },
+    V4 {
+        plugin: v0_4::Plugin,
         batch: Option<Func>,
     },
     V3(v0_3::Plugin),
@@ -64,6 +68,10 @@ enum Instance {
 macro_rules! subscriber {
     ($instance:expr, |$s:ident| $call:expr) => {
         match $instance {
+            Instance::V5 { plugin, .. } => {
+                let $s = plugin.pgnotifier_plugin_subscriber();
+                $call
+            }
             Instance::V4 { plugin, .. } => {
                 let $s = plugin.pgnotifier_plugin_subscriber();
                 $call
@@ -199,7 +207,10 @@ impl Deliver for WasmSubscriber {
     }
 
     fn batches(&self) -> bool {
-        matches!(self.code.pre, CompiledPlugin::V4 { batch: Some(_), .. })
+        matches!(
+            self.code.pre,
+            CompiledPlugin::V5 { batch: Some(_), .. } | CompiledPlugin::V4 { batch: Some(_), .. }
+        )
     }
 
     fn on_notify_batch(
@@ -221,9 +232,12 @@ impl Deliver for WasmSubscriber {
             })
             .collect();
         let failures = self.call(batch.len(), |live| {
-            let Instance::V4 {
+            let (Instance::V5 {
                 batch: Some(func), ..
-            } = &live.plugin
+            }
+            | Instance::V4 {
+                batch: Some(func), ..
+            }) = &live.plugin
             else {
                 wasmtime::bail!("the plugin has no on-notify-batch export");
             };
@@ -292,7 +306,18 @@ impl PluginCode {
         }
         store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
         let instantiated = match &self.pre {
-            CompiledPlugin::V4 { pre, batch } => instantiate_v4(&mut store, pre, batch.as_ref()),
+            CompiledPlugin::V5 { pre, batch } => (|| -> wasmtime::Result<Instance> {
+                let instance = pre.instance_pre().instantiate(&mut store)?;
+                let plugin = Plugin::new(&mut store, &instance)?;
+                let batch = batch_export(&mut store, &instance, batch.as_ref())?;
+                Ok(Instance::V5 { plugin, batch })
+            })(),
+            CompiledPlugin::V4 { pre, batch } => (|| -> wasmtime::Result<Instance> {
+                let instance = pre.instance_pre().instantiate(&mut store)?;
+                let plugin = v0_4::Plugin::new(&mut store, &instance)?;
+                let batch = batch_export(&mut store, &instance, batch.as_ref())?;
+                Ok(Instance::V4 { plugin, batch })
+            })(),
             CompiledPlugin::V3(pre) => pre.instantiate(&mut store).map(Instance::V3),
             CompiledPlugin::V2(pre) => pre.instantiate(&mut store).map(Instance::V2),
             CompiledPlugin::V1(pre) => pre.instantiate(&mut store).map(Instance::V1),
@@ -321,28 +346,21 @@ impl PluginCode {
     }
 }
 
-/// A 0.4.0 instance, with its `on-notify-batch` checked against the types
-/// the host calls it with.
-fn instantiate_v4(
+/// An instance's `on-notify-batch`, if it exports one, checked against the
+/// types the host calls it with.
+fn batch_export(
     store: &mut Store<HostState>,
-    pre: &PluginPre<HostState>,
+    instance: &wasmtime::component::Instance,
     batch: Option<&ComponentExportIndex>,
-) -> wasmtime::Result<Instance> {
-    let instance = pre.instance_pre().instantiate(&mut *store)?;
-    let plugin = Plugin::new(&mut *store, &instance)?;
-    let batch = match batch {
-        Some(index) => {
-            let func = (instance.get_func(&mut *store, index))
-                .ok_or_else(|| wasmtime::format_err!("on-notify-batch is not a function"))?;
-            func.typed::<(&str, &str, &[BatchItem<'_>]), (Vec<BatchFailure>,)>(&*store)
-                .map_err(|e| {
-                    e.context("on-notify-batch does not match pgnotifier:plugin/batch@0.4.0")
-                })?;
-            Some(func)
-        }
-        None => None,
+) -> wasmtime::Result<Option<Func>> {
+    let Some(index) = batch else {
+        return Ok(None);
     };
-    Ok(Instance::V4 { plugin, batch })
+    let func = (instance.get_func(&mut *store, index))
+        .ok_or_else(|| wasmtime::format_err!("on-notify-batch is not a function"))?;
+    func.typed::<(&str, &str, &[BatchItem<'_>]), (Vec<BatchFailure>,)>(&*store)
+        .map_err(|e| e.context("on-notify-batch does not match pgnotifier:plugin/batch"))?;
+    Ok(Some(func))
 }
 
 /// Epoch ticks for a deadline, rounded up, plus one for the tick in progress.

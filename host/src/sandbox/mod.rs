@@ -4,7 +4,7 @@
 //! long-lived instance in its own store, with a memory cap and a per-call
 //! epoch deadline. A trap or timeout throws that instance away; the next call
 //! gets a fresh one, with `register` run again. Plugins may target the
-//! current WIT (0.4.0, with or without the optional `batch` export), 0.3.0,
+//! current WIT (0.5.0, with or without the optional `batch` export), 0.4.0, 0.3.0,
 //! 0.2.0 or 0.1.0.
 
 mod guest_log;
@@ -15,7 +15,9 @@ mod stdio;
 pub use instance::PluginLimits;
 pub(crate) use instance::WasmSubscriber;
 
-use crate::bindings::{v0_1, v0_2, v0_3, PluginPre, BATCH_FUNCTION, BATCH_INTERFACE};
+use crate::bindings::{
+    v0_1, v0_2, v0_3, v0_4, PluginPre, BATCH_FUNCTION, BATCH_INTERFACE, BATCH_INTERFACE_0_4,
+};
 use crate::capabilities::{CapabilityPool, Offline};
 use crate::printable::{printable, with_causes};
 use host::HostState;
@@ -100,8 +102,12 @@ pub struct CacheStats {
 #[derive(Clone)]
 pub(crate) enum CompiledPlugin {
     /// `batch`: where its `on-notify-batch` is, if it exports one.
-    V4 {
+    V5 {
         pre: PluginPre<HostState>,
+        batch: Option<ComponentExportIndex>,
+    },
+    V4 {
+        pre: v0_4::PluginPre<HostState>,
         batch: Option<ComponentExportIndex>,
     },
     V3(v0_3::PluginPre<HostState>),
@@ -113,6 +119,7 @@ impl CompiledPlugin {
     /// The version of the `pgnotifier:plugin` package the plugin targets.
     pub(crate) fn wit_version(&self) -> &'static str {
         match self {
+            CompiledPlugin::V5 { .. } => "0.5.0",
             CompiledPlugin::V4 { .. } => "0.4.0",
             CompiledPlugin::V3(_) => "0.3.0",
             CompiledPlugin::V2(_) => "0.2.0",
@@ -234,18 +241,26 @@ impl Sandbox {
             .linker
             .instantiate_pre(&component)
             .map_err(not_a_plugin)?;
+        let batch_in = |interface: &str| {
+            (component.get_export_index(None, interface))
+                .and_then(|batch| component.get_export_index(Some(&batch), BATCH_FUNCTION))
+        };
         // The current version's error names what is missing for it.
         let current = match PluginPre::new(pre.clone()) {
             Ok(current) => {
-                let batch = (component.get_export_index(None, BATCH_INTERFACE))
-                    .and_then(|batch| component.get_export_index(Some(&batch), BATCH_FUNCTION));
-                return Ok(CompiledPlugin::V4 {
+                return Ok(CompiledPlugin::V5 {
                     pre: current,
-                    batch,
+                    batch: batch_in(BATCH_INTERFACE),
                 });
             }
             Err(e) => e,
         };
+        if let Ok(v4) = v0_4::PluginPre::new(pre.clone()) {
+            return Ok(CompiledPlugin::V4 {
+                pre: v4,
+                batch: batch_in(BATCH_INTERFACE_0_4),
+            });
+        }
         if let Ok(v3) = v0_3::PluginPre::new(pre.clone()) {
             return Ok(CompiledPlugin::V3(v3));
         }

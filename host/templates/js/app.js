@@ -3,7 +3,7 @@
 // It logs each order it is sent ({"id": 7, ...}) as `<greeting> order 7 on
 // <channel>`, and any other payload as its case and value. `value(payload)`
 // is the typed way in: a JSON payload parsed, a scalar as itself.
-import { log } from 'pgnotifier:plugin/host@0.4.0';
+import { log } from 'pgnotifier:plugin/host@0.5.0';
 
 let greeting = 'received';
 

@@ -109,10 +109,10 @@ pub struct Notification<'a> {
 }
 
 impl Notification<'_> {
-    /// For an at-least-once subscriber, the durable event this is: its id
-    /// (the same on every delivery, so an idempotency key), the attempt, and
-    /// when it was sent (microseconds since the Unix epoch). `None` for a
-    /// live notification.
+    /// For an at-least-once subscriber, the durable event this is: its id,
+    /// its `key` (the same on every delivery and never given to another
+    /// event: the idempotency key), the attempt, and when it was sent
+    /// (microseconds since the Unix epoch). `None` for a live notification.
     pub fn event(&self) -> Option<Event> {
         capabilities::current_event()
     }

@@ -284,7 +284,7 @@ pub(crate) mod host {
     }
 
     pub fn current_event() -> Option<Event> {
-        MockHost::current().state.borrow().event
+        MockHost::current().state.borrow().event.clone()
     }
 
     pub fn current_gap() -> Option<Gap> {

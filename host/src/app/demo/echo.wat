@@ -6,7 +6,7 @@
 ;; Memory: 0..128 return areas, 128.. the payload kind names, 32768.. a bump
 ;; allocator for what the host passes in, reset after every call.
 (module
-  (import "pgnotifier:plugin/host@0.4.0" "log" (func $log (param i32 i32 i32)))
+  (import "pgnotifier:plugin/host@0.5.0" "log" (func $log (param i32 i32 i32)))
   (memory (export "memory") 2)
   (global $bump (mut i32) (i32.const 32768))
 
@@ -42,7 +42,7 @@
     (local.get $at))
 
   ;; register: ok, with no channels of its own (the sidecar names them).
-  (func (export "pgnotifier:plugin/subscriber@0.4.0#register")
+  (func (export "pgnotifier:plugin/subscriber@0.5.0#register")
       (param i32 i32 i32 i32) (result i32)
     (global.set $bump (i32.const 32768))
     (i32.store8 (i32.const 64) (i32.const 0))
@@ -51,7 +51,7 @@
     (i32.const 64))
 
   ;; on-notify: log "CHANNEL: PAYLOAD", return ok.
-  (func (export "pgnotifier:plugin/subscriber@0.4.0#on-notify")
+  (func (export "pgnotifier:plugin/subscriber@0.5.0#on-notify")
       (param $id i32) (param $id_len i32) (param $channel i32) (param $channel_len i32)
       (param $kind i32) (param $value i64) (param $text_len i32) (param $pid i32)
       (result i32)
@@ -82,6 +82,6 @@
     (i32.const 96))
 
   ;; on-gap: the host logs the gap itself.
-  (func (export "pgnotifier:plugin/subscriber@0.4.0#on-gap") (param i32 i32 i32 i32)
+  (func (export "pgnotifier:plugin/subscriber@0.5.0#on-gap") (param i32 i32 i32 i32)
     (global.set $bump (i32.const 32768)))
 )

@@ -1,8 +1,11 @@
-//! pgnotifier test fixture: a sink for at-least-once delivery, on WIT 0.3.0.
-//! It logs each text payload as `sink PAYLOAD #ID @ATTEMPT`, reading the
-//! event through `delivery.current-event` (`#- @-` for a live notification),
-//! and fails an event's first `fail_attempts` attempts (config, default 0).
-//! A gap is logged as `gap CHANNELS CAUSE`.
+//! pgnotifier test fixture: a sink for at-least-once delivery. It logs each
+//! text payload as `sink PAYLOAD #ID @ATTEMPT KEY` as a call ends, reading
+//! the event through `delivery.current-event` (`#- @- -` for a live
+//! notification), and fails an event's first `fail_attempts` attempts
+//! (config, default 0). With `log_start = "true"` it also logs
+//! `sink-start PAYLOAD #ID @ATTEMPT` as a call starts; between the two it
+//! spins `spin` thousand rounds (default 0), so calls take time. A gap is
+//! logged as `gap CHANNELS CAUSE`.
 
 wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
 
@@ -15,6 +18,8 @@ struct Sink;
 
 thread_local! {
     static FAIL_ATTEMPTS: Cell<u32> = const { Cell::new(0) };
+    static SPIN: Cell<u64> = const { Cell::new(0) };
+    static LOG_START: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Guest for Sink {
@@ -30,6 +35,12 @@ impl Guest for Sink {
             .parse()
             .map_err(|_| format!("fail_attempts = {fail:?} is not a whole number"))?;
         FAIL_ATTEMPTS.set(fail);
+        let spin = get("spin").unwrap_or("0");
+        let spin: u64 = spin
+            .parse()
+            .map_err(|_| format!("spin = {spin:?} is not a whole number"))?;
+        SPIN.set(spin * 1000);
+        LOG_START.set(get("log_start") == Some("true"));
         let channels = get("channels").unwrap_or("work");
         Ok(Registration {
             channels: channels.split(',').map(|c| c.trim().to_string()).collect(),
@@ -41,16 +52,28 @@ impl Guest for Sink {
             return Ok(());
         };
         let event = current_event();
-        if let Some(event) = event {
+        let (id, attempt, key) = match &event {
+            Some(event) => (
+                event.id.to_string(),
+                event.attempt.to_string(),
+                event.key.clone(),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        if LOG_START.get() {
+            log(Level::Info, &format!("sink-start {text} #{id} @{attempt}"));
+        }
+        if let Some(event) = &event {
             if event.attempt <= FAIL_ATTEMPTS.get() {
                 return Err(format!("attempt {} of {text} fails", event.attempt));
             }
         }
-        let (id, attempt) = match event {
-            Some(event) => (event.id.to_string(), event.attempt.to_string()),
-            None => ("-".into(), "-".into()),
-        };
-        log(Level::Info, &format!("sink {text} #{id} @{attempt}"));
+        let mut x = 0u64;
+        for round in 0..SPIN.get() {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(round));
+        }
+        std::hint::black_box(x);
+        log(Level::Info, &format!("sink {text} #{id} @{attempt} {key}"));
         Ok(())
     }
 

@@ -19,7 +19,7 @@
 wit_bindgen::generate!({
     inline: "package bench:stopwatch;
              world stopwatch {
-                 include pgnotifier:plugin/batched-plugin@0.4.0;
+                 include pgnotifier:plugin/batched-plugin@0.5.0;
                  import wasi:clocks/wall-clock@0.2.0;
              }",
     path: ["../../../wit", "wit"],
