@@ -867,3 +867,30 @@ async fn an_event_dead_lettered_again_after_a_crash_has_one_letter() {
     );
     n.shutdown(SOON).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_whose_lock_a_pooler_reset_freed_stands_down() {
+    use pgnotifier::cluster::Role;
+    use support::proxy::{database_target, url_via, InjectingProxy};
+    logs::install();
+    let proxy = InjectingProxy::start(database_target()).await;
+    let name = support::channel("cluster");
+    // In the clear, so the proxy can read the protocol.
+    let a = in_cluster(&url_via(proxy.port, "?sslmode=disable"), &name);
+    a.start().await.unwrap();
+    assert!(eventually(SOON, || a.cluster().role == Role::Leader).await);
+    let b = in_cluster(support::database_url(), &name);
+    b.start().await.unwrap();
+    assert!(eventually(SOON, || b.cluster().leader.is_some()).await);
+    assert_eq!(b.cluster().role, Role::Standby);
+    // A pooler's reset on the leader's connection: the lock goes, the
+    // connection stays.
+    proxy.inject("DISCARD ALL");
+    assert!(
+        eventually(SOON, || a.cluster().role == Role::Standby).await,
+        "the old leader still leads"
+    );
+    assert!(eventually(SOON, || b.cluster().role == Role::Leader).await);
+    a.shutdown(SOON).await;
+    b.shutdown(SOON).await;
+}

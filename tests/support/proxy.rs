@@ -42,9 +42,12 @@ impl InjectingProxy {
         let arm = armed.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                // A server that is down refuses this client, not the next.
                 let Ok(server) = tokio::net::TcpStream::connect(target.clone()).await else {
-                    return;
+                    continue;
                 };
+                // Small messages go at once, as they do between client and server.
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 let books = Arc::new(Books::default());
@@ -112,16 +115,17 @@ async fn to_server(
             read = from.read(&mut chunk) => {
                 let n = match read { Ok(0) | Err(_) => return, Ok(n) => n };
                 buf.extend_from_slice(&chunk[..n]);
+                let mut out = Vec::new();
                 while let Some(len) = next_frame(&buf, startup) {
-                    let frame: Vec<u8> = buf.drain(..len).collect();
                     // The startup message is answered by a ReadyForQuery too.
-                    if startup || matches!(frame[0], b'Q' | b'S') {
+                    if startup || matches!(buf[0], b'Q' | b'S') {
                         books.asked.fetch_add(1, Ordering::SeqCst);
                     }
                     startup = false;
-                    if to.write_all(&frame).await.is_err() {
-                        return;
-                    }
+                    out.extend(buf.drain(..len));
+                }
+                if to.write_all(&out).await.is_err() {
+                    return;
                 }
             }
             changed = orders.changed() => {
@@ -144,6 +148,7 @@ async fn to_client(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, books: Arc<B
             Ok(n) => n,
         };
         buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
         while let Some(len) = next_frame(&buf, false) {
             let frame: Vec<u8> = buf.drain(..len).collect();
             let answered = books.answered.load(Ordering::SeqCst);
@@ -162,9 +167,10 @@ async fn to_client(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, books: Arc<B
             if hiding && !matches!(frame[0], b'A' | b'N') {
                 continue;
             }
-            if to.write_all(&frame).await.is_err() {
-                return;
-            }
+            out.extend_from_slice(&frame);
+        }
+        if to.write_all(&out).await.is_err() {
+            return;
         }
     }
 }
