@@ -461,14 +461,14 @@ async fn the_order_webhook_example_posts_each_changed_row() {
     let outbox: Vec<String> = sender
         .client
         .query(
-            "select id from pgnotifier.outbox where channel = 'orders_changed' order by id desc limit 3",
+            "select key::text from pgnotifier.outbox where channel = 'orders_changed' order by id desc limit 3",
             &[],
         )
         .await
         .unwrap()
         .iter()
         .rev()
-        .map(|row| format!("order-event-{}", row.get::<_, i64>(0)))
+        .map(|row| format!("order-event-{}", row.get::<_, String>(0)))
         .collect();
     let keys: Vec<String> = (hooks.requests().iter())
         .map(|r| {

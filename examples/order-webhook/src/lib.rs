@@ -8,8 +8,9 @@
 //! Delivery is at least once (the sidecar's `delivery`, the trigger's
 //! `pgnotifier.send`): a webhook that does not answer 2xx fails the call,
 //! which the host retries, then dead-letters. An event may therefore be
-//! posted twice; each post carries `Idempotency-Key: order-event-<event id>`,
-//! the same on every delivery of one event, so the receiver can drop repeats.
+//! posted twice; each post carries `Idempotency-Key: order-event-<event key>`,
+//! the same on every delivery of one event and never given to another, so
+//! the receiver can drop repeats.
 
 use pgnotifier_plugin::{bail, http, info, query, Config, Context, Notification, Plugin, Result};
 use serde::Deserialize;
@@ -52,7 +53,7 @@ impl Plugin for OrderWebhook {
         let order = rows.into_iter().next().unwrap_or(Value::Null);
         let body = json!({ "op": op, "id": id, "order": order }).to_string();
         // A live notification (a plain pg_notify) has no event: no key.
-        let key = n.event().map(|event| format!("order-event-{}", event.id));
+        let key = n.event().map(|event| format!("order-event-{}", event.key));
         let mut headers = vec![("content-type", "application/json")];
         if let Some(key) = &key {
             headers.push(("idempotency-key", key));

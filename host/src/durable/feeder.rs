@@ -608,6 +608,11 @@ impl Session<'_> {
             return Err(End::Refused(who));
         }
         self.locked = true;
+        self.feed
+            .spec
+            .counters
+            .fed_elsewhere
+            .store(false, Ordering::Relaxed);
         self.at = match reader::position(&self.client, self.id()).await? {
             Some(at) => at,
             None => {

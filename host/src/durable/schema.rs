@@ -272,6 +272,9 @@ $read$;
     // before delivered, keys never reused, pruning that trusts only what it
     // was told, gaps that list their events, one dead letter per event.
     r#"
+-- Senders still running finish first, stamped the old way; new ones wait
+-- until this commits, and then stamp the new way.
+LOCK TABLE pgnotifier.outbox IN SHARE ROW EXCLUSIVE MODE;
 -- A sending transaction is waited for on a key of its own, never on a key
 -- every sender shares: a reader waits only for the senders committing as
 -- it reads, and no sender ever queues behind a reader. Keys live in class
