@@ -389,7 +389,7 @@ impl Session<'_> {
         if let Some(settings) = &self.cluster.settings {
             if let Some(every) = self.heartbeat {
                 // The server drops a stalled connection, and with it the
-                // lock, only after this host has given it up (see README).
+                // lock, only after this host has given it up (docs/clusters.md).
                 if let Err(e) = client.batch_execute(&server_keepalives(every)).await {
                     return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e)));
                 }
