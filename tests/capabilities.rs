@@ -461,7 +461,8 @@ async fn the_order_webhook_example_posts_each_changed_row() {
     let outbox: Vec<String> = sender
         .client
         .query(
-            "select key::text from pgnotifier.outbox where channel = 'orders_changed' order by id desc limit 3",
+            "select pgnotifier.event_key(c.salt, o.id)::text from pgnotifier.outbox o join pgnotifier.commits c using (txid)
+              where o.channel = 'orders_changed' order by o.id desc limit 3",
             &[],
         )
         .await

@@ -27,8 +27,8 @@ async fn the_install_is_idempotent_and_migrates_an_older_schema() {
     assert_eq!(
         functions(&client).await,
         [
-            "commit_key",
             "event_key",
+            "horizon",
             "horizon",
             "notify_row",
             "read",
@@ -280,8 +280,8 @@ async fn the_cli_installs_the_schema_and_prints_a_script_that_does_the_same() {
     assert_eq!(
         functions(&client).await,
         [
-            "commit_key",
             "event_key",
+            "horizon",
             "horizon",
             "notify_row",
             "read",

@@ -427,7 +427,8 @@ async fn an_asynchronous_commit_is_delivered_durable_under_a_key_of_its_own() {
     }
     let truth: Vec<(String, String)> = client
         .query(
-            "select payload, key::text from pgnotifier.outbox order by id",
+            "select o.payload, pgnotifier.event_key(c.salt, o.id)::text
+               from pgnotifier.outbox o join pgnotifier.commits c using (txid) order by o.id",
             &[],
         )
         .await

@@ -83,8 +83,10 @@ fn text_in(raw: &str, buffer: &mut String) -> Payload {
     Payload::Text(text)
 }
 
-/// A JSON number literal: `integer` when it fits `s64`, `float` when an `f64`
-/// holds it exactly, otherwise `json` with its digits. `None` if not a number.
+/// A JSON number literal: `integer` when it fits `s64`, `float` when the
+/// nearest `f64` gives its digits back (the shortest decimal that reads as
+/// that `f64` has the literal's significant digits), otherwise `json` with
+/// its digits. `None` if not a number.
 fn decode_number(literal: &str) -> Option<Payload> {
     // The common case first: a plain integer, read in one pass.
     match plain_integer(literal) {

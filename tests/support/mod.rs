@@ -1,5 +1,6 @@
-//! Shared set-up for the integration tests: a real PostgreSQL (DESIGN §5),
-//! capture of the host log, and builders for test plugins.
+//! Shared set-up for the integration tests: a real PostgreSQL (found as
+//! docs/contributing.md says), capture of the host log, and builders for
+//! test plugins.
 //!
 //! Every test that needs something missing fails with a message saying what.
 

@@ -29,7 +29,7 @@ pub struct DeadLetter {
 }
 
 const COLUMNS: &str = "id, subscriber, event_id,
-    pgnotifier.event_key(event_key, event_id)::text AS event_key, channel, payload,
+    coalesce(event_key, pgnotifier.event_key(NULL, event_id))::text AS event_key, channel, payload,
     to_char(sent_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS sent_at,
     to_char(dead_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS dead_at,
     error, attempts, redeliver";
@@ -131,7 +131,7 @@ pub(crate) async fn waiting(
 ) -> Result<Vec<Redelivery>, DurableError> {
     let rows = client
         .query(
-            "SELECT id, event_id, pgnotifier.event_key(event_key, event_id)::text AS event_key,
+            "SELECT id, event_id, coalesce(event_key, pgnotifier.event_key(NULL, event_id))::text AS event_key,
                     channel, payload, sent_at, attempts
                FROM pgnotifier.dead_letters WHERE subscriber = $1 AND redeliver ORDER BY id",
             &[&subscriber],

@@ -144,8 +144,8 @@ pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 }
 
 const READ: &str = "
-SELECT kind, id, stamp, channel, payload, sent_at, pid, key::text AS key, durable, events,
-       gap_channels, flush_to
+SELECT kind, id, stamp, channel, payload, sent_at, pid, pg_catalog.uuid_send(salt) AS salt,
+       durable, events, gap_channels, flush_to
   FROM pgnotifier.read_batch($1, $2, $3, $4, $5)";
 
 /// What `subscriber` reads next after `after` on `channels`: at most
@@ -206,13 +206,15 @@ pub async fn read(
 }
 
 fn event(row: &Row) -> Result<Event, ReadError> {
-    let key: String = column(row, "key")?;
-    let key = key
-        .parse()
-        .map_err(|_| ReadError::Malformed(format!("event key {key:?} is not a UUID")))?;
+    let id = column(row, "id")?;
+    let salt: Option<&[u8]> = column(row, "salt")?;
+    let salt = salt
+        .map(|bytes| <[u8; 16]>::try_from(bytes).map(u128::from_be_bytes))
+        .transpose()
+        .map_err(|_| ReadError::Malformed("a transaction's salt is not 16 bytes".into()))?;
     Ok(Event {
-        id: column(row, "id")?,
-        key,
+        id,
+        key: event_key(salt, id),
         stamp: column(row, "stamp")?,
         channel: column(row, "channel")?,
         payload: column::<Option<String>>(row, "payload")?.unwrap_or_default(),
@@ -221,6 +223,17 @@ fn event(row: &Row) -> Result<Event, ReadError> {
         pid: column::<Option<i32>>(row, "pid")?.unwrap_or(0),
         durable: column::<Option<bool>>(row, "durable")?.unwrap_or(true),
     })
+}
+
+/// An event's key, as `pgnotifier.event_key` makes it: its transaction's
+/// random salt with the id folded into the low half, or, for an event
+/// stamped before transactions had salts, one made from the id alone.
+pub fn event_key(salt: Option<u128>, id: i64) -> EventKey {
+    let id = u128::from(id as u64);
+    match salt {
+        Some(salt) => EventKey(salt ^ id),
+        None => EventKey(0x4000_8000_0000_0000_0000 | (id & 0xffff_ffff_ffff)),
+    }
 }
 
 /// Make the WAL durable up to `lsn`: commit a transaction of this

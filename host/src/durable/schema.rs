@@ -280,24 +280,18 @@ LOCK TABLE pgnotifier.outbox IN SHARE ROW EXCLUSIVE MODE;
 -- it reads, and no sender ever queues behind a reader. Keys live in class
 -- 1885826680 ('pgnx'), a two-part key space that one-number advisory locks
 -- never touch; the second part is the transaction's 32-bit id.
-CREATE FUNCTION pgnotifier.commit_key(txid xid8) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $key$
-    SELECT (pg_catalog.mod(txid::text::bigint, 4294967296) - 2147483648)::integer
-$key$;
-
 ALTER TABLE pgnotifier.commits ADD COLUMN durable boolean NOT NULL DEFAULT true;
 CREATE OR REPLACE FUNCTION pgnotifier.stamp_commit() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $stamp$
-DECLARE
-    sender xid8 := pg_current_xact_id();
 BEGIN
     -- Taken before the stamp and held until the commit is visible: a
-    -- reader that sees the stamp handed out finds this key, and waits for it.
-    PERFORM pg_advisory_xact_lock(1885826680, pgnotifier.commit_key(sender));
+    -- reader that sees the stamp handed out finds this key, and waits for
+    -- it. The key is the transaction's 32-bit id, as an integer.
+    PERFORM pg_advisory_xact_lock(1885826680, (txid_current() % 4294967296 - 2147483648)::integer);
     -- An asynchronous commit is visible before it is durable: a reader
     -- flushes the WAL before it delivers such a transaction's events.
     INSERT INTO pgnotifier.commits (txid, stamp, durable)
-        VALUES (sender, nextval('pgnotifier.commit_stamps'),
+        VALUES (pg_current_xact_id(), nextval('pgnotifier.commit_stamps'),
                 current_setting('synchronous_commit') <> 'off')
         ON CONFLICT (txid) DO NOTHING;
     RETURN NULL;
@@ -333,14 +327,55 @@ BEGIN
 END
 $horizon$;
 
--- send marks the first event of its transaction by looking for the
--- transaction's own earlier rows: data a session setting cannot forge.
+-- The same, for a reader whose stamps up to `settled` are settled (it
+-- read there before), without waiting when it need not: when every stamp
+-- after `settled` up to some stamp is already visible, no sender holds one
+-- of those, and the reader can go that far at once. It waits only when the
+-- very next stamp is not visible yet (a sender still committing, or one
+-- that aborted, which only the wait can tell).
+CREATE FUNCTION pgnotifier.horizon(settled bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $horizon$
+DECLARE
+    last_stamp bigint;
+    visible bigint;
+    first_missing bigint;
+BEGIN
+    SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO last_stamp
+      FROM pgnotifier.commit_stamps s;
+    IF last_stamp <= settled THEN
+        RETURN last_stamp;
+    END IF;
+    IF last_stamp - settled > 1000 THEN
+        RETURN pgnotifier.horizon();
+    END IF;
+    SELECT count(*), min(v.expected) FILTER (WHERE v.stamp <> v.expected)
+      INTO visible, first_missing
+      FROM (SELECT c.stamp, settled + row_number() OVER (ORDER BY c.stamp) AS expected
+              FROM pgnotifier.commits c
+             WHERE c.stamp > settled AND c.stamp <= last_stamp) v;
+    IF first_missing IS NULL AND visible < last_stamp - settled THEN
+        first_missing := settled + visible + 1;
+    END IF;
+    IF first_missing IS NULL THEN
+        RETURN last_stamp;
+    ELSIF first_missing > settled + 1 THEN
+        RETURN first_missing - 1;
+    END IF;
+    RETURN pgnotifier.horizon();
+END
+$horizon$;
+
+-- send marks the first event of its transaction in a transaction-local
+-- setting that holds the transaction's own id: a value left over in the
+-- session, or set for the session, names no transaction that sends.
 CREATE OR REPLACE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send$
 #variable_conflict use_variable
 DECLARE
     event_id bigint;
-    sender xid8 := pg_current_xact_id();
+    sender text := pg_current_xact_id()::text;
+    -- Undone with a savepoint rolled back, as the event it marks is.
+    first_event boolean := current_setting('pgnotifier.stamping', true) IS DISTINCT FROM sender;
 BEGIN
     IF channel IS NULL OR channel = '' THEN
         RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
@@ -351,10 +386,11 @@ BEGIN
     IF octet_length(coalesce(payload, '')) >= 8000 THEN
         RAISE EXCEPTION 'pgnotifier.send: payload string too long' USING ERRCODE = '22023';
     END IF;
-    INSERT INTO pgnotifier.outbox (txid, channel, payload, first_in_transaction)
-        VALUES (sender, channel, coalesce(payload, ''),
-                NOT EXISTS (SELECT FROM pgnotifier.outbox o WHERE o.txid = sender))
-        RETURNING id INTO event_id;
+    INSERT INTO pgnotifier.outbox (channel, payload, first_in_transaction)
+        VALUES (channel, coalesce(payload, ''), first_event) RETURNING id INTO event_id;
+    IF first_event THEN
+        PERFORM set_config('pgnotifier.stamping', sender, true);
+    END IF;
     PERFORM pg_notify('pgnotifier.outbox', channel);
     RETURN event_id;
 END
@@ -362,12 +398,18 @@ $send$;
 
 -- A key per event that is never handed out twice, unlike an id after a
 -- crash that lost an asynchronous commit, or a failover to a replica that
--- lagged. Events sent before this version get one made from their id.
-ALTER TABLE pgnotifier.outbox ADD COLUMN key uuid;
-ALTER TABLE pgnotifier.outbox ALTER COLUMN key SET DEFAULT pg_catalog.gen_random_uuid();
-CREATE FUNCTION pgnotifier.event_key(key uuid, id bigint) RETURNS uuid
+-- lagged: its transaction's random salt with the event's id folded into
+-- the low half. The salt costs one random number per transaction, not one
+-- per event. Events stamped before this version get a key made from their id.
+ALTER TABLE pgnotifier.commits ADD COLUMN salt uuid;
+ALTER TABLE pgnotifier.commits ALTER COLUMN salt SET DEFAULT pg_catalog.gen_random_uuid();
+CREATE FUNCTION pgnotifier.event_key(salt uuid, id bigint) RETURNS uuid
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $key$
-    SELECT coalesce(key, ('00000000-0000-4000-8000-' || lpad(to_hex(id), 12, '0'))::uuid)
+    SELECT CASE
+        WHEN salt IS NULL THEN ('00000000-0000-4000-8000-' || lpad(to_hex(id), 12, '0'))::uuid
+        ELSE (left(replace(salt::text, '-', ''), 16)
+              || lpad(to_hex(('x' || right(replace(salt::text, '-', ''), 16))::bit(64)::bigint # id), 16, '0'))::uuid
+    END
 $key$;
 
 -- Pruning trusts a position's channels only up to channels_through: the
@@ -396,12 +438,13 @@ CREATE UNIQUE INDEX dead_letters_event ON pgnotifier.dead_letters (subscriber, e
 -- What a subscriber reads next, in one snapshot taken once the horizon is
 -- known: the horizon (and the WAL position to flush first, when an
 -- asynchronous commit is not durable yet), the events after the position
--- on its channels up to the horizon, and the gaps pruning left it, each
--- with the events it removed that come after the position.
+-- on its channels up to the horizon, each with its transaction's salt
+-- (the reader makes the key, as event_key does), and the gaps pruning left
+-- it, each with the events it removed that come after the position.
 CREATE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
                                       channels text[], max_events integer)
 RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
-               sent_at timestamptz, pid integer, key uuid, durable boolean,
+               sent_at timestamptz, pid integer, salt uuid, durable boolean,
                events bigint, gap_channels text[], flush_to pg_lsn)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
 #variable_conflict use_variable
@@ -413,7 +456,7 @@ BEGIN
         RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
             current_setting('transaction_isolation') USING ERRCODE = '25000';
     END IF;
-    last_stamp := pgnotifier.horizon();
+    last_stamp := pgnotifier.horizon(after_stamp);
     -- Every commit waited for wrote its record before this point.
     written := pg_current_wal_insert_lsn();
     RETURN QUERY
@@ -422,7 +465,7 @@ BEGIN
            CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END
     UNION ALL
     (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
-            pgnotifier.event_key(o.key, o.id), c.durable, NULL, NULL, NULL
+            c.salt, c.durable, NULL, NULL, NULL
        FROM pgnotifier.commits c
        JOIN pgnotifier.outbox o ON o.txid = c.txid
       WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
@@ -430,10 +473,10 @@ BEGIN
       LIMIT max_events)
     UNION ALL
     (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
-            pgnotifier.event_key(o.key, o.id), c.durable, NULL, NULL, NULL
+            c.salt, c.durable, NULL, NULL, NULL
        FROM pgnotifier.commits c
       CROSS JOIN LATERAL (
-            SELECT e.id, e.channel, e.payload, e.sent_at, e.pid, e.key
+            SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
               FROM pgnotifier.outbox e
              WHERE e.txid = c.txid AND e.channel = ANY (channels)
              ORDER BY e.id
@@ -463,7 +506,7 @@ CREATE FUNCTION pgnotifier.stamp_unstamped(grace interval)
 RETURNS TABLE (events bigint, oldest timestamptz)
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $repair$
 BEGIN
-    PERFORM pg_advisory_xact_lock(1885826680, pgnotifier.commit_key(pg_current_xact_id()));
+    PERFORM pg_advisory_xact_lock(1885826680, (txid_current() % 4294967296 - 2147483648)::integer);
     RETURN QUERY
     WITH unstamped AS (
         SELECT o.txid, count(*) AS events, min(o.sent_at) AS oldest

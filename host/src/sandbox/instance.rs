@@ -16,7 +16,9 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 /// Limits applied to every call into one plugin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PluginLimits {
-    /// CPU deadline per call (and for `register`).
+    /// Deadline per call (and for `register`): wall-clock time, or CPU
+    /// time for a plugin with grants, so waiting on a capability does not
+    /// use it up.
     pub timeout: Duration,
     /// Cap on the instance's linear memory, in bytes.
     pub memory_bytes: usize,
