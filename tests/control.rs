@@ -545,6 +545,27 @@ async fn sighup_applies_a_changed_config_and_refuses_a_broken_one() {
     sender.notify(&a, "after-hup").await;
     until(SOON, || host.output(), || quarantined(&s).then_some(()));
 
+    // A new queue warning threshold needs no new connection: the same
+    // backend LISTENs, and no subscriber is told of a gap.
+    let backend = |s: &Setup| {
+        let (status, body) = s.http_get("/v1/listener");
+        assert_eq!(status, 200, "{body}");
+        let view: Value = serde_json::from_str(&body).unwrap();
+        view["backend_pid"].as_i64().expect("connected")
+    };
+    let before = backend(&s);
+    let warned = changed.replace("[defaults]", "queue_usage_warn_percent = 50\n[defaults]");
+    std::fs::write(&s.config, &warned).unwrap();
+    host.signal("HUP");
+    host.wait_for(&["config reloaded", "queue_usage_warn_percent"]);
+    assert_eq!(backend(&s), before, "the listener kept its connection");
+    assert_eq!(
+        host.count(&["notifications may have been missed"]),
+        0,
+        "no gap event"
+    );
+    let changed = warned;
+
     std::fs::write(&s.config, format!("{changed}\nnot toml at all [")).unwrap();
     host.signal("HUP");
     host.wait_for(&["config reload refused"]);

@@ -119,6 +119,28 @@ async fn a_fifo_is_refused_and_never_hangs_reloads_check_or_shutdown() {
     host.stop();
 }
 
+/// The request line and the headers share one deadline: a client that
+/// takes most of it for the request line gets the rest for its headers.
+#[test]
+fn a_request_gets_five_seconds_for_its_line_and_headers_together() {
+    let s = Setup::new("slow-headers", "");
+    let host = Host::with_config(&s.config);
+    host.wait_for(&["admin API listening"]);
+    let mut client = TcpStream::connect(s.admin_addr()).unwrap();
+    let connected = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    client.write_all(b"GET /v1/channels HTTP/1.1\r\n").unwrap();
+    client.set_read_timeout(Some(SOON)).unwrap();
+    let mut rest = Vec::new();
+    let _ = client.read_to_end(&mut rest);
+    assert!(
+        connected.elapsed() < Duration::from_secs(7),
+        "headers were still awaited {:?} after the client connected",
+        connected.elapsed()
+    );
+    host.stop();
+}
+
 /// A client that sends half a request and waits holds neither its
 /// connection nor the host's shutdown for long.
 #[test]

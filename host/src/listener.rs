@@ -17,7 +17,7 @@ use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
 use crate::sync::{clock, lock, Latch, Release};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
@@ -64,6 +64,9 @@ pub(crate) struct ListenerStatus {
     pub(crate) listen_repairs: AtomicU64,
     /// `pg_notification_queue_usage()` at the last heartbeat, as f64 bits.
     pub(crate) queue_usage: AtomicU64,
+    /// Warn past this fill of the notification queue, in percent: read at
+    /// each heartbeat, so a new threshold needs no reconnect.
+    pub(crate) queue_warn_percent: AtomicU8,
     /// Reconnections after which subscribers were told they may have missed notifications.
     pub(crate) gap_events: AtomicU64,
     /// When the last notification was routed, a raw reading of
@@ -130,6 +133,7 @@ impl Default for ListenerStatus {
             reconnects: AtomicU64::new(0),
             listen_repairs: AtomicU64::new(0),
             queue_usage: AtomicU64::new(0),
+            queue_warn_percent: AtomicU8::new(ConnectionSettings::default().queue_warn_percent),
             gap_events: AtomicU64::new(0),
             last_notification: AtomicU64::new(0),
             listened: watch::Sender::new(Arc::default()),
@@ -288,6 +292,7 @@ async fn supervise(
         max: settings.reconnect_max,
         attempt: 0,
     };
+    (status.queue_warn_percent).store(settings.queue_warn_percent, Ordering::Relaxed);
     let mut gap = std::mem::take(&mut *lock(&status.gap));
     let mut was_leading = false;
     while !*stop.borrow() {
@@ -308,7 +313,6 @@ async fn supervise(
                         Some(cluster) => Some(cluster.heartbeat(settings.heartbeat)),
                         None => settings.heartbeat,
                     },
-                    queue_warn: f64::from(settings.queue_warn_percent) / 100.0,
                     yield_first: std::mem::take(&mut was_leading),
                 };
                 session.run(client, connection, &mut stop, &mut gap).await
@@ -358,7 +362,6 @@ struct Session<'a> {
     status: &'a Arc<ListenerStatus>,
     cluster: &'a ClusterStatus,
     heartbeat: Option<Duration>,
-    queue_warn: f64,
     /// This host led on the last connection: let a standby go first.
     yield_first: bool,
 }
@@ -584,14 +587,15 @@ impl Session<'_> {
         self.status
             .queue_usage
             .store(usage.to_bits(), Ordering::Relaxed);
-        if usage > self.queue_warn && !*warned {
+        let threshold = f64::from(self.status.queue_warn_percent.load(Ordering::Relaxed)) / 100.0;
+        if usage > threshold && !*warned {
             tracing::warn!(
                 "PostgreSQL's notification queue is {:.1}% full (warning past {:.0}%): a LISTENing session is not reading, often one left idle in a transaction; at 100% every NOTIFY in the database fails",
                 usage * 100.0,
-                self.queue_warn * 100.0
+                threshold * 100.0
             );
         }
-        *warned = usage > self.queue_warn;
+        *warned = usage > threshold;
     }
 }
 

@@ -681,6 +681,13 @@ impl Notifier {
         *lock(&self.inner.connection) = connection;
     }
 
+    /// Warn past this fill of PostgreSQL's notification queue, in percent:
+    /// from the running listener's next heartbeat, without reconnecting.
+    pub fn set_queue_warn_percent(&self, percent: u8) {
+        lock(&self.inner.connection).queue_warn_percent = percent;
+        (self.inner.status.queue_warn_percent).store(percent, Ordering::Relaxed);
+    }
+
     /// The channels LISTENed right now.
     pub fn listening(&self) -> Vec<String> {
         self.inner

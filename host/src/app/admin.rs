@@ -129,13 +129,16 @@ async fn serve(listener: TcpListener, app: Router, mut stopped: watch::Receiver<
         };
         let (app, watcher) = (app.clone(), graceful.watcher());
         tokio::spawn(async move {
+            // One deadline for the request line and the headers together.
+            let arrived = std::time::Instant::now();
             let Some(stream) = request_line(stream).await else {
                 return drop(slot);
             };
+            let left = HEADER_READ_TIMEOUT.saturating_sub(arrived.elapsed());
             // One request per connection: every request line is read above.
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(left.max(Duration::from_millis(1)))
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
             if let Err(e) = watcher.watch(connection).await {

@@ -178,7 +178,14 @@ async fn reload(
         reload_plugins(notifier).await;
         applied.push("defaults");
     }
-    if next.database_url != settings.database_url || next.connection != settings.connection {
+    // A new warning threshold needs no new connection; the rest does.
+    let warn = |c: ConnectionSettings| ConnectionSettings {
+        queue_warn_percent: 0,
+        ..c
+    };
+    if next.database_url != settings.database_url
+        || warn(next.connection) != warn(settings.connection)
+    {
         notifier.set_database(next.database.clone(), next.connection);
         if notifier.is_running() {
             if let Err(e) = notifier.restart().await {
@@ -186,6 +193,10 @@ async fn reload(
             }
         }
         applied.push("database");
+    }
+    if next.connection.queue_warn_percent != settings.connection.queue_warn_percent {
+        notifier.set_queue_warn_percent(next.connection.queue_warn_percent);
+        applied.push("queue_usage_warn_percent");
     }
     if next.control.admin_token != settings.control.admin_token {
         admin.set_token(next.control.admin_token.clone());
