@@ -1,15 +1,13 @@
 //! The blocking facade, used from plain synchronous code.
 
-mod support;
-
+use crate::support::{channel, count, recorder, SOON};
 use pgnotifier::blocking::Notifier;
 use pgnotifier::Payload;
 use std::time::Duration;
-use support::{channel, count, recorder, SOON};
 
 #[test]
 fn the_blocking_facade_works_without_async() {
-    let n = Notifier::new(support::database()).unwrap();
+    let n = Notifier::new(crate::support::database()).unwrap();
     let ch = channel("sync");
     let (s, seen) = recorder();
     n.subscribe("sync", ch.as_str(), s).unwrap();
@@ -21,9 +19,14 @@ fn the_blocking_facade_works_without_async() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async { support::Sender::connect().await.notify(&ch, "[1]").await });
+    runtime.block_on(async {
+        crate::support::Sender::connect()
+            .await
+            .notify(&ch, "[1]")
+            .await
+    });
     let state = || "the subscriber was never called".to_owned();
-    support::until(SOON, state, || (count(&seen) >= 1).then_some(()));
+    crate::support::until(SOON, state, || (count(&seen) >= 1).then_some(()));
     assert_eq!(seen.lock().unwrap()[0].payload, Payload::Json("[1]".into()));
     n.mute_channels(ch.as_str()).unwrap();
     assert!(!n.channels()[0].active);

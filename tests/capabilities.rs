@@ -7,21 +7,19 @@
 //! The fixture `tests/plugins/capable` turns each payload into one call and
 //! logs `<op> ok <value>` or `<op> err <message>`.
 
-mod support;
-
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::webhook::WebhookServer;
+use crate::support::{channel, eventually, logs, stats_of, Sender, SOON};
 use pgnotifier::registry::SubscriberSource;
 use pgnotifier::Notifier;
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
-use support::wat::{Notify, WatPlugin};
-use support::webhook::WebhookServer;
-use support::{channel, eventually, logs, stats_of, Sender, SOON};
 
 /// Install the `capable` fixture as `dir/ID.wasm` with `sidecar`.
 fn install(dir: &Path, id: &str, sidecar: &str) {
     std::fs::copy(
-        support::test_plugin("capable"),
+        crate::support::test_plugin("capable"),
         dir.join(format!("{id}.wasm")),
     )
     .unwrap();
@@ -29,9 +27,9 @@ fn install(dir: &Path, id: &str, sidecar: &str) {
 }
 
 async fn host(dir: &Path) -> Notifier {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     n.load_plugins(dir).await.expect("plugins load");
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     n
 }
 
@@ -65,7 +63,7 @@ fn command(op: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_chains_plugins_within_its_allow_list_and_the_size_limit() {
     logs::install();
-    let dir = support::temp_dir("publish");
+    let dir = crate::support::temp_dir("publish");
     let (input, output) = (channel("pub_in"), channel("pub_out"));
     install(
         &dir,
@@ -134,17 +132,17 @@ async fn query_reads_rows_refuses_writes_unless_granted_and_is_cut_by_its_limits
         .await
         .unwrap();
     let (reader_role, writer_role) = ("pgnotifier_test_reader", "pgnotifier_test_writer");
-    support::plugin_role(
+    crate::support::plugin_role(
         reader_role,
         &[format!("grant select on {table} to {reader_role}")],
     )
     .await;
-    support::plugin_role(
+    crate::support::plugin_role(
         writer_role,
         &[format!("grant select, insert on {table} to {writer_role}")],
     )
     .await;
-    let dir = support::temp_dir("query");
+    let dir = crate::support::temp_dir("query");
     let ch = channel("query");
     // timeout_ms is below the query timeout: time waiting on the database
     // must not count against the plugin's own deadline.
@@ -236,7 +234,7 @@ async fn http_reaches_granted_origins_only_with_a_timeout_and_a_size_cap() {
     logs::install();
     let hooks = WebhookServer::start();
     let other = WebhookServer::start();
-    let dir = support::temp_dir("http");
+    let dir = crate::support::temp_dir("http");
     let ch = channel("http");
     install(
         &dir,
@@ -305,13 +303,13 @@ async fn http_reaches_granted_origins_only_with_a_timeout_and_a_size_cap() {
 #[tokio::test(flavor = "multi_thread")]
 async fn grants_are_checked_when_the_plugin_loads() {
     logs::install();
-    let dir = support::temp_dir("grants");
+    let dir = crate::support::temp_dir("grants");
     install(
         &dir,
         "bad",
         "[grants]\nhttp = [\"https://example.com/path\"]\n",
     );
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let err = n
         .load_plugin(&dir.join("bad.wasm"))
         .await
@@ -329,7 +327,7 @@ async fn grants_are_checked_when_the_plugin_loads() {
 #[tokio::test(flavor = "multi_thread")]
 async fn plugins_built_for_0_1_0_to_0_4_0_still_load_beside_0_5_0_ones() {
     logs::install();
-    let dir = support::temp_dir("versions");
+    let dir = crate::support::temp_dir("versions");
     let ch = channel("versions");
     // The WAT fixtures are built against the frozen wit/v0.1.0 to v0.4.0,
     // and against the current WIT.
@@ -382,13 +380,13 @@ async fn the_order_webhook_example_posts_each_changed_row() {
     ))
     .await
     .unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/order-webhook");
+    let example = crate::support::repo().join("examples/order-webhook");
     let sql = std::fs::read_to_string(example.join("orders.sql")).unwrap();
     sender.client.batch_execute(&sql).await.unwrap();
 
-    let dir = support::temp_dir("order-webhook");
+    let dir = crate::support::temp_dir("order-webhook");
     std::fs::copy(
-        support::examples_plugin("order-webhook"),
+        crate::support::examples_plugin("order-webhook"),
         dir.join("order-webhook.wasm"),
     )
     .unwrap();
@@ -486,8 +484,8 @@ async fn the_order_webhook_example_posts_each_changed_row() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_with_grants_that_spins_is_still_cut_off() {
     logs::install();
-    support::plugin_role("pgnotifier_test_reader", &[]).await;
-    let dir = support::temp_dir("granted-spin");
+    crate::support::plugin_role("pgnotifier_test_reader", &[]).await;
+    let dir = crate::support::temp_dir("granted-spin");
     let ch = channel("granted_spin");
     // With grants the deadline counts CPU time; spinning uses it up all the same.
     WatPlugin::new(&[&ch], Notify::Spin).write(&dir, "spinner");
@@ -511,13 +509,13 @@ async fn a_plugin_with_grants_that_spins_is_still_cut_off() {
 #[tokio::test(flavor = "multi_thread")]
 async fn query_and_publish_work_over_a_unix_socket() {
     logs::install();
-    support::plugin_role("pgnotifier_test_reader", &[]).await;
-    let (socket, port) = support::socket_dir().await;
+    crate::support::plugin_role("pgnotifier_test_reader", &[]).await;
+    let (socket, port) = crate::support::socket_dir().await;
     let url = format!(
         "postgres://{}:{port}/postgres",
-        support::url_encoded(&socket)
+        crate::support::url_encoded(&socket)
     );
-    let dir = support::temp_dir("socket-pool");
+    let dir = crate::support::temp_dir("socket-pool");
     let (ch, out) = (channel("socket_pool"), channel("socket_pool_out"));
     install(
         &dir,
@@ -526,9 +524,9 @@ async fn query_and_publish_work_over_a_unix_socket() {
     );
     let n = Notifier::new(pgnotifier::DatabaseConfig::from_url(&url).unwrap());
     n.load_plugins(&dir).await.expect("plugins load");
-    let (recorder, seen) = support::recorder();
+    let (recorder, seen) = crate::support::recorder();
     n.subscribe("socket_sink", out.as_str(), recorder).unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
 
     let sender = Sender::connect().await;
     sender
@@ -541,7 +539,7 @@ async fn query_and_publish_work_over_a_unix_socket() {
     assert_eq!(query[0], "query ok [{\"answer\":42}]");
     wait_lines("socket_reader", "publish ok", 1).await;
     assert!(
-        eventually(SOON, || support::count(&seen) == 1).await,
+        eventually(SOON, || crate::support::count(&seen) == 1).await,
         "the published notification did not arrive"
     );
     assert_eq!(
@@ -568,8 +566,8 @@ async fn a_query_role_confines_the_plugin_and_nothing_inside_undoes_it() {
         .await
         .unwrap();
     let role = "pgnotifier_test_confined";
-    support::plugin_role(role, &[]).await;
-    let dir = support::temp_dir("confined");
+    crate::support::plugin_role(role, &[]).await;
+    let dir = crate::support::temp_dir("confined");
     let ch = channel("confined");
     install(
         &dir,
@@ -646,8 +644,8 @@ async fn a_query_role_confines_the_plugin_and_nothing_inside_undoes_it() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_query_grant_needs_a_query_role_the_host_can_become() {
     logs::install();
-    let dir = support::temp_dir("query-role-refused");
-    let n = Notifier::new(support::database());
+    let dir = crate::support::temp_dir("query-role-refused");
+    let n = Notifier::new(crate::support::database());
     install(
         &dir,
         "unconfined",
@@ -674,7 +672,7 @@ async fn a_query_grant_needs_a_query_role_the_host_can_become() {
         .await
         .unwrap_err()
         .to_string();
-    let host_role = (support::database_url().parse::<tokio_postgres::Config>())
+    let host_role = (crate::support::database_url().parse::<tokio_postgres::Config>())
         .unwrap()
         .get_user()
         .unwrap()
@@ -693,7 +691,7 @@ async fn a_query_grant_needs_a_query_role_the_host_can_become() {
 #[tokio::test(flavor = "multi_thread")]
 async fn publish_is_no_way_to_run_other_sql() {
     logs::install();
-    let dir = support::temp_dir("publish-sql");
+    let dir = crate::support::temp_dir("publish-sql");
     let ch = channel("publish_sql");
     let tricky = "x'); select pg_sleep(5); --\"";
     install(
@@ -705,7 +703,7 @@ async fn publish_is_no_way_to_run_other_sql() {
         ),
     );
     let n = host(&dir).await;
-    let (recorder, seen) = support::recorder();
+    let (recorder, seen) = crate::support::recorder();
     n.subscribe("tricky_sink", tricky, recorder).unwrap();
     n.wait_until_listening(SOON).await.unwrap();
     let payload = "'); drop table orders; --";
@@ -714,7 +712,7 @@ async fn publish_is_no_way_to_run_other_sql() {
         .notify(&ch, &command("publish", &[tricky, payload]))
         .await;
     wait_lines("publisher", "publish ok", 1).await;
-    assert!(eventually(SOON, || support::count(&seen) == 1).await);
+    assert!(eventually(SOON, || crate::support::count(&seen) == 1).await);
     let got = seen.lock().unwrap()[0].clone();
     assert_eq!(got.channel, tricky);
     assert_eq!(got.payload, pgnotifier::Payload::Text(payload.into()));
@@ -727,8 +725,8 @@ async fn publish_is_no_way_to_run_other_sql() {
 async fn statements_prepared_for_a_query_role_stay_bounded() {
     logs::install();
     let role = "pgnotifier_test_reader";
-    support::plugin_role(role, &[]).await;
-    let dir = support::temp_dir("prepared-bound");
+    crate::support::plugin_role(role, &[]).await;
+    let dir = crate::support::temp_dir("prepared-bound");
     let ch = channel("prepared_bound");
     install(
         &dir,

@@ -1,21 +1,23 @@
 //! The `pgnotifier` binary, as a user runs it.
 
-mod support;
-
+use crate::support::host::{Host, BIN};
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::{channel, Sender};
 use std::path::Path;
 use std::process::Command;
-use support::host::{Host, BIN};
-use support::wat::{Notify, WatPlugin};
-use support::{channel, Sender};
 
 /// The issue's acceptance run: the Rust example plugin in `plugins/dist`
 /// receives `(id, "ch1", json {"a":1}, pid)`, and guest stdio shows up too.
 #[tokio::test]
 async fn run_shows_the_example_plugin_receiving_a_notification() {
-    let dir = support::temp_dir("cli-run");
-    std::fs::copy(support::example_plugin("logger"), dir.join("logger.wasm")).unwrap();
+    let dir = crate::support::temp_dir("cli-run");
+    std::fs::copy(
+        crate::support::example_plugin("logger"),
+        dir.join("logger.wasm"),
+    )
+    .unwrap();
     WatPlugin::new(&["ch1"], Notify::Stdio).write(&dir, "stdio");
-    let host = Host::run(&dir, support::database_url());
+    let host = Host::run(&dir, crate::support::database_url());
     host.wait_for(&["LISTEN set updated", "ch1"]);
 
     let sender = Sender::connect().await;
@@ -48,11 +50,11 @@ async fn run_shows_the_example_plugin_receiving_a_notification() {
 /// SIGTERM lets queued and in-flight calls finish before the process exits.
 #[tokio::test]
 async fn sigterm_drains_queued_notifications_before_exit() {
-    let dir = support::temp_dir("cli-drain");
+    let dir = crate::support::temp_dir("cli-drain");
     let ch = channel("drain");
     WatPlugin::new(&[ch.as_str()], Notify::Burn(600_000_000)).write(&dir, "burner");
     std::fs::write(dir.join("burner.toml"), "timeout_ms = 20000\n").unwrap();
-    let host = Host::run(&dir, support::database_url());
+    let host = Host::run(&dir, crate::support::database_url());
     host.wait_for(&["LISTEN set updated", &ch]);
     let sender = Sender::connect().await;
     for i in 0..5 {
@@ -79,7 +81,7 @@ async fn sigterm_drains_queued_notifications_before_exit() {
 /// queued work.
 #[tokio::test]
 async fn a_second_signal_exits_at_once() {
-    let dir = support::temp_dir("cli-second-signal");
+    let dir = crate::support::temp_dir("cli-second-signal");
     let ch = channel("second");
     WatPlugin::new(&[ch.as_str()], Notify::Burn(600_000_000)).write(&dir, "burner");
     std::fs::write(
@@ -88,7 +90,7 @@ async fn a_second_signal_exits_at_once() {
 ",
     )
     .unwrap();
-    let host = Host::run(&dir, support::database_url());
+    let host = Host::run(&dir, crate::support::database_url());
     host.wait_for(&["LISTEN set updated", &ch]);
     let sender = Sender::connect().await;
     for i in 0..20 {
@@ -111,13 +113,13 @@ async fn a_second_signal_exits_at_once() {
 /// password never appears in the output.
 #[tokio::test]
 async fn libpq_variables_configure_the_database_and_the_password_is_never_printed() {
-    let url: tokio_postgres::Config = support::database_url().parse().unwrap();
+    let url: tokio_postgres::Config = crate::support::database_url().parse().unwrap();
     let host = match &url.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(h) => h.clone(),
         other => panic!("tests use TCP, not {other:?}"),
     };
     let port = url.get_ports().first().copied().unwrap_or(5432);
-    let dir = support::temp_dir("cli-env");
+    let dir = crate::support::temp_dir("cli-env");
     let ch = channel("env");
     WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, "echo");
 
@@ -161,7 +163,7 @@ async fn libpq_variables_configure_the_database_and_the_password_is_never_printe
 /// Everything can come from the config file: database, plugins folder, defaults.
 #[tokio::test]
 async fn the_config_file_sets_database_plugins_and_defaults() {
-    let dir = support::temp_dir("cli-config");
+    let dir = crate::support::temp_dir("cli-config");
     let plugins = dir.join("plugins");
     std::fs::create_dir(&plugins).unwrap();
     let ch = channel("config");
@@ -171,7 +173,7 @@ async fn the_config_file_sets_database_plugins_and_defaults() {
         &config,
         format!(
             "database_url = \"{}\"\nplugins = \"{}\"\n\n[defaults]\ntimeout_ms = 50\n",
-            support::database_url(),
+            crate::support::database_url(),
             plugins.display()
         ),
     )
@@ -206,7 +208,7 @@ async fn the_config_file_sets_database_plugins_and_defaults() {
 fn check_prints_the_id_and_channels_of_a_valid_plugin() {
     let out = Command::new(BIN)
         .arg("check")
-        .arg(support::example_plugin("logger"))
+        .arg(crate::support::example_plugin("logger"))
         .output()
         .unwrap();
     assert!(
@@ -221,7 +223,7 @@ fn check_prints_the_id_and_channels_of_a_valid_plugin() {
     // The sidecar beside the file grants capabilities; check shows them.
     let out = Command::new(BIN)
         .arg("check")
-        .arg(support::examples_plugin("order-webhook"))
+        .arg(crate::support::examples_plugin("order-webhook"))
         .output()
         .unwrap();
     assert_eq!(
@@ -234,7 +236,7 @@ fn check_prints_the_id_and_channels_of_a_valid_plugin() {
 
 #[test]
 fn check_rejects_an_invalid_plugin_with_a_clear_message() {
-    let dir = support::temp_dir("cli-check");
+    let dir = crate::support::temp_dir("cli-check");
     let path = dir.join("broken.wasm");
     std::fs::write(&path, wat::parse_str("(module)").unwrap()).unwrap();
     let out = Command::new(BIN).arg("check").arg(&path).output().unwrap();
@@ -248,10 +250,7 @@ fn check_rejects_an_invalid_plugin_with_a_clear_message() {
 fn wit_prints_the_contract() {
     let out = Command::new(BIN).arg("wit").output().unwrap();
     assert!(out.status.success());
-    let wit = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/plugin.wit"),
-    )
-    .unwrap();
+    let wit = std::fs::read_to_string(crate::support::repo().join("wit/plugin.wit")).unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap(), wit);
     assert!(wit.contains("package pgnotifier:plugin@0.5.0;"));
     assert!(wit.contains("world batched-plugin"));
@@ -260,7 +259,7 @@ fn wit_prints_the_contract() {
 #[test]
 fn run_without_a_plugins_folder_says_what_is_missing() {
     let out = Command::new(BIN)
-        .args(["run", "--database-url", support::database_url()])
+        .args(["run", "--database-url", crate::support::database_url()])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -271,9 +270,9 @@ fn run_without_a_plugins_folder_says_what_is_missing() {
 /// loaded and LISTENed without a restart.
 #[tokio::test]
 async fn run_loads_a_plugin_dropped_into_the_folder() {
-    let dir = support::temp_dir("cli-hot");
+    let dir = crate::support::temp_dir("cli-hot");
     let ch = channel("hot");
-    let host = Host::run(&dir, support::database_url());
+    let host = Host::run(&dir, crate::support::database_url());
     host.wait_for(&["starting"]);
     WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, "dropped");
     host.wait_for(&["LISTEN set updated", &ch]);
@@ -295,10 +294,10 @@ async fn a_tls_verification_failure_is_a_clear_error() {
         .await
         .unwrap()
         .get(0);
-    let base = support::database_url();
+    let base = crate::support::database_url();
     let joiner = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{joiner}sslmode=verify-full&sslrootcert={cert}");
-    let dir = support::temp_dir("cli-tls");
+    let dir = crate::support::temp_dir("cli-tls");
     let host = Host::run(&dir, &url);
     let line = host.wait_for(&["cannot connect", "sslmode=verify-full", "TLS"]);
     assert!(line.contains("not valid for name"), "{line}");
@@ -311,9 +310,9 @@ async fn a_tls_verification_failure_is_a_clear_error() {
 /// never uses TLS on a socket, so `sslmode` changes nothing there.
 #[tokio::test]
 async fn the_host_connects_over_a_unix_socket_in_every_form_libpq_accepts() {
-    let (socket, port) = support::socket_dir().await;
+    let (socket, port) = crate::support::socket_dir().await;
     let dir = socket.display().to_string();
-    let encoded = support::url_encoded(&socket);
+    let encoded = crate::support::url_encoded(&socket);
     let forms: Vec<(&str, Vec<(&str, String)>)> = vec![
         (
             "PGHOST",
@@ -357,7 +356,7 @@ async fn the_host_connects_over_a_unix_socket_in_every_form_libpq_accepts() {
     ];
     let sender = Sender::connect().await;
     for (form, env) in forms {
-        let plugins = support::temp_dir("cli-socket");
+        let plugins = crate::support::temp_dir("cli-socket");
         let ch = channel("socket");
         WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&plugins, "echo");
         let mut command = without_database_settings(Host::command());
@@ -383,7 +382,7 @@ async fn with_no_database_settings_the_host_uses_the_default_socket() {
         "this test needs a PostgreSQL listening on libpq's default socket, {}",
         default.display()
     );
-    let plugins = support::temp_dir("cli-default-socket");
+    let plugins = crate::support::temp_dir("cli-default-socket");
     let ch = channel("default_socket");
     WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&plugins, "echo");
     let mut command = without_database_settings(Host::command());
@@ -400,10 +399,10 @@ async fn with_no_database_settings_the_host_uses_the_default_socket() {
 #[test]
 fn the_demo_uses_a_socket_database_url() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (socket, port) = runtime.block_on(support::socket_dir());
+    let (socket, port) = runtime.block_on(crate::support::socket_dir());
     let url = format!(
         "postgres://{}:{port}/postgres",
-        support::url_encoded(&socket)
+        crate::support::url_encoded(&socket)
     );
     let out = without_database_settings(Command::new(BIN))
         .args(["demo", "--once"])
@@ -439,7 +438,7 @@ fn without_database_settings(mut command: Command) -> Command {
 #[tokio::test(flavor = "multi_thread")]
 async fn record_captures_exactly_what_was_sent() {
     let (a, b) = (channel("rec_a"), channel("rec_b"));
-    let dir = support::temp_dir("record");
+    let dir = crate::support::temp_dir("record");
     let out = dir.join("session.jsonl");
     let mut command = Command::new(BIN);
     command
@@ -452,7 +451,7 @@ async fn record_captures_exactly_what_was_sent() {
             "--out",
         ])
         .arg(&out)
-        .args(["--database-url", support::database_url()]);
+        .args(["--database-url", crate::support::database_url()]);
     let recorder = Host::start(command);
     recorder.wait_for(&["recording", &a, &b]);
     let long = "x".repeat(7_999);
@@ -505,7 +504,7 @@ async fn record_captures_exactly_what_was_sent() {
         let replayed = Command::new(BIN)
             .arg("replay")
             .arg(&out)
-            .arg(support::example_plugin("logger"))
+            .arg(crate::support::example_plugin("logger"))
             .args(["--json", "--speed", speed])
             .output()
             .unwrap();
@@ -533,12 +532,12 @@ async fn record_captures_exactly_what_was_sent() {
     command
         .args(["record", "--channels", &a, "--out"])
         .arg(&out)
-        .args(["--database-url", support::database_url()]);
+        .args(["--database-url", crate::support::database_url()]);
     let recorder = Host::start(command);
     recorder.wait_for(&["recording"]);
     sender.notify(&a, "before the stop").await;
-    support::until(
-        support::SOON,
+    crate::support::until(
+        crate::support::SOON,
         || "the line never reached the file".to_owned(),
         || {
             std::fs::read_to_string(&out)
@@ -557,7 +556,7 @@ async fn record_captures_exactly_what_was_sent() {
     // A bad channel is refused, naming it.
     let bad = Command::new(BIN)
         .args(["record", "--channels", &"c".repeat(64), "--out", "-"])
-        .args(["--database-url", support::database_url()])
+        .args(["--database-url", crate::support::database_url()])
         .output()
         .unwrap();
     assert!(!bad.status.success());
@@ -577,7 +576,7 @@ fn call(args: &[&str]) -> (bool, String) {
     let out = Command::new(BIN)
         .arg("call")
         .args(args)
-        .env("DATABASE_URL", support::database_url())
+        .env("DATABASE_URL", crate::support::database_url())
         .output()
         .unwrap();
     let text = format!(
@@ -597,7 +596,7 @@ fn call_in(plugin: &Path, payload: &str, extra: &[&str]) -> (bool, String) {
 
 #[test]
 fn call_runs_a_plugin_offline_and_fails_loudly() {
-    let logger = support::example_plugin("logger");
+    let logger = crate::support::example_plugin("logger");
     let logger = logger.to_str().unwrap();
     let (ok, out) = call(&[
         logger,
@@ -617,7 +616,7 @@ fn call_runs_a_plugin_offline_and_fails_loudly() {
         assert!(out.contains(words), "{words:?} in:\n{out}");
     }
 
-    let dir = support::temp_dir("call");
+    let dir = crate::support::temp_dir("call");
     for (id, notify, words) in [
         ("trapping", Notify::Trap, "failed: trapped"),
         ("looping", Notify::Spin, "failed: ran past its deadline"),
@@ -657,7 +656,7 @@ fn call_runs_a_plugin_offline_and_fails_loudly() {
     assert!(calls.iter().all(|c| c["ok"] == true), "{out}");
 
     // --config reaches register: a bad value fails it, named.
-    let sink = support::test_plugin("durable-sink");
+    let sink = crate::support::test_plugin("durable-sink");
     let (ok, out) = call(&[
         sink.to_str().unwrap(),
         "--config",
@@ -685,10 +684,10 @@ fn call_runs_a_plugin_offline_and_fails_loudly() {
 /// it needs one; with `--database-url` the notification is sent.
 #[tokio::test(flavor = "multi_thread")]
 async fn call_publishes_dry_unless_given_a_database() {
-    let dir = support::temp_dir("call-capable");
+    let dir = crate::support::temp_dir("call-capable");
     let out = channel("call_out");
     let plugin = dir.join("capable.wasm");
-    std::fs::copy(support::test_plugin("capable"), &plugin).unwrap();
+    std::fs::copy(crate::support::test_plugin("capable"), &plugin).unwrap();
     std::fs::write(
         dir.join("capable.toml"),
         format!("channels = [\"in\"]\n[grants]\npublish = [\"{out}\"]\n"),
@@ -713,7 +712,7 @@ async fn call_publishes_dry_unless_given_a_database() {
 
     let listener = Sender::connect().await;
     let (client, mut connection) =
-        tokio_postgres::connect(support::database_url(), tokio_postgres::NoTls)
+        tokio_postgres::connect(crate::support::database_url(), tokio_postgres::NoTls)
             .await
             .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -730,13 +729,13 @@ async fn call_publishes_dry_unless_given_a_database() {
         .unwrap();
     let sent = call(
         &format!(r#"{{"publish": ["{out}", "for real"]}}"#),
-        &["--database-url", support::database_url()],
+        &["--database-url", crate::support::database_url()],
     );
     assert!(
         sent.contains("publish ok") && !sent.contains("would publish"),
         "{sent}"
     );
-    let got = tokio::time::timeout(support::SOON, rx.recv())
+    let got = tokio::time::timeout(crate::support::SOON, rx.recv())
         .await
         .unwrap();
     assert_eq!(got.as_deref(), Some("for real"));
@@ -748,10 +747,10 @@ async fn call_publishes_dry_unless_given_a_database() {
 /// (matched by SQL whatever its spacing), and otherwise it fails saying so.
 #[tokio::test]
 async fn call_queries_a_database_or_a_fixture() {
-    support::plugin_role("pgnotifier_test_reader", &[]).await;
-    let dir = support::temp_dir("call-query");
+    crate::support::plugin_role("pgnotifier_test_reader", &[]).await;
+    let dir = crate::support::temp_dir("call-query");
     let plugin = dir.join("reader.wasm");
-    std::fs::copy(support::test_plugin("capable"), &plugin).unwrap();
+    std::fs::copy(crate::support::test_plugin("capable"), &plugin).unwrap();
     std::fs::write(
         dir.join("reader.toml"),
         "channels = [\"in\"]\n[grants]\nquery = true\nquery_role = \"pgnotifier_test_reader\"\n",
@@ -765,7 +764,7 @@ async fn call_queries_a_database_or_a_fixture() {
     .unwrap();
     let call = |payload: &str, extra: &[&str]| call_in(&plugin, payload, extra);
     let real = r#"{"query": ["select 6 * $1::int as answer", "7"]}"#;
-    let (ok, out) = call(real, &["--database-url", support::database_url()]);
+    let (ok, out) = call(real, &["--database-url", crate::support::database_url()]);
     assert!(ok && out.contains(r#"query ok [{"answer":42}]"#), "{out}");
     let (_, out) = call(real, &[]);
     assert!(
@@ -802,10 +801,10 @@ async fn call_queries_a_database_or_a_fixture() {
 /// otherwise it is refused, and the log says how to allow it.
 #[test]
 fn call_sends_http_only_when_allowed() {
-    let hooks = support::webhook::WebhookServer::start();
-    let dir = support::temp_dir("call-http");
+    let hooks = crate::support::webhook::WebhookServer::start();
+    let dir = crate::support::temp_dir("call-http");
     let plugin = dir.join("poster.wasm");
-    std::fs::copy(support::test_plugin("capable"), &plugin).unwrap();
+    std::fs::copy(crate::support::test_plugin("capable"), &plugin).unwrap();
     std::fs::write(
         dir.join("poster.toml"),
         format!(

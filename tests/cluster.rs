@@ -2,13 +2,11 @@
 //! `[cluster]` name on the test database. One leads and dispatches; the
 //! others stand by and take over when it goes.
 
-mod support;
-
+use crate::support::host::{ctl_ok, Host, Setup};
+use crate::support::SOON;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::host::{ctl_ok, Host, Setup};
-use support::SOON;
 
 /// The takeover the tests configure, and so the bound they assert.
 const TAKEOVER_MS: u64 = 1000;
@@ -32,7 +30,7 @@ fn member(cluster: &str, group: Option<&str>, sinks: &[(&str, String)]) -> (Setu
 
 fn install_sink(plugins: &Path, id: &str, sidecar: &str) {
     std::fs::copy(
-        support::test_plugin("durable-sink"),
+        crate::support::test_plugin("durable-sink"),
         plugins.join(format!("{id}.wasm")),
     )
     .unwrap();
@@ -64,12 +62,12 @@ fn sunk(output: &str, subscriber: &str) -> Vec<String> {
 }
 
 async fn client() -> tokio_postgres::Client {
-    support::Sender::connect().await.client
+    crate::support::Sender::connect().await.client
 }
 
 /// Wait until one of `hosts` says it leads; its index.
 fn leader_of(hosts: &[&Host]) -> usize {
-    support::until(
+    crate::support::until(
         SOON,
         || "no host leads".to_owned(),
         || hosts.iter().position(|h| h.count(&["leading"]) > 0),
@@ -81,9 +79,9 @@ fn leader_of(hosts: &[&Host]) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_and_three_hosts_dispatch_each_notification_exactly_once() {
     for size in [2usize, 3] {
-        let cluster = support::channel("steady");
-        let channel = support::channel("steady_work");
-        let id = support::channel("steady_sink");
+        let cluster = crate::support::channel("steady");
+        let channel = crate::support::channel("steady_work");
+        let id = crate::support::channel("steady_sink");
         let members: Vec<(Setup, Host)> = (0..size)
             .map(|_| member(&cluster, None, &[(&id, sidecar(&channel, false))]))
             .collect();
@@ -96,7 +94,7 @@ async fn two_and_three_hosts_dispatch_each_notification_exactly_once() {
         }
         // The leader LISTENs before it says it is ready.
         let (setup, _) = &members[leader];
-        support::until(
+        crate::support::until(
             SOON,
             || "the leader never got ready".to_owned(),
             || {
@@ -120,7 +118,7 @@ async fn two_and_three_hosts_dispatch_each_notification_exactly_once() {
                 .map(|(setup, _)| setup.metric(&series) as u64)
                 .collect::<Vec<_>>()
         };
-        support::until(
+        crate::support::until(
             SOON,
             || format!("delivered {:?}", counts()),
             || (counts().iter().sum::<u64>() >= 10_000).then_some(()),
@@ -153,11 +151,14 @@ async fn two_and_three_hosts_dispatch_each_notification_exactly_once() {
 /// at-least-once one gets every event sent across the failover.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event() {
-    let cluster = support::channel("failover");
-    let (live, events) = (support::channel("fo_live"), support::channel("fo_events"));
+    let cluster = crate::support::channel("failover");
+    let (live, events) = (
+        crate::support::channel("fo_live"),
+        crate::support::channel("fo_events"),
+    );
     let (live_id, durable_id) = (
-        support::channel("fo_live_sink"),
-        support::channel("fo_sink"),
+        crate::support::channel("fo_live_sink"),
+        crate::support::channel("fo_sink"),
     );
     let sinks = [
         (live_id.as_str(), sidecar(&live, false)),
@@ -175,7 +176,7 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.signal("KILL");
     let killed = Instant::now();
-    support::until(
+    crate::support::until(
         SOON,
         || format!("the standby never took over:\n{}", b.output()),
         || (b.count(&["leading", &cluster]) > 0).then_some(()),
@@ -196,7 +197,7 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
         &format!("subscriber={live_id}"),
     ]);
     wait_until_delivered(&sent, &durable_id, || vec![before.clone(), b.output()]);
-    let metrics = support::host::parse_metrics(&ctl_ok(&b_setup.config, &["metrics"]));
+    let metrics = crate::support::host::parse_metrics(&ctl_ok(&b_setup.config, &["metrics"]));
     assert_eq!(metrics["pgnotifier_cluster_role{role=\"leader\"}"], 1.0);
     assert_eq!(metrics["pgnotifier_cluster_takeovers_total"], 1.0);
     assert!(
@@ -219,9 +220,9 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
 /// old leader comes back as a standby.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_terminated_leader_backend_fails_over_and_the_old_leader_stands_by() {
-    let cluster = support::channel("terminated");
-    let channel = support::channel("term_work");
-    let id = support::channel("term_sink");
+    let cluster = crate::support::channel("terminated");
+    let channel = crate::support::channel("term_work");
+    let id = crate::support::channel("term_sink");
     let sinks = [(id.as_str(), sidecar(&channel, false))];
     let (a_setup, a) = member(&cluster, None, &sinks);
     a.wait_for(&["leading", &cluster]);
@@ -241,7 +242,7 @@ async fn a_terminated_leader_backend_fails_over_and_the_old_leader_stands_by() {
         .get(0);
     assert_eq!(killed, 1, "the leader's LISTEN backend holds the lock");
     b.wait_for(&["leading", &cluster]);
-    support::until(
+    crate::support::until(
         SOON,
         || "the old leader never stood by".to_owned(),
         || {
@@ -250,7 +251,7 @@ async fn a_terminated_leader_backend_fails_over_and_the_old_leader_stands_by() {
                 .then_some(())
         },
     );
-    support::until(
+    crate::support::until(
         SOON,
         || "the new leader never got ready".to_owned(),
         || {
@@ -260,7 +261,7 @@ async fn a_terminated_leader_backend_fails_over_and_the_old_leader_stands_by() {
         },
     );
     // A healthy standby is ready, and says what it is.
-    let ready = support::host::http(&a_setup.admin_addr(), "GET /readyz HTTP/1.1", &[], b"");
+    let ready = crate::support::host::http(&a_setup.admin_addr(), "GET /readyz HTTP/1.1", &[], b"");
     assert!(
         ready.starts_with("HTTP/1.1 200") && ready.contains(r#""role":"standby""#),
         "{ready}"
@@ -283,9 +284,15 @@ async fn a_terminated_leader_backend_fails_over_and_the_old_leader_stands_by() {
 /// leader, and each group's notifications are dispatched once.
 #[tokio::test(flavor = "multi_thread")]
 async fn each_group_elects_its_own_leader() {
-    let cluster = support::channel("groups");
-    let (c1, c2) = (support::channel("group_one"), support::channel("group_two"));
-    let (s1, s2) = (support::channel("g1_sink"), support::channel("g2_sink"));
+    let cluster = crate::support::channel("groups");
+    let (c1, c2) = (
+        crate::support::channel("group_one"),
+        crate::support::channel("group_two"),
+    );
+    let (s1, s2) = (
+        crate::support::channel("g1_sink"),
+        crate::support::channel("g2_sink"),
+    );
     let one = [(s1.as_str(), sidecar(&c1, false))];
     let two = [(s2.as_str(), sidecar(&c2, false))];
     let members = [
@@ -300,7 +307,7 @@ async fn each_group_elects_its_own_leader() {
     for (i, (setup, _)) in members.iter().enumerate() {
         let channel = if i < 2 { &c1 } else { &c2 };
         if i == first || i == second {
-            support::until(
+            crate::support::until(
                 SOON,
                 || "a group's leader never got ready".to_owned(),
                 || {
@@ -338,9 +345,9 @@ async fn each_group_elects_its_own_leader() {
 /// while events are sent: an at-least-once subscriber loses none.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_loses_no_durable_event() {
-    let cluster = support::channel("rolling");
-    let events = support::channel("roll_events");
-    let id = support::channel("roll_sink");
+    let cluster = crate::support::channel("rolling");
+    let events = crate::support::channel("roll_events");
+    let id = crate::support::channel("roll_sink");
     let sinks = [(id.as_str(), sidecar(&events, true))];
     let start = || member(&cluster, None, &sinks);
     let mut members: Vec<(Setup, Host)> = vec![start(), start(), start()];
@@ -352,7 +359,7 @@ async fn a_rolling_restart_loses_no_durable_event() {
     let sends = Sends::start(&events, Duration::from_millis(10));
     let mut outputs = Vec::new();
     for i in 0..members.len() {
-        // However fast this machine sends, each restart falls mid-stream.
+        // However fast the host sends, each restart falls mid-stream.
         sends.wait_for_more(10).await;
         let (setup, host) = members.remove(i);
         outputs.push(host.stop());
@@ -417,7 +424,7 @@ impl Sends {
         let want = self.seen.get() + n;
         let sent = || self.count.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
-            support::eventually(SOON, || sent() >= want).await,
+            crate::support::eventually(SOON, || sent() >= want).await,
             "sent {} of {want}",
             sent()
         );
@@ -442,7 +449,7 @@ fn wait_until_delivered(sent: &[String], subscriber: &str, outputs: impl Fn() ->
             .cloned()
             .collect::<Vec<_>>()
     };
-    support::until(
+    crate::support::until(
         SOON,
         || {
             let missing = missing();
@@ -492,7 +499,7 @@ impl Bouncer {
             .into_iter()
             .find(|p| Path::new(p).is_file())
             .expect("pgbouncer is missing: tests/run installs it (apt-get install pgbouncer)");
-        let target: tokio_postgres::Config = support::database_url().parse().unwrap();
+        let target: tokio_postgres::Config = crate::support::database_url().parse().unwrap();
         let host = match &target.get_hosts()[0] {
             tokio_postgres::config::Host::Tcp(host) => host.clone(),
             tokio_postgres::config::Host::Unix(dir) => dir.display().to_string(),
@@ -503,7 +510,7 @@ impl Bouncer {
         let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let bouncer_port = listen.local_addr().unwrap().port();
         drop(listen);
-        let dir = support::temp_dir("pgbouncer");
+        let dir = crate::support::temp_dir("pgbouncer");
         // pgbouncer will not run as root: as root it runs as postgres, who reads this.
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(dir.join("users.txt"), format!("\"{user}\" \"\"\n")).unwrap();
@@ -528,7 +535,7 @@ impl Bouncer {
             .spawn()
             .expect("start pgbouncer");
         let url = format!("postgres://{user}@127.0.0.1:{bouncer_port}/{db}");
-        support::until(
+        crate::support::until(
             SOON,
             || format!("pgbouncer never accepted on {bouncer_port}"),
             || std::net::TcpStream::connect(("127.0.0.1", bouncer_port)).ok(),
@@ -564,9 +571,9 @@ fn running_as_root() -> bool {
 /// mode it works.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transaction_mode_pooler_is_refused_and_a_session_mode_one_works() {
-    let plugins = support::temp_dir("pooled");
-    let channel = support::channel("pooled");
-    let id = support::channel("pooled_sink");
+    let plugins = crate::support::temp_dir("pooled");
+    let channel = crate::support::channel("pooled");
+    let id = crate::support::channel("pooled_sink");
     install_sink(&plugins, &id, &sidecar(&channel, false));
 
     let transaction = Bouncer::start("transaction");

@@ -1,13 +1,11 @@
 //! The control plane, as an operator uses it: `pgnotifier ctl` against a
 //! running `pgnotifier run`, a real PostgreSQL, and the effect on delivery.
 
-mod support;
-
+use crate::support::host::{ctl, ctl_json, ctl_ok, http, parse_metrics, Host, BIN};
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::{channel, until, Sender, SOON};
 use serde_json::Value;
 use std::path::PathBuf;
-use support::host::{ctl, ctl_json, ctl_ok, http, parse_metrics, Host, BIN};
-use support::wat::{Notify, WatPlugin};
-use support::{channel, until, Sender, SOON};
 
 /// A host with one echo plugin on `channels`, configured by a file.
 struct Setup {
@@ -18,7 +16,7 @@ struct Setup {
 
 impl Setup {
     fn new(name: &str, plugins: &[(&str, &[&str], Notify)], extra: &str) -> Self {
-        let base = support::host::Setup::new(name, extra);
+        let base = crate::support::host::Setup::new(name, extra);
         for (id, channels, notify) in plugins {
             WatPlugin::new(channels, *notify).write(&base.plugins, id);
         }

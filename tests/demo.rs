@@ -1,10 +1,8 @@
 //! `pgnotifier demo`, as a newcomer runs it: `--once` runs the script and
 //! exits, and the output shows what each subscriber received.
 
-mod support;
-
+use crate::support::host::BIN;
 use std::process::{Command, Output};
-use support::host::BIN;
 
 fn demo(configure: impl FnOnce(&mut Command)) -> (Output, String) {
     let mut command = Command::new(BIN);
@@ -52,7 +50,7 @@ fn assert_script_delivered(out: &str) {
     assert!(!out.contains("ch3: "), "{out}");
     assert!(!out.contains("\"ch3\""), "{out}");
     // The example plugins, when plugins/build has built them (CI does).
-    if support::plugins_dist().join("logger.wasm").is_file() {
+    if crate::support::plugins_dist().join("logger.wasm").is_file() {
         assert!(
             out.contains(r#"(logger, "ch1", integer 42, "#),
             "the Rust example plugin's line is missing:\n{out}"
@@ -83,7 +81,7 @@ fn the_demo_starts_a_throwaway_postgres_runs_its_script_and_cleans_up() {
 #[test]
 fn the_demo_uses_a_reachable_database_url() {
     let (out, text) = demo(|c| {
-        c.env("DATABASE_URL", support::database_url());
+        c.env("DATABASE_URL", crate::support::database_url());
     });
     assert!(out.status.success(), "{text}");
     assert!(text.contains("using DATABASE_URL: postgres://"), "{text}");
@@ -93,7 +91,7 @@ fn the_demo_uses_a_reachable_database_url() {
 
 #[test]
 fn without_postgresql_the_demo_says_what_to_install() {
-    let empty = support::temp_dir("no-pg-bin");
+    let empty = crate::support::temp_dir("no-pg-bin");
     let (out, text) = demo(|c| {
         c.env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
             .env("PGNOTIFIER_PG_BIN_DIR", &empty);

@@ -1,28 +1,26 @@
 //! Dispatch: one ordered queue per subscriber; slow ones hold up only themselves.
 
-mod support;
-
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::{channel, count, eventually, logs, recorder, stats_of, Sender, SOON};
 use pgnotifier::{Notifier, Overflow, Payload, Subscriber};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::wat::{Notify, WatPlugin};
-use support::{channel, count, eventually, logs, recorder, stats_of, Sender, SOON};
 
 /// One plugin burns CPU on every call; the other, on the same channel, gets
 /// every notification while the slow one is still far behind.
 #[tokio::test]
 async fn a_slow_subscriber_never_delays_the_others() {
     logs::install();
-    let dir = support::temp_dir("slow");
+    let dir = crate::support::temp_dir("slow");
     let ch = channel("slow");
     let (slow_id, fast_id) = (format!("slow_{ch}"), format!("fast_{ch}"));
     let slow = WatPlugin::new(&[ch.as_str()], Notify::Burn(40_000_000)).write(&dir, &slow_id);
     let fast = WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, &fast_id);
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     n.load_plugin(&slow).await.unwrap();
     n.load_plugin(&fast).await.unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
 
     const SENT: usize = 100;
     let sender = Sender::connect().await;
@@ -43,7 +41,7 @@ async fn a_slow_subscriber_never_delays_the_others() {
 
 #[tokio::test]
 async fn order_is_kept_per_subscriber_within_and_across_transactions() {
-    let (n, ch, seen) = support::recording("s", "order").await;
+    let (n, ch, seen) = crate::support::recording("s", "order").await;
     let sender = Sender::connect().await;
     sender
         .client
@@ -84,7 +82,7 @@ fn gated() -> (Subscriber, mpsc::Sender<()>, Arc<Mutex<Vec<i64>>>) {
 
 #[tokio::test]
 async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let ch = channel("full");
     let (s, release, seen) = gated();
     n.subscribe(
@@ -95,7 +93,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
     .unwrap();
     let (other, other_seen) = recorder();
     n.subscribe("other", ch.as_str(), other).unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     for i in 1..=20 {
         sender.notify(&ch, &i.to_string()).await;
@@ -127,12 +125,12 @@ async fn a_full_queue_drops_the_oldest_and_counts_every_drop() {
 /// The default policy waits for space: a stall shorter than the wait loses nothing.
 #[tokio::test]
 async fn the_default_policy_waits_out_a_short_stall() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let ch = channel("stall");
     let (s, release, seen) = gated();
     let s = s.queue(2, Overflow::WaitThenDropOldest, Duration::from_secs(10));
     n.subscribe("s", ch.as_str(), s).unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     let releaser = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -154,7 +152,7 @@ async fn the_default_policy_waits_out_a_short_stall() {
 /// stuck subscriber costs the others one wait, not one per notification.
 #[tokio::test]
 async fn the_default_policy_drops_after_the_wait() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let ch = channel("stuck");
     let (s, release, _seen) = gated();
     n.subscribe(
@@ -165,7 +163,7 @@ async fn the_default_policy_drops_after_the_wait() {
     .unwrap();
     let (other, other_seen) = recorder();
     n.subscribe("other", ch.as_str(), other).unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     let started = std::time::Instant::now();
     for i in 1..=30 {
@@ -190,7 +188,7 @@ async fn the_default_policy_drops_after_the_wait() {
 /// A panicking closure fails that call only; the next call goes through.
 #[tokio::test]
 async fn a_panicking_closure_fails_one_call_and_keeps_its_worker() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let ch = channel("panic");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
@@ -201,7 +199,7 @@ async fn a_panicking_closure_fails_one_call_and_keeps_its_worker() {
         sink.lock().unwrap().push(payload.clone());
     });
     n.subscribe("p", ch.as_str(), s).unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     for p in ["before", "panic", "after"] {
         sender.notify(&ch, p).await;

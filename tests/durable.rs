@@ -2,12 +2,10 @@
 //! subscribers, dead letters, pruning, and streams under faults. Each test
 //! gets a database of its own, since the schema is one per database.
 
-mod support;
-
+use crate::support::durable::*;
+use crate::support::host::BIN;
+use crate::support::SOON;
 use pgnotifier::durable::schema::{self, Installed};
-use support::durable::*;
-use support::host::BIN;
-use support::SOON;
 use tokio_postgres::NoTls;
 
 #[tokio::test]
@@ -658,7 +656,7 @@ async fn an_at_least_once_subscriber_gets_every_event_across_a_killed_connection
         }
     };
     assert!(
-        support::eventually(SOON, count(100)).await,
+        crate::support::eventually(SOON, count(100)).await,
         "{:?}",
         seen.lock().unwrap().len()
     );
@@ -671,7 +669,7 @@ async fn an_at_least_once_subscriber_gets_every_event_across_a_killed_connection
         .await
         .unwrap();
     send_range(&client, 100..200).await;
-    assert!(support::eventually(SOON, count(200)).await);
+    assert!(crate::support::eventually(SOON, count(200)).await);
     n.shutdown(std::time::Duration::from_secs(5)).await;
     let across_the_kill = assert_all_in_order(&seen.lock().unwrap(), 200);
     assert!(
@@ -689,7 +687,7 @@ async fn an_at_least_once_subscriber_gets_every_event_across_a_killed_connection
         let after = after.clone();
         move || after.lock().unwrap().len() >= 50
     };
-    assert!(support::eventually(SOON, done).await);
+    assert!(crate::support::eventually(SOON, done).await);
     again.shutdown(std::time::Duration::from_secs(5)).await;
     assert_eq!(*after.lock().unwrap(), (200..250).collect::<Vec<_>>());
 }
@@ -826,11 +824,11 @@ async fn failures_are_retried_then_dead_lettered_and_delivery_moves_on() {
 
 #[tokio::test]
 async fn a_plugin_whose_sidecar_says_at_least_once_gets_events_sent_while_it_was_away() {
-    use support::wat::{Notify, WatPlugin};
-    support::logs::install();
+    use crate::support::wat::{Notify, WatPlugin};
+    crate::support::logs::install();
     let (url, client) = fresh_database("plugin").await;
-    let dir = support::temp_dir("durable-plugin");
-    let id = support::channel("durable_echo");
+    let dir = crate::support::temp_dir("durable-plugin");
+    let id = crate::support::channel("durable_echo");
     WatPlugin::new(&["work"], Notify::Echo).write(&dir, &id);
     std::fs::write(
         dir.join(format!("{id}.toml")),
@@ -854,11 +852,11 @@ async fn a_plugin_whose_sidecar_says_at_least_once_gets_events_sent_while_it_was
         .unwrap();
     let again = notifier_on(&url);
     again.load_plugins(&dir).await.unwrap();
-    let got = || support::logs::plugin_messages(&id).contains(&"while away".to_owned());
+    let got = || crate::support::logs::plugin_messages(&id).contains(&"while away".to_owned());
     assert!(
-        support::eventually(SOON, got).await,
+        crate::support::eventually(SOON, got).await,
         "{:?}",
-        support::logs::plugin_messages(&id)
+        crate::support::logs::plugin_messages(&id)
     );
     again.shutdown(std::time::Duration::from_secs(5)).await;
 }
@@ -867,11 +865,11 @@ async fn a_plugin_whose_sidecar_says_at_least_once_gets_events_sent_while_it_was
 /// event reaches the plugin, repeats bounded by the unsaved window.
 #[tokio::test]
 async fn a_host_killed_with_sigkill_redelivers_from_its_position_and_loses_nothing() {
+    use crate::support::host::Host;
+    use crate::support::wat::{Notify, WatPlugin};
     use pgnotifier::durable::feeder::{SAVE_EVERY, WINDOW};
-    use support::host::Host;
-    use support::wat::{Notify, WatPlugin};
     let (url, client) = fresh_database("sigkill").await;
-    let plugins = support::temp_dir("durable-sigkill");
+    let plugins = crate::support::temp_dir("durable-sigkill");
     let id = "durable_sink";
     // Slow enough per call that the kill lands mid-stream.
     WatPlugin::new(&["work"], Notify::Burn(3_000_000)).write(&plugins, id);
@@ -921,10 +919,10 @@ async fn a_host_killed_with_sigkill_redelivers_from_its_position_and_loses_nothi
 /// fixed (and then gone), and a subscriber skipped past what it missed.
 #[tokio::test]
 async fn dead_letters_are_listed_redelivered_and_a_subscriber_skipped_through_ctl() {
-    use support::host::{ctl_json, ctl_ok, Host};
-    use support::wat::{Notify, WatPlugin};
+    use crate::support::host::{ctl_json, ctl_ok, Host};
+    use crate::support::wat::{Notify, WatPlugin};
     let (url, client) = fresh_database("ctl").await;
-    let dir = support::temp_dir("durable-ctl");
+    let dir = crate::support::temp_dir("durable-ctl");
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let config = dir.join("pgnotifier.toml");
@@ -951,7 +949,7 @@ async fn dead_letters_are_listed_redelivered_and_a_subscriber_skipped_through_ct
         .batch_execute("select pgnotifier.send('work', 'first'), pgnotifier.send('work', 'second')")
         .await
         .unwrap();
-    let letters = support::until(
+    let letters = crate::support::until(
         SOON,
         || host.output(),
         || {
@@ -980,7 +978,7 @@ async fn dead_letters_are_listed_redelivered_and_a_subscriber_skipped_through_ct
     let first = letters[0]["id"].to_string();
     ctl_ok(&config, &["redeliver", &first]);
     host.wait_for(&["first", "subscriber=letters"]);
-    support::until(
+    crate::support::until(
         SOON,
         || host.output(),
         || {
@@ -994,7 +992,7 @@ async fn dead_letters_are_listed_redelivered_and_a_subscriber_skipped_through_ct
             (left == ["second"]).then_some(())
         },
     );
-    let missing = support::host::ctl(&config, &["redeliver", "999999"]);
+    let missing = crate::support::host::ctl(&config, &["redeliver", "999999"]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter 999999"));
 
@@ -1056,7 +1054,7 @@ async fn retries_keep_the_order_while_events_are_queued_a_window_at_a_time() {
         move || delivered.lock().unwrap().len() >= 300
     };
     assert!(
-        support::eventually(SOON, done).await,
+        crate::support::eventually(SOON, done).await,
         "{} delivered",
         delivered.lock().unwrap().len()
     );
@@ -1133,7 +1131,7 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
         let seen = seen.clone();
         move || seen.lock().unwrap().len() >= count
     };
-    assert!(support::eventually(SOON, got_all(&fast, 20)).await);
+    assert!(crate::support::eventually(SOON, got_all(&fast, 20)).await);
 
     // Its lag shows, counted while it is muted.
     let lag = || {
@@ -1143,7 +1141,7 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
             .unwrap()
     };
     assert!(
-        support::eventually(SOON, || lag().lag_events == 20).await,
+        crate::support::eventually(SOON, || lag().lag_events == 20).await,
         "{:?}",
         lag()
     );
@@ -1157,7 +1155,7 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
     // Back, it catches up on all of them; then they are passed by both.
     n.unmute_subscriber("slow", pgnotifier::Selection::All)
         .unwrap();
-    assert!(support::eventually(SOON, got_all(&slow, 20)).await);
+    assert!(crate::support::eventually(SOON, got_all(&slow, 20)).await);
     let pruned = prune_until(&n, 20).await;
     assert_eq!(pruned.expired, 0);
     assert_eq!(outbox_count(&client, "work").await, 0);
@@ -1174,7 +1172,7 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
     n.mute_subscriber("slow", pgnotifier::Selection::All)
         .unwrap();
     send_range(&client, 100..103).await;
-    assert!(support::eventually(SOON, got_all(&fast, 23)).await);
+    assert!(crate::support::eventually(SOON, got_all(&fast, 23)).await);
     let ageing = pgnotifier::Notifier::builder(pgnotifier::DatabaseConfig::from_url(&url).unwrap())
         .outbox_retention(std::time::Duration::ZERO)
         .build();
@@ -1182,7 +1180,7 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
     assert_eq!(pruned.passed + pruned.expired, 3, "{pruned:?}");
     n.unmute_subscriber("slow", pgnotifier::Selection::All)
         .unwrap();
-    assert!(support::eventually(SOON, || !gaps.lock().unwrap().is_empty()).await);
+    assert!(crate::support::eventually(SOON, || !gaps.lock().unwrap().is_empty()).await);
     n.shutdown(std::time::Duration::from_secs(5)).await;
     let gaps = gaps.lock().unwrap();
     assert_eq!(gaps.len(), 1, "{gaps:?}");
@@ -1217,7 +1215,7 @@ async fn a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_orde
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_survives_its_backends_terminated_twice() {
     let (url, client, n, _, id) = sink_stream("terminated", "").await;
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let stream = produce(&url, 30);
     for _ in 0..2 {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1243,15 +1241,15 @@ async fn a_stream_survives_its_backends_terminated_twice() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_survives_postgresql_stopped_and_started() {
-    support::logs::install();
-    let cluster = pgnotifier::local_pg::Cluster::start().expect("a throwaway PostgreSQL");
+    crate::support::logs::install();
+    let cluster = pgnotifier_app::local_pg::Cluster::start().expect("a throwaway PostgreSQL");
     let url = cluster.url().to_owned();
     let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
     schema::install(&mut client).await.unwrap();
     let n = notifier_on(&url);
-    let dir = support::temp_dir("durable-restart");
-    let id = support::channel("sink_restart");
+    let dir = crate::support::temp_dir("durable-restart");
+    let id = crate::support::channel("sink_restart");
     durable_sink(&n, &dir, &id, "").await;
     feeding(&client, &id).await;
     let stream = produce(&url, 40);
@@ -1270,7 +1268,8 @@ async fn a_stream_survives_postgresql_stopped_and_started() {
 async fn a_stream_survives_two_hot_reloads_of_the_plugin() {
     let (url, client, n, dir, id) = sink_stream("reloaded", "").await;
     let _watcher = n.watch_plugins(&dir).await.unwrap();
-    let loads = || support::host::parse_metrics(&n.metrics())["pgnotifier_plugin_loads_total"];
+    let loads =
+        || crate::support::host::parse_metrics(&n.metrics())["pgnotifier_plugin_loads_total"];
     let stream = produce(&url, 30);
     for reload in 1..=2 {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1279,7 +1278,7 @@ async fn a_stream_survives_two_hot_reloads_of_the_plugin() {
         let text = std::fs::read_to_string(&sidecar).unwrap();
         std::fs::write(&sidecar, format!("{text}# reload {reload}\n")).unwrap();
         assert!(
-            support::eventually(SOON, || loads() > before).await,
+            crate::support::eventually(SOON, || loads() > before).await,
             "reload {reload}"
         );
     }
@@ -1302,12 +1301,12 @@ async fn a_stream_reaches_a_plugin_that_fails_the_first_two_attempts_at_every_ev
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_survives_pgnotifier_run_killed_with_sigkill_and_started_again() {
-    use support::host::Host;
+    use crate::support::host::Host;
     let (url, client) = fresh_database("killed").await;
-    let plugins = support::temp_dir("durable-killed");
+    let plugins = crate::support::temp_dir("durable-killed");
     let id = "sink_killed";
     std::fs::copy(
-        support::test_plugin("durable-sink"),
+        crate::support::test_plugin("durable-sink"),
         plugins.join(format!("{id}.wasm")),
     )
     .unwrap();

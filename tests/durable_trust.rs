@@ -3,16 +3,14 @@
 //! dispatchers of one subscriber, and a database whose senders all stall.
 //! Each test gets a database of its own.
 
-mod support;
-
+use crate::support::durable::*;
+use crate::support::{eventually, logs, SOON};
 use pgnotifier::cluster::ClusterSettings;
 use pgnotifier::durable::reader::{self, Channels};
 use pgnotifier::durable::{schema, RetryPolicy};
 use pgnotifier::{DatabaseConfig, Notifier, Payload, PayloadMode, Subscriber};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::durable::*;
-use support::{eventually, logs, SOON};
 use tokio_postgres::{Client, NoTls};
 
 /// One call of a recording subscriber: on which host, with what, when.
@@ -215,7 +213,7 @@ async fn an_event_committed_without_a_stamp_is_counted_logged_stamped_and_delive
         .await
         .unwrap();
     let metric = || {
-        support::host::parse_metrics(&n.metrics())
+        crate::support::host::parse_metrics(&n.metrics())
             .get("pgnotifier_outbox_unstamped_events_total")
             .copied()
     };
@@ -462,7 +460,7 @@ fn overlaps(calls: &[Call]) -> Vec<(Call, Call)> {
 async fn a_leader_that_stands_down_stops_at_the_next_event_and_no_event_is_in_two_calls() {
     logs::install();
     let (url, client) = fresh_database("stand_down").await;
-    let name = support::channel("cluster");
+    let name = crate::support::channel("cluster");
     let calls: Calls = Default::default();
     let a = in_cluster(&url, &name);
     a.subscribe(
@@ -471,7 +469,7 @@ async fn a_leader_that_stands_down_stops_at_the_next_event_and_no_event_is_in_tw
         recording("a", &calls, Duration::from_millis(10)),
     )
     .unwrap();
-    support::listen(&a).await;
+    crate::support::listen(&a).await;
     assert!(
         eventually(SOON, || a.cluster().role
             == pgnotifier::cluster::Role::Leader)
@@ -522,7 +520,7 @@ async fn a_leader_that_stands_down_stops_at_the_next_event_and_no_event_is_in_tw
 #[tokio::test(flavor = "multi_thread")]
 async fn skip_stops_at_the_next_event_and_a_standby_refuses_it_naming_the_leader() {
     let (url, client) = fresh_database("skip").await;
-    let name = support::channel("cluster");
+    let name = crate::support::channel("cluster");
     let calls: Calls = Default::default();
     let a = in_cluster(&url, &name);
     a.subscribe(
@@ -531,7 +529,7 @@ async fn skip_stops_at_the_next_event_and_a_standby_refuses_it_naming_the_leader
         recording("a", &calls, Duration::from_millis(50)),
     )
     .unwrap();
-    support::listen(&a).await;
+    crate::support::listen(&a).await;
     assert!(
         eventually(SOON, || a.cluster().role
             == pgnotifier::cluster::Role::Leader)
@@ -621,11 +619,11 @@ async fn one_subscriber_id_on_two_hosts_outside_a_cluster_is_fed_by_one() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_changes_the_retry_policy_starts_no_second_feeder() {
-    support::logs::install();
+    crate::support::logs::install();
     let (url, client) = fresh_database("reload_retry").await;
     let n = notifier_on(&url);
-    let dir = support::temp_dir("durable-reload-retry");
-    let id = support::channel("sink_retry");
+    let dir = crate::support::temp_dir("durable-reload-retry");
+    let id = crate::support::channel("sink_retry");
     durable_sink(
         &n,
         &dir,
@@ -896,16 +894,16 @@ async fn an_event_dead_lettered_again_after_a_crash_has_one_letter() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_whose_lock_a_pooler_reset_freed_stands_down() {
+    use crate::support::proxy::{database_target, url_via, InjectingProxy};
     use pgnotifier::cluster::Role;
-    use support::proxy::{database_target, url_via, InjectingProxy};
     logs::install();
     let proxy = InjectingProxy::start(database_target()).await;
-    let name = support::channel("cluster");
+    let name = crate::support::channel("cluster");
     // In the clear, so the proxy can read the protocol.
     let a = in_cluster(&url_via(proxy.port, "?sslmode=disable"), &name);
     a.start().await.unwrap();
     assert!(eventually(SOON, || a.cluster().role == Role::Leader).await);
-    let b = in_cluster(support::database_url(), &name);
+    let b = in_cluster(crate::support::database_url(), &name);
     b.start().await.unwrap();
     assert!(eventually(SOON, || b.cluster().leader.is_some()).await);
     assert_eq!(b.cluster().role, Role::Standby);

@@ -16,7 +16,7 @@
 
 mod support;
 
-use pgnotifier::local_pg::Cluster;
+use pgnotifier_app::local_pg::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

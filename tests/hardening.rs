@@ -1,8 +1,9 @@
 //! What probing the real binary found, each as a user (or an attacker)
 //! would meet it: `pgnotifier run` and `ctl` as processes, a real PostgreSQL.
 
-mod support;
-
+use crate::support::host::{ctl_ok, http, Host, Setup, BIN};
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::{channel, until, Sender, SOON};
 use notify::event::{AccessKind, EventKind};
 use notify::{RecursiveMode, Watcher};
 use std::io::{Read, Write};
@@ -12,9 +13,6 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::host::{ctl_ok, http, Host, Setup, BIN};
-use support::wat::{Notify, WatPlugin};
-use support::{channel, until, Sender, SOON};
 
 fn mkfifo(path: &Path) {
     let status = Command::new("mkfifo").arg(path).status().expect("mkfifo");
@@ -59,7 +57,7 @@ async fn an_idle_host_never_rereads_its_plugins_nor_retries_a_bad_one() {
     std::fs::read(&plugin).unwrap();
     std::fs::read_dir(&folder).unwrap().for_each(drop);
     assert!(
-        support::eventually(SOON, || opens.load(Ordering::Relaxed) > 0
+        crate::support::eventually(SOON, || opens.load(Ordering::Relaxed) > 0
             && folder_opens.load(Ordering::Relaxed) > 0)
         .await,
         "the test's own watch saw no open"
@@ -247,7 +245,7 @@ async fn hot_reload_follows_a_relative_folder_that_goes_and_comes_back() {
     command
         .current_dir(&s.dir)
         .args(["run", "--plugins", "plugins", "--database-url"])
-        .arg(support::database_url());
+        .arg(crate::support::database_url());
     let host = Host::start(command);
     host.wait_for(&["starting"]);
     let sender = Sender::connect().await;
@@ -427,7 +425,7 @@ fn a_lower_case_bearer_scheme_is_accepted() {
 fn parallel_reloads_of_one_plugin_run_one_at_a_time() {
     let s = Setup::new("reloads", "");
     std::fs::copy(
-        support::example_plugin("formatter"),
+        crate::support::example_plugin("formatter"),
         s.plugins.join("formatter.wasm"),
     )
     .unwrap();
@@ -508,7 +506,11 @@ fn every_admin_error_is_json() {
 async fn a_slow_subscriber_never_paces_a_fast_one_by_default() {
     let s = Setup::new("pacing", "");
     let ch = channel("pacing");
-    std::fs::copy(support::example_plugin("noop"), s.plugins.join("fast.wasm")).unwrap();
+    std::fs::copy(
+        crate::support::example_plugin("noop"),
+        s.plugins.join("fast.wasm"),
+    )
+    .unwrap();
     std::fs::write(
         s.plugins.join("fast.toml"),
         format!("channels = [\"{ch}\"]\n"),
@@ -599,7 +601,7 @@ fn an_unsaved_change_is_reported_in_the_response_and_in_readyz() {
     let state = s.data_dir.join("state.json");
     let _ = std::fs::remove_file(&state);
     std::fs::create_dir_all(state.join("blocker")).unwrap();
-    let out = support::host::ctl(&s.config, &["mute-channel", &ch]);
+    let out = crate::support::host::ctl(&s.config, &["mute-channel", &ch]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(

@@ -8,13 +8,11 @@
 //!
 //! The cases run one at a time (see `serial`) so each RSS reading is its own.
 
-mod support;
-
+use crate::support::wat::{component_importing, Notify, Register, WatPlugin};
+use crate::support::{channel, eventually, logs, Sender, SOON};
 use pgnotifier::Notifier;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::wat::{component_importing, Notify, Register, WatPlugin};
-use support::{channel, eventually, logs, Sender, SOON};
 
 /// One case at a time in this binary.
 async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
@@ -49,7 +47,7 @@ impl Case {
     async fn start(name: &str, component: &[u8], sidecar: &str) -> Self {
         logs::install();
         let rss_before = rss_mib();
-        let dir = support::temp_dir("hostile");
+        let dir = crate::support::temp_dir("hostile");
         let ch = channel(name);
         let hostile = format!("{name}_{ch}");
         let good = format!("good_{ch}");
@@ -60,11 +58,11 @@ impl Case {
         )
         .unwrap();
         WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, &good);
-        let notifier = Notifier::new(support::database());
+        let notifier = Notifier::new(crate::support::database());
         for (file, outcome) in notifier.load_plugins(&dir).await.unwrap() {
             outcome.unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         }
-        support::listen(&notifier).await;
+        crate::support::listen(&notifier).await;
         Self {
             notifier,
             channel: ch,
@@ -88,7 +86,7 @@ impl Case {
     }
 
     fn stats(&self) -> pgnotifier::SubscriberStats {
-        support::stats_of(&self.notifier, &self.hostile)
+        crate::support::stats_of(&self.notifier, &self.hostile)
     }
 
     /// The four things every case shows. `failure` is part of the logged
@@ -122,7 +120,10 @@ impl Case {
             );
         }
         assert!(self.notifier.is_running(), "the listener is still running");
-        assert_eq!(support::stats_of(&self.notifier, &self.good).failed, 0);
+        assert_eq!(
+            crate::support::stats_of(&self.notifier, &self.good).failed,
+            0
+        );
         let grown = rss_mib().saturating_sub(self.rss_before);
         assert!(
             grown <= rss_budget_mib,
@@ -153,14 +154,14 @@ async fn an_endless_loop_in_on_notify_is_cut_by_the_deadline() {
 async fn an_endless_register_fails_to_load_without_holding_up_the_others() {
     let _one = serial().await;
     logs::install();
-    let dir = support::temp_dir("hostile");
+    let dir = crate::support::temp_dir("hostile");
     let ch = channel("regspin");
     WatPlugin::new(&[ch.as_str()], Notify::Echo)
         .register(Register::Spin)
         .write(&dir, "a_spinner");
     std::fs::write(dir.join("a_spinner.toml"), "timeout_ms = 3000\n").unwrap();
     WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, "b_good");
-    let notifier = Notifier::new(support::database());
+    let notifier = Notifier::new(crate::support::database());
     let started = Instant::now();
     let loading = tokio::spawn({
         let notifier = notifier.clone();
@@ -237,7 +238,7 @@ async fn an_unreachable_trap_recycles_the_instance() {
 #[tokio::test]
 async fn a_rust_panic_is_a_trap_and_the_fresh_instance_carries_on() {
     let _one = serial().await;
-    let panicky = std::fs::read(support::test_plugin("panicky")).unwrap();
+    let panicky = std::fs::read(crate::support::test_plugin("panicky")).unwrap();
     let case = Case::start("panicky", &panicky, "").await;
     let payloads = ["before", "panic", "after"];
     case.send(&payloads).await;
@@ -353,10 +354,10 @@ async fn wasi_grants_no_environment_files_or_sockets() {
 #[tokio::test]
 async fn a_component_importing_an_unknown_interface_is_refused_by_name() {
     let _one = serial().await;
-    let dir = support::temp_dir("hostile");
+    let dir = crate::support::temp_dir("hostile");
     let path = dir.join("needy.wasm");
     std::fs::write(&path, component_importing("test:missing/iface")).unwrap();
-    let notifier = Notifier::new(support::database());
+    let notifier = Notifier::new(crate::support::database());
     let err = notifier.load_plugin(&path).await.unwrap_err().to_string();
     assert!(
         err.contains("needy.wasm") && err.contains("test:missing/iface"),
@@ -378,7 +379,7 @@ async fn failing_alone(threshold: u32) -> (Case, PathBuf) {
     case.notifier
         .subscribe_to(&case.hostile, own.as_str())
         .unwrap();
-    support::listen(&case.notifier).await;
+    crate::support::listen(&case.notifier).await;
     let path = case.dir.join(format!("{}.wasm", case.hostile));
     (case, path)
 }
@@ -434,7 +435,7 @@ async fn failures_in_a_row_quarantine_the_subscriber_and_unlisten_its_own_channe
         .unmute_subscriber(&case.hostile, pgnotifier::Selection::All)
         .unwrap();
     assert_eq!(quarantine_of(&case.notifier, &case.hostile), None);
-    support::listen(&case.notifier).await;
+    crate::support::listen(&case.notifier).await;
     assert!(case.notifier.listening().contains(&own));
     case.sender.notify(&own, "again").await;
     assert!(eventually(SOON, || case.stats().failed == 4).await);
@@ -458,7 +459,7 @@ async fn a_reload_ends_a_quarantine() {
     std::fs::rename(&tmp, &path).unwrap();
     case.notifier.load_plugin(&path).await.unwrap();
     assert_eq!(quarantine_of(&case.notifier, &case.hostile), None);
-    support::listen(&case.notifier).await;
+    crate::support::listen(&case.notifier).await;
     case.sender.notify(&case.channel, "fixed").await;
     assert!(
         eventually(SOON, || logs::plugin_messages(&case.hostile)

@@ -1,13 +1,11 @@
 //! Hot loading: drop, replace and remove plugins while the host runs.
 
-mod support;
-
+use crate::support::wat::{other_world_component, Notify, Register, WatPlugin};
+use crate::support::{channel, eventually, logs, Sender, SOON};
 use pgnotifier::sandbox::SandboxConfig;
 use pgnotifier::{Notifier, PluginWatcher, Selection};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::wat::{other_world_component, Notify, Register, WatPlugin};
-use support::{channel, eventually, logs, Sender, SOON};
 
 struct Folder {
     dir: PathBuf,
@@ -18,12 +16,12 @@ struct Folder {
 
 /// A running host watching an empty folder.
 async fn watched(name: &str) -> Folder {
-    watched_with(name, Notifier::new(support::database())).await
+    watched_with(name, Notifier::new(crate::support::database())).await
 }
 
 async fn watched_with(name: &str, notifier: Notifier) -> Folder {
     logs::install();
-    let dir = support::temp_dir(name);
+    let dir = crate::support::temp_dir(name);
     let watcher = notifier.watch_plugins(&dir).await.unwrap();
     notifier.start().await.unwrap();
     assert!(
@@ -127,7 +125,7 @@ async fn a_replacement_keeps_mutes_and_listens_only_the_difference() {
     assert!(eventually(SOON, || f.has(&id)).await);
     f.notifier.mute_subscriber(&id, b.as_str()).unwrap();
     f.notifier
-        .subscribe("other", a.as_str(), support::recorder().0)
+        .subscribe("other", a.as_str(), crate::support::recorder().0)
         .unwrap();
     f.notifier.mute_channels(a.as_str()).unwrap();
     f.sender.notify(&c, "count").await; // not subscribed yet
@@ -439,14 +437,14 @@ fn cache_files(dir: &Path) -> Vec<PathBuf> {
 
 #[tokio::test]
 async fn the_compile_cache_survives_a_restart_and_rebuilds_a_corrupt_entry() {
-    let cache = support::temp_dir("cache");
-    let plugins = support::temp_dir("cached-plugins");
+    let cache = crate::support::temp_dir("cache");
+    let plugins = crate::support::temp_dir("cached-plugins");
     let ch = channel("cache");
     let path = WatPlugin::new(&[ch.as_str()], Notify::Echo)
         .label(&ch)
         .write(&plugins, "cached");
     let notifier = |cache: &Path| {
-        Notifier::builder(support::database())
+        Notifier::builder(crate::support::database())
             .sandbox(SandboxConfig {
                 cache_dir: Some(cache.to_owned()),
                 ..SandboxConfig::default()

@@ -3,13 +3,11 @@
 //! payload case with the right type and value, read back from what it logs,
 //! and do its own job. Also: the compile cache covers the large components.
 
-mod support;
-
+use crate::support::{channel, eventually, logs, payload_cases, send_all, Sender, SOON};
 use pgnotifier::sandbox::SandboxConfig;
 use pgnotifier::{Notifier, Payload};
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{channel, eventually, logs, payload_cases, send_all, Sender, SOON};
 
 /// (plugin, its `[config]` beyond `trace`). Every example understands
 /// `trace = "true"`, which logs each payload as `got <case> <value>`; the
@@ -57,7 +55,7 @@ fn traces(id: &str) -> Vec<String> {
 
 fn copy_example(dir: &Path, name: &str, ch: &str, config: &str) {
     std::fs::copy(
-        support::example_plugin(name),
+        crate::support::example_plugin(name),
         dir.join(format!("{name}.wasm")),
     )
     .unwrap();
@@ -71,13 +69,13 @@ fn copy_example(dir: &Path, name: &str, ch: &str, config: &str) {
 #[tokio::test]
 async fn every_language_sees_every_payload_typed() {
     logs::install();
-    let dir = support::temp_dir("languages");
+    let dir = crate::support::temp_dir("languages");
     let ch = channel("langs");
     for (name, config) in EXAMPLES {
         copy_example(&dir, name, &ch, config);
     }
 
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     for (name, _) in EXAMPLES {
         let started = Instant::now();
         let loaded = n.load_plugin(&dir.join(format!("{name}.wasm"))).await;
@@ -88,7 +86,7 @@ async fn every_language_sees_every_payload_typed() {
         );
         eprintln!("{name}: loaded in {:.0?}", started.elapsed());
     }
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     let pid = sender.pid().await;
     let cases = payload_cases();
@@ -165,7 +163,7 @@ async fn every_language_sees_every_payload_typed() {
         ]
     );
     for (name, _) in EXAMPLES {
-        let stats = support::stats_of(&n, name);
+        let stats = crate::support::stats_of(&n, name);
         assert_eq!(
             (stats.delivered, stats.failed),
             (cases.len() as u64, 0),
@@ -179,8 +177,8 @@ async fn every_language_sees_every_payload_typed() {
 /// comes from the compile cache the second time, as every plugin's does.
 #[tokio::test]
 async fn large_components_load_from_the_compile_cache() {
-    let dir = support::temp_dir("languages-cache");
-    let cache = support::temp_dir("languages-cache-dir");
+    let dir = crate::support::temp_dir("languages-cache");
+    let cache = crate::support::temp_dir("languages-cache-dir");
     let ch = channel("cache");
     for name in ["formatter", "field-filter"] {
         copy_example(&dir, name, &ch, "field = \"id\"");
@@ -194,7 +192,7 @@ async fn large_components_load_from_the_compile_cache() {
     }
     let mut loads = Vec::new();
     for round in ["compiled", "cached"] {
-        let n = Notifier::builder(support::database())
+        let n = Notifier::builder(crate::support::database())
             .sandbox(SandboxConfig {
                 cache_dir: Some(cache.clone()),
                 ..SandboxConfig::default()

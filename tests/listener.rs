@@ -1,18 +1,16 @@
 //! The listener: LISTEN by difference on one connection, quoted identifiers.
 
-mod support;
-
+use crate::support::{channel, count, eventually, recorder, Sender, SOON};
 use pgnotifier::channel::ChannelNameError;
 use pgnotifier::registry::RegistryError;
 use pgnotifier::{Error, Notifier, Payload};
 use std::time::Duration;
-use support::{channel, count, eventually, recorder, Sender, SOON};
 
 /// Notifications on A keep arriving, all of them, in order, on the same
 /// connection, while B is subscribed and unsubscribed over and over.
 #[tokio::test]
 async fn changing_channels_never_reconnects_and_loses_nothing() {
-    let (n, a, seen_a) = support::recording("a", "steady").await;
+    let (n, a, seen_a) = crate::support::recording("a", "steady").await;
     let b = channel("churn");
     let pid = n.backend_pid().expect("connected");
 
@@ -64,7 +62,7 @@ async fn changing_channels_never_reconnects_and_loses_nothing() {
 /// Names that need quoting reach exactly their own subscribers.
 #[tokio::test]
 async fn channel_names_are_quoted_and_escaped() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let suffix = channel("");
     let names: Vec<String> = [
         "we\"ird",
@@ -84,7 +82,7 @@ async fn channel_names_are_quoted_and_escaped() {
         n.subscribe(&format!("s{i}"), name.as_str(), s).unwrap();
         seen.push(rec);
     }
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     for name in &names {
         sender.notify(name, name).await;
@@ -100,7 +98,7 @@ async fn channel_names_are_quoted_and_escaped() {
 
 #[test]
 fn names_over_63_bytes_are_refused_clearly() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let long = "é".repeat(32); // 64 bytes
     match n.subscribe("s", long.as_str(), recorder().0) {
         Err(Error::Registry(RegistryError::InvalidChannel(ChannelNameError::TooLong {
@@ -123,7 +121,7 @@ fn names_over_63_bytes_are_refused_clearly() {
 /// The pid is the sender's backend pid, as PostgreSQL reports it.
 #[tokio::test]
 async fn the_pid_is_the_sending_backend() {
-    let (n, ch, seen) = support::recording("s", "pid").await;
+    let (n, ch, seen) = crate::support::recording("s", "pid").await;
     let sender = Sender::connect().await;
     let sender_pid = sender.pid().await;
     sender.notify(&ch, "x").await;
@@ -161,12 +159,15 @@ fn with_params(url: &str, params: &str) -> String {
 async fn listens_over_tls(params: &str) {
     let sender = Sender::connect().await;
     let cert = server_certificate(&sender).await;
-    let url = with_params(support::database_url(), &params.replace("{cert}", &cert));
+    let url = with_params(
+        crate::support::database_url(),
+        &params.replace("{cert}", &cert),
+    );
     let notifier = Notifier::new(pgnotifier::DatabaseConfig::from_url(&url).unwrap());
     let ch = channel("tls");
     let (s, seen) = recorder();
     notifier.subscribe("s", ch.as_str(), s).unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let encrypted: bool = sender
         .client
         .query_one(
@@ -197,18 +198,19 @@ async fn sslmode_verify_ca_checks_the_chain_against_sslrootcert() {
 /// falls once it reads.
 #[tokio::test]
 async fn the_notification_queue_gauge_moves_while_a_listener_holds_a_backlog() {
-    let notifier =
-        Notifier::builder(pgnotifier::DatabaseConfig::from_url(support::database_url()).unwrap())
-            .connection(pgnotifier::ConnectionSettings {
-                heartbeat: Some(Duration::from_millis(100)),
-                ..Default::default()
-            })
-            .build();
+    let notifier = Notifier::builder(
+        pgnotifier::DatabaseConfig::from_url(crate::support::database_url()).unwrap(),
+    )
+    .connection(pgnotifier::ConnectionSettings {
+        heartbeat: Some(Duration::from_millis(100)),
+        ..Default::default()
+    })
+    .build();
     let (subscriber, _) = recorder();
     notifier
         .subscribe("gauge", channel("gauge").as_str(), subscriber)
         .unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let usage = || {
         let metrics = notifier.metrics();
         metrics

@@ -1,12 +1,10 @@
 //! Plugins at start-up: a folder of files, sidecars, and clear errors.
 
-mod support;
-
+use crate::support::wat::{other_world_component, Notify, Register, WatPlugin};
+use crate::support::{channel, eventually, logs, Sender, SOON};
 use pgnotifier::Notifier;
 use std::path::Path;
 use std::time::Duration;
-use support::wat::{other_world_component, Notify, Register, WatPlugin};
-use support::{channel, eventually, logs, Sender, SOON};
 
 fn error_for(outcomes: &[(std::path::PathBuf, pgnotifier::Result<String>)], file: &str) -> String {
     let (path, outcome) = outcomes
@@ -29,7 +27,7 @@ fn error_for(outcomes: &[(std::path::PathBuf, pgnotifier::Result<String>)], file
 #[tokio::test]
 async fn a_folder_loads_the_good_plugins_and_names_each_bad_file() {
     logs::install();
-    let dir = support::temp_dir("folder");
+    let dir = crate::support::temp_dir("folder");
     let ch = channel("folder");
     let good_id = format!("good_{ch}");
     WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, &good_id);
@@ -53,7 +51,7 @@ async fn a_folder_loads_the_good_plugins_and_names_each_bad_file() {
     std::fs::write(dir.join(".hidden.wasm"), "ignored").unwrap();
     std::fs::write(dir.join("readme.txt"), "ignored").unwrap();
 
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let outcomes = n.load_plugins(&dir).await.unwrap();
     assert_eq!(
         outcomes.len(),
@@ -80,7 +78,7 @@ async fn a_folder_loads_the_good_plugins_and_names_each_bad_file() {
     assert!(error_for(&outcomes, "hangs.wasm").contains("register ran past its deadline"));
     assert!(error_for(&outcomes, "longchannel.wasm").contains("63"));
 
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     Sender::connect().await.notify(&ch, "still works").await;
     assert!(
         eventually(SOON, || logs::plugin_messages(&good_id)
@@ -93,7 +91,7 @@ async fn a_folder_loads_the_good_plugins_and_names_each_bad_file() {
 #[tokio::test]
 async fn sidecar_channels_override_register_and_config_reaches_register() {
     logs::install();
-    let dir = support::temp_dir("sidecar");
+    let dir = crate::support::temp_dir("sidecar");
     let ch = channel("sidecar");
     let id = format!("cfg_{ch}");
     let path = WatPlugin::new(&["ignored_channel"], Notify::Echo).write(&dir, &id);
@@ -102,7 +100,7 @@ async fn sidecar_channels_override_register_and_config_reaches_register() {
         format!("channels = [\"{ch}\"]\n\n[config]\nmode = \"fast\"\nretries = 3\n"),
     )
     .unwrap();
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     n.load_plugin(&path).await.unwrap();
     let view = &n.subscribers()[0];
     assert_eq!(view.channels.len(), 1);
@@ -121,7 +119,7 @@ async fn sidecar_channels_override_register_and_config_reaches_register() {
         logs::plugin_messages(&id),
         ["registered", "mode", "fast", "retries", "3"]
     );
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     Sender::connect().await.notify(&ch, "hi").await;
     assert!(
         eventually(SOON, || logs::plugin_messages(&id)
@@ -138,16 +136,16 @@ async fn sidecar_channels_override_register_and_config_reaches_register() {
 #[tokio::test]
 async fn copies_under_two_names_are_two_subscribers() {
     logs::install();
-    let dir = support::temp_dir("copies");
+    let dir = crate::support::temp_dir("copies");
     let ch = channel("copies");
     let (one, two) = (format!("one_{ch}"), format!("two_{ch}"));
     let first = WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, &one);
     std::fs::copy(&first, dir.join(format!("{two}.wasm"))).unwrap();
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let outcomes = n.load_plugins(Path::new(&dir)).await.unwrap();
     assert!(outcomes.iter().all(|(_, r)| r.is_ok()));
     assert_eq!(n.subscribers().len(), 2);
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     sender.notify(&ch, "count").await;
     sender.notify(&ch, "count").await;
@@ -163,7 +161,7 @@ async fn copies_under_two_names_are_two_subscribers() {
 
 #[tokio::test]
 async fn a_missing_folder_is_a_clear_error() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let err = n
         .load_plugins(Path::new("/no/such/folder"))
         .await

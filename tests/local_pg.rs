@@ -1,11 +1,9 @@
 //! A throwaway PostgreSQL cluster, as tests and the demo start when no server is running.
 
-mod support;
-
-use pgnotifier::local_pg::Cluster;
+use crate::support::{count, eventually, recorder, SOON};
 use pgnotifier::{DatabaseConfig, Notifier};
+use pgnotifier_app::local_pg::Cluster;
 use std::time::Duration;
-use support::{count, eventually, recorder, SOON};
 
 #[tokio::test]
 async fn a_throwaway_cluster_starts_serves_notifications_and_is_removed() {
@@ -20,7 +18,7 @@ async fn a_throwaway_cluster_starts_serves_notifications_and_is_removed() {
     let n = Notifier::new(DatabaseConfig::from_url(&url).unwrap());
     let (s, seen) = recorder();
     n.subscribe("s", "throwaway", s).unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -40,5 +38,5 @@ async fn a_throwaway_cluster_starts_serves_notifications_and_is_removed() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "the server is stopped"
     );
-    assert!(pgnotifier::local_pg::probe(&url).is_err());
+    assert!(pgnotifier_app::local_pg::probe(&url).is_err());
 }

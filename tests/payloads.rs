@@ -1,15 +1,15 @@
 //! Typed payloads, decoded once, end to end through PostgreSQL.
 
-mod support;
-
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::{
+    channel, count, eventually, logs, payload_cases, recorder, send_all, Sender, SOON,
+};
 use pgnotifier::{Notifier, Payload, PayloadMode, Subscriber};
 use std::time::Duration;
-use support::wat::{Notify, WatPlugin};
-use support::{channel, count, eventually, logs, payload_cases, recorder, send_all, Sender, SOON};
 
 #[tokio::test]
 async fn every_payload_case_arrives_typed() {
-    let (n, ch, seen) = support::recording("typed", "typed").await;
+    let (n, ch, seen) = crate::support::recording("typed", "typed").await;
     let cases = payload_cases();
     send_all(&Sender::connect().await, &ch, &cases).await;
     assert!(eventually(SOON, || count(&seen) == cases.len()).await);
@@ -29,11 +29,11 @@ async fn every_payload_case_arrives_typed() {
 #[tokio::test]
 async fn the_rust_example_plugin_receives_every_case_typed() {
     logs::install();
-    let dir = support::temp_dir("logger");
+    let dir = crate::support::temp_dir("logger");
     let ch = channel("rust");
     let id = format!("logger_{}", ch);
     std::fs::copy(
-        support::example_plugin("logger"),
+        crate::support::example_plugin("logger"),
         dir.join(format!("{id}.wasm")),
     )
     .unwrap();
@@ -43,14 +43,14 @@ async fn the_rust_example_plugin_receives_every_case_typed() {
     )
     .unwrap();
 
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     assert_eq!(
         n.load_plugin(&dir.join(format!("{id}.wasm")))
             .await
             .unwrap(),
         id
     );
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     let pid = sender.pid().await;
     let cases = payload_cases();
@@ -84,7 +84,7 @@ async fn the_rust_example_plugin_receives_every_case_typed() {
 #[tokio::test]
 async fn raw_mode_delivers_every_payload_unparsed() {
     logs::install();
-    let dir = support::temp_dir("raw");
+    let dir = crate::support::temp_dir("raw");
     let ch = channel("raw");
     let raw_id = format!("raw_{ch}");
     let typed_id = format!("typed_{ch}");
@@ -93,13 +93,13 @@ async fn raw_mode_delivers_every_payload_unparsed() {
     std::fs::write(dir.join(format!("{raw_id}.toml")), "payload = \"raw\"\n").unwrap();
     let typed_path = plugin.write(&dir, &typed_id);
 
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     n.load_plugin(&raw_path).await.unwrap();
     n.load_plugin(&typed_path).await.unwrap();
     let (s, seen) = recorder();
     n.subscribe("native_raw", ch.as_str(), s.payload_mode(PayloadMode::Raw))
         .unwrap();
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     for p in [r#"{ "a" :  1 }"#, "42", "true", "\"quoted\""] {
         sender.notify(&ch, p).await;
@@ -131,7 +131,7 @@ async fn raw_mode_delivers_every_payload_unparsed() {
 /// all typed subscribers share one decoded value.
 #[tokio::test]
 async fn one_decode_is_shared_by_every_subscriber() {
-    let n = Notifier::new(support::database());
+    let n = Notifier::new(crate::support::database());
     let ch = channel("shared");
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
     for i in 0..3 {
@@ -144,7 +144,7 @@ async fn one_decode_is_shared_by_every_subscriber() {
         });
         n.subscribe(&format!("s{i}"), ch.as_str(), s).unwrap();
     }
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     Sender::connect()
         .await
         .notify(&ch, r#"{"k": [1, 2]}"#)

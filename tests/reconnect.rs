@@ -4,15 +4,13 @@
 //!
 //! Tests that stop the server use a throwaway cluster of their own.
 
-mod support;
-
-use pgnotifier::local_pg::Cluster;
+use crate::support::proxy::{database_target, url_via};
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::{channel, eventually, logs, Sender, SOON};
 use pgnotifier::{ConnectionSettings, DatabaseConfig, Notifier, Overflow, Payload, Subscriber};
+use pgnotifier_app::local_pg::Cluster;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::proxy::{database_target, url_via};
-use support::wat::{Notify, WatPlugin};
-use support::{channel, eventually, logs, Sender, SOON};
 use tokio::io::AsyncWriteExt;
 
 /// A native subscriber that records notifications as `n:PAYLOAD` and gap
@@ -72,15 +70,15 @@ async fn throwaway_cluster() -> Cluster {
 async fn a_terminated_backend_is_reconnected_and_every_subscriber_gets_a_gap_event() {
     logs::install();
     let ch = channel("term");
-    let notifier = Notifier::new(support::database());
+    let notifier = Notifier::new(crate::support::database());
     let (subscriber, seen) = journal();
     notifier
         .subscribe("journal", ch.as_str(), subscriber)
         .unwrap();
-    let dir = support::temp_dir("reconnect");
+    let dir = crate::support::temp_dir("reconnect");
     let wasm = WatPlugin::new(&[ch.as_str()], Notify::Echo).write(&dir, "wasm_gap");
     notifier.load_plugin(&wasm).await.unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let sender = Sender::connect().await;
     for p in ["a", "b"] {
         sender.notify(&ch, p).await;
@@ -111,7 +109,7 @@ async fn a_terminated_backend_is_reconnected_and_every_subscriber_gets_a_gap_eve
         "{:?}",
         logs::plugin_messages("wasm_gap")
     );
-    assert_eq!(support::stats_of(&notifier, "wasm_gap").gaps, 1);
+    assert_eq!(crate::support::stats_of(&notifier, "wasm_gap").gaps, 1);
     assert!(logs::of("journal")
         .iter()
         .any(|l| l.message == "notifications may have been missed"));
@@ -124,7 +122,7 @@ async fn a_terminated_backend_is_reconnected_and_every_subscriber_gets_a_gap_eve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_gap_runs_only_once_the_channel_is_listened_again() {
     let ch = channel("resync");
-    let notifier = Notifier::new(support::database());
+    let notifier = Notifier::new(crate::support::database());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (notes, gaps) = (seen.clone(), seen.clone());
     // Connected beforehand, so the NOTIFY is one round trip, as quick as LISTEN.
@@ -141,7 +139,7 @@ async fn on_gap_runs_only_once_the_channel_is_listened_again() {
     notifier
         .subscribe("resync", ch.as_str(), subscriber)
         .unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let sender = Sender::connect().await;
     let rounds = 10;
     for round in 1..=rounds {
@@ -166,7 +164,7 @@ async fn a_server_restart_is_survived_and_the_time_to_listen_again_is_reported()
     notifier
         .subscribe("journal", "restart", subscriber)
         .unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let old = notifier.backend_pid();
 
     let c = cluster.clone();
@@ -228,7 +226,7 @@ async fn start_up_with_the_server_down_waits_and_connects_when_it_comes_up() {
         .await
         .unwrap()
         .unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let (client, connection) = tokio_postgres::connect(cluster.url(), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -332,7 +330,7 @@ async fn the_heartbeat_notices_a_silently_dead_connection() {
     notifier
         .subscribe("journal", ch.as_str(), subscriber)
         .unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let old = notifier.backend_pid();
 
     proxy.freeze();
@@ -375,7 +373,7 @@ async fn a_leader_whose_connection_stalls_stands_down_within_two_heartbeats() {
     notifier
         .subscribe("journal", channel("stall_work").as_str(), subscriber)
         .unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     assert_eq!(notifier.cluster().role, pgnotifier::cluster::Role::Leader);
 
     proxy.freeze();
@@ -401,7 +399,7 @@ async fn a_leader_whose_connection_stalls_stands_down_within_two_heartbeats() {
 /// repaired, and its subscribers told of the gap.
 #[tokio::test]
 async fn the_heartbeat_finds_and_repairs_a_server_that_stopped_listening() {
-    let proxy = support::proxy::InjectingProxy::start(database_target()).await;
+    let proxy = crate::support::proxy::InjectingProxy::start(database_target()).await;
     // In the clear, so the proxy can read the protocol.
     let notifier = beating(&url_via(proxy.port, "?sslmode=disable")).build();
     let ch = channel("repaired");
@@ -409,13 +407,15 @@ async fn the_heartbeat_finds_and_repairs_a_server_that_stopped_listening() {
     notifier
         .subscribe("journal", ch.as_str(), subscriber)
         .unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let pid = notifier.backend_pid().expect("connected");
     let sender = Sender::connect().await;
 
     proxy.inject("UNLISTEN *");
-    let repairs =
-        || support::host::parse_metrics(&notifier.metrics())["pgnotifier_listener_repairs_total"];
+    let repairs = || {
+        crate::support::host::parse_metrics(&notifier.metrics())
+            ["pgnotifier_listener_repairs_total"]
+    };
     assert!(
         eventually(SOON, || repairs() >= 1.0).await,
         "the heartbeat never noticed the server had stopped LISTENing"
@@ -445,7 +445,7 @@ async fn the_heartbeat_finds_and_repairs_a_server_that_stopped_listening() {
 /// 10k notifications queued for a slow subscriber, then shut down.
 async fn queued_10k(per_call: Duration) -> (Notifier, Arc<std::sync::atomic::AtomicU64>) {
     let ch = channel("drain10k");
-    let notifier = Notifier::new(support::database());
+    let notifier = Notifier::new(crate::support::database());
     let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = calls.clone();
     let slow = Subscriber::native(move |_, _, _, _| {
@@ -457,7 +457,7 @@ async fn queued_10k(per_call: Duration) -> (Notifier, Arc<std::sync::atomic::Ato
     })
     .queue(20_000, Overflow::Block, Duration::ZERO);
     notifier.subscribe("slow", ch.as_str(), slow).unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let sender = Sender::connect().await;
     sender
         .client
@@ -470,7 +470,7 @@ async fn queued_10k(per_call: Duration) -> (Notifier, Arc<std::sync::atomic::Ato
     // Everything received and queued (or already delivered) before shutting down.
     assert!(
         eventually(SOON, || {
-            let s = support::stats_of(&notifier, "slow");
+            let s = crate::support::stats_of(&notifier, "slow");
             // One may be in the subscriber's hands, neither queued nor delivered yet.
             s.delivered + s.queued as u64 >= 9_999
         })
@@ -497,13 +497,13 @@ async fn shutdown_past_the_drain_timeout_reports_it_and_calls_nothing_after() {
     // The worker has stopped once every notification is either delivered
     // or discarded: only then is "no call after the deadline" settled.
     let settled = || {
-        let stats = support::stats_of(&notifier, "slow");
+        let stats = crate::support::stats_of(&notifier, "slow");
         stats.delivered + stats.dropped == 10_000
     };
     assert!(
         eventually(SOON, settled).await,
         "{:?}",
-        support::stats_of(&notifier, "slow")
+        crate::support::stats_of(&notifier, "slow")
     );
     // The call in progress at the deadline may finish; no other starts.
     assert!(

@@ -1,14 +1,12 @@
 //! The registry keeps the origin's semantics, without its bugs.
 
-mod support;
-
+use crate::support::{channel, count, eventually, recorder, Sender, SOON};
 use pgnotifier::registry::RegistryError;
 use pgnotifier::{Error, Notifier, Selection};
 use std::time::Duration;
-use support::{channel, count, eventually, recorder, Sender, SOON};
 
 fn notifier() -> Notifier {
-    Notifier::new(support::database())
+    Notifier::new(crate::support::database())
 }
 
 fn registry_error(result: pgnotifier::Result<()>) -> RegistryError {
@@ -200,7 +198,7 @@ async fn unsubscribing_keeps_the_index_intact_and_delivery_going() {
         .collect();
     assert_eq!(ids, ["a", "c"]);
 
-    support::listen(&n).await;
+    crate::support::listen(&n).await;
     let sender = Sender::connect().await;
     sender.notify(&ch, "1").await;
     assert!(eventually(SOON, || count(&a) == 1 && count(&c) == 1).await);

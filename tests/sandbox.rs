@@ -1,13 +1,11 @@
 //! The sandbox basics: long-lived instances, deadlines, recycling, and guest
 //! output routed to the log. Hostile plugins are in `hostile.rs`.
 
-mod support;
-
+use crate::support::wat::{Notify, WatPlugin};
+use crate::support::{channel, eventually, logs, Sender, SOON};
 use pgnotifier::Notifier;
 use std::path::PathBuf;
 use std::time::Duration;
-use support::wat::{Notify, WatPlugin};
-use support::{channel, eventually, logs, Sender, SOON};
 
 struct Setup {
     notifier: Notifier,
@@ -18,9 +16,9 @@ struct Setup {
 /// Load the plugins (with optional sidecars), start, and wait for LISTEN.
 async fn setup(plugins: &[(&str, Notify, Option<&str>)]) -> (Setup, Vec<String>) {
     logs::install();
-    let dir = support::temp_dir("sandbox");
+    let dir = crate::support::temp_dir("sandbox");
     let ch = channel("sbx");
-    let notifier = Notifier::new(support::database());
+    let notifier = Notifier::new(crate::support::database());
     let mut ids = Vec::new();
     for (name, behaviour, sidecar) in plugins {
         let id = format!("{name}_{ch}");
@@ -31,7 +29,7 @@ async fn setup(plugins: &[(&str, Notify, Option<&str>)]) -> (Setup, Vec<String>)
         notifier.load_plugin(&path).await.unwrap();
         ids.push(id);
     }
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let sender = Sender::connect().await;
     (
         Setup {
@@ -45,7 +43,7 @@ async fn setup(plugins: &[(&str, Notify, Option<&str>)]) -> (Setup, Vec<String>)
 
 impl Setup {
     fn stats(&self, id: &str) -> pgnotifier::SubscriberStats {
-        support::stats_of(&self.notifier, id)
+        crate::support::stats_of(&self.notifier, id)
     }
 }
 
@@ -154,19 +152,19 @@ async fn stdout_and_stderr_reach_the_log_tagged_with_the_id() {
 /// The `batcher` fixture (it exports `batch`) on a fresh channel.
 async fn batcher() -> (Setup, String) {
     logs::install();
-    let dir = support::temp_dir("batcher");
+    let dir = crate::support::temp_dir("batcher");
     let ch = channel("batch");
     let id = format!("batcher_{ch}");
     let path = dir.join(format!("{id}.wasm"));
-    std::fs::copy(support::test_plugin("batcher"), &path).unwrap();
+    std::fs::copy(crate::support::test_plugin("batcher"), &path).unwrap();
     std::fs::write(
         dir.join(format!("{id}.toml")),
         format!("channels = [\"{ch}\"]\nfailure_threshold = 0\n"),
     )
     .unwrap();
-    let notifier = Notifier::new(support::database());
+    let notifier = Notifier::new(crate::support::database());
     notifier.load_plugin(&path).await.unwrap();
-    support::listen(&notifier).await;
+    crate::support::listen(&notifier).await;
     let sender = Sender::connect().await;
     let setup = Setup {
         notifier,

@@ -5,15 +5,13 @@
 //! Rust project's `./test` also runs its unit tests natively, against the
 //! SDK's mock host.
 
-mod support;
-
+use crate::support::host::BIN;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::host::BIN;
 
 /// `pgnotifier new NAME --lang LANG --dir DIR`; the project folder.
 fn new_project(lang: &str) -> PathBuf {
-    let dir = support::temp_dir(&format!("new-{lang}"));
+    let dir = crate::support::temp_dir(&format!("new-{lang}"));
     let name = format!("my-{lang}");
     let out = Command::new(BIN)
         .args(["new", &name, "--lang", lang, "--dir"])
@@ -138,7 +136,7 @@ fn wat_template_builds_and_calls() {
 
 #[test]
 fn new_refuses_a_bad_name_and_a_used_folder() {
-    let dir = support::temp_dir("new-refused");
+    let dir = crate::support::temp_dir("new-refused");
     let run = |name: &str| {
         Command::new(BIN)
             .args(["new", name, "--lang", "wat", "--dir"])

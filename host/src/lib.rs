@@ -2,14 +2,24 @@
 //! notification to subscribers — sandboxed WebAssembly components or Rust
 //! closures — called as `(id, channel, payload, pid)`.
 //!
-//! The modules, from the bottom up; each imports only modules above it in
-//! this list (a test, `layering`, fails on an import that runs back up):
+//! A notification's path: the `listener`'s connection receives it; the
+//! [`dispatch`] router decodes it once and queues it for each subscriber of
+//! its channel; that subscriber's worker thread calls it, a wasm guest in
+//! the [`sandbox`] or a closure. Durable events take the same queues from
+//! the outbox, through a feeder per subscriber ([`durable`]).
+//!
+//! Control: configuration, the [`plugins`] loader and the application's
+//! admin API change the [`registry`]; its snapshot is swapped whole, and
+//! the listener LISTENs or UNLISTENs the difference.
+//!
+//! The modules, from the bottom up; each imports only modules listed before
+//! it (a test, `layering`, fails on an import that runs back up):
 //!
 //! - leaves: [`channel`] names, [`payload`] decoding, the WIT [`bindings`],
 //!   [`files`], [`printable`] text and error chains, [`settings`] errors and
-//!   checks, and `sync` (the lock, counters and the clock);
+//!   checks, and `sync` (the lock, counters, the clock, background tasks);
 //! - [`pg`]: the database settings (libpq's URL and `PG*` variables), TLS,
-//!   connecting;
+//!   connecting, advisory locks;
 //! - [`dispatch`]: the route table, the router, one mailbox (bounded queue)
 //!   and one worker thread per subscriber, its counters, and the
 //!   notifications workers hand back for reuse;
@@ -20,20 +30,19 @@
 //! - [`durable`]: at-least-once delivery: the `pgnotifier` schema (the
 //!   outbox `pgnotifier.send` writes, positions, dead letters), the reader
 //!   that never skips a committed event, and a feeder per subscriber;
+//! - `error`: the library's [`Error`], gathering each layer's own;
 //! - [`plugins`]: sidecar settings, the loader, the sync of a plugins folder
-//!   with its subscribers, and the watcher (hot reload);
+//!   with its subscribers, the watcher (hot reload), and a plugin run offline;
 //! - [`cluster`]: leader election among hosts on one database, on the
 //!   LISTEN connection, so that only one dispatches;
-//! - `error`: the library's [`Error`], gathering each layer's own;
 //! - `listener`: one connection LISTENing the registry's active channels,
 //!   handing each notification to the router, reconnecting with gap events;
 //! - `metrics`: the Prometheus text of every counter, read-only;
-//! - the facade: [`Notifier`], native [`Subscriber`]s, and [`blocking`];
-//! - at the top, `app` behind the default `cli` feature: the `pgnotifier`
-//!   binary, its config file, `run` (admin API, metrics, health, SIGHUP),
-//!   `ctl` and the demo. With `default-features = false` the library builds
-//!   without clap, axum, wat or wit-component. `local_pg` (throwaway
-//!   clusters) is behind `test-support`.
+//! - the facade: `notifier` ([`Notifier`]), `subscriber` (native
+//!   [`Subscriber`]s) and [`blocking`].
+//!
+//! The `pgnotifier` binary (run, ctl, the admin API, the demo, the author's
+//! tools) is another crate, `pgnotifier-app`, built on this one.
 
 pub mod bindings;
 pub mod channel;
@@ -54,11 +63,12 @@ pub mod registry;
 
 pub mod durable;
 
+mod error;
+
 pub mod plugins;
 
 pub mod cluster;
 
-mod error;
 mod listener;
 mod metrics;
 
@@ -66,17 +76,12 @@ pub mod blocking;
 mod notifier;
 mod subscriber;
 
-#[cfg(feature = "cli")]
-pub mod app;
-#[cfg(feature = "test-support")]
-pub mod local_pg;
-
 #[cfg(test)]
 mod layering;
 
 pub use dispatch::{
-    DispatchSettings, DurableEvent, DurableStats, Gap, GapCause, Notification, Overflow,
-    QueueLimits, SubscriberStats,
+    CallFailure, DispatchSettings, DurableEvent, DurableStats, EventKey, Gap, GapCause,
+    Notification, Overflow, QueueLimits, SubscriberStats,
 };
 pub use error::{Error, Result};
 pub use listener::ConnectionSettings;

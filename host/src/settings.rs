@@ -18,7 +18,7 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(crate) fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn invalid(setting: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {
             setting: setting.into(),
             reason: reason.into(),
@@ -28,7 +28,7 @@ impl ConfigError {
 
 /// TOML's message for a number too large for any setting ("invalid type:
 /// integer `N` as i128, expected …") says nothing a user can act on.
-pub(crate) fn toml_message(e: &toml::de::Error) -> String {
+pub fn toml_message(e: &toml::de::Error) -> String {
     let text = e.to_string();
     let Some(start) = text.find("invalid type: integer `") else {
         return text;
@@ -45,12 +45,7 @@ pub(crate) fn toml_message(e: &toml::de::Error) -> String {
     )
 }
 
-pub(crate) fn check_range(
-    setting: &str,
-    value: u64,
-    min: u64,
-    max: u64,
-) -> Result<(), ConfigError> {
+pub fn check_range(setting: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {

@@ -12,12 +12,17 @@ pub mod proxy;
 pub mod wat;
 pub mod webhook;
 
-use pgnotifier::local_pg::{self, LocalPostgres};
 use pgnotifier::{DatabaseConfig, Payload, Subscriber};
+use pgnotifier_app::local_pg::{self, LocalPostgres};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+/// The repository's top folder.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 /// The database every test in this binary uses, found or started once.
 pub fn database_url() -> &'static str {
@@ -264,7 +269,7 @@ pub fn examples_plugin(name: &str) -> PathBuf {
 pub fn plugins_dist() -> PathBuf {
     std::env::var_os("PGNOTIFIER_PLUGINS_OUT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist"))
+        .unwrap_or_else(|| repo().join("plugins/dist"))
 }
 
 fn built_plugin(path: &Path) -> PathBuf {

@@ -466,7 +466,7 @@ fn resolve(notify: Notify, version: &str) -> (Resolve, wit_parser::WorldId) {
 pub fn component_importing(interface: &str) -> Vec<u8> {
     let (package, name) = interface.split_once('/').expect("package/interface");
     let mut resolve = Resolve::default();
-    let wit_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit/v0.1.0");
+    let wit_dir = super::repo().join("wit/v0.1.0");
     resolve.push_dir(&wit_dir).expect("wit/ parses");
     resolve
         .push_str(
@@ -525,7 +525,7 @@ pub fn other_world_component() -> Vec<u8> {
 
 /// Where the WIT of `version` lives: the current one in `wit/`, frozen ones beside it.
 fn wit_dir(version: &str) -> PathBuf {
-    let wit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+    let wit = super::repo().join("wit");
     let current = std::fs::read_to_string(wit.join("plugin.wit")).expect("wit/plugin.wit");
     match current.contains(&format!("package pgnotifier:plugin@{version};")) {
         true => wit,

@@ -87,7 +87,7 @@ pub(crate) fn this_process() -> String {
     let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
     let host = match got {
         0 if end > 0 => String::from_utf8_lossy(&name[..end]).into_owned(),
-        _ => "this machine".to_owned(),
+        _ => "a host without a name".to_owned(),
     };
     format!("{host} (pid {})", std::process::id())
 }

@@ -194,7 +194,7 @@ impl DatabaseConfig {
     }
 
     /// Open a connection with these settings, TLS as `sslmode` says.
-    pub(crate) async fn connect(
+    pub async fn connect(
         &self,
     ) -> Result<
         (

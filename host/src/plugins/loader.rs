@@ -60,13 +60,11 @@ impl PluginFiles {
     }
 
     /// Use `text` (read from `path`) as the sidecar instead.
-    #[cfg(feature = "cli")]
     pub(crate) fn set_sidecar(&mut self, path: &Path, text: String) {
         self.sidecar = Some((path.to_owned(), text));
     }
 
     /// Set these `[config]` keys in the sidecar (one is made if none).
-    #[cfg(feature = "cli")]
     pub(crate) fn set_sidecar_config(&mut self, pairs: &[(&str, &str)]) -> Result<(), LoadError> {
         let (path, text) = self
             .sidecar
@@ -105,7 +103,6 @@ impl PluginFiles {
 pub(crate) struct LoadedPlugin {
     pub(crate) channels: Vec<String>,
     /// Shown by `pgnotifier check`.
-    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub(crate) grants: Grants,
     pub(crate) settings: SubscriberSettings,
     pub(crate) subscriber: WasmSubscriber,

@@ -4,13 +4,16 @@
 //! - [`loader`]: one `NAME.wasm` (and its `NAME.toml`) compiled, started and registered;
 //! - [`sync`]: the subscribers of a folder made to match its files, the one
 //!   path start-up, hot reload and the API all take;
-//! - [`watcher`]: the folder followed, each change synced.
+//! - [`watcher`]: the folder followed, each change synced;
+//! - [`offline`]: one plugin loaded and called outside a host.
 
-pub mod loader;
+pub(crate) mod loader;
+pub mod offline;
 pub mod settings;
 pub(crate) mod sync;
 pub(crate) mod watcher;
 
+pub use offline::{OfflinePlugin, OfflineSettings};
 pub use settings::{Delivery, LimitSettings, Sidecar, SubscriberSettings};
 pub use sync::PluginChange;
 pub(crate) use sync::{PluginCounters, PluginSync};

@@ -293,7 +293,6 @@ impl Sandbox {
     /// succeeds, and `query` answers from `query_fixture`, or fails saying it
     /// needs a database. HTTP reaches the sidecar's granted origins only if
     /// `allow_http`.
-    #[cfg(feature = "cli")]
     pub(crate) fn offline(
         config: &SandboxConfig,
         capability_pool: Option<Arc<CapabilityPool>>,

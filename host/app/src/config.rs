@@ -1,10 +1,10 @@
 //! The application's config file (`--config FILE`) and its control settings:
 //! where the admin API listens, its token, and where the runtime state is kept.
 
-use crate::cluster::ClusterSettings;
-use crate::listener::ConnectionSettings;
-use crate::plugins::LimitSettings;
-use crate::settings::{check_range, toml_message, ConfigError};
+use pgnotifier::cluster::ClusterSettings;
+use pgnotifier::plugins::LimitSettings;
+use pgnotifier::settings::{check_range, toml_message, ConfigError};
+use pgnotifier::ConnectionSettings;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,7 +61,7 @@ pub struct ClusterTable {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = crate::files::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = pgnotifier::files::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
@@ -289,8 +289,87 @@ fn parse_span(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::SubscriberSettings;
-    use crate::DatabaseConfig;
+    use pgnotifier::plugins::SubscriberSettings;
+    use pgnotifier::DatabaseConfig;
+    use std::collections::BTreeSet;
+
+    /// The keys a table of the config file accepts, as serde names them
+    /// when it refuses an unknown one.
+    fn accepted<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+        prefix: &str,
+    ) -> BTreeSet<String> {
+        let refused = toml::from_str::<T>("not_a_key = 1")
+            .unwrap_err()
+            .to_string();
+        let expected = refused
+            .split_once("expected")
+            .map(|(_, list)| list)
+            .unwrap_or_else(|| panic!("no list of keys in {refused:?}"));
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|key| format!("{prefix}{key}"))
+            .collect()
+    }
+
+    /// The config-file keys the reference table in docs/configuration.md
+    /// names: backticked names in its "config file" column, outside
+    /// parentheses, each under the `[defaults]` or `[cluster]` it follows.
+    fn documented() -> BTreeSet<String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let doc = std::fs::read_to_string(&path).unwrap();
+        let mut keys = BTreeSet::new();
+        let rows = doc
+            .lines()
+            .skip_while(|l| !l.starts_with("| setting |"))
+            .skip(2);
+        for row in rows.take_while(|l| l.starts_with('|')) {
+            let cell = row.split('|').nth(2).unwrap_or("");
+            let (mut table, mut depth) = ("", 0);
+            for (i, part) in cell.split('`').enumerate() {
+                if i % 2 == 0 {
+                    depth += part.matches('(').count() as i32 - part.matches(')').count() as i32;
+                    continue;
+                }
+                if depth > 0 {
+                    continue;
+                }
+                let name = match part.split_once("] ") {
+                    Some((heading, name)) => {
+                        table = if heading == "[defaults" {
+                            "defaults."
+                        } else {
+                            "cluster."
+                        };
+                        name
+                    }
+                    None => part,
+                };
+                keys.insert(format!("{table}{name}"));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn the_configuration_reference_names_every_key_and_only_those() {
+        let mut keys = accepted::<FileConfig>("");
+        keys.retain(|key| key != "defaults" && key != "cluster");
+        keys.extend(accepted::<LimitSettings>("defaults."));
+        keys.extend(accepted::<ClusterTable>("cluster."));
+        let documented = documented();
+        let missing: Vec<&String> = keys.difference(&documented).collect();
+        let unknown: Vec<&String> = documented.difference(&keys).collect();
+        assert!(
+            missing.is_empty(),
+            "accepted, not in docs/configuration.md: {missing:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "in docs/configuration.md, not accepted: {unknown:?}"
+        );
+    }
 
     #[test]
     fn a_cluster_needs_a_name_and_a_sane_takeover() {
@@ -345,7 +424,7 @@ mod tests {
 
     #[test]
     fn the_sample_config_parses_and_shows_the_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/pgnotifier.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pgnotifier.toml");
         let file = FileConfig::load(&path).unwrap();
         assert_eq!(
             file.connection_settings().unwrap(),
@@ -358,7 +437,7 @@ mod tests {
         assert_eq!(defaults, SubscriberSettings::default());
         assert_eq!(
             file.outbox_retention().unwrap(),
-            Some(crate::durable::DEFAULT_RETENTION)
+            Some(pgnotifier::durable::DEFAULT_RETENTION)
         );
         DatabaseConfig::from_url(file.database_url.as_deref().unwrap()).unwrap();
         let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();

@@ -213,7 +213,7 @@ impl Client {
         let file = control.addr_file();
         let configured = addr.port() != 0 && addr.to_string() != DEFAULT_ADMIN_ADDR;
         if !configured {
-            match crate::files::read_to_string(&file) {
+            match pgnotifier::files::read_to_string(&file) {
                 Ok(text) => {
                     addr = text.trim().parse().with_context(|| {
                         format!("{} holds {:?}, not an address", file.display(), text.trim())
@@ -297,7 +297,7 @@ impl Client {
             if let Some(warning) = response.headers().get(hyper::header::WARNING) {
                 eprintln!(
                     "warning: {}",
-                    crate::printable::printable(&String::from_utf8_lossy(warning.as_bytes()))
+                    pgnotifier::printable::printable(&String::from_utf8_lossy(warning.as_bytes()))
                 );
             }
             let bytes = response.into_body().collect().await?.to_bytes();
@@ -309,7 +309,7 @@ impl Client {
                     .unwrap_or(text);
                 bail!(
                     "{} (HTTP {})",
-                    crate::printable::printable(&message),
+                    pgnotifier::printable::printable(&message),
                     status.as_u16()
                 );
             }
@@ -373,7 +373,7 @@ fn yes_no(value: &Value) -> String {
 /// chose, file names) with control characters escaped.
 fn text(value: &Value) -> String {
     match value {
-        Value::String(s) => crate::printable::printable(s).into_owned(),
+        Value::String(s) => pgnotifier::printable::printable(s).into_owned(),
         Value::Null => String::new(),
         other => other.to_string(),
     }

@@ -10,9 +10,9 @@
 //! up for the user's own `psql` until Ctrl-C, and cleans everything up.
 
 use crate::local_pg::{self, Cluster, LocalPgError};
-use crate::payload::describe;
-use crate::{DatabaseConfig, Notifier, Subscriber};
 use anyhow::Context;
+use pgnotifier::payload::describe;
+use pgnotifier::{DatabaseConfig, Notifier, Subscriber};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -101,8 +101,8 @@ async fn demo(options: &DemoOptions, database: &Database, work: &Path) -> anyhow
     for view in notifier.subscribers() {
         let channels: Vec<&str> = view.channels.iter().map(|c| c.channel.as_str()).collect();
         let kind = match view.source {
-            crate::registry::SubscriberSource::Native => "native closure",
-            crate::registry::SubscriberSource::Plugin { .. } => "wasm plugin",
+            pgnotifier::registry::SubscriberSource::Native => "native closure",
+            pgnotifier::registry::SubscriberSource::Plugin { .. } => "wasm plugin",
         };
         println!("  {:<14} {kind:<15} on {}", view.id, channels.join(", "));
     }
@@ -205,7 +205,7 @@ impl Database {
 fn write_echo_plugin(dir: &Path) -> anyhow::Result<()> {
     let mut module = wat::parse_str(include_str!("echo.wat")).context("echo.wat")?;
     let mut resolve = wit_parser::Resolve::default();
-    let package = resolve.push_str("plugin.wit", crate::bindings::WIT)?;
+    let package = resolve.push_str("plugin.wit", pgnotifier::bindings::WIT)?;
     let world = resolve.select_world(&[package], Some("plugin"))?;
     wit_component::embed_component_metadata(
         &mut module,
@@ -227,7 +227,7 @@ fn write_echo_plugin(dir: &Path) -> anyhow::Result<()> {
 
 /// Copy the built example plugins, if found; how many.
 fn copy_examples(given: Option<&Path>, to: &Path) -> anyhow::Result<usize> {
-    let repo_dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    let repo_dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist");
     // Where plugins/build puts them: PGNOTIFIER_PLUGINS_OUT, else plugins/dist.
     let built = std::env::var_os("PGNOTIFIER_PLUGINS_OUT").map(PathBuf::from);
     let dist = match (given, built) {

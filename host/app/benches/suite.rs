@@ -11,9 +11,9 @@
 //! writes `target/bench.json`. Each figure is the median of `REPEATS` runs.
 
 use out_of_process::STAMP_SQL;
-use pgnotifier::local_pg;
 use pgnotifier::sandbox::SandboxConfig;
 use pgnotifier::{DatabaseConfig, Notifier, Payload, PayloadMode, Subscriber};
+use pgnotifier_app::local_pg;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 #[path = "suite/out_of_process.rs"]
 mod out_of_process;
 #[allow(dead_code)] // the tests read more of it than the bench
-#[path = "../../tests/support/webhook.rs"]
+#[path = "../../../tests/support/webhook.rs"]
 mod webhook;
 
 const REPEATS: usize = 3;
@@ -94,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let wants = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
     let db = local_pg::discover()?;
-    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/dist");
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/dist");
     let read = |name: &str| {
         let path = dist.join(format!("{name}.wasm"));
         std::fs::read(&path)
@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
     for (name, value) in &bench.rows {
         println!("| {name} | {value} |");
     }
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench.json");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench.json");
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
     std::fs::write(&out, format!("{{\n{}\n}}\n", bench.json.join(",\n")))?;
     println!("\nwrote {}", out.display());
@@ -254,7 +254,7 @@ impl Bench {
             );
             if let Some(ParseRates { value, decode }) = parse {
                 // The bare loop's own multiple bounds what any host reading
-                // through tokio-postgres can reach on this machine.
+                // through tokio-postgres can reach where the bench runs.
                 println!(
                     "drain {label}: serde_json::Value parse of the same payloads: {:.0}k/s (host = {:.1}x, the bare loop itself = {:.1}x); the host's decode alone: {:.0}k/s ({:.1}x)",
                     value / 1e3,

@@ -7,16 +7,10 @@
 //! past its deadline, so it scripts into CI. `replay` is the same over a
 //! recording, at its recorded pace if asked, and ends with a summary.
 
-use crate::capabilities::{CapabilityPool, QueryFixture};
-use crate::dispatch::{Deliver, Notification};
-use crate::payload::decode;
-use crate::pg::DatabaseConfig;
-use crate::plugins::loader::{self, PluginFiles};
-use crate::plugins::SubscriberSettings;
-use crate::sandbox::{Sandbox, SandboxConfig};
 use anyhow::Context;
-use std::path::PathBuf;
-use std::sync::Arc;
+use pgnotifier::plugins::{OfflinePlugin, OfflineSettings};
+use pgnotifier::DatabaseConfig;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What `call` is asked to do.
@@ -68,21 +62,42 @@ pub async fn call(options: CallOptions) -> anyhow::Result<()> {
 /// Run the calls; `Ok(false)` when any failed.
 async fn calls(options: CallOptions) -> anyhow::Result<bool> {
     let inputs = inputs(&options)?;
-    // Made on the runtime, which runs its connections.
-    let pool = match &options.database_url {
-        Some(url) => {
-            let database = DatabaseConfig::resolve(Some(url))?;
-            Some(Arc::new(CapabilityPool::new(&database, 2)?))
-        }
-        None => None,
+    let settings = offline_settings(&options)?;
+    // Loaded off the async threads, inside the runtime that runs the
+    // database connections, if any.
+    tokio::task::spawn_blocking(move || run(&options, &inputs, settings)).await?
+}
+
+/// How the plugin is loaded: its sidecar, config, database and fixture.
+fn offline_settings(options: &CallOptions) -> anyhow::Result<OfflineSettings> {
+    let read = |path: &Path, what: &str| {
+        pgnotifier::files::read_to_string(path)
+            .with_context(|| format!("cannot read the {what} {}", path.display()))
     };
-    tokio::task::spawn_blocking(move || run(&options, &inputs, pool)).await?
+    Ok(OfflineSettings {
+        sidecar: match &options.sidecar {
+            Some(path) => Some((path.clone(), read(path, "sidecar")?)),
+            None => None,
+        },
+        config: (options.config.iter())
+            .map(|pair| config_pair(pair).map(|(k, v)| (k.to_owned(), v.to_owned())))
+            .collect::<anyhow::Result<_>>()?,
+        database: match &options.database_url {
+            Some(url) => Some(DatabaseConfig::resolve(Some(url))?),
+            None => None,
+        },
+        query_fixture: match &options.query_fixture {
+            Some(path) => Some((path.clone(), read(path, "query fixture")?)),
+            None => None,
+        },
+        allow_http: options.allow_http,
+    })
 }
 
 fn inputs(options: &CallOptions) -> anyhow::Result<Vec<Input>> {
     match (&options.input, &options.channel, &options.payload) {
         (Some(file), None, None) => {
-            let text = crate::files::read_to_string(file)
+            let text = pgnotifier::files::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             text.lines()
                 .enumerate()
@@ -109,35 +124,11 @@ fn inputs(options: &CallOptions) -> anyhow::Result<Vec<Input>> {
     }
 }
 
-fn run(
-    options: &CallOptions,
-    inputs: &[Input],
-    pool: Option<Arc<CapabilityPool>>,
-) -> anyhow::Result<bool> {
+fn run(options: &CallOptions, inputs: &[Input], settings: OfflineSettings) -> anyhow::Result<bool> {
     let json = options.json;
-    let fixture = match &options.query_fixture {
-        Some(path) => {
-            let text = crate::files::read_to_string(path)
-                .with_context(|| format!("cannot read the query fixture {}", path.display()))?;
-            Some(Arc::new(QueryFixture::parse(path, &text)?))
-        }
-        None => None,
-    };
-    let sandbox = Sandbox::offline(&SandboxConfig::default(), pool, fixture, options.allow_http)?;
-    let mut files = PluginFiles::read(&options.plugin)?;
-    if let Some(sidecar) = &options.sidecar {
-        let text = crate::files::read_to_string(sidecar)
-            .with_context(|| format!("cannot read the sidecar {}", sidecar.display()))?;
-        files.set_sidecar(sidecar, text);
-    }
-    if !options.config.is_empty() {
-        let pairs = (options.config.iter().map(|pair| config_pair(pair)))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        files.set_sidecar_config(&pairs)?;
-    }
     let started = Instant::now();
-    let mut loaded = match loader::load(&sandbox, &files, SubscriberSettings::default()) {
-        Ok(loaded) => loaded,
+    let mut plugin = match OfflinePlugin::load(&options.plugin, settings) {
+        Ok(plugin) => plugin,
         Err(e) => {
             report(
                 json,
@@ -150,16 +141,15 @@ fn run(
     report(
         json,
         serde_json::json!({
-            "call": "register", "ok": true, "channels": loaded.channels,
+            "call": "register", "ok": true, "channels": plugin.channels,
             "micros": started.elapsed().as_micros() as u64,
         }),
         &format!(
             "register: ok in {:.2} ms; channels: {}",
             started.elapsed().as_secs_f64() * 1e3,
-            loaded.channels.join(", ")
+            plugin.channels.join(", ")
         ),
     );
-    let mode = loaded.settings.dispatch.payload;
     let mut failures = 0usize;
     let mut times = Vec::with_capacity(inputs.len());
     let first = inputs
@@ -175,17 +165,12 @@ fn run(
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
         }
-        let notification = Notification {
-            channel: input.channel.as_str().into(),
-            payload: decode(&input.payload, mode),
-            pid: input.pid,
-        };
         let started = Instant::now();
-        let outcome = loaded.subscriber.on_notify(&notification, None);
+        let (payload, outcome) = plugin.call(&input.channel, &input.payload, input.pid);
         let took = started.elapsed();
         times.push(took);
         failures += usize::from(outcome.is_err());
-        let typed = format!("{:?}", notification.payload);
+        let typed = format!("{payload:?}");
         let human = format!(
             "on-notify({}, {typed}, pid {}): {} in {:.3} ms",
             input.channel,

@@ -25,8 +25,8 @@ struct File {
 }
 
 const BUILD: &str = include_str!("../../../plugins/build-plugin");
-const SIDECAR: &str = include_str!("../../templates/sidecar.toml");
-const WIT: &str = crate::bindings::WIT;
+const SIDECAR: &str = include_str!("../templates/sidecar.toml");
+const WIT: &str = pgnotifier::bindings::WIT;
 
 /// The SDK's files, vendored into a Rust project (`vendor/pgnotifier-plugin`).
 const SDK: [(&str, &str); 9] = [
@@ -75,22 +75,16 @@ impl Language {
             Language::Rust => vec![
                 (
                     "Cargo.toml".into(),
-                    include_str!("../../templates/rust/Cargo.toml"),
+                    include_str!("../templates/rust/Cargo.toml"),
                 ),
                 (
                     "src/lib.rs".into(),
-                    include_str!("../../templates/rust/src/lib.rs"),
+                    include_str!("../templates/rust/src/lib.rs"),
                 ),
             ],
-            Language::C => vec![(
-                format!("{name}.c"),
-                include_str!("../../templates/c/plugin.c"),
-            )],
-            Language::Python => vec![(
-                "app.py".into(),
-                include_str!("../../templates/python/app.py"),
-            )],
-            Language::Js => vec![("app.js".into(), include_str!("../../templates/js/app.js"))],
+            Language::C => vec![(format!("{name}.c"), include_str!("../templates/c/plugin.c"))],
+            Language::Python => vec![("app.py".into(), include_str!("../templates/python/app.py"))],
+            Language::Js => vec![("app.js".into(), include_str!("../templates/js/app.js"))],
             Language::Wat => vec![(
                 format!("{name}.wat"),
                 include_str!("../../../plugins/minimal/minimal.wat"),

@@ -7,10 +7,6 @@
 //! unknown subscriber or channel, 400 for bad input.
 
 use super::config::ControlSettings;
-use crate::durable::DurableError;
-use crate::error::Error;
-use crate::registry::RegistryError;
-use crate::{Notifier, Selection};
 use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
@@ -22,6 +18,10 @@ use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use pgnotifier::durable::DurableError;
+use pgnotifier::registry::RegistryError;
+use pgnotifier::Error;
+use pgnotifier::{Notifier, Selection};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -394,7 +394,7 @@ impl From<Error> for ApiError {
             Error::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        Self::new(status, crate::printable::with_causes(&e))
+        Self::new(status, pgnotifier::printable::with_causes(&e))
     }
 }
 

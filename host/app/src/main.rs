@@ -1,7 +1,7 @@
 //! The `pgnotifier` binary: parse the command line, set up logging, run.
 
 use clap::Parser;
-use pgnotifier::app::cli::{execute, Cli, LogFormat};
+use pgnotifier_app::cli::{execute, Cli, LogFormat};
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
@@ -36,7 +36,7 @@ async fn main() -> std::process::ExitCode {
     match execute(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", pgnotifier::app::cli::error_text(&e));
+            eprintln!("error: {}", pgnotifier_app::cli::error_text(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -5,12 +5,12 @@
 
 use super::admin::AdminServer;
 use super::config::{ControlSettings, FileConfig};
-use crate::listener::ConnectionSettings;
-use crate::plugins::SubscriberSettings;
-use crate::registry::SubscriberSource;
-use crate::sandbox::SandboxConfig;
-use crate::{DatabaseConfig, Notifier};
 use anyhow::Context;
+use pgnotifier::plugins::SubscriberSettings;
+use pgnotifier::registry::SubscriberSource;
+use pgnotifier::sandbox::SandboxConfig;
+use pgnotifier::ConnectionSettings;
+use pgnotifier::{DatabaseConfig, Notifier};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -168,7 +168,7 @@ async fn reload(
     let next = match Settings::resolve(options) {
         Ok(next) => next,
         Err(e) => {
-            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {}", crate::printable::with_causes(e.as_ref()));
+            tracing::error!(config = %path.display(), "config reload refused, the running settings stay: {}", pgnotifier::printable::with_causes(e.as_ref()));
             return;
         }
     };

@@ -7,9 +7,9 @@
 //! file is written and flushed line by line, so a recording cut short is
 //! still whole up to its last line.
 
-use crate::channel::quote_ident;
-use crate::pg::DatabaseConfig;
 use anyhow::Context;
+use pgnotifier::channel::quote_ident;
+use pgnotifier::pg::DatabaseConfig;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -35,7 +35,7 @@ pub async fn record(
 ) -> anyhow::Result<u64> {
     anyhow::ensure!(!channels.is_empty(), "--channels names no channel");
     for channel in channels {
-        crate::channel::validate(channel).with_context(|| format!("channel {channel:?}"))?;
+        pgnotifier::channel::validate(channel).with_context(|| format!("channel {channel:?}"))?;
     }
     let mut sink: Box<dyn Write> = if out == Path::new("-") {
         Box::new(std::io::stdout().lock())

@@ -69,7 +69,7 @@ pub fn probe(url: &str) -> Result<(), ProbeError> {
             .map_err(ProbeError::Runtime)?;
         runtime.block_on(async {
             // The host's own connection path: sockets, libpq forms and sslmode as `run` has them.
-            let database = crate::DatabaseConfig::from_url(&url)?;
+            let database = pgnotifier::DatabaseConfig::from_url(&url)?;
             let connecting = tokio::time::timeout(Duration::from_secs(3), database.connect());
             let (client, connection) = connecting.await.map_err(|_| ProbeError::NoAnswer)??;
             tokio::spawn(connection);
@@ -85,11 +85,11 @@ pub fn probe(url: &str) -> Result<(), ProbeError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(transparent)]
-    Config(#[from] crate::ConfigError),
+    Config(#[from] pgnotifier::ConfigError),
     #[error("no answer within 3 s")]
     NoAnswer,
     /// Printed with its causes: the driver keeps the useful part there.
-    #[error("{}", crate::printable::with_causes(.0))]
+    #[error("{}", pgnotifier::printable::with_causes(.0))]
     Database(#[from] tokio_postgres::Error),
     #[error("cannot start a runtime to probe with: {0}")]
     Runtime(std::io::Error),

@@ -3,13 +3,11 @@
 use super::config::FileConfig;
 use super::ctl::CtlCommand;
 use super::daemon::{self, RunOptions};
-use crate::durable::schema;
-use crate::pg::DatabaseConfig;
-use crate::plugins::loader::{self, PluginFiles};
-use crate::plugins::SubscriberSettings;
-use crate::sandbox::{Sandbox, SandboxConfig};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use pgnotifier::durable::schema;
+use pgnotifier::pg::DatabaseConfig;
+use pgnotifier::plugins::{OfflinePlugin, OfflineSettings};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -255,7 +253,7 @@ impl ControlArgs {
 pub async fn execute(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Wit => {
-            print!("{}", crate::bindings::WIT);
+            print!("{}", pgnotifier::bindings::WIT);
             Ok(())
         }
         Command::Check { file } => check(file).await,
@@ -333,16 +331,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn check(file: PathBuf) -> anyhow::Result<()> {
-    let (files, loaded) = tokio::task::spawn_blocking(move || {
-        let sandbox = Sandbox::new(&SandboxConfig::default())?;
-        let files = PluginFiles::read(&file)?;
-        let loaded = loader::load(&sandbox, &files, SubscriberSettings::default())?;
-        anyhow::Ok((files, loaded))
-    })
-    .await??;
-    println!("id: {}", files.id);
-    println!("channels: {}", loaded.channels.join(", "));
-    println!("grants: {}", loaded.grants);
+    let plugin =
+        tokio::task::spawn_blocking(move || OfflinePlugin::load(&file, OfflineSettings::default()))
+            .await??;
+    println!("id: {}", plugin.id);
+    println!("channels: {}", plugin.channels.join(", "));
+    println!("grants: {}", plugin.grants);
     Ok(())
 }
 
@@ -382,5 +376,5 @@ async fn install_schema(
 /// An error and its causes on one line, each cause said once (a message
 /// that already ends with its cause's text does not repeat it).
 pub fn error_text(e: &anyhow::Error) -> String {
-    crate::printable::with_causes(e.as_ref())
+    pgnotifier::printable::with_causes(e.as_ref())
 }
