@@ -633,6 +633,61 @@ async fn positions_and_unread_events_carry_over_the_commit_order_migration() {
     );
 }
 
+/// The upgrade that drops the commits' durable column lets a sender that
+/// runs as it installs commit (stamped the version 7 way), and its events
+/// and the ones sent after it are read in commit order.
+#[tokio::test]
+async fn a_sender_running_during_the_durable_column_migration_commits_and_is_read() {
+    use pgnotifier::durable::reader::position;
+    let (url, mut client) = fresh_database("durable_column").await;
+    schema::migrate(&mut client, 7).await.unwrap();
+    client
+        .execute("select pgnotifier.send('work', 'before')", &[])
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "insert into pgnotifier.positions (subscriber, stamp, id) values ('reader', 0, 0)",
+        )
+        .await
+        .unwrap();
+    let (sender, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    sender
+        .batch_execute("begin; select pgnotifier.send('work', 'during')")
+        .await
+        .unwrap();
+    let upgrade = tokio::spawn(async move {
+        let installed = schema::install(&mut client).await;
+        (client, installed)
+    });
+    // The upgrade waits for the running sender; give it time to queue.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!upgrade.is_finished(), "the upgrade waits for the sender");
+    sender
+        .batch_execute("commit")
+        .await
+        .expect("a sender that ran as the schema upgraded commits");
+    let (client, installed) = upgrade.await.unwrap();
+    assert_eq!(
+        installed.unwrap(),
+        Installed {
+            from: 7,
+            to: schema::VERSION
+        }
+    );
+    client
+        .execute("select pgnotifier.send('work', 'after')", &[])
+        .await
+        .unwrap();
+    let at = position(&client, "reader").await.unwrap().unwrap();
+    let events = next_events(&client, at, &["work".to_owned()], 10)
+        .await
+        .unwrap();
+    let payloads: Vec<&str> = events.iter().map(|e| e.payload.as_str()).collect();
+    assert_eq!(payloads, ["before", "during", "after"]);
+}
+
 #[tokio::test]
 async fn an_at_least_once_subscriber_gets_every_event_across_a_killed_connection_and_a_restart() {
     use pgnotifier::durable::feeder::{SAVE_EVERY, WINDOW};

@@ -381,15 +381,40 @@ async fn an_asynchronous_commit_is_delivered_durable_under_a_key_of_its_own() {
     });
     n.subscribe("keyed", "work", subscriber).unwrap();
     feeding(&client, "keyed").await;
+    // Asynchronous commits going on all the time, as on a busy server: the
+    // WAL writer, never idle, flushes them only every `wal_writer_delay`
+    // (an idle one wakes at once for the first).
+    let noise = {
+        let writer = connect(&url).await;
+        tokio::spawn(async move {
+            writer
+                .batch_execute("SET synchronous_commit = off; CREATE TABLE noise (n int)")
+                .await
+                .unwrap();
+            loop {
+                let _ = writer.execute("insert into noise values (1)", &[]).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     // Each commit is asynchronous: visible before it is flushed. The WAL
-    // position before it is taken inside the transaction.
+    // position before it is taken inside the transaction. The first thirty
+    // senders stamp early, and only then turn synchronous commit off.
     let mut before_commit = Vec::new();
     let sender = connect(&url).await;
-    for i in 0..10 {
+    for i in 0..40 {
+        let send = match i {
+            30.. => format!(
+                "SET LOCAL synchronous_commit = off; SELECT pgnotifier.send('work', 'e{i}');"
+            ),
+            _ => format!(
+                "SET CONSTRAINTS ALL IMMEDIATE; SELECT pgnotifier.send('work', 'e{i}');
+                 SET LOCAL synchronous_commit = off;"
+            ),
+        };
         let rows = sender
             .simple_query(&format!(
-                "BEGIN; SET LOCAL synchronous_commit = off; SELECT pgnotifier.send('work', 'e{i}');
-                 SELECT pg_current_wal_insert_lsn()::text; COMMIT;"
+                "BEGIN; {send} SELECT pg_current_wal_insert_lsn()::text; COMMIT;"
             ))
             .await
             .unwrap();
@@ -403,7 +428,8 @@ async fn an_asynchronous_commit_is_delivered_durable_under_a_key_of_its_own() {
         });
         before_commit.push(lsn.expect("the insert position"));
     }
-    assert!(eventually(SOON, || seen.lock().unwrap().len() >= 20).await);
+    assert!(eventually(SOON, || seen.lock().unwrap().len() >= 80).await);
+    noise.abort();
     n.shutdown(SOON).await;
     let seen = seen.lock().unwrap().clone();
     for (i, before) in before_commit.iter().enumerate() {
@@ -435,7 +461,7 @@ async fn an_asynchronous_commit_is_delivered_durable_under_a_key_of_its_own() {
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     let keys: std::collections::BTreeSet<&str> = truth.iter().map(|(_, k)| &**k).collect();
-    assert_eq!(keys.len(), 10, "a key each");
+    assert_eq!(keys.len(), 40, "a key each");
     for (payload, key, _, _) in &seen {
         let own = truth.iter().find(|(p, _)| p == payload).map(|(_, k)| k);
         assert_eq!(Some(key), own, "{payload} is delivered under its own key");
@@ -917,4 +943,204 @@ async fn a_leader_whose_lock_a_pooler_reset_freed_stands_down() {
     assert!(eventually(SOON, || b.cluster().role == Role::Leader).await);
     a.shutdown(SOON).await;
     b.shutdown(SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gap_told_as_its_host_stops_is_not_told_again() {
+    let (url, client) = fresh_database("gap_at_stop").await;
+    let told = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
+    // `on-gap` takes half a second, so the host stops while it runs.
+    let subscriber = |told: &Arc<std::sync::atomic::AtomicU32>,
+                      started: &Arc<tokio::sync::Notify>| {
+        let (count, start) = (told.clone(), started.clone());
+        Subscriber::native(|_, _, _, _| {})
+            .on_gap(move |_, _| {
+                start.notify_one();
+                std::thread::sleep(Duration::from_millis(500));
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+            .at_least_once(RetryPolicy::default())
+    };
+    let n = notifier_on(&url);
+    n.subscribe("gapped", "work", subscriber(&told, &started))
+        .unwrap();
+    feeding(&client, "gapped").await;
+    n.mute_subscriber("gapped", pgnotifier::Selection::All)
+        .unwrap();
+    send_range(&client, 0..3).await;
+    let ageing = Notifier::builder(DatabaseConfig::from_url(&url).unwrap())
+        .outbox_retention(Duration::ZERO)
+        .build();
+    assert_eq!(ageing.prune_outbox().await.unwrap().unwrap().expired, 3);
+    n.unmute_subscriber("gapped", pgnotifier::Selection::All)
+        .unwrap();
+    tokio::time::timeout(SOON, started.notified())
+        .await
+        .expect("on-gap is called");
+    n.shutdown(SOON).await;
+    let count = || told.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(count(), 1, "the call in progress ran to its end");
+    assert_eq!(
+        count_of(&client, "select count(*) from pgnotifier.gaps").await,
+        0,
+        "and the gap is recorded as told"
+    );
+    // The same subscriber on a host started afresh: nothing more to tell.
+    let again = notifier_on(&url);
+    again
+        .subscribe("gapped", "work", subscriber(&told, &started))
+        .unwrap();
+    send_range(&client, 3..4).await;
+    feeding(&client, "gapped").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    again.shutdown(SOON).await;
+    assert_eq!(count(), 1, "the gap was told once");
+}
+
+/// A plugin with grants waits in the database for seconds, using little
+/// CPU. When the connection of the host that feeds it goes, that host cuts
+/// the call short, so the host that takes over never calls while it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_of_a_host_that_lost_its_lock_ends_before_another_host_calls() {
+    logs::install();
+    crate::support::plugin_role("pgnotifier_test_reader", &[]).await;
+    let (url, client) = fresh_database("cut_short").await;
+    // Host A logs in as a role of its own, so it can be kept from
+    // connecting again and taking the lock back before B.
+    let role = "pgnotifier_test_host_a";
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER ROLE {role} LOGIN SUPERUSER"
+        ))
+        .await
+        .unwrap();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let a_url = format!(
+        "{scheme}://{role}@{}",
+        rest.split_once('@').map_or(rest, |(_, r)| r)
+    );
+    let id = crate::support::channel("cut");
+    let sidecar = |tag: &str| {
+        format!(
+            "timeout_ms = 1000\nquery_timeout_ms = 1000\nhttp_timeout_ms = 1000\n\
+             [grants]\nquery = true\nquery_role = \"pgnotifier_test_reader\"\n\
+             [config]\nlog_start = \"true\"\nwait_queries = \"25\"\ntag = \"{tag}\"\n"
+        )
+    };
+    let a = notifier_on(&a_url);
+    let a_dir = crate::support::temp_dir("durable-cut-a");
+    durable_sink(&a, &a_dir, &id, &sidecar("a")).await;
+    feeding(&client, &id).await;
+    send_each(&client, "work", "e", 1).await;
+    let lines = || sunk_lines(&id);
+    assert!(
+        eventually(SOON, || lines()
+            .iter()
+            .any(|l| l.starts_with("sink-wait e-0 a 2")))
+        .await,
+        "{:?}",
+        lines()
+    );
+    // A's feeder connection goes (a terminated backend, a network cut):
+    // the server frees its feed lock at once.
+    client
+        .batch_execute(&format!("ALTER ROLE {role} NOLOGIN"))
+        .await
+        .unwrap();
+    let killed: i64 = client
+        .query_one(
+            "select count(pg_terminate_backend(l.pid)) from pg_locks l
+              where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+                and ((l.classid::bigint << 32) | l.objid::bigint)
+                    = hashtextextended('pgnotifier feed ' || $1, 0)",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "A's feeder holds the feed lock");
+    let b = notifier_on(&url);
+    let b_dir = crate::support::temp_dir("durable-cut-b");
+    durable_sink(&b, &b_dir, &id, &sidecar("b")).await;
+    assert!(
+        eventually(Duration::from_secs(30), || lines()
+            .iter()
+            .any(|l| l.starts_with("sink e-0 ")))
+        .await,
+        "B delivers the event: {:?}",
+        lines()
+    );
+    a.shutdown(SOON).await;
+    b.shutdown(SOON).await;
+    let lines = lines();
+    let b_started = (lines.iter())
+        .position(|l| l.starts_with("sink-start e-0 ") && l.ends_with(" b"))
+        .expect("B started a call");
+    let late: Vec<&String> = lines[b_started..]
+        .iter()
+        .filter(|l| l.starts_with("sink-wait e-0 a "))
+        .collect();
+    assert_eq!(
+        late,
+        Vec::<&String>::new(),
+        "A's call still ran once B's began"
+    );
+}
+
+/// The sink's own log lines, in order.
+fn sunk_lines(id: &str) -> Vec<String> {
+    logs::plugin_messages(id)
+}
+
+/// A feeder whose calls are short still looks at its lock every heartbeat:
+/// a pooler's reset that frees it ends the session, and the feeder takes
+/// the lock again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feed_lock_freed_between_short_calls_is_noticed() {
+    use crate::support::proxy::InjectingProxy;
+    logs::install();
+    let (url, client) = fresh_database("freed_between").await;
+    let proxy = InjectingProxy::start(crate::support::proxy::database_target()).await;
+    let db: tokio_postgres::Config = url.parse().unwrap();
+    let proxied = format!(
+        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
+        db.get_user().unwrap_or("postgres"),
+        proxy.port,
+        db.get_dbname().unwrap()
+    );
+    let calls: Calls = Default::default();
+    let n = notifier_on(&proxied);
+    n.subscribe(
+        "brief",
+        "work",
+        recording("a", &calls, Duration::from_millis(5)),
+    )
+    .unwrap();
+    feeding(&client, "brief").await;
+    // Events keep coming, so calls keep the feeder busy.
+    let sending = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let sender = connect(&url).await;
+            for i in 0..400 {
+                send_each(&sender, "work", &format!("s{i}"), 1).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    assert!(eventually(SOON, || payloads(&calls).len() >= 20).await);
+    proxy.inject("DISCARD ALL");
+    let noticed = || {
+        logs::of("brief")
+            .iter()
+            .any(|l| l.message.contains("freed this feeder's lock"))
+    };
+    assert!(
+        eventually(SOON, noticed).await,
+        "the feeder went on without its lock"
+    );
+    sending.abort();
+    n.shutdown(SOON).await;
 }

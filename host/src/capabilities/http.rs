@@ -3,6 +3,7 @@
 
 use super::CapabilityError;
 use super::CapabilityLimits;
+use crate::dispatch::CallCancel;
 use http_body_util::{BodyExt, Limited};
 use std::future::Future;
 use std::sync::Arc;
@@ -79,6 +80,8 @@ pub(crate) struct HttpGate {
     max_response_bytes: usize,
     /// Refuse even granted origins (`pgnotifier call` without `--allow-http`).
     refuse_all: bool,
+    /// No request starts once the call is cut short.
+    cancel: Arc<CallCancel>,
 }
 
 type ResponseFuture = Box<
@@ -99,6 +102,7 @@ impl HttpGate {
         allowed: Vec<Origin>,
         limits: CapabilityLimits,
         refuse_all: bool,
+        cancel: Arc<CallCancel>,
     ) -> Self {
         Self {
             id,
@@ -106,7 +110,12 @@ impl HttpGate {
             timeout: limits.http_timeout,
             max_response_bytes: limits.http_max_response_bytes,
             refuse_all,
+            cancel,
         }
+    }
+
+    pub(crate) fn set_cancel(&mut self, cancel: Arc<CallCancel>) {
+        self.cancel = cancel;
     }
 
     fn allows(&self, uri: &::http::Uri) -> bool {
@@ -122,6 +131,9 @@ impl WasiHttpHooks for HttpGate {
         io_result: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
     ) -> ResponseFuture {
         drop(io_result);
+        if self.cancel.is_cancelled() {
+            return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
         if self.refuse_all && self.allows(request.uri()) {
             tracing::info!(target: "pgnotifier::plugin", subscriber = %self.id, uri = %request.uri(), "HTTP refused: pgnotifier call sends none unless --allow-http is given");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
@@ -180,6 +192,7 @@ mod tests {
             vec![Origin::parse("http://127.0.0.1:8080").unwrap()],
             CapabilityLimits::default(),
             false,
+            Default::default(),
         );
         assert!(gate.allows(&"http://127.0.0.1:8080/hook?x=1".parse().unwrap()));
         assert!(!gate.allows(&"http://127.0.0.1:8081/hook".parse().unwrap()));

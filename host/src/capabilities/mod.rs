@@ -20,6 +20,7 @@ pub(crate) use http::HttpGate;
 pub use http::Origin;
 
 use crate::channel::{self, ChannelNameError};
+use crate::dispatch::CallCancel;
 use crate::pg::describe;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -226,12 +227,13 @@ pub(crate) struct Offline {
 
 impl PluginCapabilities {
     /// The hooks that decide each `wasi:http` request of this plugin.
-    pub(crate) fn http_gate(&self) -> HttpGate {
+    pub(crate) fn http_gate(&self, cancel: Arc<CallCancel>) -> HttpGate {
         HttpGate::new(
             self.id.clone(),
             self.grants.http.clone(),
             self.limits,
             self.offline.refuse_http,
+            cancel,
         )
     }
 }

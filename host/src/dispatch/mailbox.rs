@@ -5,7 +5,8 @@
 use super::queue::{checked, Queue, Wait};
 use super::stats::Counters;
 use super::{
-    Deliver, Delivery, DispatchSettings, Notification, Overflow, QueueLimits, SubscriberStats,
+    CallCancel, Deliver, Delivery, DispatchSettings, Notification, Overflow, QueueLimits,
+    SubscriberStats,
 };
 use crate::payload::PayloadMode;
 use crate::sync::{lock, Histogram};
@@ -134,6 +135,8 @@ pub(crate) struct Mailbox {
     pub(super) failed_epoch: AtomicU64,
     /// The last epoch handed out.
     epochs: AtomicU64,
+    /// Shared with the subscriber: which tracked call runs, and which to cut short.
+    pub(super) cancel: Arc<CallCancel>,
     pub(super) replaced: AtomicBool,
     pub(super) worker: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -143,9 +146,11 @@ impl Mailbox {
     pub(crate) fn spawn(
         id: Arc<str>,
         settings: DispatchSettings,
-        subscriber: Box<dyn Deliver>,
+        mut subscriber: Box<dyn Deliver>,
         on_quarantine: QuarantineHook,
     ) -> std::io::Result<Arc<Self>> {
+        let cancel = Arc::new(CallCancel::default());
+        subscriber.set_cancel(cancel.clone());
         let mailbox = Arc::new(Self {
             id: id.clone(),
             raw_payloads: AtomicBool::new(settings.payload == PayloadMode::Raw),
@@ -167,6 +172,7 @@ impl Mailbox {
             replacement: Mutex::new(None),
             failed_epoch: AtomicU64::new(0),
             epochs: AtomicU64::new(0),
+            cancel,
             replaced: AtomicBool::new(false),
             worker: Mutex::new(None),
         });
@@ -190,7 +196,8 @@ impl Mailbox {
     /// Switch to a new subscriber and settings. What is queued stays queued,
     /// in order, and goes to the new subscriber; a call in progress finishes
     /// on the old one.
-    pub(crate) fn replace(&self, settings: DispatchSettings, subscriber: Box<dyn Deliver>) {
+    pub(crate) fn replace(&self, settings: DispatchSettings, mut subscriber: Box<dyn Deliver>) {
+        subscriber.set_cancel(self.cancel.clone());
         *lock(&self.replacement) = Some(subscriber);
         self.replaced.store(true, Ordering::Release);
         self.raw_payloads
@@ -344,6 +351,13 @@ impl Mailbox {
     /// to its end.
     pub(crate) fn give_up_epoch(&self, epoch: u64) {
         self.failed_epoch.fetch_max(epoch, Ordering::Relaxed);
+    }
+
+    /// Give up `epoch` and cut short a call of it in progress, if the
+    /// subscriber can be (see [`CallCancel`]).
+    pub(crate) fn cancel_epoch(&self, epoch: u64) {
+        self.give_up_epoch(epoch);
+        self.cancel.cancel_through(epoch);
     }
 
     /// A tracked delivery is not made: the rest of its epoch is not either.

@@ -26,6 +26,7 @@ pub use stats::{DurableStats, SubscriberStats};
 use crate::payload::{Payload, PayloadMode};
 use crate::sync::Latch;
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -135,12 +136,13 @@ pub(crate) enum Delivery {
     /// once `resumed` is open (the channels are LISTENed again), so a
     /// subscriber that resynchronises there misses nothing committed after
     /// it reads. Queued before that, so it comes before every notification
-    /// of the new connection. `done`, when set, hears how `on-gap` went
-    /// (dropped unreported: not delivered), as a tracked event's does.
+    /// of the new connection. `done`, when set (a durable feeder's gap),
+    /// hears how `on-gap` went, and its epoch can be given up, as a tracked
+    /// event's.
     Gap {
         gap: Arc<Gap>,
         resumed: Option<Latch>,
-        done: Option<tokio::sync::oneshot::Sender<Outcome>>,
+        done: Option<Done>,
     },
 }
 
@@ -148,8 +150,15 @@ pub(crate) enum Delivery {
 pub(crate) struct Tracked {
     notification: Arc<Notification>,
     event: DurableEvent,
-    done: tokio::sync::oneshot::Sender<Outcome>,
-    epoch: u64,
+    done: Done,
+}
+
+/// Where a tracked delivery's outcome goes (dropped unreported: not
+/// delivered), and the epoch it belongs to.
+#[derive(Debug)]
+pub(crate) struct Done {
+    pub(crate) outcome: tokio::sync::oneshot::Sender<Outcome>,
+    pub(crate) epoch: u64,
 }
 
 impl Delivery {
@@ -162,17 +171,53 @@ impl Delivery {
         Delivery::Tracked(Box::new(Tracked {
             notification,
             event,
-            done,
-            epoch,
+            done: Done {
+                outcome: done,
+                epoch,
+            },
         }))
     }
 
     /// The epoch of a tracked delivery.
     fn epoch(&self) -> Option<u64> {
         match self {
-            Delivery::Tracked(tracked) => Some(tracked.epoch),
+            Delivery::Tracked(tracked) => Some(tracked.done.epoch),
+            Delivery::Gap {
+                done: Some(done), ..
+            } => Some(done.epoch),
             _ => None,
         }
+    }
+}
+
+/// Which tracked call a subscriber is in, and which epochs to cut short:
+/// shared by a mailbox, its worker and the subscriber. A feeder that lost
+/// its lock cancels its epoch, because another host may deliver the same
+/// events at any moment; a wasm plugin with grants, whose calls wait on
+/// queries and HTTP, then ends at its next capability call or epoch tick.
+/// The others end within their deadline anyway.
+#[derive(Debug, Default)]
+pub(crate) struct CallCancel {
+    /// The epoch of the tracked call in progress; 0 for none.
+    running: AtomicU64,
+    cancelled_through: AtomicU64,
+}
+
+impl CallCancel {
+    /// Whether the call in progress is to end now.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        let running = self.running.load(Ordering::SeqCst);
+        running != 0 && running <= self.cancelled_through.load(Ordering::SeqCst)
+    }
+
+    /// Cut short the calls of `epoch` and those before it.
+    fn cancel_through(&self, epoch: u64) {
+        self.cancelled_through.fetch_max(epoch, Ordering::SeqCst);
+    }
+
+    /// A call of `epoch` (0: untracked) starts.
+    fn start(&self, epoch: u64) {
+        self.running.store(epoch, Ordering::SeqCst);
     }
 }
 
@@ -195,6 +240,11 @@ pub enum CallFailure {
     /// The call ran past its deadline; a wasm instance is recycled.
     #[error("ran past its deadline of {0:?}")]
     TimedOut(Duration),
+    /// The host cut the call short: the feeder that queued it lost its
+    /// lock, and another host delivers the event. Not the subscriber's
+    /// failure; a wasm instance is recycled.
+    #[error("cut short: this host no longer feeds the subscriber")]
+    Cancelled,
 }
 
 /// The most live notifications a worker hands to a batching subscriber in
@@ -216,6 +266,10 @@ pub(crate) trait Deliver: Send + 'static {
     fn batches(&self) -> bool {
         false
     }
+
+    /// The flag that asks a call in progress to end early. Only a
+    /// subscriber that can wait in a call for long looks at it.
+    fn set_cancel(&mut self, _cancel: Arc<CallCancel>) {}
 
     /// Live notifications on one channel, in order, at most [`BATCH_LIMIT`].
     /// `Ok`: the ones that failed, by index, in increasing order; the rest

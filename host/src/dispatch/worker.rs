@@ -3,7 +3,9 @@
 
 use super::mailbox::{Life, Mailbox};
 use super::reuse::HandBack;
-use super::{CallFailure, Deliver, Delivery, DurableEvent, Notification, Outcome, BATCH_LIMIT};
+use super::{
+    CallFailure, Deliver, Delivery, Done, DurableEvent, Notification, Outcome, BATCH_LIMIT,
+};
 use crate::sync::{bump, clock, lock, Histogram};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -171,6 +173,10 @@ impl Mailbox {
                     bump(&self.counters.delivered, 1);
                 }
             }
+            // The host's doing, not the subscriber's: nothing to count.
+            Err(CallFailure::Cancelled) => {
+                tracing::info!(subscriber = %self.id, "a call was cut short: this host no longer feeds the subscriber");
+            }
             Err(failure) => {
                 bump(&self.counters.failed, 1);
                 if matches!(failure, CallFailure::TimedOut(_)) {
@@ -217,13 +223,18 @@ impl Mailbox {
                 Next::Stop => break,
             };
             if let Some(epoch) = delivery.epoch() {
-                if epoch <= self.failed_epoch.load(Ordering::Relaxed) {
+                // Marked running before the check, so an epoch cancelled
+                // from here on cuts this call short.
+                self.cancel.start(epoch);
+                if epoch <= self.failed_epoch.load(Ordering::SeqCst) {
                     // Behind one that failed: offered again, in order.
+                    self.cancel.start(0);
                     continue;
                 }
             }
             if self.quarantined.load(Ordering::Relaxed) {
                 // Routed before the registry muted it: not for this subscriber.
+                self.cancel.start(0);
                 self.give_up(&delivery);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -239,36 +250,29 @@ impl Mailbox {
                         notification,
                         event,
                         done,
-                        epoch,
                     } = *tracked;
                     let result =
                         self.call(&mut timer, subscriber.as_mut(), &notification, Some(&event));
-                    (result, Some((done, epoch)))
+                    (result, Some(done))
                 }
                 Delivery::Gap { gap, resumed, done } => {
                     if let Some(resumed) = resumed {
                         resumed.wait();
                     }
                     bump(&self.counters.gaps, 1);
-                    let result = subscriber.on_gap(&gap).map(|()| false);
-                    if let Some(done) = done {
-                        let _ = done.send(match &result {
-                            Ok(_) => Outcome::Delivered,
-                            Err(failure) => Outcome::Failed(failure.clone()),
-                        });
-                    }
-                    (result, None)
+                    (subscriber.on_gap(&gap).map(|()| false), done)
                 }
             };
-            if let Some((done, epoch)) = report {
-                let outcome = match &result {
+            if let Some(Done { outcome, epoch }) = report {
+                self.cancel.start(0);
+                let reported = match &result {
                     Ok(_) => Outcome::Delivered,
                     Err(failure) => {
                         self.failed_epoch.fetch_max(epoch, Ordering::Relaxed);
                         Outcome::Failed(failure.clone())
                     }
                 };
-                let _ = done.send(outcome);
+                let _ = outcome.send(reported);
             }
             self.count(result);
         }

@@ -152,8 +152,6 @@ pub(crate) async fn waiting(
                 payload: column(row, "payload")?,
                 sent_at: column(row, "sent_at")?,
                 pid: 0,
-                // Delivered from the outbox before: durable then.
-                durable: true,
             },
         })
     };

@@ -19,13 +19,15 @@
 //!   followed in order. After a failure the rest of the window is not
 //!   called (its epoch is given up), so a retried event still comes before
 //!   every later one.
-//! - **Stopping at the next event.** Asked to stop, standing by, or finding
-//!   its connection gone or its lock freed (checked every heartbeat while
-//!   calls are in flight), a feeder gives up what it queued and waits only
-//!   for the call in progress. Then it records that it stopped cleanly
-//!   (`positions.fed_by`) and frees the lock. A feeder that takes the lock
-//!   after one that did not stop cleanly waits out the longest call first:
-//!   no event is ever in two calls at once.
+//! - **Stopping at the next event.** Asked to stop or standing by, a feeder
+//!   gives up what it queued and waits only for the call in progress. Then
+//!   it records that it stopped cleanly (`positions.fed_by`) and frees the
+//!   lock. Finding its connection gone or its lock freed (checked every
+//!   heartbeat, whatever it is doing), it also cuts the call in progress
+//!   short (see `CallCancel`), since another host may take the lock at
+//!   once. A feeder that takes the lock after one that did not stop cleanly
+//!   waits out that host's heartbeats and the longest call first: no event
+//!   is ever in two calls at once.
 //! - **Retries and dead letters.** A failed call is retried with backoff,
 //!   up to `max_attempts`; then the event goes to `pgnotifier.dead_letters`,
 //!   and the position past it, in one transaction. An event the mailbox did
@@ -34,7 +36,8 @@
 //!   nothing is read: it keeps its position.
 //! - **Gaps** pruning left are told before the events after them, and their
 //!   rows removed only once `on-gap` returned ok; a failing `on-gap` is
-//!   retried.
+//!   retried. A stop waits for an `on-gap` in progress and records it told,
+//!   so it is told again only if the connection was lost meanwhile.
 //! - **Connections.** The feeder LISTENs on the wake channel and also
 //!   polls, so a missed wake-up only delays. A lost connection is made
 //!   again, and reading resumes from the saved position. A feeder that
@@ -45,7 +48,7 @@ use super::pruner::{self, OutboxStats};
 use super::reader::{self, Batch, Channels, Event, Position, PrunedGap};
 use super::schema::{self, WAKE_CHANNEL};
 use crate::dispatch::{
-    CallFailure, Delivery, DurableEvent, DurableStats, Gap, GapCause, Mailbox, Notification,
+    CallFailure, Delivery, Done, DurableEvent, DurableStats, Gap, GapCause, Mailbox, Notification,
     Outcome,
 };
 use crate::payload::decode;
@@ -119,7 +122,8 @@ pub enum DeliveryMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct FeedSettings {
     pub(crate) retry: RetryPolicy,
-    /// The longest one call can run (a plugin's deadline): how long a
+    /// The longest one call can run once cut short (a plugin's deadline,
+    /// or its longest capability call): with two heartbeats, how long a
     /// feeder that takes over from one that stopped uncleanly waits.
     pub(crate) longest_call: Duration,
 }
@@ -159,7 +163,7 @@ pub(crate) struct Feeders {
     outbox: Arc<OutboxStats>,
     /// Whether this host may dispatch: a standby of a cluster feeds nothing.
     dispatching: watch::Receiver<bool>,
-    /// How often a feeder checks its connection while calls are in flight.
+    /// How often a feeder looks whether its connection still holds its lock.
     heartbeat: Duration,
     /// This process, as a feeder records itself in `positions.fed_by`.
     me: Arc<str>,
@@ -435,7 +439,7 @@ impl Feed {
                     if self.refused_by.as_ref() != Some(&holder) {
                         tracing::error!(
                             subscriber = %self.spec.id,
-                            "not fed here: {holder} already feeds this subscriber, and this host, {}, does not (one subscriber id belongs to one cluster group); trying again every {REFUSED_RETRY:?}",
+                            "not fed here: {holder} already feeds this subscriber (one subscriber id belongs to one cluster group; or that host is stopping, and a call of it still runs); this host, {}, tries again every {REFUSED_RETRY:?}",
                             self.spec.me
                         );
                         self.refused_by = Some(holder);
@@ -495,6 +499,7 @@ impl Feed {
             unsaved_events: 0,
             measured: None,
             locked: false,
+            lock_checked: Instant::now(),
         };
         let end = match session.open().await {
             Ok(()) => session.feed().await,
@@ -534,6 +539,9 @@ struct Session<'f> {
     measured: Option<Instant>,
     /// This session holds the feed lock.
     locked: bool,
+    /// When the lock was last found held: it is looked at again a
+    /// heartbeat later, whatever the feeder is doing then.
+    lock_checked: Instant,
 }
 
 /// How the attempts at one event ended.
@@ -580,18 +588,23 @@ impl Session<'_> {
         // (which a stale estimate of the outbox can trigger) costs more than
         // it ever saves. The server frees the lock of a connection that
         // stalled only after this host has given it up and let its last
-        // call end.
+        // call end; and (from PostgreSQL 14) that of a connection this host
+        // dropped while a read waited, within a second, not at the end of
+        // the wait.
         let heartbeat = self.feed.spec.heartbeat;
+        let takeover = 2 * heartbeat + longest_call + TAKEOVER_MARGIN;
         let setup = format!(
-            "SET jit = off; LISTEN {}; {}",
+            "SET jit = off; LISTEN {}; {};
+             SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false)
+              WHERE pg_catalog.current_setting('server_version_num')::integer >= 140000",
             crate::channel::quote_ident(WAKE_CHANNEL),
-            advisory::server_keepalives(2 * heartbeat + longest_call + TAKEOVER_MARGIN)
+            advisory::server_keepalives(takeover)
         );
         self.client.batch_execute(&setup).await?;
         // A feeder that is stopping (a leader standing down) lets go within
         // the longest call and its heartbeats: wait that long before
         // calling it another host's.
-        let patience = Instant::now() + 2 * heartbeat + longest_call + TAKEOVER_MARGIN;
+        let patience = Instant::now() + takeover;
         while !advisory::try_lock(&self.client, &self.lock_name).await? {
             if Instant::now() < patience {
                 self.pause(Duration::from_millis(100)).await?;
@@ -608,6 +621,7 @@ impl Session<'_> {
             return Err(End::Refused(who));
         }
         self.locked = true;
+        self.lock_checked = Instant::now();
         self.feed
             .spec
             .counters
@@ -627,9 +641,10 @@ impl Session<'_> {
         self.saved.at = Some(self.at);
         let before = self.claim().await?;
         if let Some(before) = before.filter(|host| **host != *self.feed.spec.me) {
-            let wait = longest_call + TAKEOVER_MARGIN;
-            tracing::info!(subscriber = %self.id(), "the last feeder of this subscriber, {before}, did not stop cleanly: waiting {wait:?} for a call of it that may still run");
-            self.pause(wait).await?;
+            // That host finds its lock gone within two heartbeats and cuts
+            // its call short; the call then ends within the longest call.
+            tracing::info!(subscriber = %self.id(), "the last feeder of this subscriber, {before}, did not stop cleanly: waiting {takeover:?} for a call of it that may still run");
+            self.pause(takeover).await?;
         }
         Ok(())
     }
@@ -712,6 +727,9 @@ impl Session<'_> {
     /// One read and what it brought.
     async fn step(&mut self) -> Result<(), End> {
         self.check_running()?;
+        if self.lock_checked.elapsed() >= self.feed.spec.heartbeat {
+            self.check_lock().await.map_err(End::Lost)?;
+        }
         let Some(channels) = self.durable_channels() else {
             // Removed: the position stays for a subscriber of this id later.
             return Err(End::Stopped);
@@ -886,7 +904,8 @@ impl Session<'_> {
     }
 
     /// Tell the subscriber of the gaps pruning left it, before the events
-    /// after them; a gap's row goes once `on-gap` returned ok.
+    /// after them; a gap's row goes once `on-gap` returned ok, also when the
+    /// session ends as it returns.
     async fn tell_gaps(&mut self, gaps: &[PrunedGap]) -> Result<(), End> {
         for pruned in gaps {
             if pruned.events > 0 {
@@ -897,37 +916,52 @@ impl Session<'_> {
                     resumed_at: std::time::SystemTime::now(),
                     cause: GapCause::Pruned(pruned.events),
                 });
-                self.tell_gap(gap).await?;
+                if let Err((end, told)) = self.tell_gap(gap).await {
+                    if told {
+                        // Recorded if the connection still answers.
+                        let told = pruner::gap_told(&self.client, pruned.id);
+                        let _ = tokio::time::timeout(Duration::from_secs(5), told).await;
+                    }
+                    return Err(end);
+                }
             }
             pruner::gap_told(&self.client, pruned.id).await?;
         }
         Ok(())
     }
 
-    /// Call `on-gap` until it returns ok.
-    async fn tell_gap(&mut self, gap: Arc<Gap>) -> Result<(), End> {
+    /// Call `on-gap` until it returns ok, or the session ends: how it
+    /// ended, and whether an `on-gap` in progress then returned ok.
+    async fn tell_gap(&mut self, gap: Arc<Gap>) -> Result<(), (End, bool)> {
+        let mailbox = self.feed.spec.mailbox.clone();
         let mut failures = 0;
         loop {
-            let (done, mut outcome) = oneshot::channel();
+            let (outcome, mut told) = oneshot::channel();
+            let epoch = mailbox.next_epoch();
             let delivery = Delivery::Gap {
                 gap: gap.clone(),
                 resumed: None,
-                done: Some(done),
+                done: Some(Done { outcome, epoch }),
             };
-            self.feed.spec.mailbox.push(delivery).await;
-            let wait = match self.outcome(&mut outcome).await.map_err(End::from)? {
-                Ok(Outcome::Delivered) => return Ok(()),
-                Ok(Outcome::Failed(failure)) => {
+            mailbox.push(delivery).await;
+            let wait = match self.outcome(&mut told).await {
+                Ok(Ok(Outcome::Delivered)) => return Ok(()),
+                Ok(Ok(Outcome::Failed(failure))) => {
                     failures += 1;
                     bump(&self.feed.spec.counters.retries, 1);
                     tracing::warn!(subscriber = %self.id(), "on-gap failed ({failure}); telling it again");
                     self.feed.spec.settings().retry.wait_after(failures)
                 }
-                Err(_) if self.feed.spec.mailbox.is_closed() => return Err(End::Stopped),
+                Ok(Err(_)) if mailbox.is_closed() => return Err((End::Stopped, false)),
                 // Not taken (a full queue, a quarantine): offered again.
-                Err(_) => Duration::from_millis(100),
+                Ok(Err(_)) => Duration::from_millis(100),
+                Err(interrupt) => {
+                    self.give_up(epoch, &interrupt);
+                    let delivered = matches!(told.await, Ok(Outcome::Delivered));
+                    return Err((interrupt.into(), delivered));
+                }
             };
-            self.pause(wait).await?;
+            self.pause(wait).await.map_err(|end| (end, false))?;
         }
     }
 
@@ -961,7 +995,7 @@ impl Session<'_> {
                 Ok(Err(_)) if done > 0 => return Ok(done),
                 Ok(Err(_)) => self.attempt(event, 0, 0, None).await,
                 Err(interrupt) => {
-                    mailbox.give_up_epoch(epoch);
+                    self.give_up(epoch, &interrupt);
                     pending.push_front(outcome);
                     self.settle(&window[done..], pending).await;
                     return Err(interrupt.into());
@@ -1002,60 +1036,76 @@ impl Session<'_> {
     }
 
     /// Wait for `outcome`, unless the session must end first: asked to
-    /// stop, standing by, or the connection gone or its lock freed (checked
-    /// every heartbeat).
+    /// stop, standing by, or the connection gone or its lock freed (looked
+    /// at a heartbeat after it was last found held).
     async fn outcome(
         &mut self,
         outcome: &mut oneshot::Receiver<Outcome>,
     ) -> Result<Result<Outcome, oneshot::error::RecvError>, Interrupt> {
-        let every = self.feed.spec.heartbeat;
-        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             enum Woke {
                 Outcome(Result<Outcome, oneshot::error::RecvError>),
                 Stop,
                 StandDown,
+                Woken,
                 Beat,
             }
+            let beat = tokio::time::Instant::from_std(self.lock_checked + self.feed.spec.heartbeat);
             let woke = tokio::select! {
                 biased;
                 got = &mut *outcome => Woke::Outcome(got),
                 _ = self.feed.stop.asked() => Woke::Stop,
                 _ = self.feed.dispatching.wait_for(|on| !*on) => Woke::StandDown,
-                _ = beat.tick() => Woke::Beat,
+                // A wake-up, or the connection ending.
+                _ = self.wake.notified() => Woke::Woken,
+                _ = tokio::time::sleep_until(beat) => Woke::Beat,
             };
             match woke {
                 Woke::Outcome(got) => return Ok(got),
                 Woke::Stop => return Err(Interrupt::Stop),
                 Woke::StandDown => return Err(Interrupt::StandDown),
-                Woke::Beat => {
-                    if let Some(why) = self.check_connection(every).await {
-                        return Err(Interrupt::Lost(why));
-                    }
+                Woke::Woken if self.gone.load(Ordering::Relaxed) => {
+                    return Err(Interrupt::Lost("the connection was lost".to_owned()))
                 }
+                Woke::Woken => {}
+                Woke::Beat => self.check_lock().await.map_err(Interrupt::Lost)?,
             }
         }
     }
 
-    /// Why the connection cannot be trusted to hold the lock any more, if
-    /// it cannot: gone, no answer within `within`, or the lock freed.
-    async fn check_connection(&self, within: Duration) -> Option<String> {
+    /// Find the lock still held by this session's connection, or say why
+    /// it cannot be trusted to be: gone, no answer within a heartbeat, or
+    /// the lock freed.
+    async fn check_lock(&mut self) -> Result<(), String> {
         if self.gone.load(Ordering::Relaxed) {
-            return Some("the connection was lost".to_owned());
+            return Err("the connection was lost".to_owned());
         }
+        let within = self.feed.spec.heartbeat;
         let sql = format!("SELECT {} AS held", advisory::held(1));
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&self.lock_name];
         let check = self.client.query_one(&sql, &params);
         match tokio::time::timeout(within, check).await {
             Ok(Ok(row)) => match row.try_get::<_, bool>("held") {
-                Ok(true) => None,
-                Ok(false) => Some(
+                Ok(true) => {
+                    self.lock_checked = Instant::now();
+                    Ok(())
+                }
+                Ok(false) => Err(
                     "the server freed this feeder's lock (a DISCARD ALL or an unlock from a pooler or proxy?)".to_owned(),
                 ),
-                Err(e) => Some(with_causes(&e)),
+                Err(e) => Err(with_causes(&e)),
             },
-            Ok(Err(e)) => Some(format!("the connection failed: {}", with_causes(&e))),
-            Err(_) => Some(format!("no answer from the connection within {within:?}")),
+            Ok(Err(e)) => Err(format!("the connection failed: {}", with_causes(&e))),
+            Err(_) => Err(format!("no answer from the connection within {within:?}")),
+        }
+    }
+
+    /// Give up what was queued of `epoch`. When the lock may be another
+    /// host's already, also cut a call of it in progress short.
+    fn give_up(&self, epoch: u64, interrupt: &Interrupt) {
+        match interrupt {
+            Interrupt::Lost(_) => self.feed.spec.mailbox.cancel_epoch(epoch),
+            Interrupt::Stop | Interrupt::StandDown => self.feed.spec.mailbox.give_up_epoch(epoch),
         }
     }
 
@@ -1141,7 +1191,7 @@ impl Session<'_> {
                     continue;
                 }
                 Err(interrupt) => {
-                    mailbox.give_up_epoch(epoch);
+                    self.give_up(epoch, &interrupt);
                     let delivered = matches!(outcome.await, Ok(Outcome::Delivered));
                     return Tried::Interrupted {
                         end: interrupt.into(),

@@ -173,7 +173,8 @@ pub(crate) fn spawn(
 /// Stamp the committed events that have no stamp and were sent more than
 /// a few seconds ago, so they are delivered, after every event stamped so
 /// far; how many there were. Each is logged: they mean the stamp trigger
-/// was disabled by hand, and they are out of commit order.
+/// was disabled, or its marker set, by hand, and they are out of commit
+/// order.
 pub async fn stamp_unstamped(client: &mut tokio_postgres::Client) -> Result<u64, DurableError> {
     let tx = client.transaction().await?;
     let row = tx
@@ -191,7 +192,7 @@ pub async fn stamp_unstamped(client: &mut tokio_postgres::Client) -> Result<u64,
         tracing::error!(
             events,
             oldest_sent_at = %oldest,
-            "committed events in pgnotifier.outbox had no commit stamp: its stamp_commit trigger did not fire (disabled with ALTER TABLE ... DISABLE TRIGGER?); stamped now, so they are delivered, after events that committed later"
+            "committed events in pgnotifier.outbox had no commit stamp: its stamp_commit trigger did not fire (disabled with ALTER TABLE ... DISABLE TRIGGER, or pgnotifier.stamping set by hand?); stamped now, so they are delivered, after events that committed later"
         );
     }
     Ok(events)

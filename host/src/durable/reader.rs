@@ -22,8 +22,10 @@
 //!   Nothing at or below `last` can appear later, so a position only moves
 //!   forward and nothing behind it is ever skipped.
 //! - An asynchronous commit (`synchronous_commit = off`) is visible before
-//!   it is durable: a crash can undo it. A read that returns such an event
-//!   says so, with the WAL position to flush first ([`flush`]).
+//!   it is durable: a crash can undo it. A read says how far the WAL must
+//!   be flushed before its events are delivered, when it is not yet
+//!   ([`flush`]). Whatever a sender set, and when, nothing is delivered
+//!   that a crash can undo.
 //! - Stamps follow commits: a transaction that waits on another's row lock
 //!   stamps only after that one committed. Two transactions that touch
 //!   nothing in common commit in either order, and the stamps pick one.
@@ -71,8 +73,6 @@ pub struct Event {
     pub sent_at: std::time::SystemTime,
     /// The backend pid of the sender.
     pub pid: i32,
-    /// Its transaction committed synchronously: durable once visible.
-    pub durable: bool,
 }
 
 impl Event {
@@ -112,16 +112,16 @@ pub struct Batch {
     /// A position may move here once the events are handled, even when
     /// there were none on the subscriber's channels.
     pub covered: Position,
-    /// Flush the WAL up to here before delivering an event whose commit is
-    /// not durable (see [`flush`]); `None` when it is flushed already.
+    /// Flush the WAL up to here before delivering the events (see
+    /// [`flush`]); `None` when it is flushed already.
     pub flush_to: Option<PgLsn>,
 }
 
 impl Batch {
-    /// Whether an event of the batch may still be undone by a crash.
+    /// How far the WAL must be flushed before the events are delivered, if
+    /// there are events and it is not flushed that far yet.
     pub fn needs_flush(&self) -> Option<PgLsn> {
-        self.flush_to
-            .filter(|_| self.events.iter().any(|e| !e.durable))
+        self.flush_to.filter(|_| !self.events.is_empty())
     }
 }
 
@@ -145,7 +145,7 @@ pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 
 const READ: &str = "
 SELECT kind, id, stamp, channel, payload, sent_at, pid, pg_catalog.uuid_send(salt) AS salt,
-       durable, events, gap_channels, flush_to
+       events, gap_channels, flush_to
   FROM pgnotifier.read_batch($1, $2, $3, $4, $5)";
 
 /// What `subscriber` reads next after `after` on `channels`: at most
@@ -221,7 +221,6 @@ fn event(row: &Row) -> Result<Event, ReadError> {
         sent_at: column::<Option<std::time::SystemTime>>(row, "sent_at")?
             .unwrap_or(std::time::UNIX_EPOCH),
         pid: column::<Option<i32>>(row, "pid")?.unwrap_or(0),
-        durable: column::<Option<bool>>(row, "durable")?.unwrap_or(true),
     })
 }
 
@@ -236,11 +235,31 @@ pub fn event_key(salt: Option<u128>, id: i64) -> EventKey {
     }
 }
 
-/// Make the WAL durable up to `lsn`: commit a transaction of this
-/// connection's own, with a local flush, whose commit record comes after it.
-/// It writes a logical message, because PostgreSQL commits a transaction
-/// that wrote no WAL asynchronously, whatever `synchronous_commit` says.
+/// How often, a millisecond apart, [`flush`] looks whether the WAL is
+/// flushed far enough before it flushes it itself.
+const FLUSH_LOOKS: u32 = 3;
+
+/// Make the WAL durable up to `lsn`. Usually a commit in flight does it
+/// within a millisecond or two (a synchronous commit flushes the WAL before
+/// its own record too), so the flushed position is looked at first. Else,
+/// as for an asynchronous commit that only the WAL writer would flush, in
+/// up to `wal_writer_delay`: commit a transaction of this connection's own,
+/// with a local flush, whose commit record comes after `lsn`. It writes a
+/// logical message, because PostgreSQL commits a transaction that wrote no
+/// WAL asynchronously, whatever `synchronous_commit` says.
 pub async fn flush(client: &mut tokio_postgres::Client, lsn: PgLsn) -> Result<(), ReadError> {
+    for _ in 0..FLUSH_LOOKS {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        let row = client
+            .query_one(
+                "SELECT pg_catalog.pg_current_wal_flush_lsn() >= $1 AS flushed",
+                &[&lsn],
+            )
+            .await?;
+        if column(&row, "flushed")? {
+            return Ok(());
+        }
+    }
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SET LOCAL synchronous_commit = local;
@@ -248,7 +267,7 @@ pub async fn flush(client: &mut tokio_postgres::Client, lsn: PgLsn) -> Result<()
     )
     .await?;
     tx.commit().await?;
-    tracing::debug!(%lsn, "WAL flushed before delivering an asynchronous commit's events");
+    tracing::debug!(%lsn, "WAL flushed before delivering events");
     Ok(())
 }
 

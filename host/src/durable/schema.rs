@@ -34,7 +34,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -523,6 +523,93 @@ BEGIN
     SELECT coalesce(sum(u.events), 0)::bigint, min(u.oldest) FROM unstamped u;
 END
 $repair$;
+"#,
+    // 8: durability is judged by the reader from the WAL, not recorded per
+    // commit by the sender.
+    r#"
+-- Senders still running finish first, stamped the version 7 way; new ones
+-- wait until this commits, and then stamp without the dropped column.
+LOCK TABLE pgnotifier.outbox IN SHARE ROW EXCLUSIVE MODE;
+CREATE OR REPLACE FUNCTION pgnotifier.stamp_commit() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $stamp$
+BEGIN
+    -- Taken before the stamp and held until the commit is visible: a
+    -- reader that sees the stamp handed out finds this key, and waits for
+    -- it. The key is the transaction's 32-bit id, as an integer.
+    PERFORM pg_advisory_xact_lock(1885826680, (txid_current() % 4294967296 - 2147483648)::integer);
+    INSERT INTO pgnotifier.commits (txid, stamp)
+        VALUES (pg_current_xact_id(), nextval('pgnotifier.commit_stamps'))
+        ON CONFLICT (txid) DO NOTHING;
+    RETURN NULL;
+END
+$stamp$;
+DROP FUNCTION pgnotifier.read_batch(text, bigint, bigint, text[], integer);
+ALTER TABLE pgnotifier.commits DROP COLUMN durable;
+
+-- What a subscriber reads next, in one snapshot taken once the horizon is
+-- known: the horizon (and the WAL position up to which the events' commits
+-- are durable, when it is not flushed yet: a commit with
+-- synchronous_commit = off is visible before it is durable), the events
+-- after the position on its channels up to the horizon, each with its
+-- transaction's salt (the reader makes the key, as event_key does), and
+-- the gaps pruning left it, each with the events it removed that come
+-- after the position.
+CREATE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
+                                      channels text[], max_events integer)
+RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
+               sent_at timestamptz, pid integer, salt uuid,
+               events bigint, gap_channels text[], flush_to pg_lsn)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
+#variable_conflict use_variable
+DECLARE
+    last_stamp bigint;
+    written pg_lsn;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
+    last_stamp := pgnotifier.horizon(after_stamp);
+    -- Every commit waited for wrote its record before this point.
+    written := pg_current_wal_insert_lsn();
+    RETURN QUERY
+    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
+           NULL::integer, NULL::uuid, NULL::bigint, NULL::text[],
+           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END
+    UNION ALL
+    (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+            c.salt, NULL, NULL, NULL
+       FROM pgnotifier.commits c
+       JOIN pgnotifier.outbox o ON o.txid = c.txid
+      WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
+      ORDER BY o.id
+      LIMIT max_events)
+    UNION ALL
+    (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+            c.salt, NULL, NULL, NULL
+       FROM pgnotifier.commits c
+      CROSS JOIN LATERAL (
+            SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
+              FROM pgnotifier.outbox e
+             WHERE e.txid = c.txid AND e.channel = ANY (channels)
+             ORDER BY e.id
+             LIMIT max_events) o
+      WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
+      ORDER BY c.stamp, o.id
+      LIMIT max_events)
+    UNION ALL
+    SELECT 'g', g.id, NULL, NULL, NULL, g.first_sent_at, NULL, NULL,
+           CASE WHEN g.stamps IS NULL THEN g.events
+                ELSE (SELECT count(*) FROM unnest(g.stamps, g.ids) u(s, i)
+                       WHERE (u.s, u.i) > (after_stamp, after_id)) END,
+           CASE WHEN g.stamps IS NULL THEN g.channels
+                ELSE ARRAY(SELECT DISTINCT u.c FROM unnest(g.stamps, g.ids, g.event_channels) u(s, i, c)
+                            WHERE (u.s, u.i) > (after_stamp, after_id) ORDER BY 1) END,
+           NULL
+      FROM pgnotifier.gaps g
+     WHERE g.subscriber = subscriber;
+END
+$read$;
 "#,
 ];
 

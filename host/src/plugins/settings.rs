@@ -1,11 +1,11 @@
 //! A plugin's settings: its sidecar (`NAME.toml`), and the limits that
 //! `[defaults]` and the sidecar set, checked and resolved.
 
-use crate::capabilities::{CapabilityLimits, GrantSettings};
+use crate::capabilities::{CapabilityLimits, GrantSettings, Grants};
 use crate::dispatch::{DispatchSettings, Overflow};
 use crate::durable::{DeliveryMode, RetryPolicy};
 use crate::payload::PayloadMode;
-use crate::sandbox::PluginLimits;
+use crate::sandbox::{PluginLimits, EPOCH_TICK};
 use crate::settings::{check_range, toml_message, ConfigError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -57,6 +57,21 @@ pub struct SubscriberSettings {
     pub dispatch: DispatchSettings,
     pub capabilities: CapabilityLimits,
     pub delivery: DeliveryMode,
+}
+
+impl SubscriberSettings {
+    /// The longest one call can still run once the host cut it short (see
+    /// the feeder): its deadline, on the wall clock; or, for a plugin with
+    /// `grants`, whose deadline counts CPU time, the longest capability
+    /// call it may be waiting in (a query waits for a pooled connection,
+    /// then runs), and the epoch tick at which it then stops.
+    pub(crate) fn longest_call(&self, grants: &Grants) -> Duration {
+        if grants.is_empty() {
+            return self.plugin.timeout;
+        }
+        let limits = &self.capabilities;
+        (2 * limits.query_timeout).max(limits.http_timeout) + EPOCH_TICK
+    }
 }
 
 impl LimitSettings {

@@ -238,7 +238,7 @@ impl PluginSync {
         let short_hash = &files.sha256[..12];
         let source = files.source(&loaded);
         let (dispatch, delivery) = (loaded.settings.dispatch, loaded.settings.delivery);
-        let longest_call = loaded.settings.plugin.timeout;
+        let longest_call = loaded.settings.longest_call(&loaded.grants);
         let (mailbox, change) = match registry.mailbox(id) {
             Some(mailbox) => {
                 mailbox.replace(dispatch, Box::new(loaded.subscriber));

@@ -6,7 +6,7 @@ use crate::bindings::pgnotifier::plugin::{delivery, host, publish, query, types}
 use crate::bindings::v0_4::pgnotifier::plugin::delivery as delivery_0_4;
 use crate::bindings::{Level, Plugin};
 use crate::capabilities::{HttpGate, PluginCapabilities};
-use crate::dispatch::{DurableEvent, Gap, GapCause};
+use crate::dispatch::{CallCancel, DurableEvent, Gap, GapCause};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use wasmtime::component::{HasSelf, Linker, ResourceTable, WasmStr};
@@ -35,6 +35,8 @@ pub struct HostState {
     /// What `delivery` answers during the call in progress.
     pub(crate) event: Option<DurableEvent>,
     pub(crate) gap: Option<Arc<Gap>>,
+    /// Asks the call in progress to end: no capability is used after it.
+    pub(crate) cancel: Arc<CallCancel>,
 }
 
 impl HostState {
@@ -43,6 +45,7 @@ impl HostState {
         memory_bytes: usize,
         capabilities: Arc<PluginCapabilities>,
         timeout: Duration,
+        cancel: Arc<CallCancel>,
     ) -> Self {
         // No preopened directories, no environment, no arguments, no network:
         // the builder grants none of these unless asked. HTTP goes through
@@ -64,12 +67,27 @@ impl HostState {
             wasi,
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            http_gate: capabilities.http_gate(),
+            http_gate: capabilities.http_gate(cancel.clone()),
             cpu: (!capabilities.grants.is_empty()).then(|| CpuClock::new(timeout)),
             capabilities,
             limits,
             event: None,
             gap: None,
+            cancel,
+        }
+    }
+
+    /// Use `cancel` from now on (the mailbox's, once it has one).
+    pub(crate) fn set_cancel(&mut self, cancel: Arc<CallCancel>) {
+        self.http_gate.set_cancel(cancel.clone());
+        self.cancel = cancel;
+    }
+
+    /// Refuse a capability once the call is cut short.
+    fn refuse_if_cancelled(&self) -> Result<(), String> {
+        match self.cancel.is_cancelled() {
+            true => Err("cancelled: this host no longer feeds the subscriber".to_owned()),
+            false => Ok(()),
         }
     }
 
@@ -160,12 +178,14 @@ impl host::Host for HostState {
 
 impl publish::Host for HostState {
     fn publish(&mut self, channel: String, payload: String) -> Result<(), String> {
+        self.refuse_if_cancelled()?;
         (self.capabilities.publish(&channel, &payload)).map_err(|e| e.to_string())
     }
 }
 
 impl query::Host for HostState {
     fn query(&mut self, sql: String, params: Vec<String>) -> Result<String, String> {
+        self.refuse_if_cancelled()?;
         (self.capabilities.query(&sql, &params)).map_err(|e| e.to_string())
     }
 }

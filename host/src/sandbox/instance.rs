@@ -4,7 +4,9 @@ use super::host::HostState;
 use super::{CompiledPlugin, LoadError, Sandbox, EPOCH_TICK};
 use crate::bindings::{v0_1, v0_2, v0_3, v0_4, BatchFailure, BatchItem, Plugin, Registration};
 use crate::capabilities::PluginCapabilities;
-use crate::dispatch::{one_by_one, CallFailure, Deliver, DurableEvent, Gap, Notification};
+use crate::dispatch::{
+    one_by_one, CallCancel, CallFailure, Deliver, DurableEvent, Gap, Notification,
+};
 use crate::printable::with_causes;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -99,6 +101,8 @@ macro_rules! subscriber {
 pub(crate) struct WasmSubscriber {
     code: Arc<PluginCode>,
     live: Option<Live>,
+    /// The mailbox's, once the subscriber has one.
+    cancel: Arc<CallCancel>,
 }
 
 impl WasmSubscriber {
@@ -121,11 +125,13 @@ impl WasmSubscriber {
             config,
             capabilities: Arc::new(capabilities),
         });
-        let (live, registration) = code.instantiate()?;
+        let cancel = Arc::new(CallCancel::default());
+        let (live, registration) = code.instantiate(&cancel)?;
         Ok((
             Self {
                 code,
                 live: Some(live),
+                cancel,
             },
             registration,
         ))
@@ -134,7 +140,7 @@ impl WasmSubscriber {
     /// The live instance, recreated (with `register` run again) if the last one was thrown away.
     fn live(&mut self) -> Result<&mut Live, CallFailure> {
         if self.live.is_none() {
-            let (live, _) = self.code.instantiate().map_err(|e| {
+            let (live, _) = self.code.instantiate(&self.cancel).map_err(|e| {
                 CallFailure::Trapped(format!("could not recreate the instance: {}", e.reason))
             })?;
             tracing::info!(subscriber = %self.code.id, "instance recycled");
@@ -159,16 +165,38 @@ impl WasmSubscriber {
         };
         let live = self.live()?;
         live.store
-            .set_epoch_deadline(deadline_ticks(limits.timeout));
+            .set_epoch_deadline(first_deadline(&live.store, limits.timeout));
         live.store.data_mut().start_call(limits.timeout);
         match f(live) {
             Ok(value) => Ok(value),
             Err(e) => {
                 // The instance may be in any state after a trap: throw it away.
                 self.live = None;
-                Err(classify(&e, &limits))
+                Err(match self.cancel.is_cancelled() {
+                    true => CallFailure::Cancelled,
+                    false => classify(&e, &limits),
+                })
             }
         }
+    }
+
+    /// An error the plugin returned; when the host cut the call short, the
+    /// plugin only passed on what its capability said.
+    fn returned(&self, message: String) -> CallFailure {
+        match self.cancel.is_cancelled() {
+            true => CallFailure::Cancelled,
+            false => CallFailure::Returned(message),
+        }
+    }
+}
+
+/// The first epoch deadline of a call: the plugin's timeout, or the next
+/// tick for a plugin with grants, whose callback then looks at its CPU time
+/// and at [`CallCancel`] every tick.
+fn first_deadline(store: &Store<HostState>, timeout: Duration) -> u64 {
+    match store.data().cpu {
+        Some(_) => 1,
+        None => deadline_ticks(timeout),
     }
 }
 
@@ -191,7 +219,7 @@ impl Deliver for WasmSubscriber {
             live.store.data_mut().event = None;
             called
         })?
-        .map_err(CallFailure::Returned)
+        .map_err(|message| self.returned(message))
     }
 
     fn on_gap(&mut self, gap: &Arc<Gap>) -> Result<(), CallFailure> {
@@ -206,6 +234,13 @@ impl Deliver for WasmSubscriber {
             live.store.data_mut().gap = None;
             called
         })
+    }
+
+    fn set_cancel(&mut self, cancel: Arc<CallCancel>) {
+        if let Some(live) = &mut self.live {
+            live.store.data_mut().set_cancel(cancel.clone());
+        }
+        self.cancel = cancel;
     }
 
     fn batches(&self) -> bool {
@@ -278,35 +313,34 @@ fn by_index(id: &str, failures: Vec<BatchFailure>, len: usize) -> Vec<(usize, Ca
 }
 
 impl PluginCode {
-    fn instantiate(&self) -> Result<(Live, Registration), LoadError> {
+    fn instantiate(&self, cancel: &Arc<CallCancel>) -> Result<(Live, Registration), LoadError> {
         let state = HostState::new(
             self.id.clone(),
             self.limits.memory_bytes,
             self.capabilities.clone(),
             self.limits.timeout,
+            cancel.clone(),
         );
         let cpu_deadline = state.cpu.is_some();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         if cpu_deadline {
             // Capability calls may wait for seconds, bounded by their own
-            // limits; at the deadline, only the CPU time used counts.
+            // limits; at the deadline, only the CPU time used counts. Looked
+            // at every tick, with the cancel flag: a call cut short ends at
+            // the next tick once its capability call returns.
             store.epoch_deadline_callback(|store| {
-                let left = store
-                    .data()
-                    .cpu
-                    .as_ref()
-                    .map_or(Duration::ZERO, |c| c.left());
-                Ok(if left.is_zero() {
-                    UpdateDeadline::Interrupt
-                } else {
-                    UpdateDeadline::Continue(deadline_ticks(left))
+                let state = store.data();
+                let left = state.cpu.as_ref().map_or(Duration::ZERO, |c| c.left());
+                Ok(match left.is_zero() || state.cancel.is_cancelled() {
+                    true => UpdateDeadline::Interrupt,
+                    false => UpdateDeadline::Continue(1),
                 })
             });
         } else {
             store.epoch_deadline_trap();
         }
-        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        store.set_epoch_deadline(first_deadline(&store, self.limits.timeout));
         let instantiated = match &self.pre {
             CompiledPlugin::V5 { pre, batch } => (|| -> wasmtime::Result<Instance> {
                 let instance = pre.instance_pre().instantiate(&mut store)?;
@@ -330,7 +364,7 @@ impl PluginCode {
                 format!("instantiation failed: {}", classify(&e, &self.limits)),
             )
         })?;
-        store.set_epoch_deadline(deadline_ticks(self.limits.timeout));
+        store.set_epoch_deadline(first_deadline(&store, self.limits.timeout));
         store.data_mut().start_call(self.limits.timeout);
         let registration = subscriber!(&plugin, |s| s.call_register(
             &mut store,

@@ -3,15 +3,20 @@
 //! the event through `delivery.current-event` (`#- @- -` for a live
 //! notification), and fails an event's first `fail_attempts` attempts
 //! (config, default 0). With `log_start = "true"` it also logs
-//! `sink-start PAYLOAD #ID @ATTEMPT` as a call starts; between the two it
-//! spins `spin` thousand rounds (default 0), so calls take time. A gap is
-//! logged as `gap CHANNELS CAUSE`.
+//! `sink-start PAYLOAD #ID @ATTEMPT TAG` as a call starts; between the two it
+//! spins `spin` thousand rounds (default 0), so calls take time. With
+//! `wait_queries = N` (and a query grant) it also waits in the database,
+//! N times `pg_sleep(0.2)`, logging `sink-wait PAYLOAD TAG ROUND` before
+//! each (`tag`: config, default `-`), so a call takes wall-clock time but
+//! little CPU; a failed query fails the call. A gap is logged as
+//! `gap CHANNELS CAUSE`.
 
 wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
 
 use exports::pgnotifier::plugin::subscriber::{Guest, Payload, Registration};
 use pgnotifier::plugin::delivery::{current_event, current_gap, GapCause};
 use pgnotifier::plugin::host::{log, Level};
+use pgnotifier::plugin::query::query;
 use std::cell::Cell;
 
 struct Sink;
@@ -20,6 +25,8 @@ thread_local! {
     static FAIL_ATTEMPTS: Cell<u32> = const { Cell::new(0) };
     static SPIN: Cell<u64> = const { Cell::new(0) };
     static LOG_START: Cell<bool> = const { Cell::new(false) };
+    static WAIT_QUERIES: Cell<u32> = const { Cell::new(0) };
+    static TAG: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 impl Guest for Sink {
@@ -41,6 +48,12 @@ impl Guest for Sink {
             .map_err(|_| format!("spin = {spin:?} is not a whole number"))?;
         SPIN.set(spin * 1000);
         LOG_START.set(get("log_start") == Some("true"));
+        let waits = get("wait_queries").unwrap_or("0");
+        let waits = waits
+            .parse()
+            .map_err(|_| format!("wait_queries = {waits:?} is not a whole number"))?;
+        WAIT_QUERIES.set(waits);
+        TAG.with_borrow_mut(|tag| *tag = get("tag").unwrap_or("-").to_owned());
         let channels = get("channels").unwrap_or("work");
         Ok(Registration {
             channels: channels.split(',').map(|c| c.trim().to_string()).collect(),
@@ -60,13 +73,18 @@ impl Guest for Sink {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
+        let tag = TAG.with_borrow(|tag| tag.clone());
         if LOG_START.get() {
-            log(Level::Info, &format!("sink-start {text} #{id} @{attempt}"));
+            log(Level::Info, &format!("sink-start {text} #{id} @{attempt} {tag}"));
         }
         if let Some(event) = &event {
             if event.attempt <= FAIL_ATTEMPTS.get() {
                 return Err(format!("attempt {} of {text} fails", event.attempt));
             }
+        }
+        for round in 0..WAIT_QUERIES.get() {
+            log(Level::Info, &format!("sink-wait {text} {tag} {round}"));
+            query("select pg_sleep(0.2)", &[])?;
         }
         let mut x = 0u64;
         for round in 0..SPIN.get() {
