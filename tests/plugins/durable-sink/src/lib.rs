@@ -75,7 +75,10 @@ impl Guest for Sink {
         };
         let tag = TAG.with_borrow(|tag| tag.clone());
         if LOG_START.get() {
-            log(Level::Info, &format!("sink-start {text} #{id} @{attempt} {tag}"));
+            log(
+                Level::Info,
+                &format!("sink-start {text} #{id} @{attempt} {tag}"),
+            );
         }
         if let Some(event) = &event {
             if event.attempt <= FAIL_ATTEMPTS.get() {
