@@ -339,7 +339,7 @@ async fn plugins_built_for_0_1_0_to_0_4_0_still_load_beside_0_5_0_ones() {
     let n = host(&dir).await;
     let versions: Vec<(String, String)> = (n.subscribers().into_iter())
         .filter_map(|s| match s.source {
-            SubscriberSource::Plugin { wit, .. } => Some((s.id, wit.to_owned())),
+            SubscriberSource::Plugin { wit, .. } => Some((s.id, wit.into_owned())),
             SubscriberSource::Native => None,
         })
         .collect();

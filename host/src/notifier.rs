@@ -16,7 +16,7 @@ use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, Su
 use crate::sandbox::{CacheStats, SandboxConfig};
 use crate::subscriber::Subscriber;
 use crate::sync::{clock, lock};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -108,7 +108,7 @@ pub struct ShutdownReport {
 }
 
 /// The listener, as [`Notifier::listener`] shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerView {
     /// Started and not stopped.
     pub running: bool,
@@ -123,7 +123,7 @@ pub struct ListenerView {
 }
 
 /// This host in its cluster, as [`Notifier::cluster`] shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterView {
     pub role: Role,
     /// The cluster's name, if this host is in one.

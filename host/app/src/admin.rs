@@ -6,24 +6,24 @@
 //! `/readyz` requires it. Errors are JSON `{"error": "..."}`: 404 for an
 //! unknown subscriber or channel, 400 for bad input.
 
+use super::api::{self, ChannelsBody, Readiness};
 use super::config::ControlSettings;
 use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use pgnotifier::durable::DurableError;
+use pgnotifier::durable::{DeadLetter, DurableError};
 use pgnotifier::registry::RegistryError;
 use pgnotifier::Error;
-use pgnotifier::{Notifier, Selection};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use pgnotifier::{ChannelView, ListenerView, Notifier, Selection, SubscriberView};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -167,34 +167,74 @@ struct App {
 fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
     let app = App { notifier, token };
     let controlled = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/channels", get(channels).post(add_channels))
-        .route("/v1/channels/{channel}", delete(remove_channel))
-        .route("/v1/channels/mute", post(mute_channels))
-        .route("/v1/channels/unmute", post(unmute_channels))
-        .route("/v1/subscribers", get(subscribers))
-        .route("/v1/subscribers/{id}", get(subscriber))
-        .route("/v1/subscribers/{id}/subscribe", post(subscribe))
-        .route("/v1/subscribers/{id}/unsubscribe", post(unsubscribe))
-        .route("/v1/subscribers/{id}/mute", post(mute_subscriber))
-        .route("/v1/subscribers/{id}/unmute", post(unmute_subscriber))
-        .route("/v1/subscribers/{id}/reload", post(reload))
-        .route("/v1/subscribers/{id}/skip", post(skip))
-        .route("/v1/dead-letters", get(dead_letters))
-        .route("/v1/dead-letters/{id}/redeliver", post(redeliver))
-        .route("/v1/listener", get(listener))
-        .route("/v1/listener/start", post(start))
-        .route("/v1/listener/stop", post(stop))
-        .route("/v1/listener/restart", post(restart))
+        .route(api::METRICS.route, handle(&api::METRICS, metrics))
+        .route(api::CHANNELS.route, handle(&api::CHANNELS, channels))
+        .route(
+            api::ADD_CHANNELS.route,
+            handle(&api::ADD_CHANNELS, add_channels),
+        )
+        .route(
+            api::REMOVE_CHANNEL.route,
+            handle(&api::REMOVE_CHANNEL, remove_channel),
+        )
+        .route(
+            api::MUTE_CHANNELS.route,
+            handle(&api::MUTE_CHANNELS, mute_channels),
+        )
+        .route(
+            api::UNMUTE_CHANNELS.route,
+            handle(&api::UNMUTE_CHANNELS, unmute_channels),
+        )
+        .route(
+            api::SUBSCRIBERS.route,
+            handle(&api::SUBSCRIBERS, subscribers),
+        )
+        .route(api::SUBSCRIBER.route, handle(&api::SUBSCRIBER, subscriber))
+        .route(api::SUBSCRIBE.route, handle(&api::SUBSCRIBE, subscribe))
+        .route(
+            api::UNSUBSCRIBE.route,
+            handle(&api::UNSUBSCRIBE, unsubscribe),
+        )
+        .route(
+            api::MUTE_SUBSCRIBER.route,
+            handle(&api::MUTE_SUBSCRIBER, mute_subscriber),
+        )
+        .route(
+            api::UNMUTE_SUBSCRIBER.route,
+            handle(&api::UNMUTE_SUBSCRIBER, unmute_subscriber),
+        )
+        .route(api::RELOAD.route, handle(&api::RELOAD, reload))
+        .route(api::SKIP.route, handle(&api::SKIP, skip))
+        .route(
+            api::DEAD_LETTERS.route,
+            handle(&api::DEAD_LETTERS, dead_letters),
+        )
+        .route(api::REDELIVER.route, handle(&api::REDELIVER, redeliver))
+        .route(api::LISTENER.route, handle(&api::LISTENER, listener))
+        .route(api::START.route, handle(&api::START, start))
+        .route(api::STOP.route, handle(&api::STOP, stop))
+        .route(api::RESTART.route, handle(&api::RESTART, restart))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+        .route(api::HEALTH.route, handle(&api::HEALTH, || async { "ok\n" }))
+        .route(api::READY.route, handle(&api::READY, readyz))
         .merge(controlled)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(app.clone(), warn_unsaved))
         .with_state(app)
+}
+
+/// `handler` on `endpoint`'s method. Routes that share a path (a GET and a
+/// POST) are merged by the router.
+fn handle<Reply, H, T>(endpoint: &api::Endpoint<Reply>, handler: H) -> MethodRouter<App>
+where
+    H: Handler<T, App>,
+    T: 'static,
+{
+    let method = MethodFilter::try_from(endpoint.method.clone())
+        .expect("the contract's methods are ones a router takes");
+    on(method, handler)
 }
 
 /// A change that the state file could not keep is applied, but lost at
@@ -261,8 +301,10 @@ async fn request_line(mut stream: tokio::net::TcpStream) -> Option<Prefixed> {
     }
     let line = read.iter().position(|b| *b == b'\n').unwrap_or(read.len());
     if line > MAX_REQUEST_LINE {
-        let body = json!({ "error": format!("request line longer than {MAX_REQUEST_LINE} bytes") })
-            .to_string();
+        let body = serde_json::to_string(&api::ErrorReply {
+            error: format!("request line longer than {MAX_REQUEST_LINE} bytes"),
+        })
+        .unwrap_or_default();
         let answer = format!(
             "HTTP/1.1 414 URI Too Long\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
@@ -372,7 +414,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            Json(api::ErrorReply {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -398,17 +446,8 @@ impl From<Error> for ApiError {
     }
 }
 
-type Reply = Result<Json<Value>, ApiError>;
-
-/// `{"channels": [...]}`; for mutes, `{"all": true}` instead.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelsBody {
-    #[serde(default)]
-    channels: Option<Vec<String>>,
-    #[serde(default)]
-    all: bool,
-}
+/// A handler's answer: `R`, the reply its endpoint names, or an error.
+type Reply<R> = Result<Json<R>, ApiError>;
 
 impl ChannelsBody {
     /// The channels named; at least one.
@@ -453,12 +492,20 @@ fn body(bytes: &[u8]) -> Result<ChannelsBody, ApiError> {
 }
 
 async fn readyz(State(app): State<App>) -> Response {
-    let cluster = app.notifier.cluster();
     match app.notifier.readiness() {
-        Ok(()) => Json(json!({ "ready": true, "cluster": cluster })).into_response(),
+        Ok(()) => Json(Readiness {
+            ready: true,
+            cluster: Some(app.notifier.cluster()),
+            reason: None,
+        })
+        .into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "ready": false, "reason": reason.to_string() })),
+            Json(Readiness {
+                ready: false,
+                cluster: None,
+                reason: Some(reason.to_string()),
+            }),
         )
             .into_response(),
     }
@@ -475,60 +522,79 @@ async fn metrics(State(app): State<App>) -> Response {
         .into_response()
 }
 
-fn channel_list(app: &App) -> Reply {
-    Ok(Json(json!(app.notifier.channels())))
+// Channels: each operation answers with every channel.
+
+fn channel_list(app: &App) -> Reply<Vec<ChannelView>> {
+    Ok(Json(app.notifier.channels()))
 }
 
-fn subscriber_view(app: &App, id: &str) -> Reply {
-    match app.notifier.subscribers().into_iter().find(|s| s.id == id) {
-        Some(view) => Ok(Json(json!(view))),
-        None => Err(Error::from(RegistryError::UnknownSubscriber(id.to_owned())).into()),
-    }
-}
-
-async fn channels(State(app): State<App>) -> Reply {
+async fn channels(State(app): State<App>) -> Reply<Vec<ChannelView>> {
     channel_list(&app)
 }
 
-async fn add_channels(State(app): State<App>, request: Bytes) -> Reply {
+async fn add_channels(State(app): State<App>, request: Bytes) -> Reply<Vec<ChannelView>> {
     app.notifier.add_channels(body(&request)?.named()?)?;
     channel_list(&app)
 }
 
-async fn remove_channel(State(app): State<App>, Path(channel): Path<String>) -> Reply {
+async fn remove_channel(
+    State(app): State<App>,
+    Path(channel): Path<String>,
+) -> Reply<Vec<ChannelView>> {
     app.notifier.remove_channels(channel)?;
     channel_list(&app)
 }
 
-async fn mute_channels(State(app): State<App>, request: Bytes) -> Reply {
+async fn mute_channels(State(app): State<App>, request: Bytes) -> Reply<Vec<ChannelView>> {
     app.notifier.mute_channels(body(&request)?.selection()?)?;
     channel_list(&app)
 }
 
-async fn unmute_channels(State(app): State<App>, request: Bytes) -> Reply {
+async fn unmute_channels(State(app): State<App>, request: Bytes) -> Reply<Vec<ChannelView>> {
     app.notifier.unmute_channels(body(&request)?.selection()?)?;
     channel_list(&app)
 }
 
-async fn subscribers(State(app): State<App>) -> Reply {
-    Ok(Json(json!(app.notifier.subscribers())))
+// Subscribers: each operation on one answers with it.
+
+fn subscriber_view(app: &App, id: &str) -> Reply<SubscriberView> {
+    match app.notifier.subscribers().into_iter().find(|s| s.id == id) {
+        Some(view) => Ok(Json(view)),
+        None => Err(Error::from(RegistryError::UnknownSubscriber(id.to_owned())).into()),
+    }
 }
 
-async fn subscriber(State(app): State<App>, Path(id): Path<String>) -> Reply {
+async fn subscribers(State(app): State<App>) -> Reply<Vec<SubscriberView>> {
+    Ok(Json(app.notifier.subscribers()))
+}
+
+async fn subscriber(State(app): State<App>, Path(id): Path<String>) -> Reply<SubscriberView> {
     subscriber_view(&app, &id)
 }
 
-async fn subscribe(State(app): State<App>, Path(id): Path<String>, request: Bytes) -> Reply {
+async fn subscribe(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    request: Bytes,
+) -> Reply<SubscriberView> {
     app.notifier.subscribe_to(&id, body(&request)?.named()?)?;
     subscriber_view(&app, &id)
 }
 
-async fn unsubscribe(State(app): State<App>, Path(id): Path<String>, request: Bytes) -> Reply {
+async fn unsubscribe(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    request: Bytes,
+) -> Reply<SubscriberView> {
     app.notifier.unsubscribe(&id, body(&request)?.named()?)?;
     subscriber_view(&app, &id)
 }
 
-async fn mute_subscriber(State(app): State<App>, Path(id): Path<String>, request: Bytes) -> Reply {
+async fn mute_subscriber(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    request: Bytes,
+) -> Reply<SubscriberView> {
     app.notifier
         .mute_subscriber(&id, body(&request)?.of_subscriber())?;
     subscriber_view(&app, &id)
@@ -538,51 +604,55 @@ async fn unmute_subscriber(
     State(app): State<App>,
     Path(id): Path<String>,
     request: Bytes,
-) -> Reply {
+) -> Reply<SubscriberView> {
     app.notifier
         .unmute_subscriber(&id, body(&request)?.of_subscriber())?;
     subscriber_view(&app, &id)
 }
 
-async fn reload(State(app): State<App>, Path(id): Path<String>) -> Reply {
+async fn reload(State(app): State<App>, Path(id): Path<String>) -> Reply<SubscriberView> {
     app.notifier.reload_plugin(&id).await?;
     subscriber_view(&app, &id)
 }
 
-async fn skip(State(app): State<App>, Path(id): Path<String>) -> Reply {
+async fn skip(State(app): State<App>, Path(id): Path<String>) -> Reply<SubscriberView> {
     app.notifier.skip_ahead(&id).await?;
     subscriber_view(&app, &id)
 }
 
-async fn dead_letters(State(app): State<App>) -> Reply {
-    Ok(Json(json!(app.notifier.dead_letters().await?)))
+// Dead letters.
+
+async fn dead_letters(State(app): State<App>) -> Reply<Vec<DeadLetter>> {
+    Ok(Json(app.notifier.dead_letters().await?))
 }
 
-async fn redeliver(State(app): State<App>, Path(id): Path<String>) -> Reply {
+async fn redeliver(State(app): State<App>, Path(id): Path<String>) -> Reply<DeadLetter> {
     let id: i64 = id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("{id:?} is not a dead letter id (a number)"),
         )
     })?;
-    Ok(Json(json!(app.notifier.redeliver(id).await?)))
+    Ok(Json(app.notifier.redeliver(id).await?))
 }
 
-async fn listener(State(app): State<App>) -> Reply {
-    Ok(Json(json!(app.notifier.listener())))
+// The listener: each operation answers with its state.
+
+async fn listener(State(app): State<App>) -> Reply<ListenerView> {
+    Ok(Json(app.notifier.listener()))
 }
 
-async fn start(State(app): State<App>) -> Reply {
+async fn start(State(app): State<App>) -> Reply<ListenerView> {
     app.notifier.start().await?;
-    Ok(Json(json!(app.notifier.listener())))
+    Ok(Json(app.notifier.listener()))
 }
 
-async fn stop(State(app): State<App>) -> Reply {
+async fn stop(State(app): State<App>) -> Reply<ListenerView> {
     app.notifier.stop().await;
-    Ok(Json(json!(app.notifier.listener())))
+    Ok(Json(app.notifier.listener()))
 }
 
-async fn restart(State(app): State<App>) -> Reply {
+async fn restart(State(app): State<App>) -> Reply<ListenerView> {
     app.notifier.restart().await?;
-    Ok(Json(json!(app.notifier.listener())))
+    Ok(Json(app.notifier.listener()))
 }

@@ -3,13 +3,18 @@
 //! It finds the host from the same config file, environment and defaults
 //! `run` uses. Output is a table for people, or the API's JSON with `--json`.
 
+use super::api::{self, ChannelsBody, Endpoint, ErrorReply};
 use super::config::{ControlSettings, DEFAULT_ADMIN_ADDR};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::Subcommand;
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
-use serde_json::{json, Value};
+use hyper::Request;
+use pgnotifier::durable::DeadLetter;
+use pgnotifier::printable::printable;
+use pgnotifier::registry::SubscriberSource;
+use pgnotifier::{ChannelView, ListenerView, SubscriberView};
+use serde::de::DeserializeOwned;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -83,118 +88,53 @@ pub enum CtlCommand {
     Metrics,
 }
 
-/// Run one command against the host's admin API and print the result.
+/// Run one command against the host's admin API and print the result: a
+/// table, or with `json_output` the API's JSON as it came.
 pub async fn execute(
     control: &ControlSettings,
     command: CtlCommand,
     json_output: bool,
 ) -> anyhow::Result<()> {
     let client = Client::find(control)?;
-    let subscriber_path = |id: &str, op: &str| format!("/v1/subscribers/{}/{op}", encode(id));
-    let channels_body = |channels: Vec<String>| json!({ "channels": channels });
-    let selection = |channels: Vec<String>, all: bool| {
-        if all {
-            json!({ "all": true })
-        } else {
-            json!({ "channels": channels })
-        }
-    };
-    let (reply, shape) = match command {
-        CtlCommand::Channels => (client.get("/v1/channels").await?, Shape::Channels),
-        CtlCommand::Subscribers => (client.get("/v1/subscribers").await?, Shape::Subscribers),
-        CtlCommand::AddChannel { channels } => (
-            client.post("/v1/channels", channels_body(channels)).await?,
-            Shape::Channels,
-        ),
-        CtlCommand::RemoveChannel { channels } => {
-            let mut reply = Value::Null;
-            for channel in channels {
-                let path = format!("/v1/channels/{}", encode(&channel));
-                reply = client.call(Method::DELETE, &path, None).await?;
-            }
-            (reply, Shape::Channels)
-        }
-        CtlCommand::MuteChannel { channels, all } => (
-            client
-                .post("/v1/channels/mute", selection(channels, all))
-                .await?,
-            Shape::Channels,
-        ),
-        CtlCommand::UnmuteChannel { channels, all } => (
-            client
-                .post("/v1/channels/unmute", selection(channels, all))
-                .await?,
-            Shape::Channels,
-        ),
-        CtlCommand::Subscribe { id, channels } => (
-            client
-                .post(&subscriber_path(&id, "subscribe"), channels_body(channels))
-                .await?,
-            Shape::Subscriber,
-        ),
-        CtlCommand::Unsubscribe { id, channels } => (
-            client
-                .post(
-                    &subscriber_path(&id, "unsubscribe"),
-                    channels_body(channels),
-                )
-                .await?,
-            Shape::Subscriber,
-        ),
-        CtlCommand::MuteSubscriber { id, channels } => (
-            client
-                .post(&subscriber_path(&id, "mute"), channels_body(channels))
-                .await?,
-            Shape::Subscriber,
-        ),
-        CtlCommand::UnmuteSubscriber { id, channels } => (
-            client
-                .post(&subscriber_path(&id, "unmute"), channels_body(channels))
-                .await?,
-            Shape::Subscriber,
-        ),
-        CtlCommand::Reload { id } => (
-            client
-                .post(&subscriber_path(&id, "reload"), json!({}))
-                .await?,
-            Shape::Subscriber,
-        ),
-        CtlCommand::DeadLetters => (client.get("/v1/dead-letters").await?, Shape::DeadLetters),
-        CtlCommand::Redeliver { id } => {
-            let path = format!("/v1/dead-letters/{id}/redeliver");
-            let reply = client.post(&path, json!({})).await?;
-            (Value::Array(vec![reply]), Shape::DeadLetters)
-        }
-        CtlCommand::Skip { id } => (
-            client
-                .post(&subscriber_path(&id, "skip"), json!({}))
-                .await?,
-            Shape::Subscriber,
-        ),
-        CtlCommand::Start => (
-            client.post("/v1/listener/start", json!({})).await?,
-            Shape::Listener,
-        ),
-        CtlCommand::Stop => (
-            client.post("/v1/listener/stop", json!({})).await?,
-            Shape::Listener,
-        ),
-        CtlCommand::Restart => (
-            client.post("/v1/listener/restart", json!({})).await?,
-            Shape::Listener,
-        ),
-        CtlCommand::Status => (client.get("/v1/listener").await?, Shape::Listener),
+    let reply = match command {
         CtlCommand::Metrics => {
-            print!("{}", client.text("/metrics").await?);
+            print!("{}", client.send(&api::METRICS, "", None).await?);
             return Ok(());
         }
+        command => client.run(command).await?,
     };
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&reply)?);
+        let value: serde_json::Value = serde_json::from_str(&reply.text)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        print!("{}", shape.render(&reply));
+        print!("{}", reply.shown.render());
     }
     Ok(())
+}
+
+/// A reply, decoded for the table and as it came for `--json`.
+struct Reply {
+    shown: Shown,
+    text: String,
+}
+
+/// What a reply holds, as the contract types it.
+enum Shown {
+    Channels(Vec<ChannelView>),
+    Subscribers(Vec<SubscriberView>),
+    Listener(ListenerView),
+    DeadLetters(Vec<DeadLetter>),
+}
+
+impl Shown {
+    fn render(&self) -> String {
+        match self {
+            Shown::Channels(channels) => channels_table(channels),
+            Shown::Subscribers(subscribers) => subscribers_table(subscribers),
+            Shown::Listener(listener) => listener_text(listener),
+            Shown::DeadLetters(letters) => dead_letters_table(letters),
+        }
+    }
 }
 
 /// A connection target: the admin address and token.
@@ -237,32 +177,143 @@ impl Client {
         })
     }
 
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        self.call(Method::GET, path, None).await
+    /// One command's request, and its reply typed by its endpoint.
+    async fn run(&self, command: CtlCommand) -> anyhow::Result<Reply> {
+        use CtlCommand as C;
+        use Shown as S;
+        let channels = ChannelsBody::listing;
+        let selection = |channels: Vec<String>, all: bool| {
+            if all {
+                ChannelsBody::every_channel()
+            } else {
+                ChannelsBody::listing(channels)
+            }
+        };
+        Ok(match command {
+            C::Channels => self.call(&api::CHANNELS, "", None, S::Channels).await?,
+            C::Subscribers => {
+                self.call(&api::SUBSCRIBERS, "", None, S::Subscribers)
+                    .await?
+            }
+            C::AddChannel { channels: names } => {
+                let body = channels(names);
+                self.call(&api::ADD_CHANNELS, "", Some(&body), S::Channels)
+                    .await?
+            }
+            C::RemoveChannel { channels: names } => {
+                let mut reply = None;
+                for channel in names {
+                    let removed = &api::REMOVE_CHANNEL;
+                    reply = Some(self.call(removed, &channel, None, S::Channels).await?);
+                }
+                reply.context("name at least one channel")?
+            }
+            C::MuteChannel { channels, all } => {
+                let body = selection(channels, all);
+                self.call(&api::MUTE_CHANNELS, "", Some(&body), S::Channels)
+                    .await?
+            }
+            C::UnmuteChannel { channels, all } => {
+                let body = selection(channels, all);
+                self.call(&api::UNMUTE_CHANNELS, "", Some(&body), S::Channels)
+                    .await?
+            }
+            C::Subscribe {
+                id,
+                channels: names,
+            } => {
+                self.on_subscriber(&api::SUBSCRIBE, &id, Some(&channels(names)))
+                    .await?
+            }
+            C::Unsubscribe {
+                id,
+                channels: names,
+            } => {
+                self.on_subscriber(&api::UNSUBSCRIBE, &id, Some(&channels(names)))
+                    .await?
+            }
+            C::MuteSubscriber {
+                id,
+                channels: names,
+            } => {
+                self.on_subscriber(&api::MUTE_SUBSCRIBER, &id, Some(&channels(names)))
+                    .await?
+            }
+            C::UnmuteSubscriber {
+                id,
+                channels: names,
+            } => {
+                self.on_subscriber(&api::UNMUTE_SUBSCRIBER, &id, Some(&channels(names)))
+                    .await?
+            }
+            C::Reload { id } => self.on_subscriber(&api::RELOAD, &id, None).await?,
+            C::Skip { id } => self.on_subscriber(&api::SKIP, &id, None).await?,
+            C::DeadLetters => {
+                self.call(&api::DEAD_LETTERS, "", None, S::DeadLetters)
+                    .await?
+            }
+            C::Redeliver { id } => {
+                let id = id.to_string();
+                let mut reply = self
+                    .call(&api::REDELIVER, &id, None, |letter| {
+                        S::DeadLetters(vec![letter])
+                    })
+                    .await?;
+                // Shown as a list of one, in JSON too.
+                reply.text = format!("[{}]", reply.text);
+                reply
+            }
+            C::Start => self.call(&api::START, "", None, S::Listener).await?,
+            C::Stop => self.call(&api::STOP, "", None, S::Listener).await?,
+            C::Restart => self.call(&api::RESTART, "", None, S::Listener).await?,
+            C::Status => self.call(&api::LISTENER, "", None, S::Listener).await?,
+            C::Metrics => bail!("the metrics are text, not a reply to show"),
+        })
     }
 
-    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.call(Method::POST, path, Some(body)).await
+    /// An operation on one subscriber, which answers with it.
+    async fn on_subscriber(
+        &self,
+        endpoint: &Endpoint<SubscriberView>,
+        id: &str,
+        body: Option<&ChannelsBody>,
+    ) -> anyhow::Result<Reply> {
+        self.call(endpoint, id, body, |view| Shown::Subscribers(vec![view]))
+            .await
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let text = self.send(method, path, body).await?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("the host answered {path} with something not JSON"))
-    }
-
-    async fn text(&self, path: &str) -> anyhow::Result<String> {
-        self.send(Method::GET, path, None).await
+    /// `endpoint` with `parameter` in its route: its reply decoded as the
+    /// contract types it, and shown by `show`.
+    async fn call<R: DeserializeOwned>(
+        &self,
+        endpoint: &Endpoint<R>,
+        parameter: &str,
+        body: Option<&ChannelsBody>,
+        show: impl FnOnce(R) -> Shown,
+    ) -> anyhow::Result<Reply> {
+        let text = self.send(endpoint, parameter, body).await?;
+        let reply: R = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "the host answered {} {} with something this ctl cannot read; \
+                 is it the same version of pgnotifier?",
+                endpoint.method, endpoint.route
+            )
+        })?;
+        Ok(Reply {
+            shown: show(reply),
+            text,
+        })
     }
 
     /// One request on a connection of its own; a non-2xx answer is an error
     /// carrying the API's message.
-    async fn send(
+    async fn send<R>(
         &self,
-        method: Method,
-        path: &str,
-        body: Option<Value>,
+        endpoint: &Endpoint<R>,
+        parameter: &str,
+        body: Option<&ChannelsBody>,
     ) -> anyhow::Result<String> {
+        let path = endpoint.path(parameter);
         let exchange = async {
             let stream = tokio::net::TcpStream::connect(self.addr)
                 .await
@@ -277,8 +328,8 @@ impl Client {
             let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
             tokio::spawn(connection);
             let mut request = Request::builder()
-                .method(method)
-                .uri(path)
+                .method(endpoint.method.clone())
+                .uri(&path)
                 .header(hyper::header::HOST, self.addr.to_string());
             if let Some(token) = &self.token {
                 request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -286,7 +337,7 @@ impl Client {
             let payload = match body {
                 Some(body) => {
                     request = request.header(hyper::header::CONTENT_TYPE, "application/json");
-                    Bytes::from(serde_json::to_vec(&body)?)
+                    Bytes::from(serde_json::to_vec(body)?)
                 }
                 None => Bytes::new(),
             };
@@ -303,9 +354,8 @@ impl Client {
             let bytes = response.into_body().collect().await?.to_bytes();
             let text = String::from_utf8_lossy(&bytes).into_owned();
             if !status.is_success() {
-                let message = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                let message = serde_json::from_str::<ErrorReply>(&text)
+                    .map(|reply| reply.error)
                     .unwrap_or(text);
                 bail!(
                     "{} (HTTP {})",
@@ -326,85 +376,34 @@ impl Client {
     }
 }
 
-/// Percent-encode a path segment: channel names may hold any character.
-fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
+fn yes_no(value: bool) -> String {
+    if value { "yes" } else { "no" }.to_owned()
 }
 
-/// How to print a reply.
-enum Shape {
-    Channels,
-    Subscribers,
-    Subscriber,
-    Listener,
-    DeadLetters,
+/// Text from the host (channel names a plugin chose, file names) as a
+/// table cell, with control characters escaped.
+fn text(value: &str) -> String {
+    printable(value).into_owned()
 }
 
-impl Shape {
-    fn render(&self, reply: &Value) -> String {
-        match self {
-            Shape::Channels => channels_table(reply),
-            Shape::Subscribers => subscribers_table(reply),
-            Shape::Subscriber => subscribers_table(&Value::Array(vec![reply.clone()])),
-            Shape::Listener => listener_text(reply),
-            Shape::DeadLetters => dead_letters_table(reply),
-        }
+/// `name`, with the note of the first of `flags` that is set: `orders (muted)`.
+fn flagged(name: &str, flags: &[(bool, &str)]) -> String {
+    match flags.iter().find(|(set, _)| *set) {
+        Some((_, note)) => format!("{} ({note})", text(name)),
+        None => text(name),
     }
 }
 
-fn yes_no(value: &Value) -> String {
-    if value.as_bool() == Some(true) {
-        "yes"
-    } else {
-        "no"
-    }
-    .to_owned()
-}
-
-/// A value as a table cell; strings from the host (channel names a plugin
-/// chose, file names) with control characters escaped.
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => pgnotifier::printable::printable(s).into_owned(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn is_true(value: &Value) -> bool {
-    value.as_bool() == Some(true)
-}
-
-/// `name`, with the note of the first of `flags` set in `entry`: `orders (muted)`.
-fn flagged(name: String, entry: &Value, flags: &[(&str, &str)]) -> String {
-    match flags.iter().find(|(key, _)| is_true(&entry[*key])) {
-        Some((_, note)) => format!("{name} ({note})"),
-        None => name,
-    }
-}
-
-fn items(reply: &Value) -> &[Value] {
-    reply.as_array().map_or(&[], Vec::as_slice)
-}
-
-fn dead_letters_table(reply: &Value) -> String {
-    let rows = items(reply).iter().map(|d| {
+fn dead_letters_table(letters: &[DeadLetter]) -> String {
+    let rows = letters.iter().map(|d| {
         vec![
-            text(&d["id"]),
-            text(&d["subscriber"]),
-            text(&d["event_id"]),
-            text(&d["channel"]),
-            text(&d["attempts"]),
-            yes_no(&d["redeliver"]),
-            text(&d["error"]),
+            d.id.to_string(),
+            text(&d.subscriber),
+            d.event_id.to_string(),
+            text(&d.channel),
+            d.attempts.to_string(),
+            yes_no(d.redeliver),
+            text(&d.error),
         ]
     });
     table(
@@ -421,23 +420,18 @@ fn dead_letters_table(reply: &Value) -> String {
     )
 }
 
-fn channels_table(reply: &Value) -> String {
-    let rows = items(reply).iter().map(|c| {
-        let subscribers: Vec<String> = items(&c["subscribers"])
+fn channels_table(channels: &[ChannelView]) -> String {
+    let rows = channels.iter().map(|c| {
+        let subscribers: Vec<String> = c
+            .subscribers
             .iter()
-            .map(|s| {
-                flagged(
-                    text(&s["id"]),
-                    s,
-                    &[("quarantined", "quarantined"), ("muted", "muted")],
-                )
-            })
+            .map(|s| flagged(&s.id, &[(s.quarantined, "quarantined"), (s.muted, "muted")]))
             .collect();
         vec![
-            text(&c["channel"]),
-            yes_no(&c["muted"]),
-            yes_no(&c["active"]),
-            text(&c["received"]),
+            text(&c.channel),
+            yes_no(c.muted),
+            yes_no(c.active),
+            c.received.to_string(),
             subscribers.join(", "),
         ]
     });
@@ -447,57 +441,54 @@ fn channels_table(reply: &Value) -> String {
     )
 }
 
-fn subscribers_table(reply: &Value) -> String {
-    let rows = items(reply).iter().map(|s| {
-        let channels: Vec<String> = items(&s["channels"])
+fn subscribers_table(subscribers: &[SubscriberView]) -> String {
+    let rows = subscribers.iter().map(|s| {
+        let channels: Vec<String> = s
+            .channels
             .iter()
             .map(|c| {
                 flagged(
-                    text(&c["channel"]),
-                    c,
-                    &[("muted", "muted"), ("channel_muted", "channel muted")],
+                    &c.channel,
+                    &[(c.muted, "muted"), (c.channel_muted, "channel muted")],
                 )
             })
             .collect();
-        let all_muted =
-            !channels.is_empty() && items(&s["channels"]).iter().all(|c| is_true(&c["muted"]));
-        let state = match &s["quarantine"] {
-            Value::String(reason) => format!("quarantined: {reason}"),
-            _ if all_muted => "muted".to_owned(),
-            _ => "ok".to_owned(),
+        let all_muted = !s.channels.is_empty() && s.channels.iter().all(|c| c.muted);
+        let state = match &s.quarantine {
+            Some(reason) => format!("quarantined: {}", text(reason)),
+            None if all_muted => "muted".to_owned(),
+            None => "ok".to_owned(),
         };
-        let source = &s["source"];
-        let origin = match source["kind"].as_str() {
-            Some("plugin") => format!(
+        let origin = match &s.source {
+            SubscriberSource::Plugin {
+                path, sha256, wit, ..
+            } => format!(
                 "{} sha256:{} wit {}",
-                text(&source["path"]),
-                text(&source["sha256"]).get(..12).unwrap_or_default(),
-                text(&source["wit"])
+                text(&path.to_string_lossy()),
+                sha256.get(..12).unwrap_or_default(),
+                text(wit)
             ),
-            other => other.unwrap_or_default().to_owned(),
+            SubscriberSource::Native => "native".to_owned(),
         };
-        let stats = &s["stats"];
-        let durable = match &s["durable"] {
-            Value::Object(_) => {
-                let d = &s["durable"];
-                let seconds = d["lag_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
-                format!(
-                    "lag {} ({seconds:.1} s), retries {}, dead {}",
-                    text(&d["lag_events"]),
-                    text(&d["retries"]),
-                    text(&d["dead_letters"])
-                )
-            }
-            _ => "-".to_owned(),
+        let durable = match &s.durable {
+            Some(d) => format!(
+                "lag {} ({:.1} s), retries {}, dead {}",
+                d.lag_events,
+                d.lag_ms as f64 / 1000.0,
+                d.retries,
+                d.dead_letters
+            ),
+            None => "-".to_owned(),
         };
+        let stats = &s.stats;
         vec![
-            text(&s["id"]),
+            text(&s.id),
             channels.join(", "),
-            text(&stats["delivered"]),
-            text(&stats["failed"]),
-            text(&stats["timed_out"]),
-            text(&stats["dropped"]),
-            text(&stats["queued"]),
+            stats.delivered.to_string(),
+            stats.failed.to_string(),
+            stats.timed_out.to_string(),
+            stats.dropped.to_string(),
+            stats.queued.to_string(),
             durable,
             state,
             origin,
@@ -518,39 +509,39 @@ fn subscribers_table(reply: &Value) -> String {
     table(&header, rows.collect())
 }
 
-fn listener_text(reply: &Value) -> String {
-    let connected = match reply["backend_pid"].as_i64() {
-        Some(pid) if is_true(&reply["connected"]) => {
-            format!("yes (backend pid {pid})")
-        }
-        _ => yes_no(&reply["connected"]),
+fn listener_text(listener: &ListenerView) -> String {
+    let connected = match listener.backend_pid {
+        Some(pid) if listener.connected => format!("yes (backend pid {pid})"),
+        _ => yes_no(listener.connected),
     };
-    let listening: Vec<String> = items(&reply["listening"]).iter().map(text).collect();
-    let listening = if listening.is_empty() {
+    let listening = if listener.listening.is_empty() {
         "(nothing)".to_owned()
     } else {
-        listening.join(", ")
+        let names: Vec<String> = listener.listening.iter().map(|c| text(c)).collect();
+        names.join(", ")
     };
-    let cluster = &reply["cluster"];
-    let role = match cluster["cluster"].as_str() {
+    let cluster = &listener.cluster;
+    let role = match &cluster.cluster {
         Some(name) => {
-            let group = cluster["group"]
-                .as_str()
-                .map(|g| format!(", group {g}"))
+            let group = cluster
+                .group
+                .as_deref()
+                .map(|g| format!(", group {}", text(g)))
                 .unwrap_or_default();
-            let leader = cluster["leader"].as_str().unwrap_or("none seen");
+            let leader = cluster.leader.as_deref().map_or("none seen".into(), text);
             format!(
-                "{} of cluster {name}{group}; leader: {leader}; takeovers: {}",
-                text(&cluster["role"]),
-                text(&cluster["takeovers"])
+                "{} of cluster {}{group}; leader: {leader}; takeovers: {}",
+                cluster.role.as_str(),
+                text(name),
+                cluster.takeovers
             )
         }
         None => "alone (no cluster)".to_owned(),
     };
     format!(
         "running: {}\nconnected: {connected}\nrole: {role}\nlistening: {listening}\nreconnects: {}\n",
-        yes_no(&reply["running"]),
-        text(&reply["reconnects"]),
+        yes_no(listener.running),
+        listener.reconnects,
     )
 }
 
@@ -582,13 +573,6 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn path_segments_are_percent_encoded() {
-        assert_eq!(encode("orders"), "orders");
-        assert_eq!(encode("a b/\"c\""), "a%20b%2F%22c%22");
-        assert_eq!(encode("é"), "%C3%A9");
-    }
 
     #[test]
     fn tables_align_their_columns() {

@@ -4,7 +4,8 @@
 //! - [`cli`]: the command line, and [`config`], its config file;
 //! - `daemon`: `run` (the plugins folder, signals, SIGHUP) and [`admin`],
 //!   the admin HTTP API, metrics and health;
-//! - [`ctl`]: the client of the admin API;
+//! - [`api`]: the admin API's contract (routes, bodies, typed replies),
+//!   which [`admin`] serves and [`ctl`], its client, calls;
 //! - `demo`, with [`local_pg`]: throwaway PostgreSQL clusters, which the
 //!   tests and the benches use too;
 //! - the plugin author's loop: [`new`] (templates), [`call`] (a plugin run
@@ -14,6 +15,7 @@
 //! it, and a library user gets no clap, axum or wat.
 
 pub mod admin;
+pub mod api;
 pub mod call;
 pub mod cli;
 pub mod config;

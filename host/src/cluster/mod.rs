@@ -66,7 +66,7 @@ impl ClusterSettings {
 }
 
 /// What this host is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// No cluster: it dispatches.

@@ -2,7 +2,7 @@
 //! the views and the metrics.
 
 use crate::sync::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::AtomicU64;
 
 /// Counters for one subscriber. Atomics, so the hot path never locks for
@@ -21,7 +21,7 @@ pub(crate) struct Counters {
 }
 
 /// A point-in-time copy of a subscriber's counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriberStats {
     /// Calls that succeeded.
     pub delivered: u64,
@@ -38,7 +38,7 @@ pub struct SubscriberStats {
 }
 
 /// What `ctl subscribers` and the metrics show of an at-least-once subscriber.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DurableStats {
     /// Events sent on its channels that it has not handled yet, counted
     /// about once a second.

@@ -6,10 +6,10 @@
 use super::reader::{column, save_position, Event, ReadError};
 use super::schema::WAKE_CHANNEL;
 use super::DurableError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One dead letter, as `ctl dead-letters` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub id: i64,
     pub subscriber: String,

@@ -93,7 +93,7 @@ impl PluginFiles {
         SubscriberSource::Plugin {
             path: self.path.clone(),
             sha256: self.sha256.clone(),
-            wit: loaded.wit_version,
+            wit: loaded.wit_version.into(),
             fingerprint: self.fingerprint.clone(),
         }
     }

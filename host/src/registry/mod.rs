@@ -17,8 +17,9 @@ use crate::dispatch::{Deliver, DispatchSettings, Mailbox, QuarantineHook, RouteT
 use crate::sync::lock;
 use arc_swap::ArcSwap;
 use saver::Saver;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use state::{ChannelState, RuntimeState, SavedQuarantine, StateFile, SubscriberState};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,7 +54,7 @@ struct ChannelEntry {
 pub type ActiveChannels = Arc<BTreeSet<Arc<str>>>;
 
 /// Where a subscriber came from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "kind")]
 pub enum SubscriberSource {
     /// A WebAssembly plugin file.
@@ -62,7 +63,7 @@ pub enum SubscriberSource {
         /// SHA-256 of the `.wasm` file, hex.
         sha256: String,
         /// The `pgnotifier:plugin` version it targets.
-        wit: &'static str,
+        wit: Cow<'static, str>,
         /// SHA-256 of the `.wasm` and its sidecar together: unchanged means nothing to reload.
         #[serde(skip)]
         fingerprint: String,

@@ -2,10 +2,10 @@
 
 use super::SubscriberSource;
 use crate::dispatch::{DurableStats, SubscriberStats};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A channel as the views show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelView {
     pub channel: String,
     pub muted: bool,
@@ -17,7 +17,7 @@ pub struct ChannelView {
 }
 
 /// A subscriber's place on one channel.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelSubscriberView {
     pub id: String,
     pub muted: bool,
@@ -25,7 +25,7 @@ pub struct ChannelSubscriberView {
 }
 
 /// A subscriber as the views show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriberView {
     pub id: String,
     pub source: SubscriberSource,
@@ -38,7 +38,7 @@ pub struct SubscriberView {
 }
 
 /// One of a subscriber's channels.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscriptionView {
     pub channel: String,
     /// The subscriber's own mute flag on this channel.
