@@ -19,7 +19,8 @@
 //!   [`files`], [`printable`] text and error chains, [`settings`] errors and
 //!   checks, and `sync` (the lock, counters, the clock, background tasks);
 //! - [`pg`]: the database settings (libpq's URL and `PG*` variables), TLS,
-//!   connecting, advisory locks;
+//!   connecting and keeping a connection up (backoff, the driver of a
+//!   LISTENing connection), advisory locks;
 //! - [`dispatch`]: the route table, the router, one mailbox (bounded queue)
 //!   and one worker thread per subscriber, its counters, and the
 //!   notifications workers hand back for reuse;
@@ -84,12 +85,12 @@ pub use dispatch::{
     Notification, Overflow, QueueLimits, SubscriberStats,
 };
 pub use error::{Error, Result};
-pub use listener::ConnectionSettings;
 pub use notifier::{
     ClusterView, IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection,
     ShutdownReport,
 };
 pub use payload::{Payload, PayloadMode};
+pub use pg::connection::ConnectionSettings;
 pub use pg::DatabaseConfig;
 pub use plugins::{PluginChange, PluginWatcher, SubscriberSettings};
 pub use registry::{ChannelView, SubscriberView};

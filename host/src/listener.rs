@@ -12,10 +12,11 @@ use crate::channel::quote_ident;
 use crate::cluster::election::{self, Campaign};
 use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{Delivery, Gap, GapCause, Router, Run};
+use crate::pg::connection::{comes_back, Backoff, ConnectionSettings};
 use crate::pg::{advisory, DatabaseConfig};
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
-use crate::sync::{clock, lock, Latch, Release};
+use crate::sync::{clock, lock, Latch, Release, Stop, Task};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -25,33 +26,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, Connection};
-
-/// How the LISTEN connection is kept up.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionSettings {
-    /// First wait before reconnecting; doubles after each failed attempt,
-    /// with jitter, up to `reconnect_max`. Attempts never stop.
-    pub reconnect_min: Duration,
-    pub reconnect_max: Duration,
-    /// How often a cheap query checks the connection, so a silently dead one
-    /// is noticed within about twice this; `None` turns it off (TCP keepalive
-    /// still applies).
-    pub heartbeat: Option<Duration>,
-    /// Warn when PostgreSQL's notification queue is fuller than this, in
-    /// percent, read at each heartbeat. At 100% every NOTIFY fails.
-    pub queue_warn_percent: u8,
-}
-
-impl Default for ConnectionSettings {
-    fn default() -> Self {
-        Self {
-            reconnect_min: Duration::from_millis(100),
-            reconnect_max: Duration::from_secs(30),
-            heartbeat: Some(Duration::from_secs(30)),
-            queue_warn_percent: 25,
-        }
-    }
-}
 
 /// What the listener is doing, for the API and readiness.
 #[derive(Debug)]
@@ -143,10 +117,7 @@ impl Default for ListenerStatus {
 }
 
 /// A running listener task.
-pub(crate) struct Listener {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
+pub(crate) struct Listener(Task);
 
 impl Listener {
     pub(crate) fn spawn(
@@ -156,121 +127,18 @@ impl Listener {
         status: Arc<ListenerStatus>,
         cluster: Arc<ClusterStatus>,
     ) -> Self {
-        let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(supervise(
-            database, settings, registry, status, cluster, stop_rx,
-        ));
-        Self { stop, task }
+        Self(Task::spawn(&tokio::runtime::Handle::current(), |stop| {
+            supervise(database, settings, registry, status, cluster, stop)
+        }))
     }
 
     pub(crate) fn is_running(&self) -> bool {
-        !self.task.is_finished()
+        !self.0.is_finished()
     }
 
     /// UNLISTEN, deliver what was already received, and close the connection.
     pub(crate) async fn stop(self) {
-        let _ = self.stop.send(true);
-        if let Err(e) = self.task.await {
-            tracing::error!("listener task failed: {e}");
-        }
-    }
-}
-
-/// Exponential backoff with full jitter.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .min
-            .saturating_mul(1 << self.attempt.min(16))
-            .min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        // Jitter in [ceiling/2, ceiling], from the clock's low bits: no RNG dependency needed.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let fraction = 0.5 + f64::from(nanos % 1000) / 2000.0;
-        ceiling.mul_f64(fraction)
-    }
-}
-
-/// How long [`check_listen_works`] waits for its notification.
-pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(3);
-
-/// Whether a notification reaches a LISTENing connection: LISTEN on one
-/// connection, NOTIFY from another, and wait. Behind a pooler in transaction
-/// mode LISTEN is accepted and nothing ever arrives, silently; this finds
-/// out at start. False only when both connections worked and the
-/// notification did not come; a database that cannot be reached is the
-/// listener's to retry, not a reason to refuse.
-pub(crate) async fn check_listen_works(database: &DatabaseConfig) -> bool {
-    // A server that does not answer soon is the listener's to wait for.
-    let connect = || async {
-        tokio::time::timeout(PROBE_WAIT, database.connect())
-            .await
-            .ok()?
-            .ok()
-    };
-    let probe = async {
-        let (listening, mut connection) = connect().await?;
-        let (arrived, mut got) = tokio::sync::mpsc::unbounded_channel();
-        let driver = tokio::spawn(async move {
-            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                if let Ok(AsyncMessage::Notification(_)) = message {
-                    let _ = arrived.send(());
-                }
-            }
-        });
-        let channel = format!("pgnotifier_probe_{}", std::process::id());
-        let listened = listening
-            .batch_execute(&format!("LISTEN {}", quote_ident(&channel)))
-            .await;
-        let sent = async {
-            let (sender, connection) = connect().await?;
-            let sender_driver = tokio::spawn(connection);
-            let sent = sender
-                .execute("SELECT pg_catalog.pg_notify($1, 'probe')", &[&channel])
-                .await;
-            sender_driver.abort();
-            sent.ok()
-        };
-        let came = match (listened, sent.await) {
-            (Ok(()), Some(_)) => tokio::time::timeout(PROBE_WAIT, got.recv()).await.is_ok(),
-            // Could not even try: not this check's to judge.
-            _ => true,
-        };
-        let _ = listening
-            .batch_execute(&format!("UNLISTEN {}", quote_ident(&channel)))
-            .await;
-        driver.abort();
-        Some(came)
-    };
-    probe.await.unwrap_or(true)
-}
-
-/// How often a server that refuses connections is checked for its return.
-const PROBE_EVERY: Duration = Duration::from_millis(200);
-
-/// Resolve once the server goes from refusing TCP connections to accepting
-/// them, so a long backoff does not delay reconnecting after an outage. A
-/// server that already accepts (and failed for another reason, such as TLS
-/// or authentication) never resolves this: those failures keep the backoff.
-/// A probe is one TCP connect, closed at once: nothing a server notices.
-async fn comes_back(database: &DatabaseConfig) {
-    if database.accepts_connections().await {
-        return std::future::pending().await;
-    }
-    loop {
-        tokio::time::sleep(PROBE_EVERY).await;
-        if database.accepts_connections().await {
-            return;
-        }
+        self.0.stop().await;
     }
 }
 
@@ -285,24 +153,20 @@ async fn supervise(
     registry: Arc<Registry>,
     status: Arc<ListenerStatus>,
     cluster: Arc<ClusterStatus>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Stop,
 ) {
-    let mut backoff = Backoff {
-        min: settings.reconnect_min,
-        max: settings.reconnect_max,
-        attempt: 0,
-    };
+    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
     (status.queue_warn_percent).store(settings.queue_warn_percent, Ordering::Relaxed);
     let mut gap = std::mem::take(&mut *lock(&status.gap));
     let mut was_leading = false;
-    while !*stop.borrow() {
+    while !stop.is_asked() {
         let connected = tokio::select! {
             result = database.connect() => result,
-            _ = stop.changed() => break,
+            _ = stop.asked() => break,
         };
         let end = match connected {
             Ok((client, connection)) => {
-                backoff.attempt = 0;
+                backoff.reset();
                 status.connected.store(true, Ordering::Relaxed);
                 tracing::info!(database = %database.redacted(), "connected");
                 let session = Session {
@@ -347,7 +211,7 @@ async fn supervise(
                     _ = comes_back(&database) => {
                         tracing::info!("the server accepts connections again; reconnecting now");
                     }
-                    _ = stop.changed() => break,
+                    _ = stop.asked() => break,
                 }
             }
         }
@@ -366,152 +230,254 @@ struct Session<'a> {
     yield_first: bool,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     /// One connection's life. `gap` holds the channels LISTENed when the
     /// last connection was lost; it is filled again if this one is lost too.
     async fn run<S, T>(
-        &self,
+        &'a self,
         client: Client,
         connection: Connection<S, T>,
-        stop: &mut watch::Receiver<bool>,
+        stop: &mut Stop,
         gap: &mut OwedGap,
     ) -> SessionEnd
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (registry, status) = (self.registry, self.status);
-        let mut driver = tokio::spawn(drive(connection, registry.clone(), self.status.clone()));
-        match client.query_one("select pg_backend_pid()", &[]).await {
-            Ok(row) => status
-                .backend_pid
-                .store(row.try_get(0).unwrap_or(0), Ordering::Relaxed),
-            Err(e) => return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e))),
-        }
-        // In a cluster, LISTEN only once leading, on this very connection.
-        if let Some(settings) = &self.cluster.settings {
-            if let Some(every) = self.heartbeat {
-                // The server drops a stalled connection, and with it the
-                // lock, only after this host has given it up (docs/clusters.md).
-                if let Err(e) = client.batch_execute(&server_keepalives(every)).await {
-                    return SessionEnd::Lost(format!("connection failed: {}", with_causes(&e)));
-                }
-            }
-            let campaign = election::campaign(&client, settings, self.cluster, self.yield_first);
-            tokio::select! {
-                outcome = campaign => match outcome {
-                    Campaign::Won { after } => {
-                        tracing::info!(cluster = %settings.name, group = settings.group.as_deref().unwrap_or(""), "leading");
-                        if let Some((at, leader)) = after {
-                            self.cluster.takeovers.fetch_add(1, Ordering::Relaxed);
-                            let active = registry.watch_active().borrow().clone();
-                            gap.note_takeover(&active, at, format!("took over from {leader}"));
-                        }
-                    }
-                    Campaign::Failed(why) => {
-                        return SessionEnd::Lost(format!("the election failed: {why}"));
-                    }
-                },
-                _ = stop.changed() => return SessionEnd::Stopped,
-                ended = &mut driver => return SessionEnd::Lost(why_ended(ended)),
-            }
+        let mut driver = tokio::spawn(drive(
+            connection,
+            self.registry.clone(),
+            self.status.clone(),
+        ));
+        if let Err(end) = self.begin(&client, &mut driver, stop, gap).await {
+            return end;
         }
         // Queue the gap events before LISTENing again, so every notification
         // of the new connection reaches each subscriber after its gap event;
         // workers hold them until LISTEN is back, so a subscriber that
         // resynchronises in on-gap misses nothing committed after it reads.
         // The release opens on every way out: no worker waits past this session.
-        let mut listening_again = announce_gap(registry, gap).await;
+        let listening_again = announce_gap(self.registry, gap).await;
         if listening_again.is_some() {
-            status.gap_events.fetch_add(1, Ordering::Relaxed);
+            self.status.gap_events.fetch_add(1, Ordering::Relaxed);
         }
-        let mut active = registry.watch_active();
-        let mut listened: BTreeSet<Arc<str>> = BTreeSet::new();
-        let mut first_sync = true;
-        let mut queue_warned = false;
-        let lock_name = self.cluster.settings.as_ref().map(|s| s.lock_name());
-        let heartbeat_sql = heartbeat_query(lock_name.is_some());
-        let heartbeat_params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &lock_name {
+        let connected = Connected {
+            heartbeat: self
+                .heartbeat
+                .map(|every| Heartbeat::new(every, self.cluster)),
+            session: self,
+            client,
+            driver,
+            active: self.registry.watch_active(),
+            listened: BTreeSet::new(),
+            first_sync: true,
+            listening_again,
+            queue_warned: false,
+        };
+        connected.serve(stop, gap).await
+    }
+
+    /// Learn the backend's pid, and in a cluster, win the election: LISTEN
+    /// only once leading, on this very connection.
+    async fn begin(
+        &self,
+        client: &Client,
+        driver: &mut Driver,
+        stop: &mut Stop,
+        gap: &mut OwedGap,
+    ) -> Result<(), SessionEnd> {
+        let lost = |e: tokio_postgres::Error| {
+            SessionEnd::Lost(format!("connection failed: {}", with_causes(&e)))
+        };
+        let row = client
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .map_err(lost)?;
+        (self.status.backend_pid).store(row.try_get(0).unwrap_or(0), Ordering::Relaxed);
+        let Some(settings) = &self.cluster.settings else {
+            return Ok(());
+        };
+        if let Some(every) = self.heartbeat {
+            // The server drops a stalled connection, and with it the
+            // lock, only after this host has given it up (docs/clusters.md).
+            (client.batch_execute(&server_keepalives(every)).await).map_err(lost)?;
+        }
+        let campaign = election::campaign(client, settings, self.cluster, self.yield_first);
+        tokio::select! {
+            outcome = campaign => match outcome {
+                Campaign::Won { after } => {
+                    tracing::info!(cluster = %settings.name, group = settings.group.as_deref().unwrap_or(""), "leading");
+                    if let Some((at, leader)) = after {
+                        self.cluster.takeovers.fetch_add(1, Ordering::Relaxed);
+                        let active = self.registry.watch_active().borrow().clone();
+                        gap.note_takeover(&active, at, format!("took over from {leader}"));
+                    }
+                    Ok(())
+                }
+                Campaign::Failed(why) => Err(SessionEnd::Lost(format!("the election failed: {why}"))),
+            },
+            _ = stop.asked() => Err(SessionEnd::Stopped),
+            ended = driver => Err(SessionEnd::Lost(why_ended(ended))),
+        }
+    }
+}
+
+/// The task driving a LISTEN connection.
+type Driver = JoinHandle<Result<(), tokio_postgres::Error>>;
+
+/// A connection LISTENing: what it LISTENs, and what it owes.
+struct Connected<'a> {
+    session: &'a Session<'a>,
+    client: Client,
+    driver: Driver,
+    /// The channels wanted; each change is LISTENed or UNLISTENed.
+    active: watch::Receiver<ActiveChannels>,
+    /// The channels this connection LISTENs.
+    listened: BTreeSet<Arc<str>>,
+    /// Nothing LISTENed yet: the gap owed is paid by the first sync.
+    first_sync: bool,
+    /// Gap events queued, held until their channels are LISTENed again.
+    listening_again: Option<Release>,
+    heartbeat: Option<Heartbeat>,
+    /// The notification queue's fill was past the threshold at the last look.
+    queue_warned: bool,
+}
+
+/// The heartbeat's ticks and its query.
+struct Heartbeat {
+    ticks: tokio::time::Interval,
+    every: Duration,
+    sql: String,
+    /// The leader lock's name, in a cluster: the query checks it is held.
+    lock_name: Option<String>,
+}
+
+impl Heartbeat {
+    fn new(every: Duration, cluster: &ClusterStatus) -> Self {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lock_name = cluster.settings.as_ref().map(|s| s.lock_name());
+        Self {
+            ticks,
+            every,
+            sql: heartbeat_query(lock_name.is_some()),
+            lock_name,
+        }
+    }
+
+    /// The query's answer: the queue's fill, what the server LISTENs, and
+    /// whether the leader lock is held (always, outside a cluster).
+    async fn ask(
+        &self,
+        client: &Client,
+    ) -> Result<(f64, Vec<String>, bool), tokio_postgres::Error> {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &self.lock_name {
             Some(name) => vec![name],
             None => Vec::new(),
         };
-        let mut heartbeat = self.heartbeat.map(|every| {
-            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            (ticks, every)
-        });
+        let row = client.query_one(&self.sql, &params).await?;
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    }
+}
+
+/// The next heartbeat's tick, with its period; never without one.
+async fn next_beat(heartbeat: &mut Option<Heartbeat>) -> Duration {
+    match heartbeat {
+        Some(heartbeat) => {
+            heartbeat.ticks.tick().await;
+            heartbeat.every
+        }
+        None => std::future::pending().await,
+    }
+}
+
+impl Connected<'_> {
+    /// LISTEN what is wanted and keep it so, until stopped or lost.
+    async fn serve(mut self, stop: &mut Stop, gap: &mut OwedGap) -> SessionEnd {
         loop {
-            let wanted = active.borrow_and_update().clone();
-            if let Err(e) = sync_listens(&client, &mut listened, &wanted).await {
-                driver.abort();
-                // On a first sync, keep the old gap too: its events may be repeated, never lost.
-                gap.channels.extend(std::mem::take(&mut listened));
-                return SessionEnd::Lost(format!("LISTEN failed: {}", with_causes(&e)));
+            if let Err(end) = self.sync(gap).await {
+                return end;
             }
-            status.listened.send_replace(Arc::new(listened.clone()));
-            if first_sync {
-                first_sync = false;
-                gap.clear();
-            }
-            if let Some(release) = listening_again.take() {
-                release.release();
-            }
-            let beat = async {
-                match heartbeat.as_mut() {
-                    Some((ticks, every)) => {
-                        ticks.tick().await;
-                        *every
-                    }
-                    None => std::future::pending().await,
+            let end = tokio::select! {
+                changed = self.active.changed() => changed.err().map(|_| SessionEnd::Stopped),
+                every = next_beat(&mut self.heartbeat) => self.beat(every, gap).await,
+                _ = stop.asked() => return self.stop(gap).await,
+                ended = &mut self.driver => {
+                    gap.channels = std::mem::take(&mut self.listened);
+                    Some(SessionEnd::Lost(why_ended(ended)))
                 }
             };
-            tokio::select! {
-                changed = active.changed() => {
-                    if changed.is_err() {
-                        return SessionEnd::Stopped;
-                    }
-                }
-                every = beat => {
-                    // A dead peer that sent no FIN shows here as an error or no answer.
-                    let answer = tokio::time::timeout(every, client.query_one(&heartbeat_sql, &heartbeat_params)).await;
-                    let failure = match answer.map(|r| r.and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))) {
-                        // A pooler's reset (DISCARD ALL) or a proxy freed the
-                        // lock while the connection stayed: a standby may lead now.
-                        Ok(Ok((_, _, false))) => Some(
-                            "the server released this host's leader lock on its LISTEN connection (a DISCARD ALL or an unlock from a pooler or proxy?)".to_owned(),
-                        ),
-                        Ok(Ok((usage, actual, true))) => {
-                            self.note_queue_usage(usage, &mut queue_warned);
-                            listening_again = self.check_listening(actual, &mut listened).await;
-                            None
-                        }
-                        Ok(Err(e)) => Some(format!("heartbeat failed: {}", with_causes(&e))),
-                        Err(_) => Some(format!("no answer to the heartbeat within {every:?}")),
-                    };
-                    if let Some(reason) = failure {
-                        driver.abort();
-                        gap.channels = listened;
-                        return SessionEnd::Lost(reason);
-                    }
-                }
-                _ = stop.changed() => {
-                    // Whatever is sent from here on until the next LISTEN is missed.
-                    gap.channels.extend(listened);
-                    if let Err(e) = client.batch_execute("UNLISTEN *").await {
-                        tracing::warn!("UNLISTEN failed: {e}");
-                    }
-                    // Dropping the client closes the connection once the driver
-                    // has routed everything already received.
-                    drop(client);
-                    let _ = driver.await;
-                    return SessionEnd::Stopped;
-                }
-                ended = &mut driver => {
-                    gap.channels = listened;
-                    return SessionEnd::Lost(why_ended(ended));
-                }
+            if let Some(end) = end {
+                return end;
             }
         }
+    }
+
+    /// LISTEN and UNLISTEN the difference from what is wanted; then pay
+    /// the gap owed, and let the gap events held go.
+    async fn sync(&mut self, gap: &mut OwedGap) -> Result<(), SessionEnd> {
+        let wanted = self.active.borrow_and_update().clone();
+        if let Err(e) = sync_listens(&self.client, &mut self.listened, &wanted).await {
+            self.driver.abort();
+            // On a first sync, keep the old gap too: its events may be repeated, never lost.
+            gap.channels.extend(std::mem::take(&mut self.listened));
+            return Err(SessionEnd::Lost(format!(
+                "LISTEN failed: {}",
+                with_causes(&e)
+            )));
+        }
+        let status = self.session.status;
+        status
+            .listened
+            .send_replace(Arc::new(self.listened.clone()));
+        if std::mem::take(&mut self.first_sync) {
+            gap.clear();
+        }
+        if let Some(release) = self.listening_again.take() {
+            release.release();
+        }
+        Ok(())
+    }
+
+    /// A heartbeat: a dead peer that sent no FIN shows here as an error or
+    /// no answer, and a lock a pooler freed as not held.
+    async fn beat(&mut self, every: Duration, gap: &mut OwedGap) -> Option<SessionEnd> {
+        let Some(heartbeat) = &self.heartbeat else {
+            return None;
+        };
+        let answer = tokio::time::timeout(every, heartbeat.ask(&self.client)).await;
+        let failure = match answer {
+            // A pooler's reset (DISCARD ALL) or a proxy freed the
+            // lock while the connection stayed: a standby may lead now.
+            Ok(Ok((_, _, false))) => Some(
+                "the server released this host's leader lock on its LISTEN connection (a DISCARD ALL or an unlock from a pooler or proxy?)".to_owned(),
+            ),
+            Ok(Ok((usage, actual, true))) => {
+                self.session.note_queue_usage(usage, &mut self.queue_warned);
+                self.listening_again = self.session.check_listening(actual, &mut self.listened).await;
+                None
+            }
+            Ok(Err(e)) => Some(format!("heartbeat failed: {}", with_causes(&e))),
+            Err(_) => Some(format!("no answer to the heartbeat within {every:?}")),
+        };
+        let reason = failure?;
+        self.driver.abort();
+        gap.channels = std::mem::take(&mut self.listened);
+        Some(SessionEnd::Lost(reason))
+    }
+
+    /// Asked to stop: UNLISTEN, and close once the driver has routed
+    /// everything already received.
+    async fn stop(self, gap: &mut OwedGap) -> SessionEnd {
+        // Whatever is sent from here on until the next LISTEN is missed.
+        gap.channels.extend(self.listened);
+        if let Err(e) = self.client.batch_execute("UNLISTEN *").await {
+            tracing::warn!("UNLISTEN failed: {e}");
+        }
+        // Dropping the client closes the connection.
+        drop(self.client);
+        let _ = self.driver.await;
+        SessionEnd::Stopped
     }
 }
 

@@ -8,7 +8,8 @@ use crate::cluster::{ClusterSettings, ClusterStatus, Role};
 use crate::durable::feeder::{self, FeedSettings, Feeders};
 use crate::durable::{dead_letters, reader, schema, DeadLetter, DeliveryMode, DurableError};
 use crate::error::{Error, Result};
-use crate::listener::{ConnectionSettings, Listener, ListenerStatus};
+use crate::listener::{Listener, ListenerStatus};
+use crate::pg::connection::{self, ConnectionSettings};
 use crate::pg::{advisory, DatabaseConfig};
 use crate::plugins::{watcher, PluginChange, PluginSync, PluginWatcher, SubscriberSettings};
 use crate::registry::state::StateFile;
@@ -462,13 +463,13 @@ impl Notifier {
         });
         // Refused, not silently deaf: LISTEN through a transaction-mode pooler.
         let database = lock(&self.inner.database).clone();
-        let works = crate::listener::check_listen_works(&database).await;
+        let works = connection::check_listen_works(&database).await;
         // Only a panic fails it, and then the first use calibrates instead.
         let _ = calibrated.await;
         if !works {
             return Err(Error::ListenBroken {
                 database: database.redacted().to_string(),
-                waited: crate::listener::PROBE_WAIT,
+                waited: connection::PROBE_WAIT,
             });
         }
         let mut listener = lock(&self.inner.listener);

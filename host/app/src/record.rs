@@ -9,12 +9,12 @@
 
 use anyhow::Context;
 use pgnotifier::channel::quote_ident;
+use pgnotifier::pg::connection::drive;
 use pgnotifier::pg::DatabaseConfig;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio_postgres::AsyncMessage;
 
 /// One recorded notification: a line of the file.
 #[derive(Debug, Serialize)]
@@ -44,26 +44,14 @@ pub async fn record(
             .with_context(|| format!("cannot write {}", out.display()))?;
         Box::new(std::io::BufWriter::new(file))
     };
-    let (client, mut connection) = database
+    let (client, connection) = database
         .connect()
         .await
         .with_context(|| format!("connecting to {}", database.redacted()))?;
     let (tx, mut notifications) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            match message {
-                Ok(AsyncMessage::Notification(n)) => {
-                    let received_at = SystemTime::now();
-                    if tx.send((n, received_at)).is_err() {
-                        return Ok(());
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    });
+    let driver = tokio::spawn(drive(connection, move |n| {
+        tx.send((n, SystemTime::now())).is_ok()
+    }));
     let listen: String = channels
         .iter()
         .map(|c| format!("LISTEN {};", quote_ident(c)))

@@ -52,6 +52,7 @@ use crate::dispatch::{
     Outcome,
 };
 use crate::payload::decode;
+use crate::pg::connection::{self, Backoff};
 use crate::pg::{advisory, DatabaseConfig};
 use crate::printable::with_causes;
 use crate::registry::Registry;
@@ -415,7 +416,7 @@ struct Feed {
 
 impl Feed {
     async fn run(mut self) {
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             // A standby feeds nothing; the leader feeds from the saved position.
             tokio::select! {
@@ -432,7 +433,7 @@ impl Feed {
                 End::Stopped => return,
                 End::StoodDown => {
                     tracing::info!(subscriber = %self.spec.id, "durable delivery paused: this host stands by");
-                    wait = Duration::from_millis(100);
+                    backoff.reset();
                     continue;
                 }
                 End::Refused(holder) => {
@@ -447,9 +448,8 @@ impl Feed {
                     REFUSED_RETRY
                 }
                 End::Lost(reason) => {
-                    tracing::warn!(subscriber = %self.spec.id, "durable delivery: {reason}; resuming from the saved position in {wait:?}");
-                    let pause = wait;
-                    wait = (wait * 2).min(Duration::from_secs(5));
+                    let pause = backoff.next_delay();
+                    tracing::warn!(subscriber = %self.spec.id, "durable delivery: {reason}; resuming from the saved position in {pause:.1?}");
                     pause
                 }
             };
@@ -466,7 +466,7 @@ impl Feed {
             connected = self.spec.database.connect() => connected,
             _ = self.stop.asked() => return End::Stopped,
         };
-        let (client, mut connection) = match connecting {
+        let (client, connection) = match connecting {
             Ok(pair) => pair,
             Err(e) => return End::Lost(format!("cannot connect: {}", with_causes(&e))),
         };
@@ -474,13 +474,11 @@ impl Feed {
         let gone = Arc::new(AtomicBool::new(false));
         let (woken, ended) = (wake.clone(), gone.clone());
         let driver = AbortOnDrop(tokio::spawn(async move {
-            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                match message {
-                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => woken.notify_one(),
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
+            let wakes = |_| {
+                woken.notify_one();
+                true
+            };
+            let _ = connection::drive(connection, wakes).await;
             ended.store(true, Ordering::Relaxed);
             // Gone: wake the session, whose next query fails and says why.
             woken.notify_one();

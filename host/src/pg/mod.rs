@@ -4,8 +4,10 @@
 //! wins, and the `PG*` environment variables fill in what it leaves out.
 //! Passwords never leave this module except inside the connection config;
 //! everything printable goes through [`DatabaseConfig::redacted`].
+//! [`connection`] keeps a connection up: reconnecting, and driving it.
 
 pub(crate) mod advisory;
+pub mod connection;
 pub mod tls;
 
 use crate::settings::ConfigError;
