@@ -1006,21 +1006,8 @@ async fn a_call_of_a_host_that_lost_its_lock_ends_before_another_host_calls() {
     logs::install();
     crate::support::plugin_role("pgnotifier_test_reader", &[]).await;
     let (url, client) = fresh_database("cut_short").await;
-    // Host A logs in as a role of its own, so it can be kept from
-    // connecting again and taking the lock back before B.
-    let role = "pgnotifier_test_host_a";
-    client
-        .batch_execute(&format!(
-            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             ALTER ROLE {role} LOGIN SUPERUSER"
-        ))
-        .await
-        .unwrap();
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let a_url = format!(
-        "{scheme}://{role}@{}",
-        rest.split_once('@').map_or(rest, |(_, r)| r)
-    );
+    let role = "pgnotifier_test_host_cut_short";
+    let a_url = host_a_url(&client, &url, role).await;
     let id = crate::support::channel("cut");
     let sidecar = |tag: &str| {
         format!(
@@ -1045,22 +1032,7 @@ async fn a_call_of_a_host_that_lost_its_lock_ends_before_another_host_calls() {
     );
     // A's feeder connection goes (a terminated backend, a network cut):
     // the server frees its feed lock at once.
-    client
-        .batch_execute(&format!("ALTER ROLE {role} NOLOGIN"))
-        .await
-        .unwrap();
-    let killed: i64 = client
-        .query_one(
-            "select count(pg_terminate_backend(l.pid)) from pg_locks l
-              where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-                and ((l.classid::bigint << 32) | l.objid::bigint)
-                    = hashtextextended('pgnotifier feed ' || $1, 0)",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(killed, 1, "A's feeder holds the feed lock");
+    cut_host_a(&client, role, &id).await;
     let b = notifier_on(&url);
     let b_dir = crate::support::temp_dir("durable-cut-b");
     durable_sink(&b, &b_dir, &id, &sidecar("b")).await;
@@ -1087,6 +1059,196 @@ async fn a_call_of_a_host_that_lost_its_lock_ends_before_another_host_calls() {
         Vec::<&String>::new(),
         "A's call still ran once B's began"
     );
+}
+
+/// A role of its own for host A (`role`, one per test: tests run at
+/// once), so it can be kept from connecting again and taking the lock
+/// back before B: the URL that logs in as it.
+async fn host_a_url(client: &Client, url: &str, role: &str) -> String {
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role}; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             ALTER ROLE {role} LOGIN SUPERUSER"
+        ))
+        .await
+        .unwrap();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    format!(
+        "{scheme}://{role}@{}",
+        rest.split_once('@').map_or(rest, |(_, r)| r)
+    )
+}
+
+/// Host A (logged in as `role`) cannot log in again.
+async fn keep_out(client: &Client, role: &str) {
+    client
+        .batch_execute(&format!("ALTER ROLE {role} NOLOGIN"))
+        .await
+        .unwrap();
+}
+
+/// Host A's feeder connection for `subscriber` goes, as after a terminated
+/// backend or a network cut, and A (logged in as `role`) cannot log in again.
+async fn cut_host_a(client: &Client, role: &str, subscriber: &str) {
+    keep_out(client, role).await;
+    let killed: i64 = client
+        .query_one(
+            "select count(pg_terminate_backend(l.pid)) from pg_locks l
+              where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+                and ((l.classid::bigint << 32) | l.objid::bigint)
+                    = hashtextextended('pgnotifier feed ' || $1, 0)",
+            &[&subscriber],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "A's feeder holds the feed lock");
+}
+
+/// Two hosts in one process (or two containers, both pid 1 under one host
+/// name) are two feeders: the one that takes over waits for a call of the
+/// other, which a lost lock cannot cut short (a plugin without grants
+/// spinning on the CPU), to end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_looks_like_another_still_waits_for_its_call() {
+    takeover_waits_for_the_call_in_progress("look_alike", 2_000_000, 8000).await;
+}
+
+/// A host that takes over waits as long as the host it follows said a call
+/// of it may run, not by its own shorter deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_takes_over_waits_by_the_deadline_of_the_host_it_follows() {
+    takeover_waits_for_the_call_in_progress("shorter_deadline", 5_000_000, 1000).await;
+}
+
+/// Host A calls a sink that spins `spin` thousand rounds (about a second
+/// per million) under an 8 s deadline; its feeder connection goes; host B,
+/// whose deadline is `b_timeout_ms`, takes over. B must start its call
+/// only once A's has ended.
+async fn takeover_waits_for_the_call_in_progress(name: &str, spin: u64, b_timeout_ms: u64) {
+    logs::install();
+    let (url, client) = fresh_database(name).await;
+    let role = format!("pgnotifier_test_host_{name}");
+    let a_url = host_a_url(&client, &url, &role).await;
+    let id = crate::support::channel(name);
+    let sidecar = |tag: &str, timeout_ms: u64| {
+        format!(
+            "timeout_ms = {timeout_ms}\n[config]\nlog_start = \"true\"\nspin = \"{spin}\"\ntag = \"{tag}\"\n"
+        )
+    };
+    let a = notifier_on(&a_url);
+    let a_dir = crate::support::temp_dir(&format!("durable-{name}-a"));
+    durable_sink(&a, &a_dir, &id, &sidecar("a", 8000)).await;
+    feeding(&client, &id).await;
+    send_each(&client, "work", "e", 1).await;
+    let lines = || sunk_lines(&id);
+    assert!(
+        eventually(SOON, || lines()
+            .iter()
+            .any(|l| l.starts_with("sink-start e-0 ")))
+        .await,
+        "{:?}",
+        lines()
+    );
+    cut_host_a(&client, &role, &id).await;
+    let b = notifier_on(&url);
+    let b_dir = crate::support::temp_dir(&format!("durable-{name}-b"));
+    durable_sink(&b, &b_dir, &id, &sidecar("b", b_timeout_ms)).await;
+    let b_started = || {
+        lines()
+            .iter()
+            .any(|l| l.starts_with("sink-start e-0 ") && l.ends_with(" b"))
+    };
+    assert!(
+        eventually(Duration::from_secs(60), b_started).await,
+        "B takes over: {:?}",
+        lines()
+    );
+    a.shutdown(SOON).await;
+    b.shutdown(SOON).await;
+    // The sink's lines and the host's, in order: A's call ended (returned,
+    // or cut at its deadline) before B's began.
+    let messages: Vec<String> = logs::of(&id).into_iter().map(|l| l.message).collect();
+    let b_started = (messages.iter())
+        .position(|l| l.starts_with("sink-start e-0 ") && l.ends_with(" b"))
+        .expect("B started a call");
+    let a_ended = messages[..b_started]
+        .iter()
+        .any(|l| l.starts_with("sink e-0 ") || l.contains("ran past its deadline"));
+    assert!(a_ended, "B called while A's call still ran: {messages:?}");
+}
+
+/// A host whose lock goes while it waits to retry a failed call finds out
+/// within a heartbeat, and never calls again: the retry would run beside
+/// the calls of the host that took over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_lost_during_a_retry_backoff_ends_the_retry() {
+    use crate::support::proxy::InjectingProxy;
+    logs::install();
+    let (url, client) = fresh_database("lost_in_backoff").await;
+    let role = "pgnotifier_test_host_in_backoff";
+    host_a_url(&client, &url, role).await;
+    let proxy = InjectingProxy::start(crate::support::proxy::database_target()).await;
+    let db: tokio_postgres::Config = url.parse().unwrap();
+    let proxied = format!(
+        "postgres://{role}@127.0.0.1:{}/{}?sslmode=disable",
+        proxy.port,
+        db.get_dbname().unwrap()
+    );
+    let id = crate::support::channel("backoff");
+    let backoff = Duration::from_secs(8);
+    let a = notifier_on(&proxied);
+    let a_dir = crate::support::temp_dir("durable-backoff-a");
+    let sidecar = format!(
+        "retry_backoff_ms = {}\n[config]\nlog_start = \"true\"\nfail_attempts = \"1\"\ntag = \"a\"\n",
+        backoff.as_millis()
+    );
+    durable_sink(&a, &a_dir, &id, &sidecar).await;
+    feeding(&client, &id).await;
+    send_each(&client, "work", "e", 1).await;
+    let lines = || sunk_lines(&id);
+    assert!(
+        eventually(SOON, || lines()
+            .iter()
+            .any(|l| l.starts_with("sink-start e-0 ")))
+        .await,
+        "{:?}",
+        lines()
+    );
+    let failed_at = Instant::now();
+    // A pooler's reset frees A's feed lock while A waits to retry; A
+    // cannot log in again to take it back.
+    keep_out(&client, role).await;
+    proxy.inject("DISCARD ALL");
+    let b = notifier_on(&url);
+    let b_dir = crate::support::temp_dir("durable-backoff-b");
+    durable_sink(
+        &b,
+        &b_dir,
+        &id,
+        "[config]\ntag = \"b\"\nlog_start = \"true\"\n",
+    )
+    .await;
+    assert!(
+        eventually(Duration::from_secs(30), || lines()
+            .iter()
+            .any(|l| l.starts_with("sink-start e-0 ") && l.ends_with(" b")))
+        .await,
+        "B takes over: {:?}",
+        lines()
+    );
+    // Past the end of A's backoff: its retry would have come by now.
+    tokio::time::sleep(
+        (failed_at + backoff + Duration::from_secs(1)).saturating_duration_since(Instant::now()),
+    )
+    .await;
+    a.shutdown(SOON).await;
+    b.shutdown(SOON).await;
+    let retried: Vec<String> = (lines().into_iter())
+        .filter(|l| l.starts_with("sink-start e-0 ") && l.ends_with(" a"))
+        .skip(1)
+        .collect();
+    assert_eq!(retried, Vec::<String>::new(), "A retried without its lock");
 }
 
 /// The sink's own log lines, in order.

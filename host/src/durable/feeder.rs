@@ -187,7 +187,7 @@ impl Feeders {
             outbox: Arc::default(),
             dispatching,
             heartbeat,
-            me: advisory::this_process().into(),
+            me: advisory::new_holder_name().into(),
         }
     }
 
@@ -637,12 +637,14 @@ impl Session<'_> {
             }
         };
         self.saved.at = Some(self.at);
-        let before = self.claim().await?;
+        let (before, its_takeover) = self.claim(takeover).await?;
         if let Some(before) = before.filter(|host| **host != *self.feed.spec.me) {
             // That host finds its lock gone within two heartbeats and cuts
-            // its call short; the call then ends within the longest call.
-            tracing::info!(subscriber = %self.id(), "the last feeder of this subscriber, {before}, did not stop cleanly: waiting {takeover:?} for a call of it that may still run");
-            self.pause(takeover).await?;
+            // its call short; the call then ends within the longest call,
+            // by that host's settings.
+            let wait = takeover.max(its_takeover.unwrap_or_default());
+            tracing::info!(subscriber = %self.id(), "the last feeder of this subscriber, {before}, did not stop cleanly: waiting {wait:?} for a call of it that may still run");
+            self.pause(wait).await?;
         }
         Ok(())
     }
@@ -662,23 +664,28 @@ impl Session<'_> {
         })
     }
 
-    /// Record this host as feeding the subscriber; who was recorded before
-    /// (a feeder that stopped cleanly leaves nobody).
-    async fn claim(&self) -> Result<Option<String>, End> {
+    /// Record this host as feeding the subscriber, and how long one that
+    /// takes over from it must wait; who was recorded before (a feeder that
+    /// stopped cleanly leaves nobody), and that one's wait.
+    async fn claim(&self, takeover: Duration) -> Result<(Option<String>, Option<Duration>), End> {
+        let takeover_ms = i64::try_from(takeover.as_millis()).unwrap_or(i64::MAX);
         let row = self
             .client
             .query_opt(
-                "UPDATE pgnotifier.positions p SET fed_by = $2
-                   FROM (SELECT fed_by FROM pgnotifier.positions WHERE subscriber = $1 FOR UPDATE) before
+                "UPDATE pgnotifier.positions p SET fed_by = $2, takeover_ms = $3
+                   FROM (SELECT fed_by, takeover_ms FROM pgnotifier.positions
+                          WHERE subscriber = $1 FOR UPDATE) before
                   WHERE p.subscriber = $1
-              RETURNING before.fed_by",
-                &[&self.id(), &&*self.feed.spec.me],
+              RETURNING before.fed_by, before.takeover_ms",
+                &[&self.id(), &&*self.feed.spec.me, &takeover_ms],
             )
             .await?;
-        Ok(match row {
-            Some(row) => reader::column(&row, "fed_by")?,
-            None => None,
-        })
+        let Some(row) = row else {
+            return Ok((None, None));
+        };
+        let its_ms: Option<i64> = reader::column(&row, "takeover_ms")?;
+        let its_takeover = its_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
+        Ok((reader::column(&row, "fed_by")?, its_takeover))
     }
 
     /// Write the position, record a clean stop and free the lock, when the
@@ -725,9 +732,7 @@ impl Session<'_> {
     /// One read and what it brought.
     async fn step(&mut self) -> Result<(), End> {
         self.check_running()?;
-        if self.lock_checked.elapsed() >= self.feed.spec.heartbeat {
-            self.check_lock().await.map_err(End::Lost)?;
-        }
+        self.check_lock_if_due().await?;
         let Some(channels) = self.durable_channels() else {
             // Removed: the position stays for a subscriber of this id later.
             return Err(End::Stopped);
@@ -832,13 +837,35 @@ impl Session<'_> {
         }
     }
 
-    /// Sleep for `wait`, unless the session must end first.
+    /// Sleep for `wait`, unless the session must end first. Holding the
+    /// feed lock, look at it every heartbeat meanwhile: a call that follows
+    /// a pause (a retry's backoff) never starts more than a heartbeat after
+    /// the lock was last found held.
     async fn pause(&mut self, wait: Duration) -> Result<(), End> {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => Ok(()),
-            _ = self.feed.stop.asked() => Err(End::Stopped),
-            _ = self.feed.dispatching.wait_for(|on| !*on) => Err(End::StoodDown),
+        let until = Instant::now() + wait;
+        loop {
+            let beat = self.lock_checked + self.feed.spec.heartbeat;
+            let wake_at = if self.locked { beat.min(until) } else { until };
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = self.feed.stop.asked() => return Err(End::Stopped),
+                _ = self.feed.dispatching.wait_for(|on| !*on) => return Err(End::StoodDown),
+            }
+            self.check_lock_if_due().await?;
+            if Instant::now() >= until {
+                return Ok(());
+            }
         }
+    }
+
+    /// Look at the feed lock if a heartbeat passed since it was last found
+    /// held. Every call is queued after this, so none starts once the lock
+    /// is known lost, and none more than a heartbeat after it was last seen.
+    async fn check_lock_if_due(&mut self) -> Result<(), End> {
+        if self.locked && self.lock_checked.elapsed() >= self.feed.spec.heartbeat {
+            self.check_lock().await.map_err(End::Lost)?;
+        }
+        Ok(())
     }
 
     /// Whether the lag was last counted a while ago.
@@ -941,6 +968,7 @@ impl Session<'_> {
                 resumed: None,
                 done: Some(Done { outcome, epoch }),
             };
+            self.check_lock_if_due().await.map_err(|end| (end, false))?;
             mailbox.push(delivery).await;
             let wait = match self.outcome(&mut told).await {
                 Ok(Ok(Outcome::Delivered)) => return Ok(()),
@@ -970,6 +998,7 @@ impl Session<'_> {
     /// up), so the failed event is retried before any event after it.
     async fn deliver_window(&mut self, window: &[Event]) -> Result<usize, End> {
         let mailbox = self.feed.spec.mailbox.clone();
+        self.check_lock_if_due().await?;
         let epoch = mailbox.next_epoch();
         let mut pending = VecDeque::with_capacity(window.len());
         for event in window {
@@ -1167,6 +1196,12 @@ impl Session<'_> {
             let (done, mut outcome) = oneshot::channel();
             let seen = durable(event, earlier.saturating_add(attempt).saturating_add(1));
             let tracked = Delivery::tracked(self.notification(event), seen, done, epoch);
+            if let Err(end) = self.check_lock_if_due().await {
+                return Tried::Interrupted {
+                    end,
+                    delivered: false,
+                };
+            }
             mailbox.push(tracked).await;
             let failure = match self.outcome(&mut outcome).await {
                 Ok(Ok(Outcome::Delivered)) => return Tried::Delivered,

@@ -118,10 +118,12 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// How far the WAL must be flushed before the events are delivered, if
-    /// there are events and it is not flushed that far yet.
+    /// How far the WAL must be flushed before the events are delivered or
+    /// the gaps told (a prune that a crash undid would be told in vain), if
+    /// there are any and it is not flushed that far yet.
     pub fn needs_flush(&self) -> Option<PgLsn> {
-        self.flush_to.filter(|_| !self.events.is_empty())
+        self.flush_to
+            .filter(|_| !self.events.is_empty() || !self.gaps.is_empty())
     }
 }
 

@@ -525,7 +525,8 @@ END
 $repair$;
 "#,
     // 8: durability is judged by the reader from the WAL, not recorded per
-    // commit by the sender.
+    // commit by the sender; a feeder records how long a host that takes
+    // over from it waits.
     r#"
 -- Senders still running finish first, stamped the version 7 way; new ones
 -- wait until this commits, and then stamp without the dropped column.
@@ -545,6 +546,11 @@ END
 $stamp$;
 DROP FUNCTION pgnotifier.read_batch(text, bigint, bigint, text[], integer);
 ALTER TABLE pgnotifier.commits DROP COLUMN durable;
+
+-- takeover_ms: how long a host that takes over from fed_by waits for a
+-- call of it that may still run (its heartbeats and longest call, by its
+-- own settings, which the next host's may not match).
+ALTER TABLE pgnotifier.positions ADD COLUMN takeover_ms bigint;
 
 -- What a subscriber reads next, in one snapshot taken once the horizon is
 -- known: the horizon (and the WAL position up to which the events' commits

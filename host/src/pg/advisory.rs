@@ -78,16 +78,32 @@ pub(crate) fn server_keepalives(user_timeout: Duration) -> String {
     )
 }
 
-/// This process as another host names it when it holds a lock: the
-/// machine's host name and the process id.
-pub(crate) fn this_process() -> String {
+/// A name for one holder of locks, as another host shows it: the
+/// machine's host name, the process id, and a random tag of its own, so
+/// that two containers that are both pid 1 under one host name, or two
+/// notifiers in one process, are told apart.
+pub(crate) fn new_holder_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // Seeded from the OS's randomness, and different at each call.
+    let tag = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!(
+        "{} (pid {}, {:08x})",
+        host_name(),
+        std::process::id(),
+        tag as u32
+    )
+}
+
+/// The machine's host name.
+fn host_name() -> String {
     let mut name = [0u8; 256];
     // SAFETY: the buffer is writable for its whole length, which is passed.
     let got = unsafe { libc::gethostname(name.as_mut_ptr().cast(), name.len()) };
     let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
-    let host = match got {
+    match got {
         0 if end > 0 => String::from_utf8_lossy(&name[..end]).into_owned(),
         _ => "a host without a name".to_owned(),
-    };
-    format!("{host} (pid {})", std::process::id())
+    }
 }
