@@ -237,31 +237,14 @@ pub fn event_key(salt: Option<u128>, id: i64) -> EventKey {
     }
 }
 
-/// How often, a millisecond apart, [`flush`] looks whether the WAL is
-/// flushed far enough before it flushes it itself.
-const FLUSH_LOOKS: u32 = 3;
-
-/// Make the WAL durable up to `lsn`. Usually a commit in flight does it
-/// within a millisecond or two (a synchronous commit flushes the WAL before
-/// its own record too), so the flushed position is looked at first. Else,
-/// as for an asynchronous commit that only the WAL writer would flush, in
-/// up to `wal_writer_delay`: commit a transaction of this connection's own,
-/// with a local flush, whose commit record comes after `lsn`. It writes a
-/// logical message, because PostgreSQL commits a transaction that wrote no
-/// WAL asynchronously, whatever `synchronous_commit` says.
+/// Make the WAL durable up to `lsn`, which `read_batch` found not flushed
+/// after waiting for it briefly (a commit in flight elsewhere flushes it;
+/// an asynchronous one waits for the WAL writer, up to `wal_writer_delay`):
+/// commit a transaction of this connection's own, with a local flush,
+/// whose commit record comes after `lsn`. It writes a logical message,
+/// because PostgreSQL commits a transaction that wrote no WAL
+/// asynchronously, whatever `synchronous_commit` says.
 pub async fn flush(client: &mut tokio_postgres::Client, lsn: PgLsn) -> Result<(), ReadError> {
-    for _ in 0..FLUSH_LOOKS {
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        let row = client
-            .query_one(
-                "SELECT pg_catalog.pg_current_wal_flush_lsn() >= $1 AS flushed",
-                &[&lsn],
-            )
-            .await?;
-        if column(&row, "flushed")? {
-            return Ok(());
-        }
-    }
     let tx = client.transaction().await?;
     tx.batch_execute(
         "SET LOCAL synchronous_commit = local;
