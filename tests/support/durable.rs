@@ -24,6 +24,7 @@ pub async fn fresh_database(name: &str) -> (String, Client) {
         let _ =
             (admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await;
     }
+    super::cleanup::drop_database(&db);
     // One statement each: neither runs inside a transaction block.
     for sql in [
         format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),

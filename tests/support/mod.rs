@@ -13,7 +13,7 @@ pub mod wat;
 pub mod webhook;
 
 use pgnotifier::{DatabaseConfig, Payload, Subscriber};
-use pgnotifier_app::local_pg::{self, LocalPostgres};
+use pgnotifier_app::local_pg;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,13 +25,97 @@ pub fn repo() -> PathBuf {
 }
 
 /// The database every test in this binary uses, found or started once.
+/// A throwaway server started for it is stopped as the tests end.
 pub fn database_url() -> &'static str {
-    static DB: OnceLock<LocalPostgres> = OnceLock::new();
-    DB.get_or_init(|| match local_pg::discover() {
-        Ok(db) => db,
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| match local_pg::discover() {
+        Ok(db) => {
+            let url = db.url().to_owned();
+            cleanup::keep_until_exit(db);
+            url
+        }
         Err(e) => panic!("these tests need PostgreSQL: {e}"),
     })
-    .url()
+}
+
+/// What the tests leave behind, removed as their process exits (passed or
+/// failed): the databases they created, their temp folders, and a
+/// throwaway server, stopped last.
+pub mod cleanup {
+    use pgnotifier_app::local_pg::LocalPostgres;
+    use std::path::PathBuf;
+    use std::sync::{Mutex, Once};
+
+    #[derive(Default)]
+    struct Leftovers {
+        databases: Vec<String>,
+        dirs: Vec<PathBuf>,
+        server: Option<LocalPostgres>,
+    }
+
+    static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers {
+        databases: Vec::new(),
+        dirs: Vec::new(),
+        server: None,
+    });
+
+    fn with(f: impl FnOnce(&mut Leftovers)) {
+        static REGISTERED: Once = Once::new();
+        REGISTERED.call_once(|| {
+            // SAFETY: registers a plain function, which runs once at exit.
+            unsafe { libc::atexit(at_exit) };
+        });
+        f(&mut LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Drop `name` (a database on the test server) at exit.
+    pub fn drop_database(name: &str) {
+        with(|l| l.databases.push(name.to_owned()));
+    }
+
+    /// Remove `dir` at exit.
+    pub fn remove_dir(dir: PathBuf) {
+        with(|l| l.dirs.push(dir));
+    }
+
+    pub(super) fn keep_until_exit(server: LocalPostgres) {
+        with(|l| l.server = Some(server));
+    }
+
+    extern "C" fn at_exit() {
+        let leftovers = std::mem::take(&mut *LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner()));
+        if !leftovers.databases.is_empty() {
+            if let Some(url) = leftovers.server.as_ref().map(|s| s.url().to_owned()) {
+                drop_databases(&url, &leftovers.databases);
+            }
+        }
+        for dir in &leftovers.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // Dropping a throwaway server stops it and removes its folder.
+        drop(leftovers.server);
+    }
+
+    fn drop_databases(url: &str, names: &[String]) {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        runtime.block_on(async {
+            let Ok((client, connection)) =
+                tokio_postgres::connect(url, tokio_postgres::NoTls).await
+            else {
+                return;
+            };
+            tokio::spawn(connection);
+            for name in names {
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                let _ = client.batch_execute(&sql).await;
+            }
+        });
+    }
 }
 
 pub fn database() -> DatabaseConfig {
@@ -241,6 +325,8 @@ pub fn count(seen: &Arc<Mutex<Vec<Received>>>) -> usize {
 /// A fresh empty folder under the system temp dir.
 pub fn temp_dir(name: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
+    static EARLIER: std::sync::Once = std::sync::Once::new();
+    EARLIER.call_once(remove_earlier_temp_dirs);
     let dir = std::env::temp_dir().join(format!(
         "pgnotifier-test-{name}-{}-{}",
         std::process::id(),
@@ -248,7 +334,27 @@ pub fn temp_dir(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
+    cleanup::remove_dir(dir.clone());
     dir
+}
+
+/// Temp folders of earlier runs whose process is gone (one that was
+/// killed had no exit to remove them at).
+fn remove_earlier_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("pgnotifier-test-") else {
+            continue;
+        };
+        // pgnotifier-test-NAME-PID-N
+        let pid = rest.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// An example plugin built by `plugins/build`.
