@@ -256,6 +256,32 @@ fn wit_prints_the_contract() {
     assert!(wit.contains("world batched-plugin"));
 }
 
+/// The contract docs/plugins.md shows, condensed, is the contract: the same
+/// interfaces, types, functions and worlds as `wit/plugin.wit`, comments aside.
+#[test]
+fn the_contract_in_the_plugin_guide_is_the_real_one() {
+    let guide = std::fs::read_to_string(crate::support::repo().join("docs/plugins.md")).unwrap();
+    let shown = guide
+        .split_once("```wit\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .map(|(wit, _)| wit)
+        .expect("docs/plugins.md shows the contract in a ```wit block");
+    let real = std::fs::read_to_string(crate::support::repo().join("wit/plugin.wit")).unwrap();
+    assert_eq!(printed(shown), printed(&real), "docs/plugins.md's WIT");
+}
+
+/// `wit` as the WIT printer writes it, without doc comments.
+fn printed(wit: &str) -> String {
+    let mut resolve = wit_parser::Resolve::default();
+    let package = resolve
+        .push_str("plugin.wit", wit)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut printer = wit_component::WitPrinter::default();
+    printer.emit_docs(false);
+    printer.print(&resolve, package, &[]).unwrap();
+    printer.output.to_string()
+}
+
 #[test]
 fn run_without_a_plugins_folder_says_what_is_missing() {
     let out = Command::new(BIN)
