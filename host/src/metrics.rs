@@ -34,42 +34,96 @@ type MetricOf<T> = (&'static str, &'static str, &'static str, fn(&T) -> f64);
 /// Every metric, in the Prometheus text format.
 pub(crate) fn render(from: &Sources) -> String {
     let mut out = Exposition::new();
+    subscribers(&mut out, from);
+    durable(&mut out, from);
+    calls(&mut out, from);
+    channels(&mut out, from);
+    listener_and_plugins(&mut out, from);
+    cluster(&mut out, from);
+    last_notification(&mut out, from);
+    out.finish()
+}
+
+/// Each subscriber's counters, one series per subscriber.
+const SUBSCRIBER_SERIES: [MetricOf<SubscriberStats>; 5] = [
+    (
+        "pgnotifier_subscriber_delivered_total",
+        "counter",
+        "Notifications the subscriber handled successfully.",
+        |s| s.delivered as f64,
+    ),
+    (
+        "pgnotifier_subscriber_failed_total",
+        "counter",
+        "Calls that failed (a trap, an error returned, or a timeout).",
+        |s| s.failed as f64,
+    ),
+    (
+        "pgnotifier_subscriber_timed_out_total",
+        "counter",
+        "Calls cut off at the subscriber's deadline.",
+        |s| s.timed_out as f64,
+    ),
+    (
+        "pgnotifier_subscriber_dropped_total",
+        "counter",
+        "Notifications dropped: the queue was full, or the subscriber quarantined.",
+        |s| s.dropped as f64,
+    ),
+    (
+        "pgnotifier_subscriber_queue_depth",
+        "gauge",
+        "Notifications waiting in the subscriber's queue.",
+        |s| s.queued as f64,
+    ),
+];
+
+/// Each at-least-once subscriber's feeder, one series per subscriber.
+const DURABLE_SERIES: [MetricOf<DurableStats>; 6] = [
+    (
+        "pgnotifier_subscriber_lag_events",
+        "gauge",
+        "Durable events on an at-least-once subscriber's channels it has not handled yet.",
+        |d| d.lag_events as f64,
+    ),
+    (
+        "pgnotifier_subscriber_lag_seconds",
+        "gauge",
+        "How long ago the oldest event it has not handled was sent.",
+        |d| d.lag_ms as f64 / 1000.0,
+    ),
+    (
+        "pgnotifier_subscriber_retries_total",
+        "counter",
+        "Failed calls with a durable event that were retried.",
+        |d| d.retries as f64,
+    ),
+    (
+        "pgnotifier_subscriber_dead_letters_total",
+        "counter",
+        "Durable events that went to the dead letters.",
+        |d| d.dead_letters as f64,
+    ),
+    (
+        "pgnotifier_subscriber_feeder_restarts_total",
+        "counter",
+        "Times the subscriber's feeder failed and was started again from the saved position.",
+        |d| d.feeder_restarts as f64,
+    ),
+    (
+        "pgnotifier_subscriber_fed_elsewhere",
+        "gauge",
+        "1 while another host holds the subscriber's feed lock, so this one does not feed it.",
+        |d| f64::from(u8::from(d.fed_elsewhere)),
+    ),
+];
+
+/// Every subscriber's counters, and whether it is quarantined.
+fn subscribers(out: &mut Exposition, from: &Sources) {
     let subscribers = from.registry.subscribers();
-    let per_subscriber: [MetricOf<SubscriberStats>; 5] = [
-        (
-            "pgnotifier_subscriber_delivered_total",
-            "counter",
-            "Notifications the subscriber handled successfully.",
-            |s| s.delivered as f64,
-        ),
-        (
-            "pgnotifier_subscriber_failed_total",
-            "counter",
-            "Calls that failed (a trap, an error returned, or a timeout).",
-            |s| s.failed as f64,
-        ),
-        (
-            "pgnotifier_subscriber_timed_out_total",
-            "counter",
-            "Calls cut off at the subscriber's deadline.",
-            |s| s.timed_out as f64,
-        ),
-        (
-            "pgnotifier_subscriber_dropped_total",
-            "counter",
-            "Notifications dropped: the queue was full, or the subscriber quarantined.",
-            |s| s.dropped as f64,
-        ),
-        (
-            "pgnotifier_subscriber_queue_depth",
-            "gauge",
-            "Notifications waiting in the subscriber's queue.",
-            |s| s.queued as f64,
-        ),
-    ];
     let stats: Vec<(&str, &SubscriberStats)> =
         subscribers.iter().map(|s| (&*s.id, &s.stats)).collect();
-    out.per_subscriber(&per_subscriber, &stats);
+    out.per_subscriber(&SUBSCRIBER_SERIES, &stats);
     out.family(
         "pgnotifier_subscriber_quarantined",
         "gauge",
@@ -83,47 +137,13 @@ pub(crate) fn render(from: &Sources) -> String {
             quarantined,
         );
     }
-    let per_durable: [MetricOf<DurableStats>; 6] = [
-        (
-            "pgnotifier_subscriber_lag_events",
-            "gauge",
-            "Durable events on an at-least-once subscriber's channels it has not handled yet.",
-            |d| d.lag_events as f64,
-        ),
-        (
-            "pgnotifier_subscriber_lag_seconds",
-            "gauge",
-            "How long ago the oldest event it has not handled was sent.",
-            |d| d.lag_ms as f64 / 1000.0,
-        ),
-        (
-            "pgnotifier_subscriber_retries_total",
-            "counter",
-            "Failed calls with a durable event that were retried.",
-            |d| d.retries as f64,
-        ),
-        (
-            "pgnotifier_subscriber_dead_letters_total",
-            "counter",
-            "Durable events that went to the dead letters.",
-            |d| d.dead_letters as f64,
-        ),
-        (
-            "pgnotifier_subscriber_feeder_restarts_total",
-            "counter",
-            "Times the subscriber's feeder failed and was started again from the saved position.",
-            |d| d.feeder_restarts as f64,
-        ),
-        (
-            "pgnotifier_subscriber_fed_elsewhere",
-            "gauge",
-            "1 while another host holds the subscriber's feed lock, so this one does not feed it.",
-            |d| f64::from(u8::from(d.fed_elsewhere)),
-        ),
-    ];
+}
+
+/// The at-least-once subscribers' feeders, and the outbox.
+fn durable(out: &mut Exposition, from: &Sources) {
     let durable: Vec<(&str, &DurableStats)> =
         (from.durable.iter()).map(|(id, d)| (&**id, d)).collect();
-    out.per_subscriber(&per_durable, &durable);
+    out.per_subscriber(&DURABLE_SERIES, &durable);
     if let Some(events) = from.outbox.events() {
         let name = "pgnotifier_outbox_events";
         out.family(
@@ -140,7 +160,10 @@ pub(crate) fn render(from: &Sources) -> String {
         "Committed events found without a commit stamp (the stamp trigger was disabled), then stamped and delivered late.",
     )
     .sample(name, &[], from.outbox.unstamped.load(Ordering::Relaxed) as f64);
+}
 
+/// How long calls took, per subscriber.
+fn calls(out: &mut Exposition, from: &Sources) {
     let name = "pgnotifier_subscriber_call_duration_seconds";
     out.family(
         name,
@@ -154,7 +177,10 @@ pub(crate) fn render(from: &Sources) -> String {
             mailbox.call_duration(),
         );
     }
+}
 
+/// Notifications received, per channel.
+fn channels(out: &mut Exposition, from: &Sources) {
     let name = "pgnotifier_channel_received_total";
     out.family(
         name,
@@ -168,7 +194,11 @@ pub(crate) fn render(from: &Sources) -> String {
             channel.received as f64,
         );
     }
+}
 
+/// The LISTEN connection, the plugin loads and the compile cache: one
+/// series each.
+fn listener_and_plugins(out: &mut Exposition, from: &Sources) {
     let status = from.listener;
     let plugins = from.plugins;
     let cache = from.cache.unwrap_or_default();
@@ -238,7 +268,10 @@ pub(crate) fn render(from: &Sources) -> String {
     for (name, kind, help, value) in unlabelled {
         out.family(name, kind, help).sample(name, &[], value);
     }
+}
 
+/// This host's role, its cluster, and its takeovers.
+fn cluster(out: &mut Exposition, from: &Sources) {
     let name = "pgnotifier_cluster_role";
     out.family(
         name,
@@ -277,7 +310,16 @@ pub(crate) fn render(from: &Sources) -> String {
         "counter",
         "Times this host took over from another leader.",
     )
-    .sample(name, &[], count(&from.cluster.takeovers));
+    .sample(
+        name,
+        &[],
+        from.cluster.takeovers.load(Ordering::Relaxed) as f64,
+    );
+}
+
+/// How long ago the last notification came.
+fn last_notification(out: &mut Exposition, from: &Sources) {
+    let status = from.listener;
     let name = "pgnotifier_listener_last_notification_age_seconds";
     out.family(
         name,
@@ -289,7 +331,6 @@ pub(crate) fn render(from: &Sources) -> String {
         let age = clock().delta_as_nanos(last, clock().raw());
         out.sample(name, &[], age as f64 / 1e9);
     }
-    out.finish()
 }
 
 /// Builds the text exposition format, one metric family at a time.
