@@ -222,61 +222,81 @@ impl Mailbox {
                 Next::Switch => continue,
                 Next::Stop => break,
             };
-            if let Some(epoch) = delivery.epoch() {
-                // Marked running before the check, so an epoch cancelled
-                // from here on cuts this call short.
-                self.cancel.start(epoch);
-                if epoch <= self.failed_epoch.load(Ordering::SeqCst) {
-                    // Behind one that failed: offered again, in order.
-                    self.cancel.start(0);
-                    continue;
-                }
+            if self.admit(&delivery) {
+                self.deliver(&mut timer, subscriber.as_mut(), delivery, &mut hand_back);
             }
-            if self.quarantined.load(Ordering::Relaxed) {
-                // Routed before the registry muted it: not for this subscriber.
-                self.cancel.start(0);
-                self.give_up(&delivery);
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let (result, report) = match delivery {
-                Delivery::Notify(n) => {
-                    let result = self.call(&mut timer, subscriber.as_mut(), &n, None);
-                    hand_back.done_with([n]);
-                    (result, None)
-                }
-                Delivery::Tracked(tracked) => {
-                    let super::Tracked {
-                        notification,
-                        event,
-                        done,
-                    } = *tracked;
-                    let result =
-                        self.call(&mut timer, subscriber.as_mut(), &notification, Some(&event));
-                    (result, Some(done))
-                }
-                Delivery::Gap { gap, resumed, done } => {
-                    if let Some(resumed) = resumed {
-                        resumed.wait();
-                    }
-                    bump(&self.counters.gaps, 1);
-                    (subscriber.on_gap(&gap).map(|()| false), done)
-                }
-            };
-            if let Some(Done { outcome, epoch }) = report {
-                self.cancel.start(0);
-                let reported = match &result {
-                    Ok(_) => Outcome::Delivered,
-                    Err(failure) => {
-                        self.failed_epoch.fetch_max(epoch, Ordering::Relaxed);
-                        Outcome::Failed(failure.clone())
-                    }
-                };
-                let _ = outcome.send(reported);
-            }
-            self.count(result);
         }
         tracing::debug!(subscriber = %self.id, "worker stopped");
+    }
+
+    /// Whether `delivery` is to be called: not behind one of its epoch
+    /// that failed (it is offered again, in order), and the subscriber not
+    /// quarantined (it is dropped).
+    fn admit(&self, delivery: &Delivery) -> bool {
+        if let Some(epoch) = delivery.epoch() {
+            // Marked running before the check, so an epoch cancelled
+            // from here on cuts this call short.
+            self.cancel.start(epoch);
+            if epoch <= self.failed_epoch.load(Ordering::SeqCst) {
+                // Behind one that failed: offered again, in order.
+                self.cancel.start(0);
+                return false;
+            }
+        }
+        if self.quarantined.load(Ordering::Relaxed) {
+            // Routed before the registry muted it: not for this subscriber.
+            self.cancel.start(0);
+            self.give_up(delivery);
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Call the subscriber with `delivery`, report a tracked one's outcome
+    /// to its feeder, and count it.
+    fn deliver(
+        &self,
+        timer: &mut CallTimer,
+        subscriber: &mut dyn Deliver,
+        delivery: Delivery,
+        hand_back: &mut HandBack,
+    ) {
+        let (result, report) = match delivery {
+            Delivery::Notify(n) => {
+                let result = self.call(timer, subscriber, &n, None);
+                hand_back.done_with([n]);
+                (result, None)
+            }
+            Delivery::Tracked(tracked) => {
+                let super::Tracked {
+                    notification,
+                    event,
+                    done,
+                } = *tracked;
+                let result = self.call(timer, subscriber, &notification, Some(&event));
+                (result, Some(done))
+            }
+            Delivery::Gap { gap, resumed, done } => {
+                if let Some(resumed) = resumed {
+                    resumed.wait();
+                }
+                bump(&self.counters.gaps, 1);
+                (subscriber.on_gap(&gap).map(|()| false), done)
+            }
+        };
+        if let Some(Done { outcome, epoch }) = report {
+            self.cancel.start(0);
+            let reported = match &result {
+                Ok(_) => Outcome::Delivered,
+                Err(failure) => {
+                    self.failed_epoch.fetch_max(epoch, Ordering::Relaxed);
+                    Outcome::Failed(failure.clone())
+                }
+            };
+            let _ = outcome.send(reported);
+        }
+        self.count(result);
     }
 }
 
