@@ -83,11 +83,23 @@ struct Bench {
     json: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    if let Some(ran) = out_of_process::bare_loop_if_asked().await {
-        return ran;
+fn main() -> anyhow::Result<()> {
+    // Started again as the bare loop: one thread, one connection, the least
+    // a listener can spend.
+    if let Some(bare) = out_of_process::bare_loop_if_asked() {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(bare);
     }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(suite())
+}
+
+/// The sections asked for on the command line, or every one.
+async fn suite() -> anyhow::Result<()> {
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

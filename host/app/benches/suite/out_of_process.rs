@@ -253,10 +253,11 @@ impl Bench {
 
 /// The bench binary started again as the bare loop, if the environment
 /// says so: LISTEN on one connection and time what arrives, with nothing
-/// else in the process.
-pub(super) async fn bare_loop_if_asked() -> Option<anyhow::Result<()>> {
+/// else in the process (the caller runs it on a current-thread runtime).
+pub(super) fn bare_loop_if_asked() -> Option<impl std::future::Future<Output = anyhow::Result<()>>>
+{
     let url = std::env::var(BARE_URL).ok()?;
-    Some(bare_loop(&url).await)
+    Some(async move { bare_loop(&url).await })
 }
 
 async fn bare_loop(url: &str) -> anyhow::Result<()> {
