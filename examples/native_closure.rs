@@ -7,12 +7,12 @@
 //! Without an argument, `DATABASE_URL` and then the `PG*` variables are used.
 
 use pgnotifier::blocking::Notifier;
-use pgnotifier::{DatabaseConfig, Selection, Subscriber};
+use pgnotifier::{DatabaseSettings, Selection, Subscriber};
 use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
     let url = std::env::args().nth(1);
-    let database = DatabaseConfig::resolve(url.as_deref())?;
+    let database = DatabaseSettings::resolve(url.as_deref())?;
     println!("connecting to {}", database.redacted());
     let notifier = Notifier::new(database)?;
 

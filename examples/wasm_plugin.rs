@@ -8,7 +8,7 @@
 //! ```
 //! The database comes from `DATABASE_URL` or the `PG*` variables.
 
-use pgnotifier::{DatabaseConfig, Notifier, Payload, Subscriber};
+use pgnotifier::{DatabaseSettings, Notifier, Payload, Subscriber};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| "plugins/dist/logger.wasm".into()),
     );
 
-    let notifier = Notifier::new(DatabaseConfig::resolve(None)?);
+    let notifier = Notifier::new(DatabaseSettings::resolve(None)?);
     let id = notifier.load_plugin(&plugin).await?;
     let channels: Vec<String> = notifier
         .subscribers()

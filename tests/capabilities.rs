@@ -522,7 +522,7 @@ async fn query_and_publish_work_over_a_unix_socket() {
         "socket_reader",
         &format!("channels = [\"{ch}\"]\n[grants]\nquery = true\nquery_role = \"pgnotifier_test_reader\"\npublish = [\"{out}\"]\n"),
     );
-    let n = Notifier::new(pgnotifier::DatabaseConfig::from_url(&url).unwrap());
+    let n = Notifier::new(pgnotifier::DatabaseSettings::from_url(&url).unwrap());
     n.load_plugins(&dir).await.expect("plugins load");
     let (recorder, seen) = crate::support::recorder();
     n.subscribe("socket_sink", out.as_str(), recorder).unwrap();

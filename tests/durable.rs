@@ -1228,9 +1228,10 @@ async fn pruning_leaves_every_event_a_subscriber_still_needs_and_tells_of_what_a
         .unwrap();
     send_range(&client, 100..103).await;
     assert!(crate::support::eventually(SOON, got_all(&fast, 23)).await);
-    let ageing = pgnotifier::Notifier::builder(pgnotifier::DatabaseConfig::from_url(&url).unwrap())
-        .outbox_retention(std::time::Duration::ZERO)
-        .build();
+    let ageing =
+        pgnotifier::Notifier::builder(pgnotifier::DatabaseSettings::from_url(&url).unwrap())
+            .outbox_retention(std::time::Duration::ZERO)
+            .build();
     let pruned = ageing.prune_outbox().await.unwrap().unwrap();
     assert_eq!(pruned.passed + pruned.expired, 3, "{pruned:?}");
     n.unmute_subscriber("slow", pgnotifier::Selection::All)

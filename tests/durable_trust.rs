@@ -8,7 +8,7 @@ use crate::support::{eventually, logs, SOON};
 use pgnotifier::cluster::ClusterSettings;
 use pgnotifier::durable::reader::{self, Channels};
 use pgnotifier::durable::{schema, RetryPolicy};
-use pgnotifier::{DatabaseConfig, Notifier, Payload, PayloadMode, Subscriber};
+use pgnotifier::{DatabaseSettings, Notifier, Payload, PayloadMode, Subscriber};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
@@ -61,7 +61,7 @@ fn payloads(calls: &Calls) -> Vec<String> {
 fn in_cluster(url: &str, name: &str) -> Notifier {
     let mut cluster = ClusterSettings::new(name);
     cluster.takeover = Duration::from_secs(1);
-    Notifier::builder(DatabaseConfig::from_url(url).unwrap())
+    Notifier::builder(DatabaseSettings::from_url(url).unwrap())
         .cluster(cluster)
         .build()
 }
@@ -260,7 +260,7 @@ async fn a_gap_is_told_until_on_gap_returns_ok_and_only_then_forgotten() {
     n.mute_subscriber("slow", pgnotifier::Selection::All)
         .unwrap();
     send_range(&client, 0..3).await;
-    let ageing = Notifier::builder(DatabaseConfig::from_url(&url).unwrap())
+    let ageing = Notifier::builder(DatabaseSettings::from_url(&url).unwrap())
         .outbox_retention(Duration::ZERO)
         .build();
     let pruned = ageing.prune_outbox().await.unwrap().unwrap();
@@ -315,7 +315,7 @@ async fn a_gap_does_not_count_events_the_subscriber_already_had_in_hand() {
     assert!(eventually(SOON, || seen.lock().unwrap().len() == 10).await);
     // Every event is older than a retention of zero: all twenty go, while
     // the subscriber holds the last ten, read but not yet handled.
-    let ageing = Notifier::builder(DatabaseConfig::from_url(&url).unwrap())
+    let ageing = Notifier::builder(DatabaseSettings::from_url(&url).unwrap())
         .outbox_retention(Duration::ZERO)
         .build();
     let pruned = ageing.prune_outbox().await.unwrap().unwrap();
@@ -969,7 +969,7 @@ async fn a_gap_told_as_its_host_stops_is_not_told_again() {
     n.mute_subscriber("gapped", pgnotifier::Selection::All)
         .unwrap();
     send_range(&client, 0..3).await;
-    let ageing = Notifier::builder(DatabaseConfig::from_url(&url).unwrap())
+    let ageing = Notifier::builder(DatabaseSettings::from_url(&url).unwrap())
         .outbox_retention(Duration::ZERO)
         .build();
     assert_eq!(ageing.prune_outbox().await.unwrap().unwrap().expired, 3);

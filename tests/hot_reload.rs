@@ -2,7 +2,7 @@
 
 use crate::support::wat::{other_world_component, Notify, Register, WatPlugin};
 use crate::support::{channel, eventually, logs, Sender, SOON};
-use pgnotifier::sandbox::SandboxConfig;
+use pgnotifier::sandbox::SandboxSettings;
 use pgnotifier::{Notifier, PluginWatcher, Selection};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -445,9 +445,9 @@ async fn the_compile_cache_survives_a_restart_and_rebuilds_a_corrupt_entry() {
         .write(&plugins, "cached");
     let notifier = |cache: &Path| {
         Notifier::builder(crate::support::database())
-            .sandbox(SandboxConfig {
+            .sandbox(SandboxSettings {
                 cache_dir: Some(cache.to_owned()),
-                ..SandboxConfig::default()
+                ..SandboxSettings::default()
             })
             .build()
     };

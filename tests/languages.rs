@@ -4,7 +4,7 @@
 //! and do its own job. Also: the compile cache covers the large components.
 
 use crate::support::{channel, eventually, logs, payload_cases, send_all, Sender, SOON};
-use pgnotifier::sandbox::SandboxConfig;
+use pgnotifier::sandbox::SandboxSettings;
 use pgnotifier::{Notifier, Payload};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -193,9 +193,9 @@ async fn large_components_load_from_the_compile_cache() {
     let mut loads = Vec::new();
     for round in ["compiled", "cached"] {
         let n = Notifier::builder(crate::support::database())
-            .sandbox(SandboxConfig {
+            .sandbox(SandboxSettings {
                 cache_dir: Some(cache.clone()),
-                ..SandboxConfig::default()
+                ..SandboxSettings::default()
             })
             .build();
         for name in ["formatter", "field-filter"] {

@@ -163,7 +163,7 @@ async fn listens_over_tls(params: &str) {
         crate::support::database_url(),
         &params.replace("{cert}", &cert),
     );
-    let notifier = Notifier::new(pgnotifier::DatabaseConfig::from_url(&url).unwrap());
+    let notifier = Notifier::new(pgnotifier::DatabaseSettings::from_url(&url).unwrap());
     let ch = channel("tls");
     let (s, seen) = recorder();
     notifier.subscribe("s", ch.as_str(), s).unwrap();
@@ -199,7 +199,7 @@ async fn sslmode_verify_ca_checks_the_chain_against_sslrootcert() {
 #[tokio::test]
 async fn the_notification_queue_gauge_moves_while_a_listener_holds_a_backlog() {
     let notifier = Notifier::builder(
-        pgnotifier::DatabaseConfig::from_url(crate::support::database_url()).unwrap(),
+        pgnotifier::DatabaseSettings::from_url(crate::support::database_url()).unwrap(),
     )
     .connection(pgnotifier::ConnectionSettings {
         heartbeat: Some(Duration::from_millis(100)),

@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL cluster, as tests and the demo start when no server is running.
 
 use crate::support::{count, eventually, recorder, SOON};
-use pgnotifier::{DatabaseConfig, Notifier};
+use pgnotifier::{DatabaseSettings, Notifier};
 use pgnotifier_app::local_pg::Cluster;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ async fn a_throwaway_cluster_starts_serves_notifications_and_is_removed() {
     let port = cluster.port();
     assert_ne!(port, 5432);
 
-    let n = Notifier::new(DatabaseConfig::from_url(&url).unwrap());
+    let n = Notifier::new(DatabaseSettings::from_url(&url).unwrap());
     let (s, seen) = recorder();
     n.subscribe("s", "throwaway", s).unwrap();
     crate::support::listen(&n).await;

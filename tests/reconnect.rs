@@ -7,7 +7,7 @@
 use crate::support::proxy::{database_target, url_via};
 use crate::support::wat::{Notify, WatPlugin};
 use crate::support::{channel, eventually, logs, Sender, SOON};
-use pgnotifier::{ConnectionSettings, DatabaseConfig, Notifier, Overflow, Payload, Subscriber};
+use pgnotifier::{ConnectionSettings, DatabaseSettings, Notifier, Overflow, Payload, Subscriber};
 use pgnotifier_app::local_pg::Cluster;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -159,7 +159,7 @@ async fn on_gap_runs_only_once_the_channel_is_listened_again() {
 #[tokio::test]
 async fn a_server_restart_is_survived_and_the_time_to_listen_again_is_reported() {
     let cluster = Arc::new(throwaway_cluster().await);
-    let notifier = Notifier::new(DatabaseConfig::from_url(cluster.url()).unwrap());
+    let notifier = Notifier::new(DatabaseSettings::from_url(cluster.url()).unwrap());
     let (subscriber, seen) = journal();
     notifier
         .subscribe("journal", "restart", subscriber)
@@ -213,7 +213,7 @@ async fn start_up_with_the_server_down_waits_and_connects_when_it_comes_up() {
         .unwrap();
     // Default settings: the backoff grows while the server is down, but its
     // return is noticed by a TCP probe, not at the next scheduled attempt.
-    let notifier = Notifier::new(DatabaseConfig::from_url(cluster.url()).unwrap());
+    let notifier = Notifier::new(DatabaseSettings::from_url(cluster.url()).unwrap());
     let (subscriber, seen) = journal();
     notifier.subscribe("journal", "later", subscriber).unwrap();
     notifier.start().await.unwrap();
@@ -250,7 +250,7 @@ async fn start_up_with_the_server_down_waits_and_connects_when_it_comes_up() {
 
 /// A notifier through a proxy on `url`, with a 300 ms heartbeat.
 fn beating(url: &str) -> pgnotifier::NotifierBuilder {
-    Notifier::builder(DatabaseConfig::from_url(url).unwrap()).connection(ConnectionSettings {
+    Notifier::builder(DatabaseSettings::from_url(url).unwrap()).connection(ConnectionSettings {
         heartbeat: Some(Duration::from_millis(300)),
         ..ConnectionSettings::default()
     })

@@ -3,7 +3,7 @@
 //! It owns a small tokio runtime, so callers never see async.
 
 use crate::{
-    ChannelView, DatabaseConfig, IntoChannels, PluginWatcher, Result, Selection, ShutdownReport,
+    ChannelView, DatabaseSettings, IntoChannels, PluginWatcher, Result, Selection, ShutdownReport,
     Subscriber, SubscriberView,
 };
 use std::path::Path;
@@ -16,7 +16,7 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(database: DatabaseConfig) -> std::io::Result<Self> {
+    pub fn new(database: DatabaseSettings) -> std::io::Result<Self> {
         Self::from_async(crate::Notifier::new(database))
     }
 

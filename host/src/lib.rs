@@ -91,7 +91,7 @@ pub use notifier::{
 };
 pub use payload::{Payload, PayloadMode};
 pub use pg::connection::ConnectionSettings;
-pub use pg::DatabaseConfig;
+pub use pg::DatabaseSettings;
 pub use plugins::{PluginChange, PluginWatcher, SubscriberSettings};
 pub use registry::{ChannelView, SubscriberView};
 pub use settings::ConfigError;

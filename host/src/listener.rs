@@ -13,7 +13,7 @@ use crate::cluster::election::{self, Campaign};
 use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{Delivery, Gap, GapCause, Router, Run};
 use crate::pg::connection::{comes_back, Backoff, ConnectionSettings};
-use crate::pg::{advisory, DatabaseConfig};
+use crate::pg::{advisory, DatabaseSettings};
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
 use crate::sync::{clock, lock, Latch, Release, Stop, Task};
@@ -121,7 +121,7 @@ pub(crate) struct Listener(Task);
 
 impl Listener {
     pub(crate) fn spawn(
-        database: DatabaseConfig,
+        database: DatabaseSettings,
         settings: ConnectionSettings,
         registry: Arc<Registry>,
         status: Arc<ListenerStatus>,
@@ -148,7 +148,7 @@ enum SessionEnd {
 }
 
 async fn supervise(
-    database: DatabaseConfig,
+    database: DatabaseSettings,
     settings: ConnectionSettings,
     registry: Arc<Registry>,
     status: Arc<ListenerStatus>,

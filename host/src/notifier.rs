@@ -10,11 +10,11 @@ use crate::durable::{dead_letters, reader, schema, DeadLetter, DeliveryMode, Dur
 use crate::error::{Error, Result};
 use crate::listener::{Listener, ListenerStatus};
 use crate::pg::connection::{self, ConnectionSettings};
-use crate::pg::{advisory, DatabaseConfig};
+use crate::pg::{advisory, DatabaseSettings};
 use crate::plugins::{watcher, PluginChange, PluginSync, PluginWatcher, SubscriberSettings};
 use crate::registry::state::StateFile;
 use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
-use crate::sandbox::{CacheStats, SandboxConfig};
+use crate::sandbox::{CacheStats, SandboxSettings};
 use crate::subscriber::Subscriber;
 use crate::sync::{clock, lock};
 use serde::{Deserialize, Serialize};
@@ -138,8 +138,8 @@ pub struct ClusterView {
 
 /// Builds a [`Notifier`].
 pub struct NotifierBuilder {
-    database: DatabaseConfig,
-    sandbox: SandboxConfig,
+    database: DatabaseSettings,
+    sandbox: SandboxSettings,
     defaults: SubscriberSettings,
     watch_debounce: Duration,
     connection: ConnectionSettings,
@@ -179,7 +179,7 @@ impl NotifierBuilder {
     }
 
     /// Engine settings for wasm plugins (compile cache, instance pool size).
-    pub fn sandbox(mut self, config: SandboxConfig) -> Self {
+    pub fn sandbox(mut self, config: SandboxSettings) -> Self {
         self.sandbox = config;
         self
     }
@@ -258,7 +258,7 @@ pub struct Notifier {
 struct Inner {
     registry: Arc<Registry>,
     /// Mutexes for what a config reload may change; read on control paths only.
-    database: Arc<Mutex<DatabaseConfig>>,
+    database: Arc<Mutex<DatabaseSettings>>,
     plugins: Arc<PluginSync>,
     /// The at-least-once subscribers' feeders.
     feeders: Arc<Feeders>,
@@ -270,14 +270,14 @@ struct Inner {
 }
 
 impl Notifier {
-    pub fn new(database: DatabaseConfig) -> Self {
+    pub fn new(database: DatabaseSettings) -> Self {
         Self::builder(database).build()
     }
 
-    pub fn builder(database: DatabaseConfig) -> NotifierBuilder {
+    pub fn builder(database: DatabaseSettings) -> NotifierBuilder {
         NotifierBuilder {
             database,
-            sandbox: SandboxConfig::default(),
+            sandbox: SandboxSettings::default(),
             defaults: SubscriberSettings::default(),
             watch_debounce: Duration::from_millis(25),
             connection: ConnectionSettings::default(),
@@ -677,7 +677,7 @@ impl Notifier {
     }
 
     /// The database and connection settings for the next [`start`](Self::start).
-    pub fn set_database(&self, database: DatabaseConfig, connection: ConnectionSettings) {
+    pub fn set_database(&self, database: DatabaseSettings, connection: ConnectionSettings) {
         *lock(&self.inner.database) = database;
         *lock(&self.inner.connection) = connection;
     }

@@ -117,7 +117,7 @@ pub async fn error_of(client: &Client, sql: &str) -> String {
 
 /// A notifier on the test's own database.
 pub fn notifier_on(url: &str) -> pgnotifier::Notifier {
-    pgnotifier::Notifier::new(pgnotifier::DatabaseConfig::from_url(url).unwrap())
+    pgnotifier::Notifier::new(pgnotifier::DatabaseSettings::from_url(url).unwrap())
 }
 
 /// Wait until `subscriber` has a position: its feeder is reading.

@@ -12,7 +12,7 @@ pub mod proxy;
 pub mod wat;
 pub mod webhook;
 
-use pgnotifier::{DatabaseConfig, Payload, Subscriber};
+use pgnotifier::{DatabaseSettings, Payload, Subscriber};
 use pgnotifier_app::local_pg;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -118,8 +118,8 @@ pub mod cleanup {
     }
 }
 
-pub fn database() -> DatabaseConfig {
-    DatabaseConfig::from_url(database_url()).expect("test database URL parses")
+pub fn database() -> DatabaseSettings {
+    DatabaseSettings::from_url(database_url()).expect("test database URL parses")
 }
 
 /// A channel name no other test uses.

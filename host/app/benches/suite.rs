@@ -11,8 +11,8 @@
 //! writes `target/bench.json`. Each figure is the median of `REPEATS` runs.
 
 use out_of_process::STAMP_SQL;
-use pgnotifier::sandbox::SandboxConfig;
-use pgnotifier::{DatabaseConfig, Notifier, Payload, PayloadMode, Subscriber};
+use pgnotifier::sandbox::SandboxSettings;
+use pgnotifier::{DatabaseSettings, Notifier, Payload, PayloadMode, Subscriber};
 use pgnotifier_app::local_pg;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -211,10 +211,10 @@ impl Bench {
             std::fs::write(dir.join(format!("{name}.toml")), sidecar)?;
             std::fs::write(dir.join(format!("{name}.wasm")), bytes)?;
         }
-        let notifier = Notifier::builder(DatabaseConfig::from_url(&self.url)?)
-            .sandbox(SandboxConfig {
+        let notifier = Notifier::builder(DatabaseSettings::from_url(&self.url)?)
+            .sandbox(SandboxSettings {
                 cache_dir: Some(self.work.join("cache")),
-                ..SandboxConfig::default()
+                ..SandboxSettings::default()
             })
             .build();
         for (file, outcome) in notifier.load_plugins(&dir).await? {
@@ -375,7 +375,7 @@ impl Bench {
             let sidecar = format!("overflow = \"block\"\n\n[config]\nchannels = \"{channel}\"\n");
             self.host(&[("noop".into(), &self.noop, sidecar)]).await?
         } else {
-            let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
+            let notifier = Notifier::new(DatabaseSettings::from_url(&self.url)?);
             let closure = Subscriber::native(|_, _, _, _| {}).queue(
                 1024,
                 pgnotifier::Overflow::Block,
@@ -533,7 +533,7 @@ impl Bench {
     }
 
     async fn host_latency(&self, channel: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
-        let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
+        let notifier = Notifier::new(DatabaseSettings::from_url(&self.url)?);
         let (subscriber, samples) = latency_recorder();
         notifier.subscribe("latency", channel, subscriber)?;
         notifier.start().await?;
@@ -771,7 +771,7 @@ impl Bench {
 
     /// From `pgnotifier.send` to the call, at `rate` events/s (one per transaction).
     async fn durable_latency(&self, tag: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
-        let notifier = Notifier::new(DatabaseConfig::from_url(&self.url)?);
+        let notifier = Notifier::new(DatabaseSettings::from_url(&self.url)?);
         let (subscriber, samples) = latency_recorder();
         let subscriber = subscriber.at_least_once(pgnotifier::durable::RetryPolicy::default());
         let (id, channel) = (format!("{tag}_sink"), format!("{tag}_events"));
@@ -803,10 +803,10 @@ impl Bench {
     async fn reload(&mut self) -> anyhow::Result<()> {
         let plugins = self.work.join("reload");
         std::fs::create_dir_all(&plugins)?;
-        let notifier = Notifier::builder(DatabaseConfig::from_url(&self.url)?)
-            .sandbox(SandboxConfig {
+        let notifier = Notifier::builder(DatabaseSettings::from_url(&self.url)?)
+            .sandbox(SandboxSettings {
                 cache_dir: Some(self.work.join("reload-cache")),
-                ..SandboxConfig::default()
+                ..SandboxSettings::default()
             })
             .build();
         let _watcher = notifier.watch_plugins(&plugins).await?;
@@ -924,7 +924,7 @@ impl Bench {
                 .await?
                 .map_err(|e| anyhow::anyhow!("throwaway cluster: {e}"))?,
         );
-        let notifier = Notifier::new(DatabaseConfig::from_url(cluster.url())?);
+        let notifier = Notifier::new(DatabaseSettings::from_url(cluster.url())?);
         notifier.subscribe("s", "bench_reconnect", Subscriber::native(|_, _, _, _| {}))?;
         notifier.start().await?;
         notifier
@@ -1115,10 +1115,10 @@ impl Bench {
     /// Seconds to load one plugin (compile or cache, instantiate, register)
     /// into a fresh notifier using the compile cache in `cache`.
     async fn load_seconds(&self, plugin: &Path, cache: &Path) -> anyhow::Result<f64> {
-        let notifier = Notifier::builder(DatabaseConfig::from_url(&self.url)?)
-            .sandbox(SandboxConfig {
+        let notifier = Notifier::builder(DatabaseSettings::from_url(&self.url)?)
+            .sandbox(SandboxSettings {
                 cache_dir: Some(cache.to_owned()),
-                ..SandboxConfig::default()
+                ..SandboxSettings::default()
             })
             .build();
         let started = Instant::now();

@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 use pgnotifier::plugins::{OfflinePlugin, OfflineSettings};
-use pgnotifier::DatabaseConfig;
+use pgnotifier::DatabaseSettings;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -83,7 +83,7 @@ fn offline_settings(options: &CallOptions) -> anyhow::Result<OfflineSettings> {
             .map(|pair| config_pair(pair).map(|(k, v)| (k.to_owned(), v.to_owned())))
             .collect::<anyhow::Result<_>>()?,
         database: match &options.database_url {
-            Some(url) => Some(DatabaseConfig::resolve(Some(url))?),
+            Some(url) => Some(DatabaseSettings::resolve(Some(url))?),
             None => None,
         },
         query_fixture: match &options.query_fixture {

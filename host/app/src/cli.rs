@@ -1,12 +1,12 @@
 //! The `pgnotifier` command line: `run`, `ctl`, `demo`, `check`, `wit` and `schema`.
 
-use super::config::FileConfig;
+use super::config::ConfigFile;
 use super::ctl::CtlCommand;
 use super::daemon::{self, RunOptions};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pgnotifier::durable::schema;
-use pgnotifier::pg::DatabaseConfig;
+use pgnotifier::pg::DatabaseSettings;
 use pgnotifier::plugins::{OfflinePlugin, OfflineSettings};
 use std::path::PathBuf;
 
@@ -303,7 +303,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
             out,
             count,
         } => {
-            let database = DatabaseConfig::resolve(database_url.as_deref())?;
+            let database = DatabaseSettings::resolve(database_url.as_deref())?;
             super::record::record(&database, &channels, &out, count).await?;
             Ok(())
         }
@@ -321,8 +321,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<()> {
         } => {
             let options = control.options(None, None);
             let file = match &options.config {
-                Some(path) => FileConfig::load(path)?,
-                None => FileConfig::default(),
+                Some(path) => ConfigFile::load(path)?,
+                None => ConfigFile::default(),
             };
             let settings = daemon::control_settings(&options, &file)?;
             super::ctl::execute(&settings, command, json).await
@@ -350,10 +350,10 @@ async fn install_schema(
         return Ok(());
     }
     let file = match &config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
     };
-    let database = DatabaseConfig::resolve(database_url.or(file.database_url).as_deref())?;
+    let database = DatabaseSettings::resolve(database_url.or(file.database_url).as_deref())?;
     let (mut client, connection) = database
         .connect()
         .await

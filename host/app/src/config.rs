@@ -12,7 +12,7 @@ use std::time::Duration;
 /// The config file (`--config FILE`). Every key is optional.
 #[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub struct ConfigFile {
     /// Database URL; `--database-url` and `DATABASE_URL` override it.
     pub database_url: Option<String>,
     /// The plugins folder; `--plugins` overrides it.
@@ -59,7 +59,7 @@ pub struct ClusterTable {
     pub takeover_ms: Option<u64>,
 }
 
-impl FileConfig {
+impl ConfigFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = pgnotifier::files::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -72,7 +72,7 @@ impl FileConfig {
     }
 }
 
-impl FileConfig {
+impl ConfigFile {
     /// The connection settings, defaults filled in and values checked.
     pub fn connection_settings(&self) -> Result<ConnectionSettings, ConfigError> {
         let mut out = ConnectionSettings::default();
@@ -106,7 +106,7 @@ impl FileConfig {
     }
 }
 
-impl FileConfig {
+impl ConfigFile {
     /// `drain_timeout_ms` (default 10 s), checked.
     pub fn drain_timeout(&self) -> Result<Duration, ConfigError> {
         let ms = self.drain_timeout_ms.unwrap_or(10_000);
@@ -290,7 +290,7 @@ fn parse_span(
 mod tests {
     use super::*;
     use pgnotifier::plugins::SubscriberSettings;
-    use pgnotifier::DatabaseConfig;
+    use pgnotifier::DatabaseSettings;
     use std::collections::BTreeSet;
 
     /// The keys a table of the config file accepts, as serde names them
@@ -354,7 +354,7 @@ mod tests {
 
     #[test]
     fn the_configuration_reference_names_every_key_and_only_those() {
-        let mut keys = accepted::<FileConfig>("");
+        let mut keys = accepted::<ConfigFile>("");
         keys.retain(|key| key != "defaults" && key != "cluster");
         keys.extend(accepted::<LimitSettings>("defaults."));
         keys.extend(accepted::<ClusterTable>("cluster."));
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_cluster_needs_a_name_and_a_sane_takeover() {
-        let cluster = |text: &str| toml::from_str::<FileConfig>(text).unwrap().cluster();
+        let cluster = |text: &str| toml::from_str::<ConfigFile>(text).unwrap().cluster();
         let settings =
             cluster("[cluster]\nname = \"orders\"\ngroup = \"hooks\"\ntakeover_ms = 500")
                 .unwrap()
@@ -393,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_number_too_large_for_a_default_is_a_clear_error() {
-        let file: Result<FileConfig, _> =
+        let file: Result<ConfigFile, _> =
             toml::from_str("[defaults]\nmemory_mib = 99999999999999999999");
         let err = toml_message(&file.unwrap_err());
         assert!(
@@ -425,7 +425,7 @@ mod tests {
     #[test]
     fn the_sample_config_parses_and_shows_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pgnotifier.toml");
-        let file = FileConfig::load(&path).unwrap();
+        let file = ConfigFile::load(&path).unwrap();
         assert_eq!(
             file.connection_settings().unwrap(),
             ConnectionSettings::default()
@@ -439,7 +439,7 @@ mod tests {
             file.outbox_retention().unwrap(),
             Some(pgnotifier::durable::DEFAULT_RETENTION)
         );
-        DatabaseConfig::from_url(file.database_url.as_deref().unwrap()).unwrap();
+        DatabaseSettings::from_url(file.database_url.as_deref().unwrap()).unwrap();
         let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();
         assert_eq!(control.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
     }

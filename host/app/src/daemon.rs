@@ -4,13 +4,13 @@
 //! and applies what changed.
 
 use super::admin::AdminServer;
-use super::config::{ControlSettings, FileConfig};
+use super::config::{ConfigFile, ControlSettings};
 use anyhow::Context;
 use pgnotifier::plugins::SubscriberSettings;
 use pgnotifier::registry::SubscriberSource;
-use pgnotifier::sandbox::SandboxConfig;
+use pgnotifier::sandbox::SandboxSettings;
 use pgnotifier::ConnectionSettings;
-use pgnotifier::{DatabaseConfig, Notifier};
+use pgnotifier::{DatabaseSettings, Notifier};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -29,9 +29,9 @@ pub struct RunOptions {
 
 /// Every setting, resolved and checked.
 struct Settings {
-    file: FileConfig,
+    file: ConfigFile,
     database_url: Option<String>,
-    database: DatabaseConfig,
+    database: DatabaseSettings,
     connection: ConnectionSettings,
     defaults: SubscriberSettings,
     plugins: PathBuf,
@@ -42,11 +42,11 @@ struct Settings {
 impl Settings {
     fn resolve(options: &RunOptions) -> anyhow::Result<Self> {
         let file = match &options.config {
-            Some(path) => FileConfig::load(path)?,
-            None => FileConfig::default(),
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
         };
         let database_url = options.database_url.clone().or(file.database_url.clone());
-        let database = DatabaseConfig::resolve(database_url.as_deref())?;
+        let database = DatabaseSettings::resolve(database_url.as_deref())?;
         let plugins = (options.plugins.clone())
             .or(file.plugins.clone())
             .context("no plugins folder: pass --plugins DIR or set `plugins` in the config file")?;
@@ -74,7 +74,7 @@ impl Settings {
 /// The admin address, token and data dir, as `run` and `ctl` both find them.
 pub fn control_settings(
     options: &RunOptions,
-    file: &FileConfig,
+    file: &ConfigFile,
 ) -> anyhow::Result<ControlSettings> {
     Ok(ControlSettings::resolve(
         options.admin_addr.as_deref().or(file.admin_addr.as_deref()),
@@ -91,7 +91,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // default action (SIGHUP's would end the process).
     let mut signals = Signals::new()?;
     let mut settings = Settings::resolve(&options)?;
-    let mut sandbox = SandboxConfig::default();
+    let mut sandbox = SandboxSettings::default();
     if let Some(dir) = &settings.file.cache_dir {
         sandbox.cache_dir = Some(dir.clone());
     }

@@ -69,7 +69,7 @@ pub fn probe(url: &str) -> Result<(), ProbeError> {
             .map_err(ProbeError::Runtime)?;
         runtime.block_on(async {
             // The host's own connection path: sockets, libpq forms and sslmode as `run` has them.
-            let database = pgnotifier::DatabaseConfig::from_url(&url)?;
+            let database = pgnotifier::DatabaseSettings::from_url(&url)?;
             let connecting = tokio::time::timeout(Duration::from_secs(3), database.connect());
             let (client, connection) = connecting.await.map_err(|_| ProbeError::NoAnswer)??;
             tokio::spawn(connection);

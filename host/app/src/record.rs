@@ -10,7 +10,7 @@
 use anyhow::Context;
 use pgnotifier::channel::quote_ident;
 use pgnotifier::pg::connection::drive;
-use pgnotifier::pg::DatabaseConfig;
+use pgnotifier::pg::DatabaseSettings;
 use serde::Serialize;
 use std::io::Write;
 use std::path::Path;
@@ -28,7 +28,7 @@ pub struct Recorded<'a> {
 /// Record `channels` from `database` into `out` (`-`: stdout) until Ctrl-C,
 /// or until `count` notifications; how many were recorded.
 pub async fn record(
-    database: &DatabaseConfig,
+    database: &DatabaseSettings,
     channels: &[String],
     out: &Path,
     count: Option<u64>,

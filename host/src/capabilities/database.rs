@@ -4,7 +4,7 @@
 use super::confinement;
 use super::{CapabilityError, PluginCapabilities, QueryAccess};
 use crate::channel;
-use crate::pg::DatabaseConfig;
+use crate::pg::DatabaseSettings;
 use bytes::BytesMut;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
 use futures_util::TryStreamExt;
@@ -28,7 +28,7 @@ impl CapabilityPool {
     /// A pool of at most `size` connections with the listener's settings; no
     /// connection is opened until a plugin needs one. Call it inside the
     /// runtime that will run the connections.
-    pub fn new(database: &DatabaseConfig, size: usize) -> Result<Self, CapabilityError> {
+    pub fn new(database: &DatabaseSettings, size: usize) -> Result<Self, CapabilityError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| CapabilityError::NoRuntime)?;
         let manager = Manager::from_config(

@@ -53,7 +53,7 @@ use crate::dispatch::{
 };
 use crate::payload::decode;
 use crate::pg::connection::{self, Backoff};
-use crate::pg::{advisory, DatabaseConfig};
+use crate::pg::{advisory, DatabaseSettings};
 use crate::printable::with_causes;
 use crate::registry::Registry;
 use crate::sync::{bump, lock, AbortOnDrop, Stop, Task};
@@ -155,7 +155,7 @@ impl FeedCounters {
 
 /// The feeders of one notifier's at-least-once subscribers, by id.
 pub(crate) struct Feeders {
-    database: Arc<Mutex<DatabaseConfig>>,
+    database: Arc<Mutex<DatabaseSettings>>,
     registry: Weak<Registry>,
     running: Mutex<std::collections::HashMap<Arc<str>, Feeder>>,
     /// How long events are kept at most; pruning starts with the first feeder.
@@ -172,7 +172,7 @@ pub(crate) struct Feeders {
 
 impl Feeders {
     pub(crate) fn new(
-        database: Arc<Mutex<DatabaseConfig>>,
+        database: Arc<Mutex<DatabaseSettings>>,
         registry: Weak<Registry>,
         retention: Duration,
         dispatching: watch::Receiver<bool>,
@@ -323,7 +323,7 @@ impl Feeder {
 /// What a feeder is given, and starts again from after a panic.
 #[derive(Clone)]
 struct FeedSpec {
-    database: DatabaseConfig,
+    database: DatabaseSettings,
     id: Arc<str>,
     mailbox: Arc<Mailbox>,
     registry: Weak<Registry>,

@@ -27,7 +27,7 @@
 
 use super::reader::column;
 use super::DurableError;
-use crate::pg::DatabaseConfig;
+use crate::pg::DatabaseSettings;
 use crate::sync::{bump, AbortOnDrop, Task};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -129,7 +129,7 @@ impl OutboxStats {
 /// [`CHECK_EVERY`], on `runtime` until stopped; `stats` follows the outbox.
 pub(crate) fn spawn(
     runtime: &tokio::runtime::Handle,
-    database: DatabaseConfig,
+    database: DatabaseSettings,
     retention: Duration,
     stats: Arc<OutboxStats>,
 ) -> Task {

@@ -3,7 +3,7 @@
 //! connections to come back, the check that LISTEN works at all, and the
 //! one driver of a connection whose notifications wake its owner.
 
-use super::DatabaseConfig;
+use super::DatabaseSettings;
 use crate::channel::quote_ident;
 use std::future::poll_fn;
 use std::time::Duration;
@@ -86,7 +86,7 @@ pub(crate) const PROBE_WAIT: Duration = Duration::from_secs(3);
 /// out at start. False only when both connections worked and the
 /// notification did not come; a database that cannot be reached is the
 /// listener's to retry, not a reason to refuse.
-pub(crate) async fn check_listen_works(database: &DatabaseConfig) -> bool {
+pub(crate) async fn check_listen_works(database: &DatabaseSettings) -> bool {
     // A server that does not answer soon is the listener's to wait for.
     let connect = || async {
         tokio::time::timeout(PROBE_WAIT, database.connect())
@@ -133,7 +133,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// server that already accepts (and failed for another reason, such as TLS
 /// or authentication) never resolves this: those failures keep the backoff.
 /// A probe is one TCP connect, closed at once: nothing a server notices.
-pub(crate) async fn comes_back(database: &DatabaseConfig) {
+pub(crate) async fn comes_back(database: &DatabaseSettings) {
     if database.accepts_connections().await {
         return std::future::pending().await;
     }

@@ -3,7 +3,7 @@
 //! Settings follow libpq: a URL (flag, `DATABASE_URL` or the config file)
 //! wins, and the `PG*` environment variables fill in what it leaves out.
 //! Passwords never leave this module except inside the connection config;
-//! everything printable goes through [`DatabaseConfig::redacted`].
+//! everything printable goes through [`DatabaseSettings::redacted`].
 //! [`connection`] keeps a connection up: reconnecting, and driving it.
 
 pub(crate) mod advisory;
@@ -19,13 +19,13 @@ use tokio_postgres::Socket;
 
 /// Where and how to connect to PostgreSQL.
 #[derive(Clone)]
-pub struct DatabaseConfig {
+pub struct DatabaseSettings {
     pg: tokio_postgres::Config,
     ssl_mode: SslMode,
     tls: Connector,
 }
 
-impl DatabaseConfig {
+impl DatabaseSettings {
     /// From a URL or key=value string, with the `PG*` variables filling gaps.
     /// `sslmode` takes libpq's five values, and `sslrootcert` names the CA file.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
@@ -338,7 +338,7 @@ pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-impl std::fmt::Debug for DatabaseConfig {
+impl std::fmt::Debug for DatabaseSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.redacted())
     }
@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn redacted_url_hides_the_password() {
-        let db = DatabaseConfig::from_url("postgres://alice:s3cret@db.example:6543/app").unwrap();
+        let db = DatabaseSettings::from_url("postgres://alice:s3cret@db.example:6543/app").unwrap();
         let shown = db.redacted();
         assert_eq!(shown, "postgres://alice:***@db.example:6543/app");
         assert!(!format!("{db:?}").contains("s3cret"));
@@ -367,20 +367,20 @@ mod tests {
         let (rest, tls) = take_tls_params("host=h sslmode=require dbname=db");
         assert_eq!(rest, "host=h dbname=db");
         assert_eq!(tls.mode.as_deref(), Some("require"));
-        let db = DatabaseConfig::from_url("postgres://u@h/db?sslmode=require").unwrap();
+        let db = DatabaseSettings::from_url("postgres://u@h/db?sslmode=require").unwrap();
         assert_eq!(db.ssl_mode(), SslMode::Require);
         assert_eq!(db.redacted(), "postgres://u@h:5432/db?sslmode=require");
     }
 
     #[test]
     fn a_bad_sslmode_or_a_missing_root_certificate_is_a_clear_error() {
-        let err = DatabaseConfig::from_url("postgres://u@h/db?sslmode=sure").unwrap_err();
+        let err = DatabaseSettings::from_url("postgres://u@h/db?sslmode=sure").unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("sslmode: \"sure\" is not one of"),
             "{err}"
         );
-        let err = DatabaseConfig::from_url(
+        let err = DatabaseSettings::from_url(
             "postgres://u@h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
         )
         .unwrap_err();
@@ -392,7 +392,7 @@ mod tests {
 
     #[test]
     fn bad_url_is_a_clear_error_without_the_input() {
-        let err = DatabaseConfig::from_url("postgres://bob:pw@host:notaport/db").unwrap_err();
+        let err = DatabaseSettings::from_url("postgres://bob:pw@host:notaport/db").unwrap_err();
         let text = err.to_string();
         assert!(text.starts_with("database URL:"), "{text}");
         assert!(!text.contains("pw@"), "{text}");

@@ -13,8 +13,8 @@ use crate::capabilities::{CapabilityPool, QueryFixture};
 use crate::dispatch::{CallFailure, Deliver, Notification};
 use crate::error::{Error, Result};
 use crate::payload::{decode, Payload};
-use crate::pg::DatabaseConfig;
-use crate::sandbox::{LoadError, Sandbox, SandboxConfig};
+use crate::pg::DatabaseSettings;
+use crate::sandbox::{LoadError, Sandbox, SandboxSettings};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -28,7 +28,7 @@ pub struct OfflineSettings {
     pub config: Vec<(String, String)>,
     /// Where `publish` and `query` go; without one, `publish` is a dry run
     /// and `query` answers from the fixture or fails.
-    pub database: Option<DatabaseConfig>,
+    pub database: Option<DatabaseSettings>,
     /// Rows for `query`, by SQL, instead of a database: the fixture's path,
     /// and its JSON text.
     pub query_fixture: Option<(PathBuf, String)>,
@@ -72,7 +72,7 @@ impl OfflinePlugin {
             None => None,
         };
         let sandbox = Sandbox::offline(
-            &SandboxConfig::default(),
+            &SandboxSettings::default(),
             pool,
             fixture,
             settings.allow_http,

@@ -12,10 +12,10 @@ use crate::capabilities::CapabilityPool;
 use crate::durable::feeder::{self, FeedSettings, Feeders};
 use crate::durable::DeliveryMode;
 use crate::error::{Error, Result};
-use crate::pg::DatabaseConfig;
+use crate::pg::DatabaseSettings;
 use crate::printable::with_causes;
 use crate::registry::{Registry, RegistryError, SubscriberSource};
-use crate::sandbox::{CacheStats, LoadError, Sandbox, SandboxConfig};
+use crate::sandbox::{CacheStats, LoadError, Sandbox, SandboxSettings};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -50,8 +50,8 @@ pub(crate) struct PluginSync {
     feeders: Arc<Feeders>,
     /// Shared with the notifier, which may change it for the next start;
     /// the capability pool takes it when the engine is first made.
-    database: Arc<Mutex<DatabaseConfig>>,
-    sandbox_config: SandboxConfig,
+    database: Arc<Mutex<DatabaseSettings>>,
+    sandbox_config: SandboxSettings,
     query_pool_size: usize,
     sandbox: Mutex<Option<Arc<Sandbox>>>,
     /// Limits for plugins whose sidecar does not set them.
@@ -66,8 +66,8 @@ impl PluginSync {
     pub(crate) fn new(
         registry: Arc<Registry>,
         feeders: Arc<Feeders>,
-        database: Arc<Mutex<DatabaseConfig>>,
-        sandbox_config: SandboxConfig,
+        database: Arc<Mutex<DatabaseSettings>>,
+        sandbox_config: SandboxSettings,
         query_pool_size: usize,
         defaults: SubscriberSettings,
     ) -> Self {

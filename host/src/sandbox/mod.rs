@@ -65,14 +65,14 @@ impl LoadError {
 
 /// Engine-wide settings.
 #[derive(Clone, Debug)]
-pub struct SandboxConfig {
+pub struct SandboxSettings {
     /// Where compiled code is cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
     /// How many instances the pooling allocator reserves room for.
     pub max_instances: u32,
 }
 
-impl Default for SandboxConfig {
+impl Default for SandboxSettings {
     fn default() -> Self {
         Self {
             cache_dir: default_cache_dir(),
@@ -142,20 +142,20 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A sandbox without a database: capability calls that need one fail.
-    pub fn new(config: &SandboxConfig) -> anyhow::Result<Arc<Self>> {
+    pub fn new(config: &SandboxSettings) -> anyhow::Result<Arc<Self>> {
         Self::with_pool(config, None)
     }
 
     /// A sandbox whose plugins' `publish` and `query` go through `pool`.
     pub fn with_pool(
-        config: &SandboxConfig,
+        config: &SandboxSettings,
         capability_pool: Option<Arc<CapabilityPool>>,
     ) -> anyhow::Result<Arc<Self>> {
         Self::build(config, capability_pool, Offline::default())
     }
 
     fn build(
-        config: &SandboxConfig,
+        config: &SandboxSettings,
         capability_pool: Option<Arc<CapabilityPool>>,
         offline: Offline,
     ) -> anyhow::Result<Arc<Self>> {
@@ -294,7 +294,7 @@ impl Sandbox {
     /// needs a database. HTTP reaches the sidecar's granted origins only if
     /// `allow_http`.
     pub(crate) fn offline(
-        config: &SandboxConfig,
+        config: &SandboxSettings,
         capability_pool: Option<Arc<CapabilityPool>>,
         query_fixture: Option<Arc<crate::capabilities::QueryFixture>>,
         allow_http: bool,

@@ -12,7 +12,7 @@
 use crate::local_pg::{self, Cluster, LocalPgError};
 use anyhow::Context;
 use pgnotifier::payload::describe;
-use pgnotifier::{DatabaseConfig, Notifier, Subscriber};
+use pgnotifier::{DatabaseSettings, Notifier, Subscriber};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,7 +77,7 @@ async fn demo(options: &DemoOptions, database: &Database, work: &Path) -> anyhow
     write_echo_plugin(&plugins)?;
     let examples = copy_examples(options.plugins.as_deref(), &plugins)?;
 
-    let notifier = Notifier::new(DatabaseConfig::from_url(database.url())?);
+    let notifier = Notifier::new(DatabaseSettings::from_url(database.url())?);
     // The origin's README, callback for callback.
     notifier.add_channels(["ch1", "ch3"])?;
     let print = Subscriber::native(|id, channel, payload, pid| {
@@ -114,7 +114,7 @@ async fn demo(options: &DemoOptions, database: &Database, work: &Path) -> anyhow
     );
     println!();
 
-    let (client, connection) = DatabaseConfig::from_url(database.url())?
+    let (client, connection) = DatabaseSettings::from_url(database.url())?
         .connect()
         .await
         .context("cannot connect to send the demo notifications")?;
@@ -162,7 +162,7 @@ impl Database {
     /// `DATABASE_URL` if set and reachable, else a throwaway cluster.
     fn find() -> anyhow::Result<Self> {
         if let Ok(url) = std::env::var("DATABASE_URL") {
-            let shown = DatabaseConfig::from_url(&url)
+            let shown = DatabaseSettings::from_url(&url)
                 .map(|c| c.redacted())
                 .unwrap_or_else(|_| "DATABASE_URL".to_owned());
             match local_pg::probe(&url) {
