@@ -3,7 +3,7 @@
 //! closures — called as `(id, channel, payload, pid)`.
 //!
 //! A notification's path: the `listener`'s connection receives it; the
-//! [`dispatch`] router decodes it once and queues it for each subscriber of
+//! `dispatch` router decodes it once and queues it for each subscriber of
 //! its channel; that subscriber's worker thread calls it, a wasm guest in
 //! the [`sandbox`] or a closure. Durable events take the same queues from
 //! the outbox, through a feeder per subscriber ([`durable`]).
@@ -21,10 +21,10 @@
 //! - [`pg`]: the database settings (libpq's URL and `PG*` variables), TLS,
 //!   connecting and keeping a connection up (backoff, the driver of a
 //!   LISTENing connection), advisory locks;
-//! - [`dispatch`]: the route table, the router, one mailbox (bounded queue)
+//! - `dispatch`: the route table, the router, one mailbox (bounded queue)
 //!   and one worker thread per subscriber, its counters, and the
 //!   notifications workers hand back for reuse;
-//! - [`capabilities`] a sidecar grants (publish, query, http), and the
+//! - `capabilities` a sidecar grants (publish, query, http), and the
 //!   [`sandbox`] wasm guests run in (deadline, memory cap, no WASI grants);
 //! - [`registry`]: channels, subscribers and mute flags as an immutable
 //!   snapshot that builds the route table, and the runtime [`registry::state`] file;
@@ -55,9 +55,9 @@ mod sync;
 
 pub mod pg;
 
-pub mod dispatch;
+mod dispatch;
 
-pub mod capabilities;
+mod capabilities;
 pub mod sandbox;
 
 pub mod registry;
@@ -84,6 +84,7 @@ pub use dispatch::{
     CallFailure, DispatchSettings, DurableEvent, DurableStats, EventKey, Gap, GapCause,
     Notification, Overflow, QueueLimits, SubscriberStats,
 };
+pub use capabilities::CapabilityLimits;
 pub use error::{Error, Result};
 pub use notifier::{
     ClusterView, IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection,

@@ -7,7 +7,7 @@
 //!   hosts never dispatch at once.
 //! - A standby keeps its plugins loaded and its connection open, LISTENs
 //!   nothing, and tries the lock every quarter of `takeover`.
-//! - [`ClusterStatus`] is what the rest of the host reads: the role, the
+//! - `ClusterStatus` is what the rest of the host reads: the role, the
 //!   leader's identity, the takeovers, and whether this host may dispatch
 //!   (which at-least-once feeders wait on).
 

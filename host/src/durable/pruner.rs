@@ -6,7 +6,7 @@
 //!   channels (none recorded: all channels). An event on a channel that no
 //!   position needs is passed, since a new subscriber starts at the end of
 //!   the outbox; it records its start under the pruner's lock
-//!   ([`super::schema::PRUNE_LOCK`], taken by [`super::reader::start_at_end`]),
+//!   (`PRUNE_LOCK`, taken by [`super::reader::start_at_end`]),
 //!   so a prune never removes what it is about to read.
 //! - An event removed by age before a subscriber had it leaves a row in
 //!   `pgnotifier.gaps` for that subscriber: its feeder delivers a gap event

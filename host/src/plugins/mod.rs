@@ -1,10 +1,10 @@
 //! Plugins: the files of a plugins folder become wasm subscribers.
 //!
 //! - [`settings`]: a plugin's sidecar and the limits it sets;
-//! - [`loader`]: one `NAME.wasm` (and its `NAME.toml`) compiled, started and registered;
-//! - [`sync`]: the subscribers of a folder made to match its files, the one
+//! - `loader`: one `NAME.wasm` (and its `NAME.toml`) compiled, started and registered;
+//! - `sync`: the subscribers of a folder made to match its files, the one
 //!   path start-up, hot reload and the API all take;
-//! - [`watcher`]: the folder followed, each change synced;
+//! - `watcher`: the folder followed, each change synced;
 //! - [`offline`]: one plugin loaded and called outside a host.
 
 pub(crate) mod loader;
