@@ -80,11 +80,11 @@ mod subscriber;
 #[cfg(test)]
 mod layering;
 
+pub use capabilities::CapabilityLimits;
 pub use dispatch::{
     CallFailure, DispatchSettings, DurableEvent, DurableStats, EventKey, Gap, GapCause,
     Notification, Overflow, QueueLimits, SubscriberStats,
 };
-pub use capabilities::CapabilityLimits;
 pub use error::{Error, Result};
 pub use notifier::{
     ClusterView, IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection,
