@@ -1,0 +1,184 @@
+//! Durable delivery: throughput and latency through `pgnotifier.send`.
+
+use super::*;
+
+impl Bench {
+    /// Durable delivery: events through `pgnotifier.send` to an at-least-once
+    /// subscriber, beside what PostgreSQL accepts through `send` alone and
+    /// plain `pg_notify` to an at-most-once one, in transactions of 100
+    /// events and of one; then latency at 1000 events/s.
+    pub(crate) async fn durable(&mut self) -> anyhow::Result<()> {
+        let mut client = self.client().await?;
+        pgnotifier::durable::schema::install(&mut client).await?;
+        for (per_tx, events) in [(100usize, 20_000usize), (1, 2_000)] {
+            let (mut accepted, mut durable, mut plain) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..REPEATS {
+                let tag = format!("bench_durable_{per_tx}_{round}_{}", std::process::id());
+                let started = Instant::now();
+                self.produce("pgnotifier.send", &format!("{tag}_alone"), per_tx, events)
+                    .await?;
+                accepted.push(events as f64 / started.elapsed().as_secs_f64());
+                durable.push(self.durable_rate(&tag, per_tx, events, true).await?);
+                plain.push(self.durable_rate(&tag, per_tx, events, false).await?);
+            }
+            let (accepted, durable, plain) = (
+                median(&mut accepted),
+                median(&mut durable),
+                median(&mut plain),
+            );
+            self.record(
+                &format!("durable_{per_tx}_per_tx"),
+                format!("durable, noop Rust plugin, {per_tx} per transaction, N={events}: end to end / send accepted / pg_notify end to end"),
+                format!(
+                    "{:.0}k/s / {:.0}k/s / {:.0}k/s (end to end = {:.0}% of accepted)",
+                    durable / 1e3,
+                    accepted / 1e3,
+                    plain / 1e3,
+                    100.0 * durable / accepted
+                ),
+                &[("durable_per_s", durable), ("accepted_per_s", accepted), ("plain_per_s", plain)],
+            );
+        }
+        let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+        for round in 0..REPEATS {
+            let tag = format!("bench_durable_latency_{round}_{}", std::process::id());
+            let (p50, p99) = self.durable_latency(&tag, 1000).await?;
+            p50s.push(p50);
+            p99s.push(p99);
+        }
+        let (p50, p99) = (median(&mut p50s), median(&mut p99s));
+        self.record(
+            "durable_latency_1000",
+            "durable latency at 1000/s, p50 / p99 (send to on-notify)".to_owned(),
+            format!("{p50:.3} / {p99:.3} ms"),
+            &[("p50_ms", p50), ("p99_ms", p99)],
+        );
+        client
+            .batch_execute(
+                "DELETE FROM pgnotifier.outbox WHERE channel LIKE 'bench\\_durable\\_%';
+                 DELETE FROM pgnotifier.positions WHERE subscriber LIKE 'bench\\_durable\\_%'",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `events` sent with `function` (`pgnotifier.send` or `pg_notify`) on
+    /// `channel`, `per_tx` to a transaction, from four connections.
+    pub(crate) async fn produce(
+        &self,
+        function: &str,
+        channel: &str,
+        per_tx: usize,
+        events: usize,
+    ) -> anyhow::Result<()> {
+        const CONNECTIONS: usize = 4;
+        let mut producers = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let client = self.client().await?;
+            let sql = format!("select {function}($1, i::text) from generate_series(1, $2) as i");
+            let channel = channel.to_owned();
+            producers.push(tokio::spawn(async move {
+                let statement = client.prepare(&sql).await?;
+                let per_tx = per_tx as i32;
+                for _ in 0..events / CONNECTIONS / per_tx as usize {
+                    client.execute(&statement, &[&channel, &per_tx]).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for producer in producers {
+            producer.await??;
+        }
+        Ok(())
+    }
+
+    /// Events/s from the first send to the last call into the noop Rust
+    /// plugin, at least once through `pgnotifier.send`, or (`durable`
+    /// false) at most once through `pg_notify`.
+    pub(crate) async fn durable_rate(
+        &self,
+        tag: &str,
+        per_tx: usize,
+        events: usize,
+        durable: bool,
+    ) -> anyhow::Result<f64> {
+        let (id, channel, delivery) = match durable {
+            true => (
+                format!("{tag}_sink"),
+                format!("{tag}_durable"),
+                "at-least-once",
+            ),
+            false => (
+                format!("{tag}_plain_sink"),
+                format!("{tag}_plain"),
+                "at-most-once",
+            ),
+        };
+        let sidecar = format!(
+            "delivery = \"{delivery}\"\noverflow = \"block\"\nqueue_size = 100000\n\n[config]\nchannels = \"{channel}\"\n"
+        );
+        let notifier = self.host(&[(id.clone(), &self.noop, sidecar)]).await?;
+        if durable {
+            self.wait_for_position(&id).await?;
+        }
+        let started = Instant::now();
+        let function = if durable {
+            "pgnotifier.send"
+        } else {
+            "pg_notify"
+        };
+        self.produce(function, &channel, per_tx, events).await?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while delivered(&notifier) < events as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = started.elapsed();
+        let got = delivered(&notifier);
+        notifier.shutdown(Duration::from_secs(5)).await;
+        anyhow::ensure!(got >= events as u64, "{id} received {got} of {events}");
+        Ok(events as f64 / elapsed.as_secs_f64())
+    }
+
+    /// Until the feeder of `subscriber` has its position: it reads from now on.
+    pub(crate) async fn wait_for_position(&self, subscriber: &str) -> anyhow::Result<()> {
+        let client = self.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pgnotifier::durable::reader::position(&client, subscriber)
+            .await?
+            .is_none()
+        {
+            anyhow::ensure!(Instant::now() < deadline, "{subscriber} never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    /// From `pgnotifier.send` to the call, at `rate` events/s (one per transaction).
+    pub(crate) async fn durable_latency(&self, tag: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
+        let notifier = Notifier::new(DatabaseSettings::from_url(&self.url)?);
+        let (subscriber, samples) = latency_recorder();
+        let subscriber = subscriber.at_least_once(pgnotifier::durable::RetryPolicy::default());
+        let (id, channel) = (format!("{tag}_sink"), format!("{tag}_events"));
+        notifier.subscribe(&id, channel.as_str(), subscriber)?;
+        self.wait_for_position(&id).await?;
+        let client = self.client().await?;
+        let statement = client
+            .prepare("select pgnotifier.send($1, (extract(epoch from clock_timestamp()) * 1e6)::bigint::text)")
+            .await?;
+        let count = rate as usize * 2;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = Instant::now();
+        for i in 0..count {
+            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+            client.execute(&statement, &[&channel]).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while samples.lock().map(|s| s.len()).unwrap_or(0) < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        notifier.shutdown(Duration::from_secs(5)).await;
+        let mut all = samples.lock().map(|s| s.clone()).unwrap_or_default();
+        anyhow::ensure!(all.len() >= count, "{id} received {} of {count}", all.len());
+        Ok(percentiles(&mut all))
+    }
+}
