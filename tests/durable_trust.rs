@@ -1121,6 +1121,69 @@ async fn a_host_that_takes_over_waits_by_the_deadline_of_the_host_it_follows() {
     takeover_waits_for_the_call_in_progress("shorter_deadline", 5_000_000, 1000).await;
 }
 
+/// The end of a call a host may still run is kept until it passes: a host
+/// that takes over waits for it, and when that host stops while it waits,
+/// the next one waits for what is left of it, not from zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_stops_while_it_waits_for_a_call_leaves_the_wait_to_the_next() {
+    logs::install();
+    let name = "stops_while_waiting";
+    let (url, client) = fresh_database(name).await;
+    let role = format!("pgnotifier_test_host_{name}");
+    let a_url = host_a_url(&client, &url, &role).await;
+    let id = crate::support::channel(name);
+    let sidecar = |tag: &str, timeout_ms: u64, spin: u64| {
+        format!(
+            "timeout_ms = {timeout_ms}\n[config]\nlog_start = \"true\"\nspin = \"{spin}\"\ntag = \"{tag}\"\n"
+        )
+    };
+    // About 5 s of CPU under an 8 s deadline: B and C, with a 1 s
+    // deadline, would wait 4 s by their own settings.
+    let a = notifier_on(&a_url);
+    let a_dir = crate::support::temp_dir(&format!("durable-{name}-a"));
+    durable_sink(&a, &a_dir, &id, &sidecar("a", 8000, 5_000_000)).await;
+    feeding(&client, &id).await;
+    send_each(&client, "work", "e", 1).await;
+    let started = |tag: &'static str| {
+        let id = id.clone();
+        move || {
+            sunk_lines(&id)
+                .iter()
+                .any(|l| l.starts_with("sink-start e-0 ") && l.ends_with(&format!(" {tag}")))
+        }
+    };
+    assert!(eventually(SOON, started("a")).await);
+    cut_host_a(&client, &role, &id).await;
+    let b = notifier_on(&url);
+    let b_dir = crate::support::temp_dir(&format!("durable-{name}-b"));
+    durable_sink(&b, &b_dir, &id, &sidecar("b", 1000, 0)).await;
+    let waiting = || {
+        logs::of(&id)
+            .iter()
+            .any(|l| l.message.contains("may still run: waiting"))
+    };
+    assert!(eventually(SOON, waiting).await, "B waits for A's call");
+    b.shutdown(SOON).await;
+    let c = notifier_on(&url);
+    let c_dir = crate::support::temp_dir(&format!("durable-{name}-c"));
+    durable_sink(&c, &c_dir, &id, &sidecar("c", 1000, 0)).await;
+    assert!(
+        eventually(Duration::from_secs(60), started("c")).await,
+        "C takes over: {:?}",
+        sunk_lines(&id)
+    );
+    a.shutdown(SOON).await;
+    c.shutdown(SOON).await;
+    let messages: Vec<String> = logs::of(&id).into_iter().map(|l| l.message).collect();
+    let c_started = (messages.iter())
+        .position(|l| l.starts_with("sink-start e-0 ") && l.ends_with(" c"))
+        .expect("C started a call");
+    let a_ended = messages[..c_started]
+        .iter()
+        .any(|l| l.starts_with("sink e-0 ") || l.contains("ran past its deadline"));
+    assert!(a_ended, "C called while A's call still ran: {messages:?}");
+}
+
 /// Host A calls a sink that spins `spin` thousand rounds (about a second
 /// per million) under an 8 s deadline; its feeder connection goes; host B,
 /// whose deadline is `b_timeout_ms`, takes over. B must start its call

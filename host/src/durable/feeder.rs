@@ -83,6 +83,9 @@ const MEASURE_LAG: Duration = Duration::from_secs(1);
 const REFUSED_RETRY: Duration = Duration::from_secs(5);
 /// What a feeder that takes over waits beyond the longest call.
 const TAKEOVER_MARGIN: Duration = Duration::from_secs(1);
+/// The longest takeover wait taken from the database (an hour): a value
+/// written there by hand cannot stall a subscriber for longer.
+const MAX_RECORDED_TAKEOVER_MS: i64 = 3_600_000;
 
 /// How failed calls are retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -498,6 +501,7 @@ impl Feed {
             measured: None,
             locked: false,
             lock_checked: Instant::now(),
+            recorded_takeover: Duration::ZERO,
         };
         let end = match session.open().await {
             Ok(()) => session.feed().await,
@@ -540,6 +544,8 @@ struct Session<'f> {
     /// When the lock was last found held: it is looked at again a
     /// heartbeat later, whatever the feeder is doing then.
     lock_checked: Instant,
+    /// The takeover wait recorded beside this feeder's claim.
+    recorded_takeover: Duration,
 }
 
 /// How the attempts at one event ended.
@@ -581,7 +587,6 @@ impl Session<'_> {
     /// wait out a feeder before this one that did not stop cleanly.
     async fn open(&mut self) -> Result<(), End> {
         schema::install(&mut self.client).await?;
-        let FeedSettings { longest_call, .. } = self.feed.spec.settings();
         // The feeder's queries are small and many: compiling one with JIT
         // (which a stale estimate of the outbox can trigger) costs more than
         // it ever saves. The server frees the lock of a connection that
@@ -589,8 +594,7 @@ impl Session<'_> {
         // call end; and (from PostgreSQL 14) that of a connection this host
         // dropped while a read waited, within a second, not at the end of
         // the wait.
-        let heartbeat = self.feed.spec.heartbeat;
-        let takeover = 2 * heartbeat + longest_call + TAKEOVER_MARGIN;
+        let takeover = self.takeover();
         let setup = format!(
             "SET jit = off; LISTEN {}; {};
              SELECT pg_catalog.set_config('client_connection_check_interval', '1000', false)
@@ -637,13 +641,16 @@ impl Session<'_> {
             }
         };
         self.saved.at = Some(self.at);
-        let (before, its_takeover) = self.claim(takeover).await?;
-        if let Some(before) = before.filter(|host| **host != *self.feed.spec.me) {
-            // That host finds its lock gone within two heartbeats and cuts
-            // its call short; the call then ends within the longest call,
-            // by that host's settings.
-            let wait = takeover.max(its_takeover.unwrap_or_default());
-            tracing::info!(subscriber = %self.id(), "the last feeder of this subscriber, {before}, did not stop cleanly: waiting {wait:?} for a call of it that may still run");
+        let (before, wait) = self.claim(takeover).await?;
+        self.recorded_takeover = takeover;
+        if !wait.is_zero() {
+            // A feeder that did not stop cleanly finds its lock gone within
+            // two heartbeats and cuts its call short; the call then ends
+            // within its longest call, by that host's settings. Whoever
+            // claimed since (this host before a reconnect, or one that
+            // stopped while it waited) waits for the same end.
+            let before = before.unwrap_or_else(|| "a feeder that stopped while it waited".into());
+            tracing::info!(subscriber = %self.id(), "a call of an earlier feeder of this subscriber ({before}) may still run: waiting {wait:.1?}");
             self.pause(wait).await?;
         }
         Ok(())
@@ -665,27 +672,66 @@ impl Session<'_> {
     }
 
     /// Record this host as feeding the subscriber, and how long one that
-    /// takes over from it must wait; who was recorded before (a feeder that
-    /// stopped cleanly leaves nobody), and that one's wait.
-    async fn claim(&self, takeover: Duration) -> Result<(Option<String>, Option<Duration>), End> {
+    /// takes over from it must wait. When the feeder recorded before did
+    /// not stop cleanly, a call of it may run for its own takeover wait
+    /// (or this host's, if longer): the end of that is recorded too, and
+    /// kept until it passes, whoever claims meanwhile. Who was recorded
+    /// before, and how long from now until that end.
+    async fn claim(&self, takeover: Duration) -> Result<(Option<String>, Duration), End> {
         let takeover_ms = i64::try_from(takeover.as_millis()).unwrap_or(i64::MAX);
         let row = self
             .client
             .query_opt(
-                "UPDATE pgnotifier.positions p SET fed_by = $2, takeover_ms = $3
-                   FROM (SELECT fed_by, takeover_ms FROM pgnotifier.positions
+                "UPDATE pgnotifier.positions p
+                    SET fed_by = $2, takeover_ms = $3,
+                        calls_end_by = CASE
+                            WHEN before.fed_by IS NULL OR before.fed_by = $2 THEN before.calls_end_by
+                            ELSE greatest(before.calls_end_by, pg_catalog.now()
+                                 + pg_catalog.make_interval(secs => greatest($3,
+                                       least(coalesce(before.takeover_ms, 0), $4)) / 1000.0))
+                        END
+                   FROM (SELECT fed_by, takeover_ms, calls_end_by FROM pgnotifier.positions
                           WHERE subscriber = $1 FOR UPDATE) before
                   WHERE p.subscriber = $1
-              RETURNING before.fed_by, before.takeover_ms",
-                &[&self.id(), &&*self.feed.spec.me, &takeover_ms],
+              RETURNING before.fed_by,
+                        (pg_catalog.date_part('epoch', greatest(p.calls_end_by - pg_catalog.now(),
+                                                                interval '0')) * 1000)::bigint
+                            AS wait_ms",
+                &[&self.id(), &&*self.feed.spec.me, &takeover_ms, &MAX_RECORDED_TAKEOVER_MS],
             )
             .await?;
         let Some(row) = row else {
-            return Ok((None, None));
+            return Ok((None, Duration::ZERO));
         };
-        let its_ms: Option<i64> = reader::column(&row, "takeover_ms")?;
-        let its_takeover = its_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
-        Ok((reader::column(&row, "fed_by")?, its_takeover))
+        let wait_ms: Option<i64> = reader::column(&row, "wait_ms")?;
+        let wait =
+            Duration::from_millis(wait_ms.and_then(|ms| u64::try_from(ms).ok()).unwrap_or(0));
+        Ok((reader::column(&row, "fed_by")?, wait))
+    }
+
+    /// Keep the recorded takeover wait true when a reload changed the
+    /// longest call.
+    async fn record_takeover_if_changed(&mut self) -> Result<(), End> {
+        let takeover = self.takeover();
+        if takeover == self.recorded_takeover {
+            return Ok(());
+        }
+        let takeover_ms = i64::try_from(takeover.as_millis()).unwrap_or(i64::MAX);
+        self.client
+            .execute(
+                "UPDATE pgnotifier.positions SET takeover_ms = $3 WHERE subscriber = $1 AND fed_by = $2",
+                &[&self.id(), &&*self.feed.spec.me, &takeover_ms],
+            )
+            .await?;
+        self.recorded_takeover = takeover;
+        Ok(())
+    }
+
+    /// How long a host that takes over from this feeder, were it to stop
+    /// uncleanly now, waits for a call of it that may still run.
+    fn takeover(&self) -> Duration {
+        let FeedSettings { longest_call, .. } = self.feed.spec.settings();
+        2 * self.feed.spec.heartbeat + longest_call + TAKEOVER_MARGIN
     }
 
     /// Write the position, record a clean stop and free the lock, when the
@@ -733,6 +779,7 @@ impl Session<'_> {
     async fn step(&mut self) -> Result<(), End> {
         self.check_running()?;
         self.check_lock_if_due().await?;
+        self.record_takeover_if_changed().await?;
         let Some(channels) = self.durable_channels() else {
             // Removed: the position stays for a subscriber of this id later.
             return Err(End::Stopped);

@@ -549,8 +549,12 @@ ALTER TABLE pgnotifier.commits DROP COLUMN durable;
 
 -- takeover_ms: how long a host that takes over from fed_by waits for a
 -- call of it that may still run (its heartbeats and longest call, by its
--- own settings, which the next host's may not match).
-ALTER TABLE pgnotifier.positions ADD COLUMN takeover_ms bigint;
+-- own settings, which the next host's may not match). calls_end_by: when
+-- a call of a feeder that did not stop cleanly has ended at the latest;
+-- every feeder that starts waits until then, whoever claimed since.
+ALTER TABLE pgnotifier.positions
+    ADD COLUMN takeover_ms bigint,
+    ADD COLUMN calls_end_by timestamptz;
 
 -- What a subscriber reads next, in one snapshot taken once the horizon is
 -- known: the horizon (and the WAL position up to which the events' commits
@@ -570,29 +574,16 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
 DECLARE
     last_stamp bigint;
     written pg_lsn;
-    look integer;
+    looked_at timestamptz;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
             current_setting('transaction_isolation') USING ERRCODE = '25000';
     END IF;
     last_stamp := pgnotifier.horizon(after_stamp);
-    -- Every commit waited for wrote its record before this point.
-    written := pg_current_wal_insert_lsn();
-    -- WAL past it is most often a transaction still in flight elsewhere,
-    -- whose own commit flushes it within a fraction of a millisecond:
-    -- look every 0.1 ms, for up to 1 ms, before the reader flushes.
-    FOR look IN 1..10 LOOP
-        EXIT WHEN pg_current_wal_flush_lsn() >= written;
-        PERFORM pg_sleep(0.0001);
-    END LOOP;
     RETURN QUERY
-    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
-           NULL::integer, NULL::uuid, NULL::bigint, NULL::text[],
-           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END
-    UNION ALL
-    (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
-            c.salt, NULL, NULL, NULL
+    (SELECT 'e'::"char", o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+            c.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
        FROM pgnotifier.commits c
        JOIN pgnotifier.outbox o ON o.txid = c.txid
       WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
@@ -622,6 +613,20 @@ BEGIN
            NULL
       FROM pgnotifier.gaps g
      WHERE g.subscriber = subscriber;
+    -- Every commit read above (the senders' and the prunes') wrote its
+    -- record before this point. WAL past it is most often a transaction in
+    -- flight, whose own commit flushes it within a fraction of a
+    -- millisecond: look for up to 1 ms (pg_sleep would round each look up
+    -- to a millisecond), then leave the flush to the reader.
+    written := pg_current_wal_insert_lsn();
+    looked_at := clock_timestamp();
+    WHILE pg_current_wal_flush_lsn() < written
+          AND clock_timestamp() < looked_at + interval '1 millisecond' LOOP
+    END LOOP;
+    RETURN QUERY
+    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
+           NULL::integer, NULL::uuid, NULL::bigint, NULL::text[],
+           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END;
 END
 $read$;
 "#,
