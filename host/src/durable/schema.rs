@@ -574,7 +574,7 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
 DECLARE
     last_stamp bigint;
     written pg_lsn;
-    looked_at timestamptz;
+    look integer;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
@@ -615,13 +615,13 @@ BEGIN
      WHERE g.subscriber = subscriber;
     -- Every commit read above (the senders' and the prunes') wrote its
     -- record before this point. WAL past it is most often a transaction in
-    -- flight, whose own commit flushes it within a fraction of a
-    -- millisecond: look for up to 1 ms (pg_sleep would round each look up
-    -- to a millisecond), then leave the flush to the reader.
+    -- flight, whose own commit flushes it within a millisecond: look twice
+    -- (a sleep of any length takes about a millisecond), then leave the
+    -- flush to the reader.
     written := pg_current_wal_insert_lsn();
-    looked_at := clock_timestamp();
-    WHILE pg_current_wal_flush_lsn() < written
-          AND clock_timestamp() < looked_at + interval '1 millisecond' LOOP
+    FOR look IN 1..2 LOOP
+        EXIT WHEN pg_current_wal_flush_lsn() >= written;
+        PERFORM pg_sleep(0.0001);
     END LOOP;
     RETURN QUERY
     SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
