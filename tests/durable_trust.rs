@@ -1246,18 +1246,13 @@ async fn takeover_waits_for_the_call_in_progress(name: &str, spin: u64, b_timeou
 /// the calls of the host that took over.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lock_lost_during_a_retry_backoff_ends_the_retry() {
-    use crate::support::proxy::InjectingProxy;
+    use crate::support::proxy::{url_of_via, InjectingProxy};
     logs::install();
     let (url, client) = fresh_database("lost_in_backoff").await;
     let role = "pgnotifier_test_host_in_backoff";
     host_a_url(&client, &url, role).await;
     let proxy = InjectingProxy::start(crate::support::proxy::database_target()).await;
-    let db: tokio_postgres::Config = url.parse().unwrap();
-    let proxied = format!(
-        "postgres://{role}@127.0.0.1:{}/{}?sslmode=disable",
-        proxy.port,
-        db.get_dbname().unwrap()
-    );
+    let proxied = url_of_via(&url, Some(role), proxy.port, "?sslmode=disable");
     let id = crate::support::channel("backoff");
     let backoff = Duration::from_secs(8);
     let a = notifier_on(&proxied);
@@ -1324,17 +1319,11 @@ fn sunk_lines(id: &str) -> Vec<String> {
 /// the lock again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_feed_lock_freed_between_short_calls_is_noticed() {
-    use crate::support::proxy::InjectingProxy;
+    use crate::support::proxy::{url_of_via, InjectingProxy};
     logs::install();
     let (url, client) = fresh_database("freed_between").await;
     let proxy = InjectingProxy::start(crate::support::proxy::database_target()).await;
-    let db: tokio_postgres::Config = url.parse().unwrap();
-    let proxied = format!(
-        "postgres://{}@127.0.0.1:{}/{}?sslmode=disable",
-        db.get_user().unwrap_or("postgres"),
-        proxy.port,
-        db.get_dbname().unwrap()
-    );
+    let proxied = url_of_via(&url, None, proxy.port, "?sslmode=disable");
     let calls: Calls = Default::default();
     let n = notifier_on(&proxied);
     n.subscribe(

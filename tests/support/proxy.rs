@@ -11,8 +11,14 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// The test database's URL through a proxy on `proxy_port`, with `query`.
 pub fn url_via(proxy_port: u16, query: &str) -> String {
-    let url: tokio_postgres::Config = super::database_url().parse().unwrap();
-    let user = url.get_user().unwrap_or("postgres");
+    url_of_via(super::database_url(), None, proxy_port, query)
+}
+
+/// `url`'s database through a proxy on `proxy_port`, as `user` (else
+/// `url`'s user), with `query` appended.
+pub fn url_of_via(url: &str, user: Option<&str>, proxy_port: u16, query: &str) -> String {
+    let url: tokio_postgres::Config = url.parse().unwrap();
+    let user = user.or(url.get_user()).unwrap_or("postgres");
     let db = url.get_dbname().unwrap_or(user);
     format!("postgres://{user}@127.0.0.1:{proxy_port}/{db}{query}")
 }
