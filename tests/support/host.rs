@@ -1,20 +1,18 @@
 //! The `pgnotifier` binary as a user runs it: `run` in the background with
 //! its log collected, and `ctl` against it.
 
+use super::process::Process;
 use super::wat::{Notify, WatPlugin};
 use super::{until, SOON};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pgnotifier");
 
 /// A running `pgnotifier run`, with its stderr collected line by line.
 pub struct Host {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
+    process: Process,
 }
 
 impl Host {
@@ -29,17 +27,8 @@ impl Host {
     }
 
     pub fn start(mut command: Command) -> Self {
-        command.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = command.spawn().expect("start pgnotifier");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let sink = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Self { child, lines }
+        let process = Process::spawn(&mut command).expect("start pgnotifier");
+        Self { process }
     }
 
     pub fn run(plugins: &Path, database_url: &str) -> Self {
@@ -59,7 +48,7 @@ impl Host {
     }
 
     pub fn output(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
+        self.process.output()
     }
 
     /// Wait for a line containing every one of `parts`.
@@ -71,11 +60,7 @@ impl Host {
     pub fn wait_for_within(&self, timeout: Duration, parts: &[&str]) -> String {
         let state = || format!("no line with {parts:?} in:\n{}", self.output());
         until(timeout, state, || {
-            let lines = self.lines.lock().unwrap();
-            lines
-                .iter()
-                .find(|l| parts.iter().all(|p| l.contains(p)))
-                .cloned()
+            self.process.lines_with(parts).into_iter().next()
         })
     }
 
@@ -87,39 +72,23 @@ impl Host {
 
     /// How many lines contain every one of `parts`.
     pub fn count(&self, parts: &[&str]) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| parts.iter().all(|p| l.contains(p)))
-            .count()
+        self.process.lines_with(parts).len()
     }
 
-    /// The process's peak resident memory, in bytes (`VmHWM`).
+    /// The process's peak resident memory, in bytes.
     pub fn peak_memory(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("read /proc/PID/status");
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/PID/status");
-        kib * 1024
+        self.process.memory("VmHWM").unwrap()
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args(["-s", name, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.process.signal(name);
     }
 
     /// Wait for exit; the exit status.
     pub fn wait(mut self) -> (std::process::ExitStatus, String) {
         let deadline = Instant::now() + SOON;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.exited() {
                 std::thread::sleep(Duration::from_millis(50)); // let the reader drain
                 return (status, self.output());
             }
@@ -138,13 +107,6 @@ impl Host {
         let (status, output) = self.wait();
         assert!(status.success(), "{status}\n{output}");
         output
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

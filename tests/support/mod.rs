@@ -8,6 +8,7 @@
 
 pub mod durable;
 pub mod host;
+pub mod process;
 pub mod proxy;
 pub mod wat;
 pub mod webhook;

@@ -11,14 +11,15 @@
 //! writes `target/bench.json`. Each figure is the median of `REPEATS` runs.
 //!
 //! Each section is a module under `suite/`; `processes` runs `pgnotifier run`
-//! and the bare loop as processes of their own. This file holds `main`, the
+//! as a process of its own, through the tests' `support/process.rs`. This file holds `main`, the
 //! bench's state and what the sections share.
 
 use out_of_process::STAMP_SQL;
 use pgnotifier::sandbox::SandboxSettings;
 use pgnotifier::{DatabaseSettings, Notifier, Payload, PayloadMode, Subscriber};
 use pgnotifier_app::local_pg;
-use processes::{RunHost, Watched, CLUSTER_N, CLUSTER_TAKEOVER_MS};
+use process::Process;
+use processes::{RunHost, CLUSTER_N, CLUSTER_TAKEOVER_MS};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,9 @@ mod memory;
 mod out_of_process;
 #[path = "suite/plugins.rs"]
 mod plugins;
+#[allow(dead_code)] // the tests read more of it than the bench
+#[path = "../../../tests/support/process.rs"]
+mod process;
 #[path = "suite/processes.rs"]
 mod processes;
 #[path = "suite/reconnect.rs"]

@@ -56,39 +56,29 @@ pub(crate) async fn run_and_measure_rss(
 ) -> anyhow::Result<f64> {
     let config = plugins.with_extension("toml");
     std::fs::write(&config, format!("cache_dir = \"{}\"\n", cache.display()))?;
-    let mut child = tokio::process::Command::new(pgnotifier_bin())
-        .args(["run", "--plugins"])
-        .arg(plugins)
-        .arg("--config")
-        .arg(&config)
-        .args(["--database-url", url])
-        .env("PGNOTIFIER_LOG", "warn")
-        .env("PGNOTIFIER_ADMIN_ADDR", "127.0.0.1:0")
-        .env("PGNOTIFIER_DATA_DIR", plugins.with_extension("data"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    let host = Process::spawn(
+        std::process::Command::new(pgnotifier_bin())
+            .args(["run", "--plugins"])
+            .arg(plugins)
+            .arg("--config")
+            .arg(&config)
+            .args(["--database-url", url])
+            .env("PGNOTIFIER_LOG", "warn")
+            .env("PGNOTIFIER_ADMIN_ADDR", "127.0.0.1:0")
+            .env("PGNOTIFIER_DATA_DIR", plugins.with_extension("data")),
+    )?;
     // Loaded when every plugin's worker thread exists; then let it settle.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count_threads(pid, "pgn:idle") < expected {
+    while count_threads(host.pid(), "pgn:idle") < expected {
         anyhow::ensure!(
             Instant::now() < deadline,
-            "pgnotifier did not load {expected} plugins"
+            "pgnotifier did not load {expected} plugins: {:?}",
+            host.last_lines(5)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))?;
-    child.kill().await?;
-    Ok(kb / 1024.0)
+    Ok(host.memory("VmRSS")? as f64 / (1024.0 * 1024.0))
 }
 
 pub(crate) fn count_threads(pid: u32, prefix: &str) -> usize {

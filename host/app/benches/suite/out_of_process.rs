@@ -5,7 +5,8 @@
 //! `/proc/PID/task/*/schedstat` (nanoseconds, every thread: the epoch
 //! ticker and the runtime's threads included).
 
-use super::{median, sent_at_rate, Bench, RunHost, Watched, REPEATS, ROW_CHANGE_SQL, ROW_KEY_SQL};
+use super::processes::wait_for;
+use super::{median, sent_at_rate, Bench, Process, RunHost, REPEATS, ROW_CHANGE_SQL, ROW_KEY_SQL};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -82,7 +83,7 @@ impl Report {
 /// A listening process: `pgnotifier run` or the bare loop.
 enum Listening {
     Host(RunHost),
-    Bare(Watched),
+    Bare(Process),
 }
 
 impl Listening {
@@ -103,19 +104,19 @@ impl Listening {
                 let plugin = ("stopwatch", bench.stopwatch.as_slice());
                 Self::Host(RunHost::start_with(bench, name, None, plugin, &config)?)
             }
-            Side::Bare => Self::Bare(Watched::spawn(
-                tokio::process::Command::new(std::env::current_exe()?)
+            Side::Bare => Self::Bare(Process::spawn(
+                std::process::Command::new(std::env::current_exe()?)
                     .env(BARE_URL, &bench.url)
                     .env(BARE_CHANNEL, channel)
                     .env(BARE_N, n.to_string())
                     .env(BARE_LATENCY, latency.to_string()),
             )?),
         };
-        listening.process().wait_for(LISTENING, 1).await?;
+        wait_for(listening.process(), LISTENING, 1).await?;
         Ok(listening)
     }
 
-    fn process(&self) -> &Watched {
+    fn process(&self) -> &Process {
         match self {
             Self::Host(host) => &host.process,
             Self::Bare(process) => process,
@@ -124,14 +125,14 @@ impl Listening {
 
     /// Wait for the `count`-th report.
     async fn report(&self, count: usize) -> anyhow::Result<Report> {
-        self.process().wait_for(REPORT, count).await?;
-        let lines = self.process().lines_with(REPORT);
+        wait_for(self.process(), REPORT, count).await?;
+        let lines = self.process().lines_with(&[REPORT]);
         Report::parse(&lines[count - 1])
     }
 
     /// CPU time the whole process has used, in seconds.
     fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let pid = self.process().pid()?;
+        let pid = self.process().pid();
         let mut ns = 0u64;
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
             // A thread may end between the listing and the read.

@@ -1,5 +1,5 @@
-//! `pgnotifier run` and the bare loop as processes of their own, and
-//! what they print.
+//! `pgnotifier run` as a process of its own (the tests' [`Process`]), and
+//! what it prints.
 
 use super::*;
 
@@ -9,7 +9,7 @@ pub(crate) const CLUSTER_N: usize = 100_000;
 /// `pgnotifier run` with one plugin, in a cluster or alone; SIGKILLed when
 /// dropped.
 pub(crate) struct RunHost {
-    pub(crate) process: Watched,
+    pub(crate) process: Process,
     data: PathBuf,
 }
 
@@ -57,8 +57,8 @@ impl RunHost {
         }
         let file = dir.join("pgnotifier.toml");
         std::fs::write(&file, settings)?;
-        let process = Watched::spawn(
-            tokio::process::Command::new(pgnotifier_bin())
+        let process = Process::spawn(
+            std::process::Command::new(pgnotifier_bin())
                 .args(["run", "--config"])
                 .arg(&file)
                 .env("PGNOTIFIER_LOG", "info"),
@@ -67,7 +67,7 @@ impl RunHost {
     }
 
     pub(crate) async fn wait_for(&self, text: &str) -> anyhow::Result<()> {
-        self.process.wait_for(text, 1).await
+        wait_for(&self.process, text, 1).await
     }
 
     /// Events/s from the commit of one transaction of [`CLUSTER_N`]
@@ -109,66 +109,16 @@ impl RunHost {
     }
 }
 
-/// A child process whose standard error is kept line by line; SIGKILLed
-/// when dropped.
-pub(crate) struct Watched {
-    child: tokio::process::Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Watched {
-    pub(crate) fn spawn(command: &mut tokio::process::Command) -> anyhow::Result<Self> {
-        let mut child = command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()?;
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-        let sink = lines.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncBufReadExt;
-            let mut reader = tokio::io::BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if let Ok(mut lines) = sink.lock() {
-                    lines.push(line);
-                }
-            }
-        });
-        Ok(Self { child, lines })
+/// Wait (up to two minutes) until `count` lines of `process` hold `text`.
+pub(crate) async fn wait_for(process: &Process, text: &str, count: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while process.lines_with(&[text]).len() < count {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no {count} lines with {text:?}; the last lines: {:?}",
+            process.last_lines(5)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-
-    pub(crate) fn pid(&self) -> anyhow::Result<u32> {
-        self.child
-            .id()
-            .ok_or_else(|| anyhow::anyhow!("the process has exited"))
-    }
-
-    /// The lines so far that hold `text`.
-    pub(crate) fn lines_with(&self, text: &str) -> Vec<String> {
-        self.lines
-            .lock()
-            .map(|lines| lines.iter().filter(|l| l.contains(text)).cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// Wait (up to two minutes) until `count` lines hold `text`.
-    pub(crate) async fn wait_for(&self, text: &str, count: usize) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.lines_with(text).len() < count {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "no {count} lines with {text:?}; the last lines: {:?}",
-                self.lines
-                    .lock()
-                    .map(|l| l.iter().rev().take(5).cloned().collect::<Vec<_>>())
-                    .unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(())
-    }
+    Ok(())
 }
