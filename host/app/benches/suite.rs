@@ -87,6 +87,63 @@ fn sent_at_rate(rate: u32, seconds: f64) -> usize {
     (rate as f64 * seconds / SENDERS as f64) as usize * SENDERS as usize
 }
 
+/// Run `task` on a thread of its own with a current-thread runtime, as the
+/// bare loops run: one thread, one connection, the least a listener can
+/// spend (a task on the bench's multi-thread runtime would spend more, on
+/// wake-ups across threads). Its result comes back through the receiver.
+fn on_own_thread<T, F>(
+    task: impl FnOnce() -> F + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<anyhow::Result<T>>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| runtime.block_on(task()));
+        let _ = result_tx.send(result);
+    });
+    result_rx
+}
+
+/// On a current-thread runtime: connect to `url`, LISTEN `channel` (saying
+/// so on `listening`), and hand each notification, as it arrives, to
+/// `receive` until it returns a result.
+async fn bare_listen<T>(
+    url: &str,
+    channel: &str,
+    listening: tokio::sync::oneshot::Sender<anyhow::Result<()>>,
+    mut receive: impl FnMut(&tokio_postgres::Notification) -> Option<T>,
+) -> anyhow::Result<T> {
+    let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
+    let listen = format!("LISTEN {channel}");
+    // Keeps the client, and so the connection, alive.
+    let listen = tokio::spawn(async move {
+        let listened = client.batch_execute(&listen).await;
+        let _ = listening.send(listened.map_err(Into::into));
+        std::future::pending::<()>().await;
+        drop(client);
+    });
+    let result = loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(AsyncMessage::Notification(n))) => {
+                if let Some(result) = receive(&n) {
+                    break Ok(result);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break Err(e.into()),
+            None => break Err(anyhow::anyhow!("the bare loop's connection closed")),
+        }
+    };
+    listen.abort();
+    result
+}
+
 /// What most users send, about 200 bytes: a key and a few fields, with the
 /// spaces `json_build_object` writes.
 const ROW_KEY_SQL: &str = "json_build_object('table', 'orders', 'op', 'UPDATE', 'id', i, 'status', 'paid', 'total', 42.5 + i % 10, 'customer_id', 4000 + i % 977, 'at', '2026-12-02T10:00:00.123456+00:00', 'by', 'checkout-service', 'region', 'eu-west-1')::text";

@@ -122,28 +122,21 @@ impl Bench {
         produce: &str,
         n: usize,
     ) -> anyhow::Result<f64> {
-        let (listener, mut connection) = tokio_postgres::connect(&self.url, NoTls).await?;
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Duration>();
-        tokio::spawn(async move {
-            let mut done = Some(done_tx);
-            let mut received = 0;
-            let mut first = None;
-            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                if let Ok(AsyncMessage::Notification(_)) = message {
-                    let first = *first.get_or_insert_with(Instant::now);
-                    received += 1;
-                    if received == n {
-                        if let Some(tx) = done.take() {
-                            let _ = tx.send(first.elapsed());
-                        }
-                    }
-                }
-            }
+        let (listening_tx, listening) = tokio::sync::oneshot::channel();
+        let (url, channel) = (self.url.clone(), channel.to_owned());
+        let done = on_own_thread(move || async move {
+            let (mut received, mut first) = (0, None);
+            bare_listen(&url, &channel, listening_tx, |_| {
+                let first = *first.get_or_insert_with(Instant::now);
+                received += 1;
+                (received == n).then(|| first.elapsed())
+            })
+            .await
         });
-        listener.batch_execute(&format!("LISTEN {channel}")).await?;
+        listening.await??;
         let producer = self.client().await?;
         producer.execute(produce, &[]).await?;
-        let took = tokio::time::timeout(Duration::from_secs(120), done_rx).await??;
+        let took = tokio::time::timeout(Duration::from_secs(120), done).await???;
         Ok(took.as_secs_f64().max(1e-6))
     }
 

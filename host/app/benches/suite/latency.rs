@@ -74,33 +74,28 @@ impl Bench {
         channel: &str,
         rate: u32,
     ) -> anyhow::Result<(f64, f64)> {
-        let (listener, mut connection) = tokio_postgres::connect(&self.url, NoTls).await?;
-        let samples = Arc::new(Mutex::new(Vec::with_capacity(rate as usize * 3)));
-        let sink = samples.clone();
-        tokio::spawn(async move {
-            while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                if let Ok(AsyncMessage::Notification(n)) = message {
-                    let now = now_micros();
-                    if let (Ok(sent), Ok(mut s)) = (n.payload().parse::<i64>(), sink.lock()) {
-                        s.push((now - sent) as f64 / 1000.0);
-                    }
+        let expected = sent_at_rate(rate, 2.0);
+        let (listening_tx, listening) = tokio::sync::oneshot::channel();
+        let (url, listened) = (self.url.clone(), channel.to_owned());
+        let received = on_own_thread(move || async move {
+            let mut samples = Vec::with_capacity(expected);
+            bare_listen(&url, &listened, listening_tx, |n| {
+                let now = now_micros();
+                if let Ok(sent) = n.payload().parse::<i64>() {
+                    samples.push((now - sent) as f64 / 1000.0);
                 }
-            }
+                (samples.len() == expected).then(|| std::mem::take(&mut samples))
+            })
+            .await
         });
-        listener.batch_execute(&format!("LISTEN {channel}")).await?;
+        listening.await??;
         let sent = self
             .send_at_rate(channel, rate, &format!("{STAMP_SQL}::text"), 2.0)
             .await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while samples.lock().map(|s| s.len()).unwrap_or(0) < sent && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let mut all = samples.lock().map(|s| s.clone()).unwrap_or_default();
-        anyhow::ensure!(
-            all.len() == sent,
-            "bare loop received {} of {sent}",
-            all.len()
-        );
+        anyhow::ensure!(sent == expected, "sent {sent}, not {expected}");
+        let mut all = tokio::time::timeout(Duration::from_secs(30), received)
+            .await
+            .map_err(|_| anyhow::anyhow!("the bare loop did not receive all {sent}"))???;
         Ok(percentiles(&mut all))
     }
 
