@@ -224,6 +224,7 @@ impl NotifierBuilder {
             self.outbox_retention,
             cluster.watch_dispatching(),
             heartbeat,
+            self.sandbox.max_payload_bytes,
         ));
         let plugins = PluginSync::new(
             registry.clone(),

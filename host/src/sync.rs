@@ -22,8 +22,8 @@ pub(crate) fn bump(counter: &AtomicU64, by: u64) {
 }
 
 /// The clock of the dispatch path: the CPU's time-stamp counter where it
-/// is reliable (a read costs about 9 ns here, a third of `Instant::now`),
-/// else the OS's monotonic clock. Readings are raw; [`quanta::Clock::delta_as_nanos`]
+/// is reliable (a read costs a fraction of `Instant::now`), else the OS's
+/// monotonic clock. Readings are raw; [`quanta::Clock::delta_as_nanos`]
 /// turns two into a duration. The first call calibrates the counter against
 /// the OS's clock, spinning for up to 200 ms: `Notifier::start` makes it.
 pub(crate) fn clock() -> &'static quanta::Clock {

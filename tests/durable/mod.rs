@@ -2,6 +2,7 @@
 //! schema is one per database; the harness is in `support::durable`.
 
 mod delivery;
+mod payloads;
 mod reader;
 mod schema;
 mod streams;

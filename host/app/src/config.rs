@@ -41,6 +41,8 @@ pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     /// How long an outbox event is kept at most: `"7d"` unless set.
     pub outbox_retention: Option<String>,
+    /// The largest payload `pgnotifier.send` accepts (default 1 MiB).
+    pub max_payload_bytes: Option<u64>,
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
@@ -107,6 +109,15 @@ impl ConfigFile {
 }
 
 impl ConfigFile {
+    /// `max_payload_bytes` (default 1 MiB), checked: from 8000 bytes, what
+    /// `pg_notify` takes, to 256 MiB.
+    pub fn max_payload_bytes(&self) -> Result<u32, ConfigError> {
+        let bytes = (self.max_payload_bytes)
+            .unwrap_or(u64::from(pgnotifier::sandbox::DEFAULT_MAX_PAYLOAD_BYTES));
+        check_range("max_payload_bytes", bytes, 8000, 256 << 20)?;
+        Ok(bytes as u32)
+    }
+
     /// `drain_timeout_ms` (default 10 s), checked.
     pub fn drain_timeout(&self) -> Result<Duration, ConfigError> {
         let ms = self.drain_timeout_ms.unwrap_or(10_000);
@@ -439,9 +450,28 @@ mod tests {
             file.outbox_retention().unwrap(),
             Some(pgnotifier::durable::DEFAULT_RETENTION)
         );
+        assert_eq!(
+            file.max_payload_bytes().unwrap(),
+            pgnotifier::sandbox::DEFAULT_MAX_PAYLOAD_BYTES
+        );
         DatabaseSettings::from_url(file.database_url.as_deref().unwrap()).unwrap();
         let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();
         assert_eq!(control.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
+    }
+
+    #[test]
+    fn max_payload_bytes_runs_from_what_pg_notify_takes_to_256_mib() {
+        let bytes = |text: &str| {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            file.max_payload_bytes().map_err(|e| e.to_string())
+        };
+        assert_eq!(bytes(""), Ok(1 << 20));
+        assert_eq!(bytes("max_payload_bytes = 8000"), Ok(8000));
+        assert_eq!(
+            bytes("max_payload_bytes = 7999"),
+            Err("max_payload_bytes: 7999 is outside 8000..=268435456".to_owned())
+        );
+        assert!(bytes("max_payload_bytes = 268435457").is_err());
     }
 
     #[test]

@@ -57,6 +57,7 @@ impl Settings {
         file.query_pool_size()?;
         file.watch_debounce()?;
         file.outbox_retention()?;
+        file.max_payload_bytes()?;
         file.cluster()?;
         Ok(Self {
             connection: file.connection_settings()?,
@@ -91,7 +92,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // default action (SIGHUP's would end the process).
     let mut signals = Signals::new()?;
     let mut settings = Settings::resolve(&options)?;
-    let mut sandbox = SandboxSettings::default();
+    let mut sandbox = SandboxSettings {
+        max_payload_bytes: settings.file.max_payload_bytes()?,
+        ..SandboxSettings::default()
+    };
     if let Some(dir) = &settings.file.cache_dir {
         sandbox.cache_dir = Some(dir.clone());
     }
@@ -220,6 +224,10 @@ async fn reload(
         (
             "outbox_retention",
             old.outbox_retention != new.outbox_retention,
+        ),
+        (
+            "max_payload_bytes",
+            old.max_payload_bytes != new.max_payload_bytes,
         ),
         ("cluster", old.cluster != new.cluster),
         (

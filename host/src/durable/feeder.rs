@@ -171,6 +171,9 @@ pub(crate) struct Feeders {
     heartbeat: Duration,
     /// This process, as a feeder records itself in `positions.fed_by`.
     me: Arc<str>,
+    /// The largest payload `pgnotifier.send` accepts, written to the
+    /// database as each feeder starts.
+    max_payload_bytes: u32,
 }
 
 impl Feeders {
@@ -180,6 +183,7 @@ impl Feeders {
         retention: Duration,
         dispatching: watch::Receiver<bool>,
         heartbeat: Duration,
+        max_payload_bytes: u32,
     ) -> Self {
         Self {
             database,
@@ -191,6 +195,7 @@ impl Feeders {
             dispatching,
             heartbeat,
             me: advisory::new_holder_name().into(),
+            max_payload_bytes,
         }
     }
 
@@ -253,6 +258,7 @@ impl Feeders {
             counters: Arc::default(),
             heartbeat: self.heartbeat,
             me: self.me.clone(),
+            max_payload_bytes: self.max_payload_bytes,
         };
         let feeder = Feeder {
             settings: spec.settings.clone(),
@@ -334,6 +340,7 @@ struct FeedSpec {
     counters: Arc<FeedCounters>,
     heartbeat: Duration,
     me: Arc<str>,
+    max_payload_bytes: u32,
 }
 
 /// The name of `subscriber`'s feed lock: one feeder holds it at a time.
@@ -587,6 +594,7 @@ impl Session<'_> {
     /// wait out a feeder before this one that did not stop cleanly.
     async fn open(&mut self) -> Result<(), End> {
         schema::install(&mut self.client).await?;
+        schema::set_max_payload_bytes(&self.client, self.feed.spec.max_payload_bytes).await?;
         // The feeder's queries are small and many: compiling one with JIT
         // (which a stale estimate of the outbox can trigger) costs more than
         // it ever saves. The server frees the lock of a connection that

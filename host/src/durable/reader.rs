@@ -148,10 +148,16 @@ pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 const READ: &str = "
 SELECT kind, id, stamp, channel, payload, sent_at, pid, pg_catalog.uuid_send(salt) AS salt,
        events, gap_channels, flush_to
-  FROM pgnotifier.read_batch($1, $2, $3, $4, $5)";
+  FROM pgnotifier.read_batch($1, $2, $3, $4, $5, $6)";
+
+/// How many bytes of payloads one read brings at most (the first event
+/// always comes, whatever its size): payloads may be large, and a batch
+/// is held in memory until it is delivered.
+pub const READ_BYTES: i64 = 16 << 20;
 
 /// What `subscriber` reads next after `after` on `channels`: at most
-/// `limit` events in order, and the gaps pruning left it.
+/// `limit` events in order (fewer when their payloads pass
+/// [`READ_BYTES`]), and the gaps pruning left it.
 pub async fn read(
     client: &tokio_postgres::Client,
     subscriber: &str,
@@ -163,13 +169,22 @@ pub async fn read(
     let rows = client
         .query(
             READ,
-            &[&subscriber, &after.stamp, &after.id, &channels, &limit32],
+            &[
+                &subscriber,
+                &after.stamp,
+                &after.id,
+                &channels,
+                &limit32,
+                &READ_BYTES,
+            ],
         )
         .await?;
     let mut horizon = after.stamp;
     let mut flush_to = None;
     let mut events = Vec::new();
     let mut gaps = Vec::new();
+    // The first event past the byte budget: the read stops before it.
+    let mut over_budget: Option<Position> = None;
     for row in &rows {
         match column::<i8>(row, "kind")? as u8 {
             b'h' => {
@@ -177,6 +192,13 @@ pub async fn read(
                 flush_to = column(row, "flush_to")?;
             }
             b'e' => events.push(event(row)?),
+            b'o' => {
+                let at = Position {
+                    stamp: column(row, "stamp")?,
+                    id: column(row, "id")?,
+                };
+                over_budget = Some(over_budget.map_or(at, |first| first.min(at)));
+            }
             _ => {
                 let gap = PrunedGap {
                     id: column(row, "id")?,
@@ -192,9 +214,16 @@ pub async fn read(
         }
     }
     events.sort_unstable_by_key(Event::position);
+    if let Some(first) = over_budget {
+        events.retain(|e| e.position() < first);
+    }
     events.truncate(limit.max(1));
-    let covered = match events.last() {
-        Some(last) if events.len() >= limit.max(1) => last.position(),
+    // A read cut short (by the count or the bytes) covers what it returned;
+    // one that was not, everything committed up to the horizon.
+    let covered = match (events.last(), over_budget) {
+        (Some(last), _) if events.len() >= limit.max(1) => last.position(),
+        (Some(last), Some(_)) => last.position(),
+        (None, Some(_)) => after,
         _ => Position::after_stamp(horizon).max(after),
     };
     gaps.sort_unstable_by_key(|g| g.id);

@@ -19,8 +19,9 @@
 //!   NAME/GROUP', 0)`, `hashtextextended('pgnotifier feed ID', 0)`).
 //!
 //! `send` keeps `pg_notify`'s semantics: the event exists only if the
-//! transaction commits, and an empty or too long channel name, or a payload
-//! of 8000 bytes or more, is refused with `pg_notify`'s own words. It wakes
+//! transaction commits, and an empty or too long channel name is refused
+//! with `pg_notify`'s own words. A payload may be as large as
+//! `pgnotifier.limits.max_payload_bytes`, which the host writes. It wakes
 //! the host with a plain NOTIFY on [`WAKE_CHANNEL`] whose payload is the
 //! event's channel: PostgreSQL folds identical notifications of one
 //! transaction, so a batch of sends wakes the host once per channel.
@@ -34,7 +35,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 8] = [
+const MIGRATIONS: [&str; 9] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -630,6 +631,189 @@ BEGIN
 END
 $read$;
 "#,
+    // 9: payloads up to max_payload_bytes, which the host writes here;
+    // notify_row within it, whatever the row's size; reads bounded in bytes.
+    r#"
+CREATE TABLE pgnotifier.limits (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    max_payload_bytes integer NOT NULL DEFAULT 1048576
+        CHECK (max_payload_bytes BETWEEN 8000 AND 268435456)
+);
+INSERT INTO pgnotifier.limits DEFAULT VALUES;
+
+CREATE OR REPLACE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+    sender text := pg_current_xact_id()::text;
+    -- Undone with a savepoint rolled back, as the event it marks is.
+    first_event boolean := current_setting('pgnotifier.stamping', true) IS DISTINCT FROM sender;
+    bytes integer := octet_length(coalesce(payload, ''));
+    max_bytes integer;
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    -- Most payloads are small: the limit is looked up only past the least it can be.
+    IF bytes > 8000 THEN
+        SELECT l.max_payload_bytes INTO max_bytes FROM pgnotifier.limits l;
+        IF bytes > coalesce(max_bytes, 8000) THEN
+            RAISE EXCEPTION 'pgnotifier.send: a payload of % bytes is over max_payload_bytes (%)',
+                bytes, coalesce(max_bytes, 8000)
+                USING ERRCODE = '22023',
+                      HINT = 'Raise max_payload_bytes in the host''s configuration, or send a key and let the subscriber read the rest.';
+        END IF;
+    END IF;
+    INSERT INTO pgnotifier.outbox (channel, payload, first_in_transaction)
+        VALUES (channel, coalesce(payload, ''), first_event) RETURNING id INTO event_id;
+    IF first_event THEN
+        PERFORM set_config('pgnotifier.stamping', sender, true);
+    END IF;
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$send$;
+
+-- A row change over max_payload_bytes goes as its key columns (the primary
+-- key, else the replica identity index; none without either) and
+-- "truncated": true, so a large row never fails the writer's transaction.
+CREATE OR REPLACE FUNCTION pgnotifier.notify_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $notify_row$
+DECLARE
+    event jsonb;
+    payload text;
+    max_bytes integer;
+    key_columns text[];
+BEGIN
+    IF TG_NARGS <> 1 OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'pgnotifier.notify_row is a row trigger with one argument, the channel: EXECUTE FUNCTION pgnotifier.notify_row(''orders'')'
+            USING ERRCODE = '22023';
+    END IF;
+    event := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME);
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        event := event || jsonb_build_object('new', to_jsonb(NEW));
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        event := event || jsonb_build_object('old', to_jsonb(OLD));
+    END IF;
+    payload := event::text;
+    IF octet_length(payload) > 8000 THEN
+        SELECT l.max_payload_bytes INTO max_bytes FROM pgnotifier.limits l;
+        IF octet_length(payload) > coalesce(max_bytes, 8000) THEN
+            key_columns := ARRAY(
+                SELECT a.attname
+                  FROM (SELECT i.indkey FROM pg_index i
+                         WHERE i.indrelid = TG_RELID AND (i.indisprimary OR i.indisreplident)
+                         ORDER BY i.indisprimary DESC LIMIT 1) k
+                  JOIN pg_attribute a ON a.attrelid = TG_RELID AND a.attnum = ANY (k.indkey::int2[])
+                 ORDER BY array_position(k.indkey::int2[], a.attnum));
+            event := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA,
+                                        'table', TG_TABLE_NAME, 'truncated', true);
+            IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                event := event || jsonb_build_object('new', (
+                    SELECT coalesce(jsonb_object_agg(c, to_jsonb(NEW) -> c), '{}')
+                      FROM unnest(key_columns) c));
+            END IF;
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                event := event || jsonb_build_object('old', (
+                    SELECT coalesce(jsonb_object_agg(c, to_jsonb(OLD) -> c), '{}')
+                      FROM unnest(key_columns) c));
+            END IF;
+            payload := event::text;
+        END IF;
+    END IF;
+    PERFORM pgnotifier.send(TG_ARGV[0], payload);
+    RETURN NULL;
+END
+$notify_row$;
+
+-- read_batch as in version 8, with a budget in bytes: an event whose
+-- payload starts past max_bytes, in the order read, comes as kind 'o'
+-- without its payload, and the reader stops before it. The first event
+-- always comes whole, so every read moves on.
+DROP FUNCTION pgnotifier.read_batch(text, bigint, bigint, text[], integer);
+CREATE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
+                                      channels text[], max_events integer, max_bytes bigint)
+RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
+               sent_at timestamptz, pid integer, salt uuid,
+               events bigint, gap_channels text[], flush_to pg_lsn)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
+#variable_conflict use_variable
+DECLARE
+    last_stamp bigint;
+    written pg_lsn;
+    look integer;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
+    last_stamp := pgnotifier.horizon(after_stamp);
+    RETURN QUERY
+    WITH found AS (
+        (SELECT 'e'::"char", o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+           FROM pgnotifier.commits c
+           JOIN pgnotifier.outbox o ON o.txid = c.txid
+          WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
+          ORDER BY o.id
+          LIMIT max_events)
+        UNION ALL
+        (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL, NULL, NULL
+           FROM pgnotifier.commits c
+          CROSS JOIN LATERAL (
+                SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
+                  FROM pgnotifier.outbox e
+                 WHERE e.txid = c.txid AND e.channel = ANY (channels)
+                 ORDER BY e.id
+                 LIMIT max_events) o
+          WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
+          ORDER BY c.stamp, o.id
+          LIMIT max_events)
+    ), sized AS (
+        SELECT f.*, coalesce(sum(octet_length(f.payload)) OVER (
+                   ORDER BY f.stamp, f.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                   AS bytes_before
+          FROM found f
+    )
+    SELECT CASE WHEN z.bytes_before < max_bytes THEN 'e'::"char" ELSE 'o'::"char" END,
+           z.id, z.stamp, z.channel,
+           CASE WHEN z.bytes_before < max_bytes THEN z.payload END,
+           z.sent_at, z.pid, z.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+      FROM sized z
+    UNION ALL
+    SELECT 'g', g.id, NULL, NULL, NULL, g.first_sent_at, NULL, NULL,
+           CASE WHEN g.stamps IS NULL THEN g.events
+                ELSE (SELECT count(*) FROM unnest(g.stamps, g.ids) u(s, i)
+                       WHERE (u.s, u.i) > (after_stamp, after_id)) END,
+           CASE WHEN g.stamps IS NULL THEN g.channels
+                ELSE ARRAY(SELECT DISTINCT u.c FROM unnest(g.stamps, g.ids, g.event_channels) u(s, i, c)
+                            WHERE (u.s, u.i) > (after_stamp, after_id) ORDER BY 1) END,
+           NULL
+      FROM pgnotifier.gaps g
+     WHERE g.subscriber = subscriber;
+    -- Every commit read above (the senders' and the prunes') wrote its
+    -- record before this point. WAL past it is most often a transaction in
+    -- flight, whose own commit flushes it within a millisecond: look twice
+    -- (a sleep of any length takes about a millisecond), then leave the
+    -- flush to the reader.
+    written := pg_current_wal_insert_lsn();
+    FOR look IN 1..2 LOOP
+        EXIT WHEN pg_current_wal_flush_lsn() >= written;
+        PERFORM pg_sleep(0.0001);
+    END LOOP;
+    RETURN QUERY
+    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
+           NULL::integer, NULL::uuid, NULL::bigint, NULL::text[],
+           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END;
+END
+$read$;
+"#,
 ];
 
 /// What every install runs first: the schema and its version table.
@@ -706,6 +890,24 @@ pub async fn migrate(
         from: found,
         to: target.max(found),
     })
+}
+
+/// Let `pgnotifier.send` accept payloads up to `bytes` (from 8000 to 256
+/// MiB). Every host writes its own setting as it starts feeding: give every
+/// host of a database the same.
+pub async fn set_max_payload_bytes(
+    client: &tokio_postgres::Client,
+    bytes: u32,
+) -> Result<(), SchemaError> {
+    let bytes = i32::try_from(bytes.clamp(8000, 256 << 20)).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "UPDATE pgnotifier.limits SET max_payload_bytes = $1
+              WHERE max_payload_bytes IS DISTINCT FROM $1",
+            &[&bytes],
+        )
+        .await?;
+    Ok(())
 }
 
 /// The whole install as one SQL script, for a DBA to review and run

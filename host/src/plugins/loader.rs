@@ -7,8 +7,9 @@
 use super::settings::{Sidecar, SubscriberSettings};
 use crate::capabilities::{CapabilityError, Grants, PluginCapabilities};
 use crate::channel;
+use crate::durable::DeliveryMode;
 use crate::registry::SubscriberSource;
-use crate::sandbox::{LoadError, Sandbox, WasmSubscriber};
+use crate::sandbox::{LoadError, Sandbox, WasmSubscriber, PAYLOADS_IN_MEMORY};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,6 +148,28 @@ pub fn subscriber_id(path: &Path) -> Result<Arc<str>, LoadError> {
     Ok(stem.into())
 }
 
+/// An at-least-once plugin is handed events up to `max_payload_bytes`: its
+/// memory cap must hold [`PAYLOADS_IN_MEMORY`] of them, or the first large
+/// event would fail every retry and be dead-lettered.
+fn check_room_for_payloads(
+    path: &Path,
+    memory_bytes: usize,
+    max_payload_bytes: u32,
+) -> std::result::Result<(), LoadError> {
+    let needed = PAYLOADS_IN_MEMORY.saturating_mul(max_payload_bytes as usize);
+    if memory_bytes >= needed {
+        return Ok(());
+    }
+    Err(LoadError::new(
+        path,
+        format!(
+            "memory_mib = {} is too small for at-least-once delivery with max_payload_bytes = {max_payload_bytes}: give the plugin at least {} MiB (memory_mib in its sidecar)",
+            memory_bytes >> 20,
+            needed.div_ceil(1 << 20)
+        ),
+    ))
+}
+
 /// Compile, instantiate and register one plugin, with its sidecar.
 /// Blocking: call it off the async runtime.
 pub(crate) fn load(
@@ -167,6 +190,13 @@ pub(crate) fn load(
         None => None,
     };
     let (sidecar, settings) = sidecar.unwrap_or_else(|| (Sidecar::default(), defaults));
+    if let DeliveryMode::AtLeastOnce(_) = settings.delivery {
+        check_room_for_payloads(
+            path,
+            settings.plugin.memory_bytes,
+            sandbox.max_payload_bytes(),
+        )?;
+    }
     let grant_error = |e: CapabilityError| {
         let sidecar_path = files.sidecar.as_ref().map(|(p, _)| p.as_path());
         LoadError::new(

@@ -29,8 +29,8 @@ use wasmtime::component::{Component, ComponentExportIndex, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How often the engine's epoch advances; deadlines are rounded up to it.
-/// Each tick wakes a thread, busy or idle (about 20 µs of CPU on a small
-/// VM), so it is as coarse as a deadline can bear.
+/// Each tick wakes a thread, busy or idle, and costs CPU whether or not a
+/// call runs, so it is as coarse as a deadline can bear.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Why a plugin could not be loaded. Always names the file. Printed with
@@ -70,13 +70,25 @@ pub struct SandboxSettings {
     pub cache_dir: Option<PathBuf>,
     /// How many instances the pooling allocator reserves room for.
     pub max_instances: u32,
+    /// The largest payload `pgnotifier.send` accepts, and so the largest a
+    /// plugin is handed; an at-least-once plugin's memory must hold a few.
+    pub max_payload_bytes: u32,
 }
+
+/// `max_payload_bytes` unless set: 1 MiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: u32 = 1 << 20;
+
+/// How many payloads of `max_payload_bytes` an at-least-once plugin's
+/// memory must hold: the payload as the guest receives it, its decoded
+/// copy, and room for the plugin's own work.
+pub const PAYLOADS_IN_MEMORY: usize = 4;
 
 impl Default for SandboxSettings {
     fn default() -> Self {
         Self {
             cache_dir: default_cache_dir(),
             max_instances: 1000,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -138,6 +150,8 @@ pub struct Sandbox {
     pool: Option<Arc<CapabilityPool>>,
     /// How capabilities behave for `pgnotifier call`; the host's by default.
     offline: Offline,
+    /// The largest payload a plugin is handed ([`SandboxSettings`]).
+    max_payload_bytes: u32,
 }
 
 impl Sandbox {
@@ -214,7 +228,13 @@ impl Sandbox {
             ticker_stop,
             pool: capability_pool,
             offline,
+            max_payload_bytes: config.max_payload_bytes,
         }))
+    }
+
+    /// The largest payload a plugin is handed.
+    pub fn max_payload_bytes(&self) -> u32 {
+        self.max_payload_bytes
     }
 
     /// Compile and link a plugin's bytes; `path` names it in errors. Compiled
