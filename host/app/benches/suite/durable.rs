@@ -2,6 +2,12 @@
 
 use super::*;
 
+/// A payload as an event per row counter `i`: its number.
+const SMALL: &str = "i::text";
+
+/// About 1 MB of JSON, under the default `max_payload_bytes` (1 MiB).
+const LARGE: &str = "json_build_object('i', i, 'body', repeat('x', 1000000))::text";
+
 impl Bench {
     /// Durable delivery: events through `pgnotifier.send` to an at-least-once
     /// subscriber, beside what PostgreSQL accepts through `send` alone and
@@ -15,11 +21,15 @@ impl Bench {
             for round in 0..REPEATS {
                 let tag = format!("bench_durable_{per_tx}_{round}_{}", std::process::id());
                 let started = Instant::now();
-                self.produce("pgnotifier.send", &format!("{tag}_alone"), per_tx, events)
+                let alone = format!("{tag}_alone");
+                self.produce("pgnotifier.send", &alone, per_tx, events, SMALL)
                     .await?;
                 accepted.push(events as f64 / started.elapsed().as_secs_f64());
-                durable.push(self.durable_rate(&tag, per_tx, events, true).await?);
-                plain.push(self.durable_rate(&tag, per_tx, events, false).await?);
+                durable.push(self.durable_rate(&tag, per_tx, events, true, SMALL).await?);
+                plain.push(
+                    self.durable_rate(&tag, per_tx, events, false, SMALL)
+                        .await?,
+                );
             }
             let (accepted, durable, plain) = (
                 median(&mut accepted),
@@ -39,6 +49,7 @@ impl Bench {
                 &[("durable_per_s", durable), ("accepted_per_s", accepted), ("plain_per_s", plain)],
             );
         }
+        self.durable_large().await?;
         let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
         for round in 0..REPEATS {
             let tag = format!("bench_durable_latency_{round}_{}", std::process::id());
@@ -62,20 +73,49 @@ impl Bench {
         Ok(())
     }
 
+    /// Events of about 1 MB, one per transaction: what `send` accepts alone
+    /// and what reaches the noop Rust plugin, in events and megabytes a second.
+    async fn durable_large(&mut self) -> anyhow::Result<()> {
+        let events = 200;
+        let (mut accepted, mut durable) = (Vec::new(), Vec::new());
+        for round in 0..REPEATS {
+            let tag = format!("bench_durable_large_{round}_{}", std::process::id());
+            let started = Instant::now();
+            self.produce("pgnotifier.send", &format!("{tag}_alone"), 1, events, LARGE)
+                .await?;
+            accepted.push(events as f64 / started.elapsed().as_secs_f64());
+            durable.push(self.durable_rate(&tag, 1, events, true, LARGE).await?);
+        }
+        let (accepted, durable) = (median(&mut accepted), median(&mut durable));
+        self.record(
+            "durable_large",
+            format!("durable, 1 MB JSON events, 1 per transaction, N={events}: end to end / send accepted"),
+            format!(
+                "{durable:.0}/s ({durable:.0} MB/s) / {accepted:.0}/s (end to end = {:.0}% of accepted)",
+                100.0 * durable / accepted
+            ),
+            &[("durable_per_s", durable), ("accepted_per_s", accepted)],
+        );
+        Ok(())
+    }
+
     /// `events` sent with `function` (`pgnotifier.send` or `pg_notify`) on
-    /// `channel`, `per_tx` to a transaction, from four connections.
+    /// `channel`, `per_tx` to a transaction, from four connections, each
+    /// payload `payload_sql` of the row counter `i`.
     pub(crate) async fn produce(
         &self,
         function: &str,
         channel: &str,
         per_tx: usize,
         events: usize,
+        payload_sql: &str,
     ) -> anyhow::Result<()> {
         const CONNECTIONS: usize = 4;
         let mut producers = Vec::new();
         for _ in 0..CONNECTIONS {
             let client = self.client().await?;
-            let sql = format!("select {function}($1, i::text) from generate_series(1, $2) as i");
+            let sql =
+                format!("select {function}($1, {payload_sql}) from generate_series(1, $2) as i");
             let channel = channel.to_owned();
             producers.push(tokio::spawn(async move {
                 let statement = client.prepare(&sql).await?;
@@ -101,6 +141,7 @@ impl Bench {
         per_tx: usize,
         events: usize,
         durable: bool,
+        payload_sql: &str,
     ) -> anyhow::Result<f64> {
         let (id, channel, delivery) = match durable {
             true => (
@@ -127,7 +168,8 @@ impl Bench {
         } else {
             "pg_notify"
         };
-        self.produce(function, &channel, per_tx, events).await?;
+        self.produce(function, &channel, per_tx, events, payload_sql)
+            .await?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while delivered(&notifier) < events as u64 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1)).await;
