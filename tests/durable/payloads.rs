@@ -209,3 +209,224 @@ async fn an_at_least_once_plugin_without_room_for_four_payloads_is_refused_at_lo
     assert!(error.contains("cramped.wasm"), "names the file: {error}");
     n.shutdown(SOON).await;
 }
+
+/// A writer that is not the schema's owner reads the cap through
+/// `pgnotifier.max_payload_bytes()`: its large rows go, whole or as keys.
+#[tokio::test]
+async fn a_writer_without_rights_on_the_schema_tables_sends_large_rows() {
+    let (_, mut client) = fresh_database("writer_role").await;
+    schema::install(&mut client).await.unwrap();
+    client
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE pgnotifier_test_writer; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT USAGE ON SCHEMA pgnotifier TO pgnotifier_test_writer;
+             CREATE TABLE app_docs (id int PRIMARY KEY, body text);
+             ALTER TABLE app_docs OWNER TO pgnotifier_test_writer;
+             CREATE TRIGGER app_docs_changed AFTER INSERT ON app_docs
+               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('docs');",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "SET ROLE pgnotifier_test_writer;
+             INSERT INTO app_docs VALUES (1, repeat('x', 20000)), (2, repeat('y', {}));
+             RESET ROLE;",
+            2 * MIB
+        ))
+        .await
+        .expect("a writer's large rows are sent");
+    let events = next_events(&client, Position::default(), &["docs".into()], 10)
+        .await
+        .unwrap();
+    let sizes: Vec<usize> = events.iter().map(|e| e.payload.len()).collect();
+    assert_eq!(sizes.len(), 2);
+    assert!(sizes[0] > 20000 && sizes[1] < 200, "{sizes:?}");
+}
+
+/// When even the key is over the cap, or the key's index has INCLUDE
+/// columns, the change goes as its key columns alone, or as the bare
+/// operation.
+#[tokio::test]
+async fn a_row_whose_key_is_too_large_goes_as_the_bare_operation() {
+    let (_, mut client) = fresh_database("big_keys").await;
+    schema::install(&mut client).await.unwrap();
+    schema::set_max_payload_bytes(&client, 8000).await.unwrap();
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE urls (url text PRIMARY KEY, body text);
+             CREATE TRIGGER urls_changed AFTER INSERT OR UPDATE ON urls
+               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('rows');
+             CREATE TABLE inc (id int, note text, body text, PRIMARY KEY (id) INCLUDE (note));
+             CREATE TRIGGER inc_changed AFTER INSERT ON inc
+               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('rows');
+             INSERT INTO urls VALUES (repeat('u', 4018), 'b');
+             UPDATE urls SET body = repeat('b', 10000);
+             INSERT INTO inc VALUES (1, 'private', repeat('x', {MIB}));"
+        ))
+        .await
+        .expect("no row fails its writer");
+    let events = next_events(&client, Position::default(), &["rows".into()], 10)
+        .await
+        .unwrap();
+    let json: Vec<serde_json::Value> = (events.iter())
+        .map(|e| serde_json::from_str(&e.payload).unwrap())
+        .collect();
+    assert_eq!(json.len(), 3);
+    assert_eq!(json[0]["op"], "insert");
+    assert_eq!(
+        json[1],
+        serde_json::json!({"op": "update", "schema": "public", "table": "urls", "truncated": true})
+    );
+    assert_eq!(
+        json[2],
+        serde_json::json!({
+            "op": "insert", "schema": "public", "table": "inc", "truncated": true,
+            "new": {"id": 1}
+        })
+    );
+}
+
+/// The cap read by `notify_row` and the one `send` reads may differ when
+/// it changes meanwhile (hosts with different settings): the writer still
+/// commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cap_that_changes_while_rows_are_written_fails_no_writer() {
+    let (url, mut client) = fresh_database("cap_flips").await;
+    schema::install(&mut client).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE racy (id serial PRIMARY KEY, body text);
+             CREATE TRIGGER racy_changed AFTER INSERT ON racy
+               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('racy');",
+        )
+        .await
+        .unwrap();
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
+    let flipping = tokio::spawn(async move {
+        while std::time::Instant::now() < until {
+            for bytes in [8000, MIB as u32] {
+                schema::set_max_payload_bytes(&client, bytes).await.unwrap();
+            }
+        }
+    });
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let (writer, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        writers.push(tokio::spawn(async move {
+            let mut written = 0;
+            while std::time::Instant::now() < until {
+                writer
+                    .batch_execute("INSERT INTO racy (body) VALUES (repeat('x', 20000))")
+                    .await
+                    .map_err(|e| format!("after {written} rows: {e:?}"))?;
+                written += 1;
+            }
+            Ok::<_, String>(written)
+        }));
+    }
+    flipping.await.unwrap();
+    for writer in writers {
+        let written = writer.await.unwrap().expect("no writer fails");
+        assert!(written > 0);
+    }
+}
+
+/// The row of `pgnotifier.limits` gone means the default cap, not
+/// `pg_notify`'s; a host puts it back.
+#[tokio::test]
+async fn a_missing_limits_row_means_the_default_and_a_host_writes_it_back() {
+    let (_, mut client) = fresh_database("limits_gone").await;
+    schema::install(&mut client).await.unwrap();
+    client
+        .batch_execute(
+            "DELETE FROM pgnotifier.limits; SELECT pgnotifier.send('c', repeat('x', 9000))",
+        )
+        .await
+        .expect("the default cap, 1 MiB, without the row");
+    let before = schema::set_max_payload_bytes(&client, 2 * MIB as u32)
+        .await
+        .unwrap();
+    assert_eq!(before, None, "there was no row");
+    let cap: i32 = (client.query_one("SELECT max_payload_bytes FROM pgnotifier.limits", &[]))
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(cap, 2 * MIB as i32);
+}
+
+/// A budget of nothing still brings the first event: every read moves on.
+#[tokio::test]
+async fn a_read_with_no_byte_budget_still_brings_one_event() {
+    let (_, mut client) = fresh_database("no_budget").await;
+    schema::install(&mut client).await.unwrap();
+    client
+        .batch_execute("SELECT pgnotifier.send('c', 'first'), pgnotifier.send('c', 'second')")
+        .await
+        .unwrap();
+    for budget in [Some(0i64), None] {
+        let rows = client
+            .query(
+                "SELECT kind::text, payload FROM pgnotifier.read_batch('s', 0, 0, '{c}', 10, $1)
+                  WHERE kind IN ('e', 'o') ORDER BY stamp, id",
+                &[&budget],
+            )
+            .await
+            .unwrap();
+        let got: Vec<(String, Option<String>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        assert_eq!(
+            got,
+            [("e".into(), Some("first".into())), ("o".into(), None)],
+            "budget {budget:?}"
+        );
+    }
+}
+
+/// A host whose role may not write `pgnotifier.limits` (a DBA installed the
+/// schema and granted the rest) feeds all the same, under the table's cap.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_may_not_write_the_cap_feeds_all_the_same() {
+    let (url, mut client) = fresh_database("cap_read_only").await;
+    schema::install(&mut client).await.unwrap();
+    let role = "pgnotifier_test_host_no_limits";
+    let db: String = (client.query_one("SELECT current_database()", &[]))
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT CREATE ON DATABASE \"{db}\" TO {role};
+             GRANT USAGE, CREATE ON SCHEMA pgnotifier TO {role};
+             GRANT ALL ON ALL TABLES IN SCHEMA pgnotifier TO {role};
+             GRANT ALL ON ALL SEQUENCES IN SCHEMA pgnotifier TO {role};
+             REVOKE ALL ON pgnotifier.limits FROM {role};"
+        ))
+        .await
+        .unwrap();
+    let (scheme, rest) = url.split_once("://").unwrap();
+    let as_role = format!(
+        "{scheme}://{role}@{}",
+        rest.split_once('@').map_or(rest, |(_, r)| r)
+    );
+    crate::support::logs::install();
+    let n = notifier_on(&as_role);
+    let (subscriber, seen) = recording_at_least_once(RetryPolicy::default());
+    n.subscribe("cap_read_only", "work", subscriber).unwrap();
+    feeding(&client, "cap_read_only").await;
+    send_range(&client, 0..5).await;
+    assert!(
+        eventually(SOON, || seen.lock().unwrap().len() >= 5).await,
+        "delivered: {:?}",
+        seen.lock().unwrap()
+    );
+    n.shutdown(SOON).await;
+    let warned = crate::support::logs::of("cap_read_only")
+        .iter()
+        .any(|l| l.message.contains("cannot write max_payload_bytes"));
+    assert!(warned, "the host says it could not write its cap");
+}

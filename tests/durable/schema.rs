@@ -6,6 +6,20 @@ use crate::support::host::BIN;
 use pgnotifier::durable::schema::{self, Installed};
 use tokio_postgres::NoTls;
 
+/// The schema's functions once installed, by name.
+const INSTALLED_FUNCTIONS: [&str; 10] = [
+    "event_key",
+    "horizon",
+    "horizon",
+    "max_payload_bytes",
+    "notify_row",
+    "read",
+    "read_batch",
+    "send",
+    "stamp_commit",
+    "stamp_unstamped",
+];
+
 #[tokio::test]
 async fn the_install_is_idempotent_and_migrates_an_older_schema() {
     let (_, mut client) = fresh_database("migrate").await;
@@ -20,20 +34,7 @@ async fn the_install_is_idempotent_and_migrates_an_older_schema() {
             to: schema::VERSION
         }
     );
-    assert_eq!(
-        functions(&client).await,
-        [
-            "event_key",
-            "horizon",
-            "horizon",
-            "notify_row",
-            "read",
-            "read_batch",
-            "send",
-            "stamp_commit",
-            "stamp_unstamped"
-        ]
-    );
+    assert_eq!(functions(&client).await, INSTALLED_FUNCTIONS);
     let again = schema::install(&mut client).await.unwrap();
     assert_eq!(again.from, again.to, "a second install changes nothing");
     let versions: Vec<i32> = (client.query(
@@ -271,20 +272,7 @@ async fn the_cli_installs_the_schema_and_prints_a_script_that_does_the_same() {
         stderr.contains("connecting to postgres://nobody@127.0.0.1:1/none"),
         "{stderr}"
     );
-    assert_eq!(
-        functions(&client).await,
-        [
-            "event_key",
-            "horizon",
-            "horizon",
-            "notify_row",
-            "read",
-            "read_batch",
-            "send",
-            "stamp_commit",
-            "stamp_unstamped"
-        ]
-    );
+    assert_eq!(functions(&client).await, INSTALLED_FUNCTIONS);
 }
 
 /// An older schema's positions and unread events carry over: each position

@@ -112,9 +112,10 @@ impl ConfigFile {
     /// `max_payload_bytes` (default 1 MiB), checked: from 8000 bytes, what
     /// `pg_notify` takes, to 256 MiB.
     pub fn max_payload_bytes(&self) -> Result<u32, ConfigError> {
-        let bytes = (self.max_payload_bytes)
-            .unwrap_or(u64::from(pgnotifier::sandbox::DEFAULT_MAX_PAYLOAD_BYTES));
-        check_range("max_payload_bytes", bytes, 8000, 256 << 20)?;
+        use pgnotifier::sandbox::{DEFAULT_MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES};
+        let bytes = (self.max_payload_bytes).unwrap_or(u64::from(DEFAULT_MAX_PAYLOAD_BYTES));
+        let (min, max) = (MAX_PAYLOAD_BYTES.start(), MAX_PAYLOAD_BYTES.end());
+        check_range("max_payload_bytes", bytes, u64::from(*min), u64::from(*max))?;
         Ok(bytes as u32)
     }
 

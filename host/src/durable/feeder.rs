@@ -594,7 +594,6 @@ impl Session<'_> {
     /// wait out a feeder before this one that did not stop cleanly.
     async fn open(&mut self) -> Result<(), End> {
         schema::install(&mut self.client).await?;
-        schema::set_max_payload_bytes(&self.client, self.feed.spec.max_payload_bytes).await?;
         // The feeder's queries are small and many: compiling one with JIT
         // (which a stale estimate of the outbox can trigger) costs more than
         // it ever saves. The server frees the lock of a connection that
@@ -632,6 +631,7 @@ impl Session<'_> {
         }
         self.locked = true;
         self.lock_checked = Instant::now();
+        self.write_max_payload_bytes().await;
         self.feed
             .spec
             .counters
@@ -662,6 +662,24 @@ impl Session<'_> {
             self.pause(wait).await?;
         }
         Ok(())
+    }
+
+    /// Let `pgnotifier.send` take payloads up to this host's setting. A role
+    /// that may not write it feeds all the same, under the cap the
+    /// database has.
+    async fn write_max_payload_bytes(&self) {
+        let bytes = self.feed.spec.max_payload_bytes;
+        match schema::set_max_payload_bytes(&self.client, bytes).await {
+            Ok(Some(before)) if before != bytes => tracing::info!(
+                subscriber = %self.id(),
+                "max_payload_bytes in the database was {before}, now {bytes}: give every host of a database the same"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                subscriber = %self.id(),
+                "cannot write max_payload_bytes ({bytes}) to pgnotifier.limits, which keeps its own: {e}"
+            ),
+        }
     }
 
     /// The host recorded as feeding the subscriber, if any.

@@ -150,9 +150,10 @@ SELECT kind, id, stamp, channel, payload, sent_at, pid, pg_catalog.uuid_send(sal
        events, gap_channels, flush_to
   FROM pgnotifier.read_batch($1, $2, $3, $4, $5, $6)";
 
-/// How many bytes of payloads one read brings at most (the first event
-/// always comes, whatever its size): payloads may be large, and a batch
-/// is held in memory until it is delivered.
+/// Where one read stops: at the first event whose payload starts past this
+/// many bytes of the read's payloads. So a read brings at most this plus
+/// one payload (the first event always comes, whatever its size):
+/// payloads may be large, and a batch is held in memory until delivered.
 pub const READ_BYTES: i64 = 16 << 20;
 
 /// What `subscriber` reads next after `after` on `channels`: at most

@@ -27,6 +27,7 @@
 //! transaction, so a batch of sends wakes the host once per channel.
 
 use crate::pg::describe;
+use crate::sandbox::MAX_PAYLOAD_BYTES;
 
 /// The channel `pgnotifier.send` NOTIFYs to wake the host.
 pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
@@ -641,6 +642,13 @@ CREATE TABLE pgnotifier.limits (
 );
 INSERT INTO pgnotifier.limits DEFAULT VALUES;
 
+-- The cap, for any role (a writer's notify_row runs as the writer); the
+-- default when the row is gone.
+CREATE FUNCTION pgnotifier.max_payload_bytes() RETURNS integer
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $cap$
+    SELECT coalesce((SELECT l.max_payload_bytes FROM pgnotifier.limits l LIMIT 1), 1048576)
+$cap$;
+
 CREATE OR REPLACE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send$
 #variable_conflict use_variable
@@ -658,13 +666,13 @@ BEGIN
     IF octet_length(channel) > 63 THEN
         RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
     END IF;
-    -- Most payloads are small: the limit is looked up only past the least it can be.
+    -- Most payloads are small: the cap is looked up only past the least it can be.
     IF bytes > 8000 THEN
-        SELECT l.max_payload_bytes INTO max_bytes FROM pgnotifier.limits l;
-        IF bytes > coalesce(max_bytes, 8000) THEN
+        max_bytes := pgnotifier.max_payload_bytes();
+        IF bytes > max_bytes THEN
             RAISE EXCEPTION 'pgnotifier.send: a payload of % bytes is over max_payload_bytes (%)',
-                bytes, coalesce(max_bytes, 8000)
-                USING ERRCODE = '22023',
+                bytes, max_bytes
+                USING ERRCODE = '54000',
                       HINT = 'Raise max_payload_bytes in the host''s configuration, or send a key and let the subscriber read the rest.';
         END IF;
     END IF;
@@ -678,9 +686,11 @@ BEGIN
 END
 $send$;
 
--- A row change over max_payload_bytes goes as its key columns (the primary
--- key, else the replica identity index; none without either) and
--- "truncated": true, so a large row never fails the writer's transaction.
+-- A row change over max_payload_bytes goes as its key columns (those of
+-- the primary key, else of the replica identity index; none without
+-- either) and "truncated": true; when even that is over, or the cap fell
+-- between this read of it and send's, as the table and the operation
+-- alone. So a large row never fails the writer's transaction.
 CREATE OR REPLACE FUNCTION pgnotifier.notify_row() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $notify_row$
 DECLARE
@@ -688,6 +698,7 @@ DECLARE
     payload text;
     max_bytes integer;
     key_columns text[];
+    bare text;
 BEGIN
     IF TG_NARGS <> 1 OR TG_LEVEL <> 'ROW' THEN
         RAISE EXCEPTION 'pgnotifier.notify_row is a row trigger with one argument, the channel: EXECUTE FUNCTION pgnotifier.notify_row(''orders'')'
@@ -701,40 +712,51 @@ BEGIN
         event := event || jsonb_build_object('old', to_jsonb(OLD));
     END IF;
     payload := event::text;
-    IF octet_length(payload) > 8000 THEN
-        SELECT l.max_payload_bytes INTO max_bytes FROM pgnotifier.limits l;
-        IF octet_length(payload) > coalesce(max_bytes, 8000) THEN
-            key_columns := ARRAY(
-                SELECT a.attname
-                  FROM (SELECT i.indkey FROM pg_index i
-                         WHERE i.indrelid = TG_RELID AND (i.indisprimary OR i.indisreplident)
-                         ORDER BY i.indisprimary DESC LIMIT 1) k
-                  JOIN pg_attribute a ON a.attrelid = TG_RELID AND a.attnum = ANY (k.indkey::int2[])
-                 ORDER BY array_position(k.indkey::int2[], a.attnum));
-            event := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA,
-                                        'table', TG_TABLE_NAME, 'truncated', true);
-            IF TG_OP IN ('INSERT', 'UPDATE') THEN
-                event := event || jsonb_build_object('new', (
-                    SELECT coalesce(jsonb_object_agg(c, to_jsonb(NEW) -> c), '{}')
-                      FROM unnest(key_columns) c));
-            END IF;
-            IF TG_OP IN ('UPDATE', 'DELETE') THEN
-                event := event || jsonb_build_object('old', (
-                    SELECT coalesce(jsonb_object_agg(c, to_jsonb(OLD) -> c), '{}')
-                      FROM unnest(key_columns) c));
-            END IF;
-            payload := event::text;
+    IF octet_length(payload) <= 8000 THEN
+        PERFORM pgnotifier.send(TG_ARGV[0], payload);
+        RETURN NULL;
+    END IF;
+    bare := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA,
+                               'table', TG_TABLE_NAME, 'truncated', true)::text;
+    max_bytes := pgnotifier.max_payload_bytes();
+    IF octet_length(payload) > max_bytes THEN
+        key_columns := ARRAY(
+            SELECT a.attname
+              FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts FROM pg_index i
+                     WHERE i.indrelid = TG_RELID AND (i.indisprimary OR i.indisreplident)
+                     ORDER BY i.indisprimary DESC LIMIT 1) k
+              JOIN pg_attribute a ON a.attrelid = TG_RELID
+                                 AND a.attnum = ANY (k.columns[0:k.indnkeyatts - 1])
+             ORDER BY array_position(k.columns, a.attnum));
+        event := bare::jsonb;
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            event := event || jsonb_build_object('new', (
+                SELECT coalesce(jsonb_object_agg(c, to_jsonb(NEW) -> c), '{}')
+                  FROM unnest(key_columns) c));
+        END IF;
+        IF TG_OP IN ('UPDATE', 'DELETE') THEN
+            event := event || jsonb_build_object('old', (
+                SELECT coalesce(jsonb_object_agg(c, to_jsonb(OLD) -> c), '{}')
+                  FROM unnest(key_columns) c));
+        END IF;
+        payload := event::text;
+        IF octet_length(payload) > max_bytes THEN
+            payload := bare;
         END IF;
     END IF;
-    PERFORM pgnotifier.send(TG_ARGV[0], payload);
+    BEGIN
+        PERFORM pgnotifier.send(TG_ARGV[0], payload);
+    EXCEPTION WHEN program_limit_exceeded THEN
+        PERFORM pgnotifier.send(TG_ARGV[0], bare);
+    END;
     RETURN NULL;
 END
 $notify_row$;
 
 -- read_batch as in version 8, with a budget in bytes: an event whose
--- payload starts past max_bytes, in the order read, comes as kind 'o'
--- without its payload, and the reader stops before it. The first event
--- always comes whole, so every read moves on.
+-- payload starts past max_bytes (at least 1), in the order read, comes as
+-- kind 'o' without its payload, and the reader stops before it. An event
+-- that starts within it comes whole, the first always: every read moves on.
 DROP FUNCTION pgnotifier.read_batch(text, bigint, bigint, text[], integer);
 CREATE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
                                       channels text[], max_events integer, max_bytes bigint)
@@ -781,9 +803,9 @@ BEGIN
                    AS bytes_before
           FROM found f
     )
-    SELECT CASE WHEN z.bytes_before < max_bytes THEN 'e'::"char" ELSE 'o'::"char" END,
+    SELECT CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN 'e'::"char" ELSE 'o'::"char" END,
            z.id, z.stamp, z.channel,
-           CASE WHEN z.bytes_before < max_bytes THEN z.payload END,
+           CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN z.payload END,
            z.sent_at, z.pid, z.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
       FROM sized z
     UNION ALL
@@ -892,22 +914,32 @@ pub async fn migrate(
     })
 }
 
-/// Let `pgnotifier.send` accept payloads up to `bytes` (from 8000 to 256
-/// MiB). Every host writes its own setting as it starts feeding: give every
-/// host of a database the same.
+/// Let `pgnotifier.send` accept payloads up to `bytes` (held to
+/// [`MAX_PAYLOAD_BYTES`]). Every host writes its own setting as it starts
+/// feeding: give every host of a database the same. What the database had
+/// before, if anything.
 pub async fn set_max_payload_bytes(
     client: &tokio_postgres::Client,
     bytes: u32,
-) -> Result<(), SchemaError> {
-    let bytes = i32::try_from(bytes.clamp(8000, 256 << 20)).unwrap_or(i32::MAX);
-    client
-        .execute(
-            "UPDATE pgnotifier.limits SET max_payload_bytes = $1
-              WHERE max_payload_bytes IS DISTINCT FROM $1",
+) -> Result<Option<u32>, SchemaError> {
+    let bytes = bytes.clamp(*MAX_PAYLOAD_BYTES.start(), *MAX_PAYLOAD_BYTES.end());
+    let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+    let row = client
+        .query_opt(
+            "WITH before AS (SELECT max_payload_bytes FROM pgnotifier.limits)
+             INSERT INTO pgnotifier.limits AS l (only_row, max_payload_bytes) VALUES (true, $1)
+                 ON CONFLICT (only_row) DO UPDATE SET max_payload_bytes = excluded.max_payload_bytes
+                 WHERE l.max_payload_bytes IS DISTINCT FROM excluded.max_payload_bytes
+             RETURNING (SELECT max_payload_bytes FROM before)",
             &[&bytes],
         )
-        .await?;
-    Ok(())
+        .await;
+    let before: Option<i32> = match row? {
+        Some(row) => row.try_get(0)?,
+        // Nothing to change: the row holds the value already.
+        None => Some(bytes),
+    };
+    Ok(before.and_then(|b| u32::try_from(b).ok()))
 }
 
 /// The whole install as one SQL script, for a DBA to review and run

@@ -71,12 +71,17 @@ pub struct SandboxSettings {
     /// How many instances the pooling allocator reserves room for.
     pub max_instances: u32,
     /// The largest payload `pgnotifier.send` accepts, and so the largest a
-    /// plugin is handed; an at-least-once plugin's memory must hold a few.
+    /// plugin is handed ([`MAX_PAYLOAD_BYTES`] holds it); an at-least-once
+    /// plugin's memory must hold a few.
     pub max_payload_bytes: u32,
 }
 
 /// `max_payload_bytes` unless set: 1 MiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u32 = 1 << 20;
+
+/// What `max_payload_bytes` may be: from what `pg_notify` takes to 256 MiB,
+/// the most a `jsonb` value holds.
+pub const MAX_PAYLOAD_BYTES: std::ops::RangeInclusive<u32> = 8000..=256 << 20;
 
 /// How many payloads of `max_payload_bytes` an at-least-once plugin's
 /// memory must hold: the payload as the guest receives it, its decoded
@@ -228,7 +233,8 @@ impl Sandbox {
             ticker_stop,
             pool: capability_pool,
             offline,
-            max_payload_bytes: config.max_payload_bytes,
+            max_payload_bytes: (config.max_payload_bytes)
+                .clamp(*MAX_PAYLOAD_BYTES.start(), *MAX_PAYLOAD_BYTES.end()),
         }))
     }
 
