@@ -430,3 +430,37 @@ async fn a_host_that_may_not_write_the_cap_feeds_all_the_same() {
         .any(|l| l.message.contains("cannot write max_payload_bytes"));
     assert!(warned, "the host says it could not write its cap");
 }
+
+/// Dead letters asked to be delivered again come as a read of the outbox
+/// does: up to the first whose payload starts past the read's bytes, the
+/// rest at the next look.
+#[tokio::test]
+async fn dead_letters_to_deliver_again_come_within_the_read_budget() {
+    use pgnotifier::durable::dead_letters::waiting;
+    let (_, mut client) = fresh_database("letters_budget").await;
+    schema::install(&mut client).await.unwrap();
+    let each = 10 * MIB;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO pgnotifier.dead_letters
+                 (subscriber, event_id, channel, payload, sent_at, error, attempts, redeliver)
+             SELECT 's', i, 'c', repeat('x', {each}), now(), 'failed', 1, true
+               FROM generate_series(1, 3) i"
+        ))
+        .await
+        .unwrap();
+    let ids = |letters: Vec<pgnotifier::durable::dead_letters::Redelivery>| {
+        letters.iter().map(|l| l.event.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(waiting(&client, "s").await.unwrap()),
+        [1, 2],
+        "the third starts past {} bytes",
+        reader::READ_BYTES
+    );
+    client
+        .batch_execute("UPDATE pgnotifier.dead_letters SET redeliver = false WHERE event_id < 3")
+        .await
+        .unwrap();
+    assert_eq!(ids(waiting(&client, "s").await.unwrap()), [3]);
+}

@@ -3,7 +3,7 @@
 //! feeder takes it before its next events, and the letter is gone once a
 //! call succeeds.
 
-use super::reader::{column, save_position, Event, ReadError};
+use super::reader::{column, save_position, Event, ReadError, READ_BYTES};
 use super::schema::WAKE_CHANNEL;
 use super::DurableError;
 use serde::{Deserialize, Serialize};
@@ -115,7 +115,7 @@ pub async fn request_redelivery(
 }
 
 /// A dead letter asked to be delivered again.
-pub(crate) struct Redelivery {
+pub struct Redelivery {
     /// The letter's id.
     pub id: i64,
     /// Attempts made before it was dead-lettered (and at earlier redeliveries).
@@ -124,8 +124,11 @@ pub(crate) struct Redelivery {
     pub event: Event,
 }
 
-/// The letters of `subscriber` waiting to be delivered again, oldest first.
-pub(crate) async fn waiting(
+/// The letters of `subscriber` waiting to be delivered again, oldest
+/// first, as a read of the outbox brings events: up to the first whose
+/// payload starts past [`READ_BYTES`] (the first always). Each is handled
+/// before the next look, so the rest come then.
+pub async fn waiting(
     client: &tokio_postgres::Client,
     subscriber: &str,
 ) -> Result<Vec<Redelivery>, DurableError> {
@@ -133,8 +136,14 @@ pub(crate) async fn waiting(
         .query(
             "SELECT id, event_id, coalesce(event_key, pgnotifier.event_key(NULL, event_id))::text AS event_key,
                     channel, payload, sent_at, attempts
-               FROM pgnotifier.dead_letters WHERE subscriber = $1 AND redeliver ORDER BY id",
-            &[&subscriber],
+               FROM (SELECT d.*, coalesce(sum(octet_length(d.payload)) OVER (
+                                ORDER BY d.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                                AS bytes_before
+                       FROM pgnotifier.dead_letters d
+                      WHERE d.subscriber = $1 AND d.redeliver) w
+              WHERE bytes_before < $2
+              ORDER BY id",
+            &[&subscriber, &READ_BYTES],
         )
         .await?;
     let redelivery = |row: &tokio_postgres::Row| {
