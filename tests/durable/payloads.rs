@@ -464,3 +464,43 @@ async fn dead_letters_to_deliver_again_come_within_the_read_budget() {
         .unwrap();
     assert_eq!(ids(waiting(&client, "s").await.unwrap()), [3]);
 }
+
+/// A large row costs its writer no subtransaction: a transaction that
+/// writes many would overflow each backend's cache of them, which slows
+/// every snapshot in the database.
+#[tokio::test]
+async fn large_rows_cost_their_writer_no_subtransaction() {
+    let (_, mut client) = fresh_database("no_subxacts").await;
+    schema::install(&mut client).await.unwrap();
+    client
+        .batch_execute(
+            "CREATE TABLE wide (id int PRIMARY KEY, body text);
+             CREATE TRIGGER wide_changed AFTER INSERT ON wide
+               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('wide');",
+        )
+        .await
+        .unwrap();
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute(&format!(
+        "INSERT INTO wide SELECT i, repeat('x', 20000) FROM generate_series(1, 20) i;
+         INSERT INTO wide SELECT i, repeat('y', {}) FROM generate_series(21, 25) i;",
+        2 * MIB
+    ))
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    // A row written in a subtransaction carries the subtransaction's id.
+    let writers: i64 = client
+        .query_one(
+            "SELECT count(DISTINCT xmin::text) FROM pgnotifier.outbox WHERE channel = 'wide'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        writers, 1,
+        "the events were written by the transaction alone"
+    );
+    assert_eq!(outbox_count(&client, "wide").await, 25);
+}

@@ -7,7 +7,7 @@ use pgnotifier::durable::schema::{self, Installed};
 use tokio_postgres::NoTls;
 
 /// The schema's functions once installed, by name.
-const INSTALLED_FUNCTIONS: [&str; 10] = [
+const INSTALLED_FUNCTIONS: [&str; 11] = [
     "event_key",
     "horizon",
     "horizon",
@@ -16,6 +16,7 @@ const INSTALLED_FUNCTIONS: [&str; 10] = [
     "read",
     "read_batch",
     "send",
+    "send_first_within",
     "stamp_commit",
     "stamp_unstamped",
 ];

@@ -686,17 +686,53 @@ BEGIN
 END
 $send$;
 
+-- send for notify_row: the first of `payloads` within the cap, read once,
+-- so a cap that changes meanwhile fails no writer (send reads it again).
+-- Its insert is send's.
+CREATE FUNCTION pgnotifier.send_first_within(channel text, payloads text[]) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $within$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+    sender text := pg_current_xact_id()::text;
+    first_event boolean := current_setting('pgnotifier.stamping', true) IS DISTINCT FROM sender;
+    max_bytes integer := pgnotifier.max_payload_bytes();
+    payload text;
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    FOREACH payload IN ARRAY payloads LOOP
+        EXIT WHEN octet_length(payload) <= max_bytes;
+    END LOOP;
+    IF octet_length(payload) > max_bytes THEN
+        RAISE EXCEPTION 'pgnotifier.send: a payload of % bytes is over max_payload_bytes (%)',
+            octet_length(payload), max_bytes USING ERRCODE = '54000';
+    END IF;
+    INSERT INTO pgnotifier.outbox (channel, payload, first_in_transaction)
+        VALUES (channel, payload, first_event) RETURNING id INTO event_id;
+    IF first_event THEN
+        PERFORM set_config('pgnotifier.stamping', sender, true);
+    END IF;
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$within$;
+
 -- A row change over max_payload_bytes goes as its key columns (those of
 -- the primary key, else of the replica identity index; none without
--- either) and "truncated": true; when even that is over, or the cap fell
--- between this read of it and send's, as the table and the operation
--- alone. So a large row never fails the writer's transaction.
+-- either) and "truncated": true; when even that is over, as the table and
+-- the operation alone. So a large row never fails the writer's
+-- transaction, and costs no subtransaction.
 CREATE OR REPLACE FUNCTION pgnotifier.notify_row() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $notify_row$
 DECLARE
     event jsonb;
+    whole jsonb;
     payload text;
-    max_bytes integer;
     key_columns text[];
     bare text;
 BEGIN
@@ -718,37 +754,27 @@ BEGIN
     END IF;
     bare := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA,
                                'table', TG_TABLE_NAME, 'truncated', true)::text;
-    max_bytes := pgnotifier.max_payload_bytes();
-    IF octet_length(payload) > max_bytes THEN
-        key_columns := ARRAY(
-            SELECT a.attname
-              FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts FROM pg_index i
-                     WHERE i.indrelid = TG_RELID AND (i.indisprimary OR i.indisreplident)
-                     ORDER BY i.indisprimary DESC LIMIT 1) k
-              JOIN pg_attribute a ON a.attrelid = TG_RELID
-                                 AND a.attnum = ANY (k.columns[0:k.indnkeyatts - 1])
-             ORDER BY array_position(k.columns, a.attnum));
-        event := bare::jsonb;
-        IF TG_OP IN ('INSERT', 'UPDATE') THEN
-            event := event || jsonb_build_object('new', (
-                SELECT coalesce(jsonb_object_agg(c, to_jsonb(NEW) -> c), '{}')
-                  FROM unnest(key_columns) c));
-        END IF;
-        IF TG_OP IN ('UPDATE', 'DELETE') THEN
-            event := event || jsonb_build_object('old', (
-                SELECT coalesce(jsonb_object_agg(c, to_jsonb(OLD) -> c), '{}')
-                  FROM unnest(key_columns) c));
-        END IF;
-        payload := event::text;
-        IF octet_length(payload) > max_bytes THEN
-            payload := bare;
-        END IF;
+    key_columns := ARRAY(
+        SELECT a.attname
+          FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts FROM pg_index i
+                 WHERE i.indrelid = TG_RELID AND (i.indisprimary OR i.indisreplident)
+                 ORDER BY i.indisprimary DESC LIMIT 1) k
+          JOIN pg_attribute a ON a.attrelid = TG_RELID
+                             AND a.attnum = ANY (k.columns[0:k.indnkeyatts - 1])
+         ORDER BY array_position(k.columns, a.attnum));
+    whole := event;
+    event := bare::jsonb;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        event := event || jsonb_build_object('new', (
+            SELECT coalesce(jsonb_object_agg(c, whole -> 'new' -> c), '{}')
+              FROM unnest(key_columns) c));
     END IF;
-    BEGIN
-        PERFORM pgnotifier.send(TG_ARGV[0], payload);
-    EXCEPTION WHEN program_limit_exceeded THEN
-        PERFORM pgnotifier.send(TG_ARGV[0], bare);
-    END;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        event := event || jsonb_build_object('old', (
+            SELECT coalesce(jsonb_object_agg(c, whole -> 'old' -> c), '{}')
+              FROM unnest(key_columns) c));
+    END IF;
+    PERFORM pgnotifier.send_first_within(TG_ARGV[0], ARRAY[payload, event::text, bare]);
     RETURN NULL;
 END
 $notify_row$;
