@@ -109,11 +109,14 @@ impl Case {
                 "{:?}",
                 self.stats()
             );
-            let logged = logs::of(&self.hostile)
-                .iter()
-                .any(|l| l.level == "WARN" && l.message.contains(failure));
+            // The failure is counted before it is logged.
+            let logged = || {
+                logs::of(&self.hostile)
+                    .iter()
+                    .any(|l| l.level == "WARN" && l.message.contains(failure))
+            };
             assert!(
-                logged,
+                eventually(SOON, logged).await,
                 "a failure mentioning {failure:?} is logged with the id {}: {:?}",
                 self.hostile,
                 logs::of(&self.hostile)
