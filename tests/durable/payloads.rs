@@ -287,21 +287,13 @@ async fn a_row_whose_key_is_too_large_goes_as_the_bare_operation() {
     );
 }
 
-/// The cap read by `notify_row` and the one `send` reads may differ when
-/// it changes meanwhile (hosts with different settings): the writer still
-/// commits.
+/// A cap that changes while rows are written (hosts with different
+/// settings) fails no writer: each row's change reads it once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cap_that_changes_while_rows_are_written_fails_no_writer() {
     let (url, mut client) = fresh_database("cap_flips").await;
     schema::install(&mut client).await.unwrap();
-    client
-        .batch_execute(
-            "CREATE TABLE racy (id serial PRIMARY KEY, body text);
-             CREATE TRIGGER racy_changed AFTER INSERT ON racy
-               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('racy');",
-        )
-        .await
-        .unwrap();
+    row_table(&client, "racy", "id serial PRIMARY KEY").await;
     let until = std::time::Instant::now() + std::time::Duration::from_millis(1500);
     let flipping = tokio::spawn(async move {
         while std::time::Instant::now() < until {
@@ -472,14 +464,7 @@ async fn dead_letters_to_deliver_again_come_within_the_read_budget() {
 async fn large_rows_cost_their_writer_no_subtransaction() {
     let (_, mut client) = fresh_database("no_subxacts").await;
     schema::install(&mut client).await.unwrap();
-    client
-        .batch_execute(
-            "CREATE TABLE wide (id int PRIMARY KEY, body text);
-             CREATE TRIGGER wide_changed AFTER INSERT ON wide
-               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('wide');",
-        )
-        .await
-        .unwrap();
+    row_table(&client, "wide", "id int PRIMARY KEY").await;
     let tx = client.transaction().await.unwrap();
     tx.batch_execute(&format!(
         "INSERT INTO wide SELECT i, repeat('x', 20000) FROM generate_series(1, 20) i;
@@ -503,4 +488,17 @@ async fn large_rows_cost_their_writer_no_subtransaction() {
         "the events were written by the transaction alone"
     );
     assert_eq!(outbox_count(&client, "wide").await, 25);
+}
+
+/// Table `name` (`key`, a `body` text) whose inserts `notify_row` sends on
+/// the channel of its name.
+async fn row_table(client: &tokio_postgres::Client, name: &str, key: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {name} ({key}, body text);
+             CREATE TRIGGER {name}_changed AFTER INSERT ON {name}
+               FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('{name}');"
+        ))
+        .await
+        .unwrap();
 }
