@@ -30,7 +30,8 @@
 //!   snapshot that builds the route table, and the runtime [`registry::state`] file;
 //! - [`durable`]: at-least-once delivery: the `pgnotifier` schema (the
 //!   outbox `pgnotifier.send` writes, positions, dead letters), the reader
-//!   that never skips a committed event, and a feeder per subscriber;
+//!   that never skips a committed event, a feeder per subscriber, and the
+//!   relay that brings the WAL transport's events into the outbox;
 //! - `error`: the library's [`Error`], gathering each layer's own;
 //! - [`plugins`]: sidecar settings, the loader, the sync of a plugins folder
 //!   with its subscribers, the watcher (hot reload), and a plugin run offline;

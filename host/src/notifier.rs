@@ -6,7 +6,9 @@
 
 use crate::cluster::{ClusterSettings, ClusterStatus, Role};
 use crate::durable::feeder::{self, FeedSettings, Feeders};
-use crate::durable::{dead_letters, reader, schema, DeadLetter, DeliveryMode, DurableError};
+use crate::durable::{
+    dead_letters, reader, relay, schema, DeadLetter, DeliveryMode, DurableError, Transport,
+};
 use crate::error::{Error, Result};
 use crate::listener::{Listener, ListenerStatus};
 use crate::pg::connection::{self, ConnectionSettings};
@@ -16,7 +18,7 @@ use crate::registry::state::StateFile;
 use crate::registry::{ChannelView, Registry, RegistryError, SubscriberSource, SubscriberView};
 use crate::sandbox::{CacheStats, SandboxSettings};
 use crate::subscriber::Subscriber;
-use crate::sync::{clock, lock};
+use crate::sync::{clock, lock, AbortOnDrop};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -146,6 +148,7 @@ pub struct NotifierBuilder {
     query_pool_size: usize,
     registry: Registry,
     outbox_retention: Duration,
+    durable_transport: Transport,
     cluster: Option<ClusterSettings>,
 }
 
@@ -205,6 +208,14 @@ impl NotifierBuilder {
         self
     }
 
+    /// Where `pgnotifier.send` writes its events: the outbox table (the
+    /// default, any PostgreSQL) or the write-ahead log (`wal_level =
+    /// logical`; [`start`](Notifier::start) refuses a server without it).
+    pub fn durable_transport(mut self, transport: Transport) -> Self {
+        self.durable_transport = transport;
+        self
+    }
+
     /// Run as one host of a cluster: only the elected leader dispatches.
     pub fn cluster(mut self, settings: ClusterSettings) -> Self {
         self.cluster = Some(settings);
@@ -225,6 +236,7 @@ impl NotifierBuilder {
             cluster.watch_dispatching(),
             heartbeat,
             self.sandbox.max_payload_bytes,
+            self.durable_transport,
         ));
         let plugins = PluginSync::new(
             registry.clone(),
@@ -285,6 +297,7 @@ impl Notifier {
             query_pool_size: 4,
             registry: Registry::new(),
             outbox_retention: crate::durable::DEFAULT_RETENTION,
+            durable_transport: Transport::default(),
             cluster: None,
         }
     }
@@ -473,6 +486,7 @@ impl Notifier {
                 waited: connection::PROBE_WAIT,
             });
         }
+        self.start_relay(&database).await?;
         let mut listener = lock(&self.inner.listener);
         if listener.as_ref().is_some_and(Listener::is_running) {
             return Ok(());
@@ -484,6 +498,43 @@ impl Notifier {
             self.inner.status.clone(),
             self.inner.cluster.clone(),
         ));
+        Ok(())
+    }
+
+    /// With the WAL transport, refuse a server without `wal_level =
+    /// logical` now rather than at the first send, and relay its slot while
+    /// this host dispatches. With the outbox transport, relay what senders
+    /// may still write to a slot the WAL transport left. A server that
+    /// cannot be reached now is checked as the relay connects.
+    async fn start_relay(&self, database: &DatabaseSettings) -> Result<()> {
+        let runtime = feeder::runtime()?;
+        let feeders = &self.inner.feeders;
+        let connected = database
+            .connect()
+            .await
+            .ok()
+            .map(|(client, connection)| (client, AbortOnDrop(tokio::spawn(connection))));
+        match feeders.transport() {
+            Transport::Wal { slot } => {
+                if let Some((client, _driver)) = &connected {
+                    relay::check_wal_level(client).await?;
+                }
+                feeders.ensure_relay(&runtime, slot, true);
+            }
+            Transport::Outbox => {
+                let Some((client, _driver)) = &connected else {
+                    return Ok(());
+                };
+                match relay::left_to_drain(client).await {
+                    Ok(Some(slot)) => {
+                        tracing::info!(%slot, "durable_transport is \"outbox\": senders write to the outbox again, and the WAL transport's slot is relayed until it is dropped (SELECT pg_drop_replication_slot('{slot}') once no sender that began before this start is left)");
+                        feeders.ensure_relay(&runtime, &slot, false);
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("looking for a WAL transport's slot to relay: {e}"),
+                }
+            }
+        }
         Ok(())
     }
 
@@ -756,6 +807,7 @@ impl Notifier {
         for feeder in feeders {
             feeder.stop().await;
         }
+        self.inner.feeders.relay_stopped().await;
         self.state_saved().await;
         ShutdownReport { abandoned }
     }

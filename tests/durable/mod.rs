@@ -6,3 +6,4 @@ mod payloads;
 mod reader;
 mod schema;
 mod streams;
+mod wal;

@@ -7,7 +7,7 @@ use pgnotifier::durable::schema::{self, Installed};
 use tokio_postgres::NoTls;
 
 /// The schema's functions once installed, by name.
-const INSTALLED_FUNCTIONS: [&str; 11] = [
+const INSTALLED_FUNCTIONS: [&str; 12] = [
     "event_key",
     "horizon",
     "horizon",
@@ -17,6 +17,7 @@ const INSTALLED_FUNCTIONS: [&str; 11] = [
     "read_batch",
     "send",
     "send_first_within",
+    "slot_to_drain",
     "stamp_commit",
     "stamp_unstamped",
 ];

@@ -9,8 +9,16 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 /// A fresh database named after `name`, its URL, and a client on it.
 pub async fn fresh_database(name: &str) -> (String, Client) {
+    fresh_database_on(super::database_url(), name).await
+}
+
+/// The same on the server at `base` (a URL naming any database).
+pub async fn fresh_database_on(base: &str, name: &str) -> (String, Client) {
     let db = format!("pgn_durable_{name}_{}", std::process::id());
-    let admin = super::Sender::connect().await.client;
+    let (admin, connection) = tokio_postgres::connect(base, NoTls)
+        .await
+        .expect("connect to the test server");
+    tokio::spawn(connection);
     // Databases earlier runs left behind (each run names its own by pid).
     let stale = admin
         .query(
@@ -35,7 +43,6 @@ pub async fn fresh_database(name: &str) -> (String, Client) {
             .await
             .expect("create a database for the test");
     }
-    let base = super::database_url();
     let (before_query, query) = base.split_once('?').unwrap_or((base, ""));
     let (server, _) = before_query
         .rsplit_once('/')

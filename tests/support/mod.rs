@@ -39,6 +39,27 @@ pub fn database_url() -> &'static str {
     })
 }
 
+/// A throwaway server with `wal_level = logical`, for the WAL transport,
+/// started once for this binary and stopped as the tests end. The shared
+/// server's `wal_level` is not the tests' to change.
+pub fn logical_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let cluster = local_pg::Cluster::start_with(&[
+            ("wal_level", "logical"),
+            // A slot per test database.
+            ("max_replication_slots", "64"),
+            ("max_wal_senders", "64"),
+        ])
+        .unwrap_or_else(|e| {
+            panic!("the WAL transport's tests need a throwaway PostgreSQL with wal_level = logical: {e}")
+        });
+        let url = cluster.url().to_owned();
+        cleanup::stop_at_exit(local_pg::LocalPostgres::Throwaway(cluster));
+        url
+    })
+}
+
 /// What the tests leave behind, removed as their process exits (passed or
 /// failed): the databases they created, their temp folders, and a
 /// throwaway server, stopped last.
@@ -52,12 +73,15 @@ pub mod cleanup {
         databases: Vec<String>,
         dirs: Vec<PathBuf>,
         server: Option<LocalPostgres>,
+        /// Servers started for some tests alone; their databases go with them.
+        others: Vec<LocalPostgres>,
     }
 
     static LEFTOVERS: Mutex<Leftovers> = Mutex::new(Leftovers {
         databases: Vec::new(),
         dirs: Vec::new(),
         server: None,
+        others: Vec::new(),
     });
 
     fn with(f: impl FnOnce(&mut Leftovers)) {
@@ -83,6 +107,11 @@ pub mod cleanup {
         with(|l| l.server = Some(server));
     }
 
+    /// Stop `server`, started for some tests alone, at exit.
+    pub(super) fn stop_at_exit(server: LocalPostgres) {
+        with(|l| l.others.push(server));
+    }
+
     extern "C" fn at_exit() {
         let leftovers = std::mem::take(&mut *LEFTOVERS.lock().unwrap_or_else(|e| e.into_inner()));
         if !leftovers.databases.is_empty() {
@@ -94,6 +123,7 @@ pub mod cleanup {
             let _ = std::fs::remove_dir_all(dir);
         }
         // Dropping a throwaway server stops it and removes its folder.
+        drop(leftovers.others);
         drop(leftovers.server);
     }
 

@@ -2,6 +2,8 @@
 //! where the admin API listens, its token, and where the runtime state is kept.
 
 use pgnotifier::cluster::ClusterSettings;
+use pgnotifier::durable::relay::valid_slot_name;
+use pgnotifier::durable::{Transport, DEFAULT_SLOT};
 use pgnotifier::plugins::LimitSettings;
 use pgnotifier::settings::{check_range, toml_message, ConfigError};
 use pgnotifier::ConnectionSettings;
@@ -43,6 +45,10 @@ pub struct ConfigFile {
     pub outbox_retention: Option<String>,
     /// The largest payload `pgnotifier.send` accepts (default 1 MiB).
     pub max_payload_bytes: Option<u64>,
+    /// Where `pgnotifier.send` writes: `"outbox"` (default) or `"wal"`.
+    pub durable_transport: Option<String>,
+    /// The WAL transport's replication slot and publication (`"pgnotifier"`).
+    pub wal_slot: Option<String>,
     /// Limits for every subscriber; a sidecar overrides them per plugin.
     #[serde(default)]
     pub defaults: LimitSettings,
@@ -117,6 +123,27 @@ impl ConfigFile {
         let (min, max) = (MAX_PAYLOAD_BYTES.start(), MAX_PAYLOAD_BYTES.end());
         check_range("max_payload_bytes", bytes, u64::from(*min), u64::from(*max))?;
         Ok(bytes as u32)
+    }
+
+    /// `durable_transport` (default `"outbox"`) with `wal_slot`, checked.
+    pub fn durable_transport(&self) -> Result<Transport, ConfigError> {
+        let slot = self.wal_slot.as_deref().unwrap_or(DEFAULT_SLOT);
+        if !valid_slot_name(slot) {
+            return Err(ConfigError::invalid(
+                "wal_slot",
+                format!("{slot:?} is not a replication slot name: lower-case letters, digits and underscores, at most 63"),
+            ));
+        }
+        match self.durable_transport.as_deref() {
+            None | Some("outbox") => Ok(Transport::Outbox),
+            Some("wal") => Ok(Transport::Wal {
+                slot: slot.to_owned(),
+            }),
+            Some(other) => Err(ConfigError::invalid(
+                "durable_transport",
+                format!("{other:?} is not one of \"outbox\", \"wal\""),
+            )),
+        }
     }
 
     /// `drain_timeout_ms` (default 10 s), checked.
@@ -455,6 +482,7 @@ mod tests {
             file.max_payload_bytes().unwrap(),
             pgnotifier::sandbox::DEFAULT_MAX_PAYLOAD_BYTES
         );
+        assert_eq!(file.durable_transport().unwrap(), Transport::Outbox);
         DatabaseSettings::from_url(file.database_url.as_deref().unwrap()).unwrap();
         let control = ControlSettings::resolve(file.admin_addr.as_deref(), None, None).unwrap();
         assert_eq!(control.admin_addr.to_string(), DEFAULT_ADMIN_ADDR);
@@ -473,6 +501,31 @@ mod tests {
             Err("max_payload_bytes: 7999 is outside 8000..=268435456".to_owned())
         );
         assert!(bytes("max_payload_bytes = 268435457").is_err());
+    }
+
+    #[test]
+    fn the_durable_transport_is_outbox_or_wal_with_a_slot_postgresql_takes() {
+        let transport = |text: &str| {
+            let file: ConfigFile = toml::from_str(text).unwrap();
+            file.durable_transport().map_err(|e| e.to_string())
+        };
+        assert_eq!(transport(""), Ok(Transport::Outbox));
+        assert_eq!(
+            transport("durable_transport = \"wal\""),
+            Ok(Transport::Wal {
+                slot: "pgnotifier".to_owned()
+            })
+        );
+        assert_eq!(
+            transport("durable_transport = \"wal\"\nwal_slot = \"eu_1\""),
+            Ok(Transport::Wal {
+                slot: "eu_1".to_owned()
+            })
+        );
+        let bad = transport("durable_transport = \"kafka\"").unwrap_err();
+        assert!(bad.starts_with("durable_transport: "), "{bad}");
+        let bad = transport("wal_slot = \"Bad-Name\"").unwrap_err();
+        assert!(bad.starts_with("wal_slot: "), "{bad}");
     }
 
     #[test]

@@ -58,6 +58,7 @@ impl Settings {
         file.watch_debounce()?;
         file.outbox_retention()?;
         file.max_payload_bytes()?;
+        file.durable_transport()?;
         file.cluster()?;
         Ok(Self {
             connection: file.connection_settings()?,
@@ -116,6 +117,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     if let Some(cluster) = settings.file.cluster()? {
         builder = builder.cluster(cluster);
     }
+    builder = builder.durable_transport(settings.file.durable_transport()?);
     let notifier = builder.build();
     // Bound before plugins load, so a taken port fails fast.
     let admin = AdminServer::start(notifier.clone(), &settings.control).await?;
@@ -229,6 +231,11 @@ async fn reload(
             "max_payload_bytes",
             old.max_payload_bytes != new.max_payload_bytes,
         ),
+        (
+            "durable_transport",
+            old.durable_transport != new.durable_transport,
+        ),
+        ("wal_slot", old.wal_slot != new.wal_slot),
         ("cluster", old.cluster != new.cluster),
         (
             "admin_addr",

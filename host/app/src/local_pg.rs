@@ -104,11 +104,19 @@ pub struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     run_as: Option<(u32, u32)>,
+    /// Server settings beyond the defaults, as `-c name=value` options.
+    settings: String,
 }
 
 impl Cluster {
     /// initdb a new cluster and start it on a free port on 127.0.0.1.
     pub fn start() -> Result<Self, LocalPgError> {
+        Self::start_with(&[])
+    }
+
+    /// The same, with server settings (`("wal_level", "logical")`) that
+    /// hold across restarts.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<Self, LocalPgError> {
         let bin = server_bin_dir().ok_or(LocalPgError::NoBinaries)?;
         let run_as = if is_root() {
             Some(unprivileged_user()?)
@@ -125,6 +133,10 @@ impl Cluster {
             dir,
             bin,
             run_as,
+            settings: settings
+                .iter()
+                .map(|(name, value)| format!(" -c {name}={value}"))
+                .collect(),
         };
         if let Some((uid, gid)) = run_as {
             std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid)).map_err(|e| {
@@ -168,9 +180,10 @@ impl Cluster {
         let data = self.dir.join("data");
         let log = self.dir.join("server.log");
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         self.run(
             "pg_ctl",

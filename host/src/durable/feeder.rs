@@ -46,6 +46,7 @@
 use super::dead_letters;
 use super::pruner::{self, OutboxStats};
 use super::reader::{self, Batch, Channels, Event, Position, PrunedGap};
+use super::relay::{self, RelayStats, Transport};
 use super::schema::{self, WAKE_CHANNEL};
 use crate::dispatch::{
     CallFailure, Delivery, Done, DurableEvent, DurableStats, Gap, GapCause, Mailbox, Notification,
@@ -174,6 +175,11 @@ pub(crate) struct Feeders {
     /// The largest payload `pgnotifier.send` accepts, written to the
     /// database as each feeder starts.
     max_payload_bytes: u32,
+    /// Where `pgnotifier.send` writes.
+    transport: Transport,
+    /// The WAL transport's relay, while this host runs one.
+    relay: Mutex<Option<Task>>,
+    relay_stats: Arc<RelayStats>,
 }
 
 impl Feeders {
@@ -184,6 +190,7 @@ impl Feeders {
         dispatching: watch::Receiver<bool>,
         heartbeat: Duration,
         max_payload_bytes: u32,
+        transport: Transport,
     ) -> Self {
         Self {
             database,
@@ -196,7 +203,43 @@ impl Feeders {
             heartbeat,
             me: advisory::new_holder_name().into(),
             max_payload_bytes,
+            transport,
+            relay: Default::default(),
+            relay_stats: Arc::default(),
         }
+    }
+
+    /// Wait until the relay, if any, has stopped, having relayed what it read.
+    pub(crate) async fn relay_stopped(&self) {
+        let relay = lock(&self.relay).take();
+        if let Some(relay) = relay {
+            relay.stop().await;
+        }
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Relay `slot` into the outbox on `runtime` while this host
+    /// dispatches, unless already; `wal` sets where senders write (the WAL,
+    /// or the outbox again while what the slot holds is drained).
+    pub(crate) fn ensure_relay(&self, runtime: &tokio::runtime::Handle, slot: &str, wal: bool) {
+        let mut relay = lock(&self.relay);
+        if relay.as_ref().is_some_and(|task| !task.is_finished()) {
+            return;
+        }
+        *relay = Some(relay::spawn(
+            runtime,
+            lock(&self.database).clone(),
+            relay::RelaySpec {
+                slot: slot.into(),
+                wal,
+                max_payload_bytes: self.max_payload_bytes,
+            },
+            self.dispatching.clone(),
+            self.relay_stats.clone(),
+        ));
     }
 
     /// How `id` stands, if it is fed.
@@ -294,6 +337,9 @@ impl Feeders {
     pub(crate) fn stop_all(&self) -> Vec<Feeder> {
         if let Some(pruning) = lock(&self.pruning).take() {
             pruning.ask_to_stop();
+        }
+        if let Some(relay) = lock(&self.relay).as_ref() {
+            relay.ask_to_stop();
         }
         let feeders: Vec<Feeder> = lock(&self.running).drain().map(|(_, f)| f).collect();
         for feeder in &feeders {

@@ -10,17 +10,21 @@
 //!   its mailbox, with retries and dead letters;
 //! - [`dead_letters`]: listed, and delivered again on request;
 //! - [`pruner`]: the outbox emptied of what every subscriber has passed, or
-//!   what is older than the retention, with a gap event for what was missed.
+//!   what is older than the retention, with a gap event for what was missed;
+//! - [`relay`]: the WAL transport, where `send` writes a logical decoding
+//!   message, and the dispatching host relays a slot's into the outbox.
 
 pub mod dead_letters;
 pub mod feeder;
 pub mod pruner;
 pub mod reader;
+pub mod relay;
 pub mod schema;
 
 pub use dead_letters::DeadLetter;
 pub use feeder::{DeliveryMode, FeedError, RetryPolicy};
 pub use pruner::{Pruned, DEFAULT_RETENTION};
+pub use relay::{Transport, DEFAULT_SLOT};
 
 use crate::pg::describe;
 
@@ -39,6 +43,19 @@ pub enum DurableError {
     NotDurable(String),
     #[error("this host is a standby, and its at-least-once subscribers are fed by the leader ({}): send this to the leader", .leader.as_deref().unwrap_or("none seen yet"))]
     Standby { leader: Option<String> },
+    #[error("durable_transport = \"wal\" needs wal_level = logical, and the server has wal_level = {found}. Set it (ALTER SYSTEM SET wal_level = logical, or in postgresql.conf) and restart PostgreSQL: wal_level takes effect only at a server start. On a managed service: Amazon RDS and Aurora, rds.logical_replication = 1 in the parameter group; Google Cloud SQL, the flag cloudsql.logical_decoding = on; Azure Database for PostgreSQL, wal_level = LOGICAL in the server parameters; each needs a restart. Or keep durable_transport = \"outbox\", which works at any wal_level")]
+    WalLevel { found: String },
+    #[error("the WAL transport's replication slot {slot:?} (and its publication): {}. Its role needs the REPLICATION attribute (or superuser) and CREATE on the database", describe(.source))]
+    Slot {
+        slot: String,
+        source: tokio_postgres::Error,
+    },
+    #[error("the replication slot {slot:?} is not this database's pgoutput slot (database {database:?}, plugin {plugin:?}): slot names are one namespace for the whole server, so give each database's hosts a wal_slot of its own")]
+    SlotTaken {
+        slot: String,
+        database: String,
+        plugin: String,
+    },
     #[error("subscriber {subscriber:?} is fed by {holder}, not by this host")]
     FedElsewhere { subscriber: String, holder: String },
 }

@@ -36,7 +36,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 9] = [
+const MIGRATIONS: [&str; 10] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -861,6 +861,124 @@ BEGIN
            CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END;
 END
 $read$;
+"#,
+    // 10: the WAL transport: send writes a logical decoding message, and
+    // the host that reads the slot relays it into the outbox.
+    r#"
+-- Where send writes: 'outbox' (this schema's table, on any PostgreSQL) or
+-- 'wal' (a transactional logical decoding message, for a host that reads
+-- the slot to relay; wal_level = logical). A host writes it, once its slot
+-- exists, so no message is written that no slot keeps.
+ALTER TABLE pgnotifier.limits ADD COLUMN transport text NOT NULL DEFAULT 'outbox'
+    CHECK (transport IN ('outbox', 'wal'));
+-- The WAL position of a relayed event's message.
+ALTER TABLE pgnotifier.outbox ADD COLUMN lsn pg_lsn;
+-- How far each slot is relayed, written in the transaction that relays: a
+-- relay that starts again never relays a transaction twice.
+CREATE TABLE pgnotifier.relayed (
+    slot name PRIMARY KEY,
+    through pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+-- A slot the WAL transport used that still exists: a host on the outbox
+-- transport relays what senders still write to it.
+CREATE FUNCTION pgnotifier.slot_to_drain() RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $drain$
+    SELECT r.slot FROM pgnotifier.relayed r
+      JOIN pg_replication_slots s ON s.slot_name = r.slot AND s.database = current_database()
+     ORDER BY r.updated_at DESC LIMIT 1
+$drain$;
+
+-- In the WAL transport, a message whose prefix carries the sender's pid
+-- and the channel ('pgnotifier:PID:CHANNEL') and whose content is the
+-- payload: nothing is written to a table, no lock is taken, and nothing
+-- is NOTIFYed, so a send costs about what the message's WAL does. It
+-- returns the message's WAL position as a number.
+CREATE OR REPLACE FUNCTION pgnotifier.send(channel text, payload text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+    sender text;
+    first_event boolean;
+    bytes integer := octet_length(coalesce(payload, ''));
+    max_bytes integer;
+    transport text;
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    -- One row, or none (the defaults): an aggregate gives one either way.
+    SELECT coalesce(max(l.transport), 'outbox'), coalesce(max(l.max_payload_bytes), 1048576)
+      INTO transport, max_bytes FROM pgnotifier.limits l;
+    IF bytes > max_bytes THEN
+        RAISE EXCEPTION 'pgnotifier.send: a payload of % bytes is over max_payload_bytes (%)',
+            bytes, max_bytes
+            USING ERRCODE = '54000',
+                  HINT = 'Raise max_payload_bytes in the host''s configuration, or send a key and let the subscriber read the rest.';
+    END IF;
+    IF transport = 'wal' THEN
+        RETURN (pg_logical_emit_message(true, 'pgnotifier:' || pg_backend_pid() || ':' || channel,
+                                        coalesce(payload, '')) - '0/0')::bigint;
+    END IF;
+    sender := pg_current_xact_id()::text;
+    -- Undone with a savepoint rolled back, as the event it marks is.
+    first_event := current_setting('pgnotifier.stamping', true) IS DISTINCT FROM sender;
+    INSERT INTO pgnotifier.outbox (channel, payload, first_in_transaction)
+        VALUES (channel, coalesce(payload, ''), first_event) RETURNING id INTO event_id;
+    IF first_event THEN
+        PERFORM set_config('pgnotifier.stamping', sender, true);
+    END IF;
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$send$;
+
+CREATE OR REPLACE FUNCTION pgnotifier.send_first_within(channel text, payloads text[]) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $within$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+    sender text;
+    first_event boolean;
+    max_bytes integer;
+    transport text;
+    payload text;
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    -- One row, or none (the defaults): an aggregate gives one either way.
+    SELECT coalesce(max(l.transport), 'outbox'), coalesce(max(l.max_payload_bytes), 1048576)
+      INTO transport, max_bytes FROM pgnotifier.limits l;
+    FOREACH payload IN ARRAY payloads LOOP
+        EXIT WHEN octet_length(payload) <= max_bytes;
+    END LOOP;
+    IF octet_length(payload) > max_bytes THEN
+        RAISE EXCEPTION 'pgnotifier.send: a payload of % bytes is over max_payload_bytes (%)',
+            octet_length(payload), max_bytes USING ERRCODE = '54000';
+    END IF;
+    IF transport = 'wal' THEN
+        RETURN (pg_logical_emit_message(true, 'pgnotifier:' || pg_backend_pid() || ':' || channel,
+                                        payload) - '0/0')::bigint;
+    END IF;
+    sender := pg_current_xact_id()::text;
+    first_event := current_setting('pgnotifier.stamping', true) IS DISTINCT FROM sender;
+    INSERT INTO pgnotifier.outbox (channel, payload, first_in_transaction)
+        VALUES (channel, payload, first_event) RETURNING id INTO event_id;
+    IF first_event THEN
+        PERFORM set_config('pgnotifier.stamping', sender, true);
+    END IF;
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$within$;
 "#,
 ];
 

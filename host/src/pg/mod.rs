@@ -8,6 +8,7 @@
 
 pub(crate) mod advisory;
 pub mod connection;
+pub(crate) mod replication;
 pub mod tls;
 
 use crate::settings::ConfigError;
@@ -22,6 +23,8 @@ use tokio_postgres::Socket;
 pub struct DatabaseSettings {
     pg: tokio_postgres::Config,
     ssl_mode: SslMode,
+    /// `sslrootcert`, for connections the driver does not make (replication).
+    root_cert: Option<PathBuf>,
     tls: Connector,
 }
 
@@ -121,7 +124,12 @@ impl DatabaseSettings {
             .keepalives_idle(Duration::from_secs(30))
             .keepalives_interval(Duration::from_secs(10))
             .keepalives_retries(3);
-        Ok(Self { pg, ssl_mode, tls })
+        Ok(Self {
+            pg,
+            ssl_mode,
+            root_cert,
+            tls,
+        })
     }
 
     /// The settings as a URL without the password, for logs and messages.

@@ -161,8 +161,13 @@ impl TlsConnect<Socket> for HostTls {
     }
 }
 
-fn root_store(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, ConfigError> {
-    let path: PathBuf = match root_cert {
+/// The CA file `verify-ca` and `verify-full` check against: `sslrootcert`,
+/// else libpq's default, `~/.postgresql/root.crt`.
+pub(crate) fn root_cert_path(
+    mode: SslMode,
+    root_cert: Option<&Path>,
+) -> Result<PathBuf, ConfigError> {
+    Ok(match root_cert {
         Some(path) => path.to_owned(),
         None => std::env::var_os("HOME")
             .map(|home| Path::new(&home).join(".postgresql/root.crt"))
@@ -173,7 +178,11 @@ fn root_store(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, 
                     mode.as_str()
                 ))
             })?,
-    };
+    })
+}
+
+fn root_store(mode: SslMode, root_cert: Option<&Path>) -> Result<RootCertStore, ConfigError> {
+    let path = root_cert_path(mode, root_cert)?;
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(&path)
         .map_err(|e| refused(format!("sslrootcert {}: {e}", path.display())))?;

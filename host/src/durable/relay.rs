@@ -1,0 +1,651 @@
+//! The WAL transport: `pgnotifier.send` writes a transactional logical
+//! decoding message instead of an outbox row, and the host that dispatches
+//! reads them from a replication slot and relays them into the outbox, where
+//! the feeders read them as any other event.
+//!
+//! - **Why relay, not feed from the slot.** A slot has one confirmed
+//!   position and one reader. Relaying moves it as soon as the relay's own
+//!   insert commits, so a stuck subscriber holds outbox rows (pruned by
+//!   `outbox_retention`, with a gap event), never WAL on the primary; and
+//!   positions, retries, dead letters, redelivery, skip and failover are the
+//!   outbox's, the same in both transports. The writer pays for the message
+//!   alone; the relay writes each event once more, many to a transaction.
+//! - **Exactly once into the outbox.** Each relay transaction records how
+//!   far it relayed (`pgnotifier.relayed`), and only then is the slot's
+//!   position moved there. A relay that starts again asks the server for
+//!   what committed after that, and skips any transaction it still sends
+//!   that ends before it.
+//! - **Commit order, durable first.** A slot sends a transaction only once
+//!   its commit is flushed, in commit order; the relay keeps that order
+//!   (one commit stamp per relay transaction, events in the order read).
+//! - **One reader.** Only a host that dispatches (alone, or leading its
+//!   cluster) relays, and PostgreSQL lets one session at a time read a
+//!   slot: a second host finds it busy and tries again later.
+//! - **The slot and its publication** share the configured name. The relay
+//!   creates both when missing, and only then sets the transport, so no
+//!   message is written that no slot keeps.
+
+use super::reader::column;
+use super::DurableError;
+use crate::channel::quote_ident;
+use crate::pg::connection::Backoff;
+use crate::pg::replication::SlotRead;
+use crate::pg::DatabaseSettings;
+use crate::sync::{bump, AbortOnDrop, Stop, Task};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationEvent};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio_postgres::types::PgLsn;
+
+/// Where durable events travel from `pgnotifier.send` to the host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// The `pgnotifier.outbox` table: any PostgreSQL.
+    #[default]
+    Outbox,
+    /// The write-ahead log, read from the logical replication slot `slot`
+    /// (and a publication of the same name): needs `wal_level = logical`.
+    Wal { slot: String },
+}
+
+/// The slot a host uses unless configured: one per database, shared by
+/// every host of a cluster.
+pub const DEFAULT_SLOT: &str = "pgnotifier";
+
+/// The prefix of every message `send` writes: `pgnotifier:PID:CHANNEL`.
+const PREFIX: &str = "pgnotifier:";
+
+/// Events relayed in one transaction at most.
+const BATCH_EVENTS: usize = 1000;
+/// Payload bytes relayed in one transaction at most (the first event always goes).
+const BATCH_BYTES: usize = 16 << 20;
+/// How long a committed event may wait for others to share its transaction.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
+
+/// Whether a slot name is one PostgreSQL accepts: lower-case letters,
+/// digits and underscores, at most 63 bytes.
+pub fn valid_slot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The relay's counters.
+#[derive(Debug, Default)]
+pub(crate) struct RelayStats {
+    /// Events relayed into the outbox since start.
+    pub(crate) events: AtomicU64,
+    /// Relay transactions committed since start.
+    pub(crate) batches: AtomicU64,
+    /// The WAL position relayed through, as a number.
+    pub(crate) through: AtomicU64,
+}
+
+/// The server's `wal_level`, refused unless `logical`.
+pub(crate) async fn check_wal_level(client: &tokio_postgres::Client) -> Result<(), DurableError> {
+    let row = client
+        .query_one("SELECT current_setting('wal_level') AS wal_level", &[])
+        .await?;
+    let found: String = column(&row, "wal_level")?;
+    if found == "logical" {
+        Ok(())
+    } else {
+        Err(DurableError::WalLevel { found })
+    }
+}
+
+/// Make the publication and the slot `slot` if missing (the slot reads
+/// with `pgoutput`); whether the slot was made now.
+pub(crate) async fn ensure_slot(
+    client: &tokio_postgres::Client,
+    slot: &str,
+) -> Result<bool, DurableError> {
+    check_wal_level(client).await?;
+    let exists = |sql| async move {
+        let row = client.query_one(sql, &[&slot]).await?;
+        Ok::<bool, DurableError>(column(&row, "found")?)
+    };
+    if !exists("SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1) AS found")
+        .await?
+    {
+        let created = client
+            .batch_execute(&format!("CREATE PUBLICATION {}", quote_ident(slot)))
+            .await;
+        // Another host made it meanwhile: as good.
+        if let Err(e) = created {
+            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
+                return Err(DurableError::Slot {
+                    slot: slot.to_owned(),
+                    source: e,
+                });
+            }
+        }
+    }
+    let found = client
+        .query_opt(
+            "SELECT coalesce(database::text, '') AS database, coalesce(plugin::text, '') AS plugin
+               FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    if let Some(row) = found {
+        let database: String = column(&row, "database")?;
+        let plugin: String = column(&row, "plugin")?;
+        let here: String = column(
+            &client
+                .query_one("SELECT current_database()::text AS here", &[])
+                .await?,
+            "here",
+        )?;
+        if database == here && plugin == "pgoutput" {
+            return Ok(false);
+        }
+        return Err(DurableError::SlotTaken {
+            slot: slot.to_owned(),
+            database,
+            plugin,
+        });
+    }
+    let created = client
+        .execute(
+            "SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
+        .await;
+    match created {
+        Ok(_) => Ok(true),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(false),
+        Err(source) => Err(DurableError::Slot {
+            slot: slot.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Set where `pgnotifier.send` writes, for every sender from their next send.
+pub(crate) async fn set_transport(
+    client: &tokio_postgres::Client,
+    wal: bool,
+) -> Result<(), DurableError> {
+    let transport = if wal { "wal" } else { "outbox" };
+    client
+        .execute(
+            "INSERT INTO pgnotifier.limits AS l (only_row, transport) VALUES (true, $1)
+                 ON CONFLICT (only_row) DO UPDATE SET transport = excluded.transport
+                 WHERE l.transport IS DISTINCT FROM excluded.transport",
+            &[&transport],
+        )
+        .await?;
+    Ok(())
+}
+
+/// What a relay reads, and what it tells senders.
+pub(crate) struct RelaySpec {
+    pub(crate) slot: Arc<str>,
+    /// Senders write to the WAL (the configured transport), or to the
+    /// outbox again (a host on the outbox transport draining a slot left
+    /// from the WAL transport).
+    pub(crate) wal: bool,
+    pub(crate) max_payload_bytes: u32,
+}
+
+/// Relay `spec`'s slot into the outbox on `runtime`, while this host
+/// dispatches, until stopped.
+pub(crate) fn spawn(
+    runtime: &tokio::runtime::Handle,
+    database: DatabaseSettings,
+    spec: RelaySpec,
+    dispatching: watch::Receiver<bool>,
+    stats: Arc<RelayStats>,
+) -> Task {
+    Task::spawn(runtime, |stop| async move {
+        let relay = Relay {
+            database,
+            slot: spec.slot,
+            wal: spec.wal,
+            max_payload_bytes: spec.max_payload_bytes,
+            dispatching,
+            stop,
+            stats,
+        };
+        relay.run().await
+    })
+}
+
+/// The slot left by the WAL transport that a host on the outbox transport
+/// still relays: one `pgnotifier.relayed` names, if it exists. Senders may
+/// still write to it until their transactions end.
+pub(crate) async fn left_to_drain(
+    client: &tokio_postgres::Client,
+) -> Result<Option<String>, DurableError> {
+    let row = client
+        .query_one("SELECT pgnotifier.slot_to_drain() AS slot", &[])
+        .await;
+    // A schema from before the WAL transport (or none) has nothing to drain.
+    match row {
+        Ok(row) => Ok(column(&row, "slot")?),
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION)
+                || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+struct Relay {
+    database: DatabaseSettings,
+    slot: Arc<str>,
+    wal: bool,
+    max_payload_bytes: u32,
+    dispatching: watch::Receiver<bool>,
+    stop: Stop,
+    stats: Arc<RelayStats>,
+}
+
+/// Why a relay session ended.
+enum End {
+    Stopped,
+    StoodDown,
+    /// Another session reads the slot.
+    Busy(String),
+    Failed(String),
+}
+
+impl<E: std::error::Error> From<E> for End {
+    fn from(e: E) -> Self {
+        End::Failed(crate::printable::with_causes(&e))
+    }
+}
+
+impl Relay {
+    async fn run(mut self) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut said_busy = false;
+        loop {
+            // Only a host that dispatches relays.
+            tokio::select! {
+                _ = self.dispatching.wait_for(|d| *d) => {}
+                _ = self.stop.asked() => return,
+            }
+            let end = self.session().await;
+            let wait = match end {
+                End::Stopped => return,
+                End::StoodDown => continue,
+                End::Busy(holder) => {
+                    if !said_busy {
+                        tracing::info!(slot = %self.slot, "another session reads the slot ({holder}); trying again every 5 s");
+                        said_busy = true;
+                    }
+                    Duration::from_secs(5)
+                }
+                End::Failed(e) => {
+                    said_busy = false;
+                    let wait = backoff.next_delay();
+                    tracing::warn!(slot = %self.slot, "relaying the WAL transport's events: {e}; again in {wait:?}");
+                    wait
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.stop.asked() => return,
+            }
+        }
+    }
+
+    /// Connect, read the slot from where the outbox has it, and relay until
+    /// stopped, stood down or failed.
+    async fn session(&mut self) -> End {
+        let (client, connection) = match self.database.connect().await {
+            Ok(c) => c,
+            Err(e) => return e.into(),
+        };
+        let _driver = AbortOnDrop(tokio::spawn(connection));
+        let mut session = match self.open(client).await {
+            Ok(session) => session,
+            Err(end) => return end,
+        };
+        tracing::info!(slot = %self.slot, from = %session.through.to_pg_string(), "relaying the slot into the outbox");
+        let end = session.relay(self).await;
+        session.replication.stop();
+        end
+    }
+
+    async fn open(&mut self, mut client: tokio_postgres::Client) -> Result<Session, End> {
+        super::schema::install(&mut client).await?;
+        if self.wal {
+            if ensure_slot(&client, &self.slot).await? {
+                tracing::info!(slot = %self.slot, "created the replication slot and its publication");
+            }
+        } else if left_to_drain(&client).await?.as_deref() != Some(&*self.slot) {
+            tracing::info!(slot = %self.slot, "the WAL transport's slot is gone: nothing left to relay");
+            return Err(End::Stopped);
+        }
+        // The relay's commits are durable before the slot moves past them,
+        // whatever the database's default.
+        client.batch_execute("SET synchronous_commit = on").await?;
+        // Recorded before senders write to the WAL, so that a host on the
+        // outbox transport finds the slot to drain.
+        let row = client
+            .query_one(
+                "INSERT INTO pgnotifier.relayed AS r (slot, through)
+                 SELECT $1, s.confirmed_flush_lsn FROM pg_catalog.pg_replication_slots s
+                  WHERE s.slot_name = $1 AND s.database = pg_catalog.current_database()
+                     ON CONFLICT (slot) DO UPDATE SET updated_at = pg_catalog.now()
+                 RETURNING r.through",
+                &[&&*self.slot],
+            )
+            .await?;
+        let through = Lsn(u64::from(column::<PgLsn>(&row, "through")?));
+        set_transport(&client, self.wal).await?;
+        // Up to 64 MiB of messages wait in the session's buffer.
+        let buffer_events = ((64 << 20) / self.max_payload_bytes.max(1) as usize).clamp(16, 4096);
+        let read = SlotRead {
+            slot: &self.slot,
+            publication: &self.slot,
+            from: through,
+            buffer_events,
+        };
+        let mut failures = Vec::new();
+        for config in self.database.replication(&read)? {
+            let target = config.display_connection();
+            let mut replication = match ReplicationClient::connect(config).await {
+                Ok(r) => r,
+                Err(e) => {
+                    failures.push(format!("{target}: {e}"));
+                    continue;
+                }
+            };
+            let started =
+                tokio::time::timeout(Duration::from_secs(10), replication.wait_started()).await;
+            match started {
+                Ok(Ok(())) => {
+                    return Ok(Session {
+                        client,
+                        replication,
+                        through,
+                        open: Vec::new(),
+                        batch: Batch::default(),
+                    })
+                }
+                Ok(Err(e)) => {
+                    let text = e.to_string();
+                    if text.contains("is active for PID") {
+                        return Err(End::Busy(text));
+                    }
+                    failures.push(format!("{target}: {text}"));
+                }
+                Err(_) => failures.push(format!(
+                    "{target}: no answer to START_REPLICATION within 10 s"
+                )),
+            }
+            replication.stop();
+        }
+        Err(End::Failed(format!(
+            "reading the replication slot {:?}: {}",
+            &*self.slot,
+            failures.join("; ")
+        )))
+    }
+}
+
+/// One event read from the slot, not yet relayed.
+struct Relayed {
+    channel: String,
+    payload: String,
+    pid: i32,
+    lsn: Lsn,
+}
+
+/// Committed events waiting to be relayed together.
+#[derive(Default)]
+struct Batch {
+    channels: Vec<String>,
+    payloads: Vec<String>,
+    pids: Vec<i32>,
+    sent_at: Vec<SystemTime>,
+    lsns: Vec<PgLsn>,
+    bytes: usize,
+    /// The end of the last transaction taken in.
+    through: Lsn,
+    /// When the first event came in.
+    since: Option<tokio::time::Instant>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.channels.len() >= BATCH_EVENTS || self.bytes >= BATCH_BYTES
+    }
+
+    fn take_in(&mut self, events: Vec<Relayed>, committed_at: SystemTime, end: Lsn) {
+        for event in events {
+            self.bytes += event.payload.len();
+            self.channels.push(event.channel);
+            self.payloads.push(event.payload);
+            self.pids.push(event.pid);
+            self.sent_at.push(committed_at);
+            self.lsns.push(PgLsn::from(event.lsn.0));
+        }
+        self.through = end;
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+    }
+}
+
+struct Session {
+    client: tokio_postgres::Client,
+    replication: ReplicationClient,
+    /// Relayed through here: a transaction that ends here or before is had.
+    through: Lsn,
+    /// The messages of the transaction being read.
+    open: Vec<Relayed>,
+    batch: Batch,
+}
+
+/// PostgreSQL's epoch (2000-01-01) as Unix time.
+const PG_EPOCH: Duration = Duration::from_secs(946_684_800);
+
+fn pg_time(micros: i64) -> SystemTime {
+    let since = Duration::from_micros(micros.unsigned_abs());
+    if micros >= 0 {
+        SystemTime::UNIX_EPOCH + PG_EPOCH + since
+    } else {
+        SystemTime::UNIX_EPOCH + PG_EPOCH - since
+    }
+}
+
+impl Session {
+    async fn relay(&mut self, relay: &mut Relay) -> End {
+        enum Next {
+            Event(pgwire_replication::Result<Option<ReplicationEvent>>),
+            Stop,
+            StandDown,
+            Due,
+        }
+        loop {
+            let deadline = self.batch.since.map(|since| since + BATCH_WAIT);
+            let next = tokio::select! {
+                event = self.replication.recv() => Next::Event(event),
+                _ = relay.stop.asked() => Next::Stop,
+                _ = relay.dispatching.wait_for(|d| !*d) => Next::StandDown,
+                _ = sleep_until(deadline), if deadline.is_some() => Next::Due,
+            };
+            let done = match next {
+                Next::Event(Ok(Some(event))) => self.take(event, relay).await,
+                Next::Event(Ok(None)) => {
+                    Err(End::Failed("the replication stream ended".to_owned()))
+                }
+                Next::Event(Err(e)) => Err(e.into()),
+                Next::Stop => return self.finish(relay, End::Stopped).await,
+                Next::StandDown => return End::StoodDown,
+                Next::Due => self.write(relay).await,
+            };
+            if let Err(end) = done {
+                return end;
+            }
+        }
+    }
+
+    /// Relay what is in hand before stopping: it is committed, and read.
+    async fn finish(&mut self, relay: &Relay, end: End) -> End {
+        match self.write(relay).await {
+            Ok(()) => end,
+            Err(failed) => failed,
+        }
+    }
+
+    async fn take(&mut self, event: ReplicationEvent, relay: &Relay) -> Result<(), End> {
+        match event {
+            ReplicationEvent::Begin { .. } => self.open.clear(),
+            ReplicationEvent::Message {
+                transactional: true,
+                lsn,
+                prefix,
+                content,
+            } => {
+                if let Some(event) = parse_message(&prefix, &content, lsn) {
+                    self.open.push(event);
+                }
+            }
+            ReplicationEvent::Commit {
+                end_lsn,
+                commit_time_micros,
+                ..
+            } => {
+                let events = std::mem::take(&mut self.open);
+                // Relayed before this session (the server starts at the
+                // slot's confirmed position, which may lag `relayed`).
+                if end_lsn <= self.through {
+                    return Ok(());
+                }
+                if events.is_empty() && self.batch.is_empty() {
+                    self.through = end_lsn;
+                    self.replication.update_applied_lsn(end_lsn);
+                    return Ok(());
+                }
+                self.batch
+                    .take_in(events, pg_time(commit_time_micros), end_lsn);
+                if self.batch.is_full() {
+                    self.write(relay).await?;
+                }
+            }
+            // Nothing read is waiting: the slot may move to what the server
+            // has sent.
+            ReplicationEvent::KeepAlive { wal_end, .. }
+                if self.open.is_empty() && self.batch.is_empty() && wal_end > self.through =>
+            {
+                self.replication.update_applied_lsn(wal_end);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Relay the batch in one transaction with how far it goes; then move
+    /// the slot there.
+    async fn write(&mut self, relay: &Relay) -> Result<(), End> {
+        if self.batch.since.is_none() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        let through = PgLsn::from(batch.through.0);
+        let tx = self.client.transaction().await?;
+        if !batch.is_empty() {
+            tx.execute(
+                "INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction)
+                 SELECT e.channel, e.payload, e.pid, e.sent_at, e.lsn, e.n = 1
+                   FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[])
+                        WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, n)
+                  ORDER BY e.n",
+                &[
+                    &batch.channels,
+                    &batch.payloads,
+                    &batch.pids,
+                    &batch.sent_at,
+                    &batch.lsns,
+                ],
+            )
+            .await?;
+            tx.execute(
+                "SELECT pg_catalog.pg_notify('pgnotifier.outbox', c)
+                   FROM (SELECT DISTINCT unnest($1::text[]) AS c) d",
+                &[&batch.channels],
+            )
+            .await?;
+        }
+        tx.execute(
+            "INSERT INTO pgnotifier.relayed (slot, through) VALUES ($1, $2)
+                 ON CONFLICT (slot) DO UPDATE SET through = excluded.through, updated_at = pg_catalog.now()",
+            &[&&*relay.slot, &through],
+        )
+        .await?;
+        tx.commit().await?;
+        self.through = batch.through;
+        self.replication.update_applied_lsn(batch.through);
+        bump(&relay.stats.events, batch.channels.len() as u64);
+        bump(&relay.stats.batches, 1);
+        relay
+            .stats
+            .through
+            .store(batch.through.0, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An event from a message `send` wrote (`pgnotifier:PID:CHANNEL`, the
+/// payload as content); `None` for anyone else's message.
+fn parse_message(prefix: &str, content: &[u8], lsn: Lsn) -> Option<Relayed> {
+    let (pid, channel) = prefix.strip_prefix(PREFIX)?.split_once(':')?;
+    let pid = pid.parse().ok()?;
+    let payload = match std::str::from_utf8(content) {
+        Ok(text) => text.to_owned(),
+        // A database whose encoding is not UTF-8 (SQL_ASCII) can send
+        // anything: kept, with the bytes that are not text replaced.
+        Err(_) => String::from_utf8_lossy(content).into_owned(),
+    };
+    Some(Relayed {
+        channel: channel.to_owned(),
+        payload,
+        pid,
+        lsn,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_from_send_names_its_pid_and_channel() {
+        let event = parse_message("pgnotifier:4242:orders:eu", b"{\"id\": 7}", Lsn(16)).unwrap();
+        assert_eq!(
+            (event.pid, event.channel.as_str(), event.payload.as_str()),
+            (4242, "orders:eu", "{\"id\": 7}")
+        );
+        assert!(parse_message("other:1:orders", b"", Lsn(1)).is_none());
+        assert!(parse_message("pgnotifier:x:orders", b"", Lsn(1)).is_none());
+    }
+
+    #[test]
+    fn slot_names_are_those_postgresql_takes() {
+        assert!(valid_slot_name("pgnotifier_eu1"));
+        for bad in ["", "Upper", "with-dash", "a b", &"x".repeat(64)] {
+            assert!(!valid_slot_name(bad), "{bad:?}");
+        }
+    }
+}

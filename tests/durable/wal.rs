@@ -1,0 +1,298 @@
+//! The WAL transport: `pgnotifier.send` writes a logical decoding message,
+//! and the dispatching host relays the slot into the outbox. These run on a
+//! throwaway server with `wal_level = logical` (`support::logical_url`).
+
+use crate::support::durable::*;
+use crate::support::{eventually, SOON};
+use pgnotifier::durable::{RetryPolicy, Transport};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// A database of its own on the logical server, and its slot's name.
+async fn wal_database(name: &str) -> (String, Client, Transport) {
+    crate::support::logs::install();
+    let (url, client) = fresh_database_on(crate::support::logical_url(), name).await;
+    let transport = Transport::Wal {
+        slot: format!("pgn_{name}"),
+    };
+    (url, client, transport)
+}
+
+fn wal_notifier(url: &str, transport: &Transport) -> pgnotifier::Notifier {
+    pgnotifier::Notifier::builder(pgnotifier::DatabaseSettings::from_url(url).unwrap())
+        .durable_transport(transport.clone())
+        .build()
+}
+
+/// Wait until senders write to the WAL: the relay has made its slot and
+/// set the transport.
+async fn relaying(client: &Client) {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let wal = client
+            .query_one(
+                "select exists (select from pgnotifier.limits where transport = 'wal')
+                    and exists (select from pgnotifier.relayed)",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get(0));
+        if wal {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never set the WAL transport"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until every committed payload of `produced` is relayed into the
+/// outbox, where the stream's checks read the truth.
+async fn relayed_all(client: &Client, produced: &Produced) {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let rows = client
+            .query(
+                "select distinct payload from pgnotifier.outbox where channel = 'work'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let relayed: std::collections::BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        let missing = (produced.committed.iter())
+            .filter(|p| !relayed.contains(*p))
+            .count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} of {} committed events never relayed",
+            produced.committed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Payloads relayed into the outbox on `channel`, with how many times each.
+async fn relayed_twice(client: &Client, channel: &str) -> Vec<(String, i64)> {
+    client
+        .query(
+            "select payload, count(*) from pgnotifier.outbox where channel = $1 and lsn is not null
+              group by payload having count(*) > 1",
+            &[&channel],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sends_through_the_wal_reach_an_at_least_once_subscriber_in_order_and_rollbacks_never() {
+    let (url, client, transport) = wal_database("wal_order").await;
+    let n = wal_notifier(&url, &transport);
+    let (subscriber, seen) = recording_at_least_once(RetryPolicy::default());
+    n.subscribe("sink", "work", subscriber).unwrap();
+    n.start().await.unwrap();
+    feeding(&client, "sink").await;
+    relaying(&client).await;
+
+    // A send writes no row: the sending transaction sees an empty outbox.
+    let rows_seen_by_sender: i64 = {
+        client.batch_execute("begin").await.unwrap();
+        client
+            .execute("select pgnotifier.send('work', '0')", &[])
+            .await
+            .unwrap();
+        let rows = client
+            .query_one("select count(*) from pgnotifier.outbox", &[])
+            .await
+            .unwrap()
+            .get(0);
+        client.batch_execute("commit").await.unwrap();
+        rows
+    };
+    assert_eq!(rows_seen_by_sender, 0, "send wrote to the outbox");
+    client
+        .batch_execute("begin; select pgnotifier.send('work', '999'); rollback")
+        .await
+        .unwrap();
+    send_range(&client, 1..300).await;
+    let all = || seen.lock().unwrap().len() >= 300;
+    assert!(
+        eventually(SOON, all).await,
+        "{} of 300 delivered",
+        seen.lock().unwrap().len()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.contains(&999), "a rolled-back send was delivered");
+    assert_eq!(assert_all_in_order(&seen, 300), 0, "no repeats");
+    let relayed: i64 = client
+        .query_one(
+            "select count(*) from pgnotifier.outbox where channel = 'work' and lsn is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        relayed > 0,
+        "events came through the WAL, with their position"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_wal_level_logical_is_refused_at_start_naming_the_setting() {
+    let (url, client) = fresh_database("wal_refused").await;
+    let level: String = client
+        .query_one("select current_setting('wal_level')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(
+        level, "logical",
+        "this test needs the shared test server at wal_level replica or minimal"
+    );
+    let n = wal_notifier(
+        &url,
+        &Transport::Wal {
+            slot: "pgn_refused".to_owned(),
+        },
+    );
+    let refused = n
+        .start()
+        .await
+        .expect_err("started without wal_level = logical");
+    let text = pgnotifier::printable::with_causes(&refused);
+    for needed in [
+        "wal_level = logical",
+        &format!("wal_level = {level}"),
+        "restart PostgreSQL",
+        "rds.logical_replication",
+        "cloudsql.logical_decoding",
+        "Azure",
+        "durable_transport = \"outbox\"",
+    ] {
+        assert!(text.contains(needed), "{needed:?} not in: {text}");
+    }
+    assert!(!n.is_running(), "refused means not started");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mebibyte_goes_through_the_wal_whole_and_two_are_refused_naming_the_cap() {
+    let (url, client, transport) = wal_database("wal_large").await;
+    let n = wal_notifier(&url, &transport);
+    let got: std::sync::Arc<std::sync::Mutex<Vec<usize>>> = Default::default();
+    let sink = got.clone();
+    let subscriber = pgnotifier::Subscriber::native(move |_, _, payload, _| {
+        if let pgnotifier::Payload::Text(text) = payload {
+            sink.lock().unwrap().push(text.len());
+        }
+    })
+    .payload_mode(pgnotifier::PayloadMode::Raw)
+    .at_least_once(RetryPolicy::default());
+    n.subscribe("big", "large", subscriber).unwrap();
+    n.start().await.unwrap();
+    feeding(&client, "big").await;
+    relaying(&client).await;
+    client
+        .execute("select pgnotifier.send('large', repeat('x', 1048576))", &[])
+        .await
+        .unwrap();
+    let refused = error_of(
+        &client,
+        "select pgnotifier.send('large', repeat('y', 2097152))",
+    )
+    .await;
+    assert_eq!(
+        refused,
+        "pgnotifier.send: a payload of 2097152 bytes is over max_payload_bytes (1048576)"
+    );
+    let whole = || got.lock().unwrap().first() == Some(&1_048_576);
+    assert!(eventually(SOON, whole).await, "{:?}", got.lock().unwrap());
+    n.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(got.lock().unwrap().len(), 1, "the refused one never came");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_through_the_wal_reaches_a_durable_plugin_complete_in_order_once() {
+    let (url, client, transport) = wal_database("wal_stream").await;
+    let n = wal_notifier(&url, &transport);
+    let dir = crate::support::temp_dir("durable-wal-stream");
+    let id = crate::support::channel("sink_wal_stream");
+    durable_sink(&n, &dir, &id, "").await;
+    n.start().await.unwrap();
+    feeding(&client, &id).await;
+    relaying(&client).await;
+    let produced = produce(&url, 25).finish().await;
+    relayed_all(&client, &produced).await;
+    let got = check_stream(&client, || sunk(&id), &produced, 0).await;
+    assert!(got.iter().all(|(_, _, attempt)| *attempt == 1));
+    assert_eq!(relayed_twice(&client, "work").await, vec![]);
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_stopped_mid_stream_relays_nothing_twice_and_the_next_misses_nothing() {
+    let (url, client, transport) = wal_database("wal_restart").await;
+    let dir = crate::support::temp_dir("durable-wal-restart");
+    let id = crate::support::channel("sink_wal_restart");
+    let first = wal_notifier(&url, &transport);
+    durable_sink(&first, &dir, &id, "").await;
+    first.start().await.unwrap();
+    feeding(&client, &id).await;
+    relaying(&client).await;
+    let stream = produce(&url, 40);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    first.shutdown(Duration::from_secs(5)).await;
+    // Sent while no host relays: the slot keeps it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = wal_notifier(&url, &transport);
+    durable_sink(&second, &dir, &id, "").await;
+    second.start().await.unwrap();
+    let produced = stream.finish().await;
+    relayed_all(&client, &produced).await;
+    check_stream(&client, || sunk(&id), &produced, WINDOW).await;
+    assert_eq!(relayed_twice(&client, "work").await, vec![]);
+    second.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_whose_session_is_killed_relays_nothing_twice() {
+    let (url, client, transport) = wal_database("wal_killed").await;
+    let n = wal_notifier(&url, &transport);
+    let dir = crate::support::temp_dir("durable-wal-killed");
+    let id = crate::support::channel("sink_wal_killed");
+    durable_sink(&n, &dir, &id, "").await;
+    n.start().await.unwrap();
+    feeding(&client, &id).await;
+    relaying(&client).await;
+    let stream = produce(&url, 30);
+    // The relay's replication session, killed again and again: the slot's
+    // confirmed position lags what the outbox has (it follows within a
+    // second), so the server sends again what was relayed.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed: i64 = client
+            .query_one(
+                "select count(pg_terminate_backend(pid)) from pg_stat_activity
+                  where datname = current_database() and backend_type = 'walsender'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1, "the relay's session");
+    }
+    let produced = stream.finish().await;
+    relayed_all(&client, &produced).await;
+    check_stream(&client, || sunk(&id), &produced, 0).await;
+    assert_eq!(relayed_twice(&client, "work").await, vec![]);
+    n.shutdown(Duration::from_secs(5)).await;
+}
