@@ -279,20 +279,147 @@ async fn a_relay_whose_session_is_killed_relays_nothing_twice() {
     // second), so the server sends again what was relayed.
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let killed: i64 = client
-            .query_one(
-                "select count(pg_terminate_backend(pid)) from pg_stat_activity
-                  where datname = current_database() and backend_type = 'walsender'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(killed, 1, "the relay's session");
+        // Once the relay has its session again (it reconnects with backoff).
+        let deadline = std::time::Instant::now() + SOON;
+        loop {
+            let killed: i64 = client
+                .query_one(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity
+                      where datname = current_database() and backend_type = 'walsender'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if killed == 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the relay never read the slot again"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     let produced = stream.finish().await;
     relayed_all(&client, &produced).await;
     check_stream(&client, || sunk(&id), &produced, 0).await;
     assert_eq!(relayed_twice(&client, "work").await, vec![]);
     n.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_lost_to_max_slot_wal_keep_size_is_a_gap_with_its_cause_then_delivery_goes_on() {
+    crate::support::logs::install();
+    // A server of its own: the bound is the whole server's.
+    let cluster = tokio::task::spawn_blocking(|| {
+        pgnotifier_app::local_pg::Cluster::start_with(&[
+            ("wal_level", "logical"),
+            ("max_slot_wal_keep_size", "1MB"),
+        ])
+    })
+    .await
+    .unwrap()
+    .expect("a throwaway PostgreSQL with wal_level = logical");
+    let url = cluster.url().to_owned();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let transport = Transport::Wal {
+        slot: "pgn_lost".to_owned(),
+    };
+    let subscriber = |seen: Seen, gaps: std::sync::Arc<std::sync::Mutex<Vec<String>>>| {
+        pgnotifier::Subscriber::native(move |_, _, payload, _| {
+            if let pgnotifier::Payload::Text(text) = payload {
+                seen.lock().unwrap().push(text.parse().unwrap());
+            }
+        })
+        .on_gap(move |_, _| {
+            let cause = pgnotifier::current_gap().map(|gap| format!("{:?}", gap.cause));
+            gaps.lock().unwrap().push(cause.unwrap_or_default());
+        })
+        .payload_mode(pgnotifier::PayloadMode::Raw)
+        .at_least_once(RetryPolicy::default())
+    };
+    let (seen, gaps): (Seen, std::sync::Arc<std::sync::Mutex<Vec<String>>>) = Default::default();
+    let first = wal_notifier(&url, &transport);
+    first
+        .subscribe("sink", "work", subscriber(seen.clone(), gaps.clone()))
+        .unwrap();
+    first.start().await.unwrap();
+    feeding(&client, "sink").await;
+    relaying(&client).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '1')")
+        .await
+        .unwrap();
+    assert!(eventually(SOON, || seen.lock().unwrap().contains(&1)).await);
+    first.shutdown(Duration::from_secs(5)).await;
+
+    // Sent while no host relays, then more WAL than the slot may hold.
+    client
+        .batch_execute("select pgnotifier.send('work', '2')")
+        .await
+        .unwrap();
+    client
+        .batch_execute("create table filler (body text)")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        client
+            .batch_execute(
+                "insert into filler select repeat('x', 1000) from generate_series(1, 20000);
+                 select pg_switch_wal(); checkpoint;",
+            )
+            .await
+            .unwrap();
+        let lost: bool = client
+            .query_one(
+                "select wal_status = 'lost' from pg_replication_slots where slot_name = 'pgn_lost'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if lost {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never invalidated"
+        );
+    }
+
+    let second = wal_notifier(&url, &transport);
+    second
+        .subscribe("sink", "work", subscriber(seen.clone(), gaps.clone()))
+        .unwrap();
+    second.start().await.unwrap();
+    let told = || !gaps.lock().unwrap().is_empty();
+    assert!(eventually(SOON, told).await, "no gap event");
+    let cause = gaps.lock().unwrap()[0].clone();
+    assert!(
+        cause.contains("pgn_lost") && cause.contains("max_slot_wal_keep_size"),
+        "{cause}"
+    );
+    relaying(&client).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '3')")
+        .await
+        .unwrap();
+    assert!(eventually(SOON, || seen.lock().unwrap().contains(&3)).await);
+    let status: String = client
+        .query_one(
+            "select wal_status from pg_replication_slots where slot_name = 'pgn_lost'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(status, "lost", "a new slot took its place");
+    second.shutdown(Duration::from_secs(5)).await;
+    assert!(!seen.lock().unwrap().contains(&2), "lost with the slot");
+    assert_eq!(gaps.lock().unwrap().len(), 1, "told once");
 }

@@ -1,7 +1,8 @@
 //! The benchmark suite: throughput, fan-out, latency, hot reload, memory, the
 //! sandbox's per-call cost, reconnect time, the example plugin of each
-//! language, the capabilities, durable delivery and a cluster of hosts, each
-//! beside a bare loop or a baseline where a ratio matters. `run-drain` and
+//! language, the capabilities, durable delivery on each transport and a
+//! cluster of hosts, each beside a bare loop or a baseline where a ratio
+//! matters. `run-drain` and
 //! `run-rates` measure the real `pgnotifier run` from the outside, beside a
 //! bare loop in a process of its own (see `out_of_process`).
 //!
@@ -53,6 +54,8 @@ mod reconnect;
 mod reload;
 #[path = "suite/sandbox.rs"]
 mod sandbox;
+#[path = "suite/transports.rs"]
+mod transports;
 #[allow(dead_code)] // the tests read more of it than the bench
 #[path = "../../../tests/support/webhook.rs"]
 mod webhook;
@@ -162,6 +165,8 @@ struct Bench {
     work: PathBuf,
     rows: Vec<(String, String)>,
     json: Vec<String>,
+    /// Where the durable sections' `pgnotifier.send` writes.
+    transport: pgnotifier::durable::Transport,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -204,6 +209,7 @@ async fn suite() -> anyhow::Result<()> {
         work: work.clone(),
         rows: Vec::new(),
         json: Vec::new(),
+        transport: pgnotifier::durable::Transport::Outbox,
     };
     let started = Instant::now();
     if wants("drain") {
@@ -241,6 +247,9 @@ async fn suite() -> anyhow::Result<()> {
     }
     if wants("durable") {
         bench.durable().await?;
+    }
+    if wants("transports") {
+        bench.transports().await?;
     }
     if wants("cluster") {
         bench.cluster().await?;
@@ -297,6 +306,7 @@ impl Bench {
                 cache_dir: Some(self.work.join("cache")),
                 ..SandboxSettings::default()
             })
+            .durable_transport(self.transport.clone())
             .build();
         for (file, outcome) in notifier.load_plugins(&dir).await? {
             outcome.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;

@@ -104,6 +104,7 @@ impl HttpGate {
         refuse_all: bool,
         cancel: Arc<CallCancel>,
     ) -> Self {
+        crate::pg::tls::ring_as_process_default();
         Self {
             id,
             allowed,

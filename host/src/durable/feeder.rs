@@ -1052,13 +1052,23 @@ impl Session<'_> {
     /// session ends as it returns.
     async fn tell_gaps(&mut self, gaps: &[PrunedGap]) -> Result<(), End> {
         for pruned in gaps {
-            if pruned.events > 0 {
-                tracing::warn!(subscriber = %self.id(), events = pruned.events, channels = ?pruned.channels, "events pruned by outbox_retention before delivery");
+            let cause = match &pruned.cause {
+                Some(cause) => {
+                    tracing::warn!(subscriber = %self.id(), channels = ?pruned.channels, "durable events lost before delivery: {cause}");
+                    Some(GapCause::ConnectionLost(cause.clone()))
+                }
+                None if pruned.events > 0 => {
+                    tracing::warn!(subscriber = %self.id(), events = pruned.events, channels = ?pruned.channels, "events pruned by outbox_retention before delivery");
+                    Some(GapCause::Pruned(pruned.events))
+                }
+                None => None,
+            };
+            if let Some(cause) = cause {
                 let gap = Arc::new(Gap {
                     channels: pruned.channels.clone().into(),
                     lost_at: Some(pruned.first_sent_at),
                     resumed_at: std::time::SystemTime::now(),
-                    cause: GapCause::Pruned(pruned.events),
+                    cause,
                 });
                 if let Err((end, told)) = self.tell_gap(gap).await {
                     if told {

@@ -95,6 +95,9 @@ pub struct PrunedGap {
     /// those before it were read before they were removed.
     pub events: u64,
     pub first_sent_at: std::time::SystemTime,
+    /// Why the events are gone, when pruning did not remove them: the WAL
+    /// transport's slot was lost. `events` is then unknown (0).
+    pub cause: Option<String>,
 }
 
 /// What one read returns.
@@ -209,6 +212,7 @@ pub async fn read(
                         .unwrap_or(0)
                         .unsigned_abs(),
                     first_sent_at: column(row, "sent_at")?,
+                    cause: column(row, "payload")?,
                 };
                 gaps.push(gap);
             }

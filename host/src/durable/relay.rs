@@ -166,6 +166,19 @@ pub(crate) async fn ensure_slot(
     }
 }
 
+/// Whether PostgreSQL invalidated the slot `slot` (`wal_status = 'lost'`).
+async fn slot_lost(client: &tokio_postgres::Client, slot: &str) -> Result<bool, DurableError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_replication_slots
+                             WHERE slot_name = $1 AND database = pg_catalog.current_database()
+                               AND wal_status = 'lost') AS lost",
+            &[&slot],
+        )
+        .await?;
+    Ok(column(&row, "lost")?)
+}
+
 /// Set where `pgnotifier.send` writes, for every sender from their next send.
 pub(crate) async fn set_transport(
     client: &tokio_postgres::Client,
@@ -316,8 +329,59 @@ impl Relay {
         end
     }
 
+    /// A slot PostgreSQL invalidated (past `max_slot_wal_keep_size`) can
+    /// never be read again: what it held is gone. Senders go back to the
+    /// outbox at once; every at-least-once subscriber is told of a gap with
+    /// the cause, before its next event; and the slot is dropped, for a new
+    /// one to take its place.
+    async fn give_up_lost_slot(&self, client: &mut tokio_postgres::Client) -> Result<(), End> {
+        set_transport(client, false).await?;
+        let cause = format!(
+            "the WAL transport's replication slot {:?} was invalidated by PostgreSQL (it held more WAL than max_slot_wal_keep_size allows): events sent through the WAL that no host had relayed are lost",
+            &*self.slot
+        );
+        let tx = client.transaction().await?;
+        let told = tx
+            .execute(
+                "INSERT INTO pgnotifier.gaps (subscriber, channels, events, first_sent_at, cause)
+                 SELECT p.subscriber, coalesce(p.channels, '{}'), 0,
+                        coalesce((SELECT r.updated_at FROM pgnotifier.relayed r WHERE r.slot = $1),
+                                 pg_catalog.now()),
+                        $2
+                   FROM pgnotifier.positions p",
+                &[&&*self.slot, &cause],
+            )
+            .await?;
+        tx.execute(
+            "DELETE FROM pgnotifier.relayed WHERE slot = $1",
+            &[&&*self.slot],
+        )
+        .await?;
+        tx.commit().await?;
+        let dropped = client
+            .execute(
+                "SELECT pg_catalog.pg_drop_replication_slot($1)",
+                &[&&*self.slot],
+            )
+            .await;
+        if let Err(e) = dropped {
+            // Dropped by another host meanwhile: as good.
+            if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) {
+                return Err(e.into());
+            }
+        }
+        tracing::error!(slot = %self.slot, subscribers = told, "{cause}; each at-least-once subscriber is told of a gap, and the slot is made again");
+        Ok(())
+    }
+
     async fn open(&mut self, mut client: tokio_postgres::Client) -> Result<Session, End> {
         super::schema::install(&mut client).await?;
+        if slot_lost(&client, &self.slot).await? {
+            self.give_up_lost_slot(&mut client).await?;
+            if !self.wal {
+                return Err(End::Stopped);
+            }
+        }
         if self.wal {
             if ensure_slot(&client, &self.slot).await? {
                 tracing::info!(slot = %self.slot, "created the replication slot and its publication");

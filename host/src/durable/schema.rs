@@ -36,7 +36,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 10] = [
+const MIGRATIONS: [&str; 11] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -979,6 +979,91 @@ BEGIN
     RETURN event_id;
 END
 $within$;
+"#,
+    // 11: a gap with a cause of its own: the WAL transport's slot lost.
+    r#"
+-- Why a gap's events are gone when pruning did not remove them (a lost
+-- replication slot): told to the subscriber. NULL for pruning's gaps.
+ALTER TABLE pgnotifier.gaps ADD COLUMN cause text;
+
+-- read_batch as in version 9; a gap row brings its cause as its payload.
+CREATE OR REPLACE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
+                                      channels text[], max_events integer, max_bytes bigint)
+RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
+               sent_at timestamptz, pid integer, salt uuid,
+               events bigint, gap_channels text[], flush_to pg_lsn)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
+#variable_conflict use_variable
+DECLARE
+    last_stamp bigint;
+    written pg_lsn;
+    look integer;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
+    last_stamp := pgnotifier.horizon(after_stamp);
+    RETURN QUERY
+    WITH found AS (
+        (SELECT 'e'::"char", o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+           FROM pgnotifier.commits c
+           JOIN pgnotifier.outbox o ON o.txid = c.txid
+          WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
+          ORDER BY o.id
+          LIMIT max_events)
+        UNION ALL
+        (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL, NULL, NULL
+           FROM pgnotifier.commits c
+          CROSS JOIN LATERAL (
+                SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
+                  FROM pgnotifier.outbox e
+                 WHERE e.txid = c.txid AND e.channel = ANY (channels)
+                 ORDER BY e.id
+                 LIMIT max_events) o
+          WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
+          ORDER BY c.stamp, o.id
+          LIMIT max_events)
+    ), sized AS (
+        SELECT f.*, coalesce(sum(octet_length(f.payload)) OVER (
+                   ORDER BY f.stamp, f.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                   AS bytes_before
+          FROM found f
+    )
+    SELECT CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN 'e'::"char" ELSE 'o'::"char" END,
+           z.id, z.stamp, z.channel,
+           CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN z.payload END,
+           z.sent_at, z.pid, z.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+      FROM sized z
+    UNION ALL
+    SELECT 'g', g.id, NULL, NULL, g.cause, g.first_sent_at, NULL, NULL,
+           CASE WHEN g.stamps IS NULL THEN g.events
+                ELSE (SELECT count(*) FROM unnest(g.stamps, g.ids) u(s, i)
+                       WHERE (u.s, u.i) > (after_stamp, after_id)) END,
+           CASE WHEN g.stamps IS NULL THEN g.channels
+                ELSE ARRAY(SELECT DISTINCT u.c FROM unnest(g.stamps, g.ids, g.event_channels) u(s, i, c)
+                            WHERE (u.s, u.i) > (after_stamp, after_id) ORDER BY 1) END,
+           NULL
+      FROM pgnotifier.gaps g
+     WHERE g.subscriber = subscriber;
+    -- Every commit read above (the senders' and the prunes') wrote its
+    -- record before this point. WAL past it is most often a transaction in
+    -- flight, whose own commit flushes it within a millisecond: look twice
+    -- (a sleep of any length takes about a millisecond), then leave the
+    -- flush to the reader.
+    written := pg_current_wal_insert_lsn();
+    FOR look IN 1..2 LOOP
+        EXIT WHEN pg_current_wal_flush_lsn() >= written;
+        PERFORM pg_sleep(0.0001);
+    END LOOP;
+    RETURN QUERY
+    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
+           NULL::integer, NULL::uuid, NULL::bigint, NULL::text[],
+           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END;
+END
+$read$;
 "#,
 ];
 

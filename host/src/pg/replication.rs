@@ -27,6 +27,7 @@ impl DatabaseSettings {
         &self,
         read: &SlotRead<'_>,
     ) -> Result<Vec<ReplicationConfig>, ConfigError> {
+        super::tls::ring_as_process_default();
         let pg = &self.pg;
         let user = pg.get_user().unwrap_or("postgres");
         let password = pg

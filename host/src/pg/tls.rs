@@ -81,6 +81,18 @@ impl SslMode {
     }
 }
 
+/// Make ring the process's rustls provider, once. Libraries that build
+/// their TLS config from the process default (wasi-http's client, the
+/// replication client) find two providers compiled in, and would refuse to
+/// pick one; every connection of ours names ring itself.
+pub(crate) fn ring_as_process_default() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err: a provider is installed already, which serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The TLS connector for `mode`, or why it cannot be built (naming the setting).
 pub(crate) fn connector(mode: SslMode, root_cert: Option<&Path>) -> Result<Connector, ConfigError> {
     if mode == SslMode::Disable {

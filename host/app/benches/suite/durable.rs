@@ -197,7 +197,10 @@ impl Bench {
 
     /// From `pgnotifier.send` to the call, at `rate` events/s (one per transaction).
     pub(crate) async fn durable_latency(&self, tag: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
-        let notifier = Notifier::new(DatabaseSettings::from_url(&self.url)?);
+        let notifier = Notifier::builder(DatabaseSettings::from_url(&self.url)?)
+            .durable_transport(self.transport.clone())
+            .build();
+        notifier.start().await?;
         let (subscriber, samples) = latency_recorder();
         let subscriber = subscriber.at_least_once(pgnotifier::durable::RetryPolicy::default());
         let (id, channel) = (format!("{tag}_sink"), format!("{tag}_events"));
