@@ -61,8 +61,9 @@ const PREFIX: &str = "pgnotifier:";
 const BATCH_EVENTS: usize = 1000;
 /// Payload bytes relayed in one transaction at most (the first event always goes).
 const BATCH_BYTES: usize = 16 << 20;
-/// How long a committed event may wait for others to share its transaction.
-const BATCH_WAIT: Duration = Duration::from_millis(2);
+/// How long a committed event waits for others to share its transaction:
+/// none beyond what is already in hand.
+const BATCH_WAIT: Duration = Duration::ZERO;
 
 /// Whether a slot name is one PostgreSQL accepts: lower-case letters,
 /// digits and underscores, at most 63 bytes.
@@ -429,13 +430,15 @@ impl Relay {
                 tokio::time::timeout(Duration::from_secs(10), replication.wait_started()).await;
             match started {
                 Ok(Ok(())) => {
+                    let write_batch = client.prepare(WRITE_BATCH).await?;
                     return Ok(Session {
                         client,
+                        write_batch,
                         replication,
                         through,
                         open: Vec::new(),
                         batch: Batch::default(),
-                    })
+                    });
                 }
                 Ok(Err(e)) => {
                     let text = e.to_string();
@@ -504,8 +507,25 @@ impl Batch {
     }
 }
 
+/// A batch into the outbox, how far it goes into `pgnotifier.relayed`,
+/// and one wake-up per channel for the feeders.
+const WRITE_BATCH: &str = "
+WITH relayed AS (
+    INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction)
+    SELECT e.channel, e.payload, e.pid, e.sent_at, e.lsn, e.n = 1
+      FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[])
+           WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, n)
+     ORDER BY e.n
+), through AS (
+    INSERT INTO pgnotifier.relayed (slot, through) VALUES ($6, $7)
+        ON CONFLICT (slot) DO UPDATE SET through = excluded.through, updated_at = pg_catalog.now()
+)
+SELECT pg_catalog.pg_notify('pgnotifier.outbox', c)
+  FROM (SELECT DISTINCT unnest($1::text[]) AS c) d";
+
 struct Session {
     client: tokio_postgres::Client,
+    write_batch: tokio_postgres::Statement,
     replication: ReplicationClient,
     /// Relayed through here: a transaction that ends here or before is had.
     through: Lsn,
@@ -536,10 +556,14 @@ impl Session {
         }
         loop {
             let deadline = self.batch.since.map(|since| since + BATCH_WAIT);
+            // In this order: a batch goes as soon as nothing more is in
+            // hand, so it waits for no timer when the stream is quiet, and
+            // grows on its own while a write is under way.
             let next = tokio::select! {
-                event = self.replication.recv() => Next::Event(event),
+                biased;
                 _ = relay.stop.asked() => Next::Stop,
                 _ = relay.dispatching.wait_for(|d| !*d) => Next::StandDown,
+                event = self.replication.recv() => Next::Event(event),
                 _ = sleep_until(deadline), if deadline.is_some() => Next::Due,
             };
             let done = match next {
@@ -621,37 +645,22 @@ impl Session {
         }
         let batch = std::mem::take(&mut self.batch);
         let through = PgLsn::from(batch.through.0);
-        let tx = self.client.transaction().await?;
-        if !batch.is_empty() {
-            tx.execute(
-                "INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction)
-                 SELECT e.channel, e.payload, e.pid, e.sent_at, e.lsn, e.n = 1
-                   FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[])
-                        WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, n)
-                  ORDER BY e.n",
+        // One statement, so one transaction and one round trip: its
+        // commit stamps the events (the outbox's deferred trigger).
+        self.client
+            .execute(
+                &self.write_batch,
                 &[
                     &batch.channels,
                     &batch.payloads,
                     &batch.pids,
                     &batch.sent_at,
                     &batch.lsns,
+                    &&*relay.slot,
+                    &through,
                 ],
             )
             .await?;
-            tx.execute(
-                "SELECT pg_catalog.pg_notify('pgnotifier.outbox', c)
-                   FROM (SELECT DISTINCT unnest($1::text[]) AS c) d",
-                &[&batch.channels],
-            )
-            .await?;
-        }
-        tx.execute(
-            "INSERT INTO pgnotifier.relayed (slot, through) VALUES ($1, $2)
-                 ON CONFLICT (slot) DO UPDATE SET through = excluded.through, updated_at = pg_catalog.now()",
-            &[&&*relay.slot, &through],
-        )
-        .await?;
-        tx.commit().await?;
         self.through = batch.through;
         self.replication.update_applied_lsn(batch.through);
         bump(&relay.stats.events, batch.channels.len() as u64);

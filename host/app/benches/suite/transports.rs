@@ -45,7 +45,8 @@ impl Bench {
         let insert = format!("INSERT INTO bench_rows (body) VALUES ('{EVENT}')");
         let notify = format!("{insert}; SELECT pg_notify('bench_plain', '{EVENT}')");
         let send = format!("SELECT pgnotifier.send('bench_writes', '{EVENT}')");
-        let mut rates: [Vec<f64>; 4] = Default::default();
+        let emit = format!("SELECT pg_logical_emit_message(true, 'bench', '{EVENT}')");
+        let mut rates: [Vec<f64>; 6] = Default::default();
         for _ in 0..REPEATS {
             rates[0].push(bench.writers(&insert).await?);
             rates[1].push(bench.writers(&notify).await?);
@@ -57,8 +58,36 @@ impl Bench {
                 rates[i].push(bench.writers(&send).await?);
                 host.shutdown(Duration::from_secs(5)).await;
             }
+            // What bounds it: the writers alone, with no host reading (the
+            // slot keeps the messages), and the bare message.
+            rates[4].push(bench.writers(&send).await?);
+            rates[5].push(bench.writers(&emit).await?);
+            // Relay that backlog now, not during the next round's writers.
+            bench.transport = wal.clone();
+            let host = bench.writes_host("bench_writes").await?;
+            let end: String = setup
+                .query_one("SELECT pg_current_wal_lsn()::text", &[])
+                .await?
+                .get(0);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let relayed: bool = setup
+                    .query_one(
+                        "SELECT coalesce((SELECT confirmed_flush_lsn >= $1::text::pg_lsn
+                                            FROM pg_replication_slots WHERE slot_name = 'pgnotifier'), false)",
+                        &[&end],
+                    )
+                    .await?
+                    .get(0);
+                anyhow::ensure!(Instant::now() < deadline, "the backlog was never relayed");
+                if relayed {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            host.shutdown(Duration::from_secs(5)).await;
         }
-        let [insert, notify, outbox, wal_rate] = rates.map(|mut r| median(&mut r));
+        let [insert, notify, outbox, wal_rate, wal_alone, emit] = rates.map(|mut r| median(&mut r));
         self.record(
             "transports_writers",
             format!("writers, {WRITERS} connections, one ~200 B event per transaction: INSERT / INSERT + pg_notify / send (outbox) / send (wal)"),
@@ -78,6 +107,18 @@ impl Bench {
                 ("outbox_per_s", outbox),
                 ("wal_per_s", wal_rate),
             ],
+        );
+        self.record(
+            "transports_writers_alone",
+            "the same, no host reading: send (wal) / pg_logical_emit_message alone".to_owned(),
+            format!(
+                "{:.0} ({:.0}%) / {:.0} ({:.0}%) transactions/s",
+                wal_alone,
+                100.0 * wal_alone / insert,
+                emit,
+                100.0 * emit / insert
+            ),
+            &[("wal_alone_per_s", wal_alone), ("emit_per_s", emit)],
         );
         for (name, transport) in [("outbox", Transport::Outbox), ("wal", wal)] {
             bench.transport = transport;
