@@ -7,6 +7,7 @@
 use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{DurableStats, SubscriberStats};
 use crate::durable::pruner::OutboxStats;
+use crate::durable::relay::RelayStats;
 use crate::listener::ListenerStatus;
 use crate::plugins::PluginCounters;
 use crate::registry::Registry;
@@ -25,6 +26,8 @@ pub(crate) struct Sources<'a> {
     /// pruner saw it.
     pub(crate) durable: Vec<(std::sync::Arc<str>, DurableStats)>,
     pub(crate) outbox: &'a OutboxStats,
+    /// The WAL transport's relay.
+    pub(crate) relay: &'a RelayStats,
     pub(crate) cluster: &'a ClusterStatus,
 }
 
@@ -160,6 +163,22 @@ fn durable(out: &mut Exposition, from: &Sources) {
         "Committed events found without a commit stamp (the stamp trigger was disabled), then stamped and delivered late.",
     )
     .sample(name, &[], from.outbox.unstamped.load(Ordering::Relaxed) as f64);
+    let relayed: [(&str, &str, &AtomicU64); 2] = [
+        (
+            "pgnotifier_relay_events_total",
+            "Events the WAL transport's relay brought from the slot into the outbox.",
+            &from.relay.events,
+        ),
+        (
+            "pgnotifier_relay_batches_total",
+            "Transactions the relay wrote them in.",
+            &from.relay.batches,
+        ),
+    ];
+    for (name, help, counter) in relayed {
+        out.family(name, "counter", help)
+            .sample(name, &[], counter.load(Ordering::Relaxed) as f64);
+    }
 }
 
 /// How long calls took, per subscriber.

@@ -718,6 +718,7 @@ impl Notifier {
             cache: self.compile_cache_stats(),
             durable: self.inner.feeders.stats(),
             outbox: self.inner.feeders.outbox(),
+            relay: self.inner.feeders.relay_stats(),
             cluster: &self.inner.cluster,
         })
     }

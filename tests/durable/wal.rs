@@ -144,6 +144,13 @@ async fn sends_through_the_wal_reach_an_at_least_once_subscriber_in_order_and_ro
         relayed > 0,
         "events came through the WAL, with their position"
     );
+    let metrics = crate::support::host::parse_metrics(&n.metrics());
+    assert!(
+        metrics["pgnotifier_relay_events_total"] >= 300.0,
+        "{:?}",
+        metrics.get("pgnotifier_relay_events_total")
+    );
+    assert!(metrics["pgnotifier_relay_batches_total"] >= 1.0);
     n.shutdown(Duration::from_secs(5)).await;
 }
 

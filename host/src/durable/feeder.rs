@@ -209,6 +209,11 @@ impl Feeders {
         }
     }
 
+    /// The WAL transport's relay's counters (zero while none runs).
+    pub(crate) fn relay_stats(&self) -> &RelayStats {
+        &self.relay_stats
+    }
+
     /// Wait until the relay, if any, has stopped, having relayed what it read.
     pub(crate) async fn relay_stopped(&self) {
         let relay = lock(&self.relay).take();
