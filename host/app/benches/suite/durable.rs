@@ -161,6 +161,7 @@ impl Bench {
         let notifier = self.host(&[(id.clone(), &self.noop, sidecar)]).await?;
         if durable {
             self.wait_for_position(&id).await?;
+            self.wait_for_relay().await?;
         }
         let started = Instant::now();
         let function = if durable {
@@ -195,6 +196,47 @@ impl Bench {
         Ok(())
     }
 
+    /// With the WAL transport, until this host's relay reads the slot (a
+    /// probe sent now is relayed): what is sent before waits in the slot,
+    /// and would time the relay's start-up.
+    pub(crate) async fn wait_for_relay(&self) -> anyhow::Result<()> {
+        let pgnotifier::durable::Transport::Wal { slot } = &self.transport else {
+            return Ok(());
+        };
+        let client = self.client().await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            // The transport is the WAL once the relay has set it.
+            let probe: i64 = client
+                .query_one("SELECT pgnotifier.send('bench_relay_probe', '')", &[])
+                .await?
+                .get(0);
+            let wal: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT FROM pgnotifier.limits WHERE transport = 'wal')",
+                    &[],
+                )
+                .await?
+                .get(0);
+            while wal && Instant::now() < deadline {
+                let relayed: bool = client
+                    .query_one(
+                        "SELECT coalesce((SELECT (through - '0/0'::pg_lsn)::bigint >= $1
+                                            FROM pgnotifier.relayed WHERE slot = $2), false)",
+                        &[&probe, slot],
+                    )
+                    .await?
+                    .get(0);
+                if relayed {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the relay never read {slot}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// From `pgnotifier.send` to the call, at `rate` events/s (one per transaction).
     pub(crate) async fn durable_latency(&self, tag: &str, rate: u32) -> anyhow::Result<(f64, f64)> {
         let notifier = Notifier::builder(DatabaseSettings::from_url(&self.url)?)
@@ -206,6 +248,7 @@ impl Bench {
         let (id, channel) = (format!("{tag}_sink"), format!("{tag}_events"));
         notifier.subscribe(&id, channel.as_str(), subscriber)?;
         self.wait_for_position(&id).await?;
+        self.wait_for_relay().await?;
         let client = self.client().await?;
         let statement = client
             .prepare("select pgnotifier.send($1, (extract(epoch from clock_timestamp()) * 1e6)::bigint::text)")

@@ -165,6 +165,7 @@ impl Bench {
         );
         let host = self.host(&[(id.clone(), &self.noop, sidecar)]).await?;
         self.wait_for_position(&id).await?;
+        self.wait_for_relay().await?;
         Ok(host)
     }
 
