@@ -172,7 +172,11 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
     // The leader's feeder has its position: what is sent from here is owed.
     wait_for_position(&sender, &durable_id).await;
 
-    let sends = Sends::start(&events, Duration::from_millis(2));
+    let sends = Sends::start(
+        crate::support::database_url(),
+        &events,
+        Duration::from_millis(2),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.signal("KILL");
     let killed = Instant::now();
@@ -213,6 +217,67 @@ async fn a_standby_takes_over_from_a_sigkilled_leader_and_loses_no_durable_event
         "{status}"
     );
     eprintln!("takeover after SIGKILL: {takeover:?}");
+    b.stop();
+}
+
+/// The same with the WAL transport: only the leader relays the slot, and
+/// the standby that takes over relays from where the dead one stopped,
+/// losing and doubling nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_the_wal_transport_a_standby_takes_over_the_slot_and_loses_no_durable_event() {
+    let (url, client) =
+        crate::support::durable::fresh_database_on(crate::support::logical_url(), "cluster_wal")
+            .await;
+    let cluster = crate::support::channel("failover_wal");
+    let events = crate::support::channel("fo_wal_events");
+    let durable_id = crate::support::channel("fo_wal_sink");
+    let member = || {
+        let setup = Setup::new(
+            "cluster-wal",
+            &format!(
+                "database_url = {url:?}\ndurable_transport = \"wal\"\nwal_slot = \"pgn_failover\"\n\
+                 [cluster]\nname = {cluster:?}\ntakeover_ms = {TAKEOVER_MS}\n"
+            ),
+        );
+        install_sink(&setup.plugins, &durable_id, &sidecar(&events, true));
+        let host = Host::with_config(&setup.config);
+        (setup, host)
+    };
+    let (_a_setup, a) = member();
+    a.wait_for(&["leading", &cluster]);
+    let (_b_setup, b) = member();
+    b.wait_for(&["standing by", &cluster]);
+    wait_for_position(&client, &durable_id).await;
+    a.wait_for(&["relaying the slot into the outbox"]);
+
+    let sends = Sends::start(&url, &events, Duration::from_millis(2));
+    sends.wait_for_more(100).await;
+    a.signal("KILL");
+    crate::support::until(
+        SOON,
+        || format!("the standby never took over:\n{}", b.output()),
+        || (b.count(&["leading", &cluster]) > 0).then_some(()),
+    );
+    b.wait_for(&["relaying the slot into the outbox"]);
+    sends.wait_for_more(100).await;
+    let sent = sends.finish().await;
+    let (_, before) = a.wait();
+    assert_eq!(
+        b.count(&["relaying the slot into the outbox"]),
+        1,
+        "the standby relayed only once it led"
+    );
+    wait_until_delivered(&sent, &durable_id, || vec![before.clone(), b.output()]);
+    let twice: i64 = client
+        .query_one(
+            "select count(*) from (select payload from pgnotifier.outbox where channel = $1
+                                    group by payload having count(*) > 1) d",
+            &[&events],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(twice, 0, "relayed twice across the takeover");
     b.stop();
 }
 
@@ -356,7 +421,11 @@ async fn a_rolling_restart_loses_no_durable_event() {
     let sender = client().await;
     wait_for_position(&sender, &id).await;
 
-    let sends = Sends::start(&events, Duration::from_millis(10));
+    let sends = Sends::start(
+        crate::support::database_url(),
+        &events,
+        Duration::from_millis(10),
+    );
     let mut outputs = Vec::new();
     for i in 0..members.len() {
         // However fast the host sends, each restart falls mid-stream.
@@ -390,14 +459,17 @@ struct Sends {
 }
 
 impl Sends {
-    fn start(events: &str, every: Duration) -> Self {
+    fn start(url: &str, events: &str, every: Duration) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = count.clone();
-        let events = events.to_owned();
+        let (events, url) = (events.to_owned(), url.to_owned());
         let task = tokio::spawn(async move {
-            let sender = client().await;
+            let (sender, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to send");
+            tokio::spawn(connection);
             let mut sent = Vec::new();
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 let payload = format!("e{}", sent.len());

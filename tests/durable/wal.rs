@@ -430,3 +430,44 @@ async fn a_slot_lost_to_max_slot_wal_keep_size_is_a_gap_with_its_cause_then_deli
     assert!(!seen.lock().unwrap().contains(&2), "lost with the slot");
     assert_eq!(gaps.lock().unwrap().len(), 1, "told once");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_through_the_wal_survives_postgresql_stopped_and_started() {
+    crate::support::logs::install();
+    // A server of its own, to restart.
+    let cluster = tokio::task::spawn_blocking(|| {
+        pgnotifier_app::local_pg::Cluster::start_with(&[("wal_level", "logical")])
+    })
+    .await
+    .unwrap()
+    .expect("a throwaway PostgreSQL with wal_level = logical");
+    let url = cluster.url().to_owned();
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let transport = Transport::Wal {
+        slot: "pgn_restarted".to_owned(),
+    };
+    let n = wal_notifier(&url, &transport);
+    let dir = crate::support::temp_dir("durable-wal-pg-restart");
+    let id = crate::support::channel("sink_wal_pg_restart");
+    durable_sink(&n, &dir, &id, "").await;
+    n.start().await.unwrap();
+    feeding(&client, &id).await;
+    relaying(&client).await;
+    let stream = produce(&url, 40);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.stop_server().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.start_server().unwrap();
+    let produced = stream.finish().await;
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    relayed_all(&client, &produced).await;
+    check_stream(&client, || sunk(&id), &produced, WINDOW).await;
+    assert_eq!(relayed_twice(&client, "work").await, vec![]);
+    n.shutdown(Duration::from_secs(5)).await;
+}

@@ -166,10 +166,14 @@ pub fn ctl_json(config: &Path, args: &[&str]) -> serde_json::Value {
 /// A config file for a host on a free port with its state in `data_dir`.
 pub fn write_config(dir: &Path, plugins: &Path, data_dir: &Path, extra: &str) -> PathBuf {
     let config = dir.join("pgnotifier.toml");
+    // `extra` may name a database of its own.
+    let url = match extra.contains("database_url") {
+        true => String::new(),
+        false => format!("database_url = {:?}\n", super::database_url()),
+    };
     let text = format!(
-        "database_url = {url:?}\nplugins = {plugins:?}\ndata_dir = {data:?}\n\
+        "{url}plugins = {plugins:?}\ndata_dir = {data:?}\n\
          admin_addr = \"127.0.0.1:0\"\nwatch_debounce_ms = 25\n{extra}\n",
-        url = super::database_url(),
         plugins = plugins.display().to_string(),
         data = data_dir.display().to_string(),
     );

@@ -293,10 +293,12 @@ impl Relay {
                 End::StoodDown => continue,
                 End::Busy(holder) => {
                     if !said_busy {
-                        tracing::info!(slot = %self.slot, "another session reads the slot ({holder}); trying again every 5 s");
+                        tracing::info!(slot = %self.slot, "another session reads the slot ({holder}); trying again every second");
                         said_busy = true;
                     }
-                    Duration::from_secs(5)
+                    // A host that died leaves its session for as long as
+                    // the server takes to notice: often at once.
+                    Duration::from_secs(1)
                 }
                 End::Failed(e) => {
                     said_busy = false;
