@@ -471,3 +471,52 @@ async fn a_stream_through_the_wal_survives_postgresql_stopped_and_started() {
     assert_eq!(relayed_twice(&client, "work").await, vec![]);
     n.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_install_with_the_wal_transport_makes_the_slot_and_prints_the_sql_for_it() {
+    let (url, client, _) = wal_database("wal_cli").await;
+    let dir = crate::support::temp_dir("durable-wal-cli");
+    let config = dir.join("pgnotifier.toml");
+    std::fs::write(
+        &config,
+        format!("database_url = {url:?}\ndurable_transport = \"wal\"\nwal_slot = \"pgn_cli\"\n"),
+    )
+    .unwrap();
+    let install = |print: bool| {
+        let mut command = std::process::Command::new(crate::support::host::BIN);
+        command.args(["schema", "install", "--config"]).arg(&config);
+        if print {
+            command.arg("--print");
+        }
+        let out = command.output().expect("run pgnotifier schema install");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    assert!(
+        install(false).ends_with("pgnotifier slot: created pgn_cli and its publication\n"),
+        "the first install makes the slot"
+    );
+    assert!(install(false).ends_with("pgnotifier slot: pgn_cli is there already\n"));
+    let made: i64 = client
+        .query_one(
+            "select count(*) from pg_replication_slots s join pg_publication p on p.pubname = s.slot_name
+              where s.slot_name = 'pgn_cli' and s.plugin = 'pgoutput' and s.database = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(made, 1);
+    let script = install(true);
+    assert!(
+        script.ends_with(
+            "CREATE PUBLICATION \"pgn_cli\";\nSELECT pg_catalog.pg_create_logical_replication_slot('pgn_cli', 'pgoutput');\n"
+        ),
+        "{script}"
+    );
+}

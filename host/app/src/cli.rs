@@ -5,7 +5,7 @@ use super::ctl::CtlCommand;
 use super::daemon::{self, RunOptions};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use pgnotifier::durable::schema;
+use pgnotifier::durable::{relay, schema, Transport};
 use pgnotifier::pg::DatabaseSettings;
 use pgnotifier::plugins::{OfflinePlugin, OfflineSettings};
 use std::path::PathBuf;
@@ -345,14 +345,21 @@ async fn install_schema(
     database_url: Option<String>,
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    if print {
-        print!("{}", schema::script());
-        return Ok(());
-    }
     let file = match &config {
         Some(path) => ConfigFile::load(path)?,
         None => ConfigFile::default(),
     };
+    let slot = match file.durable_transport()? {
+        Transport::Wal { slot } => Some(slot),
+        Transport::Outbox => None,
+    };
+    if print {
+        print!("{}", schema::script());
+        if let Some(slot) = &slot {
+            print!("{}", relay::slot_script(slot));
+        }
+        return Ok(());
+    }
     let database = DatabaseSettings::resolve(database_url.or(file.database_url).as_deref())?;
     let (mut client, connection) = database
         .connect()
@@ -360,6 +367,10 @@ async fn install_schema(
         .with_context(|| format!("connecting to {}", database.redacted()))?;
     let driver = tokio::spawn(connection);
     let installed = schema::install(&mut client).await?;
+    let made = match &slot {
+        Some(slot) => Some(relay::ensure_slot(&client, slot).await?),
+        None => None,
+    };
     drop(client);
     let _ = driver.await;
     if installed.from == installed.to {
@@ -369,6 +380,12 @@ async fn install_schema(
             "pgnotifier schema: version {} -> {}",
             installed.from, installed.to
         );
+    }
+    if let (Some(slot), Some(made)) = (&slot, made) {
+        match made {
+            true => println!("pgnotifier slot: created {slot} and its publication"),
+            false => println!("pgnotifier slot: {slot} is there already"),
+        }
     }
     Ok(())
 }

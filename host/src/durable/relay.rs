@@ -99,9 +99,21 @@ pub(crate) async fn check_wal_level(client: &tokio_postgres::Client) -> Result<(
     }
 }
 
+/// The SQL that makes the slot `slot` and its publication, for a DBA to
+/// review and run (`pgnotifier schema install --print`), after the schema
+/// script: it cannot run inside a transaction that has written.
+pub fn slot_script(slot: &str) -> String {
+    format!(
+        "\n-- The WAL transport's slot and publication (durable_transport = \"wal\"): run as a\n-- role with REPLICATION (or superuser) and CREATE on the database, outside a\n-- transaction block. The host tells senders to write to the WAL once it reads the slot.\nCREATE PUBLICATION {};\nSELECT pg_catalog.pg_create_logical_replication_slot('{}', 'pgoutput');\n",
+        quote_ident(slot),
+        slot.replace('\'', "''")
+    )
+}
+
 /// Make the publication and the slot `slot` if missing (the slot reads
-/// with `pgoutput`); whether the slot was made now.
-pub(crate) async fn ensure_slot(
+/// with `pgoutput`); whether the slot was made now. The server must have
+/// `wal_level = logical`.
+pub async fn ensure_slot(
     client: &tokio_postgres::Client,
     slot: &str,
 ) -> Result<bool, DurableError> {
