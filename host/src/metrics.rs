@@ -163,7 +163,7 @@ fn durable(out: &mut Exposition, from: &Sources) {
         "Committed events found without a commit stamp (the stamp trigger was disabled), then stamped and delivered late.",
     )
     .sample(name, &[], from.outbox.unstamped.load(Ordering::Relaxed) as f64);
-    let relayed: [(&str, &str, &AtomicU64); 2] = [
+    let relayed: [(&str, &str, &AtomicU64); 3] = [
         (
             "pgnotifier_relay_events_total",
             "Events the WAL transport's relay brought from the slot into the outbox.",
@@ -173,6 +173,11 @@ fn durable(out: &mut Exposition, from: &Sources) {
             "pgnotifier_relay_batches_total",
             "Transactions the relay wrote them in.",
             &from.relay.batches,
+        ),
+        (
+            "pgnotifier_relay_refused_total",
+            "Messages with pgnotifier.send's prefix that send never writes (another role's pg_logical_emit_message), not relayed.",
+            &from.relay.refused,
         ),
     ];
     for (name, help, counter) in relayed {

@@ -517,7 +517,7 @@ impl Notifier {
         match feeders.transport() {
             Transport::Wal { slot } => {
                 if let Some((client, _driver)) = &connected {
-                    relay::check_wal_level(client).await?;
+                    relay::check_requirements(client).await?;
                 }
                 feeders.ensure_relay(&runtime, slot, true);
             }

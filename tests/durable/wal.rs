@@ -520,3 +520,115 @@ async fn schema_install_with_the_wal_transport_makes_the_slot_and_prints_the_sql
         "{script}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_send_would_never_write_is_refused_and_stops_nothing() {
+    let (url, client, transport) = wal_database("wal_forged").await;
+    let n = wal_notifier(&url, &transport);
+    let (subscriber, seen) = recording_at_least_once(RetryPolicy::default());
+    n.subscribe("sink", "work", subscriber).unwrap();
+    n.start().await.unwrap();
+    feeding(&client, "sink").await;
+    relaying(&client).await;
+    // Any role may write a message with send's prefix: a NUL byte no text
+    // holds (which would fail every write of the outbox), a payload over
+    // the cap, an empty channel.
+    client
+        .batch_execute(
+            "select pg_logical_emit_message(true, 'pgnotifier:1:work', '\\x610062'::bytea);
+             select pg_logical_emit_message(true, 'pgnotifier:1:work', repeat('y', 2000000));
+             select pg_logical_emit_message(true, 'pgnotifier:1:', '5');
+             select pgnotifier.send('work', '7');",
+        )
+        .await
+        .unwrap();
+    assert!(
+        eventually(SOON, || seen.lock().unwrap().contains(&7)).await,
+        "a send after them never came"
+    );
+    let metrics = crate::support::host::parse_metrics(&n.metrics());
+    assert_eq!(metrics["pgnotifier_relay_refused_total"], 3.0);
+    n.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(*seen.lock().unwrap(), vec![7], "only what send wrote");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slot_dropped_by_hand_is_a_gap_with_its_cause_and_a_new_slot_reads_on() {
+    let (url, client, transport) = wal_database("wal_dropped").await;
+    let (seen, gaps): (Seen, std::sync::Arc<std::sync::Mutex<Vec<String>>>) = Default::default();
+    let subscriber = || {
+        let (seen, gaps) = (seen.clone(), gaps.clone());
+        pgnotifier::Subscriber::native(move |_, _, payload, _| {
+            if let pgnotifier::Payload::Text(text) = payload {
+                seen.lock().unwrap().push(text.parse().unwrap());
+            }
+        })
+        .on_gap(move |_, _| {
+            let cause = pgnotifier::current_gap().map(|gap| format!("{:?}", gap.cause));
+            gaps.lock().unwrap().push(cause.unwrap_or_default());
+        })
+        .payload_mode(pgnotifier::PayloadMode::Raw)
+        .at_least_once(RetryPolicy::default())
+    };
+    let first = wal_notifier(&url, &transport);
+    first.subscribe("sink", "work", subscriber()).unwrap();
+    first.start().await.unwrap();
+    feeding(&client, "sink").await;
+    relaying(&client).await;
+    first.shutdown(Duration::from_secs(5)).await;
+    // As a restore onto another server leaves it: the outbox's records,
+    // and no slot. What is sent now goes into the WAL with no slot to keep it.
+    client
+        .batch_execute(
+            "select pg_drop_replication_slot('pgn_wal_dropped');
+             select pgnotifier.send('work', '2');",
+        )
+        .await
+        .unwrap();
+    let second = wal_notifier(&url, &transport);
+    second.subscribe("sink", "work", subscriber()).unwrap();
+    second.start().await.unwrap();
+    assert!(
+        eventually(SOON, || !gaps.lock().unwrap().is_empty()).await,
+        "no gap event"
+    );
+    let cause = gaps.lock().unwrap()[0].clone();
+    assert!(cause.contains("was missing"), "{cause}");
+    relaying(&client).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '3')")
+        .await
+        .unwrap();
+    assert!(eventually(SOON, || seen.lock().unwrap().contains(&3)).await);
+    second.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_not_in_utf8_is_refused_at_start_naming_its_encoding() {
+    crate::support::logs::install();
+    let base = crate::support::logical_url();
+    let (admin, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "create database pgn_latin1 encoding 'LATIN1' template template0 lc_collate 'C' lc_ctype 'C'",
+        )
+        .await
+        .unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let url = format!("{server}/pgn_latin1");
+    let n = wal_notifier(
+        &url,
+        &Transport::Wal {
+            slot: "pgn_latin1".to_owned(),
+        },
+    );
+    let refused = n.start().await.expect_err("started on a LATIN1 database");
+    let text = pgnotifier::printable::with_causes(&refused);
+    assert!(
+        text.contains("UTF8") && text.contains("LATIN1") && text.contains("outbox"),
+        "{text}"
+    );
+}

@@ -50,6 +50,8 @@ pub enum DurableError {
         slot: String,
         source: tokio_postgres::Error,
     },
+    #[error("durable_transport = \"wal\" needs a database whose encoding is UTF8, and this one's is {found}: use durable_transport = \"outbox\" with it")]
+    Encoding { found: String },
     #[error("the replication slot {slot:?} is not this database's pgoutput slot (database {database:?}, plugin {plugin:?}): slot names are one namespace for the whole server, so give each database's hosts a wal_slot of its own")]
     SlotTaken {
         slot: String,

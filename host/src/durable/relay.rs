@@ -84,10 +84,22 @@ pub(crate) struct RelayStats {
     pub(crate) batches: AtomicU64,
     /// The WAL position relayed through, as a number.
     pub(crate) through: AtomicU64,
+    /// Messages with `send`'s prefix that `send` never writes (another
+    /// role's `pg_logical_emit_message`), not relayed.
+    pub(crate) refused: AtomicU64,
+}
+
+/// What the WAL transport needs of the server and the database:
+/// `wal_level = logical`, and a UTF-8 database.
+pub(crate) async fn check_requirements(
+    client: &tokio_postgres::Client,
+) -> Result<(), DurableError> {
+    check_wal_level(client).await?;
+    check_encoding(client).await
 }
 
 /// The server's `wal_level`, refused unless `logical`.
-pub(crate) async fn check_wal_level(client: &tokio_postgres::Client) -> Result<(), DurableError> {
+async fn check_wal_level(client: &tokio_postgres::Client) -> Result<(), DurableError> {
     let row = client
         .query_one("SELECT current_setting('wal_level') AS wal_level", &[])
         .await?;
@@ -176,6 +188,31 @@ pub async fn ensure_slot(
             slot: slot.to_owned(),
             source,
         }),
+    }
+}
+
+/// Whether `pgnotifier.relayed` records a position for `slot`.
+async fn had_relayed(client: &tokio_postgres::Client, slot: &str) -> Result<bool, DurableError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pgnotifier.relayed WHERE slot = $1) AS had",
+            &[&slot],
+        )
+        .await?;
+    Ok(column(&row, "had")?)
+}
+
+/// A message's content is the payload in the database's encoding, which
+/// the relay reads as UTF-8: any other is refused, naming it.
+async fn check_encoding(client: &tokio_postgres::Client) -> Result<(), DurableError> {
+    let row = client
+        .query_one("SELECT current_setting('server_encoding') AS encoding", &[])
+        .await?;
+    let found: String = column(&row, "encoding")?;
+    if found == "UTF8" {
+        Ok(())
+    } else {
+        Err(DurableError::Encoding { found })
     }
 }
 
@@ -355,6 +392,31 @@ impl Relay {
             "the WAL transport's replication slot {:?} was invalidated by PostgreSQL (it held more WAL than max_slot_wal_keep_size allows): events sent through the WAL that no host had relayed are lost",
             &*self.slot
         );
+        let told = self.tell_everyone_of_a_gap(client, &cause).await?;
+        let dropped = client
+            .execute(
+                "SELECT pg_catalog.pg_drop_replication_slot($1)",
+                &[&&*self.slot],
+            )
+            .await;
+        if let Err(e) = dropped {
+            // Dropped by another host meanwhile: as good.
+            if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) {
+                return Err(e.into());
+            }
+        }
+        tracing::error!(slot = %self.slot, subscribers = told, "{cause}; each at-least-once subscriber is told of a gap, and the slot is made again");
+        Ok(())
+    }
+
+    /// A gap with `cause` for every at-least-once subscriber, before its
+    /// next event, and the slot's relayed position forgotten, in one
+    /// transaction; how many subscribers are told.
+    async fn tell_everyone_of_a_gap(
+        &self,
+        client: &mut tokio_postgres::Client,
+        cause: &str,
+    ) -> Result<u64, End> {
         let tx = client.transaction().await?;
         let told = tx
             .execute(
@@ -373,20 +435,7 @@ impl Relay {
         )
         .await?;
         tx.commit().await?;
-        let dropped = client
-            .execute(
-                "SELECT pg_catalog.pg_drop_replication_slot($1)",
-                &[&&*self.slot],
-            )
-            .await;
-        if let Err(e) = dropped {
-            // Dropped by another host meanwhile: as good.
-            if e.code() != Some(&tokio_postgres::error::SqlState::UNDEFINED_OBJECT) {
-                return Err(e.into());
-            }
-        }
-        tracing::error!(slot = %self.slot, subscribers = told, "{cause}; each at-least-once subscriber is told of a gap, and the slot is made again");
-        Ok(())
+        Ok(told)
     }
 
     async fn open(&mut self, mut client: tokio_postgres::Client) -> Result<Session, End> {
@@ -398,8 +447,21 @@ impl Relay {
             }
         }
         if self.wal {
+            check_requirements(&client).await?;
             if ensure_slot(&client, &self.slot).await? {
                 tracing::info!(slot = %self.slot, "created the replication slot and its publication");
+                // A slot made now while the outbox records one relayed
+                // before: it was dropped, or the database restored on
+                // another server. Whatever was sent through the WAL without
+                // it is gone, and the position recorded means nothing here.
+                if had_relayed(&client, &self.slot).await? {
+                    let cause = format!(
+                        "the WAL transport's replication slot {:?} was missing (dropped, or the database restored elsewhere): events sent through the WAL without it are lost",
+                        &*self.slot
+                    );
+                    let told = self.tell_everyone_of_a_gap(&mut client, &cause).await?;
+                    tracing::error!(slot = %self.slot, subscribers = told, "{cause}; each at-least-once subscriber is told of a gap");
+                }
             }
         } else if left_to_drain(&client).await?.as_deref() != Some(&*self.slot) {
             tracing::info!(slot = %self.slot, "the WAL transport's slot is gone: nothing left to relay");
@@ -444,10 +506,11 @@ impl Relay {
                 tokio::time::timeout(Duration::from_secs(10), replication.wait_started()).await;
             match started {
                 Ok(Ok(())) => {
-                    let write_batch = client.prepare(WRITE_BATCH).await?;
+                    let statements = Statements::prepare(&client).await?;
                     return Ok(Session {
                         client,
-                        write_batch,
+                        statements,
+                        recorded: through,
                         replication,
                         through,
                         open: Vec::new(),
@@ -476,6 +539,7 @@ impl Relay {
 }
 
 /// One event read from the slot, not yet relayed.
+#[derive(Debug)]
 struct Relayed {
     channel: String,
     payload: String,
@@ -507,6 +571,24 @@ impl Batch {
         self.channels.len() >= BATCH_EVENTS || self.bytes >= BATCH_BYTES
     }
 
+    /// The events in parts of at most [`BATCH_EVENTS`] and, past the first
+    /// event of each, [`BATCH_BYTES`] of payload.
+    fn parts(&self) -> Vec<std::ops::Range<usize>> {
+        let mut parts = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, payload) in self.payloads.iter().enumerate() {
+            if i > start && (i - start >= BATCH_EVENTS || bytes + payload.len() > BATCH_BYTES) {
+                parts.push(start..i);
+                (start, bytes) = (i, 0);
+            }
+            bytes += payload.len();
+        }
+        if start < self.payloads.len() {
+            parts.push(start..self.payloads.len());
+        }
+        parts
+    }
+
     fn take_in(&mut self, events: Vec<Relayed>, committed_at: SystemTime, end: Lsn) {
         for event in events {
             self.bytes += event.payload.len();
@@ -521,28 +603,51 @@ impl Batch {
     }
 }
 
-/// A batch into the outbox, how far it goes into `pgnotifier.relayed`,
-/// and one wake-up per channel for the feeders.
-const WRITE_BATCH: &str = "
-WITH relayed AS (
-    INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction)
-    SELECT e.channel, e.payload, e.pid, e.sent_at, e.lsn, e.n = 1
-      FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[])
-           WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, n)
-     ORDER BY e.n
-), through AS (
-    INSERT INTO pgnotifier.relayed (slot, through) VALUES ($6, $7)
-        ON CONFLICT (slot) DO UPDATE SET through = excluded.through, updated_at = pg_catalog.now()
-)
+/// Move the slot's relayed position, only from where this session found
+/// it: a relay that read the slot meanwhile (a host whose write was held up
+/// while another took the slot over) has relayed what this one holds.
+const MOVE_THROUGH: &str = "
+UPDATE pgnotifier.relayed SET through = $2, updated_at = pg_catalog.now()
+ WHERE slot = $1 AND through = $3";
+
+/// Events into the outbox, in order; `$6`: the first of the transaction.
+const INSERT_EVENTS: &str = "
+INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction)
+SELECT e.channel, e.payload, e.pid, e.sent_at, e.lsn, e.n = 1 AND $6
+  FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[])
+       WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, n)
+ ORDER BY e.n";
+
+/// One wake-up per channel for the feeders.
+const WAKE: &str = "
 SELECT pg_catalog.pg_notify('pgnotifier.outbox', c)
   FROM (SELECT DISTINCT unnest($1::text[]) AS c) d";
 
+/// The relay's statements, prepared once per session.
+struct Statements {
+    move_through: tokio_postgres::Statement,
+    insert_events: tokio_postgres::Statement,
+    wake: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &tokio_postgres::Client) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            move_through: client.prepare(MOVE_THROUGH).await?,
+            insert_events: client.prepare(INSERT_EVENTS).await?,
+            wake: client.prepare(WAKE).await?,
+        })
+    }
+}
+
 struct Session {
     client: tokio_postgres::Client,
-    write_batch: tokio_postgres::Statement,
+    statements: Statements,
     replication: ReplicationClient,
     /// Relayed through here: a transaction that ends here or before is had.
     through: Lsn,
+    /// What `pgnotifier.relayed` holds, as this session last wrote it.
+    recorded: Lsn,
     /// The messages of the transaction being read.
     open: Vec<Relayed>,
     batch: Batch,
@@ -612,11 +717,14 @@ impl Session {
                 lsn,
                 prefix,
                 content,
-            } => {
-                if let Some(event) = parse_message(&prefix, &content, lsn) {
-                    self.open.push(event);
+            } => match parse_message(&prefix, &content, lsn, relay.max_payload_bytes) {
+                Some(Ok(event)) => self.open.push(event),
+                Some(Err(refused)) => {
+                    bump(&relay.stats.refused, 1);
+                    tracing::error!(slot = %relay.slot, "not relayed, since pgnotifier.send never writes it: {refused}");
                 }
-            }
+                None => {}
+            },
             ReplicationEvent::Commit {
                 end_lsn,
                 commit_time_micros,
@@ -659,22 +767,45 @@ impl Session {
         }
         let batch = std::mem::take(&mut self.batch);
         let through = PgLsn::from(batch.through.0);
-        // One statement, so one transaction and one round trip: its
-        // commit stamps the events (the outbox's deferred trigger).
-        self.client
+        // One transaction: its commit stamps the events (the outbox's
+        // deferred trigger). Written in parts, so that no statement passes
+        // what the server takes in one message, however large the
+        // sending transaction was.
+        let tx = self.client.transaction().await?;
+        let moved = tx
             .execute(
-                &self.write_batch,
+                &self.statements.move_through,
+                &[&&*relay.slot, &through, &PgLsn::from(self.recorded.0)],
+            )
+            .await?;
+        if moved != 1 {
+            return Err(End::Failed(
+                "another relay moved the slot's relayed position meanwhile; reading on from there"
+                    .to_owned(),
+            ));
+        }
+        let mut first = true;
+        for part in batch.parts() {
+            tx.execute(
+                &self.statements.insert_events,
                 &[
-                    &batch.channels,
-                    &batch.payloads,
-                    &batch.pids,
-                    &batch.sent_at,
-                    &batch.lsns,
-                    &&*relay.slot,
-                    &through,
+                    &&batch.channels[part.clone()],
+                    &&batch.payloads[part.clone()],
+                    &&batch.pids[part.clone()],
+                    &&batch.sent_at[part.clone()],
+                    &&batch.lsns[part],
+                    &first,
                 ],
             )
             .await?;
+            first = false;
+        }
+        if !batch.is_empty() {
+            tx.execute(&self.statements.wake, &[&batch.channels])
+                .await?;
+        }
+        tx.commit().await?;
+        self.recorded = batch.through;
         self.through = batch.through;
         self.replication.update_applied_lsn(batch.through);
         bump(&relay.stats.events, batch.channels.len() as u64);
@@ -694,23 +825,52 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
-/// An event from a message `send` wrote (`pgnotifier:PID:CHANNEL`, the
-/// payload as content); `None` for anyone else's message.
-fn parse_message(prefix: &str, content: &[u8], lsn: Lsn) -> Option<Relayed> {
-    let (pid, channel) = prefix.strip_prefix(PREFIX)?.split_once(':')?;
-    let pid = pid.parse().ok()?;
+/// An event from a message with `send`'s prefix (`pgnotifier:PID:CHANNEL`,
+/// the payload as content); `None` for anyone else's message. Any role may
+/// call `pg_logical_emit_message`, so what `send` would refuse is refused
+/// here too, naming why: it is logged and counted, and never stops the
+/// relay (a payload with a NUL byte could never be written to the outbox).
+fn parse_message(
+    prefix: &str,
+    content: &[u8],
+    lsn: Lsn,
+    max_payload_bytes: u32,
+) -> Option<Result<Relayed, String>> {
+    let rest = prefix.strip_prefix(PREFIX)?;
+    let refused = |why: &str| {
+        Some(Err(format!(
+            "a message with prefix {prefix:?} at {}: {why}",
+            lsn.to_pg_string()
+        )))
+    };
+    let Some((pid, channel)) = rest.split_once(':') else {
+        return refused("no pid and channel");
+    };
+    let Ok(pid) = pid.parse() else {
+        return refused("no pid");
+    };
+    if channel.is_empty() || channel.len() > 63 {
+        return refused("not a channel name pgnotifier.send accepts");
+    }
+    if content.len() > max_payload_bytes as usize {
+        return refused(&format!(
+            "a payload of {} bytes, over max_payload_bytes ({max_payload_bytes})",
+            content.len()
+        ));
+    }
+    if content.contains(&0) {
+        return refused("a payload with a NUL byte, which no text holds");
+    }
     let payload = match std::str::from_utf8(content) {
         Ok(text) => text.to_owned(),
-        // A database whose encoding is not UTF-8 (SQL_ASCII) can send
-        // anything: kept, with the bytes that are not text replaced.
-        Err(_) => String::from_utf8_lossy(content).into_owned(),
+        Err(_) => return refused("a payload that is not UTF-8"),
     };
-    Some(Relayed {
+    Some(Ok(Relayed {
         channel: channel.to_owned(),
         payload,
         pid,
         lsn,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -719,13 +879,54 @@ mod tests {
 
     #[test]
     fn a_message_from_send_names_its_pid_and_channel() {
-        let event = parse_message("pgnotifier:4242:orders:eu", b"{\"id\": 7}", Lsn(16)).unwrap();
+        let event = parse_message("pgnotifier:4242:orders:eu", b"{\"id\": 7}", Lsn(16), 8000)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (event.pid, event.channel.as_str(), event.payload.as_str()),
             (4242, "orders:eu", "{\"id\": 7}")
         );
-        assert!(parse_message("other:1:orders", b"", Lsn(1)).is_none());
-        assert!(parse_message("pgnotifier:x:orders", b"", Lsn(1)).is_none());
+        assert!(parse_message("other:1:orders", b"", Lsn(1), 8000).is_none());
+    }
+
+    #[test]
+    fn a_message_send_would_never_write_is_refused_naming_why() {
+        let refused = |prefix: &str, content: &[u8]| {
+            parse_message(prefix, content, Lsn(16), 8)
+                .expect("send's prefix")
+                .expect_err("refused")
+        };
+        assert!(refused("pgnotifier:x:orders", b"").ends_with("no pid"));
+        assert!(refused("pgnotifier:1", b"").ends_with("no pid and channel"));
+        assert!(refused("pgnotifier:1:", b"").contains("channel name"));
+        assert!(refused(&format!("pgnotifier:1:{}", "c".repeat(64)), b"").contains("channel name"));
+        assert!(refused("pgnotifier:1:orders", b"a\0b").contains("NUL"));
+        assert!(refused("pgnotifier:1:orders", b"123456789").contains("over max_payload_bytes (8)"));
+        assert!(refused("pgnotifier:1:orders", b"\xff").contains("not UTF-8"));
+    }
+
+    #[test]
+    fn a_batch_is_written_in_parts_within_the_budgets_each_with_one_event_at_least() {
+        let mut batch = Batch::default();
+        let big = |n: usize| Relayed {
+            channel: "c".to_owned(),
+            payload: "x".repeat(n),
+            pid: 1,
+            lsn: Lsn(1),
+        };
+        let events = vec![big(BATCH_BYTES), big(1), big(BATCH_BYTES - 1), big(2)];
+        batch.take_in(events, SystemTime::now(), Lsn(9));
+        assert_eq!(batch.parts(), vec![0..1, 1..3, 3..4]);
+        let mut many = Batch::default();
+        many.take_in(
+            (0..BATCH_EVENTS + 1).map(|_| big(1)).collect(),
+            SystemTime::now(),
+            Lsn(9),
+        );
+        assert_eq!(
+            many.parts(),
+            vec![0..BATCH_EVENTS, BATCH_EVENTS..BATCH_EVENTS + 1]
+        );
     }
 
     #[test]
