@@ -632,3 +632,96 @@ async fn a_database_not_in_utf8_is_refused_at_start_naming_its_encoding() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_relays_whose_writes_overlap_relay_a_transaction_once() {
+    let (url, client, transport) = wal_database("wal_overlap").await;
+    let a = wal_notifier(&url, &transport);
+    a.start().await.unwrap();
+    relaying(&client).await;
+    // Another host on the same slot, outside any cluster: it waits.
+    let b = wal_notifier(&url, &transport);
+    b.start().await.unwrap();
+    // A's write is held up (a slow disk, a lock), and meanwhile its
+    // session to the slot is cut, so B takes the slot over from the same
+    // recorded position.
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("begin; lock table pgnotifier.outbox in share mode")
+        .await
+        .unwrap();
+    client
+        .batch_execute("select pgnotifier.send('work', 'once')")
+        .await
+        .unwrap();
+    let waiting = "select count(*) from pg_stat_activity
+                    where datname = current_database() and wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + SOON;
+    while client
+        .query_one(waiting, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < 1
+    {
+        assert!(std::time::Instant::now() < deadline, "A never wrote");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client
+        .batch_execute(
+            "select pg_terminate_backend(pid) from pg_stat_activity
+              where datname = current_database() and backend_type = 'walsender'",
+        )
+        .await
+        .unwrap();
+    // B reads the slot and tries to write the same transaction.
+    let deadline = std::time::Instant::now() + SOON;
+    while client
+        .query_one(waiting, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        < 2
+    {
+        assert!(std::time::Instant::now() < deadline, "B never wrote");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    locker.batch_execute("commit").await.unwrap();
+    client
+        .batch_execute("select pgnotifier.send('work', 'after')")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let after: i64 = client
+            .query_one(
+                "select count(*) from pgnotifier.outbox where payload = 'after'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if after > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing relayed after"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let once: i64 = client
+        .query_one(
+            "select count(*) from pgnotifier.outbox where payload = 'once'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(once, 1, "relayed by both");
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}
