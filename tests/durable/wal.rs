@@ -576,6 +576,22 @@ async fn a_slot_dropped_by_hand_is_a_gap_with_its_cause_and_a_new_slot_reads_on(
     feeding(&client, "sink").await;
     relaying(&client).await;
     first.shutdown(Duration::from_secs(5)).await;
+    // Its walsender ends as the server notices the session closed.
+    let inactive =
+        "select not active from pg_replication_slots where slot_name = 'pgn_wal_dropped'";
+    let deadline = std::time::Instant::now() + SOON;
+    while !client
+        .query_one(inactive, &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot stayed active"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // As a restore onto another server leaves it: the outbox's records,
     // and no slot. What is sent now goes into the WAL with no slot to keep it.
     client
