@@ -184,6 +184,24 @@ fn durable(out: &mut Exposition, from: &Sources) {
         out.family(name, "counter", help)
             .sample(name, &[], counter.load(Ordering::Relaxed) as f64);
     }
+    let name = "pgnotifier_relay_reading";
+    out.family(
+        name,
+        "gauge",
+        "1 while this host's relay reads the WAL transport's slot, else 0.",
+    )
+    .sample(name, &[], from.relay.reading.load(Ordering::Relaxed) as f64);
+    let name = "pgnotifier_relay_behind_bytes";
+    let (end, through) = (
+        from.relay.server_end.load(Ordering::Relaxed),
+        from.relay.through.load(Ordering::Relaxed),
+    );
+    out.family(
+        name,
+        "gauge",
+        "WAL the server had sent the relay that it had not confirmed yet, in bytes, at its last message.",
+    )
+    .sample(name, &[], end.saturating_sub(through) as f64);
 }
 
 /// How long calls took, per subscriber.

@@ -151,7 +151,16 @@ async fn sends_through_the_wal_reach_an_at_least_once_subscriber_in_order_and_ro
         metrics.get("pgnotifier_relay_events_total")
     );
     assert!(metrics["pgnotifier_relay_batches_total"] >= 1.0);
+    assert_eq!(metrics["pgnotifier_relay_reading"], 1.0);
+    // Caught up: at most the WAL written since the server last wrote to it.
+    let behind = metrics["pgnotifier_relay_behind_bytes"];
+    assert!(behind < 64.0 * 1024.0, "{behind} bytes behind");
     n.shutdown(Duration::from_secs(5)).await;
+    let metrics = crate::support::host::parse_metrics(&n.metrics());
+    assert_eq!(
+        metrics["pgnotifier_relay_reading"], 0.0,
+        "stopped with the host"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

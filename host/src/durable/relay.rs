@@ -84,6 +84,10 @@ pub(crate) struct RelayStats {
     pub(crate) batches: AtomicU64,
     /// The WAL position relayed through, as a number.
     pub(crate) through: AtomicU64,
+    /// The end of the WAL the server had sent at its last message.
+    pub(crate) server_end: AtomicU64,
+    /// 1 while a session reads the slot, else 0.
+    pub(crate) reading: AtomicU64,
     /// Messages with `send`'s prefix that `send` never writes (another
     /// role's `pg_logical_emit_message`), not relayed.
     pub(crate) refused: AtomicU64,
@@ -376,7 +380,9 @@ impl Relay {
             Err(end) => return end,
         };
         tracing::info!(slot = %self.slot, from = %session.through.to_pg_string(), "relaying the slot into the outbox");
+        self.stats.reading.store(1, Ordering::Relaxed);
         let end = session.relay(self).await;
+        self.stats.reading.store(0, Ordering::Relaxed);
         session.replication.stop();
         end
     }
@@ -730,6 +736,10 @@ impl Session {
                 commit_time_micros,
                 ..
             } => {
+                relay
+                    .stats
+                    .server_end
+                    .fetch_max(end_lsn.0, Ordering::Relaxed);
                 let events = std::mem::take(&mut self.open);
                 // Relayed before this session (the server starts at the
                 // slot's confirmed position, which may lag `relayed`).
@@ -738,7 +748,7 @@ impl Session {
                 }
                 if events.is_empty() && self.batch.is_empty() {
                     self.through = end_lsn;
-                    self.replication.update_applied_lsn(end_lsn);
+                    self.confirm(relay, end_lsn);
                     return Ok(());
                 }
                 self.batch
@@ -749,10 +759,14 @@ impl Session {
             }
             // Nothing read is waiting: the slot may move to what the server
             // has sent.
-            ReplicationEvent::KeepAlive { wal_end, .. }
-                if self.open.is_empty() && self.batch.is_empty() && wal_end > self.through =>
-            {
-                self.replication.update_applied_lsn(wal_end);
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                relay
+                    .stats
+                    .server_end
+                    .fetch_max(wal_end.0, Ordering::Relaxed);
+                if self.open.is_empty() && self.batch.is_empty() && wal_end > self.through {
+                    self.confirm(relay, wal_end);
+                }
             }
             _ => {}
         }
@@ -807,14 +821,16 @@ impl Session {
         tx.commit().await?;
         self.recorded = batch.through;
         self.through = batch.through;
-        self.replication.update_applied_lsn(batch.through);
+        self.confirm(relay, batch.through);
         bump(&relay.stats.events, batch.channels.len() as u64);
         bump(&relay.stats.batches, 1);
-        relay
-            .stats
-            .through
-            .store(batch.through.0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Let the slot move to `lsn`: everything before it is relayed.
+    fn confirm(&self, relay: &Relay, lsn: Lsn) {
+        self.replication.update_applied_lsn(lsn);
+        relay.stats.through.fetch_max(lsn.0, Ordering::Relaxed);
     }
 }
 
