@@ -24,6 +24,26 @@ fn wal_notifier(url: &str, transport: &Transport) -> pgnotifier::Notifier {
         .build()
 }
 
+/// Numbers received, and the causes of the gaps told, in order.
+type Gaps = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// An at-least-once subscriber recording each payload as a number into
+/// `seen`, and each gap's cause into `gaps`.
+fn recording_gaps(seen: &Seen, gaps: &Gaps) -> pgnotifier::Subscriber {
+    let (seen, gaps) = (seen.clone(), gaps.clone());
+    pgnotifier::Subscriber::native(move |_, _, payload, _| {
+        if let pgnotifier::Payload::Text(text) = payload {
+            seen.lock().unwrap().push(text.parse().unwrap());
+        }
+    })
+    .on_gap(move |_, _| {
+        let cause = pgnotifier::current_gap().map(|gap| format!("{:?}", gap.cause));
+        gaps.lock().unwrap().push(cause.unwrap_or_default());
+    })
+    .payload_mode(pgnotifier::PayloadMode::Raw)
+    .at_least_once(RetryPolicy::default())
+}
+
 /// Wait until senders write to the WAL: the relay has made its slot and
 /// set the transport.
 async fn relaying(client: &Client) {
@@ -345,23 +365,10 @@ async fn a_slot_lost_to_max_slot_wal_keep_size_is_a_gap_with_its_cause_then_deli
     let transport = Transport::Wal {
         slot: "pgn_lost".to_owned(),
     };
-    let subscriber = |seen: Seen, gaps: std::sync::Arc<std::sync::Mutex<Vec<String>>>| {
-        pgnotifier::Subscriber::native(move |_, _, payload, _| {
-            if let pgnotifier::Payload::Text(text) = payload {
-                seen.lock().unwrap().push(text.parse().unwrap());
-            }
-        })
-        .on_gap(move |_, _| {
-            let cause = pgnotifier::current_gap().map(|gap| format!("{:?}", gap.cause));
-            gaps.lock().unwrap().push(cause.unwrap_or_default());
-        })
-        .payload_mode(pgnotifier::PayloadMode::Raw)
-        .at_least_once(RetryPolicy::default())
-    };
-    let (seen, gaps): (Seen, std::sync::Arc<std::sync::Mutex<Vec<String>>>) = Default::default();
+    let (seen, gaps): (Seen, Gaps) = Default::default();
     let first = wal_notifier(&url, &transport);
     first
-        .subscribe("sink", "work", subscriber(seen.clone(), gaps.clone()))
+        .subscribe("sink", "work", recording_gaps(&seen, &gaps))
         .unwrap();
     first.start().await.unwrap();
     feeding(&client, "sink").await;
@@ -410,7 +417,7 @@ async fn a_slot_lost_to_max_slot_wal_keep_size_is_a_gap_with_its_cause_then_deli
 
     let second = wal_notifier(&url, &transport);
     second
-        .subscribe("sink", "work", subscriber(seen.clone(), gaps.clone()))
+        .subscribe("sink", "work", recording_gaps(&seen, &gaps))
         .unwrap();
     second.start().await.unwrap();
     let told = || !gaps.lock().unwrap().is_empty();
@@ -564,23 +571,11 @@ async fn a_message_send_would_never_write_is_refused_and_stops_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slot_dropped_by_hand_is_a_gap_with_its_cause_and_a_new_slot_reads_on() {
     let (url, client, transport) = wal_database("wal_dropped").await;
-    let (seen, gaps): (Seen, std::sync::Arc<std::sync::Mutex<Vec<String>>>) = Default::default();
-    let subscriber = || {
-        let (seen, gaps) = (seen.clone(), gaps.clone());
-        pgnotifier::Subscriber::native(move |_, _, payload, _| {
-            if let pgnotifier::Payload::Text(text) = payload {
-                seen.lock().unwrap().push(text.parse().unwrap());
-            }
-        })
-        .on_gap(move |_, _| {
-            let cause = pgnotifier::current_gap().map(|gap| format!("{:?}", gap.cause));
-            gaps.lock().unwrap().push(cause.unwrap_or_default());
-        })
-        .payload_mode(pgnotifier::PayloadMode::Raw)
-        .at_least_once(RetryPolicy::default())
-    };
+    let (seen, gaps): (Seen, Gaps) = Default::default();
     let first = wal_notifier(&url, &transport);
-    first.subscribe("sink", "work", subscriber()).unwrap();
+    first
+        .subscribe("sink", "work", recording_gaps(&seen, &gaps))
+        .unwrap();
     first.start().await.unwrap();
     feeding(&client, "sink").await;
     relaying(&client).await;
@@ -611,7 +606,9 @@ async fn a_slot_dropped_by_hand_is_a_gap_with_its_cause_and_a_new_slot_reads_on(
         .await
         .unwrap();
     let second = wal_notifier(&url, &transport);
-    second.subscribe("sink", "work", subscriber()).unwrap();
+    second
+        .subscribe("sink", "work", recording_gaps(&seen, &gaps))
+        .unwrap();
     second.start().await.unwrap();
     assert!(
         eventually(SOON, || !gaps.lock().unwrap().is_empty()).await,

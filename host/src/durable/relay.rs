@@ -61,9 +61,6 @@ const PREFIX: &str = "pgnotifier:";
 const BATCH_EVENTS: usize = 1000;
 /// Payload bytes relayed in one transaction at most (the first event always goes).
 const BATCH_BYTES: usize = 16 << 20;
-/// How long a committed event waits for others to share its transaction:
-/// none beyond what is already in hand.
-const BATCH_WAIT: Duration = Duration::ZERO;
 
 /// Whether a slot name is one PostgreSQL accepts: lower-case letters,
 /// digits and underscores, at most 63 bytes.
@@ -564,8 +561,8 @@ struct Batch {
     bytes: usize,
     /// The end of the last transaction taken in.
     through: Lsn,
-    /// When the first event came in.
-    since: Option<tokio::time::Instant>,
+    /// A transaction is taken in and not yet written.
+    pending: bool,
 }
 
 impl Batch {
@@ -605,7 +602,7 @@ impl Batch {
             self.lsns.push(PgLsn::from(event.lsn.0));
         }
         self.through = end;
-        self.since.get_or_insert_with(tokio::time::Instant::now);
+        self.pending = true;
     }
 }
 
@@ -680,7 +677,6 @@ impl Session {
             Due,
         }
         loop {
-            let deadline = self.batch.since.map(|since| since + BATCH_WAIT);
             // In this order: a batch goes as soon as nothing more is in
             // hand, so it waits for no timer when the stream is quiet, and
             // grows on its own while a write is under way.
@@ -689,7 +685,7 @@ impl Session {
                 _ = relay.stop.asked() => Next::Stop,
                 _ = relay.dispatching.wait_for(|d| !*d) => Next::StandDown,
                 event = self.replication.recv() => Next::Event(event),
-                _ = sleep_until(deadline), if deadline.is_some() => Next::Due,
+                _ = std::future::ready(()), if self.batch.pending => Next::Due,
             };
             let done = match next {
                 Next::Event(Ok(Some(event))) => self.take(event, relay).await,
@@ -776,7 +772,7 @@ impl Session {
     /// Relay the batch in one transaction with how far it goes; then move
     /// the slot there.
     async fn write(&mut self, relay: &Relay) -> Result<(), End> {
-        if self.batch.since.is_none() {
+        if !self.batch.pending {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
@@ -831,13 +827,6 @@ impl Session {
     fn confirm(&self, relay: &Relay, lsn: Lsn) {
         self.replication.update_applied_lsn(lsn);
         relay.stats.through.fetch_max(lsn.0, Ordering::Relaxed);
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
