@@ -1,15 +1,27 @@
 //! Streams from eight producers to the durable sink plugin, each under a
-//! fault: every committed event arrives, in order, repeats bounded.
+//! fault: every committed event arrives, in order, repeats bounded. Each
+//! runs on both transports (`name::outbox`, `name::wal`).
 
 use crate::support::durable::*;
 use crate::support::SOON;
 use pgnotifier::durable::schema;
 use tokio_postgres::NoTls;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_order_and_once() {
-    let (url, client, n, _, id) = sink_stream("stream", "").await;
+crate::on_both_transports!(
+    a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_order_and_once,
+    a_stream_survives_its_backends_terminated_twice,
+    a_stream_survives_postgresql_stopped_and_started,
+    a_stream_survives_two_hot_reloads_of_the_plugin,
+    a_stream_reaches_a_plugin_that_fails_the_first_two_attempts_at_every_event,
+    a_stream_survives_pgnotifier_run_killed_with_sigkill_and_started_again,
+);
+
+async fn a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_order_and_once(
+    via: Via,
+) {
+    let (url, client, n, _, id) = sink_stream(via, "stream", "").await;
     let produced = produce(&url, 25).finish().await;
+    via.arrived(&client, &produced).await;
     let got = check_stream(&client, || sunk(&id), &produced, 0).await;
     assert!(
         got.iter().all(|(_, _, attempt)| *attempt == 1),
@@ -18,9 +30,8 @@ async fn a_stream_from_eight_producers_reaches_a_durable_plugin_complete_in_orde
     n.shutdown(std::time::Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_survives_its_backends_terminated_twice() {
-    let (url, client, n, _, id) = sink_stream("terminated", "").await;
+async fn a_stream_survives_its_backends_terminated_twice(via: Via) {
+    let (url, client, n, _, id) = sink_stream(via, "terminated", "").await;
     crate::support::listen(&n).await;
     let stream = produce(&url, 30);
     for _ in 0..2 {
@@ -41,23 +52,36 @@ async fn a_stream_survives_its_backends_terminated_twice() {
         );
     }
     let produced = stream.finish().await;
+    via.arrived(&client, &produced).await;
     check_stream(&client, || sunk(&id), &produced, 2 * WINDOW).await;
     n.shutdown(std::time::Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_survives_postgresql_stopped_and_started() {
+async fn a_stream_survives_postgresql_stopped_and_started(via: Via) {
     crate::support::logs::install();
-    let cluster = pgnotifier_app::local_pg::Cluster::start().expect("a throwaway PostgreSQL");
+    // A server of its own, to restart.
+    let settings: &[(&str, &str)] = match via {
+        Via::Outbox => &[],
+        Via::Wal => &[("wal_level", "logical")],
+    };
+    let cluster = tokio::task::spawn_blocking(move || {
+        pgnotifier_app::local_pg::Cluster::start_with(settings)
+    })
+    .await
+    .unwrap()
+    .expect("a throwaway PostgreSQL");
     let url = cluster.url().to_owned();
     let (mut client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
     schema::install(&mut client).await.unwrap();
-    let n = notifier_on(&url);
-    let dir = crate::support::temp_dir("durable-restart");
-    let id = crate::support::channel("sink_restart");
+    let name = via.name("restarted");
+    let n = via.notifier(&url, &name);
+    let dir = crate::support::temp_dir(&format!("durable-{name}"));
+    let id = crate::support::channel(&format!("sink_{name}"));
     durable_sink(&n, &dir, &id, "").await;
+    n.start().await.unwrap();
     feeding(&client, &id).await;
+    via.ready(&client).await;
     let stream = produce(&url, 40);
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     cluster.stop_server().unwrap();
@@ -66,13 +90,13 @@ async fn a_stream_survives_postgresql_stopped_and_started() {
     let produced = stream.finish().await;
     let (client, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
     tokio::spawn(connection);
+    via.arrived(&client, &produced).await;
     check_stream(&client, || sunk(&id), &produced, WINDOW).await;
     n.shutdown(std::time::Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_survives_two_hot_reloads_of_the_plugin() {
-    let (url, client, n, dir, id) = sink_stream("reloaded", "").await;
+async fn a_stream_survives_two_hot_reloads_of_the_plugin(via: Via) {
+    let (url, client, n, dir, id) = sink_stream(via, "reloaded", "").await;
     let _watcher = n.watch_plugins(&dir).await.unwrap();
     let loads =
         || crate::support::host::parse_metrics(&n.metrics())["pgnotifier_plugin_loads_total"];
@@ -89,14 +113,16 @@ async fn a_stream_survives_two_hot_reloads_of_the_plugin() {
         );
     }
     let produced = stream.finish().await;
+    via.arrived(&client, &produced).await;
     check_stream(&client, || sunk(&id), &produced, 2 * WINDOW).await;
     n.shutdown(std::time::Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_reaches_a_plugin_that_fails_the_first_two_attempts_at_every_event() {
-    let (url, client, n, _, id) = sink_stream("failing", "[config]\nfail_attempts = \"2\"\n").await;
+async fn a_stream_reaches_a_plugin_that_fails_the_first_two_attempts_at_every_event(via: Via) {
+    let (url, client, n, _, id) =
+        sink_stream(via, "failing", "[config]\nfail_attempts = \"2\"\n").await;
     let produced = produce(&url, 15).finish().await;
+    via.arrived(&client, &produced).await;
     let got = check_stream(&client, || sunk(&id), &produced, 0).await;
     assert!(
         got.iter().all(|(_, _, attempt)| *attempt == 3),
@@ -105,11 +131,12 @@ async fn a_stream_reaches_a_plugin_that_fails_the_first_two_attempts_at_every_ev
     n.shutdown(std::time::Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_survives_pgnotifier_run_killed_with_sigkill_and_started_again() {
-    use crate::support::host::Host;
-    let (url, client) = fresh_database("killed").await;
-    let plugins = crate::support::temp_dir("durable-killed");
+async fn a_stream_survives_pgnotifier_run_killed_with_sigkill_and_started_again(via: Via) {
+    use crate::support::host::{write_config, Host};
+    crate::support::logs::install();
+    let name = via.name("killed");
+    let (url, client) = fresh_database_on(via.server(), &name).await;
+    let plugins = crate::support::temp_dir(&format!("durable-{name}"));
     let id = "sink_killed";
     std::fs::copy(
         crate::support::test_plugin("durable-sink"),
@@ -121,17 +148,25 @@ async fn a_stream_survives_pgnotifier_run_killed_with_sigkill_and_started_again(
         "delivery = \"at-least-once\"\nretry_backoff_ms = 1\n",
     )
     .unwrap();
-    let first = Host::run(&plugins, &url);
+    let config = write_config(
+        &crate::support::temp_dir(&format!("durable-{name}-config")),
+        &plugins,
+        &crate::support::temp_dir("data"),
+        &format!("database_url = {url:?}\n{}", via.config(&name)),
+    );
+    let first = Host::with_config(&config);
     first.wait_for(&["plugin loaded", "subscriber=sink_killed"]);
     feeding(&client, id).await;
+    via.ready(&client).await;
     let stream = produce(&url, 40);
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     first.signal("KILL");
     let (status, before) = first.wait();
     assert!(!status.success(), "killed: {status}");
-    let second = Host::run(&plugins, &url);
+    let second = Host::with_config(&config);
     second.wait_for(&["plugin loaded", "subscriber=sink_killed"]);
     let produced = stream.finish().await;
+    via.arrived(&client, &produced).await;
     let both = || {
         let mut all = sunk_in(&before, id);
         all.extend(sunk_in(&second.output(), id));

@@ -44,73 +44,6 @@ fn recording_gaps(seen: &Seen, gaps: &Gaps) -> pgnotifier::Subscriber {
     .at_least_once(RetryPolicy::default())
 }
 
-/// Wait until senders write to the WAL: the relay has made its slot and
-/// set the transport.
-async fn relaying(client: &Client) {
-    let deadline = std::time::Instant::now() + SOON;
-    loop {
-        let wal = client
-            .query_one(
-                "select exists (select from pgnotifier.limits where transport = 'wal')
-                    and exists (select from pgnotifier.relayed)",
-                &[],
-            )
-            .await
-            .is_ok_and(|row| row.get(0));
-        if wal {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the relay never set the WAL transport"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Wait until every committed payload of `produced` is relayed into the
-/// outbox, where the stream's checks read the truth.
-async fn relayed_all(client: &Client, produced: &Produced) {
-    let deadline = std::time::Instant::now() + SOON;
-    loop {
-        let rows = client
-            .query(
-                "select distinct payload from pgnotifier.outbox where channel = 'work'",
-                &[],
-            )
-            .await
-            .unwrap();
-        let relayed: std::collections::BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
-        let missing = (produced.committed.iter())
-            .filter(|p| !relayed.contains(*p))
-            .count();
-        if missing == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{missing} of {} committed events never relayed",
-            produced.committed.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Payloads relayed into the outbox on `channel`, with how many times each.
-async fn relayed_twice(client: &Client, channel: &str) -> Vec<(String, i64)> {
-    client
-        .query(
-            "select payload, count(*) from pgnotifier.outbox where channel = $1 and lsn is not null
-              group by payload having count(*) > 1",
-            &[&channel],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sends_through_the_wal_reach_an_at_least_once_subscriber_in_order_and_rollbacks_never() {
     let (url, client, transport) = wal_database("wal_order").await;
@@ -254,24 +187,6 @@ async fn a_mebibyte_goes_through_the_wal_whole_and_two_are_refused_naming_the_ca
     assert!(eventually(SOON, whole).await, "{:?}", got.lock().unwrap());
     n.shutdown(Duration::from_secs(5)).await;
     assert_eq!(got.lock().unwrap().len(), 1, "the refused one never came");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_through_the_wal_reaches_a_durable_plugin_complete_in_order_once() {
-    let (url, client, transport) = wal_database("wal_stream").await;
-    let n = wal_notifier(&url, &transport);
-    let dir = crate::support::temp_dir("durable-wal-stream");
-    let id = crate::support::channel("sink_wal_stream");
-    durable_sink(&n, &dir, &id, "").await;
-    n.start().await.unwrap();
-    feeding(&client, &id).await;
-    relaying(&client).await;
-    let produced = produce(&url, 25).finish().await;
-    relayed_all(&client, &produced).await;
-    let got = check_stream(&client, || sunk(&id), &produced, 0).await;
-    assert!(got.iter().all(|(_, _, attempt)| *attempt == 1));
-    assert_eq!(relayed_twice(&client, "work").await, vec![]);
-    n.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -445,47 +360,6 @@ async fn a_slot_lost_to_max_slot_wal_keep_size_is_a_gap_with_its_cause_then_deli
     second.shutdown(Duration::from_secs(5)).await;
     assert!(!seen.lock().unwrap().contains(&2), "lost with the slot");
     assert_eq!(gaps.lock().unwrap().len(), 1, "told once");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stream_through_the_wal_survives_postgresql_stopped_and_started() {
-    crate::support::logs::install();
-    // A server of its own, to restart.
-    let cluster = tokio::task::spawn_blocking(|| {
-        pgnotifier_app::local_pg::Cluster::start_with(&[("wal_level", "logical")])
-    })
-    .await
-    .unwrap()
-    .expect("a throwaway PostgreSQL with wal_level = logical");
-    let url = cluster.url().to_owned();
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let transport = Transport::Wal {
-        slot: "pgn_restarted".to_owned(),
-    };
-    let n = wal_notifier(&url, &transport);
-    let dir = crate::support::temp_dir("durable-wal-pg-restart");
-    let id = crate::support::channel("sink_wal_pg_restart");
-    durable_sink(&n, &dir, &id, "").await;
-    n.start().await.unwrap();
-    feeding(&client, &id).await;
-    relaying(&client).await;
-    let stream = produce(&url, 40);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    cluster.stop_server().unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    cluster.start_server().unwrap();
-    let produced = stream.finish().await;
-    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    relayed_all(&client, &produced).await;
-    check_stream(&client, || sunk(&id), &produced, WINDOW).await;
-    assert_eq!(relayed_twice(&client, "work").await, vec![]);
-    n.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -446,10 +446,104 @@ pub async fn check_stream(
     deliveries
 }
 
-/// A database of its own, a notifier on it, and the durable sink (with
-/// `sidecar`) loaded from a folder of its own and reading: where each
-/// stream test starts.
+/// The two durable transports. Every stream test runs on each, with the
+/// same assertions: what a subscriber receives must not depend on how
+/// senders wrote.
+#[derive(Clone, Copy, Debug)]
+pub enum Via {
+    /// `pgnotifier.send` writes the outbox, on the shared server.
+    Outbox,
+    /// `pgnotifier.send` writes the WAL and the host relays it, on the
+    /// throwaway server with `wal_level = logical`.
+    Wal,
+}
+
+impl Via {
+    /// A URL of the server this transport's tests use.
+    pub fn server(self) -> &'static str {
+        match self {
+            Via::Outbox => super::database_url(),
+            Via::Wal => super::logical_url(),
+        }
+    }
+
+    /// `name`, told apart by transport (databases, slots, folders).
+    pub fn name(self, name: &str) -> String {
+        match self {
+            Via::Outbox => name.to_owned(),
+            Via::Wal => format!("{name}_wal"),
+        }
+    }
+
+    /// The transport for the test `name` (a slot of its own: slot names
+    /// are server-wide).
+    pub fn transport(self, name: &str) -> pgnotifier::durable::Transport {
+        match self {
+            Via::Outbox => pgnotifier::durable::Transport::Outbox,
+            Via::Wal => pgnotifier::durable::Transport::Wal {
+                slot: format!("pgn_{name}"),
+            },
+        }
+    }
+
+    /// The same as lines of a config file.
+    pub fn config(self, name: &str) -> String {
+        match self.transport(name) {
+            pgnotifier::durable::Transport::Outbox => String::new(),
+            pgnotifier::durable::Transport::Wal { slot } => {
+                format!("durable_transport = \"wal\"\nwal_slot = {slot:?}\n")
+            }
+        }
+    }
+
+    /// A notifier on `url` sending through this transport.
+    pub fn notifier(self, url: &str, name: &str) -> pgnotifier::Notifier {
+        pgnotifier::Notifier::builder(pgnotifier::DatabaseSettings::from_url(url).unwrap())
+            .durable_transport(self.transport(name))
+            .build()
+    }
+
+    /// Wait until a started host takes sends this way.
+    pub async fn ready(self, client: &Client) {
+        if let Via::Wal = self {
+            relaying(client).await;
+        }
+    }
+
+    /// Wait until what `produced` committed is where the checks read the
+    /// truth (the outbox); then no payload was relayed twice.
+    pub async fn arrived(self, client: &Client, produced: &Produced) {
+        if let Via::Wal = self {
+            relayed_all(client, produced).await;
+            assert_eq!(relayed_twice(client, "work").await, vec![]);
+        }
+    }
+}
+
+/// Run a stream test `async fn name(via: Via)` once per transport, as the
+/// tests `name::outbox` and `name::wal`.
+#[macro_export]
+macro_rules! on_both_transports {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            use $crate::support::durable::Via;
+            #[tokio::test(flavor = "multi_thread")]
+            async fn outbox() {
+                super::$test(Via::Outbox).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn wal() {
+                super::$test(Via::Wal).await
+            }
+        }
+    )*};
+}
+
+/// A database of its own on `via`'s server, a started notifier on it
+/// sending through `via`, and the durable sink (with `sidecar`) loaded from
+/// a folder of its own and reading: where each stream test starts.
 pub async fn sink_stream(
+    via: Via,
     name: &str,
     sidecar: &str,
 ) -> (
@@ -460,13 +554,83 @@ pub async fn sink_stream(
     String,
 ) {
     super::logs::install();
-    let (url, client) = fresh_database(name).await;
-    let n = notifier_on(&url);
+    let name = via.name(name);
+    let (url, client) = fresh_database_on(via.server(), &name).await;
+    let n = via.notifier(&url, &name);
     let dir = super::temp_dir(&format!("durable-{name}"));
     let id = super::channel(&format!("sink_{name}"));
     durable_sink(&n, &dir, &id, sidecar).await;
+    n.start().await.unwrap();
     feeding(&client, &id).await;
+    via.ready(&client).await;
     (url, client, n, dir, id)
+}
+
+/// Wait until senders write to the WAL: the relay has made its slot and
+/// set the transport.
+pub async fn relaying(client: &Client) {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let wal = client
+            .query_one(
+                "select exists (select from pgnotifier.limits where transport = 'wal')
+                    and exists (select from pgnotifier.relayed)",
+                &[],
+            )
+            .await
+            .is_ok_and(|row| row.get(0));
+        if wal {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the relay never set the WAL transport"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until every committed payload of `produced` is relayed into the
+/// outbox, where the stream's checks read the truth.
+pub async fn relayed_all(client: &Client, produced: &Produced) {
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let rows = client
+            .query(
+                "select distinct payload from pgnotifier.outbox where channel = 'work'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let relayed: std::collections::BTreeSet<String> = rows.iter().map(|r| r.get(0)).collect();
+        let missing = (produced.committed.iter())
+            .filter(|p| !relayed.contains(*p))
+            .count();
+        if missing == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing} of {} committed events never relayed",
+            produced.committed.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Payloads relayed into the outbox on `channel`, with how many times each.
+pub async fn relayed_twice(client: &Client, channel: &str) -> Vec<(String, i64)> {
+    client
+        .query(
+            "select payload, count(*) from pgnotifier.outbox where channel = $1 and lsn is not null
+              group by payload having count(*) > 1",
+            &[&channel],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
 }
 
 /// The redelivery window one fault may leave (see the feeder's header).
