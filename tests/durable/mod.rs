@@ -4,6 +4,7 @@
 mod delivery;
 mod payloads;
 mod reader;
+mod rows;
 mod schema;
 mod streams;
 mod wal;

@@ -7,7 +7,7 @@ use pgnotifier::durable::schema::{self, Installed};
 use tokio_postgres::NoTls;
 
 /// The schema's functions once installed, by name.
-const INSTALLED_FUNCTIONS: [&str; 12] = [
+const INSTALLED_FUNCTIONS: [&str; 14] = [
     "event_key",
     "horizon",
     "horizon",
@@ -15,11 +15,13 @@ const INSTALLED_FUNCTIONS: [&str; 12] = [
     "notify_row",
     "read",
     "read_batch",
+    "row_change",
     "send",
     "send_first_within",
     "slot_to_drain",
     "stamp_commit",
     "stamp_unstamped",
+    "typed_json",
 ];
 
 #[tokio::test]

@@ -226,6 +226,22 @@ impl Feeders {
         &self.transport
     }
 
+    /// Put `tables` in the WAL transport's publication, for a subscriber
+    /// whose sidecar names them; refused on the outbox transport, and for
+    /// a table the publication cannot take, naming it.
+    pub(crate) async fn publish_tables(
+        &self,
+        tables: &[super::rows::TableName],
+    ) -> Result<(), super::DurableError> {
+        let Transport::Wal { slot } = &self.transport else {
+            return Err(super::DurableError::TablesNeedWal);
+        };
+        let database = lock(&self.database).clone();
+        let (client, connection) = database.connect().await?;
+        let _driver = AbortOnDrop(tokio::spawn(connection));
+        super::rows::publish(&client, slot, tables).await
+    }
+
     /// Relay `slot` into the outbox on `runtime` while this host
     /// dispatches, unless already; `wal` sets where senders write (the WAL,
     /// or the outbox again while what the slot holds is drained).

@@ -12,13 +12,16 @@
 //! - [`pruner`]: the outbox emptied of what every subscriber has passed, or
 //!   what is older than the retention, with a gap event for what was missed;
 //! - [`relay`]: the WAL transport, where `send` writes a logical decoding
-//!   message, and the dispatching host relays a slot's into the outbox.
+//!   message, and the dispatching host relays a slot's into the outbox;
+//! - [`rows`]: row changes of the tables sidecars name, read from the WAL
+//!   transport's publication and relayed the same way.
 
 pub mod dead_letters;
 pub mod feeder;
 pub mod pruner;
 pub mod reader;
 pub mod relay;
+pub mod rows;
 pub mod schema;
 
 pub use dead_letters::DeadLetter;
@@ -58,6 +61,10 @@ pub enum DurableError {
         database: String,
         plugin: String,
     },
+    #[error("tables: row changes without triggers come through the WAL transport's publication; set durable_transport = \"wal\" in the host's config, or, with the outbox transport, give the table a trigger: CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ON the table FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('channel')")]
+    TablesNeedWal,
+    #[error("tables: {table}: {why}")]
+    Table { table: String, why: String },
     #[error("subscriber {subscriber:?} is fed by {holder}, not by this host")]
     FedElsewhere { subscriber: String, holder: String },
 }

@@ -26,6 +26,7 @@
 //!   message is written that no slot keeps.
 
 use super::reader::column;
+use super::rows::Relations;
 use super::DurableError;
 use crate::channel::quote_ident;
 use crate::pg::connection::Backoff;
@@ -517,6 +518,7 @@ impl Relay {
                         replication,
                         through,
                         open: Vec::new(),
+                        relations: Relations::default(),
                         batch: Batch::default(),
                     });
                 }
@@ -548,6 +550,8 @@ struct Relayed {
     payload: String,
     pid: i32,
     lsn: Lsn,
+    /// A row change's raw event, for `pgnotifier.row_change` to render.
+    row: bool,
 }
 
 /// Committed events waiting to be relayed together.
@@ -558,6 +562,7 @@ struct Batch {
     pids: Vec<i32>,
     sent_at: Vec<SystemTime>,
     lsns: Vec<PgLsn>,
+    rows: Vec<bool>,
     bytes: usize,
     /// The end of the last transaction taken in.
     through: Lsn,
@@ -600,6 +605,7 @@ impl Batch {
             self.pids.push(event.pid);
             self.sent_at.push(committed_at);
             self.lsns.push(PgLsn::from(event.lsn.0));
+            self.rows.push(event.row);
         }
         self.through = end;
         self.pending = true;
@@ -614,11 +620,15 @@ UPDATE pgnotifier.relayed SET through = $2, updated_at = pg_catalog.now()
  WHERE slot = $1 AND through = $3";
 
 /// Events into the outbox, in order; `$6`: the first of the transaction.
+/// A row change (`$7`) is rendered within `$8` bytes, its values typed
+/// unless `$9` is false.
 const INSERT_EVENTS: &str = "
 INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction)
-SELECT e.channel, e.payload, e.pid, e.sent_at, e.lsn, e.n = 1 AND $6
-  FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[])
-       WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, n)
+SELECT e.channel,
+       CASE WHEN e.row THEN pgnotifier.row_change(e.payload::jsonb, $8, $9) ELSE e.payload END,
+       e.pid, e.sent_at, e.lsn, e.n = 1 AND $6
+  FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[], $7::bool[])
+       WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, row, n)
  ORDER BY e.n";
 
 /// One wake-up per channel for the feeders.
@@ -653,6 +663,8 @@ struct Session {
     recorded: Lsn,
     /// The messages of the transaction being read.
     open: Vec<Relayed>,
+    /// The published tables as the server described them.
+    relations: Relations,
     batch: Batch,
 }
 
@@ -727,6 +739,20 @@ impl Session {
                 }
                 None => {}
             },
+            ReplicationEvent::XLogData {
+                wal_start, data, ..
+            } => {
+                for change in self.relations.read(&data, wal_start)? {
+                    self.open.push(Relayed {
+                        channel: change.channel,
+                        payload: change.raw,
+                        // The WAL does not say which backend wrote a change.
+                        pid: 0,
+                        lsn: wal_start,
+                        row: true,
+                    });
+                }
+            }
             ReplicationEvent::Commit {
                 end_lsn,
                 commit_time_micros,
@@ -776,6 +802,40 @@ impl Session {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
+        let written = match self.write_batch(relay, &batch, true).await {
+            // A row whose text no longer reads back as its column's type
+            // (a type or domain changed since it was written) must not
+            // stop the relay: the batch goes again with every value as
+            // its text.
+            Err(e) if batch.rows.contains(&true) && is_rendering_error(&e) => {
+                tracing::error!(slot = %relay.slot, "row changes relayed with their values as text, since {}", crate::pg::describe(&e));
+                self.write_batch(relay, &batch, false).await
+            }
+            written => written,
+        };
+        if !written? {
+            return Err(End::Failed(
+                "another relay moved the slot's relayed position meanwhile; reading on from there"
+                    .to_owned(),
+            ));
+        }
+        self.recorded = batch.through;
+        self.through = batch.through;
+        self.confirm(relay, batch.through);
+        bump(&relay.stats.events, batch.channels.len() as u64);
+        bump(&relay.stats.batches, 1);
+        Ok(())
+    }
+
+    /// Write `batch` and how far it goes in one transaction, row changes
+    /// rendered `typed` or as text; false, writing nothing, if another
+    /// relay moved the relayed position since this session recorded it.
+    async fn write_batch(
+        &mut self,
+        relay: &Relay,
+        batch: &Batch,
+        typed: bool,
+    ) -> Result<bool, tokio_postgres::Error> {
         let through = PgLsn::from(batch.through.0);
         // One transaction: its commit stamps the events (the outbox's
         // deferred trigger). Written in parts, so that no statement passes
@@ -789,10 +849,7 @@ impl Session {
             )
             .await?;
         if moved != 1 {
-            return Err(End::Failed(
-                "another relay moved the slot's relayed position meanwhile; reading on from there"
-                    .to_owned(),
-            ));
+            return Ok(false);
         }
         let mut first = true;
         for part in batch.parts() {
@@ -803,8 +860,11 @@ impl Session {
                     &&batch.payloads[part.clone()],
                     &&batch.pids[part.clone()],
                     &&batch.sent_at[part.clone()],
-                    &&batch.lsns[part],
+                    &&batch.lsns[part.clone()],
                     &first,
+                    &&batch.rows[part],
+                    &(relay.max_payload_bytes.min(i32::MAX as u32) as i32),
+                    &typed,
                 ],
             )
             .await?;
@@ -815,12 +875,7 @@ impl Session {
                 .await?;
         }
         tx.commit().await?;
-        self.recorded = batch.through;
-        self.through = batch.through;
-        self.confirm(relay, batch.through);
-        bump(&relay.stats.events, batch.channels.len() as u64);
-        bump(&relay.stats.batches, 1);
-        Ok(())
+        Ok(true)
     }
 
     /// Let the slot move to `lsn`: everything before it is relayed.
@@ -828,6 +883,14 @@ impl Session {
         self.replication.update_applied_lsn(lsn);
         relay.stats.through.fetch_max(lsn.0, Ordering::Relaxed);
     }
+}
+
+/// Whether a write failed on a row's values: a text that no longer reads
+/// back as its type (SQLSTATE class 22), or a type gone (42704).
+fn is_rendering_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|code| {
+        code.code().starts_with("22") || code == &tokio_postgres::error::SqlState::UNDEFINED_OBJECT
+    })
 }
 
 /// An event from a message with `send`'s prefix (`pgnotifier:PID:CHANNEL`,
@@ -875,6 +938,7 @@ fn parse_message(
         payload,
         pid,
         lsn,
+        row: false,
     }))
 }
 
@@ -918,6 +982,7 @@ mod tests {
             payload: "x".repeat(n),
             pid: 1,
             lsn: Lsn(1),
+            row: false,
         };
         let events = vec![big(BATCH_BYTES), big(1), big(BATCH_BYTES - 1), big(2)];
         batch.take_in(events, SystemTime::now(), Lsn(9));

@@ -36,7 +36,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 11] = [
+const MIGRATIONS: [&str; 12] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -1064,6 +1064,106 @@ BEGIN
            CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END;
 END
 $read$;
+"#,
+    // 12: row changes read from the WAL transport's publication, rendered
+    // as notify_row renders them.
+    r#"
+-- The JSON of a column's text as to_jsonb renders its type: the text read
+-- back through the input of the type (of a domain's base type, so that a
+-- constraint added since refuses no row already written). A type gone
+-- since comes as the text.
+CREATE FUNCTION pgnotifier.typed_json(type_oid oid, value text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $typed_json$
+DECLARE
+    base oid := type_oid;
+    kind "char";
+    result jsonb;
+BEGIN
+    IF value IS NULL THEN
+        RETURN 'null';
+    END IF;
+    LOOP
+        SELECT t.typtype, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+          INTO kind, base FROM pg_type t WHERE t.oid = base;
+        EXIT WHEN kind IS DISTINCT FROM 'd';
+    END LOOP;
+    IF kind IS NULL THEN
+        RETURN to_jsonb(value);
+    END IF;
+    CASE base
+        WHEN 25, 1043, 1042, 19, 18, 2950 THEN RETURN to_jsonb(value);
+        WHEN 16 THEN RETURN to_jsonb(value::boolean);
+        WHEN 20, 21, 23, 26 THEN RETURN to_jsonb(value::bigint);
+        WHEN 1700 THEN RETURN to_jsonb(value::numeric);
+        WHEN 700 THEN RETURN to_jsonb(value::real);
+        WHEN 701 THEN RETURN to_jsonb(value::double precision);
+        WHEN 114, 3802 THEN RETURN value::jsonb;
+        WHEN 1184 THEN RETURN to_jsonb(value::timestamptz);
+        WHEN 1114 THEN RETURN to_jsonb(value::timestamp);
+        WHEN 1082 THEN RETURN to_jsonb(value::date);
+        ELSE
+            EXECUTE format('SELECT pg_catalog.to_jsonb($1::%s)', base::regtype) INTO result USING value;
+            RETURN result;
+    END CASE;
+END
+$typed_json$;
+
+-- A row change the WAL transport read from its publication, as the JSON
+-- pgnotifier.notify_row sends: `raw` holds the columns' text ("new",
+-- "old"), their types, the replica identity's columns and the TOASTed
+-- columns an update left unchanged (not in "new": the WAL does not carry
+-- them). Over max_bytes, the key columns as notify_row picks them (the
+-- primary key, else the replica identity index; the replica identity's
+-- columns for a table gone since) and "truncated": true; over that still,
+-- the table and the operation. Not typed: every value as its text, for a
+-- row whose text no longer reads back as its type.
+CREATE FUNCTION pgnotifier.row_change(raw jsonb, max_bytes integer, typed boolean)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $row_change$
+DECLARE
+    bare jsonb := jsonb_build_object('op', raw->>'op', 'schema', raw->>'schema', 'table', raw->>'table');
+    whole jsonb := bare;
+    keyed jsonb := bare || '{"truncated": true}';
+    part text;
+    values jsonb;
+    payload text;
+    relation regclass := to_regclass(format('%I.%I', raw->>'schema', raw->>'table'));
+    key_columns text[] := ARRAY(SELECT jsonb_array_elements_text(raw->'key'));
+BEGIN
+    IF relation IS NOT NULL THEN
+        key_columns := ARRAY(
+            SELECT a.attname::text
+              FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts FROM pg_index i
+                     WHERE i.indrelid = relation AND (i.indisprimary OR i.indisreplident)
+                     ORDER BY i.indisprimary DESC LIMIT 1) k
+              JOIN pg_attribute a ON a.attrelid = relation
+                                 AND a.attnum = ANY (k.columns[0:k.indnkeyatts - 1]));
+    END IF;
+    FOREACH part IN ARRAY ARRAY['new', 'old'] LOOP
+        CONTINUE WHEN NOT raw ? part;
+        SELECT coalesce(jsonb_object_agg(c.key, CASE WHEN typed
+                            THEN pgnotifier.typed_json((raw->'types'->>c.key)::oid, c.value #>> '{}')
+                            ELSE c.value END), '{}')
+          INTO values FROM jsonb_each(raw->part) c;
+        whole := whole || jsonb_build_object(part, values);
+        keyed := keyed || jsonb_build_object(part, (
+            SELECT coalesce(jsonb_object_agg(k.key, values->k.key), '{}')
+              FROM unnest(key_columns) k(key) WHERE values ? k.key));
+    END LOOP;
+    IF jsonb_array_length(coalesce(raw->'unchanged', '[]')) > 0 THEN
+        whole := whole || jsonb_build_object('unchanged', raw->'unchanged');
+    END IF;
+    payload := whole::text;
+    IF octet_length(payload) <= max_bytes THEN
+        RETURN payload;
+    END IF;
+    payload := keyed::text;
+    IF octet_length(payload) <= max_bytes THEN
+        RETURN payload;
+    END IF;
+    RETURN (bare || '{"truncated": true}')::text;
+END
+$row_change$;
 "#,
 ];
 

@@ -7,6 +7,7 @@
 use super::settings::{Sidecar, SubscriberSettings};
 use crate::capabilities::{CapabilityError, Grants, PluginCapabilities};
 use crate::channel;
+use crate::durable::rows::TableName;
 use crate::durable::DeliveryMode;
 use crate::registry::SubscriberSource;
 use crate::sandbox::{LoadError, Sandbox, WasmSubscriber, PAYLOADS_IN_MEMORY};
@@ -103,6 +104,9 @@ impl PluginFiles {
 /// A plugin that compiled, instantiated and registered.
 pub(crate) struct LoadedPlugin {
     pub(crate) channels: Vec<String>,
+    /// Tables whose row changes it receives: in the WAL transport's
+    /// publication before it is fed.
+    pub(crate) tables: Vec<TableName>,
     /// Shown by `pgnotifier check`.
     pub(crate) grants: Grants,
     pub(crate) settings: SubscriberSettings,
@@ -197,6 +201,16 @@ pub(crate) fn load(
             sandbox.max_payload_bytes(),
         )?;
     }
+    let tables = (sidecar.tables.iter().flatten())
+        .map(|name| TableName::parse(name))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| LoadError::new(path, format!("sidecar tables: {e}")))?;
+    if !tables.is_empty() && !matches!(settings.delivery, DeliveryMode::AtLeastOnce(_)) {
+        return Err(LoadError::new(
+            path,
+            "sidecar tables: row changes are durable events; set delivery = \"at-least-once\"",
+        ));
+    }
     let grant_error = |e: CapabilityError| {
         let sidecar_path = files.sidecar.as_ref().map(|(p, _)| p.as_path());
         LoadError::new(
@@ -227,7 +241,12 @@ pub(crate) fn load(
         sidecar.config_pairs(),
         capabilities,
     )?;
-    let channels = sidecar.channels.unwrap_or(registration.channels);
+    let mut channels = sidecar.channels.unwrap_or(registration.channels);
+    for table in &tables {
+        if !channels.contains(&table.channel()) {
+            channels.push(table.channel());
+        }
+    }
     for name in &channels {
         channel::validate(name).map_err(|e| LoadError::new(path, format!("bad channel: {e}")))?;
     }
@@ -236,6 +255,7 @@ pub(crate) fn load(
     }
     Ok(LoadedPlugin {
         channels,
+        tables,
         grants,
         settings,
         subscriber,

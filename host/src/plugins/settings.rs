@@ -148,6 +148,9 @@ impl LimitSettings {
 pub struct Sidecar {
     /// Channels to subscribe to, overriding what `register` returns.
     pub channels: Option<Vec<String>>,
+    /// Tables whose row changes the subscriber receives, each on the
+    /// channel `schema.table` (the WAL transport; at-least-once delivery).
+    pub tables: Option<Vec<String>>,
     /// Key/value pairs passed to `register`.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -172,7 +175,7 @@ impl Sidecar {
             return Err(ConfigError::Parse {
                 path: path.to_owned(),
                 message: format!(
-                    "unknown key `{key}`; expected channels, config, grants, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms, failure_threshold, query_timeout_ms, query_max_rows, http_timeout_ms, http_max_response_bytes, delivery, retry_max_attempts or retry_backoff_ms"
+                    "unknown key `{key}`; expected channels, tables, config, grants, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms, failure_threshold, query_timeout_ms, query_max_rows, http_timeout_ms, http_max_response_bytes, delivery, retry_max_attempts or retry_backoff_ms"
                 ),
             });
         }

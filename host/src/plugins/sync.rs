@@ -235,6 +235,12 @@ impl PluginSync {
         })
         .await?;
         let loaded = loaded?;
+        // Published before the subscriber is added: its feeder starts at
+        // the end of the outbox, and every change after that is relayed.
+        if !loaded.tables.is_empty() {
+            (self.feeders.publish_tables(&loaded.tables).await)
+                .map_err(|e| LoadError::new(path, format!("sidecar {e}")))?;
+        }
         let short_hash = &files.sha256[..12];
         let source = files.source(&loaded);
         let (dispatch, delivery) = (loaded.settings.dispatch, loaded.settings.delivery);
