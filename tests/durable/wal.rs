@@ -405,7 +405,7 @@ async fn schema_install_with_the_wal_transport_makes_the_slot_and_prints_the_sql
     let script = install(true);
     assert!(
         script.ends_with(
-            "CREATE PUBLICATION \"pgn_cli\";\nSELECT pg_catalog.pg_create_logical_replication_slot('pgn_cli', 'pgoutput');\n"
+            "CREATE PUBLICATION \"pgn_cli\" WITH (publish_via_partition_root = true);\nSELECT pg_catalog.pg_create_logical_replication_slot('pgn_cli', 'pgoutput');\n"
         ),
         "{script}"
     );

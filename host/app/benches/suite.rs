@@ -1,7 +1,7 @@
 //! The benchmark suite: throughput, fan-out, latency, hot reload, memory, the
 //! sandbox's per-call cost, reconnect time, the example plugin of each
-//! language, the capabilities, durable delivery on each transport and a
-//! cluster of hosts, each beside a bare loop or a baseline where a ratio
+//! language, the capabilities, durable delivery on each transport, row
+//! changes with a trigger and without, and a cluster of hosts, each beside a bare loop or a baseline where a ratio
 //! matters. `run-drain` and
 //! `run-rates` measure the real `pgnotifier run` from the outside, beside a
 //! bare loop in a process of its own (see `out_of_process`).
@@ -52,6 +52,8 @@ mod processes;
 mod reconnect;
 #[path = "suite/reload.rs"]
 mod reload;
+#[path = "suite/row_changes.rs"]
+mod row_changes;
 #[path = "suite/sandbox.rs"]
 mod sandbox;
 #[path = "suite/transports.rs"]
@@ -250,6 +252,9 @@ async fn suite() -> anyhow::Result<()> {
     }
     if wants("transports") {
         bench.transports().await?;
+    }
+    if wants("row_changes") {
+        bench.row_changes().await?;
     }
     if wants("cluster") {
         bench.cluster().await?;

@@ -118,7 +118,7 @@ async fn check_wal_level(client: &tokio_postgres::Client) -> Result<(), DurableE
 /// script: it cannot run inside a transaction that has written.
 pub fn slot_script(slot: &str) -> String {
     format!(
-        "\n-- The WAL transport's slot and publication (durable_transport = \"wal\"): run as a\n-- role with REPLICATION (or superuser) and CREATE on the database, outside a\n-- transaction block. The host tells senders to write to the WAL once it reads the slot.\nCREATE PUBLICATION {};\nSELECT pg_catalog.pg_create_logical_replication_slot('{}', 'pgoutput');\n",
+        "\n-- The WAL transport's slot and publication (durable_transport = \"wal\"): run as a\n-- role with REPLICATION (or superuser) and CREATE on the database, outside a\n-- transaction block. The host tells senders to write to the WAL once it reads the slot.\nCREATE PUBLICATION {} WITH (publish_via_partition_root = true);\nSELECT pg_catalog.pg_create_logical_replication_slot('{}', 'pgoutput');\n",
         quote_ident(slot),
         slot.replace('\'', "''")
     )
@@ -132,26 +132,7 @@ pub async fn ensure_slot(
     slot: &str,
 ) -> Result<bool, DurableError> {
     check_wal_level(client).await?;
-    let exists = |sql| async move {
-        let row = client.query_one(sql, &[&slot]).await?;
-        Ok::<bool, DurableError>(column(&row, "found")?)
-    };
-    if !exists("SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1) AS found")
-        .await?
-    {
-        let created = client
-            .batch_execute(&format!("CREATE PUBLICATION {}", quote_ident(slot)))
-            .await;
-        // Another host made it meanwhile: as good.
-        if let Err(e) = created {
-            if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-                return Err(DurableError::Slot {
-                    slot: slot.to_owned(),
-                    source: e,
-                });
-            }
-        }
-    }
+    ensure_publication(client, slot).await?;
     let found = client
         .query_opt(
             "SELECT coalesce(database::text, '') AS database, coalesce(plugin::text, '') AS plugin
@@ -190,6 +171,40 @@ pub async fn ensure_slot(
             slot: slot.to_owned(),
             source,
         }),
+    }
+}
+
+/// Make the publication `name` if missing. A partitioned table's changes
+/// are published as the table's, not its partitions': they arrive on the
+/// channel of the table a sidecar names.
+pub(crate) async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<(), DurableError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1) AS found",
+            &[&name],
+        )
+        .await?;
+    if column(&row, "found")? {
+        return Ok(());
+    }
+    let created = client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+            quote_ident(name)
+        ))
+        .await;
+    match created {
+        // Another host made it meanwhile: as good.
+        Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            Err(DurableError::Slot {
+                slot: name.to_owned(),
+                source: e,
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -518,7 +533,7 @@ impl Relay {
                         replication,
                         through,
                         open: Vec::new(),
-                        relations: Relations::default(),
+                        relations: Relations::new(self.max_payload_bytes),
                         batch: Batch::default(),
                     });
                 }
@@ -550,8 +565,12 @@ struct Relayed {
     payload: String,
     pid: i32,
     lsn: Lsn,
-    /// A row change's raw event, for `pgnotifier.row_change` to render.
+    /// A row change's raw event, for `pgnotifier.row_change` to render
+    /// (one whose values the relay could not render itself).
     row: bool,
+    /// For a row change, the bare operation: what is relayed when even its
+    /// values as text cannot be.
+    bare: Option<String>,
 }
 
 /// Committed events waiting to be relayed together.
@@ -563,6 +582,7 @@ struct Batch {
     sent_at: Vec<SystemTime>,
     lsns: Vec<PgLsn>,
     rows: Vec<bool>,
+    bares: Vec<Option<String>>,
     bytes: usize,
     /// The end of the last transaction taken in.
     through: Lsn,
@@ -606,6 +626,7 @@ impl Batch {
             self.sent_at.push(committed_at);
             self.lsns.push(PgLsn::from(event.lsn.0));
             self.rows.push(event.row);
+            self.bares.push(event.bare);
         }
         self.through = end;
         self.pending = true;
@@ -745,11 +766,12 @@ impl Session {
                 for change in self.relations.read(&data, wal_start)? {
                     self.open.push(Relayed {
                         channel: change.channel,
-                        payload: change.raw,
+                        payload: change.payload,
                         // The WAL does not say which backend wrote a change.
                         pid: 0,
                         lsn: wal_start,
-                        row: true,
+                        row: !change.rendered,
+                        bare: Some(change.bare),
                     });
                 }
             }
@@ -802,17 +824,22 @@ impl Session {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        let written = match self.write_batch(relay, &batch, true).await {
-            // A row whose text no longer reads back as its column's type
-            // (a type or domain changed since it was written) must not
-            // stop the relay: the batch goes again with every value as
-            // its text.
-            Err(e) if batch.rows.contains(&true) && is_rendering_error(&e) => {
-                tracing::error!(slot = %relay.slot, "row changes relayed with their values as text, since {}", crate::pg::describe(&e));
-                self.write_batch(relay, &batch, false).await
+        // A row change PostgreSQL cannot render (a value that no longer
+        // reads as its type, a domain's constraint added since, a value
+        // past what jsonb holds) must not stop the relay: the batch goes
+        // again with the row changes' values as text, then as the bare
+        // operations.
+        let has_rows = batch.bares.iter().any(Option::is_some);
+        let mut written = self.write_batch(relay, &batch, Render::Typed).await;
+        for fallback in [Render::Text, Render::Bare] {
+            match &written {
+                Err(e) if has_rows && is_about_the_data(e) => {
+                    tracing::error!(slot = %relay.slot, "row changes relayed {}, since {}", fallback.describe(), crate::pg::describe(e));
+                    written = self.write_batch(relay, &batch, fallback).await;
+                }
+                _ => break,
             }
-            written => written,
-        };
+        }
         if !written? {
             return Err(End::Failed(
                 "another relay moved the slot's relayed position meanwhile; reading on from there"
@@ -828,13 +855,13 @@ impl Session {
     }
 
     /// Write `batch` and how far it goes in one transaction, row changes
-    /// rendered `typed` or as text; false, writing nothing, if another
-    /// relay moved the relayed position since this session recorded it.
+    /// rendered as `render` says; false, writing nothing, if another relay
+    /// moved the relayed position since this session recorded it.
     async fn write_batch(
         &mut self,
         relay: &Relay,
         batch: &Batch,
-        typed: bool,
+        render: Render,
     ) -> Result<bool, tokio_postgres::Error> {
         let through = PgLsn::from(batch.through.0);
         // One transaction: its commit stamps the events (the outbox's
@@ -851,18 +878,34 @@ impl Session {
         if moved != 1 {
             return Ok(false);
         }
+        let (payloads, rows) = match render {
+            Render::Bare => {
+                let payloads: Vec<String> = (batch.payloads.iter().zip(&batch.bares))
+                    .map(|(payload, bare)| bare.clone().unwrap_or_else(|| payload.clone()))
+                    .collect();
+                (
+                    std::borrow::Cow::Owned(payloads),
+                    vec![false; batch.rows.len()],
+                )
+            }
+            Render::Typed | Render::Text => (
+                std::borrow::Cow::Borrowed(&batch.payloads),
+                batch.rows.clone(),
+            ),
+        };
+        let typed = matches!(render, Render::Typed);
         let mut first = true;
         for part in batch.parts() {
             tx.execute(
                 &self.statements.insert_events,
                 &[
                     &&batch.channels[part.clone()],
-                    &&batch.payloads[part.clone()],
+                    &&payloads[part.clone()],
                     &&batch.pids[part.clone()],
                     &&batch.sent_at[part.clone()],
                     &&batch.lsns[part.clone()],
                     &first,
-                    &&batch.rows[part],
+                    &&rows[part],
                     &(relay.max_payload_bytes.min(i32::MAX as u32) as i32),
                     &typed,
                 ],
@@ -885,11 +928,36 @@ impl Session {
     }
 }
 
-/// Whether a write failed on a row's values: a text that no longer reads
-/// back as its type (SQLSTATE class 22), or a type gone (42704).
-fn is_rendering_error(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|code| {
-        code.code().starts_with("22") || code == &tokio_postgres::error::SqlState::UNDEFINED_OBJECT
+/// How a batch's row changes are written.
+#[derive(Clone, Copy)]
+enum Render {
+    /// Each value as `to_jsonb` renders its type.
+    Typed,
+    /// Each value as its text.
+    Text,
+    /// The operation and the table alone, with `"truncated": true`.
+    Bare,
+}
+
+impl Render {
+    fn describe(self) -> &'static str {
+        match self {
+            Render::Typed => "with their values typed",
+            Render::Text => "with their values as text",
+            Render::Bare => "as their bare operations",
+        }
+    }
+}
+
+/// Whether a write failed on what it wrote, not on the server or the
+/// connection: an error PostgreSQL raised that is not of a class that says
+/// the server (connection, resources, shut down, internal) or the
+/// transaction (serialisation) failed.
+fn is_about_the_data(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        !["08", "40", "53", "57", "58", "XX"]
+            .iter()
+            .any(|class| db.code().code().starts_with(class))
     })
 }
 
@@ -939,6 +1007,7 @@ fn parse_message(
         pid,
         lsn,
         row: false,
+        bare: None,
     }))
 }
 
@@ -983,6 +1052,7 @@ mod tests {
             pid: 1,
             lsn: Lsn(1),
             row: false,
+            bare: None,
         };
         let events = vec![big(BATCH_BYTES), big(1), big(BATCH_BYTES - 1), big(2)];
         batch.take_in(events, SystemTime::now(), Lsn(9));

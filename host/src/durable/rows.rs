@@ -89,18 +89,14 @@ pub(crate) async fn publish(
         table: table.to_string(),
         why,
     };
-    let created = client
-        .batch_execute(&format!("CREATE PUBLICATION {}", quote_ident(publication)))
-        .await;
-    if let Err(e) = created {
-        if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) {
-            return Err(DurableError::Slot {
-                slot: publication.to_owned(),
-                source: e,
-            });
-        }
-    }
+    super::relay::ensure_publication(client, publication).await?;
     for table in tables {
+        if table.schema == "pgnotifier" {
+            return Err(refused(
+                table,
+                "the host's own tables are not for subscribers: relaying their changes writes them again".to_owned(),
+            ));
+        }
         let found = client
             .query_opt(
                 "SELECT c.relkind::text AS kind,
@@ -143,6 +139,16 @@ pub(crate) async fn publish(
         }
         if column::<bool>(&row, "published")? {
             continue;
+        }
+        if kind == "p" {
+            // A publication made before: its partitions' changes must
+            // come as the table's.
+            client
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                    quote_ident(publication)
+                ))
+                .await?;
         }
         let added = client
             .batch_execute(&format!(
@@ -200,20 +206,26 @@ struct OldTuple {
     key_only: bool,
 }
 
-/// A change read from the publication: its channel, and the raw event
-/// `pgnotifier.row_change` renders.
+/// A change read from the publication: its channel, and its payload,
+/// rendered here, or raw for `pgnotifier.row_change` to render.
 #[derive(Debug, PartialEq)]
 pub(crate) struct RowChange {
     pub(crate) channel: String,
-    pub(crate) raw: String,
+    pub(crate) payload: String,
+    pub(crate) rendered: bool,
+    /// The operation and the table alone, `"truncated": true`.
+    pub(crate) bare: String,
 }
 
 /// The tables a session has been told of, by relation oid. The server
 /// describes each table before its first change in a session, and again
 /// after its columns change.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Relations {
     by_oid: HashMap<u32, Relation>,
+    /// A change rendered here over this goes to PostgreSQL, which cuts it
+    /// to its key as `notify_row` does.
+    max_payload_bytes: usize,
 }
 
 /// `pgoutput` data that could not be read: the relay's session fails and
@@ -282,6 +294,13 @@ impl<'a> Reader<'a> {
 }
 
 impl Relations {
+    pub(crate) fn new(max_payload_bytes: u32) -> Self {
+        Self {
+            by_oid: HashMap::new(),
+            max_payload_bytes: max_payload_bytes as usize,
+        }
+    }
+
     /// Read one `pgoutput` message from `XLogData`: a table's description
     /// is kept, a change comes back as the events it makes, anything else
     /// (types, origins) is passed over.
@@ -294,9 +313,15 @@ impl Relations {
 
     fn decode(&mut self, data: &[u8]) -> Result<Vec<RowChange>, String> {
         let mut r = Reader { data };
-        let change = |op: &str, relation: &Relation, new, old| RowChange {
-            channel: relation.name.channel(),
-            raw: raw_event(op, relation, new, old),
+        let cap = self.max_payload_bytes;
+        let change = |op: &str, relation: &Relation, new, old| {
+            let rendered = rendered_event(op, relation, &new, &old).filter(|p| p.len() <= cap);
+            RowChange {
+                channel: relation.name.channel(),
+                bare: bare_event(op, relation),
+                rendered: rendered.is_some(),
+                payload: rendered.unwrap_or_else(|| raw_event(op, relation, new, old)),
+            }
         };
         match r.u8()? {
             b'R' => {
@@ -370,6 +395,224 @@ impl Relations {
             _ => Ok(Vec::new()),
         }
     }
+}
+
+/// The event as `pgnotifier.row_change` renders it, when every value's
+/// type is one whose JSON its text gives alone (most columns: numbers,
+/// text, booleans, `jsonb`, time stamps): the host spares PostgreSQL a
+/// call per column. `None` when a value needs its type's own rendering.
+fn rendered_event(
+    op: &str,
+    relation: &Relation,
+    new: &Option<Vec<Datum>>,
+    old: &Option<OldTuple>,
+) -> Option<String> {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"op\": ");
+    push_string(&mut out, op);
+    out.push_str(", \"schema\": ");
+    push_string(&mut out, &relation.name.schema);
+    out.push_str(", \"table\": ");
+    push_string(&mut out, &relation.name.table);
+    let mut unchanged = Vec::new();
+    let mut object = |out: &mut String, name: &str, datums: &[Datum], key_only: bool| {
+        out.push_str(", \"");
+        out.push_str(name);
+        out.push_str("\": {");
+        let mut first = true;
+        for (column, datum) in relation.columns.iter().zip(datums) {
+            if key_only && !column.key {
+                continue;
+            }
+            let value = match datum {
+                Datum::UnchangedToast => {
+                    if !key_only && name == "new" {
+                        unchanged.push(&column.name);
+                    }
+                    continue;
+                }
+                Datum::Null => "null".into(),
+                Datum::Text(text) => json_of(column.type_oid, text)?,
+            };
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            push_string(out, &column.name);
+            out.push_str(": ");
+            out.push_str(&value);
+        }
+        out.push('}');
+        Some(())
+    };
+    if let Some(datums) = new {
+        object(&mut out, "new", datums, false)?;
+    }
+    if let Some(old) = old {
+        object(&mut out, "old", &old.datums, old.key_only)?;
+    }
+    if !unchanged.is_empty() {
+        out.push_str(", \"unchanged\": [");
+        for (i, name) in unchanged.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            push_string(&mut out, name);
+        }
+        out.push(']');
+    }
+    out.push('}');
+    Some(out)
+}
+
+/// The operation and the table alone, as `notify_row` sends a change that
+/// not even its key fits.
+fn bare_event(op: &str, relation: &Relation) -> String {
+    let mut out = String::from("{\"op\": ");
+    push_string(&mut out, op);
+    out.push_str(", \"schema\": ");
+    push_string(&mut out, &relation.name.schema);
+    out.push_str(", \"table\": ");
+    push_string(&mut out, &relation.name.table);
+    out.push_str(", \"truncated\": true}");
+    out
+}
+
+/// `text` as a JSON string.
+fn push_string(out: &mut String, text: &str) {
+    // Serialising a string to a String cannot fail.
+    out.push_str(&serde_json::to_string(text).unwrap_or_default());
+}
+
+/// A column's text as the JSON `to_jsonb` gives its type, where the text
+/// alone says it; `None` for a type PostgreSQL must render.
+fn json_of(type_oid: u32, text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    let string = |text: &str| {
+        let mut out = String::with_capacity(text.len() + 2);
+        push_string(&mut out, text);
+        Some(Cow::Owned(out))
+    };
+    match type_oid {
+        // bool
+        16 => match text {
+            "t" => Some(Cow::Borrowed("true")),
+            "f" => Some(Cow::Borrowed("false")),
+            _ => None,
+        },
+        // int8, int2, int4, oid: always a JSON number.
+        20 | 21 | 23 | 26 => is_json_number(text).then_some(Cow::Borrowed(text)),
+        // float4, float8, numeric: a number, or NaN and the infinities as strings.
+        700 | 701 | 1700 => match is_json_number(text) {
+            true => Some(Cow::Borrowed(text)),
+            false => string(text),
+        },
+        // text, varchar, bpchar, name, "char", uuid, and the reg* types
+        // (regclass and its kind: names, as the server's search path
+        // writes them).
+        25 | 1043 | 1042 | 19 | 18 | 2950 => string(text),
+        24 | 2202..=2206 | 3734 | 3769 | 4089 | 4096 | 4191 => string(text),
+        // jsonb: its text is the JSON to_jsonb gives.
+        3802 => Some(Cow::Borrowed(text)),
+        // timestamptz, timestamp, date: ISO 8601, as to_jsonb writes them.
+        1184 | 1114 | 1082 => string(&xsd_date_time(text)?),
+        _ => None,
+    }
+}
+
+/// Whether `text` is a number as JSON writes one.
+fn is_json_number(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = usize::from(b.first() == Some(&b'-'));
+    let digits = |i: &mut usize| {
+        let start = *i;
+        while b.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > start
+    };
+    if b.get(i) == Some(&b'0') {
+        i += 1;
+    } else if !digits(&mut i) {
+        return false;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(b.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(&mut i) {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+/// A date or time stamp in the ISO style PostgreSQL writes
+/// (`2026-01-02 03:04:05.678+01`) as `to_jsonb` writes it
+/// (`2026-01-02T03:04:05.678+01:00`); `None` for anything else (BC, the
+/// infinities, another date style), left to PostgreSQL.
+fn xsd_date_time(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let is_digits = |range: std::ops::Range<usize>| {
+        b.get(range.clone())
+            .is_some_and(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+    };
+    let sep = |i: usize, c: u8| b.get(i) == Some(&c);
+    let date =
+        is_digits(0..4) && sep(4, b'-') && is_digits(5..7) && sep(7, b'-') && is_digits(8..10);
+    if !date {
+        return None;
+    }
+    if b.len() == 10 {
+        return Some(text.to_owned());
+    }
+    let time = sep(10, b' ')
+        && is_digits(11..13)
+        && sep(13, b':')
+        && is_digits(14..16)
+        && sep(16, b':')
+        && is_digits(17..19);
+    if !time {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+    }
+    let mut out = format!("{}T{}", &text[..10], &text[11..i]);
+    match &b[i..] {
+        [] => {}
+        // An offset: +HH, +HH:MM or +HH:MM:SS; to_jsonb always writes minutes.
+        [sign @ (b'+' | b'-'), ..] => {
+            let zone = &text[i + 1..];
+            let parts: Vec<&str> = zone.split(':').collect();
+            let two_digits = |p: &&str| p.len() == 2 && p.bytes().all(|d| d.is_ascii_digit());
+            if parts.is_empty() || parts.len() > 3 || !parts.iter().all(two_digits) {
+                return None;
+            }
+            out.push(*sign as char);
+            out.push_str(zone);
+            if parts.len() == 1 {
+                out.push_str(":00");
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
 }
 
 /// The event `pgnotifier.row_change` renders: the operation and table, the
@@ -469,12 +712,12 @@ mod tests {
     fn raw(changes: Vec<RowChange>) -> serde_json::Value {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].channel, "public.orders");
-        serde_json::from_str(&changes[0].raw).unwrap()
+        serde_json::from_str(&changes[0].payload).unwrap()
     }
 
     #[test]
     fn an_update_names_its_unchanged_toasted_column_and_its_old_key() {
-        let mut relations = Relations::default();
+        let mut relations = Relations::new(1 << 20);
         assert!(relations
             .read(&relation_message(), Lsn(1))
             .unwrap()
@@ -485,18 +728,31 @@ mod tests {
         update.extend(tuple(&[Some("7"), None, None], false));
         update.push(b'N');
         update.extend(tuple(&[Some("8"), None], true));
-        let event = raw(relations.read(&update, Lsn(2)).unwrap());
-        assert_eq!(event["op"], "update");
+        let changes = relations.read(&update, Lsn(2)).unwrap();
+        assert!(
+            changes[0].rendered,
+            "int, text and jsonb need no PostgreSQL"
+        );
+        assert_eq!(
+            raw(changes),
+            serde_json::json!({"op": "update", "schema": "public", "table": "orders",
+                               "new": {"id": 8, "note": null}, "old": {"id": 7},
+                               "unchanged": ["doc"]})
+        );
+        // Over the cap, PostgreSQL cuts it to its key: sent raw.
+        let mut small = Relations::new(10);
+        small.read(&relation_message(), Lsn(1)).unwrap();
+        let changes = small.read(&update, Lsn(2)).unwrap();
+        assert!(!changes[0].rendered);
+        let event = raw(changes);
         assert_eq!(event["new"], serde_json::json!({"id": "8", "note": null}));
-        assert_eq!(event["old"], serde_json::json!({"id": "7"}));
-        assert_eq!(event["unchanged"], serde_json::json!(["doc"]));
         assert_eq!(event["key"], serde_json::json!(["id"]));
         assert_eq!(event["types"]["doc"], 3802);
     }
 
     #[test]
     fn a_change_of_a_table_never_described_or_cut_short_is_an_error() {
-        let mut relations = Relations::default();
+        let mut relations = Relations::new(1 << 20);
         let mut insert = vec![b'I'];
         insert.extend(99u32.to_be_bytes());
         let e = relations.read(&insert, Lsn(1)).unwrap_err().to_string();
@@ -507,6 +763,44 @@ mod tests {
         cut.push(b'N');
         cut.extend(&tuple(&[Some("1234")], false)[..5]);
         assert!(relations.read(&cut, Lsn(1)).is_err());
+    }
+
+    #[test]
+    fn values_whose_text_says_their_json_are_rendered_as_to_jsonb_would() {
+        let json = |oid, text| json_of(oid, text).map(|j| j.into_owned());
+        assert_eq!(json(23, "-42").as_deref(), Some("-42"));
+        assert_eq!(json(1700, "12.50").as_deref(), Some("12.50"));
+        assert_eq!(json(1700, "NaN").as_deref(), Some("\"NaN\""));
+        assert_eq!(json(701, "1e+20").as_deref(), Some("1e+20"));
+        assert_eq!(json(701, "-Infinity").as_deref(), Some("\"-Infinity\""));
+        assert_eq!(json(16, "t").as_deref(), Some("true"));
+        assert_eq!(json(25, "a \"b\"\n").as_deref(), Some("\"a \\\"b\\\"\\n\""));
+        assert_eq!(json(3802, "{\"k\": [1]}").as_deref(), Some("{\"k\": [1]}"));
+        assert_eq!(
+            json(1184, "2026-01-02 03:04:05.678+01").as_deref(),
+            Some("\"2026-01-02T03:04:05.678+01:00\"")
+        );
+        assert_eq!(
+            json(1184, "1850-01-01 00:00:00-00:01:15").as_deref(),
+            Some("\"1850-01-01T00:00:00-00:01:15\"")
+        );
+        assert_eq!(
+            json(1114, "2026-01-02 03:04:05").as_deref(),
+            Some("\"2026-01-02T03:04:05\"")
+        );
+        assert_eq!(json(1082, "2026-01-02").as_deref(), Some("\"2026-01-02\""));
+        // Left to PostgreSQL: other types, BC, the infinities, other styles.
+        for (oid, text) in [
+            (1007, "{1,2}"),
+            (114, "{\"a\": 1, \"a\": 2}"),
+            (1184, "0044-03-15 00:00:00+00 BC"),
+            (1184, "infinity"),
+            (1082, "02/01/2026"),
+            (23, "12abc"),
+            (16, "yes"),
+        ] {
+            assert_eq!(json(oid, text), None, "{oid} {text}");
+        }
     }
 
     #[test]

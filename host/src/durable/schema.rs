@@ -36,7 +36,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 12] = [
+const MIGRATIONS: [&str; 13] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -1157,6 +1157,101 @@ BEGIN
     IF octet_length(payload) <= max_bytes THEN
         RETURN payload;
     END IF;
+    payload := keyed::text;
+    IF octet_length(payload) <= max_bytes THEN
+        RETURN payload;
+    END IF;
+    RETURN (bare || '{"truncated": true}')::text;
+END
+$row_change$;
+"#,
+    // 13: a row change's key columns looked up only when it is over the
+    // cap; the reg* types rendered as their text.
+    r#"
+CREATE OR REPLACE FUNCTION pgnotifier.typed_json(type_oid oid, value text) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $typed_json$
+DECLARE
+    base oid := type_oid;
+    kind "char";
+    result jsonb;
+BEGIN
+    IF value IS NULL THEN
+        RETURN 'null';
+    END IF;
+    LOOP
+        SELECT t.typtype, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END
+          INTO kind, base FROM pg_type t WHERE t.oid = base;
+        EXIT WHEN kind IS DISTINCT FROM 'd';
+    END LOOP;
+    IF kind IS NULL THEN
+        RETURN to_jsonb(value);
+    END IF;
+    CASE base
+        -- Text, and names as the walsender's search path wrote them (the
+        -- reg* types: read back under another search path, a name may
+        -- name nothing).
+        WHEN 25, 1043, 1042, 19, 18, 2950, 24, 2202, 2203, 2204, 2205, 2206, 3734, 3769,
+             4089, 4096, 4191 THEN RETURN to_jsonb(value);
+        WHEN 16 THEN RETURN to_jsonb(value::boolean);
+        WHEN 20, 21, 23, 26 THEN RETURN to_jsonb(value::bigint);
+        WHEN 1700 THEN RETURN to_jsonb(value::numeric);
+        WHEN 700 THEN RETURN to_jsonb(value::real);
+        WHEN 701 THEN RETURN to_jsonb(value::double precision);
+        WHEN 114, 3802 THEN RETURN value::jsonb;
+        WHEN 1184 THEN RETURN to_jsonb(value::timestamptz);
+        WHEN 1114 THEN RETURN to_jsonb(value::timestamp);
+        WHEN 1082 THEN RETURN to_jsonb(value::date);
+        ELSE
+            EXECUTE format('SELECT pg_catalog.to_jsonb($1::%s)', base::regtype) INTO result USING value;
+            RETURN result;
+    END CASE;
+END
+$typed_json$;
+
+CREATE OR REPLACE FUNCTION pgnotifier.row_change(raw jsonb, max_bytes integer, typed boolean)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $row_change$
+DECLARE
+    bare jsonb := jsonb_build_object('op', raw->>'op', 'schema', raw->>'schema', 'table', raw->>'table');
+    whole jsonb := bare;
+    keyed jsonb := bare || '{"truncated": true}';
+    part text;
+    values jsonb;
+    payload text;
+    relation regclass;
+    key_columns text[];
+BEGIN
+    FOREACH part IN ARRAY ARRAY['new', 'old'] LOOP
+        CONTINUE WHEN NOT raw ? part;
+        SELECT coalesce(jsonb_object_agg(c.key, CASE WHEN typed
+                            THEN pgnotifier.typed_json((raw->'types'->>c.key)::oid, c.value #>> '{}')
+                            ELSE c.value END), '{}')
+          INTO values FROM jsonb_each(raw->part) c;
+        whole := whole || jsonb_build_object(part, values);
+    END LOOP;
+    IF jsonb_array_length(coalesce(raw->'unchanged', '[]')) > 0 THEN
+        whole := whole || jsonb_build_object('unchanged', raw->'unchanged');
+    END IF;
+    payload := whole::text;
+    IF octet_length(payload) <= max_bytes THEN
+        RETURN payload;
+    END IF;
+    relation := to_regclass(format('%I.%I', raw->>'schema', raw->>'table'));
+    key_columns := CASE WHEN relation IS NULL
+        THEN ARRAY(SELECT jsonb_array_elements_text(raw->'key'))
+        ELSE ARRAY(
+            SELECT a.attname::text
+              FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts FROM pg_index i
+                     WHERE i.indrelid = relation AND (i.indisprimary OR i.indisreplident)
+                     ORDER BY i.indisprimary DESC LIMIT 1) k
+              JOIN pg_attribute a ON a.attrelid = relation
+                                 AND a.attnum = ANY (k.columns[0:k.indnkeyatts - 1])) END;
+    FOREACH part IN ARRAY ARRAY['new', 'old'] LOOP
+        CONTINUE WHEN NOT whole ? part;
+        keyed := keyed || jsonb_build_object(part, (
+            SELECT coalesce(jsonb_object_agg(k.key, whole->part->k.key), '{}')
+              FROM unnest(key_columns) k(key) WHERE whole->part ? k.key));
+    END LOOP;
     payload := keyed::text;
     IF octet_length(payload) <= max_bytes THEN
         RETURN payload;

@@ -37,6 +37,15 @@ impl DatabaseSettings {
         let database = pg.get_dbname().unwrap_or(user);
         let ports = pg.get_ports();
         let tls = self.replication_tls()?;
+        // Row changes' values written as notify_row writes them: time
+        // stamps in the ISO style (which the relay turns into to_jsonb's
+        // ISO 8601 itself), names (regclass and its kind) qualified as
+        // under notify_row's search path. After the user's own options.
+        let ours = "-c datestyle=ISO,MDY -c search_path=pg_catalog,pg_temp";
+        let options = match pg.get_options() {
+            Some(own) => format!("{own} {ours}"),
+            None => ours.to_owned(),
+        };
         let configs = pg
             .get_hosts()
             .iter()
@@ -69,6 +78,7 @@ impl DatabaseSettings {
                     .with_start_lsn(read.from)
                     .with_buffer_size(read.buffer_events)
                     .with_application_name("pgnotifier relay")
+                    .with_options(options.clone())
                     // The slot's confirmed position follows the relay within
                     // a second; what it relayed is in PostgreSQL already.
                     .with_status_interval(std::time::Duration::from_secs(1))

@@ -7,7 +7,7 @@ use super::*;
 use pgnotifier::durable::Transport;
 
 /// Writers, each committing one transaction after another.
-const WRITERS: usize = 8;
+pub(crate) const WRITERS: usize = 8;
 /// How long each writer runs per round.
 const WRITE_FOR: Duration = Duration::from_secs(4);
 /// About 200 bytes, as most events are.
@@ -65,26 +65,7 @@ impl Bench {
             // Relay that backlog now, not during the next round's writers.
             bench.transport = wal.clone();
             let host = bench.writes_host("bench_writes").await?;
-            let end: String = setup
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await?
-                .get(0);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                let relayed: bool = setup
-                    .query_one(
-                        "SELECT coalesce((SELECT confirmed_flush_lsn >= $1::text::pg_lsn
-                                            FROM pg_replication_slots WHERE slot_name = 'pgnotifier'), false)",
-                        &[&end],
-                    )
-                    .await?
-                    .get(0);
-                anyhow::ensure!(Instant::now() < deadline, "the backlog was never relayed");
-                if relayed {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            bench.relayed_to_now(&setup).await?;
             host.shutdown(Duration::from_secs(5)).await;
         }
         let [insert, notify, outbox, wal_rate, wal_alone, emit] = rates.map(|mut r| median(&mut r));
@@ -156,6 +137,31 @@ impl Bench {
         Ok(())
     }
 
+    /// Until the slot `pgnotifier` is confirmed past the WAL written so
+    /// far: a running relay has relayed it all.
+    pub(crate) async fn relayed_to_now(&self, client: &Client) -> anyhow::Result<()> {
+        let end: String = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let relayed: bool = client
+                .query_one(
+                    "SELECT coalesce((SELECT confirmed_flush_lsn >= $1::text::pg_lsn
+                                        FROM pg_replication_slots WHERE slot_name = 'pgnotifier'), true)",
+                    &[&end],
+                )
+                .await?
+                .get(0);
+            anyhow::ensure!(Instant::now() < deadline, "the backlog was never relayed");
+            if relayed {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A host with the noop plugin, at least once on `channel`, on the
     /// bench's transport, reading.
     async fn writes_host(&self, channel: &str) -> anyhow::Result<Notifier> {
@@ -171,7 +177,7 @@ impl Bench {
 
     /// Transactions/s of `sql` (in its own BEGIN/COMMIT) from [`WRITERS`]
     /// connections for [`WRITE_FOR`].
-    async fn writers(&self, sql: &str) -> anyhow::Result<f64> {
+    pub(crate) async fn writers(&self, sql: &str) -> anyhow::Result<f64> {
         let script = format!("BEGIN; {sql}; COMMIT");
         let mut writers = Vec::new();
         let until = Instant::now() + WRITE_FOR;
