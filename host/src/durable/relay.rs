@@ -132,7 +132,7 @@ pub async fn ensure_slot(
     slot: &str,
 ) -> Result<bool, DurableError> {
     check_wal_level(client).await?;
-    ensure_publication(client, slot).await?;
+    super::rows::ensure_publication(client, slot).await?;
     let found = client
         .query_opt(
             "SELECT coalesce(database::text, '') AS database, coalesce(plugin::text, '') AS plugin
@@ -171,40 +171,6 @@ pub async fn ensure_slot(
             slot: slot.to_owned(),
             source,
         }),
-    }
-}
-
-/// Make the publication `name` if missing. A partitioned table's changes
-/// are published as the table's, not its partitions': they arrive on the
-/// channel of the table a sidecar names.
-pub(crate) async fn ensure_publication(
-    client: &tokio_postgres::Client,
-    name: &str,
-) -> Result<(), DurableError> {
-    let row = client
-        .query_one(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1) AS found",
-            &[&name],
-        )
-        .await?;
-    if column(&row, "found")? {
-        return Ok(());
-    }
-    let created = client
-        .batch_execute(&format!(
-            "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
-            quote_ident(name)
-        ))
-        .await;
-    match created {
-        // Another host made it meanwhile: as good.
-        Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
-            Err(DurableError::Slot {
-                slot: name.to_owned(),
-                source: e,
-            })
-        }
-        _ => Ok(()),
     }
 }
 

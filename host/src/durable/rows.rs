@@ -75,6 +75,40 @@ impl std::fmt::Display for TableName {
     }
 }
 
+/// Make the publication `name` if missing. A partitioned table's changes
+/// are published as the table's, not its partitions': they arrive on the
+/// channel of the table a sidecar names.
+pub(crate) async fn ensure_publication(
+    client: &tokio_postgres::Client,
+    name: &str,
+) -> Result<(), DurableError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname = $1) AS found",
+            &[&name],
+        )
+        .await?;
+    if column(&row, "found")? {
+        return Ok(());
+    }
+    let created = client
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {} WITH (publish_via_partition_root = true)",
+            quote_ident(name)
+        ))
+        .await;
+    match created {
+        // Another host made it meanwhile: as good.
+        Err(e) if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            Err(DurableError::Slot {
+                slot: name.to_owned(),
+                source: e,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Put each of `tables` in the publication `publication` (made if
 /// missing), unless it is already. A table is refused, naming it, when it
 /// does not exist, is not a table, or has no replica identity: PostgreSQL
@@ -89,7 +123,7 @@ pub(crate) async fn publish(
         table: table.to_string(),
         why,
     };
-    super::relay::ensure_publication(client, publication).await?;
+    ensure_publication(client, publication).await?;
     for table in tables {
         if table.schema == "pgnotifier" {
             return Err(refused(
