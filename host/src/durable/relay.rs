@@ -1,7 +1,8 @@
 //! The WAL transport: `pgnotifier.send` writes a transactional logical
 //! decoding message instead of an outbox row, and the host that dispatches
 //! reads them from a replication slot and relays them into the outbox, where
-//! the feeders read them as any other event.
+//! the feeders read them as any other event; with them, the changes of the
+//! tables sidecars name ([`rows`](super::rows)).
 //!
 //! - **Why relay, not feed from the slot.** A slot has one confirmed
 //!   position and one reader. Relaying moves it as soon as the relay's own
