@@ -76,40 +76,23 @@ async fn until_sunk(id: &str, count: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn row_changes_of_a_named_table_arrive_in_order_as_notify_row_renders_them() {
-    crate::support::logs::install();
-    let via = Via::Wal;
-    let name = via.name("rows");
-    let (url, client) = fresh_database_on(via.server(), &name).await;
     // Every kind of value to_jsonb renders its own way; `big` is stored
     // out of line and uncompressed (TOAST), so an update that leaves it
     // alone does not carry it. A notify_row trigger on the same table
     // says what each change must look like.
-    client
-        .batch_execute(
-            "create table public.orders (
-                 id int primary key, note text, amount numeric, ratio float8, paid bool,
-                 tags text[], at timestamptz, doc jsonb, big text);
-             alter table public.orders alter column big set storage external;
-             alter table public.orders replica identity full;",
-        )
-        .await
-        .unwrap();
-    let n = via.notifier(&url, &name);
-    n.start().await.unwrap();
-    via.ready(&client).await;
-    client
-        .batch_execute(
-            "create trigger orders_changed after insert or update or delete on public.orders
-                 for each row execute function pgnotifier.notify_row('trig')",
-        )
-        .await
-        .unwrap();
-    let dir = crate::support::temp_dir("durable-rows");
-    let id = crate::support::channel("sink_rows");
-    load_sink(&n, &dir, &id, "tables = [\"public.orders\"]\n")
-        .await
-        .unwrap();
-    feeding(&client, &id).await;
+    let Setup { client, n, id } = setup(
+        "rows",
+        "create table public.orders (
+             id int primary key, note text, amount numeric, ratio float8, paid bool,
+             tags text[], at timestamptz, doc jsonb, big text);
+         alter table public.orders alter column big set storage external;
+         alter table public.orders replica identity full;",
+        &[],
+        "[\"public.orders\"]",
+        &["public.orders"],
+    )
+    .await
+    .unwrap();
     client
         .batch_execute(
             "insert into public.orders values
@@ -323,6 +306,8 @@ async fn until_relayed(client: &Client, channel: &str, count: usize) -> Vec<Valu
 struct Setup {
     client: Client,
     n: pgnotifier::Notifier,
+    /// The sink's subscriber id.
+    id: String,
 }
 
 /// A WAL-transport host on a fresh database where `ddl` ran (and then
@@ -370,7 +355,7 @@ async fn setup(
     let id = crate::support::channel(&format!("sink_{name}"));
     load_sink(&n, &dir, &id, &format!("tables = {tables}\n")).await?;
     feeding(&client, &id).await;
-    Ok(Setup { client, n })
+    Ok(Setup { client, n, id })
 }
 
 /// A `regclass` column naming a table in `public`: relayed qualified, as
@@ -379,7 +364,7 @@ async fn setup(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_regclass_column_is_relayed_as_notify_row_renders_it_and_stalls_nothing() {
     let s = setup(
-        "rv_regclass",
+        "rows_regclass",
         "create table public.audit (id int primary key, tbl regclass)",
         &[],
         "[\"public.audit\"]",
@@ -409,7 +394,7 @@ async fn a_regclass_column_is_relayed_as_notify_row_renders_it_and_stalls_nothin
 #[tokio::test(flavor = "multi_thread")]
 async fn a_domain_constraint_added_not_valid_stalls_nothing() {
     let s = setup(
-        "rv_domain",
+        "rows_domain",
         "create domain public.qty as int;
          create table public.lines (id int primary key, qtys public.qty[])",
         &[],
@@ -445,7 +430,7 @@ async fn a_domain_constraint_added_not_valid_stalls_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_timestamp_under_a_non_iso_datestyle_is_relayed_as_the_same_instant() {
     let s = setup(
-        "rv_datestyle",
+        "rows_datestyle",
         "create table public.shifts (id int primary key, at timestamptz)",
         &["DateStyle = 'SQL, DMY'", "TimeZone = 'Asia/Kolkata'"],
         "[\"public.shifts\"]",
@@ -468,7 +453,7 @@ async fn a_timestamp_under_a_non_iso_datestyle_is_relayed_as_the_same_instant() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_tables_changes_arrive_on_its_own_channel() {
     let s = setup(
-        "rv_partition",
+        "rows_partition",
         "create table public.orders (id int, region text, primary key (id, region))
              partition by list (region);
          create table public.orders_eu partition of public.orders for values in ('eu')",
@@ -506,7 +491,7 @@ async fn a_partitioned_tables_changes_arrive_on_its_own_channel() {
 /// update it again, forever.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_hosts_own_tables_are_refused() {
-    let refused = setup("rv_own", "select 1", &[], "[\"pgnotifier.relayed\"]", &[])
+    let refused = setup("rows_own", "select 1", &[], "[\"pgnotifier.relayed\"]", &[])
         .await
         .err()
         .expect("refused");
@@ -522,7 +507,7 @@ async fn the_hosts_own_tables_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_row_past_what_jsonb_holds_arrives_bare_and_stalls_nothing() {
     let s = setup(
-        "rv_bytea",
+        "rows_bytea",
         "create table public.files (id int primary key, body bytea)",
         &[],
         "[\"public.files\"]",
@@ -549,7 +534,7 @@ async fn a_row_past_what_jsonb_holds_arrives_bare_and_stalls_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn types_schemas_keys_and_column_changes_render_as_notify_row_does() {
     let s = setup(
-        "rv_probe",
+        "rows_probe",
         r#"create schema "Sales";
          create type public.pair as (a int, b text);
          create domain public.pos as int check (value > 0);

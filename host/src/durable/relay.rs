@@ -27,7 +27,7 @@
 //!   message is written that no slot keeps.
 
 use super::reader::column;
-use super::rows::Relations;
+use super::rows::{Bare, Relations};
 use super::DurableError;
 use crate::channel::quote_ident;
 use crate::pg::connection::Backoff;
@@ -537,7 +537,7 @@ struct Relayed {
     row: bool,
     /// For a row change, the bare operation: what is relayed when even its
     /// values as text cannot be.
-    bare: Option<String>,
+    bare: Option<Bare>,
 }
 
 /// Committed events waiting to be relayed together.
@@ -549,7 +549,7 @@ struct Batch {
     sent_at: Vec<SystemTime>,
     lsns: Vec<PgLsn>,
     rows: Vec<bool>,
-    bares: Vec<Option<String>>,
+    bares: Vec<Option<Bare>>,
     bytes: usize,
     /// The end of the last transaction taken in.
     through: Lsn,
@@ -848,7 +848,9 @@ impl Session {
         let (payloads, rows) = match render {
             Render::Bare => {
                 let payloads: Vec<String> = (batch.payloads.iter().zip(&batch.bares))
-                    .map(|(payload, bare)| bare.clone().unwrap_or_else(|| payload.clone()))
+                    .map(|(payload, bare)| {
+                        bare.as_ref().map_or_else(|| payload.clone(), Bare::event)
+                    })
                     .collect();
                 (
                     std::borrow::Cow::Owned(payloads),

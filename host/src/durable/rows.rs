@@ -21,6 +21,7 @@ use super::DurableError;
 use crate::channel::quote_ident;
 use pgwire_replication::Lsn;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A table's name as a sidecar names it and as the channel of its changes:
 /// `schema.table` (`public` when the schema is left out).
@@ -220,7 +221,8 @@ struct Column {
 /// A table as the last `Relation` message for it described it.
 #[derive(Debug)]
 struct Relation {
-    name: TableName,
+    /// Shared with each change's [`Bare`] form.
+    name: Arc<TableName>,
     columns: Vec<Column>,
 }
 
@@ -247,8 +249,30 @@ pub(crate) struct RowChange {
     pub(crate) channel: String,
     pub(crate) payload: String,
     pub(crate) rendered: bool,
-    /// The operation and the table alone, `"truncated": true`.
-    pub(crate) bare: String,
+    /// What is relayed when not even its values as text can be.
+    pub(crate) bare: Bare,
+}
+
+/// A change as its operation and table alone, with `"truncated": true`:
+/// built only when needed, from what the change already holds.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Bare {
+    op: &'static str,
+    table: Arc<TableName>,
+}
+
+impl Bare {
+    /// The event, as `notify_row` sends a change that not even its key fits.
+    pub(crate) fn event(&self) -> String {
+        let mut out = String::from("{\"op\": ");
+        push_string(&mut out, self.op);
+        out.push_str(", \"schema\": ");
+        push_string(&mut out, &self.table.schema);
+        out.push_str(", \"table\": ");
+        push_string(&mut out, &self.table.table);
+        out.push_str(", \"truncated\": true}");
+        out
+    }
 }
 
 /// The tables a session has been told of, by relation oid. The server
@@ -348,11 +372,14 @@ impl Relations {
     fn decode(&mut self, data: &[u8]) -> Result<Vec<RowChange>, String> {
         let mut r = Reader { data };
         let cap = self.max_payload_bytes;
-        let change = |op: &str, relation: &Relation, new, old| {
+        let change = |op: &'static str, relation: &Relation, new, old| {
             let rendered = rendered_event(op, relation, &new, &old).filter(|p| p.len() <= cap);
             RowChange {
                 channel: relation.name.channel(),
-                bare: bare_event(op, relation),
+                bare: Bare {
+                    op,
+                    table: relation.name.clone(),
+                },
                 rendered: rendered.is_some(),
                 payload: rendered.unwrap_or_else(|| raw_event(op, relation, new, old)),
             }
@@ -377,7 +404,7 @@ impl Relations {
                         })
                     })
                     .collect::<Result<_, String>>()?;
-                let name = TableName { schema, table };
+                let name = Arc::new(TableName { schema, table });
                 self.by_oid.insert(oid, Relation { name, columns });
                 Ok(Vec::new())
             }
@@ -497,19 +524,6 @@ fn rendered_event(
     }
     out.push('}');
     Some(out)
-}
-
-/// The operation and the table alone, as `notify_row` sends a change that
-/// not even its key fits.
-fn bare_event(op: &str, relation: &Relation) -> String {
-    let mut out = String::from("{\"op\": ");
-    push_string(&mut out, op);
-    out.push_str(", \"schema\": ");
-    push_string(&mut out, &relation.name.schema);
-    out.push_str(", \"table\": ");
-    push_string(&mut out, &relation.name.table);
-    out.push_str(", \"truncated\": true}");
-    out
 }
 
 /// `text` as a JSON string.

@@ -29,20 +29,7 @@ impl Bench {
     /// nothing watching, each way of watching, interleaved; then changes/s
     /// end to end at 100 per transaction, each way.
     pub(crate) async fn row_changes(&mut self) -> anyhow::Result<()> {
-        let cluster = tokio::task::spawn_blocking(|| {
-            local_pg::Cluster::start_with(&[("wal_level", "logical"), ("fsync", "on")])
-        })
-        .await??;
-        let mut bench = Bench {
-            url: plain_transport(cluster.url()),
-            noop: self.noop.clone(),
-            logger: Vec::new(),
-            stopwatch: Vec::new(),
-            work: self.work.clone(),
-            rows: Vec::new(),
-            json: Vec::new(),
-            transport: Transport::Outbox,
-        };
+        let (cluster, mut bench) = self.on_a_logical_server().await?;
         let mut setup = bench.client().await?;
         pgnotifier::durable::schema::install(&mut setup).await?;
         // A row of about 200 bytes as JSON, as an orders table has.

@@ -20,20 +20,7 @@ impl Bench {
     /// transaction, latency at 1000/s, and this process's CPU per event
     /// (the host, and the four producers' client side), on each transport.
     pub(crate) async fn transports(&mut self) -> anyhow::Result<()> {
-        let cluster = tokio::task::spawn_blocking(|| {
-            local_pg::Cluster::start_with(&[("wal_level", "logical"), ("fsync", "on")])
-        })
-        .await??;
-        let mut bench = Bench {
-            url: plain_transport(cluster.url()),
-            noop: self.noop.clone(),
-            logger: Vec::new(),
-            stopwatch: Vec::new(),
-            work: self.work.clone(),
-            rows: Vec::new(),
-            json: Vec::new(),
-            transport: Transport::Outbox,
-        };
+        let (cluster, mut bench) = self.on_a_logical_server().await?;
         let wal = Transport::Wal {
             slot: "pgnotifier".to_owned(),
         };
@@ -135,6 +122,27 @@ impl Bench {
         drop(setup);
         drop(cluster);
         Ok(())
+    }
+
+    /// A throwaway server with `wal_level = logical` and durable commits
+    /// (`fsync` on), and a bench of this one's plugins on it, on the outbox
+    /// transport; the server stops when dropped.
+    pub(crate) async fn on_a_logical_server(&self) -> anyhow::Result<(local_pg::Cluster, Bench)> {
+        let cluster = tokio::task::spawn_blocking(|| {
+            local_pg::Cluster::start_with(&[("wal_level", "logical"), ("fsync", "on")])
+        })
+        .await??;
+        let bench = Bench {
+            url: plain_transport(cluster.url()),
+            noop: self.noop.clone(),
+            logger: Vec::new(),
+            stopwatch: Vec::new(),
+            work: self.work.clone(),
+            rows: Vec::new(),
+            json: Vec::new(),
+            transport: Transport::Outbox,
+        };
+        Ok((cluster, bench))
     }
 
     /// Until the slot `pgnotifier` is confirmed past the WAL written so
