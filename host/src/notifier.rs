@@ -347,7 +347,7 @@ impl Notifier {
                 retry,
                 longest_call: feeder::NATIVE_LONGEST_CALL,
             };
-            self.inner.feeders.ensure(&runtime, &id, &mailbox, settings);
+            (self.inner.feeders).ensure(&runtime, &id, &mailbox, settings, Arc::default());
         }
         Ok(())
     }
@@ -662,7 +662,7 @@ impl Notifier {
         // Fed again either way, from wherever the position now is.
         self.inner
             .feeders
-            .ensure(&runtime, &id.into(), &mailbox, settings);
+            .ensure(&runtime, &id.into(), &mailbox, settings, Arc::default());
         moved
     }
 

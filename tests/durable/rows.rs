@@ -571,3 +571,194 @@ async fn types_schemas_keys_and_column_changes_render_as_notify_row_does() {
     assert_eq!(items[1]["op"], "truncate");
     s.n.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Backfill: a new subscriber with `start = "snapshot"` receives the
+/// table's 10k rows from one snapshot, then every change after it, while
+/// four writers insert, update and delete throughout. Replaying what it
+/// received gives the table as it ends: every row came once, as a snapshot
+/// row or later as a change, never both and never neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_then_its_changes_miss_and_double_nothing_under_concurrent_writers() {
+    crate::support::logs::install();
+    let via = Via::Wal;
+    let name = via.name("rows_backfill");
+    let (url, client) = fresh_database_on(via.server(), &name).await;
+    client
+        .batch_execute(
+            "create table public.items (id int primary key, n int not null default 0);
+             insert into public.items select g from generate_series(1, 10000) g;
+             create table public.sunk (n bigint generated always as identity primary key,
+                                       payload jsonb not null);
+             do $$ begin create role pgn_test_sunk_writer;
+                   exception when duplicate_object then null; end $$;
+             grant insert on public.sunk to pgn_test_sunk_writer;",
+        )
+        .await
+        .unwrap();
+    let n = via.notifier(&url, &name);
+    n.start().await.unwrap();
+    via.ready(&client).await;
+    let writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut writers = Vec::new();
+    for w in 0..4i32 {
+        let (url, writing) = (url.clone(), writing.clone());
+        writers.push(tokio::spawn(async move {
+            let (writer, connection) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let mut round = 0i32;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                // Each transaction inserts a row of its own, updates two old
+                // ones and deletes one: changes in one transaction, spread
+                // over the table.
+                let fresh = 100_000 + w * 1_000_000 + round;
+                let old = 1 + (round * 37 + w * 2_501) % 10_000;
+                writer
+                    .batch_execute(&format!(
+                        "begin;
+                         insert into public.items values ({fresh}, 1);
+                         update public.items set n = n + 1 where id in ({old}, {});
+                         delete from public.items where id = {};
+                         commit;",
+                        1 + (old + 5_000) % 10_000,
+                        1 + (round * 13 + w * 7_919 + 3) % 10_000,
+                    ))
+                    .await
+                    .unwrap();
+                round += 1;
+            }
+            round
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = crate::support::temp_dir("durable-rows-backfill");
+    let id = crate::support::channel("sink_backfill");
+    load_sink(
+        &n,
+        &dir,
+        &id,
+        // More events than logs keep: the sink writes each to `sunk`.
+        "tables = [\"items\"]\nstart = \"snapshot\"\n
+         [grants]\nquery_write = true\nquery_role = \"pgn_test_sunk_writer\"\n
+         [config]\nrecord = \"insert into public.sunk (payload) values ($1::jsonb)\"\n",
+    )
+    .await
+    .unwrap();
+    feeding(&client, &id).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for writer in writers {
+        rounds += writer.await.unwrap();
+    }
+    assert!(rounds > 100, "the writers wrote {rounds} transactions");
+    let table: std::collections::BTreeMap<i32, i32> = client
+        .query("select id, n from public.items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    // Replay until it matches the table; every step must make sense.
+    let deadline = std::time::Instant::now() + SOON * 4;
+    loop {
+        let got: Vec<Value> = client
+            .query("select payload::text from public.sunk order by n", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| serde_json::from_str(row.get(0)).unwrap())
+            .collect();
+        let mut replayed = std::collections::BTreeMap::new();
+        let mut snapshot_rows = 0;
+        for (i, event) in got.iter().enumerate() {
+            let row = |part: &str| event[part]["id"].as_i64().unwrap() as i32;
+            match event["op"].as_str().unwrap() {
+                "snapshot" => {
+                    assert_eq!(snapshot_rows, i, "a snapshot row after a change: {event}");
+                    snapshot_rows += 1;
+                    let fresh = replayed.insert(row("new"), event["new"]["n"].as_i64().unwrap());
+                    assert!(fresh.is_none(), "a row twice in the snapshot: {event}");
+                }
+                "insert" => {
+                    let doubled = replayed.insert(row("new"), event["new"]["n"].as_i64().unwrap());
+                    assert!(
+                        doubled.is_none(),
+                        "an insert the snapshot had already: {event}"
+                    );
+                }
+                "update" => {
+                    let before = replayed.insert(row("new"), event["new"]["n"].as_i64().unwrap());
+                    assert!(before.is_some(), "an update of a row never seen: {event}");
+                }
+                "delete" => {
+                    let before = replayed.remove(&row("old"));
+                    assert!(before.is_some(), "a delete of a row never seen: {event}");
+                }
+                other => panic!("an unexpected operation {other}: {event}"),
+            }
+        }
+        let replayed: std::collections::BTreeMap<i32, i32> =
+            replayed.into_iter().map(|(k, v)| (k, v as i32)).collect();
+        if replayed == table {
+            assert!(snapshot_rows >= 9_000, "{snapshot_rows} snapshot rows");
+            assert!(
+                got.len() > snapshot_rows + 100,
+                "changes after the snapshot: {}",
+                got.len() - snapshot_rows
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after {} events ({snapshot_rows} of the snapshot), the replay has {} rows and the table {}",
+            got.len(),
+            replayed.len(),
+            table.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The seam is gone once passed, and the rows with it.
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let left: i64 = client
+            .query_one(
+                "select (select count(*) from pgnotifier.backfills)
+                      + (select count(*) from pgnotifier.snapshot_rows)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} backfill rows left"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_snapshot_without_tables_is_refused_naming_the_key() {
+    crate::support::logs::install();
+    let (url, _client) = fresh_database("rows_start").await;
+    let n = notifier_on(&url);
+    let dir = crate::support::temp_dir("durable-rows-start");
+    let refused = load_sink(&n, &dir, "sink_rows_start", "start = \"snapshot\"\n")
+        .await
+        .unwrap_err();
+    assert!(
+        refused.contains("start = \"snapshot\"") && refused.contains("tables"),
+        "{refused}"
+    );
+    let unknown = load_sink(&n, &dir, "sink_rows_start", "start = \"yesterday\"\n")
+        .await
+        .unwrap_err();
+    assert!(
+        unknown.contains("yesterday") && unknown.contains("snapshot"),
+        "{unknown}"
+    );
+}

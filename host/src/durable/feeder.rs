@@ -43,10 +43,12 @@
 //!   again, and reading resumes from the saved position. A feeder that
 //!   panics is started again from there, and counted.
 
+use super::backfill;
 use super::dead_letters;
 use super::pruner::{self, OutboxStats};
 use super::reader::{self, Batch, Channels, Event, Position, PrunedGap};
 use super::relay::{self, RelayStats, Transport};
+use super::rows::TableName;
 use super::schema::{self, WAKE_CHANNEL};
 use crate::dispatch::{
     CallFailure, Delivery, Done, DurableEvent, DurableStats, Gap, GapCause, Mailbox, Notification,
@@ -306,6 +308,7 @@ impl Feeders {
         id: &Arc<str>,
         mailbox: &Arc<Mailbox>,
         settings: FeedSettings,
+        backfill: Arc<[TableName]>,
     ) {
         self.ensure_pruning(runtime);
         let mut running = lock(&self.running);
@@ -323,6 +326,7 @@ impl Feeders {
             heartbeat: self.heartbeat,
             me: self.me.clone(),
             max_payload_bytes: self.max_payload_bytes,
+            backfill,
         };
         let feeder = Feeder {
             settings: spec.settings.clone(),
@@ -408,6 +412,8 @@ struct FeedSpec {
     heartbeat: Duration,
     me: Arc<str>,
     max_payload_bytes: u32,
+    /// Tables whose rows a subscriber without a position starts with.
+    backfill: Arc<[TableName]>,
 }
 
 /// The name of `subscriber`'s feed lock: one feeder holds it at a time.
@@ -711,11 +717,20 @@ impl Session<'_> {
                 let registry = self.feed.spec.registry.upgrade();
                 let channels = registry.and_then(|r| r.durable_channels(self.id()));
                 let channels = channels.map(|c| c.names).unwrap_or_default();
-                let id = self.feed.spec.id.clone();
-                reader::start_at_end(&mut self.client, &id, &channels).await?
+                let (id, tables) = (self.feed.spec.id.clone(), self.feed.spec.backfill.clone());
+                if tables.is_empty() {
+                    reader::start_at_end(&mut self.client, &id, &channels).await?
+                } else {
+                    backfill::start(&mut self.client, &id, &channels, &tables).await?
+                }
             }
         };
         self.saved.at = Some(self.at);
+        // Recorded at the start, or by a feeder that stopped before taking it.
+        let (id, max_bytes) = (self.feed.spec.id.clone(), self.feed.spec.max_payload_bytes);
+        if let Some(rows) = backfill::take_pending(&mut self.client, &id, max_bytes).await? {
+            tracing::info!(subscriber = %id, rows, "backfill taken: the tables' rows come first, then every change after them");
+        }
         let (before, wait) = self.claim(takeover).await?;
         self.recorded_takeover = takeover;
         if !wait.is_zero() {

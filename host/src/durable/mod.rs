@@ -14,8 +14,11 @@
 //! - [`relay`]: the WAL transport, where `send` writes a logical decoding
 //!   message, and the dispatching host relays a slot's into the outbox;
 //! - [`rows`]: row changes of the tables sidecars name, read from the WAL
-//!   transport's publication and relayed the same way.
+//!   transport's publication and relayed the same way;
+//! - [`backfill`]: a new subscriber's tables as one snapshot's rows, then
+//!   every change that snapshot did not see.
 
+pub mod backfill;
 pub mod dead_letters;
 pub mod feeder;
 pub mod pruner;
@@ -40,6 +43,7 @@ pub enum DurableError {
     Read(#[from] reader::ReadError),
     #[error(transparent)]
     Schema(#[from] schema::SchemaError),
+
     #[error("no dead letter {0}")]
     UnknownDeadLetter(i64),
     #[error("subscriber {0:?} is not an at-least-once subscriber")]

@@ -500,6 +500,7 @@ impl Relay {
                         replication,
                         through,
                         open: Vec::new(),
+                        writer: 0,
                         relations: Relations::new(self.max_payload_bytes),
                         batch: Batch::default(),
                     });
@@ -550,6 +551,9 @@ struct Batch {
     lsns: Vec<PgLsn>,
     rows: Vec<bool>,
     bares: Vec<Option<Bare>>,
+    /// Each event's writing transaction, as pgoutput's Begin gives it (32
+    /// bits; the insert widens it).
+    writers: Vec<i64>,
     bytes: usize,
     /// The end of the last transaction taken in.
     through: Lsn,
@@ -584,8 +588,9 @@ impl Batch {
         parts
     }
 
-    fn take_in(&mut self, events: Vec<Relayed>, committed_at: SystemTime, end: Lsn) {
+    fn take_in(&mut self, events: Vec<Relayed>, writer: u32, committed_at: SystemTime, end: Lsn) {
         for event in events {
+            self.writers.push(i64::from(writer));
             self.bytes += event.payload.len();
             self.channels.push(event.channel);
             self.payloads.push(event.payload);
@@ -609,14 +614,19 @@ UPDATE pgnotifier.relayed SET through = $2, updated_at = pg_catalog.now()
 
 /// Events into the outbox, in order; `$6`: the first of the transaction.
 /// A row change (`$7`) is rendered within `$8` bytes, its values typed
-/// unless `$9` is false.
+/// unless `$9` is false. A writer's 32-bit transaction id (`$10`) is
+/// widened to the full one: the latest before the next one handed out.
 const INSERT_EVENTS: &str = "
-INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction)
+INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction, writer)
 SELECT e.channel,
        CASE WHEN e.row THEN pgnotifier.row_change(e.payload::jsonb, $8, $9) ELSE e.payload END,
-       e.pid, e.sent_at, e.lsn, e.n = 1 AND $6
-  FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[], $7::bool[])
-       WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, row, n)
+       e.pid, e.sent_at, e.lsn, e.n = 1 AND $6,
+       (x.next - (x.next - e.writer) % 4294967296)::text::xid8
+  FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[], $7::bool[],
+              $10::int8[])
+       WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, row, writer, n)
+ CROSS JOIN (SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint
+               AS next) x
  ORDER BY e.n";
 
 /// One wake-up per channel for the feeders.
@@ -649,8 +659,9 @@ struct Session {
     through: Lsn,
     /// What `pgnotifier.relayed` holds, as this session last wrote it.
     recorded: Lsn,
-    /// The messages of the transaction being read.
+    /// The messages of the transaction being read, and its id.
     open: Vec<Relayed>,
+    writer: u32,
     /// The published tables as the server described them.
     relations: Relations,
     batch: Batch,
@@ -713,7 +724,10 @@ impl Session {
 
     async fn take(&mut self, event: ReplicationEvent, relay: &Relay) -> Result<(), End> {
         match event {
-            ReplicationEvent::Begin { .. } => self.open.clear(),
+            ReplicationEvent::Begin { xid, .. } => {
+                self.open.clear();
+                self.writer = xid;
+            }
             ReplicationEvent::Message {
                 transactional: true,
                 lsn,
@@ -763,7 +777,7 @@ impl Session {
                     return Ok(());
                 }
                 self.batch
-                    .take_in(events, pg_time(commit_time_micros), end_lsn);
+                    .take_in(events, self.writer, pg_time(commit_time_micros), end_lsn);
                 if self.batch.is_full() {
                     self.write(relay).await?;
                 }
@@ -874,9 +888,10 @@ impl Session {
                     &&batch.sent_at[part.clone()],
                     &&batch.lsns[part.clone()],
                     &first,
-                    &&rows[part],
+                    &&rows[part.clone()],
                     &(relay.max_payload_bytes.min(i32::MAX as u32) as i32),
                     &typed,
+                    &&batch.writers[part],
                 ],
             )
             .await?;
@@ -1024,11 +1039,12 @@ mod tests {
             bare: None,
         };
         let events = vec![big(BATCH_BYTES), big(1), big(BATCH_BYTES - 1), big(2)];
-        batch.take_in(events, SystemTime::now(), Lsn(9));
+        batch.take_in(events, 1, SystemTime::now(), Lsn(9));
         assert_eq!(batch.parts(), vec![0..1, 1..3, 3..4]);
         let mut many = Batch::default();
         many.take_in(
             (0..BATCH_EVENTS + 1).map(|_| big(1)).collect(),
+            1,
             SystemTime::now(),
             Lsn(9),
         );

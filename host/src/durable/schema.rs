@@ -36,7 +36,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 13] = [
+const MIGRATIONS: [&str; 14] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -1259,6 +1259,159 @@ BEGIN
     RETURN (bare || '{"truncated": true}')::text;
 END
 $row_change$;
+"#,
+    // 14: backfill: a new subscriber's tables as one snapshot's rows,
+    // then every change its snapshot did not see.
+    r#"
+-- The writing transaction of a relayed event (pgoutput's Begin): the
+-- relay's own is `txid`. NULL where the writer wrote the outbox itself.
+ALTER TABLE pgnotifier.outbox ADD COLUMN writer xid8;
+-- A subscriber's backfill. The subscriber starts at (stamp, minimum): its
+-- snapshot's rows come first, at ids below zero, then the events after
+-- `stamp` whose writer `snapshot` does not see. NULL `snapshot`: not
+-- taken yet (the feeder takes it before it reads).
+CREATE TABLE pgnotifier.backfills (
+    subscriber text PRIMARY KEY,
+    stamp bigint NOT NULL,
+    tables text[] NOT NULL,
+    channels text[] NOT NULL,
+    snapshot pg_snapshot,
+    taken_at timestamptz,
+    row_count bigint,
+    -- The WAL's end as the snapshot was taken, and the stamp by which
+    -- every event the snapshot saw is stamped (NULL: not known yet).
+    lsn pg_lsn,
+    end_stamp bigint,
+    salt uuid NOT NULL DEFAULT pg_catalog.gen_random_uuid()
+);
+CREATE SEQUENCE pgnotifier.snapshot_row_ids;
+CREATE TABLE pgnotifier.snapshot_rows (
+    subscriber text NOT NULL,
+    -- Below zero, rising in delivery order; never the same twice.
+    id bigint NOT NULL DEFAULT (-9223372036854775807 + pg_catalog.nextval('pgnotifier.snapshot_row_ids')),
+    channel text NOT NULL,
+    payload text NOT NULL,
+    PRIMARY KEY (subscriber, id)
+);
+
+-- read_batch as in version 11, for a subscriber that started from a
+-- snapshot: its snapshot's rows first, then every event on the snapshot's
+-- channels whose writer the snapshot does not see (what it saw, the rows
+-- hold). The seam ends once every event it saw is behind the position.
+CREATE OR REPLACE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
+                                      channels text[], max_events integer, max_bytes bigint)
+RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
+               sent_at timestamptz, pid integer, salt uuid,
+               events bigint, gap_channels text[], flush_to pg_lsn)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
+#variable_conflict use_variable
+DECLARE
+    last_stamp bigint;
+    written pg_lsn;
+    look integer;
+    seam pgnotifier.backfills;
+    seen_channels text[] := '{}';
+    taken pg_snapshot;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
+    last_stamp := pgnotifier.horizon(after_stamp);
+    SELECT * INTO seam FROM pgnotifier.backfills b WHERE b.subscriber = subscriber;
+    IF seam.snapshot IS NOT NULL THEN
+        IF (after_stamp, after_id) >= (seam.stamp, 0) THEN
+            DELETE FROM pgnotifier.snapshot_rows r WHERE r.subscriber = subscriber;
+        END IF;
+        -- Every writer the snapshot saw committed before `seam.lsn`: once
+        -- each slot still relayed is past it, their events are stamped.
+        IF seam.end_stamp IS NULL AND NOT EXISTS (
+            SELECT FROM pgnotifier.relayed r
+              JOIN pg_replication_slots s ON s.slot_name = r.slot AND s.database = current_database()
+             WHERE r.through < seam.lsn) THEN
+            seam.end_stamp := last_stamp;
+            UPDATE pgnotifier.backfills b SET end_stamp = last_stamp WHERE b.subscriber = subscriber;
+        END IF;
+        IF after_stamp >= seam.end_stamp AND (after_stamp, after_id) >= (seam.stamp, 0) THEN
+            DELETE FROM pgnotifier.backfills b WHERE b.subscriber = subscriber;
+        ELSE
+            seen_channels := seam.channels;
+            taken := seam.snapshot;
+        END IF;
+    END IF;
+    RETURN QUERY
+    WITH found AS (
+        (SELECT 'e'::"char", r.id, seam.stamp AS stamp, r.channel, r.payload,
+                seam.taken_at AS sent_at, 0 AS pid, seam.salt AS salt,
+                NULL::bigint, NULL::text[], NULL::pg_lsn
+           FROM pgnotifier.snapshot_rows r
+          WHERE seam.stamp = after_stamp AND after_id < 0
+            AND r.subscriber = subscriber AND r.id > after_id AND r.channel = ANY (channels)
+          ORDER BY r.id
+          LIMIT max_events)
+        UNION ALL
+        (SELECT 'e'::"char", o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+           FROM pgnotifier.commits c
+           JOIN pgnotifier.outbox o ON o.txid = c.txid
+          WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
+            AND NOT (o.channel = ANY (seen_channels)
+                     AND pg_visible_in_snapshot(coalesce(o.writer, o.txid), taken))
+          ORDER BY o.id
+          LIMIT max_events)
+        UNION ALL
+        (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL, NULL, NULL
+           FROM pgnotifier.commits c
+          CROSS JOIN LATERAL (
+                SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
+                  FROM pgnotifier.outbox e
+                 WHERE e.txid = c.txid AND e.channel = ANY (channels)
+                   AND NOT (e.channel = ANY (seen_channels)
+                            AND pg_visible_in_snapshot(coalesce(e.writer, e.txid), taken))
+                 ORDER BY e.id
+                 LIMIT max_events) o
+          WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
+          ORDER BY c.stamp, o.id
+          LIMIT max_events)
+    ), sized AS (
+        SELECT f.*, coalesce(sum(octet_length(f.payload)) OVER (
+                   ORDER BY f.stamp, f.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                   AS bytes_before
+          FROM found f
+    )
+    SELECT CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN 'e'::"char" ELSE 'o'::"char" END,
+           z.id, z.stamp, z.channel,
+           CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN z.payload END,
+           z.sent_at, z.pid, z.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+      FROM sized z
+    UNION ALL
+    SELECT 'g', g.id, NULL, NULL, g.cause, g.first_sent_at, NULL, NULL,
+           CASE WHEN g.stamps IS NULL THEN g.events
+                ELSE (SELECT count(*) FROM unnest(g.stamps, g.ids) u(s, i)
+                       WHERE (u.s, u.i) > (after_stamp, after_id)) END,
+           CASE WHEN g.stamps IS NULL THEN g.channels
+                ELSE ARRAY(SELECT DISTINCT u.c FROM unnest(g.stamps, g.ids, g.event_channels) u(s, i, c)
+                            WHERE (u.s, u.i) > (after_stamp, after_id) ORDER BY 1) END,
+           NULL
+      FROM pgnotifier.gaps g
+     WHERE g.subscriber = subscriber;
+    -- Every commit read above (the senders' and the prunes') wrote its
+    -- record before this point. WAL past it is most often a transaction in
+    -- flight, whose own commit flushes it within a millisecond: look twice
+    -- (a sleep of any length takes about a millisecond), then leave the
+    -- flush to the reader.
+    written := pg_current_wal_insert_lsn();
+    FOR look IN 1..2 LOOP
+        EXIT WHEN pg_current_wal_flush_lsn() >= written;
+        PERFORM pg_sleep(0.0001);
+    END LOOP;
+    RETURN QUERY
+    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
+           NULL::integer, NULL::uuid, NULL::bigint, NULL::text[],
+           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END;
+END
+$read$;
 "#,
 ];
 

@@ -4,7 +4,7 @@
 //! `NAME.toml`) into a subscriber ready to register. Start-up runs them for
 //! every file; the folder [`sync`](super::sync) runs the same for each file that changes.
 
-use super::settings::{Sidecar, SubscriberSettings};
+use super::settings::{Sidecar, Start, SubscriberSettings};
 use crate::capabilities::{CapabilityError, Grants, PluginCapabilities};
 use crate::channel;
 use crate::durable::rows::TableName;
@@ -107,6 +107,8 @@ pub(crate) struct LoadedPlugin {
     /// Tables whose row changes it receives: in the WAL transport's
     /// publication before it is fed.
     pub(crate) tables: Vec<TableName>,
+    /// Tables whose current rows it starts with (`start = "snapshot"`).
+    pub(crate) backfill: Vec<TableName>,
     /// Shown by `pgnotifier check`.
     pub(crate) grants: Grants,
     pub(crate) settings: SubscriberSettings,
@@ -211,6 +213,16 @@ pub(crate) fn load(
             "sidecar tables: row changes are durable events; set delivery = \"at-least-once\"",
         ));
     }
+    let backfill = match sidecar.start {
+        Start::Now => Vec::new(),
+        Start::Snapshot if tables.is_empty() => {
+            return Err(LoadError::new(
+                path,
+                "sidecar start = \"snapshot\" starts with the current rows of the sidecar's tables, and it names none: add tables = [\"schema.table\"]",
+            ))
+        }
+        Start::Snapshot => tables.clone(),
+    };
     let grant_error = |e: CapabilityError| {
         let sidecar_path = files.sidecar.as_ref().map(|(p, _)| p.as_path());
         LoadError::new(
@@ -256,6 +268,7 @@ pub(crate) fn load(
     Ok(LoadedPlugin {
         channels,
         tables,
+        backfill,
         grants,
         settings,
         subscriber,

@@ -14,7 +14,7 @@ pub(crate) mod sync;
 pub(crate) mod watcher;
 
 pub use offline::{OfflinePlugin, OfflineSettings};
-pub use settings::{Delivery, LimitSettings, Sidecar, SubscriberSettings};
+pub use settings::{Delivery, LimitSettings, Sidecar, Start, SubscriberSettings};
 pub use sync::PluginChange;
 pub(crate) use sync::{PluginCounters, PluginSync};
 pub use watcher::PluginWatcher;

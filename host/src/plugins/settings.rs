@@ -49,6 +49,17 @@ pub enum Delivery {
     AtLeastOnce,
 }
 
+/// A sidecar's `start`: where a new at-least-once subscriber begins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Start {
+    /// With what is sent from now on.
+    #[default]
+    Now,
+    /// With its tables' current rows, then every change after them.
+    Snapshot,
+}
+
 /// The effective settings of one plugin subscriber: its sandbox limits,
 /// how it is dispatched to, and the limits of its capabilities.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,6 +162,9 @@ pub struct Sidecar {
     /// Tables whose row changes the subscriber receives, each on the
     /// channel `schema.table` (the WAL transport; at-least-once delivery).
     pub tables: Option<Vec<String>>,
+    /// Where the subscriber begins, the first time it is fed.
+    #[serde(default)]
+    pub start: Start,
     /// Key/value pairs passed to `register`.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
@@ -175,7 +189,7 @@ impl Sidecar {
             return Err(ConfigError::Parse {
                 path: path.to_owned(),
                 message: format!(
-                    "unknown key `{key}`; expected channels, tables, config, grants, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms, failure_threshold, query_timeout_ms, query_max_rows, http_timeout_ms, http_max_response_bytes, delivery, retry_max_attempts or retry_backoff_ms"
+                    "unknown key `{key}`; expected channels, tables, start, config, grants, payload, timeout_ms, memory_mib, queue_size, overflow, overflow_wait_ms, failure_threshold, query_timeout_ms, query_max_rows, http_timeout_ms, http_max_response_bytes, delivery, retry_max_attempts or retry_backoff_ms"
                 ),
             });
         }

@@ -268,8 +268,8 @@ impl PluginSync {
                     retry,
                     longest_call,
                 };
-                self.feeders
-                    .ensure(&feeder::runtime()?, id, &mailbox, settings)
+                let backfill = loaded.backfill.into();
+                (self.feeders).ensure(&feeder::runtime()?, id, &mailbox, settings, backfill)
             }
             DeliveryMode::AtMostOnce => self.feeders.stop(id).await,
         }

@@ -8,8 +8,10 @@
 //! `wait_queries = N` (and a query grant) it also waits in the database,
 //! N times `pg_sleep(0.2)`, logging `sink-wait PAYLOAD TAG ROUND` before
 //! each (`tag`: config, default `-`), so a call takes wall-clock time but
-//! little CPU; a failed query fails the call. A gap is logged as
-//! `gap CHANNELS CAUSE`.
+//! little CPU; a failed query fails the call. With `record = SQL` (and a
+//! `query_write` grant) it runs SQL with the payload as `$1` as a call
+//! ends, so a test can read back more events than logs keep. A gap is
+//! logged as `gap CHANNELS CAUSE`.
 
 wit_bindgen::generate!({ world: "plugin", path: "../../../wit" });
 
@@ -27,6 +29,7 @@ thread_local! {
     static LOG_START: Cell<bool> = const { Cell::new(false) };
     static WAIT_QUERIES: Cell<u32> = const { Cell::new(0) };
     static TAG: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    static RECORD: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 impl Guest for Sink {
@@ -54,6 +57,7 @@ impl Guest for Sink {
             .map_err(|_| format!("wait_queries = {waits:?} is not a whole number"))?;
         WAIT_QUERIES.set(waits);
         TAG.with_borrow_mut(|tag| *tag = get("tag").unwrap_or("-").to_owned());
+        RECORD.with_borrow_mut(|sql| *sql = get("record").unwrap_or_default().to_owned());
         let channels = get("channels").unwrap_or("work");
         Ok(Registration {
             channels: channels.split(',').map(|c| c.trim().to_string()).collect(),
@@ -94,6 +98,10 @@ impl Guest for Sink {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(round));
         }
         std::hint::black_box(x);
+        let record = RECORD.with_borrow(|sql| sql.clone());
+        if !record.is_empty() {
+            query(&record, std::slice::from_ref(&text))?;
+        }
         log(Level::Info, &format!("sink {text} #{id} @{attempt} {key}"));
         Ok(())
     }
