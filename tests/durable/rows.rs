@@ -211,7 +211,7 @@ async fn a_table_without_a_replica_identity_is_refused_naming_it_and_its_writers
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tables_on_the_outbox_transport_are_refused_naming_the_setting() {
+async fn a_table_without_a_trigger_on_the_outbox_transport_is_refused_naming_both_ways() {
     crate::support::logs::install();
     let (url, client) = fresh_database("rows_outbox").await;
     client
@@ -224,7 +224,9 @@ async fn tables_on_the_outbox_transport_are_refused_naming_the_setting() {
         .await
         .unwrap_err();
     assert!(
-        refused.contains("durable_transport = \"wal\"") && refused.contains("notify_row"),
+        refused.contains("public.orders")
+            && refused.contains("durable_transport = \"wal\"")
+            && refused.contains("notify_row"),
         "{refused}"
     );
     let at_most_once = std::fs::write(
@@ -572,17 +574,21 @@ async fn types_schemas_keys_and_column_changes_render_as_notify_row_does() {
     s.n.shutdown(Duration::from_secs(5)).await;
 }
 
+crate::on_both_transports!(
+    a_snapshot_then_its_changes_miss_and_double_nothing_under_concurrent_writers
+);
+
 /// Backfill: a new subscriber with `start = "snapshot"` receives the
 /// table's 10k rows from one snapshot, then every change after it, while
 /// four writers insert, update and delete throughout. Replaying what it
 /// received gives the table as it ends: every row came once, as a snapshot
-/// row or later as a change, never both and never neither.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_snapshot_then_its_changes_miss_and_double_nothing_under_concurrent_writers() {
+/// row or later as a change, never both and never neither. On the outbox
+/// transport the changes come from the table's notify_row trigger, on its
+/// channel.
+async fn a_snapshot_then_its_changes_miss_and_double_nothing_under_concurrent_writers(via: Via) {
     crate::support::logs::install();
-    let via = Via::Wal;
     let name = via.name("rows_backfill");
-    let (url, client) = fresh_database_on(via.server(), &name).await;
+    let (url, mut client) = fresh_database_on(via.server(), &name).await;
     client
         .batch_execute(
             "create table public.items (id int primary key, n int not null default 0);
@@ -595,6 +601,18 @@ async fn a_snapshot_then_its_changes_miss_and_double_nothing_under_concurrent_wr
         )
         .await
         .unwrap();
+    if via == Via::Outbox {
+        pgnotifier::durable::schema::install(&mut client)
+            .await
+            .unwrap();
+        client
+            .batch_execute(
+                "create trigger changed after insert or update or delete on public.items
+                     for each row execute function pgnotifier.notify_row('items_changed')",
+            )
+            .await
+            .unwrap();
+    }
     let n = via.notifier(&url, &name);
     n.start().await.unwrap();
     via.ready(&client).await;

@@ -449,7 +449,7 @@ pub async fn check_stream(
 /// The two durable transports. Every stream test runs on each, with the
 /// same assertions: what a subscriber receives must not depend on how
 /// senders wrote.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
     /// `pgnotifier.send` writes the outbox, on the shared server.
     Outbox,

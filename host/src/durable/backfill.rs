@@ -49,14 +49,15 @@ pub enum BackfillError {
     },
 }
 
-/// Start `subscriber` on `channels` with a backfill of `tables`, unless it
-/// has a position; where it is now. The backfill is recorded, not taken:
-/// [`take_pending`] takes it.
+/// Start `subscriber` on `channels` with a backfill of `tables`, each with
+/// the channel its rows and changes arrive on, unless it has a position;
+/// where it is now. The backfill is recorded, not taken: [`take_pending`]
+/// takes it.
 pub async fn start(
     client: &mut Client,
     subscriber: &str,
     channels: &[String],
-    tables: &[TableName],
+    tables: &[(TableName, String)],
 ) -> Result<Position, ReadError> {
     let tx = client.transaction().await?;
     tx.batch_execute(PRUNE_LOCK).await?;
@@ -74,8 +75,8 @@ pub async fn start(
         through: horizon,
     };
     reader::save_position(&tx, subscriber, start, Some(known)).await?;
-    let names: Vec<String> = tables.iter().map(TableName::to_string).collect();
-    let table_channels: Vec<String> = tables.iter().map(TableName::channel).collect();
+    let names: Vec<String> = tables.iter().map(|(table, _)| table.to_string()).collect();
+    let table_channels: Vec<&String> = tables.iter().map(|(_, channel)| channel).collect();
     tx.execute(
         "INSERT INTO pgnotifier.backfills (subscriber, stamp, tables, channels)
               VALUES ($1, $2, $3, $4)

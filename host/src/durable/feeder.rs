@@ -228,20 +228,25 @@ impl Feeders {
         &self.transport
     }
 
-    /// Put `tables` in the WAL transport's publication, for a subscriber
-    /// whose sidecar names them; refused on the outbox transport, and for
-    /// a table the publication cannot take, naming it.
-    pub(crate) async fn publish_tables(
+    /// Make `tables`' row changes durable events, for a subscriber whose
+    /// sidecar names them; the channel each table's changes arrive on. The
+    /// WAL transport adds them to its publication (channel `schema.table`);
+    /// on the outbox transport, each table's `notify_row` trigger sends
+    /// them, on its channel. A table neither can follow is refused, naming it.
+    pub(crate) async fn follow_tables(
         &self,
-        tables: &[super::rows::TableName],
-    ) -> Result<(), super::DurableError> {
-        let Transport::Wal { slot } = &self.transport else {
-            return Err(super::DurableError::TablesNeedWal);
-        };
+        tables: &[TableName],
+    ) -> Result<Vec<String>, super::DurableError> {
         let database = lock(&self.database).clone();
         let (client, connection) = database.connect().await?;
         let _driver = AbortOnDrop(tokio::spawn(connection));
-        super::rows::publish(&client, slot, tables).await
+        match &self.transport {
+            Transport::Wal { slot } => {
+                super::rows::publish(&client, slot, tables).await?;
+                Ok(tables.iter().map(TableName::channel).collect())
+            }
+            Transport::Outbox => super::rows::trigger_channels(&client, tables).await,
+        }
     }
 
     /// Relay `slot` into the outbox on `runtime` while this host
@@ -308,7 +313,7 @@ impl Feeders {
         id: &Arc<str>,
         mailbox: &Arc<Mailbox>,
         settings: FeedSettings,
-        backfill: Arc<[TableName]>,
+        backfill: Arc<[(TableName, String)]>,
     ) {
         self.ensure_pruning(runtime);
         let mut running = lock(&self.running);
@@ -412,8 +417,9 @@ struct FeedSpec {
     heartbeat: Duration,
     me: Arc<str>,
     max_payload_bytes: u32,
-    /// Tables whose rows a subscriber without a position starts with.
-    backfill: Arc<[TableName]>,
+    /// Tables whose rows a subscriber without a position starts with, and
+    /// the channel of each.
+    backfill: Arc<[(TableName, String)]>,
 }
 
 /// The name of `subscriber`'s feed lock: one feeder holds it at a time.

@@ -65,8 +65,8 @@ pub enum DurableError {
         database: String,
         plugin: String,
     },
-    #[error("tables: row changes without triggers come through the WAL transport's publication; set durable_transport = \"wal\" in the host's config, or, with the outbox transport, give the table a trigger: CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ON the table FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('channel')")]
-    TablesNeedWal,
+    #[error("tables: {table}: on the outbox transport a table's row changes come from its trigger, and it has none: CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ON {table} FOR EACH ROW EXECUTE FUNCTION pgnotifier.notify_row('channel'); or set durable_transport = \"wal\" in the host's config, whose publication needs no trigger")]
+    NoTrigger { table: String },
     #[error("tables: {table}: {why}")]
     Table { table: String, why: String },
     #[error("subscriber {subscriber:?} is fed by {holder}, not by this host")]

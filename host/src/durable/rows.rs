@@ -210,6 +210,62 @@ pub(crate) async fn publish(
     Ok(())
 }
 
+/// The channel of each table's `pgnotifier.notify_row` trigger: on the
+/// outbox transport, where its row changes arrive. A table with none, or
+/// with triggers on different channels, is refused, naming it.
+pub(crate) async fn trigger_channels(
+    client: &tokio_postgres::Client,
+    tables: &[TableName],
+) -> Result<Vec<String>, DurableError> {
+    let mut channels = Vec::with_capacity(tables.len());
+    for table in tables {
+        let refused = |why: String| DurableError::Table {
+            table: table.to_string(),
+            why,
+        };
+        if table.schema == "pgnotifier" {
+            return Err(refused(
+                "the host's own tables are not for subscribers".to_owned(),
+            ));
+        }
+        // A trigger's arguments are its tgargs, each ended by a zero byte.
+        let found = client
+            .query_opt(
+                "SELECT coalesce(array_agg(DISTINCT pg_catalog.convert_from(
+                            substring(t.tgargs FROM 1 FOR pg_catalog.position(t.tgargs, '\\x00'::bytea) - 1),
+                            'UTF8')) FILTER (WHERE t.oid IS NOT NULL), '{}') AS channels
+                   FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   LEFT JOIN pg_catalog.pg_trigger t
+                          ON t.tgrelid = c.oid AND t.tgfoid = pg_catalog.to_regproc('pgnotifier.notify_row')
+                         AND t.tgenabled <> 'D' AND t.tgnargs >= 1 AND t.tgtype & 1 = 1
+                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
+                  GROUP BY c.oid",
+                &[&table.schema, &table.table],
+            )
+            .await?;
+        let Some(row) = found else {
+            return Err(refused("no such table in this database".to_owned()));
+        };
+        let mut found: Vec<String> = column(&row, "channels")?;
+        match found.len() {
+            1 => channels.push(found.remove(0)),
+            0 => {
+                return Err(DurableError::NoTrigger {
+                    table: table.to_string(),
+                })
+            }
+            _ => {
+                return Err(refused(format!(
+                    "its notify_row triggers send on several channels ({}): keep one, so its rows and changes arrive on one channel",
+                    found.join(", ")
+                )))
+            }
+        }
+    }
+    Ok(channels)
+}
+
 /// A column as a `Relation` message describes it.
 #[derive(Debug)]
 struct Column {

@@ -107,8 +107,8 @@ pub(crate) struct LoadedPlugin {
     /// Tables whose row changes it receives: in the WAL transport's
     /// publication before it is fed.
     pub(crate) tables: Vec<TableName>,
-    /// Tables whose current rows it starts with (`start = "snapshot"`).
-    pub(crate) backfill: Vec<TableName>,
+    /// Whether it starts with its tables' current rows.
+    pub(crate) start: Start,
     /// Shown by `pgnotifier check`.
     pub(crate) grants: Grants,
     pub(crate) settings: SubscriberSettings,
@@ -213,16 +213,12 @@ pub(crate) fn load(
             "sidecar tables: row changes are durable events; set delivery = \"at-least-once\"",
         ));
     }
-    let backfill = match sidecar.start {
-        Start::Now => Vec::new(),
-        Start::Snapshot if tables.is_empty() => {
-            return Err(LoadError::new(
-                path,
-                "sidecar start = \"snapshot\" starts with the current rows of the sidecar's tables, and it names none: add tables = [\"schema.table\"]",
-            ))
-        }
-        Start::Snapshot => tables.clone(),
-    };
+    if sidecar.start == Start::Snapshot && tables.is_empty() {
+        return Err(LoadError::new(
+            path,
+            "sidecar start = \"snapshot\" starts with the current rows of the sidecar's tables, and it names none: add tables = [\"schema.table\"]",
+        ));
+    }
     let grant_error = |e: CapabilityError| {
         let sidecar_path = files.sidecar.as_ref().map(|(p, _)| p.as_path());
         LoadError::new(
@@ -268,7 +264,7 @@ pub(crate) fn load(
     Ok(LoadedPlugin {
         channels,
         tables,
-        backfill,
+        start: sidecar.start,
         grants,
         settings,
         subscriber,

@@ -7,8 +7,9 @@
 //! (and the database pool behind its capabilities) is made on first use.
 
 use super::loader::{self, PluginFiles};
-use super::settings::SubscriberSettings;
+use super::settings::{Start, SubscriberSettings};
 use crate::capabilities::CapabilityPool;
+use crate::channel;
 use crate::durable::feeder::{self, FeedSettings, Feeders};
 use crate::durable::DeliveryMode;
 use crate::error::{Error, Result};
@@ -234,12 +235,30 @@ impl PluginSync {
             Ok((files, loaded))
         })
         .await?;
-        let loaded = loaded?;
-        // Published before the subscriber is added: its feeder starts at
-        // the end of the outbox, and every change after that is relayed.
+        let mut loaded = loaded?;
+        // Followed before the subscriber is added: its feeder starts at the
+        // end of the outbox, and every change after that is there.
+        let mut backfill = Vec::new();
         if !loaded.tables.is_empty() {
-            (self.feeders.publish_tables(&loaded.tables).await)
-                .map_err(|e| LoadError::new(path, format!("sidecar {e}")))?;
+            let sidecar_error =
+                |e: &dyn std::fmt::Display| LoadError::new(path, format!("sidecar {e}"));
+            let followed = (self.feeders.follow_tables(&loaded.tables).await)
+                .map_err(|e| sidecar_error(&e))?;
+            for (table, channel) in loaded.tables.iter().zip(followed) {
+                // On the outbox transport: the trigger's channel, not the table's name.
+                if channel != table.channel() {
+                    channel::validate(&channel).map_err(|e| {
+                        sidecar_error(&format_args!("tables: {table}: its trigger's channel: {e}"))
+                    })?;
+                    loaded.channels.retain(|c| *c != table.channel());
+                    if !loaded.channels.contains(&channel) {
+                        loaded.channels.push(channel.clone());
+                    }
+                }
+                if loaded.start == Start::Snapshot {
+                    backfill.push((table.clone(), channel));
+                }
+            }
         }
         let short_hash = &files.sha256[..12];
         let source = files.source(&loaded);
@@ -268,7 +287,7 @@ impl PluginSync {
                     retry,
                     longest_call,
                 };
-                let backfill = loaded.backfill.into();
+                let backfill = backfill.into();
                 (self.feeders).ensure(&feeder::runtime()?, id, &mailbox, settings, backfill)
             }
             DeliveryMode::AtMostOnce => self.feeders.stop(id).await,
