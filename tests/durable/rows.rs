@@ -662,6 +662,19 @@ async fn a_snapshot_then_its_changes_miss_and_double_nothing_under_concurrent_wr
     .await
     .unwrap();
     feeding(&client, &id).await;
+    // The rows not delivered yet count in its lag.
+    let lag = || {
+        (n.subscribers().into_iter())
+            .find(|s| s.id == id)
+            .and_then(|s| s.durable)
+            .map_or(0, |d| d.lag_events)
+    };
+    assert!(
+        crate::support::eventually(SOON, || lag() >= 1_000).await,
+        "lag {}: {:?}",
+        lag(),
+        n.subscribers().into_iter().find(|s| s.id == id)
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     writing.store(false, std::sync::atomic::Ordering::Relaxed);
     let mut rounds = 0;

@@ -1036,7 +1036,7 @@ impl Session<'_> {
 
     /// Count what is not handled yet on `channels`.
     async fn measure_lag(&mut self, channels: &[String]) -> Result<(), End> {
-        let (events, age) = reader::lag(&self.client, self.at, channels).await?;
+        let (events, age) = reader::lag(&self.client, self.id(), self.at, channels).await?;
         let counters = &self.feed.spec.counters;
         counters.lag_events.store(events, Ordering::Relaxed);
         let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);

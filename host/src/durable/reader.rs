@@ -352,21 +352,28 @@ pub async fn save_position(
     Ok(())
 }
 
-/// How many events on `channels` come after `after`, readable or not yet,
-/// and how long ago the oldest of them was sent (zero when none).
+/// How many events on `channels` come after `after` for `subscriber`,
+/// readable or not yet (a backfill's rows included), and how long ago the
+/// oldest of them was sent (zero when none).
 pub async fn lag(
     client: &tokio_postgres::Client,
+    subscriber: &str,
     after: Position,
     channels: &[String],
 ) -> Result<(u64, std::time::Duration), ReadError> {
     let row = client
         .query_one(
-            "SELECT count(*) AS events,
-                    coalesce(extract(epoch FROM pg_catalog.now() - min(o.sent_at)) * 1000, 0)::bigint AS millis
+            "SELECT count(*) + (SELECT count(*) FROM pgnotifier.snapshot_rows r
+                                 WHERE $2::bigint < 0 AND r.subscriber = $4::text AND r.id > $2
+                                   AND r.channel = ANY ($3)) AS events,
+                    coalesce(extract(epoch FROM pg_catalog.now() - least(min(o.sent_at),
+                        (SELECT b.taken_at FROM pgnotifier.backfills b
+                          WHERE $2 < 0 AND b.subscriber = $4 AND b.stamp = $1))) * 1000, 0)::bigint
+                        AS millis
                FROM pgnotifier.commits c
                JOIN pgnotifier.outbox o ON o.txid = c.txid
               WHERE c.stamp >= $1 AND (c.stamp, o.id) > ($1, $2) AND o.channel = ANY ($3)",
-            &[&after.stamp, &after.id, &channels],
+            &[&after.stamp, &after.id, &channels, &subscriber],
         )
         .await?;
     let millis = column::<i64>(&row, "millis")?.max(0).unsigned_abs();
