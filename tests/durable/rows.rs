@@ -793,3 +793,40 @@ async fn start_snapshot_without_tables_is_refused_naming_the_key() {
         "{unknown}"
     );
 }
+
+/// A row over `max_payload_bytes` in a backfill arrives as its key, with
+/// `"truncated": true`, as `notify_row` sends it; the rows around it whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_row_over_the_cap_arrives_as_its_key() {
+    crate::support::logs::install();
+    let via = Via::Wal;
+    let name = via.name("rows_backfill_cap");
+    let (url, client) = fresh_database_on(via.server(), &name).await;
+    client
+        .batch_execute(
+            "create table public.docs (id int primary key, body text);
+             alter table public.docs alter column body set storage external;
+             insert into public.docs values (1, 'small'), (2, repeat('y', 2 * 1024 * 1024));",
+        )
+        .await
+        .unwrap();
+    let n = via.notifier(&url, &name);
+    n.start().await.unwrap();
+    via.ready(&client).await;
+    let dir = crate::support::temp_dir("durable-rows-backfill-cap");
+    let id = crate::support::channel("sink_backfill_cap");
+    let sidecar = "tables = [\"docs\"]\nstart = \"snapshot\"\n";
+    load_sink(&n, &dir, &id, sidecar).await.unwrap();
+    let mut got = until_sunk(&id, 2).await;
+    got.sort_by_key(|event| event["new"]["id"].as_i64());
+    assert_eq!(
+        got,
+        vec![
+            json!({"op": "snapshot", "schema": "public", "table": "docs",
+                   "new": {"id": 1, "body": "small"}}),
+            json!({"op": "snapshot", "schema": "public", "table": "docs",
+                   "new": {"id": 2}, "truncated": true}),
+        ]
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}

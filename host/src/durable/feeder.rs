@@ -734,8 +734,10 @@ impl Session<'_> {
         self.saved.at = Some(self.at);
         // Recorded at the start, or by a feeder that stopped before taking it.
         let (id, max_bytes) = (self.feed.spec.id.clone(), self.feed.spec.max_payload_bytes);
+        let taking = Instant::now();
         if let Some(rows) = backfill::take_pending(&mut self.client, &id, max_bytes).await? {
-            tracing::info!(subscriber = %id, rows, "backfill taken: the tables' rows come first, then every change after them");
+            let took = taking.elapsed();
+            tracing::info!(subscriber = %id, rows, ?took, "backfill taken: the tables' rows come first, then every change after them");
         }
         let (before, wait) = self.claim(takeover).await?;
         self.recorded_takeover = takeover;
