@@ -8,15 +8,19 @@
 //! after them. So the seam is drawn by transaction, not by position:
 //!
 //! - **The start.** Under the pruner's lock, the subscriber's position is
-//!   written at `(horizon, minimum)`, where every transaction stamped up to
-//!   the horizon has ended (the reader's rule), with a backfill that is not
-//!   taken yet. Everything after that position is kept for it.
-//! - **The snapshot.** Then, in one `REPEATABLE READ` transaction, whose
-//!   snapshot is taken after the horizon was known: the tables' rows go to
-//!   `pgnotifier.snapshot_rows` at ids below zero, and the backfill records
-//!   the snapshot. Every transaction stamped up to the horizon is in it. A
+//!   written after every event stamped up to the horizon, where every
+//!   transaction so stamped has ended (the reader's rule), with a backfill
+//!   that is not taken yet. Everything after that position is kept for it.
+//! - **The snapshot.** First, every transaction that was writing when the
+//!   backfill began is waited for: one that wrote a table before the table
+//!   was published (or had its trigger) has changes nothing relays, so its
+//!   rows must be in the snapshot. Then, in one `REPEATABLE READ`
+//!   transaction, the tables locked against a rewrite before its snapshot
+//!   is taken: the tables' rows go to `pgnotifier.snapshot_rows`, at ids
+//!   between the start and the next stamp, and the backfill records the
+//!   snapshot. Every transaction stamped up to the horizon is in it. A
 //!   crash before its commit leaves the backfill not taken, and the next
-//!   feeder takes it.
+//!   feeder takes it, with the tables its subscriber names then.
 //! - **The seam.** `read_batch` hands the rows out first, then the events
 //!   after the horizon, skipping each event on a backfilled channel whose
 //!   writer the snapshot saw (`pg_visible_in_snapshot`): its change is in
@@ -29,7 +33,21 @@ use super::reader::{self, Channels, Position, ReadError};
 use super::rows::TableName;
 use super::schema::PRUNE_LOCK;
 use crate::pg::describe;
+use std::time::{Duration, Instant};
 use tokio_postgres::{Client, IsolationLevel};
+
+/// The tables a new subscriber starts with, each with the channel its rows
+/// and changes arrive on (`schema.table`, or its trigger's channel).
+pub type Tables = std::sync::Arc<[(TableName, String)]>;
+
+/// Where a backfilling subscriber starts: after every event of the
+/// horizon's stamp (whose ids stay below 2^62), before the snapshot's rows
+/// (2^62 and up, as `pgnotifier.snapshot_rows` numbers them).
+const BEFORE_SNAPSHOT_ROWS: i64 = (1 << 62) - 1;
+/// How often the wait for earlier writers looks again, and says whom it
+/// waits for.
+const WRITERS_POLL: Duration = Duration::from_millis(50);
+const WRITERS_TELL: Duration = Duration::from_secs(10);
 
 /// Why a backfill could not be taken.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +82,7 @@ pub async fn start(
     let horizon = reader::end_of_outbox(&tx).await?.stamp;
     let start = Position {
         stamp: horizon,
-        id: i64::MIN,
+        id: BEFORE_SNAPSHOT_ROWS,
     };
     if let Some(at) = reader::position(&tx, subscriber).await? {
         tx.commit().await?;
@@ -75,6 +93,12 @@ pub async fn start(
         through: horizon,
     };
     reader::save_position(&tx, subscriber, start, Some(known)).await?;
+    // An earlier backfill's rows, if its position was removed meanwhile.
+    tx.execute(
+        "DELETE FROM pgnotifier.snapshot_rows WHERE subscriber = $1",
+        &[&subscriber],
+    )
+    .await?;
     let names: Vec<String> = tables.iter().map(|(table, _)| table.to_string()).collect();
     let table_channels: Vec<&String> = tables.iter().map(|(_, channel)| channel).collect();
     tx.execute(
@@ -92,11 +116,15 @@ pub async fn start(
 }
 
 /// Take `subscriber`'s backfill if it is recorded and not taken yet: the
-/// tables' rows, each within `max_payload_bytes` as `notify_row` sends
-/// it; how many rows, if there was one to take.
+/// rows of `tables` (what its sidecar names now), each within
+/// `max_payload_bytes` as `notify_row` sends it; how many rows, if there
+/// was one to take. With no tables (the sidecar no longer asks for a
+/// snapshot), the backfill is given up, and the subscriber starts with
+/// what is sent from its start on.
 pub async fn take_pending(
     client: &mut Client,
     subscriber: &str,
+    tables: &[(TableName, String)],
     max_payload_bytes: u32,
 ) -> Result<Option<u64>, BackfillError> {
     let database = |source| BackfillError::Database {
@@ -105,8 +133,7 @@ pub async fn take_pending(
     };
     let pending = client
         .query_opt(
-            "SELECT tables, channels FROM pgnotifier.backfills
-              WHERE subscriber = $1 AND snapshot IS NULL",
+            "SELECT stamp FROM pgnotifier.backfills WHERE subscriber = $1 AND snapshot IS NULL",
             &[&subscriber],
         )
         .await
@@ -114,8 +141,35 @@ pub async fn take_pending(
     let Some(pending) = pending else {
         return Ok(None);
     };
-    let tables: Vec<String> = reader::column(&pending, "tables")?;
-    let channels: Vec<String> = reader::column(&pending, "channels")?;
+    if tables.is_empty() {
+        let stamp: i64 = reader::column(&pending, "stamp")?;
+        let tx = client.transaction().await.map_err(database)?;
+        tx.execute(
+            "DELETE FROM pgnotifier.backfills WHERE subscriber = $1",
+            &[&subscriber],
+        )
+        .await
+        .map_err(database)?;
+        reader::save_position(&tx, subscriber, Position::after_stamp(stamp), None).await?;
+        tx.commit().await.map_err(database)?;
+        tracing::info!(
+            subscriber,
+            "backfill given up: the sidecar no longer asks for start = \"snapshot\""
+        );
+        return Ok(None);
+    }
+    let quoted: Vec<String> = tables.iter().map(|(table, _)| table.quoted()).collect();
+    (wait_for_earlier_writers(client, subscriber, &quoted).await).map_err(|source| {
+        BackfillError::Table {
+            subscriber: subscriber.to_owned(),
+            table: tables
+                .iter()
+                .map(|(t, _)| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            source,
+        }
+    })?;
     let max_bytes = i32::try_from(max_payload_bytes).unwrap_or(i32::MAX);
     let tx = client
         .build_transaction()
@@ -123,15 +177,27 @@ pub async fn take_pending(
         .start()
         .await
         .map_err(database)?;
-    // The first statement takes the transaction's snapshot.
+    // Locked before the snapshot is taken (LOCK takes none): a rewrite
+    // (ALTER TABLE ... TYPE, TRUNCATE) that committed after the snapshot
+    // would leave the snapshot an empty table.
+    for (table, _) in tables {
+        tx.batch_execute(&format!(
+            "LOCK TABLE {} IN ACCESS SHARE MODE",
+            table.quoted()
+        ))
+        .await
+        .map_err(|source| BackfillError::Table {
+            subscriber: subscriber.to_owned(),
+            table: table.to_string(),
+            source,
+        })?;
+    }
+    // The first statement that reads takes the transaction's snapshot.
     tx.batch_execute("SELECT pg_catalog.pg_current_snapshot()")
         .await
         .map_err(database)?;
     let mut rows = 0;
-    for (name, channel) in tables.iter().zip(&channels) {
-        let table = TableName::parse(name).map_err(|why| {
-            ReadError::Malformed(format!("pgnotifier.backfills names {name:?}: {why}"))
-        })?;
+    for (table, channel) in tables {
         // Rendered in SQL; only a row over the cap goes through
         // `row_change` (its key columns), which costs three times as much.
         let copy = format!(
@@ -158,19 +224,78 @@ pub async fn take_pending(
             .await
             .map_err(|source| BackfillError::Table {
                 subscriber: subscriber.to_owned(),
-                table: name.clone(),
+                table: table.to_string(),
                 source,
             })?;
     }
+    let names: Vec<String> = tables.iter().map(|(table, _)| table.to_string()).collect();
+    let channels: Vec<&String> = tables.iter().map(|(_, channel)| channel).collect();
     tx.execute(
         "UPDATE pgnotifier.backfills
             SET snapshot = pg_catalog.pg_current_snapshot(), taken_at = pg_catalog.now(),
-                row_count = $2, lsn = pg_catalog.pg_current_wal_insert_lsn()
+                row_count = $2, lsn = pg_catalog.pg_current_wal_insert_lsn(),
+                tables = $3, channels = $4
           WHERE subscriber = $1",
-        &[&subscriber, &(rows as i64)],
+        &[&subscriber, &(rows as i64), &names, &channels],
     )
     .await
     .map_err(database)?;
+    // A message past `lsn` for the relay, which it reads and confirms even
+    // in a database where nothing else is written: the seam ends then,
+    // not at the next event.
+    tx.batch_execute("SELECT pg_catalog.pg_logical_emit_message(true, 'pgnotifier', 'backfill')")
+        .await
+        .map_err(database)?;
     tx.commit().await.map_err(database)?;
     Ok(Some(rows))
+}
+
+/// Wait until every transaction that was writing `tables` (or their
+/// partitions) when this was called has ended: one that wrote a table
+/// before it was published, or before its trigger was made, sends none of
+/// those changes, so they must be in the snapshot. A writer holds its
+/// lock on the table until it ends; looking at the locks blocks no one,
+/// where taking a lock that waits for writers would queue new ones behind
+/// it. Says now and then whom it waits for.
+async fn wait_for_earlier_writers(
+    client: &Client,
+    subscriber: &str,
+    tables: &[String],
+) -> Result<(), tokio_postgres::Error> {
+    let began: std::time::SystemTime = client
+        .query_one("SELECT pg_catalog.clock_timestamp() AS began", &[])
+        .await?
+        .try_get("began")?;
+    let mut told = Instant::now();
+    loop {
+        let writers = client
+            .query_one(
+                "SELECT string_agg(DISTINCT coalesce('pid ' || l.pid, 'a prepared transaction'), ', ')
+                        AS who
+                   FROM pg_catalog.pg_locks l
+                   LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'relation' AND l.granted
+                    AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                                   'AccessExclusiveLock')
+                    AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                       WHERE d.datname = pg_catalog.current_database())
+                    AND l.relation IN (
+                        SELECT t.name::regclass FROM pg_catalog.unnest($1::text[]) t(name)
+                        UNION ALL
+                        SELECT p.relid FROM pg_catalog.unnest($1::text[]) t(name),
+                               pg_catalog.pg_partition_tree(t.name::regclass) p)
+                    AND (l.pid IS NULL OR (l.pid <> pg_catalog.pg_backend_pid()
+                                           AND a.xact_start <= $2))",
+                &[&tables, &began],
+            )
+            .await?;
+        let Some(who) = writers.try_get::<_, Option<String>>("who")? else {
+            return Ok(());
+        };
+        if told.elapsed() >= WRITERS_TELL {
+            tracing::warn!(subscriber, writers = %who, "backfill waits for transactions that were writing its tables when it began, so that their rows are in its snapshot");
+            told = Instant::now();
+        }
+        tokio::time::sleep(WRITERS_POLL).await;
+    }
 }

@@ -313,12 +313,13 @@ impl Feeders {
         id: &Arc<str>,
         mailbox: &Arc<Mailbox>,
         settings: FeedSettings,
-        backfill: Arc<[(TableName, String)]>,
+        backfill: backfill::Tables,
     ) {
         self.ensure_pruning(runtime);
         let mut running = lock(&self.running);
         if let Some(feeder) = running.get(id).filter(|f| !f.task.is_finished()) {
             *lock(&feeder.settings) = settings;
+            *lock(&feeder.backfill) = backfill;
             return;
         }
         let spec = FeedSpec {
@@ -331,10 +332,11 @@ impl Feeders {
             heartbeat: self.heartbeat,
             me: self.me.clone(),
             max_payload_bytes: self.max_payload_bytes,
-            backfill,
+            backfill: Arc::new(Mutex::new(backfill)),
         };
         let feeder = Feeder {
             settings: spec.settings.clone(),
+            backfill: spec.backfill.clone(),
             counters: spec.counters.clone(),
             task: Task::spawn(runtime, |stop| {
                 supervise(spec, stop, self.dispatching.clone())
@@ -395,6 +397,7 @@ pub enum FeedError {
 pub(crate) struct Feeder {
     task: Task,
     settings: Arc<Mutex<FeedSettings>>,
+    backfill: Arc<Mutex<backfill::Tables>>,
     counters: Arc<FeedCounters>,
 }
 
@@ -418,8 +421,8 @@ struct FeedSpec {
     me: Arc<str>,
     max_payload_bytes: u32,
     /// Tables whose rows a subscriber without a position starts with, and
-    /// the channel of each.
-    backfill: Arc<[(TableName, String)]>,
+    /// the channel of each, as its sidecar names them now.
+    backfill: Arc<Mutex<backfill::Tables>>,
 }
 
 /// The name of `subscriber`'s feed lock: one feeder holds it at a time.
@@ -723,7 +726,8 @@ impl Session<'_> {
                 let registry = self.feed.spec.registry.upgrade();
                 let channels = registry.and_then(|r| r.durable_channels(self.id()));
                 let channels = channels.map(|c| c.names).unwrap_or_default();
-                let (id, tables) = (self.feed.spec.id.clone(), self.feed.spec.backfill.clone());
+                let id = self.feed.spec.id.clone();
+                let tables = lock(&self.feed.spec.backfill).clone();
                 if tables.is_empty() {
                     reader::start_at_end(&mut self.client, &id, &channels).await?
                 } else {
@@ -734,8 +738,10 @@ impl Session<'_> {
         self.saved.at = Some(self.at);
         // Recorded at the start, or by a feeder that stopped before taking it.
         let (id, max_bytes) = (self.feed.spec.id.clone(), self.feed.spec.max_payload_bytes);
+        let tables = lock(&self.feed.spec.backfill).clone();
         let taking = Instant::now();
-        if let Some(rows) = backfill::take_pending(&mut self.client, &id, max_bytes).await? {
+        let taken = backfill::take_pending(&mut self.client, &id, &tables, max_bytes);
+        if let Some(rows) = taken.await? {
             let took = taking.elapsed();
             tracing::info!(subscriber = %id, rows, ?took, "backfill taken: the tables' rows come first, then every change after them");
         }

@@ -363,13 +363,15 @@ pub async fn lag(
 ) -> Result<(u64, std::time::Duration), ReadError> {
     let row = client
         .query_one(
-            "SELECT count(*) + (SELECT count(*) FROM pgnotifier.snapshot_rows r
-                                 WHERE $2::bigint < 0 AND r.subscriber = $4::text AND r.id > $2
-                                   AND r.channel = ANY ($3)) AS events,
+            "WITH backfill AS (
+                 SELECT count(*) AS rows, min(b.taken_at) AS taken_at
+                   FROM pgnotifier.backfills b
+                   JOIN pgnotifier.snapshot_rows r ON r.subscriber = b.subscriber
+                  WHERE b.subscriber = $4::text AND b.stamp = $1::bigint AND r.id > $2::bigint
+                    AND r.channel = ANY ($3::text[]))
+             SELECT count(*) + (SELECT rows FROM backfill) AS events,
                     coalesce(extract(epoch FROM pg_catalog.now() - least(min(o.sent_at),
-                        (SELECT b.taken_at FROM pgnotifier.backfills b
-                          WHERE $2 < 0 AND b.subscriber = $4 AND b.stamp = $1))) * 1000, 0)::bigint
-                        AS millis
+                        (SELECT taken_at FROM backfill))) * 1000, 0)::bigint AS millis
                FROM pgnotifier.commits c
                JOIN pgnotifier.outbox o ON o.txid = c.txid
               WHERE c.stamp >= $1 AND (c.stamp, o.id) > ($1, $2) AND o.channel = ANY ($3)",

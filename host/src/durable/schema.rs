@@ -1266,10 +1266,11 @@ $row_change$;
 -- The writing transaction of a relayed event (pgoutput's Begin): the
 -- relay's own is `txid`. NULL where the writer wrote the outbox itself.
 ALTER TABLE pgnotifier.outbox ADD COLUMN writer xid8;
--- A subscriber's backfill. The subscriber starts at (stamp, minimum): its
--- snapshot's rows come first, at ids below zero, then the events after
--- `stamp` whose writer `snapshot` does not see. NULL `snapshot`: not
--- taken yet (the feeder takes it before it reads).
+-- A subscriber's backfill. The subscriber starts at (stamp, 2^62 - 1):
+-- after every event of `stamp` (outbox ids stay far below 2^62), and
+-- before its snapshot's rows, whose ids are 2^62 and up. Then come the
+-- events after `stamp` whose writer `snapshot` does not see. NULL
+-- `snapshot`: not taken yet (the feeder takes it before it reads).
 CREATE TABLE pgnotifier.backfills (
     subscriber text PRIMARY KEY,
     stamp bigint NOT NULL,
@@ -1287,8 +1288,8 @@ CREATE TABLE pgnotifier.backfills (
 CREATE SEQUENCE pgnotifier.snapshot_row_ids;
 CREATE TABLE pgnotifier.snapshot_rows (
     subscriber text NOT NULL,
-    -- Below zero, rising in delivery order; never the same twice.
-    id bigint NOT NULL DEFAULT (-9223372036854775807 + pg_catalog.nextval('pgnotifier.snapshot_row_ids')),
+    -- 2^62 and up, rising in delivery order; never the same twice.
+    id bigint NOT NULL DEFAULT (4611686018427387904 + pg_catalog.nextval('pgnotifier.snapshot_row_ids')),
     channel text NOT NULL,
     payload text NOT NULL,
     PRIMARY KEY (subscriber, id)
@@ -1320,19 +1321,23 @@ BEGIN
     last_stamp := pgnotifier.horizon(after_stamp);
     SELECT * INTO seam FROM pgnotifier.backfills b WHERE b.subscriber = subscriber;
     IF seam.snapshot IS NOT NULL THEN
-        IF (after_stamp, after_id) >= (seam.stamp, 0) THEN
+        IF (after_stamp, after_id) >= (seam.stamp, 9223372036854775807) THEN
             DELETE FROM pgnotifier.snapshot_rows r WHERE r.subscriber = subscriber;
         END IF;
         -- Every writer the snapshot saw committed before `seam.lsn`: once
-        -- each slot still relayed is past it, their events are stamped.
+        -- each slot still relayed is past it (its events relayed, or the
+        -- slot confirmed past it with nothing to relay), their events are
+        -- stamped, and by the last stamp handed out after that is seen.
         IF seam.end_stamp IS NULL AND NOT EXISTS (
             SELECT FROM pgnotifier.relayed r
               JOIN pg_replication_slots s ON s.slot_name = r.slot AND s.database = current_database()
-             WHERE r.through < seam.lsn) THEN
-            seam.end_stamp := last_stamp;
-            UPDATE pgnotifier.backfills b SET end_stamp = last_stamp WHERE b.subscriber = subscriber;
+             WHERE greatest(r.through, s.confirmed_flush_lsn) < seam.lsn) THEN
+            SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO seam.end_stamp
+              FROM pgnotifier.commit_stamps s;
+            UPDATE pgnotifier.backfills b SET end_stamp = seam.end_stamp WHERE b.subscriber = subscriber;
         END IF;
-        IF after_stamp >= seam.end_stamp AND (after_stamp, after_id) >= (seam.stamp, 0) THEN
+        IF after_stamp >= seam.end_stamp
+           AND (after_stamp, after_id) >= (seam.stamp, 9223372036854775807) THEN
             DELETE FROM pgnotifier.backfills b WHERE b.subscriber = subscriber;
         ELSE
             seen_channels := seam.channels;
@@ -1345,7 +1350,7 @@ BEGIN
                 seam.taken_at AS sent_at, 0 AS pid, seam.salt AS salt,
                 NULL::bigint, NULL::text[], NULL::pg_lsn
            FROM pgnotifier.snapshot_rows r
-          WHERE seam.stamp = after_stamp AND after_id < 0
+          WHERE seam.stamp = after_stamp
             AND r.subscriber = subscriber AND r.id > after_id AND r.channel = ANY (channels)
           ORDER BY r.id
           LIMIT max_events)

@@ -203,10 +203,13 @@ pub(crate) fn load(
             sandbox.max_payload_bytes(),
         )?;
     }
-    let tables = (sidecar.tables.iter().flatten())
+    let mut tables = (sidecar.tables.iter().flatten())
         .map(|name| TableName::parse(name))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| LoadError::new(path, format!("sidecar tables: {e}")))?;
+    // "orders" and "public.orders" are one table, followed once.
+    let mut seen = std::collections::HashSet::new();
+    tables.retain(|table| seen.insert(table.clone()));
     if !tables.is_empty() && !matches!(settings.delivery, DeliveryMode::AtLeastOnce(_)) {
         return Err(LoadError::new(
             path,

@@ -1,0 +1,771 @@
+//! Backfill (`start = "snapshot"`) at its seams: writers that span the
+//! snapshot, a table rewritten or dropped meanwhile, a relay commit during
+//! a read, a feeder cut off, a position removed, a table named twice, and
+//! the seam removed once passed. Each failed before its fix.
+
+use crate::support::durable::*;
+use crate::support::SOON;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+
+/// A table `sunk` the sink records every payload in, in delivery order.
+const SUNK: &str = "
+    create table public.sunk (n bigint generated always as identity primary key,
+                              payload jsonb not null);
+    do $$ begin create role pgn_test_sunk_writer;
+          exception when duplicate_object then null; end $$;
+    grant insert on public.sunk to pgn_test_sunk_writer;";
+
+/// The sidecar lines that make the sink record into `sunk`; `slow`: each
+/// call takes 0.3 s (in the database, little CPU).
+fn recording(slow: bool) -> String {
+    let record = if slow {
+        "insert into public.sunk (payload) select $1::jsonb from pg_sleep(0.3)"
+    } else {
+        "insert into public.sunk (payload) values ($1::jsonb)"
+    };
+    format!(
+        "timeout_ms = 5000\nquery_timeout_ms = 5000\n\
+         [grants]\nquery_write = true\nquery_role = \"pgn_test_sunk_writer\"\n\
+         [config]\nrecord = \"{record}\"\n"
+    )
+}
+
+/// A WAL-transport host on a fresh database where `ddl` ran, relaying.
+async fn wal_host(name: &str, ddl: &str) -> (String, Client, pgnotifier::Notifier) {
+    crate::support::logs::install();
+    let via = Via::Wal;
+    let name = via.name(name);
+    let (url, client) = fresh_database_on(via.server(), &name).await;
+    client.batch_execute(ddl).await.unwrap();
+    client.batch_execute(SUNK).await.unwrap();
+    let n = via.notifier(&url, &name);
+    n.start().await.unwrap();
+    via.ready(&client).await;
+    (url, client, n)
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Put the durable sink in `dir` as `id` with `sidecar` (after the
+/// at-least-once lines), and load the folder; the load's outcome.
+async fn load_sink(
+    n: &pgnotifier::Notifier,
+    dir: &std::path::Path,
+    id: &str,
+    sidecar: &str,
+) -> Result<(), String> {
+    std::fs::copy(
+        crate::support::test_plugin("durable-sink"),
+        dir.join(format!("{id}.wasm")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("{id}.toml")),
+        format!("delivery = \"at-least-once\"\npayload = \"raw\"\nretry_backoff_ms = 1\n{sidecar}"),
+    )
+    .unwrap();
+    let outcomes = n.load_plugins(dir).await.unwrap();
+    for (_, outcome) in outcomes {
+        outcome.map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(())
+}
+
+/// What the sink recorded, in delivery order.
+async fn sunk_rows(client: &Client) -> Vec<Value> {
+    client
+        .query("select payload::text from public.sunk order by n", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| serde_json::from_str(row.get(0)).unwrap())
+        .collect()
+}
+
+/// Wait until `done` holds of what the sink recorded.
+async fn until_sunk(client: &Client, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let got = sunk_rows(client).await;
+        if done(&got) {
+            return got;
+        }
+        assert!(Instant::now() < deadline, "never {what}: {got:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn ops(got: &[Value], op: &str) -> usize {
+    got.iter().filter(|e| e["op"] == op).count()
+}
+
+/// Wait until a backend runs a statement matching `like` and waits on a
+/// heavyweight lock (a row or a table).
+async fn until_waiting_on_lock(client: &Client, like: &str) {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let waiting: bool = client
+            .query_one(
+                "select exists (select from pg_stat_activity
+                                 where wait_event_type = 'Lock' and query like $1
+                                   and datname = current_database())",
+                &[&like],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no backend waits in {like}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until_snapshot_taken(client: &Client, id: &str) {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let taken = client
+            .query_opt(
+                "select from pgnotifier.backfills where subscriber = $1 and snapshot is not null",
+                &[&id],
+            )
+            .await
+            .is_ok_and(|row| row.is_some());
+        if taken {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the backfill was never taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Wait until the backfill of a feeder waits for the transactions that
+/// were writing its tables (it looks at their locks now and then), and
+/// check it has not taken its snapshot meanwhile.
+async fn until_backfill_waits_for_writers(client: &Client, id: &str) {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let waiting: bool = client
+            .query_one(
+                "select exists (select from pg_stat_activity
+                                 where query like '%pg_partition_tree%' and datname = current_database()
+                                   and pid <> pg_backend_pid())",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the backfill never waited for writers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let taken: bool = client
+        .query_one(
+            "select exists (select from pgnotifier.backfills
+                             where subscriber = $1 and snapshot is not null)",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !taken,
+        "the snapshot was taken while a writer of its table ran"
+    );
+}
+
+const ITEMS: &str = "create table public.items (id int primary key, n int not null default 0);
+                     insert into public.items select g from generate_series(1, 3) g;";
+
+/// The seam and the rows are gone once passed, also in a database where
+/// nothing is written after the snapshot (the relay confirms the
+/// backfill's own message past it).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seam_is_removed_once_passed_in_a_quiet_database() {
+    let (_url, client, n) = wal_host("bf_quiet", ITEMS).await;
+    let dir = crate::support::temp_dir("durable-bf-quiet");
+    let id = crate::support::channel("sink_bf_quiet");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    feeding(&client, &id).await;
+    let got = until_sunk(&client, "3 snapshot rows", |g| g.len() >= 3).await;
+    assert_eq!(ops(&got, "snapshot"), 3, "{got:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = client
+            .query_one(
+                "select (select count(*) from pgnotifier.backfills),
+                        (select count(*) from pgnotifier.snapshot_rows)",
+                &[],
+            )
+            .await
+            .unwrap();
+        let (seams, rows): (i64, i64) = (row.get(0), row.get(1));
+        if seams + rows == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let state = client
+                .query_one(
+                    "select row_to_json(b)::text || ' relayed ' || coalesce((select string_agg(r.through::text || '/' || s.confirmed_flush_lsn::text, ',')
+                              from pgnotifier.relayed r join pg_replication_slots s on s.slot_name = r.slot), '-')
+                            || ' positions ' || (select string_agg(p.stamp || ':' || p.id, ',') from pgnotifier.positions p)
+                            || ' stamps ' || (select last_value from pgnotifier.commit_stamps)
+                       from pgnotifier.backfills b",
+                    &[],
+                )
+                .await
+                .map(|r| r.get::<_, Option<String>>(0));
+            panic!(
+                "10 s after the 3 rows were delivered: {seams} backfill row(s), {rows} snapshot row(s) left: {state:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A sidecar that names one table twice ("items" and "public.items") gets
+/// each row once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_named_twice_is_snapshotted_once() {
+    let (_url, client, n) = wal_host("bf_twice", ITEMS).await;
+    let dir = crate::support::temp_dir("durable-bf-twice");
+    let id = crate::support::channel("sink_bf_twice");
+    let sidecar = format!(
+        "tables = [\"items\", \"public.items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    feeding(&client, &id).await;
+    until_sunk(&client, "3 snapshot rows", |g| g.len() >= 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = sunk_rows(&client).await;
+    assert_eq!(ops(&got, "snapshot"), 3, "each row once: {got:?}");
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A backfilling subscriber gets, on its other channels, what is sent
+/// from its start on, as any new subscriber: nothing of the transaction
+/// relayed last before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_sent_before_the_start_is_not_delivered_on_another_channel() {
+    let (_url, client, n) = wal_host("bf_before", ITEMS).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"before\"')")
+        .await
+        .unwrap();
+    // Relayed (stamped) before the subscriber starts.
+    let deadline = Instant::now() + SOON;
+    while client
+        .query_opt(
+            "select from pgnotifier.outbox where channel = 'work' and payload = '\"before\"'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "never relayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dir = crate::support::temp_dir("durable-bf-before");
+    let id = crate::support::channel("sink_bf_before");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    feeding(&client, &id).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"after\"')")
+        .await
+        .unwrap();
+    let got = until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    assert_eq!(ops(&got, "snapshot"), 3, "{got:?}");
+    assert!(
+        !got.iter().any(|e| e == "before"),
+        "sent and relayed before the subscriber existed, yet delivered: {got:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Never both: a relay commit that lands while a read runs (between its
+/// horizon and its look at how far the relay is) must not end the seam
+/// before the change it carries, whose row the snapshot has. The window
+/// is held open with row locks (the relay's `pgnotifier.relayed` row; the
+/// snapshot's rows, whose DELETE the read waits in); under load, the
+/// DELETE of a large snapshot is the same window.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_commit_during_a_read_does_not_end_the_seam_too_early() {
+    relay_commit_during_a_read(true).await
+}
+
+/// The same steps with the window not held open: the relay commits
+/// between reads, and nothing is doubled (the control: it passes).
+#[tokio::test(flavor = "multi_thread")]
+async fn control_a_relay_commit_between_reads_doubles_nothing() {
+    relay_commit_during_a_read(false).await
+}
+
+async fn relay_commit_during_a_read(widen: bool) {
+    let name = if widen { "bf_race" } else { "bf_race_control" };
+    let (url, client, n) = wal_host(name, ITEMS).await;
+    // Published already, as when another subscriber has the table.
+    client
+        .batch_execute(&format!(
+            "alter publication pgn_{name}_wal add table public.items"
+        ))
+        .await
+        .unwrap();
+    // Hold the relay: its next write waits on the relayed row.
+    let relay_lock = connect(&url).await;
+    relay_lock
+        .batch_execute("begin; select from pgnotifier.relayed for update")
+        .await
+        .unwrap();
+    // Committed before the snapshot: its row is in the snapshot, and its
+    // change must be skipped.
+    client
+        .batch_execute("insert into public.items values (100, 0)")
+        .await
+        .unwrap();
+    until_waiting_on_lock(&client, "%pgnotifier.relayed%").await;
+    let dir = crate::support::temp_dir(&format!("durable-{name}"));
+    let id = crate::support::channel("sink_bf_race");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(true)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    until_snapshot_taken(&client, &id).await;
+    // Rows are delivered slowly: lock them before the reader passes them.
+    let rows_lock = connect(&url).await;
+    if widen {
+        rows_lock
+            .batch_execute("begin; select from pgnotifier.snapshot_rows for update")
+            .await
+            .unwrap();
+        // The reader has passed the rows, took its horizon, and waits in the DELETE.
+        until_waiting_on_lock(&client, "%read_batch%").await;
+    } else {
+        until_sunk(&client, "4 snapshot rows", |g| g.len() >= 4).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let got = sunk_rows(&client).await;
+    assert_eq!(ops(&got, "snapshot"), 4, "{got:?}");
+    // After the snapshot: must be delivered.
+    client
+        .batch_execute("insert into public.items values (101, 0)")
+        .await
+        .unwrap();
+    relay_lock.batch_execute("commit").await.unwrap();
+    // The relay is past the backfill's lsn (or the seam is gone already).
+    let deadline = Instant::now() + SOON;
+    loop {
+        let past: bool = client
+            .query_one(
+                "select coalesce((select min(r.through) from pgnotifier.relayed r)
+                                 >= (select b.lsn from pgnotifier.backfills b), true)",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if past {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay never passed the snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if widen {
+        rows_lock.batch_execute("commit").await.unwrap();
+    }
+    until_sunk(&client, "the insert of 101", |g| {
+        g.iter()
+            .any(|e| e["op"] == "insert" && e["new"]["id"] == 101)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = sunk_rows(&client).await;
+    let doubled: Vec<&Value> = got
+        .iter()
+        .filter(|e| e["op"] == "insert" && e["new"]["id"] == 100)
+        .collect();
+    assert!(
+        doubled.is_empty(),
+        "row 100 came in the snapshot and again as a change: {got:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A subscriber whose position is removed in the middle of a backfill
+/// starts a new one, and gets each row once: the old snapshot's rows are
+/// gone with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_started_again_after_its_position_is_removed_gives_each_row_once() {
+    let via = Via::Wal;
+    let (url, client, n) = wal_host("bf_again", ITEMS).await;
+    let dir = crate::support::temp_dir("durable-bf-again");
+    let id = crate::support::channel("sink_bf_again");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(true)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    until_sunk(&client, "a snapshot row", |g| !g.is_empty()).await;
+    n.shutdown(Duration::from_secs(5)).await;
+    let left: i64 = client
+        .query_one("select count(*) from pgnotifier.snapshot_rows", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 3, "the rows stay until passed");
+    client
+        .batch_execute(&format!(
+            "delete from pgnotifier.positions where subscriber = '{id}'; truncate public.sunk;"
+        ))
+        .await
+        .unwrap();
+    let n = via.notifier(&url, &via.name("bf_again"));
+    n.start().await.unwrap();
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    until_sunk(&client, "3 snapshot rows", |g| ops(g, "snapshot") >= 3).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = sunk_rows(&client).await;
+    assert_eq!(ops(&got, "snapshot"), 3, "each row once: {got:?}");
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A table dropped between the load and the snapshot gets an error naming
+/// it, and once the sidecar no longer names it, the backfill takes the
+/// tables it names then, and the subscriber is fed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_dropped_before_the_snapshot_is_named_and_does_not_wedge_the_subscriber() {
+    let (url, client, n) = wal_host(
+        "bf_dropped",
+        &format!("{ITEMS} create table public.other (id int primary key);"),
+    )
+    .await;
+    // Hold the feeder's start (the pruner's lock) until the table is gone.
+    let prune_lock = connect(&url).await;
+    prune_lock
+        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-dropped");
+    let id = crate::support::channel("sink_bf_dropped");
+    let sidecar = |tables: &str| {
+        format!(
+            "tables = {tables}\nstart = \"snapshot\"\n{}",
+            recording(false)
+        )
+    };
+    load_sink(&n, &dir, &id, &sidecar("[\"items\"]"))
+        .await
+        .unwrap();
+    client
+        .batch_execute("drop table public.items")
+        .await
+        .unwrap();
+    prune_lock.batch_execute("commit").await.unwrap();
+    let named = || {
+        crate::support::logs::of(&id)
+            .iter()
+            .any(|l| l.message.contains("public.items") && l.message.contains("does not exist"))
+    };
+    assert!(
+        crate::support::eventually(SOON, named).await,
+        "no error naming public.items: {:?}",
+        crate::support::logs::of(&id)
+    );
+    // The fix: the sidecar no longer names the dropped table.
+    load_sink(&n, &dir, &id, &sidecar("[\"other\"]"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(
+            "insert into public.other values (1);
+             select pgnotifier.send('work', '\"work\"')",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = sunk_rows(&client).await;
+        if got.iter().any(|e| e == "work") {
+            break;
+        }
+        let state = client
+            .query_one(
+                "select tables::text, snapshot is null from pgnotifier.backfills where subscriber = $1",
+                &[&id],
+            )
+            .await
+            .map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1)));
+        assert!(
+            Instant::now() < deadline,
+            "10 s after the sidecar dropped the table, nothing delivered ({got:?}); \
+             backfill (tables, not taken) = {state:?}; last log: {:?}",
+            crate::support::logs::of(&id)
+                .last()
+                .map(|l| l.message.clone())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Never neither: a table rewrite (ALTER TABLE ... TYPE, which is not
+/// MVCC-safe) in progress as the backfill begins is waited for, and the
+/// tables are locked before the snapshot is taken, so the snapshot never
+/// sees a rewritten table as empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_rewritten_while_the_snapshot_waits_for_it_loses_no_row() {
+    let (url, client, n) = wal_host("bf_rewrite", ITEMS).await;
+    let prune_lock = connect(&url).await;
+    prune_lock
+        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-rewrite");
+    let id = crate::support::channel("sink_bf_rewrite");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let rewrite = connect(&url).await;
+    rewrite
+        .batch_execute("begin; alter table public.items alter column n type bigint")
+        .await
+        .unwrap();
+    prune_lock.batch_execute("commit").await.unwrap();
+    // The rewrite holds the table: the snapshot waits for it.
+    until_backfill_waits_for_writers(&client, &id).await;
+    rewrite.batch_execute("commit").await.unwrap();
+    until_snapshot_taken(&client, &id).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"after\"')")
+        .await
+        .unwrap();
+    let got = until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    let table: i64 = client
+        .query_one("select count(*) from public.items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(table, 3);
+    assert_eq!(
+        ops(&got, "snapshot"),
+        3,
+        "the table has 3 rows, none changed since the snapshot: {got:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The feeder's connection terminated while its backfill waits for a
+/// writer: nothing is taken; the next feeder takes the backfill, whose
+/// snapshot sees the writer's update, so the update is not delivered
+/// again. Rows once each.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_feeder_terminated_during_the_snapshot_resumes_and_doubles_nothing() {
+    let (url, client, n) = wal_host("bf_terminated", ITEMS).await;
+    let prune_lock = connect(&url).await;
+    prune_lock
+        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-terminated");
+    let id = crate::support::channel("sink_bf_terminated");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let writer = connect(&url).await;
+    writer
+        .batch_execute(
+            "begin; lock table public.items in access exclusive mode;
+             update public.items set n = 7 where id = 1;",
+        )
+        .await
+        .unwrap();
+    prune_lock.batch_execute("commit").await.unwrap();
+    until_backfill_waits_for_writers(&client, &id).await;
+    let killed: i64 = client
+        .query_one(
+            "select count(*) from (select pg_terminate_backend(pid) from pg_stat_activity
+              where query like '%pg_partition_tree%' and datname = current_database()
+                and pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1);
+    writer.batch_execute("commit").await.unwrap();
+    until_snapshot_taken(&client, &id).await;
+    client
+        .batch_execute("update public.items set n = 9 where id = 2")
+        .await
+        .unwrap();
+    let got = until_sunk(&client, "3 rows and the update of 2", |g| {
+        ops(g, "snapshot") >= 3 && g.iter().any(|e| e["op"] == "update")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got2 = sunk_rows(&client).await;
+    assert_eq!(got, got2, "more came later");
+    assert_eq!(ops(&got, "snapshot"), 3, "{got:?}");
+    let one = got
+        .iter()
+        .find(|e| e["op"] == "snapshot" && e["new"]["id"] == 1)
+        .unwrap();
+    // Either the update of 1 is in the snapshot, or it comes as a change: not both.
+    let updates_of_1 = got
+        .iter()
+        .filter(|e| e["op"] == "update" && e["new"]["id"] == 1)
+        .count();
+    assert_eq!((one["new"]["n"] == 7) as usize + updates_of_1, 1, "{got:?}");
+    let updates_of_2 = got
+        .iter()
+        .filter(|e| e["op"] == "update" && e["new"]["id"] == 2)
+        .count();
+    assert_eq!(updates_of_2, 1, "{got:?}");
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Replay what the sink recorded into the table it describes (id -> n).
+fn replay(got: &[Value]) -> std::collections::BTreeMap<i64, i64> {
+    let mut rows = std::collections::BTreeMap::new();
+    for e in got {
+        let id = |part: &str| e[part]["id"].as_i64().unwrap();
+        match e["op"].as_str() {
+            Some("snapshot" | "insert" | "update") => {
+                rows.insert(id("new"), e["new"]["n"].as_i64().unwrap());
+            }
+            Some("delete") => {
+                rows.remove(&id("old"));
+            }
+            _ => {}
+        }
+    }
+    rows
+}
+
+async fn table(client: &Client) -> std::collections::BTreeMap<i64, i64> {
+    client
+        .query("select id::int8, n::int8 from public.items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// A transaction with savepoints (one rolled back) that writes the table
+/// while the backfill begins: the snapshot waits for it, and what the
+/// subscriber receives replays to the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn savepoints_in_a_transaction_open_across_the_snapshot() {
+    let (url, client, n) = wal_host("bf_savepoints", ITEMS).await;
+    let prune_lock = connect(&url).await;
+    prune_lock
+        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-savepoints");
+    let id = crate::support::channel("sink_bf_savepoints");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let writer = connect(&url).await;
+    writer
+        .batch_execute(
+            "begin;
+             savepoint a; insert into public.items values (200, 1); release savepoint a;
+             savepoint b; update public.items set n = 50 where id = 2; rollback to savepoint b;
+             savepoint c; update public.items set n = 5 where id = 1;
+             savepoint d; delete from public.items where id = 3; release savepoint d;",
+        )
+        .await
+        .unwrap();
+    prune_lock.batch_execute("commit").await.unwrap();
+    until_backfill_waits_for_writers(&client, &id).await;
+    writer.batch_execute("commit").await.unwrap();
+    until_snapshot_taken(&client, &id).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"after\"')")
+        .await
+        .unwrap();
+    let got = until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    assert_eq!(ops(&got, "snapshot"), 3, "{got:?}");
+    assert_eq!(replay(&got), table(&client).await, "{got:?}");
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Never neither: a transaction that wrote the table before the sidecar
+/// named it (before the load published the table, so pgoutput sends none
+/// of its changes) is waited for, and its rows are in the snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_that_wrote_before_the_load_and_commits_after_the_snapshot() {
+    let (url, client, n) = wal_host("bf_early_writer", ITEMS).await;
+    let writer = connect(&url).await;
+    writer
+        .batch_execute(
+            "begin;
+             insert into public.items values (200, 1);
+             update public.items set n = 5 where id = 1;",
+        )
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-early-writer");
+    let id = crate::support::channel("sink_bf_early_writer");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    until_backfill_waits_for_writers(&client, &id).await;
+    writer.batch_execute("commit").await.unwrap();
+    until_snapshot_taken(&client, &id).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"after\"')")
+        .await
+        .unwrap();
+    until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = sunk_rows(&client)
+        .await
+        .into_iter()
+        .filter(|e| *e != "after")
+        .collect::<Vec<_>>();
+    assert_eq!(
+        replay(&got),
+        table(&client).await,
+        "what the subscriber received does not replay to the table: {got:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
