@@ -605,3 +605,59 @@ async fn json_logs_carry_the_subscriber_id() {
         }
     }
 }
+
+/// A page of another site cannot change anything (cross-site request
+/// forgery), nor, without a token, read the API through a DNS name that
+/// points at loopback (DNS rebinding); ctl and same-origin requests can.
+#[tokio::test]
+async fn a_cross_site_request_and_a_foreign_host_are_refused() {
+    let a = channel("csrf");
+    let s = Setup::new("ctl-csrf", &[("echo", &[a.as_str()], Notify::Echo)], "");
+    let _host = s.start();
+    let addr = std::fs::read_to_string(s.data_dir.join("admin.addr")).unwrap();
+    let addr = addr.trim();
+    let post = |headers: &[&str]| {
+        let answer = http(
+            addr,
+            "POST /v1/channels/mute HTTP/1.1",
+            headers,
+            b"{\"all\": true}",
+        );
+        (answer[9..12].parse::<u16>().unwrap(), answer)
+    };
+    let (status, answer) = post(&[
+        "Origin: https://evil.example",
+        "Content-Type: application/json",
+    ]);
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("cross-site"), "{answer}");
+    let (status, answer) = post(&[
+        "Sec-Fetch-Site: cross-site",
+        "Content-Type: application/json",
+    ]);
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = post(&["Origin: null", "Content-Type: application/json"]);
+    assert_eq!(status, 403, "{answer}");
+    // Nothing was muted by them.
+    let channels = s.json(&["channels"]);
+    assert_eq!(channel_view(&channels, &a)["muted"], false, "{channels}");
+    // A DNS name pointing here is not this API's, for reading either.
+    let answer = http(
+        addr,
+        "GET /v1/channels HTTP/1.1",
+        &["Host: evil.example:7433"],
+        b"",
+    );
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    assert!(answer.contains("DNS rebinding"), "{answer}");
+    // A page the host serves itself (same origin) may.
+    let origin = format!("Origin: http://{addr}");
+    let (status, answer) = post(&[
+        &origin,
+        "Sec-Fetch-Site: same-origin",
+        "Content-Type: application/json",
+    ]);
+    assert_eq!(status, 200, "{answer}");
+    let channels = s.json(&["channels"]);
+    assert_eq!(channel_view(&channels, &a)["muted"], true, "{channels}");
+}

@@ -110,16 +110,23 @@ impl Host {
     }
 }
 
-/// One raw HTTP/1.1 request to `addr` (with `Connection: close`), as any
-/// client would send it; the whole response, or what came before the server
-/// closed the connection.
+/// One raw HTTP/1.1 request to `addr` (with `Connection: close`, and
+/// `Host: addr` as ctl and a browser send it, unless `headers` has one) and
+/// `headers`; the whole
+/// response, or what came before the server closed the connection.
 pub fn http(addr: &str, request_line: &str, headers: &[&str], body: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect to the admin API");
     let mut head = format!(
-        "{request_line}\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "{request_line}\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
     );
+    if !headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("host:"))
+    {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
     for header in headers {
         head.push_str(header);
         head.push_str("\r\n");

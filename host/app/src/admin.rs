@@ -214,7 +214,11 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
         .route(api::START.route, handle(&api::START, start))
         .route(api::STOP.route, handle(&api::STOP, stop))
         .route(api::RESTART.route, handle(&api::RESTART, restart))
-        .route_layer(middleware::from_fn_with_state(app.clone(), authorize));
+        .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            refuse_browsers_elsewhere,
+        ));
     Router::new()
         .route(api::HEALTH.route, handle(&api::HEALTH, || async { "ok\n" }))
         .route(api::READY.route, handle(&api::READY, readyz))
@@ -381,6 +385,66 @@ async fn authorize(State(app): State<App>, request: Request, next: Next) -> Resp
         }
     }
     next.run(request).await
+}
+
+/// A browser is the one client that sends requests its user did not mean:
+/// a page of any site can POST to 127.0.0.1 (cross-site request forgery),
+/// or read replies as its own through a DNS name that it points at
+/// 127.0.0.1 (DNS rebinding). So a request that changes anything is
+/// refused when the browser says it comes from another site
+/// (`Sec-Fetch-Site`, or an `Origin` that is not this address), and,
+/// without a token, any request whose `Host` is not a loopback name.
+/// `ctl` sends no such headers, and the address as `Host`.
+async fn refuse_browsers_elsewhere(
+    State(app): State<App>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let text = |name: &header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let host = text(&header::HOST).unwrap_or("");
+    if app.token.load().is_none() && !is_loopback_host(host) {
+        return ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("the admin API answers requests for a loopback address, not for Host {host:?}: without admin_token, a name that points here could be a page's (DNS rebinding)"),
+        )
+        .into_response();
+    }
+    let changes = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if changes {
+        let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let same_site = fetch_site.is_none_or(|site| site == "same-origin" || site == "none");
+        let origin = text(&header::ORIGIN);
+        let same_origin = origin.is_none_or(|origin| {
+            origin
+                .split_once("://")
+                .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+        });
+        if !same_site || !same_origin {
+            let from = origin.or(fetch_site).unwrap_or("another site");
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("a cross-site request is refused (from {from}): the admin API changes state only for ctl, or for a page it serves itself"),
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `localhost`, `127.x.y.z` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The token of an `Authorization: Bearer TOKEN` header; the scheme's case does not matter.
@@ -655,4 +719,33 @@ async fn stop(State(app): State<App>) -> Reply<ListenerView> {
 async fn restart(State(app): State<App>) -> Reply<ListenerView> {
     app.notifier.restart().await?;
     Ok(Json(app.notifier.listener()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn loopback_hosts_are_told_from_the_rest() {
+        for host in [
+            "127.0.0.1:7433",
+            "127.1.2.3",
+            "localhost:7433",
+            "LOCALHOST",
+            "[::1]:7433",
+            "[::1]",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "evil.example:7433",
+            "10.0.0.1:7433",
+            "",
+            "[::2]:1",
+            "localhost.evil.example",
+            "x",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }
