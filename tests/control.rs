@@ -489,6 +489,7 @@ async fn with_a_token_every_control_route_requires_it() {
     let (status, body) = s.http_get("/v1/channels");
     assert_eq!(status, 401, "{body}");
     assert_eq!(s.http_get("/metrics").0, 401);
+    assert_eq!(s.http_get("/v1/stream").0, 401, "the live stream too");
     assert_eq!(s.http_get("/healthz").0, 200);
     let wrong = std::process::Command::new(BIN)
         .arg("ctl")
@@ -660,4 +661,98 @@ async fn a_cross_site_request_and_a_foreign_host_are_refused() {
     assert_eq!(status, 200, "{answer}");
     let channels = s.json(&["channels"]);
     assert_eq!(channel_view(&channels, &a)["muted"], true, "{channels}");
+}
+
+/// The live stream of a client (`GET /v1/stream`): the response head, then
+/// each `state` event's data, read off its chunked body as it comes.
+struct LiveStream {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl LiveStream {
+    fn open(addr: &str) -> (String, Self) {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(stream, "GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+        stream.set_read_timeout(Some(SOON)).unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut head = String::new();
+        while !head.ends_with("\r\n\r\n") {
+            if reader.read_line(&mut head).unwrap() == 0 {
+                break;
+            }
+        }
+        (head, Self { reader })
+    }
+
+    /// The next chunk of the body; `None` at its end (or the connection's).
+    fn chunk(&mut self) -> Option<String> {
+        use std::io::{BufRead, Read};
+        let mut size = String::new();
+        self.reader.read_line(&mut size).ok()?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return None;
+        }
+        let mut data = vec![0; size + 2];
+        self.reader.read_exact(&mut data).ok()?;
+        Some(String::from_utf8_lossy(&data[..size]).into_owned())
+    }
+
+    /// The next state sent, skipping keep-alive comments.
+    fn next_state(&mut self) -> Option<Value> {
+        let mut text = String::new();
+        loop {
+            text.push_str(&self.chunk()?);
+            if let Some(event) = text.split("\n\n").find(|e| e.contains("event: state")) {
+                let data = event.lines().find_map(|l| l.strip_prefix("data: "))?;
+                return Some(serde_json::from_str(data).unwrap());
+            }
+        }
+    }
+}
+
+fn delivered_of(state: &Value, id: &str) -> u64 {
+    let subscribers = state["subscribers"].as_array().unwrap();
+    let subscriber = subscribers.iter().find(|s| s["id"] == id).unwrap();
+    subscriber["stats"]["delivered"].as_u64().unwrap()
+}
+
+/// The live stream sends the state at once, then each change (a delivery
+/// counted), and ends cleanly when the host shuts down.
+#[tokio::test]
+async fn the_live_stream_follows_delivery_and_ends_at_shutdown() {
+    let a = channel("live");
+    let s = Setup::new("ctl-live", &[("echo", &[a.as_str()], Notify::Echo)], "");
+    let host = s.start();
+    s.wait_listening(&a, true);
+    let addr = std::fs::read_to_string(s.data_dir.join("admin.addr")).unwrap();
+    let (head, mut live) = LiveStream::open(addr.trim());
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    let first = live.next_state().expect("the state at once");
+    assert_eq!(first["listener"]["connected"], true, "{first}");
+    let before = delivered_of(&first, "echo");
+    Sender::connect().await.notify(&a, "tick").await;
+    let started = std::time::Instant::now();
+    let after = loop {
+        let state = live.next_state().expect("a change");
+        if delivered_of(&state, "echo") > before {
+            break state;
+        }
+        assert!(started.elapsed() < SOON, "never delivered: {state}");
+    };
+    assert_eq!(delivered_of(&after, "echo"), before + 1);
+    // Shutdown ends the stream (the body's last chunk), without waiting
+    // out the grace of requests in flight.
+    let stopping = std::thread::spawn(move || host.stop());
+    let ended = std::time::Instant::now();
+    while live.next_state().is_some() {}
+    assert!(
+        ended.elapsed() < std::time::Duration::from_secs(2),
+        "the stream ended {:?} after shutdown began",
+        ended.elapsed()
+    );
+    let output = stopping.join().unwrap();
+    assert!(!output.contains("cut off"), "{output}");
 }

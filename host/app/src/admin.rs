@@ -41,6 +41,12 @@ const MAX_CONNECTIONS: usize = 128;
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// How long shutdown waits for requests in flight before cutting them off.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often the live stream's state is looked at: a change goes out at
+/// most this often, to every stream at once.
+const LIVE_EVERY: Duration = Duration::from_millis(500);
+/// Live streams open at once: each holds a connection, and `ctl` must
+/// still get one.
+const MAX_STREAMS: usize = 64;
 
 /// The running admin server.
 pub struct AdminServer {
@@ -68,8 +74,14 @@ impl AdminServer {
         let token = Arc::new(ArcSwapOption::from(
             settings.admin_token.clone().map(Arc::new),
         ));
-        let app = routes(notifier, token.clone());
         let (stop, stopped) = watch::channel(false);
+        let live = Live {
+            state: Arc::new(watch::channel(Arc::from("")).0),
+            stopping: stopped.clone(),
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
+        };
+        tokio::spawn(follow_live_state(notifier.clone(), live.clone()));
+        let app = routes(notifier, token.clone(), live);
         let task = tokio::spawn(serve(listener, app, stopped));
         tracing::info!(%addr, token = settings.admin_token.is_some(), "admin API listening");
         Ok(Self {
@@ -162,10 +174,58 @@ async fn serve(listener: TcpListener, app: Router, mut stopped: watch::Receiver<
 struct App {
     notifier: Notifier,
     token: Arc<ArcSwapOption<String>>,
+    live: Live,
 }
 
-fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
-    let app = App { notifier, token };
+/// The live stream's state, made once for every stream that follows it.
+#[derive(Clone)]
+struct Live {
+    /// The latest state as JSON; a stream subscribes to it.
+    state: Arc<watch::Sender<Arc<str>>>,
+    /// The server is shutting down: every stream ends.
+    stopping: watch::Receiver<bool>,
+    streams: Arc<Semaphore>,
+}
+
+/// While anyone follows the live stream, make its state every
+/// [`LIVE_EVERY`], and pass it on when it changed; until shutdown.
+async fn follow_live_state(notifier: Notifier, mut live: Live) {
+    let mut every = tokio::time::interval(LIVE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = live.stopping.wait_for(|s| *s) => return,
+        }
+        if live.state.receiver_count() == 0 {
+            continue;
+        }
+        let state = live_state(&notifier);
+        live.state.send_if_modified(|current| {
+            let changed = **current != *state;
+            if changed {
+                *current = state;
+            }
+            changed
+        });
+    }
+}
+
+fn live_state(notifier: &Notifier) -> Arc<str> {
+    let state = api::LiveState {
+        listener: notifier.listener(),
+        channels: notifier.channels(),
+        subscribers: notifier.subscribers(),
+    };
+    serde_json::to_string(&state).unwrap_or_default().into()
+}
+
+fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>, live: Live) -> Router {
+    let app = App {
+        notifier,
+        token,
+        live,
+    };
     let controlled = Router::new()
         .route(api::METRICS.route, handle(&api::METRICS, metrics))
         .route(api::CHANNELS.route, handle(&api::CHANNELS, channels))
@@ -214,6 +274,7 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>) -> Router {
         .route(api::START.route, handle(&api::START, start))
         .route(api::STOP.route, handle(&api::STOP, stop))
         .route(api::RESTART.route, handle(&api::RESTART, restart))
+        .route(api::STREAM.route, handle(&api::STREAM, stream))
         .route_layer(middleware::from_fn_with_state(app.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
@@ -701,6 +762,37 @@ async fn redeliver(State(app): State<App>, Path(id): Path<String>) -> Reply<Dead
 }
 
 // The listener: each operation answers with its state.
+
+/// The live state as server-sent events: the state now, then each change.
+async fn stream(State(app): State<App>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let Ok(slot) = app.live.streams.clone().try_acquire_owned() else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{MAX_STREAMS} live streams are open already"),
+        )
+        .into_response();
+    };
+    let event = |state: &str| {
+        Ok::<_, std::convert::Infallible>(Event::default().event("state").data(state))
+    };
+    let now = event(&live_state(&app.notifier));
+    let changes = futures_util::stream::unfold(
+        (app.live.state.subscribe(), app.live.stopping.clone(), slot),
+        move |(mut state, mut stopping, slot)| async move {
+            tokio::select! {
+                changed = state.changed() => changed.ok()?,
+                _ = stopping.wait_for(|s| *s) => return None,
+            }
+            let next = event(&state.borrow_and_update());
+            Some((next, (state, stopping, slot)))
+        },
+    );
+    Sse::new(futures_util::stream::once(async { now }).chain(changes))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
 
 async fn listener(State(app): State<App>) -> Reply<ListenerView> {
     Ok(Json(app.notifier.listener()))

@@ -82,6 +82,11 @@ pub const START: Endpoint<ListenerView> = Endpoint::new(Method::POST, "/v1/liste
 pub const STOP: Endpoint<ListenerView> = Endpoint::new(Method::POST, "/v1/listener/stop");
 pub const RESTART: Endpoint<ListenerView> = Endpoint::new(Method::POST, "/v1/listener/restart");
 
+// The live state, as server-sent events (`event: state`, its data a
+// [`LiveState`]): one at once, then one on each change, at most twice a
+// second; the stream ends when the host shuts down.
+pub const STREAM: Endpoint<LiveState> = Endpoint::new(Method::GET, "/v1/stream");
+
 // Health, without a token; and the metrics, as Prometheus text.
 pub const HEALTH: Endpoint<String> = Endpoint::new(Method::GET, "/healthz");
 pub const READY: Endpoint<Readiness> = Endpoint::new(Method::GET, "/readyz");
@@ -124,6 +129,15 @@ pub struct Readiness {
     pub cluster: Option<ClusterView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What the live stream sends: the listener, the channels and the
+/// subscribers, as their own routes give them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LiveState {
+    pub listener: ListenerView,
+    pub channels: Vec<ChannelView>,
+    pub subscribers: Vec<SubscriberView>,
 }
 
 /// Every error's body, with a 4xx or 5xx status.
