@@ -52,31 +52,6 @@ async fn connect(url: &str) -> Client {
     client
 }
 
-/// Put the durable sink in `dir` as `id` with `sidecar` (after the
-/// at-least-once lines), and load the folder; the load's outcome.
-async fn load_sink(
-    n: &pgnotifier::Notifier,
-    dir: &std::path::Path,
-    id: &str,
-    sidecar: &str,
-) -> Result<(), String> {
-    std::fs::copy(
-        crate::support::test_plugin("durable-sink"),
-        dir.join(format!("{id}.wasm")),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{id}.toml")),
-        format!("delivery = \"at-least-once\"\npayload = \"raw\"\nretry_backoff_ms = 1\n{sidecar}"),
-    )
-    .unwrap();
-    let outcomes = n.load_plugins(dir).await.unwrap();
-    for (_, outcome) in outcomes {
-        outcome.map_err(|e| format!("{e:#}"))?;
-    }
-    Ok(())
-}
-
 /// What the sink recorded, in delivery order.
 async fn sunk_rows(client: &Client) -> Vec<Value> {
     client
@@ -187,6 +162,33 @@ async fn until_backfill_waits_for_writers(client: &Client, id: &str) {
     );
 }
 
+/// Load the recording sink (`slow`: 0.3 s a call) as `sink_NAME`, with
+/// `start = "snapshot"` of `items`; its folder and id.
+async fn load_backfilling(
+    n: &pgnotifier::Notifier,
+    name: &str,
+    slow: bool,
+) -> (std::path::PathBuf, String) {
+    let dir = crate::support::temp_dir(&format!("durable-{name}"));
+    let id = crate::support::channel(&format!("sink_{name}"));
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(slow)
+    );
+    load_sink(n, &dir, &id, &sidecar).await.unwrap();
+    (dir, id)
+}
+
+/// Hold every feeder's start (the pruner's lock, which a start takes)
+/// until the returned session commits.
+async fn hold_starts(url: &str) -> Client {
+    let held = connect(url).await;
+    held.batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
+        .await
+        .unwrap();
+    held
+}
+
 const ITEMS: &str = "create table public.items (id int primary key, n int not null default 0);
                      insert into public.items select g from generate_series(1, 3) g;";
 
@@ -196,13 +198,7 @@ const ITEMS: &str = "create table public.items (id int primary key, n int not nu
 #[tokio::test(flavor = "multi_thread")]
 async fn the_seam_is_removed_once_passed_in_a_quiet_database() {
     let (_url, client, n) = wal_host("bf_quiet", ITEMS).await;
-    let dir = crate::support::temp_dir("durable-bf-quiet");
-    let id = crate::support::channel("sink_bf_quiet");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let (_, id) = load_backfilling(&n, "bf_quiet", false).await;
     feeding(&client, &id).await;
     let got = until_sunk(&client, "3 snapshot rows", |g| g.len() >= 3).await;
     assert_eq!(ops(&got, "snapshot"), 3, "{got:?}");
@@ -285,13 +281,7 @@ async fn an_event_sent_before_the_start_is_not_delivered_on_another_channel() {
         assert!(Instant::now() < deadline, "never relayed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let dir = crate::support::temp_dir("durable-bf-before");
-    let id = crate::support::channel("sink_bf_before");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let (_, id) = load_backfilling(&n, "bf_before", false).await;
     feeding(&client, &id).await;
     client
         .batch_execute("select pgnotifier.send('work', '\"after\"')")
@@ -467,11 +457,7 @@ async fn a_table_dropped_before_the_snapshot_is_named_and_does_not_wedge_the_sub
     )
     .await;
     // Hold the feeder's start (the pruner's lock) until the table is gone.
-    let prune_lock = connect(&url).await;
-    prune_lock
-        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
-        .await
-        .unwrap();
+    let prune_lock = hold_starts(&url).await;
     let dir = crate::support::temp_dir("durable-bf-dropped");
     let id = crate::support::channel("sink_bf_dropped");
     let sidecar = |tables: &str| {
@@ -542,18 +528,8 @@ async fn a_table_dropped_before_the_snapshot_is_named_and_does_not_wedge_the_sub
 #[tokio::test(flavor = "multi_thread")]
 async fn a_table_rewritten_while_the_snapshot_waits_for_it_loses_no_row() {
     let (url, client, n) = wal_host("bf_rewrite", ITEMS).await;
-    let prune_lock = connect(&url).await;
-    prune_lock
-        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
-        .await
-        .unwrap();
-    let dir = crate::support::temp_dir("durable-bf-rewrite");
-    let id = crate::support::channel("sink_bf_rewrite");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let prune_lock = hold_starts(&url).await;
+    let (_, id) = load_backfilling(&n, "bf_rewrite", false).await;
     let rewrite = connect(&url).await;
     rewrite
         .batch_execute("begin; alter table public.items alter column n type bigint")
@@ -590,18 +566,8 @@ async fn a_table_rewritten_while_the_snapshot_waits_for_it_loses_no_row() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_feeder_terminated_during_the_snapshot_resumes_and_doubles_nothing() {
     let (url, client, n) = wal_host("bf_terminated", ITEMS).await;
-    let prune_lock = connect(&url).await;
-    prune_lock
-        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
-        .await
-        .unwrap();
-    let dir = crate::support::temp_dir("durable-bf-terminated");
-    let id = crate::support::channel("sink_bf_terminated");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let prune_lock = hold_starts(&url).await;
+    let (_, id) = load_backfilling(&n, "bf_terminated", false).await;
     let writer = connect(&url).await;
     writer
         .batch_execute(
@@ -689,18 +655,8 @@ async fn table(client: &Client) -> std::collections::BTreeMap<i64, i64> {
 #[tokio::test(flavor = "multi_thread")]
 async fn savepoints_in_a_transaction_open_across_the_snapshot() {
     let (url, client, n) = wal_host("bf_savepoints", ITEMS).await;
-    let prune_lock = connect(&url).await;
-    prune_lock
-        .batch_execute("begin; select pg_advisory_xact_lock(1885826676, 2)")
-        .await
-        .unwrap();
-    let dir = crate::support::temp_dir("durable-bf-savepoints");
-    let id = crate::support::channel("sink_bf_savepoints");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let prune_lock = hold_starts(&url).await;
+    let (_, id) = load_backfilling(&n, "bf_savepoints", false).await;
     let writer = connect(&url).await;
     writer
         .batch_execute(
@@ -741,13 +697,7 @@ async fn a_transaction_that_wrote_before_the_load_and_commits_after_the_snapshot
         )
         .await
         .unwrap();
-    let dir = crate::support::temp_dir("durable-bf-early-writer");
-    let id = crate::support::channel("sink_bf_early_writer");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let (_, id) = load_backfilling(&n, "bf_early_writer", false).await;
     until_backfill_waits_for_writers(&client, &id).await;
     writer.batch_execute("commit").await.unwrap();
     until_snapshot_taken(&client, &id).await;

@@ -35,29 +35,6 @@ async fn outbox_payloads(client: &Client, channel: &str) -> Vec<Value> {
         .collect()
 }
 
-/// Load the durable sink as `id` with `sidecar`; the load's outcome.
-async fn load_sink(
-    n: &pgnotifier::Notifier,
-    dir: &std::path::Path,
-    id: &str,
-    sidecar: &str,
-) -> Result<String, String> {
-    std::fs::copy(
-        crate::support::test_plugin("durable-sink"),
-        dir.join(format!("{id}.wasm")),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{id}.toml")),
-        // Raw: the sink logs text payloads.
-        format!("delivery = \"at-least-once\"\npayload = \"raw\"\nretry_backoff_ms = 1\n{sidecar}"),
-    )
-    .unwrap();
-    let mut outcomes = n.load_plugins(dir).await.unwrap();
-    assert_eq!(outcomes.len(), 1);
-    outcomes.remove(0).1.map_err(|e| format!("{e:#}"))
-}
-
 async fn until_sunk(id: &str, count: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + SOON;
     loop {

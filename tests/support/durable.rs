@@ -636,3 +636,27 @@ pub async fn relayed_twice(client: &Client, channel: &str) -> Vec<(String, i64)>
 /// The redelivery window one fault may leave (see the feeder's header).
 pub const WINDOW: usize =
     pgnotifier::durable::feeder::SAVE_EVERY as usize + pgnotifier::durable::feeder::WINDOW;
+
+/// Put the durable sink in `dir` as `id`, at least once, with its payloads
+/// raw and `sidecar`'s lines, and load the folder; the load's outcome.
+pub async fn load_sink(
+    n: &pgnotifier::Notifier,
+    dir: &std::path::Path,
+    id: &str,
+    sidecar: &str,
+) -> Result<String, String> {
+    std::fs::copy(
+        crate::support::test_plugin("durable-sink"),
+        dir.join(format!("{id}.wasm")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("{id}.toml")),
+        // Raw: the sink logs text payloads.
+        format!("delivery = \"at-least-once\"\npayload = \"raw\"\nretry_backoff_ms = 1\n{sidecar}"),
+    )
+    .unwrap();
+    let mut outcomes = n.load_plugins(dir).await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    outcomes.remove(0).1.map_err(|e| format!("{e:#}"))
+}

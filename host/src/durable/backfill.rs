@@ -131,6 +131,14 @@ pub async fn take_pending(
         subscriber: subscriber.to_owned(),
         source,
     };
+    let about = |table: &TableName| {
+        let table = table.to_string();
+        move |source| BackfillError::Table {
+            subscriber: subscriber.to_owned(),
+            table,
+            source,
+        }
+    };
     let pending = client
         .query_opt(
             "SELECT stamp FROM pgnotifier.backfills WHERE subscriber = $1 AND snapshot IS NULL",
@@ -186,11 +194,7 @@ pub async fn take_pending(
             table.quoted()
         ))
         .await
-        .map_err(|source| BackfillError::Table {
-            subscriber: subscriber.to_owned(),
-            table: table.to_string(),
-            source,
-        })?;
+        .map_err(about(table))?;
     }
     // The first statement that reads takes the transaction's snapshot.
     tx.batch_execute("SELECT pg_catalog.pg_current_snapshot()")
@@ -222,11 +226,7 @@ pub async fn take_pending(
                 ],
             )
             .await
-            .map_err(|source| BackfillError::Table {
-                subscriber: subscriber.to_owned(),
-                table: table.to_string(),
-                source,
-            })?;
+            .map_err(about(table))?;
     }
     let names: Vec<String> = tables.iter().map(|(table, _)| table.to_string()).collect();
     let channels: Vec<&String> = tables.iter().map(|(_, channel)| channel).collect();
