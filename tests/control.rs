@@ -490,6 +490,20 @@ async fn with_a_token_every_control_route_requires_it() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(s.http_get("/metrics").0, 401);
     assert_eq!(s.http_get("/v1/stream").0, 401, "the live stream too");
+    // The console's page loads without it, and asks for it; its data does not.
+    let (status, page) = s.http_get("/");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("/console.js") && page.contains("token"),
+        "{page}"
+    );
+    let (status, script) = s.http_get("/console.js");
+    assert_eq!(status, 200);
+    assert!(
+        script.contains("/v1/stream") && script.contains("Authorization"),
+        "{script}"
+    );
+    assert_eq!(s.http_get("/console.css").0, 200);
     assert_eq!(s.http_get("/healthz").0, 200);
     let wrong = std::process::Command::new(BIN)
         .arg("ctl")
@@ -755,4 +769,31 @@ async fn the_live_stream_follows_delivery_and_ends_at_shutdown() {
     );
     let output = stopping.join().unwrap();
     assert!(!output.contains("cut off"), "{output}");
+}
+
+/// The console's files come from the binary, may load nothing from
+/// elsewhere, and may not be framed.
+#[tokio::test]
+async fn the_console_is_served_from_the_binary_and_loads_nothing_from_elsewhere() {
+    let a = channel("console");
+    let s = Setup::new("ctl-console", &[("echo", &[a.as_str()], Notify::Echo)], "");
+    let _host = s.start();
+    let addr = std::fs::read_to_string(s.data_dir.join("admin.addr")).unwrap();
+    let answer = http(addr.trim(), "GET / HTTP/1.1", &[], b"");
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{answer}");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(
+        head.contains("content-security-policy: default-src 'self'; frame-ancestors 'none'"),
+        "{head}"
+    );
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    assert!(
+        !answer.contains("http://") && !answer.contains("https://"),
+        "{answer}"
+    );
 }

@@ -281,6 +281,15 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>, live: Live) -> 
             refuse_browsers_elsewhere,
         ));
     Router::new()
+        .route("/", axum::routing::get(|| console(CONSOLE_PAGE)))
+        .route(
+            "/console.js",
+            axum::routing::get(|| console(CONSOLE_SCRIPT)),
+        )
+        .route(
+            "/console.css",
+            axum::routing::get(|| console(CONSOLE_STYLE)),
+        )
         .route(api::HEALTH.route, handle(&api::HEALTH, || async { "ok\n" }))
         .route(api::READY.route, handle(&api::READY, readyz))
         .merge(controlled)
@@ -288,6 +297,40 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>, live: Live) -> 
         .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(app.clone(), warn_unsaved))
         .with_state(app)
+}
+
+/// The operator console's files, in the binary: no CDN, nothing to build
+/// at install time. The page holds no data: it reads the live stream and
+/// acts through the API's routes, with the token when one is set.
+const CONSOLE_PAGE: (&str, &str) = (
+    "text/html; charset=utf-8",
+    include_str!("console/index.html"),
+);
+const CONSOLE_SCRIPT: (&str, &str) = (
+    "text/javascript; charset=utf-8",
+    include_str!("console/console.js"),
+);
+const CONSOLE_STYLE: (&str, &str) = (
+    "text/css; charset=utf-8",
+    include_str!("console/console.css"),
+);
+
+/// One of the console's files, allowed to load nothing from elsewhere and
+/// not to be framed.
+async fn console((content_type, body): (&'static str, &'static str)) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// `handler` on `endpoint`'s method. Routes that share a path (a GET and a
