@@ -719,3 +719,271 @@ async fn a_transaction_that_wrote_before_the_load_and_commits_after_the_snapshot
     );
     n.shutdown(Duration::from_secs(5)).await;
 }
+/// WAL transport, the host connected as a role of its own (not superuser,
+/// no pg_read_all_stats: what a deployment gives it), the application
+/// writing as another. A transaction that wrote the table before the load
+/// published it and commits after the snapshot must be waited for (its
+/// changes are never relayed). The wait reads `pg_stat_activity.xact_start`
+/// of the writer, which PostgreSQL hides (NULL) from a role that is not the
+/// writer's: the writer is not waited for, and its changes are lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_host_waits_for_a_writer_of_another_role() {
+    crate::support::logs::install();
+    let via = Via::Wal;
+    let name = via.name("bf_unprivileged");
+    let (url, client) = fresh_database_on(via.server(), &name).await;
+    let db: String = client
+        .query_one("select current_database()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .batch_execute(&format!(
+            "do $$ begin create role pgn_test_bf_host login replication;
+                   exception when duplicate_object then null; end $$;
+             alter database {db} owner to pgn_test_bf_host;
+             {ITEMS}
+             alter table public.items owner to pgn_test_bf_host;
+             {SUNK}
+             grant pgn_test_sunk_writer to pgn_test_bf_host;"
+        ))
+        .await
+        .unwrap();
+    let host_url = url.replacen("postgres@", "pgn_test_bf_host@", 1);
+    assert_ne!(host_url, url, "the URL names the superuser: {url}");
+    let n = via.notifier(&host_url, &name);
+    n.start().await.unwrap();
+    via.ready(&client).await;
+    // The application (here the superuser, any other role does the same).
+    let writer = connect(&url).await;
+    writer
+        .batch_execute(
+            "begin;
+             insert into public.items values (200, 1);
+             update public.items set n = 5 where id = 1;",
+        )
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-unprivileged");
+    let id = crate::support::channel("sink_bf_unprivileged");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Rows are delivered only once the snapshot is taken.
+    let taken_while_writing = !sunk_rows(&client).await.is_empty();
+    writer.batch_execute("commit").await.unwrap();
+    until_sunk(&client, "3 snapshot rows", |g| ops(g, "snapshot") >= 3).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"after\"')")
+        .await
+        .unwrap();
+    until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = sunk_rows(&client)
+        .await
+        .into_iter()
+        .filter(|e| *e != "after")
+        .collect::<Vec<_>>();
+    assert_eq!(
+        replay(&got),
+        table(&client).await,
+        "what the subscriber received does not replay to the table \
+         (snapshot taken while the writer was open: {taken_while_writing}): {got:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+    client
+        .batch_execute(&format!("alter database {db} owner to postgres"))
+        .await
+        .ok();
+}
+
+/// A table with inheritance children (pre-10 partitioning, still common):
+/// the snapshot reads `FROM items` (children's rows included, labelled as
+/// `items`), but the changes of a child's rows come on the child's own
+/// channel (pgoutput publishes the children as themselves; on the outbox
+/// transport the parent's trigger does not fire for them), which the
+/// subscriber does not follow. A child row is in the snapshot and its
+/// delete never comes: what the subscriber received no longer replays to
+/// any view of the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inheritance_childs_rows_are_not_in_the_snapshot() {
+    let (_url, client, n) = wal_host(
+        "bf_inherit",
+        &format!(
+            "{ITEMS}
+             create table public.items_old (primary key (id)) inherits (public.items);
+             insert into public.items_old values (100, 100), (101, 101);"
+        ),
+    )
+    .await;
+    let dir = crate::support::temp_dir("durable-bf-inherit");
+    let id = crate::support::channel("sink_bf_inherit");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    feeding(&client, &id).await;
+    until_snapshot_taken(&client, &id).await;
+    client
+        .batch_execute(
+            "delete from public.items where id = 100;
+             update public.items set n = 7 where id = 101;
+             select pgnotifier.send('work', '\"after\"');",
+        )
+        .await
+        .unwrap();
+    until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = sunk_rows(&client)
+        .await
+        .into_iter()
+        .filter(|e| *e != "after")
+        .collect::<Vec<_>>();
+    let only: std::collections::BTreeMap<i64, i64> = client
+        .query("select id::int8, n::int8 from only public.items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let replayed = replay(&got);
+    assert!(
+        replayed == only || replayed == table(&client).await,
+        "the replay {replayed:?} is neither `only public.items` {only:?} nor `public.items` \
+         with its children {:?}: {got:?}",
+        table(&client).await
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A backfill left pending (here: a writer holds it back as the host
+/// stops), then given up the way an operator would: the sidecar no longer
+/// asks for a snapshot, and the subscriber's position is removed so that
+/// it starts afresh at the end. The new start is at the end, but the
+/// stale pending backfill is "given up" by saving the position at the OLD
+/// start's stamp: the position moves backwards, and events sent while the
+/// subscriber had no position (before its new start) are delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_pending_backfill_does_not_move_a_fresh_start_backwards() {
+    let via = Via::Wal;
+    let (url, client, n) = wal_host("bf_rewind", ITEMS).await;
+    let writer = connect(&url).await;
+    writer
+        .batch_execute("begin; update public.items set n = 1 where id = 1;")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-rewind");
+    let id = crate::support::channel("sink_bf_rewind");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    until_backfill_waits_for_writers(&client, &id).await;
+    n.shutdown(Duration::from_secs(5)).await;
+    // Stopped: no feeder waits any more.
+    let deadline = Instant::now() + SOON;
+    while client
+        .query_one(
+            "select exists (select from pg_stat_activity
+                             where query like '%pg_partition_tree%' and datname = current_database()
+                               and pid <> pg_backend_pid())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(Instant::now() < deadline, "the feeder never stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.batch_execute("commit").await.unwrap();
+    // Given up: no snapshot, and a fresh start.
+    client
+        .batch_execute(&format!(
+            "delete from pgnotifier.positions where subscriber = '{id}';
+             select pgnotifier.send('work', '\"while-no-position\"');"
+        ))
+        .await
+        .unwrap();
+    let n = via.notifier(&url, &via.name("bf_rewind"));
+    n.start().await.unwrap();
+    via.ready(&client).await;
+    // Relayed before the subscriber starts again.
+    let deadline = Instant::now() + SOON;
+    while client
+        .query_opt(
+            "select from pgnotifier.outbox where payload = '\"while-no-position\"'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "never relayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sidecar = recording(false);
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    feeding(&client, &id).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"after\"')")
+        .await
+        .unwrap();
+    until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = sunk_rows(&client).await;
+    assert!(
+        !got.iter().any(|e| e == "while-no-position"),
+        "sent and relayed before the subscriber's fresh start, yet delivered \
+         (its position was moved back to the given-up backfill's): {got:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The host stopped (SIGTERM, a leader standing down, a plugin removed)
+/// while a backfill waits for a writer of its table: the wait polls
+/// `pg_locks` in a loop that nothing cancels, so `shutdown` (whatever its
+/// drain timeout) does not return until the application's transaction
+/// ends, and the feeder keeps its feed lock meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_host_stops_while_a_backfill_waits_for_a_writer() {
+    let (url, client, n) = wal_host("bf_stop_waiting", ITEMS).await;
+    let writer = connect(&url).await;
+    writer
+        .batch_execute("begin; update public.items set n = 1 where id = 1;")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-stop-waiting");
+    let id = crate::support::channel("sink_bf_stop_waiting");
+    let sidecar = format!(
+        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    until_backfill_waits_for_writers(&client, &id).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), n.shutdown(Duration::from_secs(5)))
+        .await
+        .is_ok();
+    let still_waiting: bool = client
+        .query_one(
+            "select exists (select from pg_stat_activity
+                             where query like '%pg_partition_tree%' and datname = current_database()
+                               and pid <> pg_backend_pid())",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Let the test end either way.
+    writer.batch_execute("commit").await.unwrap();
+    assert!(
+        stopped,
+        "shutdown(5 s) had not returned 20 s later, while a backfill waited for a writer \
+         (its wait still polling: {still_waiting})"
+    );
+}

@@ -115,6 +115,19 @@ pub async fn start(
     Ok(start)
 }
 
+/// Drop what a backfill of `subscriber` left: its seam and its rows. A
+/// subscriber that starts afresh without one must not inherit them.
+pub async fn forget(client: &Client, subscriber: &str) -> Result<(), ReadError> {
+    client
+        .execute(
+            "WITH rows AS (DELETE FROM pgnotifier.snapshot_rows WHERE subscriber = $1)
+             DELETE FROM pgnotifier.backfills WHERE subscriber = $1",
+            &[&subscriber],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Take `subscriber`'s backfill if it is recorded and not taken yet: the
 /// rows of `tables` (what its sidecar names now), each within
 /// `max_payload_bytes` as `notify_row` sends it; how many rows, if there
@@ -202,6 +215,19 @@ pub async fn take_pending(
         .map_err(database)?;
     let mut rows = 0;
     for (table, channel) in tables {
+        // A plain table's own rows: an inheritance child's changes come
+        // on the child's channel, not the table's. A partitioned table's
+        // rows are its partitions', whose changes come as the table's.
+        let kind: String = tx
+            .query_one(
+                "SELECT c.relkind::text AS kind FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
+                &[&table.quoted()],
+            )
+            .await
+            .map_err(about(table))?
+            .try_get("kind")
+            .map_err(about(table))?;
+        let only = if kind == "p" { "" } else { "ONLY " };
         // Rendered in SQL; only a row over the cap goes through
         // `row_change` (its key columns), which costs three times as much.
         let copy = format!(
@@ -210,7 +236,7 @@ pub async fn take_pending(
                                  ELSE pgnotifier.row_change(r.raw, $5, false) END
                FROM (SELECT pg_catalog.jsonb_build_object('op', 'snapshot', 'schema', $3::text,
                                 'table', $4::text, 'new', pg_catalog.to_jsonb(t)) AS raw
-                       FROM {} t) r
+                       FROM {only}{} t) r
               CROSS JOIN LATERAL (SELECT r.raw::text AS payload) x",
             table.quoted()
         );
@@ -262,34 +288,42 @@ async fn wait_for_earlier_writers(
     subscriber: &str,
     tables: &[String],
 ) -> Result<(), tokio_postgres::Error> {
-    let began: std::time::SystemTime = client
-        .query_one("SELECT pg_catalog.clock_timestamp() AS began", &[])
+    // The writers as the wait begins, by their transaction's virtual id:
+    // pg_locks shows it to every role (pg_stat_activity hides another
+    // role's transaction start), and a later transaction of the same
+    // backend has another.
+    let writers = "FROM pg_catalog.pg_locks l
+         WHERE l.locktype = 'relation' AND l.granted
+           AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                          'AccessExclusiveLock')
+           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                              WHERE d.datname = pg_catalog.current_database())
+           AND l.relation IN (
+               SELECT t.name::regclass FROM pg_catalog.unnest($1::text[]) t(name)
+               UNION ALL
+               SELECT p.relid FROM pg_catalog.unnest($1::text[]) t(name),
+                      pg_catalog.pg_partition_tree(t.name::regclass) p)
+           AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()";
+    let first: Vec<String> = client
+        .query_one(
+            &format!(
+                "SELECT coalesce(array_agg(DISTINCT l.virtualtransaction), '{{}}') AS writers {writers}"
+            ),
+            &[&tables],
+        )
         .await?
-        .try_get("began")?;
+        .try_get("writers")?;
+    if first.is_empty() {
+        return Ok(());
+    }
+    let still = format!(
+        "SELECT string_agg(DISTINCT coalesce('pid ' || l.pid, 'a prepared transaction'), ', ') AS who
+           {writers} AND l.virtualtransaction = ANY ($2)"
+    );
     let mut told = Instant::now();
     loop {
-        let writers = client
-            .query_one(
-                "SELECT string_agg(DISTINCT coalesce('pid ' || l.pid, 'a prepared transaction'), ', ')
-                        AS who
-                   FROM pg_catalog.pg_locks l
-                   LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-                  WHERE l.locktype = 'relation' AND l.granted
-                    AND l.mode IN ('RowExclusiveLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
-                                   'AccessExclusiveLock')
-                    AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
-                                       WHERE d.datname = pg_catalog.current_database())
-                    AND l.relation IN (
-                        SELECT t.name::regclass FROM pg_catalog.unnest($1::text[]) t(name)
-                        UNION ALL
-                        SELECT p.relid FROM pg_catalog.unnest($1::text[]) t(name),
-                               pg_catalog.pg_partition_tree(t.name::regclass) p)
-                    AND (l.pid IS NULL OR (l.pid <> pg_catalog.pg_backend_pid()
-                                           AND a.xact_start <= $2))",
-                &[&tables, &began],
-            )
-            .await?;
-        let Some(who) = writers.try_get::<_, Option<String>>("who")? else {
+        let row = client.query_one(&still, &[&tables, &first]).await?;
+        let Some(who) = row.try_get::<_, Option<String>>("who")? else {
             return Ok(());
         };
         if told.elapsed() >= WRITERS_TELL {

@@ -729,6 +729,8 @@ impl Session<'_> {
                 let id = self.feed.spec.id.clone();
                 let tables = lock(&self.feed.spec.backfill).clone();
                 if tables.is_empty() {
+                    // A backfill an earlier start left pending is not this start's.
+                    backfill::forget(&self.client, &id).await?;
                     reader::start_at_end(&mut self.client, &id, &channels).await?
                 } else {
                     backfill::start(&mut self.client, &id, &channels, &tables).await?
@@ -740,8 +742,14 @@ impl Session<'_> {
         let (id, max_bytes) = (self.feed.spec.id.clone(), self.feed.spec.max_payload_bytes);
         let tables = lock(&self.feed.spec.backfill).clone();
         let taking = Instant::now();
-        let taken = backfill::take_pending(&mut self.client, &id, &tables, max_bytes);
-        if let Some(rows) = taken.await? {
+        // It may wait long for writers of its tables: a stop or a stand-down
+        // does not wait for them (the backfill stays pending).
+        let taken = tokio::select! {
+            taken = backfill::take_pending(&mut self.client, &id, &tables, max_bytes) => taken?,
+            _ = self.feed.stop.asked() => return Err(End::Stopped),
+            _ = self.feed.dispatching.wait_for(|on| !*on) => return Err(End::StoodDown),
+        };
+        if let Some(rows) = taken {
             let took = taking.elapsed();
             tracing::info!(subscriber = %id, rows, ?took, "backfill taken: the tables' rows come first, then every change after them");
         }
