@@ -764,13 +764,7 @@ async fn an_unprivileged_host_waits_for_a_writer_of_another_role() {
         )
         .await
         .unwrap();
-    let dir = crate::support::temp_dir("durable-bf-unprivileged");
-    let id = crate::support::channel("sink_bf_unprivileged");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    load_backfilling(&n, "bf_unprivileged", false).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Rows are delivered only once the snapshot is taken.
     let taken_while_writing = !sunk_rows(&client).await.is_empty();
@@ -819,13 +813,7 @@ async fn an_inheritance_childs_rows_are_not_in_the_snapshot() {
         ),
     )
     .await;
-    let dir = crate::support::temp_dir("durable-bf-inherit");
-    let id = crate::support::channel("sink_bf_inherit");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let (_, id) = load_backfilling(&n, "bf_inherit", false).await;
     feeding(&client, &id).await;
     until_snapshot_taken(&client, &id).await;
     client
@@ -958,13 +946,7 @@ async fn the_host_stops_while_a_backfill_waits_for_a_writer() {
         .batch_execute("begin; update public.items set n = 1 where id = 1;")
         .await
         .unwrap();
-    let dir = crate::support::temp_dir("durable-bf-stop-waiting");
-    let id = crate::support::channel("sink_bf_stop_waiting");
-    let sidecar = format!(
-        "tables = [\"items\"]\nstart = \"snapshot\"\n{}",
-        recording(false)
-    );
-    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    let (_, id) = load_backfilling(&n, "bf_stop_waiting", false).await;
     until_backfill_waits_for_writers(&client, &id).await;
     let stopped = tokio::time::timeout(Duration::from_secs(20), n.shutdown(Duration::from_secs(5)))
         .await
