@@ -34,10 +34,18 @@ fn recording(slow: bool) -> String {
 
 /// A WAL-transport host on a fresh database where `ddl` ran, relaying.
 async fn wal_host(name: &str, ddl: &str) -> (String, Client, pgnotifier::Notifier) {
+    host(Via::Wal, name, ddl).await
+}
+
+/// A host on `via` on a fresh database where `ddl` ran after the schema
+/// was installed (so it may create `notify_row` triggers), ready.
+async fn host(via: Via, name: &str, ddl: &str) -> (String, Client, pgnotifier::Notifier) {
     crate::support::logs::install();
-    let via = Via::Wal;
     let name = via.name(name);
-    let (url, client) = fresh_database_on(via.server(), &name).await;
+    let (url, mut client) = fresh_database_on(via.server(), &name).await;
+    pgnotifier::durable::schema::install(&mut client)
+        .await
+        .unwrap();
     client.batch_execute(ddl).await.unwrap();
     client.batch_execute(SUNK).await.unwrap();
     let n = via.notifier(&url, &name);
@@ -968,4 +976,154 @@ async fn the_host_stops_while_a_backfill_waits_for_a_writer() {
         "shutdown(5 s) had not returned 20 s later, while a backfill waited for a writer \
          (its wait still polling: {still_waiting})"
     );
+}
+
+crate::on_both_transports!(
+    a_send_and_another_tables_change_on_the_backfilled_channel_are_delivered
+);
+
+/// A backfilled table's channel may be shared: another table's changes
+/// and the sends on it committed while the backfill waits for a writer of
+/// the table (so before its snapshot, which sees them) are not the
+/// table's rows, and must arrive. The seam skipped every event on the
+/// channel whose writer the snapshot saw, and lost them. On the WAL
+/// transport the table's channel is `public.a`, and the other table's
+/// trigger sends on it.
+async fn a_send_and_another_tables_change_on_the_backfilled_channel_are_delivered(via: Via) {
+    let shared = match via {
+        Via::Outbox => "shared",
+        Via::Wal => "public.a",
+    };
+    let own_trigger = match via {
+        Via::Outbox => format!(
+            "create trigger a_changed after insert or update or delete on public.a
+                 for each row execute function pgnotifier.notify_row('{shared}');"
+        ),
+        Via::Wal => String::new(),
+    };
+    let ddl = format!(
+        "create table public.a (id int primary key, n int not null default 0);
+         create table public.b (id int primary key, n int not null default 0);
+         insert into public.a select g from generate_series(1, 3) g;
+         {own_trigger}
+         create trigger b_changed after insert or update or delete on public.b
+             for each row execute function pgnotifier.notify_row('{shared}');"
+    );
+    let (url, client, n) = host(via, "bf_shared", &ddl).await;
+    let writer = connect(&url).await;
+    writer
+        .batch_execute("begin; update public.a set n = 7 where id = 1")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir(&format!("durable-{}", via.name("bf-shared")));
+    let id = crate::support::channel(&format!("sink_{}", via.name("bf_shared")));
+    let sidecar = format!(
+        "tables = [\"a\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    until_backfill_waits_for_writers(&client, &id).await;
+    client
+        .batch_execute(&format!(
+            "insert into public.b values (1, 1);
+             select pgnotifier.send('{shared}', '\"custom\"');"
+        ))
+        .await
+        .unwrap();
+    writer.batch_execute("commit").await.unwrap();
+    until_snapshot_taken(&client, &id).await;
+    client
+        .batch_execute("select pgnotifier.send('work', '\"after\"')")
+        .await
+        .unwrap();
+    until_sunk(&client, "\"after\"", |g| g.iter().any(|e| e == "after")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = sunk_rows(&client).await;
+    let rows: Vec<&Value> = got.iter().filter(|e| e["op"] == "snapshot").collect();
+    assert_eq!(rows.len(), 3, "the table's rows, once each: {got:?}");
+    assert!(
+        rows.iter()
+            .any(|e| e["new"]["id"] == 1 && e["new"]["n"] == 7),
+        "the writer the backfill waited for is in the snapshot: {got:?}"
+    );
+    assert_eq!(
+        got.iter().filter(|e| e["table"] == "b").count(),
+        1,
+        "the other table's change on the shared channel: {got:?}"
+    );
+    assert_eq!(
+        got.iter().filter(|e| **e == "custom").count(),
+        1,
+        "the send on the shared channel: {got:?}"
+    );
+    assert_eq!(
+        got.iter().filter(|e| e["op"] == "update").count(),
+        0,
+        "the waited-for update is in the snapshot, not doubled: {got:?}"
+    );
+    n.shutdown(Duration::from_secs(5)).await;
+}
+
+/// On the WAL transport a table's rows have the columns its relayed
+/// changes have: a stored generated column is not published (before
+/// PostgreSQL 18), nor is a column outside the publication's column list,
+/// so neither is in a snapshot row.
+#[tokio::test(flavor = "multi_thread")]
+async fn wal_a_snapshot_row_has_the_columns_its_changes_have() {
+    let (_url, client, n) = wal_host(
+        "bf_columns",
+        "create table public.items (id int primary key, n int not null default 0,
+                                    secret text default 'hidden');
+         create table public.doubled (id int primary key, n int not null default 0,
+                                      twice int generated always as (n * 2) stored);
+         insert into public.items (id) select g from generate_series(1, 3) g;
+         insert into public.doubled (id) select g from generate_series(1, 3) g;",
+    )
+    .await;
+    // Narrowed by a column list, as an operator may.
+    client
+        .batch_execute("alter publication pgn_bf_columns_wal add table public.items (id, n)")
+        .await
+        .unwrap();
+    let dir = crate::support::temp_dir("durable-bf-columns");
+    let id = crate::support::channel("sink_bf_columns");
+    let sidecar = format!(
+        "tables = [\"items\", \"doubled\"]\nstart = \"snapshot\"\n{}",
+        recording(false)
+    );
+    load_sink(&n, &dir, &id, &sidecar).await.unwrap();
+    feeding(&client, &id).await;
+    until_sunk(&client, "6 snapshot rows", |g| ops(g, "snapshot") >= 6).await;
+    client
+        .batch_execute(
+            "update public.items set n = 5 where id = 2;
+             update public.doubled set n = 5 where id = 2;",
+        )
+        .await
+        .unwrap();
+    let got = until_sunk(&client, "the updates", |g| ops(g, "update") >= 2).await;
+    let keys = |e: &Value| {
+        let mut keys: Vec<String> = e["new"].as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    for table in ["items", "doubled"] {
+        let of = |op: &str| {
+            got.iter()
+                .filter(|e| e["table"] == table && e["op"] == op)
+                .collect::<Vec<_>>()
+        };
+        let update = of("update");
+        assert_eq!(
+            keys(update[0]),
+            ["id", "n"],
+            "{table}'s relayed change: {got:?}"
+        );
+        let rows = of("snapshot");
+        assert_eq!(rows.len(), 3, "{got:?}");
+        for row in rows {
+            assert_eq!(keys(row), ["id", "n"], "a snapshot row of {table}: {row}");
+        }
+    }
+    n.shutdown(Duration::from_secs(5)).await;
 }

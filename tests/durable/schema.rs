@@ -17,7 +17,7 @@ const INSTALLED_FUNCTIONS: [&str; 14] = [
     "read_batch",
     "row_change",
     "send",
-    "send_first_within",
+    "send_row",
     "slot_to_drain",
     "stamp_commit",
     "stamp_unstamped",

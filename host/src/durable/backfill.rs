@@ -22,10 +22,15 @@
 //!   crash before its commit leaves the backfill not taken, and the next
 //!   feeder takes it, with the tables its subscriber names then.
 //! - **The seam.** `read_batch` hands the rows out first, then the events
-//!   after the horizon, skipping each event on a backfilled channel whose
-//!   writer the snapshot saw (`pg_visible_in_snapshot`): its change is in
-//!   the rows already. A relayed event knows its writer from pgoutput's
-//!   Begin; an event the outbox transport wrote is its writer's own row.
+//!   after the horizon, skipping each change of a backfilled table, on its
+//!   channel, whose writer the snapshot saw (`pg_visible_in_snapshot`): it
+//!   is in the rows already. Every other event on that channel (another
+//!   table's change, a send) passes. A relayed event knows its writer from
+//!   pgoutput's Begin; an event the outbox transport wrote is its writer's
+//!   own row. Each row change knows its table (`outbox.source`).
+//! - **The columns.** A relayed change has the columns the publication
+//!   publishes (not a generated one, nor one outside a column list), and so
+//!   do the rows the WAL transport copies; a trigger's change has them all.
 //!   Once every event the snapshot saw is behind the position, the seam
 //!   and the rows are gone.
 
@@ -128,16 +133,41 @@ pub async fn forget(client: &Client, subscriber: &str) -> Result<(), ReadError> 
     Ok(())
 }
 
+/// A table as a backfill copies it (`$1`, quoted): its kind; its relation
+/// and its partitions', whose changes the seam skips; and the columns its
+/// changes lack when publication `$2` relays them (NULL: none lacks any).
+/// A publication's column list leaves columns out, and a generated column
+/// is published only where PostgreSQL 18's `publish_generated_columns`
+/// says so (read as JSON: older servers have no such column).
+const DESCRIBE_TABLE: &str = "
+SELECT c.relkind::text AS kind,
+       ARRAY(SELECT c.oid UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p) AS relations,
+       ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND $2::text IS NOT NULL
+                AND (EXISTS (SELECT FROM pg_catalog.pg_publication_tables t
+                              WHERE t.pubname = $2::text AND t.schemaname = n.nspname
+                                AND t.tablename = c.relname AND NOT a.attname = ANY (t.attnames))
+                     OR a.attgenerated <> '' AND NOT (a.attgenerated = 's' AND EXISTS (
+                            SELECT FROM pg_catalog.pg_publication p
+                             WHERE p.pubname = $2::text
+                               AND pg_catalog.to_jsonb(p) ->> 'pubgencols' = 's')))) AS unpublished
+  FROM pg_catalog.pg_class c
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = $1::text::regclass";
+
 /// Take `subscriber`'s backfill if it is recorded and not taken yet: the
 /// rows of `tables` (what its sidecar names now), each within
-/// `max_payload_bytes` as `notify_row` sends it; how many rows, if there
-/// was one to take. With no tables (the sidecar no longer asks for a
-/// snapshot), the backfill is given up, and the subscriber starts with
-/// what is sent from its start on.
+/// `max_payload_bytes` as `notify_row` sends it, with the columns that
+/// `publication` publishes if their changes come from one (`None`: from
+/// their triggers, every column); how many rows, if there was one to take.
+/// With no tables (the sidecar no longer asks for a snapshot), the
+/// backfill is given up, and the subscriber starts with what is sent from
+/// its start on.
 pub async fn take_pending(
     client: &mut Client,
     subscriber: &str,
     tables: &[(TableName, String)],
+    publication: Option<&str>,
     max_payload_bytes: u32,
 ) -> Result<Option<u64>, BackfillError> {
     let database = |source| BackfillError::Database {
@@ -214,19 +244,20 @@ pub async fn take_pending(
         .await
         .map_err(database)?;
     let mut rows = 0;
+    let (mut relations, mut relation_channels) = (Vec::new(), Vec::new());
     for (table, channel) in tables {
+        let described = tx
+            .query_one(DESCRIBE_TABLE, &[&table.quoted(), &publication])
+            .await
+            .map_err(about(table))?;
+        let kind: String = described.try_get("kind").map_err(about(table))?;
+        let own: Vec<u32> = described.try_get("relations").map_err(about(table))?;
+        let unpublished: Vec<String> = described.try_get("unpublished").map_err(about(table))?;
+        relation_channels.extend(own.iter().map(|_| channel));
+        relations.extend(own);
         // A plain table's own rows: an inheritance child's changes come
         // on the child's channel, not the table's. A partitioned table's
         // rows are its partitions', whose changes come as the table's.
-        let kind: String = tx
-            .query_one(
-                "SELECT c.relkind::text AS kind FROM pg_catalog.pg_class c WHERE c.oid = $1::text::regclass",
-                &[&table.quoted()],
-            )
-            .await
-            .map_err(about(table))?
-            .try_get("kind")
-            .map_err(about(table))?;
         let only = if kind == "p" { "" } else { "ONLY " };
         // Rendered in SQL; only a row over the cap goes through
         // `row_change` (its key columns), which costs three times as much.
@@ -235,7 +266,8 @@ pub async fn take_pending(
              SELECT $1, $2, CASE WHEN pg_catalog.octet_length(x.payload) <= $5 THEN x.payload
                                  ELSE pgnotifier.row_change(r.raw, $5, false) END
                FROM (SELECT pg_catalog.jsonb_build_object('op', 'snapshot', 'schema', $3::text,
-                                'table', $4::text, 'new', pg_catalog.to_jsonb(t)) AS raw
+                                'table', $4::text,
+                                'new', pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $6::text[]) AS raw
                        FROM {only}{} t) r
               CROSS JOIN LATERAL (SELECT r.raw::text AS payload) x",
             table.quoted()
@@ -249,6 +281,7 @@ pub async fn take_pending(
                     &table.schema,
                     &table.table,
                     &max_bytes,
+                    &unpublished,
                 ],
             )
             .await
@@ -260,9 +293,16 @@ pub async fn take_pending(
         "UPDATE pgnotifier.backfills
             SET snapshot = pg_catalog.pg_current_snapshot(), taken_at = pg_catalog.now(),
                 row_count = $2, lsn = pg_catalog.pg_current_wal_insert_lsn(),
-                tables = $3, channels = $4
+                tables = $3, channels = $4, relations = $5, relation_channels = $6
           WHERE subscriber = $1",
-        &[&subscriber, &(rows as i64), &names, &channels],
+        &[
+            &subscriber,
+            &(rows as i64),
+            &names,
+            &channels,
+            &relations,
+            &relation_channels,
+        ],
     )
     .await
     .map_err(database)?;

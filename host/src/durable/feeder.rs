@@ -333,6 +333,10 @@ impl Feeders {
             me: self.me.clone(),
             max_payload_bytes: self.max_payload_bytes,
             backfill: Arc::new(Mutex::new(backfill)),
+            publication: match &self.transport {
+                Transport::Wal { slot } => Some(slot.as_str().into()),
+                Transport::Outbox => None,
+            },
         };
         let feeder = Feeder {
             settings: spec.settings.clone(),
@@ -423,6 +427,8 @@ struct FeedSpec {
     /// Tables whose rows a subscriber without a position starts with, and
     /// the channel of each, as its sidecar names them now.
     backfill: Arc<Mutex<backfill::Tables>>,
+    /// The publication that relays their changes (the WAL transport's).
+    publication: Option<Arc<str>>,
 }
 
 /// The name of `subscriber`'s feed lock: one feeder holds it at a time.
@@ -741,11 +747,12 @@ impl Session<'_> {
         // Recorded at the start, or by a feeder that stopped before taking it.
         let (id, max_bytes) = (self.feed.spec.id.clone(), self.feed.spec.max_payload_bytes);
         let tables = lock(&self.feed.spec.backfill).clone();
+        let publication = self.feed.spec.publication.as_deref();
         let taking = Instant::now();
         // It may wait long for writers of its tables: a stop or a stand-down
         // does not wait for them (the backfill stays pending).
         let taken = tokio::select! {
-            taken = backfill::take_pending(&mut self.client, &id, &tables, max_bytes) => taken?,
+            taken = backfill::take_pending(&mut self.client, &id, &tables, publication, max_bytes) => taken?,
             _ = self.feed.stop.asked() => return Err(End::Stopped),
             _ = self.feed.dispatching.wait_for(|on| !*on) => return Err(End::StoodDown),
         };

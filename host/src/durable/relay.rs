@@ -539,6 +539,8 @@ struct Relayed {
     /// For a row change, the bare operation: what is relayed when even its
     /// values as text cannot be.
     bare: Option<Bare>,
+    /// For a row change, its table's relation oid.
+    source: Option<u32>,
 }
 
 /// Committed events waiting to be relayed together.
@@ -551,6 +553,7 @@ struct Batch {
     lsns: Vec<PgLsn>,
     rows: Vec<bool>,
     bares: Vec<Option<Bare>>,
+    sources: Vec<Option<u32>>,
     /// Each event's writing transaction, as pgoutput's Begin gives it (32
     /// bits; the insert widens it).
     writers: Vec<i64>,
@@ -599,6 +602,7 @@ impl Batch {
             self.lsns.push(PgLsn::from(event.lsn.0));
             self.rows.push(event.row);
             self.bares.push(event.bare);
+            self.sources.push(event.source);
         }
         self.through = end;
         self.pending = true;
@@ -616,15 +620,17 @@ UPDATE pgnotifier.relayed SET through = $2, updated_at = pg_catalog.now()
 /// A row change (`$7`) is rendered within `$8` bytes, its values typed
 /// unless `$9` is false. A writer's 32-bit transaction id (`$10`) is
 /// widened to the full one: the latest before the next one handed out.
+/// A row change's table is its source (`$11`).
 const INSERT_EVENTS: &str = "
-INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction, writer)
+INSERT INTO pgnotifier.outbox (channel, payload, pid, sent_at, lsn, first_in_transaction, writer,
+                               source)
 SELECT e.channel,
        CASE WHEN e.row THEN pgnotifier.row_change(e.payload::jsonb, $8, $9) ELSE e.payload END,
        e.pid, e.sent_at, e.lsn, e.n = 1 AND $6,
-       (x.next - (x.next - e.writer) % 4294967296)::text::xid8
+       (x.next - (x.next - e.writer) % 4294967296)::text::xid8, e.source
   FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::pg_lsn[], $7::bool[],
-              $10::int8[])
-       WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, row, writer, n)
+              $10::int8[], $11::oid[])
+       WITH ORDINALITY AS e(channel, payload, pid, sent_at, lsn, row, writer, source, n)
  CROSS JOIN (SELECT pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint
                AS next) x
  ORDER BY e.n";
@@ -753,6 +759,7 @@ impl Session {
                         lsn: wal_start,
                         row: !change.rendered,
                         bare: Some(change.bare),
+                        source: Some(change.source),
                     });
                 }
             }
@@ -891,7 +898,8 @@ impl Session {
                     &&rows[part.clone()],
                     &(relay.max_payload_bytes.min(i32::MAX as u32) as i32),
                     &typed,
-                    &&batch.writers[part],
+                    &&batch.writers[part.clone()],
+                    &&batch.sources[part],
                 ],
             )
             .await?;
@@ -992,6 +1000,7 @@ fn parse_message(
         lsn,
         row: false,
         bare: None,
+        source: None,
     }))
 }
 
@@ -1037,6 +1046,7 @@ mod tests {
             lsn: Lsn(1),
             row: false,
             bare: None,
+            source: None,
         };
         let events = vec![big(BATCH_BYTES), big(1), big(BATCH_BYTES - 1), big(2)];
         batch.take_in(events, 1, SystemTime::now(), Lsn(9));

@@ -277,6 +277,7 @@ struct Column {
 /// A table as the last `Relation` message for it described it.
 #[derive(Debug)]
 struct Relation {
+    oid: u32,
     /// Shared with each change's [`Bare`] form.
     name: Arc<TableName>,
     columns: Vec<Column>,
@@ -303,6 +304,8 @@ struct OldTuple {
 #[derive(Debug, PartialEq)]
 pub(crate) struct RowChange {
     pub(crate) channel: String,
+    /// The table's relation oid (as published: a partitioned table's).
+    pub(crate) source: u32,
     pub(crate) payload: String,
     pub(crate) rendered: bool,
     /// What is relayed when not even its values as text can be.
@@ -432,6 +435,7 @@ impl Relations {
             let rendered = rendered_event(op, relation, &new, &old).filter(|p| p.len() <= cap);
             RowChange {
                 channel: relation.name.channel(),
+                source: relation.oid,
                 bare: Bare {
                     op,
                     table: relation.name.clone(),
@@ -461,7 +465,7 @@ impl Relations {
                     })
                     .collect::<Result<_, String>>()?;
                 let name = Arc::new(TableName { schema, table });
-                self.by_oid.insert(oid, Relation { name, columns });
+                self.by_oid.insert(oid, Relation { oid, name, columns });
                 Ok(Vec::new())
             }
             tag @ (b'I' | b'U' | b'D') => {

@@ -36,7 +36,7 @@ pub const WAKE_CHANNEL: &str = "pgnotifier.outbox";
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// Migration N (from 1) brings the schema to version N.
-const MIGRATIONS: [&str; 14] = [
+const MIGRATIONS: [&str; 15] = [
     // 1: the outbox, positions, dead letters, and send.
     r#"
 CREATE TABLE pgnotifier.outbox (
@@ -1374,6 +1374,242 @@ BEGIN
                  WHERE e.txid = c.txid AND e.channel = ANY (channels)
                    AND NOT (e.channel = ANY (seen_channels)
                             AND pg_visible_in_snapshot(coalesce(e.writer, e.txid), taken))
+                 ORDER BY e.id
+                 LIMIT max_events) o
+          WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
+          ORDER BY c.stamp, o.id
+          LIMIT max_events)
+    ), sized AS (
+        SELECT f.*, coalesce(sum(octet_length(f.payload)) OVER (
+                   ORDER BY f.stamp, f.id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)
+                   AS bytes_before
+          FROM found f
+    )
+    SELECT CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN 'e'::"char" ELSE 'o'::"char" END,
+           z.id, z.stamp, z.channel,
+           CASE WHEN z.bytes_before < greatest(max_bytes, 1) THEN z.payload END,
+           z.sent_at, z.pid, z.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+      FROM sized z
+    UNION ALL
+    SELECT 'g', g.id, NULL, NULL, g.cause, g.first_sent_at, NULL, NULL,
+           CASE WHEN g.stamps IS NULL THEN g.events
+                ELSE (SELECT count(*) FROM unnest(g.stamps, g.ids) u(s, i)
+                       WHERE (u.s, u.i) > (after_stamp, after_id)) END,
+           CASE WHEN g.stamps IS NULL THEN g.channels
+                ELSE ARRAY(SELECT DISTINCT u.c FROM unnest(g.stamps, g.ids, g.event_channels) u(s, i, c)
+                            WHERE (u.s, u.i) > (after_stamp, after_id) ORDER BY 1) END,
+           NULL
+      FROM pgnotifier.gaps g
+     WHERE g.subscriber = subscriber;
+    -- Every commit read above (the senders' and the prunes') wrote its
+    -- record before this point. WAL past it is most often a transaction in
+    -- flight, whose own commit flushes it within a millisecond: look twice
+    -- (a sleep of any length takes about a millisecond), then leave the
+    -- flush to the reader.
+    written := pg_current_wal_insert_lsn();
+    FOR look IN 1..2 LOOP
+        EXIT WHEN pg_current_wal_flush_lsn() >= written;
+        PERFORM pg_sleep(0.0001);
+    END LOOP;
+    RETURN QUERY
+    SELECT 'h'::"char", NULL::bigint, last_stamp, NULL::text, NULL::text, NULL::timestamptz,
+           NULL::integer, NULL::uuid, NULL::bigint, NULL::text[],
+           CASE WHEN pg_current_wal_flush_lsn() >= written THEN NULL ELSE written END;
+END
+$read$;
+"#,
+    // 15: each event's source table, so that a backfill's seam skips only
+    // its tables' own changes.
+    r#"
+-- The table a row change came from: notify_row's (a partition's own) or,
+-- relayed, pgoutput's (a partitioned table's, as it is published). NULL
+-- for what pgnotifier.send wrote.
+ALTER TABLE pgnotifier.outbox ADD COLUMN source oid;
+-- The relations a backfill's rows came from (a partitioned table's
+-- partitions too), each with the channel its rows went on.
+ALTER TABLE pgnotifier.backfills ADD COLUMN relations oid[], ADD COLUMN relation_channels text[];
+
+-- send_first_within with the row's table: notify_row's one way to send.
+DROP FUNCTION pgnotifier.send_first_within(text, text[]);
+CREATE FUNCTION pgnotifier.send_row(channel text, payloads text[], source oid) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $send_row$
+#variable_conflict use_variable
+DECLARE
+    event_id bigint;
+    sender text;
+    first_event boolean;
+    max_bytes integer;
+    transport text;
+    payload text;
+BEGIN
+    IF channel IS NULL OR channel = '' THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name cannot be empty' USING ERRCODE = '22023';
+    END IF;
+    IF octet_length(channel) > 63 THEN
+        RAISE EXCEPTION 'pgnotifier.send: channel name too long' USING ERRCODE = '22023';
+    END IF;
+    -- One row, or none (the defaults): an aggregate gives one either way.
+    SELECT coalesce(max(l.transport), 'outbox'), coalesce(max(l.max_payload_bytes), 1048576)
+      INTO transport, max_bytes FROM pgnotifier.limits l;
+    FOREACH payload IN ARRAY payloads LOOP
+        EXIT WHEN octet_length(payload) <= max_bytes;
+    END LOOP;
+    IF octet_length(payload) > max_bytes THEN
+        RAISE EXCEPTION 'pgnotifier.send: a payload of % bytes is over max_payload_bytes (%)',
+            octet_length(payload), max_bytes USING ERRCODE = '54000';
+    END IF;
+    IF transport = 'wal' THEN
+        RETURN (pg_logical_emit_message(true, 'pgnotifier:' || pg_backend_pid() || ':' || channel,
+                                        payload) - '0/0')::bigint;
+    END IF;
+    sender := pg_current_xact_id()::text;
+    first_event := current_setting('pgnotifier.stamping', true) IS DISTINCT FROM sender;
+    INSERT INTO pgnotifier.outbox (channel, payload, first_in_transaction, source)
+        VALUES (channel, payload, first_event, source) RETURNING id INTO event_id;
+    IF first_event THEN
+        PERFORM set_config('pgnotifier.stamping', sender, true);
+    END IF;
+    PERFORM pg_notify('pgnotifier.outbox', channel);
+    RETURN event_id;
+END
+$send_row$;
+
+-- notify_row as in version 9, its events marked with their table.
+CREATE OR REPLACE FUNCTION pgnotifier.notify_row() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $notify_row$
+DECLARE
+    event jsonb;
+    whole jsonb;
+    payload text;
+    key_columns text[];
+    bare text;
+BEGIN
+    IF TG_NARGS <> 1 OR TG_LEVEL <> 'ROW' THEN
+        RAISE EXCEPTION 'pgnotifier.notify_row is a row trigger with one argument, the channel: EXECUTE FUNCTION pgnotifier.notify_row(''orders'')'
+            USING ERRCODE = '22023';
+    END IF;
+    event := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME);
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        event := event || jsonb_build_object('new', to_jsonb(NEW));
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        event := event || jsonb_build_object('old', to_jsonb(OLD));
+    END IF;
+    payload := event::text;
+    IF octet_length(payload) <= 8000 THEN
+        PERFORM pgnotifier.send_row(TG_ARGV[0], ARRAY[payload], TG_RELID);
+        RETURN NULL;
+    END IF;
+    bare := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA,
+                               'table', TG_TABLE_NAME, 'truncated', true)::text;
+    key_columns := ARRAY(
+        SELECT a.attname
+          FROM (SELECT i.indkey::int2[] AS columns, i.indnkeyatts FROM pg_index i
+                 WHERE i.indrelid = TG_RELID AND (i.indisprimary OR i.indisreplident)
+                 ORDER BY i.indisprimary DESC LIMIT 1) k
+          JOIN pg_attribute a ON a.attrelid = TG_RELID
+                             AND a.attnum = ANY (k.columns[0:k.indnkeyatts - 1])
+         ORDER BY array_position(k.columns, a.attnum));
+    whole := event;
+    event := bare::jsonb;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        event := event || jsonb_build_object('new', (
+            SELECT coalesce(jsonb_object_agg(c, whole -> 'new' -> c), '{}')
+              FROM unnest(key_columns) c));
+    END IF;
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        event := event || jsonb_build_object('old', (
+            SELECT coalesce(jsonb_object_agg(c, whole -> 'old' -> c), '{}')
+              FROM unnest(key_columns) c));
+    END IF;
+    PERFORM pgnotifier.send_row(TG_ARGV[0], ARRAY[payload, event::text, bare], TG_RELID);
+    RETURN NULL;
+END
+$notify_row$;
+
+-- read_batch as in version 14, whose seam skips only the backfilled
+-- tables' own changes on their channels: another table's changes and the
+-- sends on a shared channel are not in the rows. An event written before
+-- this version has no source and is delivered (at least once, never lost).
+CREATE OR REPLACE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
+                                      channels text[], max_events integer, max_bytes bigint)
+RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
+               sent_at timestamptz, pid integer, salt uuid,
+               events bigint, gap_channels text[], flush_to pg_lsn)
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $read$
+#variable_conflict use_variable
+DECLARE
+    last_stamp bigint;
+    written pg_lsn;
+    look integer;
+    seam pgnotifier.backfills;
+    seen_relations oid[] := '{}';
+    seen_channels text[] := '{}';
+    taken pg_snapshot;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pgnotifier.read_batch needs read committed isolation, not %',
+            current_setting('transaction_isolation') USING ERRCODE = '25000';
+    END IF;
+    last_stamp := pgnotifier.horizon(after_stamp);
+    SELECT * INTO seam FROM pgnotifier.backfills b WHERE b.subscriber = subscriber;
+    IF seam.snapshot IS NOT NULL THEN
+        IF (after_stamp, after_id) >= (seam.stamp, 9223372036854775807) THEN
+            DELETE FROM pgnotifier.snapshot_rows r WHERE r.subscriber = subscriber;
+        END IF;
+        -- Every writer the snapshot saw committed before `seam.lsn`: once
+        -- each slot still relayed is past it (its events relayed, or the
+        -- slot confirmed past it with nothing to relay), their events are
+        -- stamped, and by the last stamp handed out after that is seen.
+        IF seam.end_stamp IS NULL AND NOT EXISTS (
+            SELECT FROM pgnotifier.relayed r
+              JOIN pg_replication_slots s ON s.slot_name = r.slot AND s.database = current_database()
+             WHERE greatest(r.through, s.confirmed_flush_lsn) < seam.lsn) THEN
+            SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO seam.end_stamp
+              FROM pgnotifier.commit_stamps s;
+            UPDATE pgnotifier.backfills b SET end_stamp = seam.end_stamp WHERE b.subscriber = subscriber;
+        END IF;
+        IF after_stamp >= seam.end_stamp
+           AND (after_stamp, after_id) >= (seam.stamp, 9223372036854775807) THEN
+            DELETE FROM pgnotifier.backfills b WHERE b.subscriber = subscriber;
+        ELSE
+            seen_relations := seam.relations;
+            seen_channels := seam.relation_channels;
+            taken := seam.snapshot;
+        END IF;
+    END IF;
+    RETURN QUERY
+    WITH found AS (
+        (SELECT 'e'::"char", r.id, seam.stamp AS stamp, r.channel, r.payload,
+                seam.taken_at AS sent_at, 0 AS pid, seam.salt AS salt,
+                NULL::bigint, NULL::text[], NULL::pg_lsn
+           FROM pgnotifier.snapshot_rows r
+          WHERE seam.stamp = after_stamp
+            AND r.subscriber = subscriber AND r.id > after_id AND r.channel = ANY (channels)
+          ORDER BY r.id
+          LIMIT max_events)
+        UNION ALL
+        (SELECT 'e'::"char", o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL::bigint, NULL::text[], NULL::pg_lsn
+           FROM pgnotifier.commits c
+           JOIN pgnotifier.outbox o ON o.txid = c.txid
+          WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
+            AND NOT coalesce(o.source = ANY (seen_relations)
+                             AND o.channel = seen_channels[array_position(seen_relations, o.source)]
+                             AND pg_visible_in_snapshot(coalesce(o.writer, o.txid), taken), false)
+          ORDER BY o.id
+          LIMIT max_events)
+        UNION ALL
+        (SELECT 'e', o.id, c.stamp, o.channel, o.payload, o.sent_at, o.pid,
+                c.salt, NULL, NULL, NULL
+           FROM pgnotifier.commits c
+          CROSS JOIN LATERAL (
+                SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
+                  FROM pgnotifier.outbox e
+                 WHERE e.txid = c.txid AND e.channel = ANY (channels)
+                   AND NOT coalesce(e.source = ANY (seen_relations)
+                                    AND e.channel = seen_channels[array_position(seen_relations, e.source)]
+                                    AND pg_visible_in_snapshot(coalesce(e.writer, e.txid), taken), false)
                  ORDER BY e.id
                  LIMIT max_events) o
           WHERE c.stamp > after_stamp AND c.stamp <= last_stamp
