@@ -10,6 +10,7 @@ use std::path::PathBuf;
 /// A host with one echo plugin on `channels`, configured by a file.
 struct Setup {
     dir: PathBuf,
+    plugins: PathBuf,
     config: PathBuf,
     data_dir: PathBuf,
 }
@@ -22,6 +23,7 @@ impl Setup {
         }
         Self {
             dir: base.dir,
+            plugins: base.plugins,
             config: base.config,
             data_dir: base.data_dir,
         }
@@ -490,6 +492,7 @@ async fn with_a_token_every_control_route_requires_it() {
     assert_eq!(status, 401, "{body}");
     assert_eq!(s.http_get("/metrics").0, 401);
     assert_eq!(s.http_get("/v1/stream").0, 401, "the live stream too");
+    assert_eq!(s.http_get("/v1/events").0, 401, "the host's events too");
     // The console's page loads without it, and asks for it; its data does not.
     let (status, page) = s.http_get("/");
     assert_eq!(status, 200, "{page}");
@@ -795,5 +798,74 @@ async fn the_console_is_served_from_the_binary_and_loads_nothing_from_elsewhere(
     assert!(
         !answer.contains("http://") && !answer.contains("https://"),
         "{answer}"
+    );
+}
+
+/// The host tells its own events, through ctl and the API: a plugin
+/// loaded, then a broken file dropped into the folder, refused with its
+/// error. `after` gives only what follows an event; the live state
+/// carries the latest event's number.
+#[tokio::test]
+async fn the_host_tells_its_events_a_load_and_a_reload_failure() {
+    let a = channel("events");
+    let s = Setup::new("ctl-events", &[("echo", &[a.as_str()], Notify::Echo)], "");
+    let _host = s.start();
+    let events = s.json(&["events"]);
+    let of = |events: &Value, kind: &str, subject: &str| {
+        (events.as_array().unwrap().iter())
+            .find(|e| e["kind"] == kind && e["subject"] == subject)
+            .cloned()
+    };
+    let loaded = of(&events, "loaded", "echo").unwrap_or_else(|| panic!("{events}"));
+    std::fs::write(s.plugins.join("broken.wasm"), b"not a component").unwrap();
+    let failed = until(
+        SOON,
+        || s.json(&["events"]).to_string(),
+        || of(&s.json(&["events"]), "load_failed", "broken"),
+    );
+    let detail = failed["detail"].as_str().unwrap();
+    assert!(detail.contains("broken.wasm"), "{failed}");
+    assert!(failed["seq"].as_u64() > loaded["seq"].as_u64(), "{failed}");
+    let after = loaded["seq"].as_u64().unwrap();
+    let (status, body) = s.http_get(&format!("/v1/events?after={after}"));
+    assert_eq!(status, 200, "{body}");
+    let newer: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        (newer.as_array().unwrap().iter()).all(|e| e["seq"].as_u64().unwrap() > after),
+        "{newer}"
+    );
+    assert!(of(&newer, "load_failed", "broken").is_some(), "{newer}");
+    let table = s.ctl(&["events"]);
+    assert!(
+        table.contains("load_failed") && table.contains("broken"),
+        "{table}"
+    );
+    let addr = std::fs::read_to_string(s.data_dir.join("admin.addr")).unwrap();
+    let (_, mut live) = LiveStream::open(addr.trim());
+    let state = live.next_state().expect("the state at once");
+    assert!(
+        state["last_event"].as_u64() >= failed["seq"].as_u64(),
+        "{state}"
+    );
+}
+
+/// A test notification sent through ctl (the console's route) reaches the
+/// channel's subscriber; a channel name PostgreSQL would refuse is refused.
+#[tokio::test]
+async fn a_test_notification_sent_through_the_api_is_delivered() {
+    let a = channel("test_notify");
+    let s = Setup::new("ctl-notify", &[("echo", &[a.as_str()], Notify::Echo)], "");
+    let host = s.start();
+    s.wait_listening(&a, true);
+    let sent = s.json(&["notify", &a, "hello-from-ctl"]);
+    assert_eq!(sent["channel"], a.as_str(), "{sent}");
+    host.wait_for(&["hello-from-ctl", "subscriber=echo"]);
+    let long = "x".repeat(64);
+    let refused = ctl(&s.config, &["notify", &long, "x"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("is 64 bytes; PostgreSQL allows at most 63"),
+        "{stderr}"
     );
 }

@@ -36,6 +36,8 @@ pub enum Error {
         database: String,
         waited: std::time::Duration,
     },
+    #[error("cannot notify {channel:?}: {reason}")]
+    Notify { channel: String, reason: String },
     #[error("subscriber {0:?} is a native subscriber, not a plugin: it has no file to reload")]
     NotAPlugin(String),
     #[error("cannot use the state dir {}: {source}", dir.display())]

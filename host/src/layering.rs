@@ -33,6 +33,7 @@ const LAYERS: &[&[&str]] = &[
         "printable",
         "settings",
         "sync",
+        "journal",
     ],
     &["pg"],
     &["dispatch"],

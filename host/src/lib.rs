@@ -17,7 +17,8 @@
 //!
 //! - leaves: [`channel`] names, [`payload`] decoding, the WIT [`bindings`],
 //!   [`files`], [`printable`] text and error chains, [`settings`] errors and
-//!   checks, and `sync` (the lock, counters, the clock, background tasks);
+//!   checks, `sync` (the lock, counters, the clock, background tasks), and
+//!   the [`journal`] of the host's own events;
 //! - [`pg`]: the database settings (libpq's URL and `PG*` variables), TLS,
 //!   connecting and keeping a connection up (backoff, the driver of a
 //!   LISTENing connection), advisory locks;
@@ -49,6 +50,7 @@
 pub mod bindings;
 pub mod channel;
 pub mod files;
+pub mod journal;
 pub mod payload;
 pub mod printable;
 pub mod settings;
@@ -87,6 +89,7 @@ pub use dispatch::{
     Notification, Overflow, QueueLimits, SubscriberStats,
 };
 pub use error::{Error, Result};
+pub use journal::{HostEvent, HostEventKind};
 pub use notifier::{
     ClusterView, IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection,
     ShutdownReport,

@@ -12,6 +12,7 @@ use crate::channel::quote_ident;
 use crate::cluster::election::{self, Campaign};
 use crate::cluster::{ClusterStatus, Role};
 use crate::dispatch::{Delivery, Gap, GapCause, Router, Run};
+use crate::journal::HostEventKind;
 use crate::pg::connection::{comes_back, Backoff, ConnectionSettings};
 use crate::pg::{advisory, DatabaseSettings};
 use crate::printable::with_causes;
@@ -307,6 +308,8 @@ impl<'a> Session<'a> {
             outcome = campaign => match outcome {
                 Campaign::Won { after } => {
                     tracing::info!(cluster = %settings.name, group = settings.group.as_deref().unwrap_or(""), "leading");
+                    let from = after.as_ref().map(|(_, leader)| format!("took over from {leader}"));
+                    (self.registry.journal()).record(HostEventKind::Leading, &settings.name, from.unwrap_or_default());
                     if let Some((at, leader)) = after {
                         self.cluster.takeovers.fetch_add(1, Ordering::Relaxed);
                         let active = self.registry.watch_active().borrow().clone();
@@ -615,6 +618,8 @@ async fn announce_gap(registry: &Registry, owed: &OwedGap) -> Option<Release> {
         None => (None, "the connection was lost".to_owned()),
     };
     let mut told = false;
+    let channels: Vec<&str> = owed.channels.iter().map(|c| &**c).collect();
+    (registry.journal()).record(HostEventKind::Gap, &channels.join(", "), &why);
     let snapshot = registry.snapshot_arc();
     for (mailbox, missed) in snapshot.gap_targets(&owed.channels) {
         tracing::info!(subscriber = %mailbox.id, channels = ?missed, "notifications may have been missed");

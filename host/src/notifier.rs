@@ -10,6 +10,7 @@ use crate::durable::{
     dead_letters, reader, relay, schema, DeadLetter, DeliveryMode, DurableError, Transport,
 };
 use crate::error::{Error, Result};
+use crate::journal::HostEvent;
 use crate::listener::{Listener, ListenerStatus};
 use crate::pg::connection::{self, ConnectionSettings};
 use crate::pg::{advisory, DatabaseSettings};
@@ -409,6 +410,18 @@ impl Notifier {
         self.inner.registry.channels()
     }
 
+    /// What happened to the host after its event `seq` (0: all kept),
+    /// oldest first: plugins loaded, reloaded and refused, quarantines,
+    /// gaps, leadership taken. The last [`KEPT`](crate::journal::KEPT) are kept.
+    pub fn host_events(&self, after: u64) -> Vec<HostEvent> {
+        self.inner.registry.journal().after(after)
+    }
+
+    /// The number of the host's latest event (0: none yet).
+    pub fn last_host_event(&self) -> u64 {
+        self.inner.registry.journal().last_seq()
+    }
+
     /// Every subscriber with its channels, mute flags and counters.
     pub fn subscribers(&self) -> Vec<SubscriberView> {
         let mut views = self.inner.registry.subscribers();
@@ -617,6 +630,31 @@ impl Notifier {
     pub async fn redeliver(&self, id: i64) -> Result<DeadLetter> {
         let client = self.durable_client().await?;
         Ok(dead_letters::request_redelivery(&client, id).await?)
+    }
+
+    /// Discard dead letter `id`: it is not delivered again.
+    pub async fn discard_dead_letter(&self, id: i64) -> Result<DeadLetter> {
+        let client = self.durable_client().await?;
+        Ok(dead_letters::discard(&client, id).await?)
+    }
+
+    /// Send a notification on `channel` with `payload`, from a connection
+    /// of this host's own, as `pg_notify` does: a test an operator makes.
+    pub async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
+        let refused = |reason: String| Error::Notify {
+            channel: channel.to_owned(),
+            reason,
+        };
+        crate::channel::validate(channel).map_err(RegistryError::InvalidChannel)?;
+        let database = lock(&self.inner.database).clone();
+        let (client, connection) =
+            (database.connect().await).map_err(|e| refused(crate::printable::with_causes(&e)))?;
+        let _driver = tokio::spawn(connection);
+        (client
+            .execute("SELECT pg_catalog.pg_notify($1, $2)", &[&channel, &payload])
+            .await)
+            .map_err(|e| refused(crate::pg::describe(&e)))?;
+        Ok(())
     }
 
     /// Move an at-least-once subscriber's position past every event

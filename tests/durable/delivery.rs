@@ -367,6 +367,16 @@ async fn dead_letters_are_listed_redelivered_and_a_subscriber_skipped_through_ct
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no dead letter 999999"));
 
+    // The second discarded: it is gone, and not delivered.
+    let second = letters[1]["id"].to_string();
+    let discarded = ctl_json(&config, &["discard", &second]);
+    assert_eq!(discarded[0]["payload"], "second", "{discarded}");
+    let left = ctl_json(&config, &["dead-letters"]);
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+    let missing = crate::support::host::ctl(&config, &["discard", &second]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains(&format!("no dead letter {second}")));
+
     // Muted, it keeps its position; skipped, what was sent meanwhile is passed over.
     ctl_ok(&config, &["mute-subscriber", id]);
     client

@@ -10,7 +10,7 @@ use super::api::{self, ChannelsBody, Readiness};
 use super::config::ControlSettings;
 use arc_swap::ArcSwapOption;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -216,6 +216,7 @@ fn live_state(notifier: &Notifier) -> Arc<str> {
         listener: notifier.listener(),
         channels: notifier.channels(),
         subscribers: notifier.subscribers(),
+        last_event: notifier.last_host_event(),
     };
     serde_json::to_string(&state).unwrap_or_default().into()
 }
@@ -270,6 +271,9 @@ fn routes(notifier: Notifier, token: Arc<ArcSwapOption<String>>, live: Live) -> 
             handle(&api::DEAD_LETTERS, dead_letters),
         )
         .route(api::REDELIVER.route, handle(&api::REDELIVER, redeliver))
+        .route(api::DISCARD.route, handle(&api::DISCARD, discard))
+        .route(api::NOTIFY.route, handle(&api::NOTIFY, notify))
+        .route(api::EVENTS.route, handle(&api::EVENTS, events))
         .route(api::LISTENER.route, handle(&api::LISTENER, listener))
         .route(api::START.route, handle(&api::START, start))
         .route(api::STOP.route, handle(&api::STOP, stop))
@@ -608,6 +612,8 @@ impl From<Error> for ApiError {
             Error::Durable(DurableError::NotDurable(_)) => StatusCode::CONFLICT,
             // The plugin file is at fault; the running version keeps running.
             Error::Load(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // The database refused or could not be reached.
+            Error::Notify { .. } => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, pgnotifier::printable::with_causes(&e))
@@ -652,8 +658,13 @@ impl ChannelsBody {
 
 /// The JSON body; an empty one is `{}`.
 fn body(bytes: &[u8]) -> Result<ChannelsBody, ApiError> {
+    json_body(bytes)
+}
+
+/// A JSON body; none (or blanks) is the default one.
+fn json_body<T: serde::de::DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(ChannelsBody::default());
+        return Ok(T::default());
     }
     serde_json::from_slice(bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("bad request body: {e}")))
@@ -795,13 +806,40 @@ async fn dead_letters(State(app): State<App>) -> Reply<Vec<DeadLetter>> {
 }
 
 async fn redeliver(State(app): State<App>, Path(id): Path<String>) -> Reply<DeadLetter> {
-    let id: i64 = id.parse().map_err(|_| {
+    Ok(Json(app.notifier.redeliver(dead_letter_id(&id)?).await?))
+}
+
+async fn discard(State(app): State<App>, Path(id): Path<String>) -> Reply<DeadLetter> {
+    let id = dead_letter_id(&id)?;
+    Ok(Json(app.notifier.discard_dead_letter(id).await?))
+}
+
+fn dead_letter_id(id: &str) -> Result<i64, ApiError> {
+    id.parse().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("{id:?} is not a dead letter id (a number)"),
         )
-    })?;
-    Ok(Json(app.notifier.redeliver(id).await?))
+    })
+}
+
+// Test notifications and the host's events.
+
+async fn notify(
+    State(app): State<App>,
+    Path(channel): Path<String>,
+    request: Bytes,
+) -> Reply<api::Notified> {
+    let api::NotifyBody { payload } = json_body(&request)?;
+    app.notifier.notify(&channel, &payload).await?;
+    Ok(Json(api::Notified { channel, payload }))
+}
+
+async fn events(
+    State(app): State<App>,
+    Query(query): Query<api::EventsQuery>,
+) -> Reply<Vec<pgnotifier::HostEvent>> {
+    Ok(Json(app.notifier.host_events(query.after)))
 }
 
 // The listener: each operation answers with its state.

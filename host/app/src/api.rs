@@ -8,7 +8,7 @@
 
 use hyper::Method;
 use pgnotifier::durable::DeadLetter;
-use pgnotifier::{ChannelView, ClusterView, ListenerView, SubscriberView};
+use pgnotifier::{ChannelView, ClusterView, HostEvent, ListenerView, SubscriberView};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::marker::PhantomData;
@@ -48,6 +48,8 @@ impl<Reply> Endpoint<Reply> {
 // Channels.
 pub const CHANNELS: Endpoint<Vec<ChannelView>> = Endpoint::new(Method::GET, "/v1/channels");
 pub const ADD_CHANNELS: Endpoint<Vec<ChannelView>> = Endpoint::new(Method::POST, "/v1/channels");
+/// Send a test notification on a channel: body [`NotifyBody`].
+pub const NOTIFY: Endpoint<Notified> = Endpoint::new(Method::POST, "/v1/channels/{name}/notify");
 pub const REMOVE_CHANNEL: Endpoint<Vec<ChannelView>> =
     Endpoint::new(Method::DELETE, "/v1/channels/{channel}");
 pub const MUTE_CHANNELS: Endpoint<Vec<ChannelView>> =
@@ -75,6 +77,10 @@ pub const SKIP: Endpoint<SubscriberView> = Endpoint::new(Method::POST, "/v1/subs
 pub const DEAD_LETTERS: Endpoint<Vec<DeadLetter>> = Endpoint::new(Method::GET, "/v1/dead-letters");
 pub const REDELIVER: Endpoint<DeadLetter> =
     Endpoint::new(Method::POST, "/v1/dead-letters/{id}/redeliver");
+pub const DISCARD: Endpoint<DeadLetter> = Endpoint::new(Method::DELETE, "/v1/dead-letters/{id}");
+
+// The host's own events, after `?after=SEQ` (default 0: all kept).
+pub const EVENTS: Endpoint<Vec<HostEvent>> = Endpoint::new(Method::GET, "/v1/events");
 
 // The listener.
 pub const LISTENER: Endpoint<ListenerView> = Endpoint::new(Method::GET, "/v1/listener");
@@ -132,12 +138,38 @@ pub struct Readiness {
 }
 
 /// What the live stream sends: the listener, the channels and the
-/// subscribers, as their own routes give them.
+/// subscribers, as their own routes give them, and the number of the
+/// host's latest event: a reader asks [`EVENTS`] for those after the last
+/// it has.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LiveState {
     pub listener: ListenerView,
     pub channels: Vec<ChannelView>,
     pub subscribers: Vec<SubscriberView>,
+    pub last_event: u64,
+}
+
+/// The body of [`NOTIFY`]: the payload to send (default empty).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyBody {
+    #[serde(default)]
+    pub payload: String,
+}
+
+/// What [`NOTIFY`] sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notified {
+    pub channel: String,
+    pub payload: String,
+}
+
+/// The query of [`EVENTS`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub after: u64,
 }
 
 /// Every error's body, with a 4xx or 5xx status.

@@ -13,6 +13,7 @@ use hyper::Request;
 use pgnotifier::durable::DeadLetter;
 use pgnotifier::printable::printable;
 use pgnotifier::registry::SubscriberSource;
+use pgnotifier::HostEvent;
 use pgnotifier::{ChannelView, ListenerView, SubscriberView};
 use serde::de::DeserializeOwned;
 use std::fmt::Write;
@@ -74,6 +75,17 @@ pub enum CtlCommand {
     DeadLetters,
     /// Deliver a dead letter again, to its own subscriber.
     Redeliver { id: i64 },
+    /// Discard a dead letter: it is not delivered again.
+    Discard { id: i64 },
+    /// Send a test notification on a channel, from the host's connection.
+    Notify {
+        channel: String,
+        #[arg(default_value = "")]
+        payload: String,
+    },
+    /// What happened to the host lately: loads, reload failures,
+    /// quarantines, gaps, leadership taken.
+    Events,
     /// Move an at-least-once subscriber past every event sent so far (they are skipped).
     Skip { id: String },
     /// Connect and LISTEN.
@@ -124,6 +136,8 @@ enum Shown {
     Subscribers(Vec<SubscriberView>),
     Listener(ListenerView),
     DeadLetters(Vec<DeadLetter>),
+    Events(Vec<HostEvent>),
+    Notified(api::Notified),
 }
 
 impl Shown {
@@ -133,6 +147,10 @@ impl Shown {
             Shown::Subscribers(subscribers) => subscribers_table(subscribers),
             Shown::Listener(listener) => listener_text(listener),
             Shown::DeadLetters(letters) => dead_letters_table(letters),
+            Shown::Events(events) => events_table(events),
+            Shown::Notified(sent) => {
+                format!("sent on {}: {}\n", text(&sent.channel), text(&sent.payload))
+            }
         }
     }
 }
@@ -197,7 +215,7 @@ impl Client {
             }
             C::AddChannel { channels: names } => {
                 let body = channels(names);
-                self.call(&api::ADD_CHANNELS, "", Some(&body), S::Channels)
+                self.call(&api::ADD_CHANNELS, "", Some(&json(&body)?), S::Channels)
                     .await?
             }
             C::RemoveChannel { channels: names } => {
@@ -210,40 +228,40 @@ impl Client {
             }
             C::MuteChannel { channels, all } => {
                 let body = selection(channels, all);
-                self.call(&api::MUTE_CHANNELS, "", Some(&body), S::Channels)
+                self.call(&api::MUTE_CHANNELS, "", Some(&json(&body)?), S::Channels)
                     .await?
             }
             C::UnmuteChannel { channels, all } => {
                 let body = selection(channels, all);
-                self.call(&api::UNMUTE_CHANNELS, "", Some(&body), S::Channels)
+                self.call(&api::UNMUTE_CHANNELS, "", Some(&json(&body)?), S::Channels)
                     .await?
             }
             C::Subscribe {
                 id,
                 channels: names,
             } => {
-                self.on_subscriber(&api::SUBSCRIBE, &id, Some(&channels(names)))
+                self.on_subscriber(&api::SUBSCRIBE, &id, Some(&json(&channels(names))?))
                     .await?
             }
             C::Unsubscribe {
                 id,
                 channels: names,
             } => {
-                self.on_subscriber(&api::UNSUBSCRIBE, &id, Some(&channels(names)))
+                self.on_subscriber(&api::UNSUBSCRIBE, &id, Some(&json(&channels(names))?))
                     .await?
             }
             C::MuteSubscriber {
                 id,
                 channels: names,
             } => {
-                self.on_subscriber(&api::MUTE_SUBSCRIBER, &id, Some(&channels(names)))
+                self.on_subscriber(&api::MUTE_SUBSCRIBER, &id, Some(&json(&channels(names))?))
                     .await?
             }
             C::UnmuteSubscriber {
                 id,
                 channels: names,
             } => {
-                self.on_subscriber(&api::UNMUTE_SUBSCRIBER, &id, Some(&channels(names)))
+                self.on_subscriber(&api::UNMUTE_SUBSCRIBER, &id, Some(&json(&channels(names))?))
                     .await?
             }
             C::Reload { id } => self.on_subscriber(&api::RELOAD, &id, None).await?,
@@ -263,6 +281,21 @@ impl Client {
                 reply.text = format!("[{}]", reply.text);
                 reply
             }
+            C::Discard { id } => {
+                let id = id.to_string();
+                let mut reply = self
+                    .call(&api::DISCARD, &id, None, |letter| {
+                        S::DeadLetters(vec![letter])
+                    })
+                    .await?;
+                reply.text = format!("[{}]", reply.text);
+                reply
+            }
+            C::Notify { channel, payload } => {
+                let body = json(&api::NotifyBody { payload })?;
+                (self.call(&api::NOTIFY, &channel, Some(&body), S::Notified)).await?
+            }
+            C::Events => self.call(&api::EVENTS, "", None, S::Events).await?,
             C::Start => self.call(&api::START, "", None, S::Listener).await?,
             C::Stop => self.call(&api::STOP, "", None, S::Listener).await?,
             C::Restart => self.call(&api::RESTART, "", None, S::Listener).await?,
@@ -276,7 +309,7 @@ impl Client {
         &self,
         endpoint: &Endpoint<SubscriberView>,
         id: &str,
-        body: Option<&ChannelsBody>,
+        body: Option<&serde_json::Value>,
     ) -> anyhow::Result<Reply> {
         self.call(endpoint, id, body, |view| Shown::Subscribers(vec![view]))
             .await
@@ -288,7 +321,7 @@ impl Client {
         &self,
         endpoint: &Endpoint<R>,
         parameter: &str,
-        body: Option<&ChannelsBody>,
+        body: Option<&serde_json::Value>,
         show: impl FnOnce(R) -> Shown,
     ) -> anyhow::Result<Reply> {
         let text = self.send(endpoint, parameter, body).await?;
@@ -311,7 +344,7 @@ impl Client {
         &self,
         endpoint: &Endpoint<R>,
         parameter: &str,
-        body: Option<&ChannelsBody>,
+        body: Option<&serde_json::Value>,
     ) -> anyhow::Result<String> {
         let path = endpoint.path(parameter);
         let exchange = async {
@@ -392,6 +425,28 @@ fn flagged(name: &str, flags: &[(bool, &str)]) -> String {
         Some((_, note)) => format!("{} ({note})", text(name)),
         None => text(name),
     }
+}
+
+/// A request's body, as the contract types it.
+fn json(body: &impl serde::Serialize) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::to_value(body)?)
+}
+
+fn events_table(events: &[HostEvent]) -> String {
+    let rows = events.iter().map(|e| {
+        let kind = serde_json::to_value(e.kind).ok();
+        let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("?");
+        vec![
+            e.seq.to_string(),
+            crate::record::rfc3339(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms),
+            ),
+            kind.to_owned(),
+            text(&e.subject),
+            text(&e.detail),
+        ]
+    });
+    table(&["SEQ", "AT", "KIND", "SUBJECT", "DETAIL"], rows.collect())
 }
 
 fn dead_letters_table(letters: &[DeadLetter]) -> String {

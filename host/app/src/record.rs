@@ -97,7 +97,7 @@ pub async fn record(
 }
 
 /// `at` as RFC 3339 in UTC, to the microsecond.
-fn rfc3339(at: SystemTime) -> String {
+pub(crate) fn rfc3339(at: SystemTime) -> String {
     let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);

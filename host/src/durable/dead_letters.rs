@@ -1,7 +1,7 @@
 //! Dead letters: events a subscriber failed on every attempt. An operator
-//! lists them, and asks for one to be delivered again: its subscriber's
+//! lists them, and asks for one to be delivered again (its subscriber's
 //! feeder takes it before its next events, and the letter is gone once a
-//! call succeeds.
+//! call succeeds) or discards it.
 
 use super::reader::{column, save_position, Event, ReadError, READ_BYTES};
 use super::schema::WAKE_CHANNEL;
@@ -112,6 +112,14 @@ pub async fn request_redelivery(
         )
         .await?;
     Ok(letter)
+}
+
+/// Discard dead letter `id`: its event is not delivered again. What it
+/// held, as it was.
+pub async fn discard(client: &tokio_postgres::Client, id: i64) -> Result<DeadLetter, DurableError> {
+    let sql = format!("DELETE FROM pgnotifier.dead_letters WHERE id = $1 RETURNING {COLUMNS}");
+    let row = client.query_opt(&sql, &[&id]).await?;
+    Ok(letter(&row.ok_or(DurableError::UnknownDeadLetter(id))?)?)
 }
 
 /// A dead letter asked to be delivered again.

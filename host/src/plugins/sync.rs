@@ -13,6 +13,7 @@ use crate::channel;
 use crate::durable::feeder::{self, FeedSettings, Feeders};
 use crate::durable::DeliveryMode;
 use crate::error::{Error, Result};
+use crate::journal::HostEventKind;
 use crate::pg::DatabaseSettings;
 use crate::printable::with_causes;
 use crate::registry::{Registry, RegistryError, SubscriberSource};
@@ -189,6 +190,14 @@ impl PluginSync {
             loading.remove(&id);
         }
         drop(loading);
+        let journal = self.registry.journal();
+        match &outcome {
+            Ok(PluginChange::Added(id)) => journal.record(HostEventKind::Loaded, id, ""),
+            Ok(PluginChange::Reloaded(id)) => journal.record(HostEventKind::Reloaded, id, ""),
+            Ok(PluginChange::Removed(id)) => journal.record(HostEventKind::Unloaded, id, ""),
+            Err(e) => journal.record(HostEventKind::LoadFailed, &id, with_causes(e)),
+            Ok(PluginChange::Unchanged(_) | PluginChange::Absent) => {}
+        }
         let counter = match &outcome {
             Ok(PluginChange::Added(_) | PluginChange::Reloaded(_)) => &self.counters.loads,
             Err(Error::Load(_)) => &self.counters.load_failures,

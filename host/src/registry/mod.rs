@@ -14,6 +14,7 @@ pub use views::{ChannelSubscriberView, ChannelView, SubscriberView, Subscription
 
 use crate::channel::{self, ChannelNameError};
 use crate::dispatch::{Deliver, DispatchSettings, Mailbox, QuarantineHook, RouteTable};
+use crate::journal::{HostEventKind, Journal};
 use crate::sync::lock;
 use arc_swap::ArcSwap;
 use saver::Saver;
@@ -88,10 +89,11 @@ struct SubscriberEntry {
 
 impl SubscriberEntry {
     /// End a quarantine, if any, so deliveries flow again.
-    fn release(&mut self, id: &str) {
+    fn release(&mut self, id: &str, journal: &Journal) {
         if self.quarantine.take().is_some() {
             self.mailbox.release_quarantine();
             tracing::info!(subscriber = %id, "released from quarantine");
+            journal.record(HostEventKind::Released, id, "");
         }
     }
 
@@ -311,6 +313,7 @@ pub(crate) struct Registry {
     active: watch::Sender<ActiveChannels>,
     /// Writes the state file, if the runtime state is persisted.
     saver: Option<Saver>,
+    journal: Journal,
 }
 
 impl Registry {
@@ -320,6 +323,7 @@ impl Registry {
             writer: Mutex::new(()),
             active: watch::Sender::new(Arc::new(BTreeSet::new())),
             saver: None,
+            journal: Journal::default(),
         }
     }
 
@@ -345,6 +349,7 @@ impl Registry {
             writer: Mutex::new(()),
             active: watch::Sender::new(Arc::new(BTreeSet::new())),
             saver: Some(Saver::start(file)?),
+            journal: Journal::default(),
         })
     }
 
@@ -494,7 +499,7 @@ impl Registry {
                 .collect();
             entry.declared = keys.into_iter().collect();
             entry.source = source;
-            entry.release(id);
+            entry.release(id, &self.journal);
             Ok(())
         })
     }
@@ -597,7 +602,15 @@ impl Registry {
         self.update(|s| {
             s.subscriber_mut(id)?.quarantine = Some(reason.to_owned());
             Ok(())
-        })
+        })?;
+        self.journal.record(HostEventKind::Quarantined, id, reason);
+        Ok(())
+    }
+
+    /// What happened to the host lately: loads, failures, quarantines,
+    /// gaps, leadership.
+    pub(crate) fn journal(&self) -> &Journal {
+        &self.journal
     }
 
     /// Set a subscriber's mute flag on the named channels, or on all of its
@@ -622,7 +635,7 @@ impl Registry {
                 }
             }
             if !muted {
-                entry.release(id);
+                entry.release(id, &self.journal);
             }
             Ok(())
         })

@@ -17,20 +17,24 @@ function showError(text) {
   $("#error").textContent = text || "";
 }
 
-// One operation of the admin API: a POST to `path`; the error it answers
-// with, shown, if it fails.
-async function act(path, body) {
-  const response = await fetch(path, {
-    method: "POST",
-    headers: headers({ "Content-Type": "application/json" }),
-    body: JSON.stringify(body || {}),
-  });
-  if (!response.ok) {
-    const reply = await response.json().catch(() => ({}));
-    showError(path + ": " + (reply.error || response.status));
-  } else {
-    showError("");
+// One request to the admin API; its JSON reply, or null with the error it
+// answers with shown.
+async function call(method, path, body) {
+  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}) };
+  if (body) init.body = JSON.stringify(body);
+  const response = await fetch(path, init).catch(() => null);
+  const reply = response ? await response.json().catch(() => ({})) : {};
+  if (!response || !response.ok) {
+    showError(method + " " + path + ": " + (reply.error || (response ? response.status : "host unreachable")));
+    return null;
   }
+  showError("");
+  return reply;
+}
+
+// An operation: a POST (or `method`) to `path`.
+function act(path, body, method) {
+  return call(method || "POST", path, body || {});
 }
 
 const encode = encodeURIComponent;
@@ -121,10 +125,69 @@ function renderSubscribers(subscribers) {
   }
 }
 
+// The host's events, newest first, fetched as the stream says there are more.
+let lastEvent = 0;
+const EVENTS_SHOWN = 200;
+
+let fetchingEvents = false;
+
+async function fetchEvents(latest) {
+  if (latest <= lastEvent || fetchingEvents) return;
+  fetchingEvents = true;
+  const events = await call("GET", "/v1/events?after=" + lastEvent);
+  fetchingEvents = false;
+  if (!events) return;
+  const list = $("#events");
+  for (const e of events) {
+    const item = document.createElement("li");
+    item.dataset.kind = e.kind;
+    const at = new Date(e.at_ms).toLocaleTimeString();
+    item.textContent = at + " " + e.kind.replace("_", " ") + ": " + e.subject + (e.detail ? " — " + e.detail : "");
+    if (e.kind === "load_failed" || e.kind === "quarantined" || e.kind === "gap") item.className = "state-bad";
+    list.prepend(item);
+    lastEvent = Math.max(lastEvent, e.seq);
+  }
+  while (list.children.length > EVENTS_SHOWN) list.lastChild.remove();
+}
+
+// Dead letters, fetched when a subscriber's count of them changes.
+let deadLettersSeen = "";
+
+async function fetchDeadLetters(subscribers) {
+  const durable = subscribers.filter((s) => s.durable);
+  const counts = durable.map((s) => s.id + ":" + s.durable.dead_letters).join(",");
+  if (counts === deadLettersSeen) return;
+  deadLettersSeen = counts;
+  $("#dead-letters-section").hidden = durable.length === 0;
+  if (durable.length === 0) return;
+  const letters = await call("GET", "/v1/dead-letters");
+  if (!letters) return;
+  const body = $("#dead-letters tbody");
+  body.replaceChildren();
+  for (const d of letters) {
+    const row = document.createElement("tr");
+    row.dataset.deadLetter = d.id;
+    cell(row, "ID", d.id, "number");
+    cell(row, "Subscriber", d.subscriber);
+    cell(row, "Channel", d.channel);
+    cell(row, "Payload", d.payload, "payload");
+    cell(row, "Attempts", d.attempts, "number");
+    cell(row, "Error", d.error);
+    const actions = cell(row, "Actions", d.redeliver ? "redelivering… " : "");
+    const path = "/v1/dead-letters/" + encode(d.id);
+    const refresh = () => { deadLettersSeen = ""; fetchDeadLetters(subscribers); };
+    if (!d.redeliver) button(actions, "Redeliver", () => act(path + "/redeliver").then(refresh));
+    button(actions, "Discard", () => act(path, null, "DELETE").then(refresh));
+    body.appendChild(row);
+  }
+}
+
 function render(state) {
   renderListener(state.listener || {});
   renderChannels(state.channels || []);
   renderSubscribers(state.subscribers || []);
+  fetchEvents(state.last_event || 0);
+  fetchDeadLetters(state.subscribers || []);
 }
 
 // Follow the live stream; server-sent events read through fetch, which can
@@ -167,6 +230,12 @@ async function follow() {
   status.textContent = "stream ended; reconnecting";
   setTimeout(follow, 2000);
 }
+
+$("#notify-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const channel = $("#notify-channel").value;
+  act("/v1/channels/" + encode(channel) + "/notify", { payload: $("#notify-payload").value });
+});
 
 $("#token-form").addEventListener("submit", (e) => {
   e.preventDefault();
