@@ -27,10 +27,14 @@
 //!   is in the rows already. Every other event on that channel (another
 //!   table's change, a send) passes. A relayed event knows its writer from
 //!   pgoutput's Begin; an event the outbox transport wrote is its writer's
-//!   own row. Each row change knows its table (`outbox.source`).
-//! - **The columns.** A relayed change has the columns the publication
-//!   publishes (not a generated one, nor one outside a column list), and so
-//!   do the rows the WAL transport copies; a trigger's change has them all.
+//!   own row. Each row change knows its table (`outbox.source`), a
+//!   partition's as its partitioned table's; a backfilled table is the one
+//!   its name meant as the backfill started and as the snapshot was taken
+//!   (a writer may swap one for another in between).
+//! - **What is copied.** A relayed change has the rows and columns the
+//!   publication publishes (not a generated column, nor one outside a
+//!   column list, nor a row outside its row filter), and so do the rows the
+//!   WAL transport copies; a trigger's change has them all.
 //!   Once every event the snapshot saw is behind the position, the seam
 //!   and the rows are gone.
 
@@ -64,6 +68,12 @@ pub enum BackfillError {
         subscriber: String,
         table: String,
         source: tokio_postgres::Error,
+    },
+    #[error("backfilling {table} for subscriber {subscriber:?}: it is a partition of {root}, whose changes its own come as: name {root} in `tables`")]
+    Partition {
+        subscriber: String,
+        table: String,
+        root: String,
     },
     #[error("backfilling for subscriber {subscriber:?}: {}", describe(.source))]
     Database {
@@ -106,14 +116,24 @@ pub async fn start(
     .await?;
     let names: Vec<String> = tables.iter().map(|(table, _)| table.to_string()).collect();
     let table_channels: Vec<&String> = tables.iter().map(|(_, channel)| channel).collect();
+    // The tables as their names mean them now: a writer open meanwhile may
+    // swap one for another before the snapshot, and its changes to this
+    // one are in the snapshot too.
+    let quoted: Vec<String> = tables.iter().map(|(table, _)| table.quoted()).collect();
     tx.execute(
-        "INSERT INTO pgnotifier.backfills (subscriber, stamp, tables, channels)
-              VALUES ($1, $2, $3, $4)
+        "INSERT INTO pgnotifier.backfills
+                (subscriber, stamp, tables, channels, relations, relation_channels)
+         SELECT $1, $2, $3, $4, coalesce(array_agg(t.relation), '{}'), coalesce(array_agg(t.channel), '{}')
+           FROM (SELECT pg_catalog.to_regclass(q.name)::oid AS relation, q.channel
+                   FROM unnest($5::text[], $4::text[]) AS q(name, channel)) t
+          WHERE t.relation IS NOT NULL
          ON CONFLICT (subscriber) DO UPDATE
-             SET (stamp, tables, channels, snapshot, taken_at, row_count, lsn, end_stamp, salt)
-               = (excluded.stamp, excluded.tables, excluded.channels, NULL, NULL, NULL, NULL,
-                  NULL, pg_catalog.gen_random_uuid())",
-        &[&subscriber, &horizon, &names, &table_channels],
+             SET (stamp, tables, channels, relations, relation_channels, snapshot, taken_at,
+                  row_count, lsn, end_stamp, salt)
+               = (excluded.stamp, excluded.tables, excluded.channels, excluded.relations,
+                  excluded.relation_channels, NULL, NULL, NULL, NULL, NULL,
+                  pg_catalog.gen_random_uuid())",
+        &[&subscriber, &horizon, &names, &table_channels, &quoted],
     )
     .await?;
     tx.commit().await?;
@@ -133,15 +153,20 @@ pub async fn forget(client: &Client, subscriber: &str) -> Result<(), ReadError> 
     Ok(())
 }
 
-/// A table as a backfill copies it (`$1`, quoted): its kind; its relation
-/// and its partitions', whose changes the seam skips; and the columns its
-/// changes lack when publication `$2` relays them (NULL: none lacks any).
-/// A publication's column list leaves columns out, and a generated column
-/// is published only where PostgreSQL 18's `publish_generated_columns`
-/// says so (read as JSON: older servers have no such column).
+/// A table as a backfill copies it (`$1`, quoted): its kind; the
+/// partitioned table it is a partition of, if any, and whether that is
+/// among the tables named (`$3`); and, when publication
+/// `$2` relays its changes (NULL: its trigger does), the columns those
+/// changes lack and the rows they leave out. A publication's column list
+/// leaves columns out, and a generated column is published only where
+/// PostgreSQL 18's `publish_generated_columns` says so (read as JSON:
+/// older servers have no such column); its row filter leaves rows out.
 const DESCRIBE_TABLE: &str = "
 SELECT c.relkind::text AS kind,
-       ARRAY(SELECT c.oid UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(c.oid) p) AS relations,
+       CASE WHEN c.relispartition
+            THEN pg_catalog.pg_partition_root(c.oid)::regclass::text END AS partition_of,
+       pg_catalog.pg_partition_root(c.oid) IN (SELECT pg_catalog.to_regclass(t)::oid
+                                                 FROM unnest($3::text[]) t) AS root_named,
        ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a
               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND $2::text IS NOT NULL
                 AND (EXISTS (SELECT FROM pg_catalog.pg_publication_tables t
@@ -150,7 +175,10 @@ SELECT c.relkind::text AS kind,
                      OR a.attgenerated <> '' AND NOT (a.attgenerated = 's' AND EXISTS (
                             SELECT FROM pg_catalog.pg_publication p
                              WHERE p.pubname = $2::text
-                               AND pg_catalog.to_jsonb(p) ->> 'pubgencols' = 's')))) AS unpublished
+                               AND pg_catalog.to_jsonb(p) ->> 'pubgencols' = 's')))) AS unpublished,
+       (SELECT t.rowfilter FROM pg_catalog.pg_publication_tables t
+         WHERE t.pubname = $2::text AND t.schemaname = n.nspname AND t.tablename = c.relname)
+           AS row_filter
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE c.oid = $1::text::regclass";
@@ -244,21 +272,37 @@ pub async fn take_pending(
         .await
         .map_err(database)?;
     let mut rows = 0;
-    let (mut relations, mut relation_channels) = (Vec::new(), Vec::new());
+    let named: Vec<String> = tables.iter().map(|(table, _)| table.quoted()).collect();
     for (table, channel) in tables {
         let described = tx
-            .query_one(DESCRIBE_TABLE, &[&table.quoted(), &publication])
+            .query_one(DESCRIBE_TABLE, &[&table.quoted(), &publication, &named])
             .await
             .map_err(about(table))?;
         let kind: String = described.try_get("kind").map_err(about(table))?;
-        let own: Vec<u32> = described.try_get("relations").map_err(about(table))?;
+        let partition_of: Option<String> =
+            described.try_get("partition_of").map_err(about(table))?;
         let unpublished: Vec<String> = described.try_get("unpublished").map_err(about(table))?;
-        relation_channels.extend(own.iter().map(|_| channel));
-        relations.extend(own);
+        let row_filter: Option<String> = described.try_get("row_filter").map_err(about(table))?;
+        // A partition's changes come as its partitioned table's: with that
+        // table named, its rows are copied with it; alone, its changes
+        // cannot be told from the other partitions'.
+        if let Some(root) = partition_of {
+            if described.try_get("root_named").map_err(about(table))? {
+                continue;
+            }
+            return Err(BackfillError::Partition {
+                subscriber: subscriber.to_owned(),
+                table: table.to_string(),
+                root,
+            });
+        }
         // A plain table's own rows: an inheritance child's changes come
         // on the child's channel, not the table's. A partitioned table's
         // rows are its partitions', whose changes come as the table's.
         let only = if kind == "p" { "" } else { "ONLY " };
+        // The publication's row filter, as PostgreSQL wrote it: the rows
+        // whose changes it relays.
+        let filter = row_filter.map_or(String::new(), |f| format!(" WHERE {f}"));
         // Rendered in SQL; only a row over the cap goes through
         // `row_change` (its key columns), which costs three times as much.
         let copy = format!(
@@ -268,7 +312,7 @@ pub async fn take_pending(
                FROM (SELECT pg_catalog.jsonb_build_object('op', 'snapshot', 'schema', $3::text,
                                 'table', $4::text,
                                 'new', pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $6::text[]) AS raw
-                       FROM {only}{} t) r
+                       FROM {only}{} t{filter}) r
               CROSS JOIN LATERAL (SELECT r.raw::text AS payload) x",
             table.quoted()
         );
@@ -293,16 +337,13 @@ pub async fn take_pending(
         "UPDATE pgnotifier.backfills
             SET snapshot = pg_catalog.pg_current_snapshot(), taken_at = pg_catalog.now(),
                 row_count = $2, lsn = pg_catalog.pg_current_wal_insert_lsn(),
-                tables = $3, channels = $4, relations = $5, relation_channels = $6
+                tables = $3, channels = $4,
+                -- NULL: started before version 15, its seam by channel.
+                relations = CASE WHEN relations IS NOT NULL THEN relations || ARRAY(
+                                SELECT pg_catalog.to_regclass(n)::oid FROM unnest($5::text[]) n) END,
+                relation_channels = CASE WHEN relations IS NOT NULL THEN relation_channels || $4 END
           WHERE subscriber = $1",
-        &[
-            &subscriber,
-            &(rows as i64),
-            &names,
-            &channels,
-            &relations,
-            &relation_channels,
-        ],
+        &[&subscriber, &(rows as i64), &names, &channels, &named],
     )
     .await
     .map_err(database)?;

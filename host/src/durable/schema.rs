@@ -1421,12 +1421,14 @@ $read$;
     // 15: each event's source table, so that a backfill's seam skips only
     // its tables' own changes.
     r#"
--- The table a row change came from: notify_row's (a partition's own) or,
--- relayed, pgoutput's (a partitioned table's, as it is published). NULL
--- for what pgnotifier.send wrote.
+-- The table a row change came from, a partition's as its partitioned
+-- table's (the top of its tree): notify_row's, or, relayed, pgoutput's
+-- (published through the root). NULL for what pgnotifier.send wrote.
 ALTER TABLE pgnotifier.outbox ADD COLUMN source oid;
--- The relations a backfill's rows came from (a partitioned table's
--- partitions too), each with the channel its rows went on.
+-- The tables a backfill's changes come from, each with its channel: those
+-- its names meant as it started and as its snapshot was taken (a table
+-- swapped for another meanwhile is both). NULL for a backfill started
+-- before this version, whose seam stays by channel.
 ALTER TABLE pgnotifier.backfills ADD COLUMN relations oid[], ADD COLUMN relation_channels text[];
 
 -- send_first_within with the row's table: notify_row's one way to send.
@@ -1483,6 +1485,7 @@ DECLARE
     payload text;
     key_columns text[];
     bare text;
+    source oid := coalesce(pg_partition_root(TG_RELID), TG_RELID);
 BEGIN
     IF TG_NARGS <> 1 OR TG_LEVEL <> 'ROW' THEN
         RAISE EXCEPTION 'pgnotifier.notify_row is a row trigger with one argument, the channel: EXECUTE FUNCTION pgnotifier.notify_row(''orders'')'
@@ -1497,7 +1500,7 @@ BEGIN
     END IF;
     payload := event::text;
     IF octet_length(payload) <= 8000 THEN
-        PERFORM pgnotifier.send_row(TG_ARGV[0], ARRAY[payload], TG_RELID);
+        PERFORM pgnotifier.send_row(TG_ARGV[0], ARRAY[payload], source);
         RETURN NULL;
     END IF;
     bare := jsonb_build_object('op', lower(TG_OP), 'schema', TG_TABLE_SCHEMA,
@@ -1522,15 +1525,15 @@ BEGIN
             SELECT coalesce(jsonb_object_agg(c, whole -> 'old' -> c), '{}')
               FROM unnest(key_columns) c));
     END IF;
-    PERFORM pgnotifier.send_row(TG_ARGV[0], ARRAY[payload, event::text, bare], TG_RELID);
+    PERFORM pgnotifier.send_row(TG_ARGV[0], ARRAY[payload, event::text, bare], source);
     RETURN NULL;
 END
 $notify_row$;
 
 -- read_batch as in version 14, whose seam skips only the backfilled
 -- tables' own changes on their channels: another table's changes and the
--- sends on a shared channel are not in the rows. An event written before
--- this version has no source and is delivered (at least once, never lost).
+-- sends on a shared channel are not in the rows. A backfill started before
+-- this version keeps version 14's seam, every event on its channels.
 CREATE OR REPLACE FUNCTION pgnotifier.read_batch(subscriber text, after_stamp bigint, after_id bigint,
                                       channels text[], max_events integer, max_bytes bigint)
 RETURNS TABLE (kind "char", id bigint, stamp bigint, channel text, payload text,
@@ -1545,6 +1548,7 @@ DECLARE
     seam pgnotifier.backfills;
     seen_relations oid[] := '{}';
     seen_channels text[] := '{}';
+    by_channel boolean := false;
     taken pg_snapshot;
 BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
@@ -1573,8 +1577,9 @@ BEGIN
            AND (after_stamp, after_id) >= (seam.stamp, 9223372036854775807) THEN
             DELETE FROM pgnotifier.backfills b WHERE b.subscriber = subscriber;
         ELSE
-            seen_relations := seam.relations;
-            seen_channels := seam.relation_channels;
+            by_channel := seam.relations IS NULL;
+            seen_relations := coalesce(seam.relations, '{}');
+            seen_channels := CASE WHEN by_channel THEN seam.channels ELSE seam.relation_channels END;
             taken := seam.snapshot;
         END IF;
     END IF;
@@ -1594,8 +1599,9 @@ BEGIN
            FROM pgnotifier.commits c
            JOIN pgnotifier.outbox o ON o.txid = c.txid
           WHERE c.stamp = after_stamp AND o.id > after_id AND o.channel = ANY (channels)
-            AND NOT coalesce(o.source = ANY (seen_relations)
-                             AND o.channel = seen_channels[array_position(seen_relations, o.source)]
+            AND NOT coalesce(CASE WHEN by_channel THEN o.channel = ANY (seen_channels)
+                                  ELSE o.source = ANY (seen_relations)
+                                       AND o.channel = seen_channels[array_position(seen_relations, o.source)] END
                              AND pg_visible_in_snapshot(coalesce(o.writer, o.txid), taken), false)
           ORDER BY o.id
           LIMIT max_events)
@@ -1607,8 +1613,9 @@ BEGIN
                 SELECT e.id, e.channel, e.payload, e.sent_at, e.pid
                   FROM pgnotifier.outbox e
                  WHERE e.txid = c.txid AND e.channel = ANY (channels)
-                   AND NOT coalesce(e.source = ANY (seen_relations)
-                                    AND e.channel = seen_channels[array_position(seen_relations, e.source)]
+                   AND NOT coalesce(CASE WHEN by_channel THEN e.channel = ANY (seen_channels)
+                                         ELSE e.source = ANY (seen_relations)
+                                              AND e.channel = seen_channels[array_position(seen_relations, e.source)] END
                                     AND pg_visible_in_snapshot(coalesce(e.writer, e.txid), taken), false)
                  ORDER BY e.id
                  LIMIT max_events) o
