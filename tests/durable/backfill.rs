@@ -1465,3 +1465,40 @@ async fn outbox_a_partition_named_alone_is_refused_naming_its_table() {
     assert_eq!(sunk_rows(&client).await, Vec::<Value>::new());
     n.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Outbox transport, a partitioned table: its trigger's changes name the
+/// partition they fired in (`TG_TABLE_NAME`), so its snapshot rows name
+/// the same: a subscriber that keys rows by table and id finds a row's
+/// later change where its snapshot row put it.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_a_partitions_snapshot_row_names_the_table_its_changes_name() {
+    let ddl = "create table public.items (id int primary key, n int not null default 0)
+                   partition by range (id);
+               create table public.items_low partition of public.items for values from (1) to (100);
+               create table public.items_high partition of public.items for values from (100) to (200);
+               insert into public.items values (1, 0), (150, 0);
+               create trigger items_changed after insert or update or delete on public.items
+                   for each row execute function pgnotifier.notify_row('items');";
+    let (_url, client, n) = host(Via::Outbox, "bf_part_names", ddl).await;
+    let (_, id) = load_backfilling(&n, "bf_part_names", false).await;
+    feeding(&client, &id).await;
+    until_sunk(&client, "2 snapshot rows", |g| ops(g, "snapshot") >= 2).await;
+    client
+        .batch_execute("update public.items set n = 1")
+        .await
+        .unwrap();
+    let got = until_sunk(&client, "2 updates", |g| ops(g, "update") >= 2).await;
+    for key in [1, 150] {
+        let table_of = |op: &str| {
+            (got.iter())
+                .find(|e| e["op"] == op && e["new"]["id"] == key)
+                .map(|e| e["table"].clone())
+        };
+        assert_eq!(
+            table_of("snapshot"),
+            table_of("update"),
+            "row {key}: {got:?}"
+        );
+    }
+    n.shutdown(Duration::from_secs(5)).await;
+}

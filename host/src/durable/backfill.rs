@@ -303,16 +303,27 @@ pub async fn take_pending(
         // The publication's row filter, as PostgreSQL wrote it: the rows
         // whose changes it relays.
         let filter = row_filter.map_or(String::new(), |f| format!(" WHERE {f}"));
+        // A trigger's change names the partition it fired in, so its row
+        // does too; a published change names the partitioned table.
+        let partition = if kind == "p" && publication.is_none() {
+            " LEFT JOIN (SELECT c.oid AS pgn_oid, n.nspname::text AS pgn_schema, c.relname::text AS pgn_table
+                           FROM pg_catalog.pg_class c
+                           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace) p
+                     ON p.pgn_oid = t.tableoid"
+        } else {
+            " LEFT JOIN (SELECT NULL::text AS pgn_schema, NULL::text AS pgn_table) p ON false"
+        };
         // Rendered in SQL; only a row over the cap goes through
         // `row_change` (its key columns), which costs three times as much.
         let copy = format!(
             "INSERT INTO pgnotifier.snapshot_rows (subscriber, channel, payload)
              SELECT $1, $2, CASE WHEN pg_catalog.octet_length(x.payload) <= $5 THEN x.payload
                                  ELSE pgnotifier.row_change(r.raw, $5, false) END
-               FROM (SELECT pg_catalog.jsonb_build_object('op', 'snapshot', 'schema', $3::text,
-                                'table', $4::text,
+               FROM (SELECT pg_catalog.jsonb_build_object(
+                                'op', 'snapshot', 'schema', coalesce(p.pgn_schema, $3::text),
+                                'table', coalesce(p.pgn_table, $4::text),
                                 'new', pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) $6::text[]) AS raw
-                       FROM {only}{} t{filter}) r
+                       FROM {only}{} t{partition}{filter}) r
               CROSS JOIN LATERAL (SELECT r.raw::text AS payload) x",
             table.quoted()
         );
