@@ -9,6 +9,7 @@ mod blocking;
 mod capabilities;
 mod cli;
 mod cluster;
+mod console;
 mod control;
 mod demo;
 mod dispatch;

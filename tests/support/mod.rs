@@ -11,6 +11,7 @@ pub mod host;
 pub mod process;
 pub mod proxy;
 pub mod wat;
+pub mod webdriver;
 pub mod webhook;
 
 use pgnotifier::{DatabaseSettings, Payload, Subscriber};

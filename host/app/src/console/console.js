@@ -180,6 +180,10 @@ async function fetchDeadLetters(subscribers) {
     button(actions, "Discard", () => act(path, null, "DELETE").then(refresh));
     body.appendChild(row);
   }
+  // A letter asked for again leaves once delivered: look again until then.
+  if (letters.some((d) => d.redeliver)) {
+    setTimeout(() => { deadLettersSeen = ""; fetchDeadLetters(subscribers); }, 1000);
+  }
 }
 
 function render(state) {
