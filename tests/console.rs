@@ -63,6 +63,17 @@ async fn the_console_shows_delivery_mutes_reload_failures_and_redelivers() {
     psql(&url, &format!("NOTIFY {live}, 'from-psql'"));
     host.wait_for(&["from-psql", "subscriber=echo"]);
     browser.wait_for_text(delivered, "one delivery", |t| t == "1");
+    // The channel's count with its rate and a line of it; the call times.
+    let received = format!("tr[data-channel='{live}'] td[data-field='received']");
+    browser.wait_for_text(&received, "the count received", |t| t.starts_with("1, "));
+    let line = format!("return !!document.querySelector(\"{received} svg.sparkline polyline\")");
+    assert_eq!(
+        browser.run(&line),
+        true,
+        "a sparkline of the channel's rate"
+    );
+    let calls = "tr[data-subscriber='echo'] td[data-label='Call p50 / p99']";
+    browser.wait_for_text(calls, "the call times", |t| t.starts_with('≤'));
 
     // Mute the channel from the page: nothing on it is delivered, while
     // the marker channel still is.

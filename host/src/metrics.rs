@@ -473,6 +473,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_quantile_is_the_bound_of_the_bucket_that_holds_it() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_ns(0.5), None, "no calls yet");
+        h.record(10_000, 98);
+        h.record(3_000_000, 1);
+        h.record(60_000_000_000, 1);
+        assert_eq!(h.quantile_ns(0.5), Some(50_000));
+        assert_eq!(h.quantile_ns(0.99), Some(5_000_000));
+        assert_eq!(
+            h.quantile_ns(1.0),
+            Some(10_000_000_000),
+            "past the last bound"
+        );
+    }
+
+    #[test]
     fn histogram_buckets_are_cumulative_and_end_with_inf() {
         let h = Histogram::default();
         h.record(10_000, 1);

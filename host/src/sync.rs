@@ -80,6 +80,26 @@ impl Histogram {
     pub(crate) fn sum_ns(&self) -> u64 {
         self.sum_ns.load(Ordering::Relaxed)
     }
+
+    /// The upper bound of the bucket that holds quantile `q` (0 to 1) of
+    /// the durations recorded (the last bound for those past it); `None`
+    /// before any.
+    pub(crate) fn quantile_ns(&self, q: f64) -> Option<u64> {
+        let counts: Vec<(Option<u64>, u64)> = self.buckets().collect();
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        for (bound, count) in counts {
+            seen += count;
+            if seen >= rank {
+                return Some(bound.unwrap_or(BOUNDS_NS[BOUNDS_NS.len() - 1]));
+            }
+        }
+        None
+    }
 }
 
 /// A one-way latch: closed until released, then open for good. A worker

@@ -231,6 +231,8 @@ impl Mailbox {
             dropped: c.dropped.load(Ordering::Relaxed),
             gaps: c.gaps.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
+            call_p50_us: c.call_duration.quantile_ns(0.5).map(|ns| ns / 1000),
+            call_p99_us: c.call_duration.quantile_ns(0.99).map(|ns| ns / 1000),
         }
     }
 

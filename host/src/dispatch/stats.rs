@@ -35,6 +35,13 @@ pub struct SubscriberStats {
     pub gaps: u64,
     /// Notifications waiting in the queue.
     pub queued: usize,
+    /// How long calls took: the median and the 99th percentile, each as
+    /// the upper bound of its histogram bucket, in microseconds (none
+    /// before the first call).
+    #[serde(default)]
+    pub call_p50_us: Option<u64>,
+    #[serde(default)]
+    pub call_p99_us: Option<u64>,
 }
 
 /// What `ctl subscribers` and the metrics show of an at-least-once subscriber.

@@ -75,6 +75,77 @@ function renderListener(listener) {
   if (c.cluster) add("cluster", c.cluster + " / " + (c.group ?? "-") + ", leader " + (c.leader ?? "none"));
 }
 
+// Rates, from the counters of successive states: per channel, the
+// notifications received per second over the last five minutes, a sample
+// every 5 s (shown as a line and as a number); per subscriber, the last rate.
+const RATE_EVERY_MS = 5000;
+const RATE_SAMPLES = 60;
+const history = new Map();
+
+function rate(key, count, now) {
+  let h = history.get(key);
+  if (!h) {
+    h = { samples: [], at: now, count, seenAt: now, seenCount: count, current: count, last: 0 };
+    history.set(key, h);
+  }
+  h.current = count;
+  if (now - h.seenAt >= 900) {
+    h.last = ((count - h.seenCount) * 1000) / (now - h.seenAt);
+    h.seenAt = now;
+    h.seenCount = count;
+  }
+  if (now - h.at >= RATE_EVERY_MS) {
+    h.samples.push(((count - h.count) * 1000) / (now - h.at));
+    if (h.samples.length > RATE_SAMPLES) h.samples.shift();
+    h.at = now;
+    h.count = count;
+  }
+  return h;
+}
+
+// A rate's cell: its text (and line), kept current between states, since
+// the stream sends nothing while nothing changes.
+function rateCell(row, label, key, count, line) {
+  const td = cell(row, label, "", "number");
+  td.dataset.rate = key;
+  td.dataset.line = line ? "yes" : "";
+  showRate(td, rate(key, count, Date.now()));
+  return td;
+}
+
+function showRate(td, h) {
+  td.replaceChildren(document.createTextNode((td.dataset.line ? h.current + ", " : "") + perSecond(h.last) + " "));
+  if (td.dataset.line) td.appendChild(sparkline(h.samples));
+}
+
+setInterval(() => {
+  for (const td of document.querySelectorAll("td[data-rate]")) {
+    const h = history.get(td.dataset.rate);
+    if (h) showRate(td, rate(td.dataset.rate, h.current, Date.now()));
+  }
+}, 1000);
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function sparkline(samples) {
+  const svg = document.createElementNS(SVG, "svg");
+  svg.setAttribute("class", "sparkline");
+  svg.setAttribute("viewBox", "0 0 " + RATE_SAMPLES + " 20");
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("role", "img");
+  const peak = Math.max(1, ...samples);
+  svg.setAttribute("aria-label", "notifications per second, last 5 minutes, peak " + peak.toFixed(1));
+  const line = document.createElementNS(SVG, "polyline");
+  const start = RATE_SAMPLES - samples.length;
+  line.setAttribute("points", samples.map((v, i) => (start + i) + "," + (20 - (v / peak) * 19).toFixed(1)).join(" "));
+  svg.appendChild(line);
+  return svg;
+}
+
+function perSecond(value) {
+  return (value < 10 ? value.toFixed(1) : Math.round(value)) + "/s";
+}
+
 function renderChannels(channels) {
   const body = $("#channels tbody");
   body.replaceChildren();
@@ -84,6 +155,7 @@ function renderChannels(channels) {
     cell(row, "Channel", c.channel);
     cell(row, "State", c.muted ? "muted" : c.active ? "active" : "inactive", c.muted ? "state-bad" : "");
     cell(row, "Subscribers", (c.subscribers || []).map((s) => s.id + (s.quarantined ? " (quarantined)" : s.muted ? " (muted)" : "")).join(", "));
+    rateCell(row, "Received", "channel:" + c.channel, c.received || 0, true).dataset.field = "received";
     const actions = cell(row, "Action", "");
     const path = c.muted ? "/v1/channels/unmute" : "/v1/channels/mute";
     button(actions, c.muted ? "Unmute" : "Mute", () => act(path, { channels: [c.channel] }));
@@ -111,6 +183,9 @@ function renderSubscribers(subscribers) {
     cell(row, "State", state, state === "ok" ? "" : "state-bad");
     const stats = s.stats || {};
     cell(row, "Delivered", stats.delivered ?? 0, "number").dataset.field = "delivered";
+    rateCell(row, "Rate", "subscriber:" + s.id, stats.delivered || 0, false);
+    const ms = (us) => (us == null ? "-" : "≤" + (us >= 1000 ? us / 1000 + " ms" : us + " µs"));
+    cell(row, "Call p50 / p99", ms(stats.call_p50_us) + " / " + ms(stats.call_p99_us), "number");
     cell(row, "Failed", stats.failed ?? 0, "number");
     cell(row, "Dropped", stats.dropped ?? 0, "number");
     cell(row, "Queued", stats.queued ?? 0, "number");
