@@ -220,6 +220,9 @@ async fn suite() -> anyhow::Result<()> {
     if wants("run-drain") {
         bench.run_drain().await?;
     }
+    if wants("run-streams") {
+        bench.run_streams().await?;
+    }
     if wants("fanout") {
         bench.fanout().await?;
     }

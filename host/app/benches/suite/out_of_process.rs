@@ -191,6 +191,51 @@ impl Bench {
         Ok(())
     }
 
+    /// 1c. The drain of 1b (200 B row keys) into `pgnotifier run` with 50
+    ///     live streams of the console open, against none, interleaved:
+    ///     what watching the host costs its dispatch.
+    pub(super) async fn run_streams(&mut self) -> anyhow::Result<()> {
+        const STREAMS: usize = 50;
+        let n = 100_000;
+        let (mut watched, mut alone) = (Vec::new(), Vec::new());
+        for round in 0..REPEATS {
+            for (streams, rates) in [(STREAMS, &mut watched), (0, &mut alone)] {
+                let channel = format!("bench_run_streams_{round}_{}", std::process::id());
+                let name = format!("streams-{streams}-{round}");
+                let listening =
+                    Listening::start(self, Side::Host, &name, &channel, n, false).await?;
+                let Listening::Host(host) = &listening else {
+                    anyhow::bail!("the host side started no host");
+                };
+                let open = host.open_streams(streams)?;
+                // Every stream has its first state before the drain begins.
+                tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+                let producer = self.client().await?;
+                producer
+                    .execute(&format!("select count(pg_notify('{channel}', {ROW_KEY_SQL})) from generate_series(1, {n}) as i"), &[])
+                    .await?;
+                let report = listening.report(1).await?;
+                rates.push(n as f64 / (report.first_to_last_us.max(1.0) / 1e6));
+                drop(open);
+            }
+        }
+        let (w, a) = (median(&mut watched), median(&mut alone));
+        self.record(
+            "run_streams",
+            format!(
+                "pgnotifier run: drain 200 B row key, N={n}: {STREAMS} live streams open / none"
+            ),
+            format!(
+                "{:.0}k/s / {:.0}k/s = {:.0}%",
+                w / 1e3,
+                a / 1e3,
+                100.0 * w / a
+            ),
+            &[("watched_per_s", w), ("alone_per_s", a), ("ratio", w / a)],
+        );
+        Ok(())
+    }
+
     /// 3b. At 1k/s and 10k/s, one NOTIFY per transaction from 4 connections
     ///     for [`RATE_SECONDS`]: CPU per notification of the whole process
     ///     and p50/p99 latency (send stamp to the plugin's wall clock), of

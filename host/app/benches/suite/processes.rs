@@ -89,6 +89,30 @@ impl RunHost {
         Ok(CLUSTER_N as f64 / committed.elapsed().as_secs_f64())
     }
 
+    /// Open `n` live streams (`GET /v1/stream`) of the admin API, each read
+    /// to its end by a thread of its own, as a browser tab does; they close
+    /// when the returned sockets are dropped.
+    pub(crate) fn open_streams(&self, n: usize) -> anyhow::Result<Vec<std::net::TcpStream>> {
+        use std::io::{Read, Write};
+        let addr = std::fs::read_to_string(self.data.join("admin.addr"))?;
+        let mut streams = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut stream = std::net::TcpStream::connect(addr.trim())?;
+            write!(
+                stream,
+                "GET /v1/stream HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+                addr.trim()
+            )?;
+            let mut reader = stream.try_clone()?;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+            });
+            streams.push(stream);
+        }
+        Ok(streams)
+    }
+
     /// The noop plugin's delivered count, from `/metrics`.
     pub(crate) async fn delivered(&self) -> anyhow::Result<f64> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
