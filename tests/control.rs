@@ -270,6 +270,23 @@ async fn the_listener_stops_starts_and_restarts_through_ctl() {
     s.wait_listening(&a, true);
     assert!(delivered(&host, "echo", (&a, "after-start"), &b).await);
     assert_eq!(host.count(&["while-stopped", "subscriber=echo"]), 0);
+    // The stop was a gap: its bounds, channels and cause are shown, and
+    // so is how full PostgreSQL's NOTIFY queue is.
+    let status = s.json(&["status"]);
+    let gap = &status["last_gap"];
+    assert!(
+        gap["lost_at_ms"].as_u64() <= gap["resumed_at_ms"].as_u64(),
+        "{status}"
+    );
+    assert!(gap["lost_at_ms"].as_u64().is_some(), "{status}");
+    let channels = gap["channels"].as_array().unwrap();
+    assert!(channels.iter().any(|c| c == a.as_str()), "{status}");
+    assert!(
+        gap["cause"].as_str().unwrap().contains("stopped"),
+        "{status}"
+    );
+    let usage = status["notify_queue_usage"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&usage), "{status}");
 
     let before = s.json(&["status"])["backend_pid"].as_i64().unwrap();
     s.ctl(&["restart"]);

@@ -90,6 +90,7 @@ pub use dispatch::{
 };
 pub use error::{Error, Result};
 pub use journal::{HostEvent, HostEventKind};
+pub use listener::LastGap;
 pub use notifier::{
     ClusterView, IntoChannels, ListenerView, NotReady, Notifier, NotifierBuilder, Selection,
     ShutdownReport,

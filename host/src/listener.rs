@@ -18,6 +18,7 @@ use crate::pg::{advisory, DatabaseSettings};
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
 use crate::sync::{clock, lock, Latch, Release, Stop, Task};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -53,6 +54,24 @@ pub(crate) struct ListenerStatus {
     /// stopped: the next connection owes their subscribers a gap event. It
     /// outlives each listener, so a stop and start is a gap too.
     gap: std::sync::Mutex<OwedGap>,
+    /// The last gap told, for the views.
+    pub(crate) last_gap: std::sync::Mutex<Option<LastGap>>,
+}
+
+/// The last time notifications may have been missed: when the connection
+/// was lost, when LISTEN was back, on which channels, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastGap {
+    /// Milliseconds since the Unix epoch; none when not known.
+    pub lost_at_ms: Option<u64>,
+    pub resumed_at_ms: u64,
+    pub channels: Vec<String>,
+    pub cause: String,
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Channels whose subscribers are owed a gap event, and since when.
@@ -113,6 +132,7 @@ impl Default for ListenerStatus {
             last_notification: AtomicU64::new(0),
             listened: watch::Sender::new(Arc::default()),
             gap: Default::default(),
+            last_gap: Default::default(),
         }
     }
 }
@@ -261,6 +281,13 @@ impl<'a> Session<'a> {
         let listening_again = announce_gap(self.registry, gap).await;
         if listening_again.is_some() {
             self.status.gap_events.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.status.last_gap) = Some(LastGap {
+                lost_at_ms: gap.since.as_ref().map(|(at, _)| unix_ms(*at)),
+                resumed_at_ms: unix_ms(SystemTime::now()),
+                channels: gap.channels.iter().map(|c| c.to_string()).collect(),
+                cause: (gap.since.as_ref().map(|(_, why)| why.clone()))
+                    .unwrap_or_else(|| "the connection was lost".to_owned()),
+            });
         }
         let connected = Connected {
             heartbeat: self

@@ -11,7 +11,7 @@ use crate::durable::{
 };
 use crate::error::{Error, Result};
 use crate::journal::HostEvent;
-use crate::listener::{Listener, ListenerStatus};
+use crate::listener::{LastGap, Listener, ListenerStatus};
 use crate::pg::connection::{self, ConnectionSettings};
 use crate::pg::{advisory, DatabaseSettings};
 use crate::plugins::{watcher, PluginChange, PluginSync, PluginWatcher, SubscriberSettings};
@@ -112,7 +112,7 @@ pub struct ShutdownReport {
 }
 
 /// The listener, as [`Notifier::listener`] shows it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ListenerView {
     /// Started and not stopped.
     pub running: bool,
@@ -124,6 +124,12 @@ pub struct ListenerView {
     pub reconnects: u64,
     /// Leader, standby or alone: a standby LISTENs nothing.
     pub cluster: ClusterView,
+    /// PostgreSQL's NOTIFY queue, how full (0 to 1), at the last heartbeat.
+    #[serde(default)]
+    pub notify_queue_usage: f64,
+    /// The last time notifications may have been missed.
+    #[serde(default)]
+    pub last_gap: Option<LastGap>,
 }
 
 /// This host in its cluster, as [`Notifier::cluster`] shows it.
@@ -580,6 +586,10 @@ impl Notifier {
             listening: self.listening(),
             reconnects: self.inner.status.reconnects.load(Ordering::Relaxed),
             cluster: self.cluster(),
+            notify_queue_usage: f64::from_bits(
+                self.inner.status.queue_usage.load(Ordering::Relaxed),
+            ),
+            last_gap: lock(&self.inner.status.last_gap).clone(),
         }
     }
 

@@ -438,9 +438,7 @@ fn events_table(events: &[HostEvent]) -> String {
         let kind = kind.as_ref().and_then(|k| k.as_str()).unwrap_or("?");
         vec![
             e.seq.to_string(),
-            crate::record::rfc3339(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_ms),
-            ),
+            crate::record::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms)),
             kind.to_owned(),
             text(&e.subject),
             text(&e.detail),
@@ -593,10 +591,23 @@ fn listener_text(listener: &ListenerView) -> String {
         }
         None => "alone (no cluster)".to_owned(),
     };
+    let at = |ms: u64| crate::record::rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+    let last_gap = listener.last_gap.as_ref().map_or("none".to_owned(), |gap| {
+        let channels: Vec<String> = gap.channels.iter().map(|c| text(c)).collect();
+        format!(
+            "{} to {} on {}: {}",
+            gap.lost_at_ms.map_or("?".to_owned(), at),
+            at(gap.resumed_at_ms),
+            channels.join(", "),
+            text(&gap.cause)
+        )
+    });
     format!(
-        "running: {}\nconnected: {connected}\nrole: {role}\nlistening: {listening}\nreconnects: {}\n",
+        "running: {}\nconnected: {connected}\nrole: {role}\nlistening: {listening}\nreconnects: {}\n\
+         NOTIFY queue: {:.1}% full\nlast gap: {last_gap}\n",
         yes_no(listener.running),
         listener.reconnects,
+        listener.notify_queue_usage * 100.0,
     )
 }
 

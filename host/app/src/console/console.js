@@ -70,6 +70,12 @@ function renderListener(listener) {
   add("backend pid", listener.backend_pid ?? "-");
   add("listening", (listener.listening || []).join(", ") || "nothing");
   add("reconnects", listener.reconnects ?? 0);
+  add("NOTIFY queue", ((listener.notify_queue_usage || 0) * 100).toFixed(1) + "% full");
+  const gap = listener.last_gap;
+  if (gap) {
+    const time = (ms) => (ms == null ? "?" : new Date(ms).toLocaleTimeString());
+    add("last gap", time(gap.lost_at_ms) + " to " + time(gap.resumed_at_ms) + " on " + gap.channels.join(", ") + ": " + gap.cause);
+  }
   const c = listener.cluster || {};
   add("cluster role", c.role ?? "-");
   if (c.cluster) add("cluster", c.cluster + " / " + (c.group ?? "-") + ", leader " + (c.leader ?? "none"));
