@@ -123,17 +123,22 @@ impl Browser {
         }
     }
 
-    /// Click the first element matching `css`, as a user does.
-    pub fn click(&self, css: &str) {
+    /// The first element matching `css`, as WebDriver names it.
+    fn element(&self, css: &str) -> String {
         let found = self.command(
             "POST",
             "/element",
             Some(&json!({ "using": "css selector", "value": css })),
         );
-        let element = (found.as_object().and_then(|o| o.values().next()))
+        (found.as_object().and_then(|o| o.values().next()))
             .and_then(Value::as_str)
             .unwrap_or_else(|| panic!("no element {css}: {found}"))
-            .to_owned();
+            .to_owned()
+    }
+
+    /// Click the first element matching `css`, as a user does.
+    pub fn click(&self, css: &str) {
+        let element = self.element(css);
         self.command(
             "POST",
             &format!("/element/{element}/click"),
@@ -143,15 +148,7 @@ impl Browser {
 
     /// Type `text` into the first element matching `css`.
     pub fn type_into(&self, css: &str, text: &str) {
-        let found = self.command(
-            "POST",
-            "/element",
-            Some(&json!({ "using": "css selector", "value": css })),
-        );
-        let element = (found.as_object().and_then(|o| o.values().next()))
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no element {css}: {found}"))
-            .to_owned();
+        let element = self.element(css);
         let keys = json!({ "text": text });
         self.command("POST", &format!("/element/{element}/value"), Some(&keys));
     }
