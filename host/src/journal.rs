@@ -6,11 +6,11 @@
 //! Written on control paths only (never per notification), so a mutex is
 //! cheap here.
 
-use crate::sync::lock;
+use crate::sync::{lock, unix_ms};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// How many events the journal keeps.
 pub const KEPT: usize = 200;
@@ -67,9 +67,7 @@ struct Kept {
 impl Journal {
     /// Note that `kind` happened to `subject`.
     pub(crate) fn record(&self, kind: HostEventKind, subject: &str, detail: impl Into<String>) {
-        let at_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
+        let at_ms = unix_ms(SystemTime::now());
         let mut kept = lock(&self.events);
         kept.last_seq += 1;
         let event = HostEvent {

@@ -17,7 +17,7 @@ use crate::pg::connection::{comes_back, Backoff, ConnectionSettings};
 use crate::pg::{advisory, DatabaseSettings};
 use crate::printable::with_causes;
 use crate::registry::{ActiveChannels, Registry};
-use crate::sync::{clock, lock, Latch, Release, Stop, Task};
+use crate::sync::{clock, lock, unix_ms, Latch, Release, Stop, Task};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, Ordering};
@@ -67,11 +67,6 @@ pub struct LastGap {
     pub resumed_at_ms: u64,
     pub channels: Vec<String>,
     pub cause: String,
-}
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Channels whose subscribers are owed a gap event, and since when.

@@ -21,6 +21,13 @@ pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     counter.store(value, Ordering::Relaxed);
 }
 
+/// `at` in milliseconds since the Unix epoch (0 before it), as the views
+/// show times.
+pub(crate) fn unix_ms(at: std::time::SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 /// The clock of the dispatch path: the CPU's time-stamp counter where it
 /// is reliable (a read costs a fraction of `Instant::now`), else the OS's
 /// monotonic clock. Readings are raw; [`quanta::Clock::delta_as_nanos`]
@@ -85,20 +92,16 @@ impl Histogram {
     /// the durations recorded (the last bound for those past it); `None`
     /// before any.
     pub(crate) fn quantile_ns(&self, q: f64) -> Option<u64> {
-        let counts: Vec<(Option<u64>, u64)> = self.buckets().collect();
-        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        let total: u64 = self.buckets().map(|(_, n)| n).sum();
         if total == 0 {
             return None;
         }
         let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
-        for (bound, count) in counts {
+        self.buckets().find_map(|(bound, count)| {
             seen += count;
-            if seen >= rank {
-                return Some(bound.unwrap_or(BOUNDS_NS[BOUNDS_NS.len() - 1]));
-            }
-        }
-        None
+            (seen >= rank).then(|| bound.unwrap_or(BOUNDS_NS[BOUNDS_NS.len() - 1]))
+        })
     }
 }
 
